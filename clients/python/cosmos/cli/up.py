@@ -1,0 +1,104 @@
+"""``cosmos up``: the embedded stack in the foreground until Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from cosmos import errors
+from cosmos.cli.console import make_console
+from cosmos.runtime import config, logs, process
+from cosmos.stack.embedded import EmbeddedStack, StackConfig
+
+PREFIX = "COSMOS"
+
+
+def add_stack_arguments(p: argparse.ArgumentParser) -> None:
+    """Ports, data dir and agent settings of the embedded stack (each also an environment variable)."""
+    d = StackConfig()
+    config.add_env_argument(p, PREFIX, "--host", default=d.host, help="interface every server binds to")
+    config.add_env_argument(
+        p, PREFIX, "--optimus-port", default=d.optimus_port, type=int, help="Optimus gRPC port"
+    )
+    config.add_env_argument(p, PREFIX, "--plato-port", default=d.plato_port, type=int, help="Plato gRPC port")
+    config.add_env_argument(
+        p, PREFIX, "--stratum-port", default=d.stratum_port, type=int, help="Stratum gRPC port"
+    )
+    config.add_env_argument(p, PREFIX, "--nats-port", default=d.nats_port, type=int, help="NATS client port")
+    config.add_env_argument(
+        p, PREFIX, "--data-dir", default=str(d.data_dir), help="JetStream data, logs, work dirs"
+    )
+    config.add_env_argument(
+        p, PREFIX, "--agent-gpus", default="", help="GPUs the local agent declares (2xA100)"
+    )
+    config.add_env_argument(p, PREFIX, "--log-level", default="info", help="log level of the services")
+
+
+def stack_config(args: argparse.Namespace) -> StackConfig:
+    """The :class:`StackConfig` the flags describe."""
+    return StackConfig(
+        host=args.host,
+        optimus_port=args.optimus_port,
+        plato_port=args.plato_port,
+        stratum_port=args.stratum_port,
+        nats_port=args.nats_port,
+        data_dir=Path(args.data_dir),
+        agent_gpus=args.agent_gpus,
+        log_level=args.log_level,
+    )
+
+
+def endpoints_table(stack: EmbeddedStack) -> Table:
+    """What runs where, for people."""
+    table = Table(title="Cosmos is up", title_justify="left")
+    for column in ("component", "endpoint", "pid", "serves"):
+        table.add_column(column)
+    for ep in stack.endpoints:
+        table.add_row(ep.name, ep.address, str(ep.pid), "\n".join(ep.services))
+    return table
+
+
+async def run_up(cfg: StackConfig, console: Console) -> int:
+    """Start the stack, show it, wait for a signal or a crashed component, stop it."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    with console.status("starting NATS, Plato, Stratum, Optimus and the local agent..."):
+        stack = EmbeddedStack(cfg)
+        await stack.start()
+    console.print(endpoints_table(stack))
+    console.print(f"logs: {cfg.data_dir / 'logs'}   data: {cfg.data_dir}   press Ctrl-C to stop")
+    crashed = None
+    while not stop.is_set() and crashed is None:
+        await asyncio.sleep(0.5)
+        crashed = stack.first_exited()
+    if crashed is not None:
+        console.print(f"[red]{crashed.name} exited with code {crashed.exited()}[/red]\n{crashed.log_tail()}")
+    console.print("stopping...")
+    codes = await stack.stop()
+    console.print("stopped: " + ", ".join(f"{name} ({code})" for name, code in codes.items()))
+    return process.EXIT_FAILED if crashed is not None else process.EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``cosmos up``."""
+    p = argparse.ArgumentParser(prog="cosmos up", description="Run the whole platform locally.")
+    try:
+        add_stack_arguments(p)
+        args = p.parse_args(argv)
+        logs.configure_logging("up", level="warning", fmt="text")
+        return asyncio.run(run_up(stack_config(args), make_console()))
+    except errors.ConfigError as exc:
+        print(f"cosmos up: {exc}", file=sys.stderr)
+        return process.EXIT_CONFIG
+    except errors.CosmosError as exc:
+        print(f"cosmos up: {exc}", file=sys.stderr)
+        return process.EXIT_FAILED

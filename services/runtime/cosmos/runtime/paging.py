@@ -1,0 +1,74 @@
+"""``page_size`` / ``page_token`` handling shared by every List RPC.
+
+Tokens are opaque to callers: URL-safe base64 of the position after the last item returned, bound to
+the list's filter so a token cannot be replayed against another query.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from cosmos import errors
+
+T = TypeVar("T")
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+
+
+@dataclass(frozen=True)
+class Page:
+    """Where a page starts and how long it is."""
+
+    offset: int
+    """Index of the first item of the page in the full, ordered listing."""
+    size: int
+    """Number of items on the page."""
+
+
+def parse(page_size: int, page_token: str, query: str = "") -> Page:
+    """Validate the request's paging fields; ``query`` identifies the filter the token belongs to."""
+    if page_size < 0:
+        raise errors.InvalidArgumentError(
+            "page_size must not be negative",
+            violations=[
+                errors.FieldViolation("page_size", f"{page_size} is negative; use 0 for the default")
+            ],
+        )
+    size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+    if not page_token:
+        return Page(0, size)
+    try:
+        decoded = json.loads(base64.urlsafe_b64decode(page_token.encode()))
+        offset, token_query = int(decoded["o"]), str(decoded["q"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise errors.InvalidArgumentError(
+            "page_token is not a token this service issued",
+            reason="ERROR_REASON_INVALID_PAGE_TOKEN",
+            violations=[errors.FieldViolation("page_token", "malformed; pass next_page_token unchanged")],
+        ) from exc
+    if token_query != query or offset < 0:
+        raise errors.InvalidArgumentError(
+            "page_token belongs to a different query",
+            reason="ERROR_REASON_INVALID_PAGE_TOKEN",
+            violations=[
+                errors.FieldViolation("page_token", "issued for other filters; keep the filters unchanged")
+            ],
+        )
+    return Page(offset, size)
+
+
+def token(offset: int, query: str = "") -> str:
+    """The opaque token for the page starting at ``offset``."""
+    return base64.urlsafe_b64encode(json.dumps({"o": offset, "q": query}).encode()).decode()
+
+
+def slice_page(items: Sequence[T], page: Page, query: str = "") -> tuple[list[T], str]:
+    """The page's items and the next page's token (empty on the last page)."""
+    end = page.offset + page.size
+    chunk = list(items[page.offset : end])
+    return chunk, token(end, query) if end < len(items) else ""

@@ -1,0 +1,124 @@
+"""Turning :class:`cosmos.errors.RpcError` into rich ``google.rpc.Status`` answers.
+
+Handlers raise; this interceptor answers with the error's status code, its message, an ``ErrorInfo``
+(reason, domain ``cosmos.dev``, metadata) and, for field problems, a ``BadRequest`` with one violation
+per field. Clients read them back with :func:`details_of`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from cosmos import errors
+
+DOMAIN = "cosmos.dev"
+log = logging.getLogger(__name__)
+
+
+def to_status(error: errors.RpcError) -> grpc.Status:
+    """The rich status answering ``error``."""
+    details: list[any_pb2.Any] = []
+    info = any_pb2.Any()
+    info.Pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata))
+    details.append(info)
+    if error.violations:
+        bad = any_pb2.Any()
+        bad.Pack(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                    for v in error.violations
+                ]
+            )
+        )
+        details.append(bad)
+    code: int = error.code.value[0]
+    status = status_pb2.Status(code=code, message=error.message, details=details)
+    return rpc_status.to_status(status)
+
+
+def details_of(
+    err: grpc.aio.AioRpcError | grpc.RpcError,
+) -> tuple[error_details_pb2.ErrorInfo | None, list[error_details_pb2.BadRequest.FieldViolation]]:
+    """The ``ErrorInfo`` and field violations carried by a failed call, if any."""
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    info: error_details_pb2.ErrorInfo | None = None
+    violations: list[error_details_pb2.BadRequest.FieldViolation] = []
+    for detail in status.details if status else []:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            violations.extend(bad.field_violations)
+    return info, violations
+
+
+assert grpc.StatusCode.INVALID_ARGUMENT.value[0] == code_pb2.INVALID_ARGUMENT
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # grpc-stubs lags grpcio
+    """Answers every :class:`RpcError` raised by a handler with its rich status."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        # RpcMethodHandler is a namedtuple; exactly one of the four behaviours is set.
+        if handler.unary_unary is not None:
+            return handler._replace(unary_unary=_wrap_unary(handler.unary_unary))
+        if handler.stream_unary is not None:
+            return handler._replace(stream_unary=_wrap_unary(handler.stream_unary))
+        if handler.unary_stream is not None:
+            return handler._replace(unary_stream=_wrap_stream(handler.unary_stream))
+        if handler.stream_stream is not None:
+            return handler._replace(stream_stream=_wrap_stream(handler.stream_stream))
+        return handler
+
+
+def _wrap_unary(fn: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+    async def call(request: Any, context: Any) -> Any:
+        try:
+            result = fn(request, context)
+            return await result if isinstance(result, Awaitable) else result
+        except errors.RpcError as exc:
+            await context.abort_with_status(to_status(exc))
+        except NotImplementedError:
+            await _abort_unimplemented(context)
+
+    return call
+
+
+def _wrap_stream(fn: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
+    async def call(request: Any, context: Any) -> AsyncIterator[Any]:
+        try:
+            result = fn(request, context)
+            if isinstance(result, Awaitable):
+                # A handler that writes with context.write() and returns None.
+                await result
+                return
+            async for item in result:
+                yield item
+        except errors.RpcError as exc:
+            await context.abort_with_status(to_status(exc))
+        except NotImplementedError:
+            await _abort_unimplemented(context)
+
+    return call
+
+
+async def _abort_unimplemented(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    # Generated base servicers raise NotImplementedError; answer UNIMPLEMENTED rather than UNKNOWN.
+    await context.abort(grpc.StatusCode.UNIMPLEMENTED, "method not implemented yet")

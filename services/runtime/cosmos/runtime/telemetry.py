@@ -1,0 +1,94 @@
+"""OpenTelemetry tracing configured from the standard ``OTEL_*`` variables.
+
+Spans are always created (so trace context flows through gRPC metadata and NATS headers), but they
+are exported only when asked: ``OTEL_TRACES_EXPORTER`` (``otlp``, ``console`` or ``none``) or an OTLP
+endpoint (``OTEL_EXPORTER_OTLP_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``). The OTLP protocol
+follows ``OTEL_EXPORTER_OTLP_PROTOCOL`` (``grpc`` default, or ``http/protobuf``). ``OTEL_SDK_DISABLED=true``
+turns everything off. Resource attributes come from ``OTEL_SERVICE_NAME`` and
+``OTEL_RESOURCE_ATTRIBUTES`` as usual.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+from collections.abc import Mapping, MutableMapping
+from typing import Any
+
+import grpc
+from opentelemetry import propagate, trace
+from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+
+from cosmos import errors
+
+_provider: TracerProvider | None = None
+
+
+def _exporter_names(env: Mapping[str, str]) -> list[str]:
+    names = env.get("OTEL_TRACES_EXPORTER", "").strip()
+    if not names:
+        has_endpoint = env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        return ["otlp"] if has_endpoint else []
+    return [n.strip() for n in names.split(",") if n.strip() and n.strip() != "none"]
+
+
+def _exporter(name: str, env: Mapping[str, str]) -> SpanExporter:
+    if name == "console":
+        return ConsoleSpanExporter()
+    if name == "otlp":
+        protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get(
+            "OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"
+        )
+        if protocol == "grpc":
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+
+            return GrpcExporter()
+        if protocol == "http/protobuf":
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+
+            return HttpExporter()
+        raise errors.ConfigError(f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r}: expected grpc or http/protobuf")
+    raise errors.ConfigError(f"OTEL_TRACES_EXPORTER={name!r}: expected otlp, console or none")
+
+
+def configure_tracing(service_name: str, env: Mapping[str, str] | None = None) -> TracerProvider | None:
+    """Install the global tracer provider for ``service_name`` once per process; return it."""
+    global _provider
+    env = os.environ if env is None else env
+    if env.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return None
+    if _provider is not None:
+        return _provider
+    resource = Resource.create({"service.name": env.get("OTEL_SERVICE_NAME", service_name)})
+    provider = TracerProvider(resource=resource)
+    for name in _exporter_names(env):
+        provider.add_span_processor(BatchSpanProcessor(_exporter(name, env)))
+    trace.set_tracer_provider(provider)
+    atexit.register(provider.shutdown)
+    _provider = provider
+    return provider
+
+
+def server_interceptors() -> list[Any]:
+    """Interceptors that open a server span per RPC, continuing the caller's trace."""
+    return [aio_server_interceptor()]  # type: ignore[no-untyped-call]
+
+
+def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
+    """Interceptors that open a client span per RPC and send its context in the metadata."""
+    return list(aio_client_interceptors())  # type: ignore[no-untyped-call]
+
+
+def inject_headers(headers: MutableMapping[str, str] | None = None) -> dict[str, str]:
+    """W3C trace context of the current span as message headers (for NATS publishes)."""
+    carrier: dict[str, str] = dict(headers or {})
+    propagate.inject(carrier)
+    return carrier
+
+
+def extract_context(headers: Mapping[str, str] | None) -> Any:
+    """The trace context carried by message headers, to parent a consumer's span."""
+    return propagate.extract(dict(headers or {}))

@@ -1,0 +1,242 @@
+"""``cosmos up``: the whole platform as child processes of one command, on loopback ports.
+
+Start order follows the dependencies: NATS (JetStream) first, then Plato, Stratum and Optimus in
+parallel (each waits for SERVING), then the local agent (ready once Stratum lists it READY). Stop order
+is the reverse, each child getting SIGTERM and its grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from cosmos import errors
+from cosmos.runtime import config, jetstream
+from cosmos.runtime.config import Address
+from cosmos.stack import natsd, readiness
+from cosmos.stack.children import Child
+from cosmos.stratum.v1 import agent_pb2, pool_service_pb2, pool_service_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+OPTIMUS_SERVICES = ("cosmos.optimus.v1.EncodeService",)
+PLATO_SERVICES = ("cosmos.plato.v1.WorkflowService", "cosmos.plato.v1.StepService")
+STRATUM_SERVICES = (
+    "cosmos.stratum.v1.JobService",
+    "cosmos.stratum.v1.AgentService",
+    "cosmos.stratum.v1.PoolService",
+)
+
+
+@dataclass
+class StackConfig:
+    """Where the embedded stack listens and keeps its data."""
+
+    host: str = "127.0.0.1"
+    """Interface every server binds to."""
+    optimus_port: int = 50051
+    """Optimus (encode API) gRPC port."""
+    plato_port: int = 50052
+    """Plato (workflow engine) gRPC port."""
+    stratum_port: int = 50053
+    """Stratum (compute pool) gRPC port."""
+    nats_port: int = 4222
+    """NATS client port."""
+    data_dir: Path = Path(".cosmos")
+    """Directory for JetStream storage (``nats/``), logs (``logs/``) and job work dirs."""
+    agent_gpus: str = ""
+    """GPUs the local agent declares instead of probing NVML, e.g. ``2xA100`` (empty: probe)."""
+    start_timeout: float = 60.0
+    """Seconds each component gets to become ready."""
+    log_level: str = "info"
+    """Log level of the child processes."""
+
+    def address(self, port: int) -> Address:
+        """``host`` with ``port``."""
+        return Address(self.host, port)
+
+    @property
+    def nats_url(self) -> str:
+        """URL the services use to reach NATS."""
+        return f"nats://{self.address(self.nats_port)}"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A running component and where to reach it."""
+
+    name: str
+    """Component name (nats, plato, stratum, optimus, agent)."""
+    address: str
+    """How to reach it (``HOST:PORT``, a URL, or what it is connected to)."""
+    pid: int
+    """Its process id."""
+    services: Sequence[str] = ()
+    """gRPC services it serves."""
+
+
+@dataclass
+class EmbeddedStack:
+    """The running stack; use ``async with`` or call :meth:`start` and :meth:`stop`."""
+
+    config: StackConfig = field(default_factory=StackConfig)
+    """Ports and directories."""
+    children: list[Child] = field(default_factory=list)
+    """Started components, in start order."""
+    endpoints: list[Endpoint] = field(default_factory=list)
+    """What is reachable where, once started."""
+
+    async def __aenter__(self) -> EmbeddedStack:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def _check_ports(self) -> None:
+        c = self.config
+        for owner, port, setting in (
+            ("nats", c.nats_port, "--nats-port / COSMOS_NATS_PORT"),
+            ("plato", c.plato_port, "--plato-port / COSMOS_PLATO_PORT"),
+            ("stratum", c.stratum_port, "--stratum-port / COSMOS_STRATUM_PORT"),
+            ("optimus", c.optimus_port, "--optimus-port / COSMOS_OPTIMUS_PORT"),
+        ):
+            config.ensure_port_free(c.address(port), owner, setting)
+
+    def _child(self, name: str, argv: Sequence[str]) -> Child:
+        return Child(name, list(argv), self.config.data_dir / "logs" / f"{name}.log")
+
+    def _service(self, name: str, port: int, *extra: str) -> Child:
+        argv = [sys.executable, "-m", "cosmos.cli", name, "--listen", str(self.config.address(port)), *extra]
+        child = self._child(name, argv)
+        child.env["COSMOS_LOG_LEVEL"] = self.config.log_level
+        return child
+
+    async def start(self) -> None:
+        """Start every component and wait until each is ready; on failure stop what started."""
+        c = self.config
+        self._check_ports()
+        c.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            await self._start_nats()
+            services = [
+                (self._service("plato", c.plato_port, "--nats", c.nats_url), c.plato_port, PLATO_SERVICES),
+                (
+                    self._service("stratum", c.stratum_port, "--nats", c.nats_url),
+                    c.stratum_port,
+                    STRATUM_SERVICES,
+                ),
+                (
+                    self._service(
+                        "optimus",
+                        c.optimus_port,
+                        "--plato",
+                        str(c.address(c.plato_port)),
+                        "--stratum",
+                        str(c.address(c.stratum_port)),
+                    ),
+                    c.optimus_port,
+                    OPTIMUS_SERVICES,
+                ),
+            ]
+            for child, _, _ in services:
+                await child.start()
+                self.children.append(child)
+            await asyncio.gather(
+                *(self._await_serving(child, port, names) for child, port, names in services)
+            )
+            await self._start_agent()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start_nats(self) -> None:
+        c = self.config
+        child = self._child("nats", natsd.nats_server_argv(c.address(c.nats_port), c.data_dir / "nats"))
+        await child.start()
+        self.children.append(child)
+        try:
+            nc, _ = await jetstream.connect(c.nats_url, "cosmos-up", timeout=c.start_timeout)
+        except errors.UnavailableError as exc:
+            raise child.failure(str(exc)) from exc
+        await nc.close()
+        self.endpoints.append(Endpoint("nats", c.nats_url, child.pid, ("JetStream",)))
+
+    async def _await_serving(self, child: Child, port: int, names: Sequence[str]) -> None:
+        target = str(self.config.address(port))
+
+        def gave_up() -> str | None:
+            code = child.exited()
+            return None if code is None else f"exited with code {code}"
+
+        try:
+            await readiness.wait_serving(
+                child.name, target, names, timeout=self.config.start_timeout, gave_up=gave_up
+            )
+        except errors.ProcessStartError as exc:
+            raise child.failure(exc.reason) from exc
+        self.endpoints.append(Endpoint(child.name, target, child.pid, names))
+
+    async def _start_agent(self) -> None:
+        c = self.config
+        stratum = str(c.address(c.stratum_port))
+        agent_id = f"local-{c.stratum_port}"
+        argv = [
+            sys.executable,
+            "-m",
+            "cosmos.cli",
+            "agent",
+            "--stratum",
+            stratum,
+            "--agent-id",
+            agent_id,
+            "--work-dir",
+            str(c.data_dir / "agents" / agent_id),
+        ]
+        if c.agent_gpus:
+            argv += ["--gpus", c.agent_gpus]
+        child = self._child("agent", argv)
+        child.env["COSMOS_LOG_LEVEL"] = c.log_level
+        await child.start()
+        self.children.append(child)
+        await self._await_agent_ready(child, stratum, agent_id)
+        self.endpoints.append(Endpoint("agent", f"{agent_id} -> {stratum}", child.pid))
+
+    async def _await_agent_ready(self, child: Child, stratum: str, agent_id: str) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.start_timeout
+        async with grpc.aio.insecure_channel(stratum) as channel:
+            pool = pool_service_pb2_grpc.PoolServiceStub(channel)
+            while loop.time() < deadline:
+                if child.exited() is not None:
+                    raise child.failure(f"exited with code {child.exited()}")
+                try:
+                    reply = await pool.GetAgent(
+                        pool_service_pb2.GetAgentRequest(agent_id=agent_id), timeout=2
+                    )
+                    if reply.agent.state == agent_pb2.AGENT_STATE_READY:
+                        return
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() != grpc.StatusCode.NOT_FOUND:
+                        raise
+                await asyncio.sleep(0.1)
+        raise child.failure(f"not registered READY with Stratum after {self.config.start_timeout:.0f}s")
+
+    async def stop(self) -> dict[str, int | None]:
+        """Stop every started component in reverse order; return each one's exit code."""
+        codes: dict[str, int | None] = {}
+        while self.children:
+            child = self.children.pop()
+            codes[child.name] = await child.stop()
+        self.endpoints.clear()
+        return codes
+
+    def first_exited(self) -> Child | None:
+        """A component that ended on its own while the stack was up, if any."""
+        return next((child for child in self.children if child.exited() is not None), None)

@@ -1,0 +1,54 @@
+"""Waiting until a server reports SERVING through the standard health service."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from cosmos import errors
+
+
+async def health_status(target: str, service: str = "", timeout: float = 2.0) -> str:
+    """The health status name of ``service`` at ``target`` (``SERVING``, ``NOT_SERVING``, ...)."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+
+async def wait_serving(
+    name: str,
+    target: str,
+    services: Sequence[str],
+    *,
+    timeout: float,
+    gave_up: Callable[[], str | None] = lambda: None,
+) -> None:
+    """Poll until every service in ``services`` (and ``""``) is SERVING at ``target``.
+
+    ``gave_up`` is asked between polls; a non-None answer (e.g. "exited with code 3") stops the wait.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    pending = [*services, ""]
+    last = "no answer yet"
+    while pending:
+        reason = gave_up()
+        if reason is not None:
+            raise errors.ProcessStartError(name, reason)
+        if loop.time() > deadline:
+            raise errors.ProcessStartError(name, f"not SERVING at {target} after {timeout:.0f}s ({last})")
+        try:
+            status = await health_status(target, pending[0])
+        except grpc.aio.AioRpcError as exc:
+            last = f"{exc.code().name}: {exc.details()}"
+            await asyncio.sleep(0.1)
+            continue
+        if status == "SERVING":
+            pending.pop(0)
+        else:
+            last = f"{pending[0] or 'overall'} is {status}"
+            await asyncio.sleep(0.1)

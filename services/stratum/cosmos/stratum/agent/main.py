@@ -1,0 +1,185 @@
+"""``cosmos agent``: connect to Stratum, register this host, keep the lease, reconnect when cut off."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from cosmos import errors
+from cosmos.runtime import channels, config, process
+from cosmos.stratum.agent import inventory
+from cosmos.stratum.v1 import agent_service_pb2, agent_service_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+PREFIX = "COSMOS_AGENT"
+VERSION = "0.1.0"
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Who the agent is and where it connects."""
+
+    stratum: str
+    """Stratum gRPC address (``HOST:PORT``)."""
+    agent_id: str
+    """Stable identity of this host in the pool."""
+    work_dir: Path
+    """Directory for per-job work dirs."""
+    gpus: str = ""
+    """Declared GPUs (``2xA100``) instead of probing NVML."""
+    labels: tuple[tuple[str, str], ...] = ()
+    """Free-form labels the scheduler can match on."""
+    reconnect_max: float = 5.0
+    """Longest wait between reconnect attempts, in seconds."""
+
+
+class Agent:
+    """One connection at a time to Stratum; reconnects with backoff until stopped."""
+
+    def __init__(self, cfg: AgentConfig) -> None:
+        self.cfg = cfg
+        self.inventory = inventory.collect(cfg.agent_id, cfg.gpus)
+        self.stopping = asyncio.Event()
+        self.connected = asyncio.Event()
+
+    def hello(self) -> agent_service_pb2.ConnectRequest:
+        """The registration message opening every stream."""
+        return agent_service_pb2.ConnectRequest(
+            hello=agent_service_pb2.AgentHello(
+                agent_id=self.cfg.agent_id,
+                hostname=socket.gethostname(),
+                inventory=self.inventory,
+                labels=dict(self.cfg.labels),
+                version=VERSION,
+            )
+        )
+
+    async def run(self) -> None:
+        """Stay connected until :attr:`stopping` is set."""
+        self.cfg.work_dir.mkdir(parents=True, exist_ok=True)
+        delay = 0.2
+        while not self.stopping.is_set():
+            try:
+                await self._session()
+                delay = 0.2
+            except grpc.aio.AioRpcError as exc:
+                log.warning(
+                    "stream to Stratum ended",
+                    extra={
+                        "fields": {"code": exc.code().name, "details": exc.details(), "retry_in_s": delay}
+                    },
+                )
+            self.connected.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), delay)
+            delay = min(delay * 2, self.cfg.reconnect_max)
+
+    async def _session(self) -> None:
+        outbox: asyncio.Queue[agent_service_pb2.ConnectRequest | None] = asyncio.Queue()
+        await outbox.put(self.hello())
+
+        async def requests() -> AsyncIterator[agent_service_pb2.ConnectRequest]:
+            while (message := await outbox.get()) is not None:
+                # Each message carries its own id so Stratum can drop one re-sent after a reconnect.
+                message.request_id = uuid.uuid4().hex
+                yield message
+
+        async with channels.insecure_channel(self.cfg.stratum) as channel:
+            call = agent_service_pb2_grpc.AgentServiceStub(channel).Connect(requests())
+            heartbeats: asyncio.Task[None] | None = None
+            stop_wait = asyncio.ensure_future(self.stopping.wait())
+            try:
+                responses = aiter(call)
+                while True:
+                    nxt = asyncio.ensure_future(anext(responses))
+                    done, _ = await asyncio.wait([nxt, stop_wait], return_when=asyncio.FIRST_COMPLETED)
+                    if nxt not in done:
+                        nxt.cancel()
+                        await outbox.put(None)
+                        call.cancel()
+                        return
+                    try:
+                        message = nxt.result()
+                    except StopAsyncIteration:
+                        return
+                    kind = message.WhichOneof("message")
+                    if kind == "welcome":
+                        interval = message.welcome.heartbeat_interval.ToTimedelta().total_seconds() or 2.0
+                        heartbeats = asyncio.create_task(self._heartbeats(outbox, interval))
+                        self.connected.set()
+                        log.info("registered with Stratum", extra={"fields": {"stratum": self.cfg.stratum}})
+                    else:
+                        log.info("message from Stratum", extra={"fields": {"kind": kind}})
+            finally:
+                stop_wait.cancel()
+                if heartbeats is not None:
+                    heartbeats.cancel()
+
+    @staticmethod
+    async def _heartbeats(
+        outbox: asyncio.Queue[agent_service_pb2.ConnectRequest | None], interval: float
+    ) -> None:
+        while True:
+            heartbeat = agent_service_pb2.AgentHeartbeat()
+            heartbeat.send_time.GetCurrentTime()
+            await outbox.put(agent_service_pb2.ConnectRequest(heartbeat=heartbeat))
+            await asyncio.sleep(interval)
+
+
+def parser() -> argparse.ArgumentParser:
+    """Flags of ``cosmos agent``."""
+    p = argparse.ArgumentParser(prog="cosmos agent", description="Run a Stratum agent on this host.")
+    config.add_env_argument(p, PREFIX, "--stratum", default="127.0.0.1:50053", help="Stratum gRPC address")
+    config.add_env_argument(
+        p, PREFIX, "--agent-id", default=socket.gethostname(), help="identity of this host"
+    )
+    config.add_env_argument(
+        p, PREFIX, "--work-dir", default=".cosmos/agent", help="per-job work dirs go here"
+    )
+    config.add_env_argument(
+        p, PREFIX, "--gpus", default="", help="declared GPUs, e.g. 2xA100:80G,T4 (else NVML)"
+    )
+    p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="label for placement")
+    process.add_logging_arguments(p, PREFIX)
+    return p
+
+
+async def serve(args: argparse.Namespace) -> None:
+    """Run the agent until SIGTERM/SIGINT."""
+    labels = []
+    for item in args.label:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise errors.ConfigError(f"--label {item!r}: expected KEY=VALUE")
+        labels.append((key, value))
+    agent = Agent(
+        AgentConfig(
+            stratum=str(config.Address.parse(args.stratum, setting="--stratum")),
+            agent_id=args.agent_id,
+            work_dir=Path(args.work_dir),
+            gpus=args.gpus,
+            labels=tuple(labels),
+        )
+    )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, agent.stopping.set)
+    await agent.run()
+    log.info("agent stopped")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``cosmos agent``."""
+    args = parser().parse_args(argv)
+    return process.run("agent", args, lambda: serve(args))

@@ -1,0 +1,127 @@
+"""The agents Stratum knows: their inventory, connection, lease and administrative state."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from google.protobuf import timestamp_pb2
+
+from cosmos import errors
+from cosmos.stratum.v1 import agent_pb2
+
+log = logging.getLogger(__name__)
+
+State = agent_pb2.AgentState
+
+
+@dataclass
+class AgentRecord:
+    """One agent as Stratum sees it."""
+
+    agent: agent_pb2.Agent
+    """The agent's public view (inventory, state, times)."""
+    lease_deadline: float = 0.0
+    """Monotonic time after which a silent agent is LOST."""
+    connected: bool = False
+    """Whether its stream is open right now."""
+
+
+@dataclass
+class AgentRegistry:
+    """Agents by id; lease bookkeeping. Single event loop, so no locking is needed."""
+
+    lease_seconds: float = 10.0
+    """How long an agent stays READY without a heartbeat."""
+    agents: dict[str, AgentRecord] = field(default_factory=dict)
+    """Every agent ever seen since this process started, by id."""
+
+    def connect(self, hello: agent_pb2.Agent) -> AgentRecord:
+        """Register (or re-register) an agent whose stream just opened."""
+        record = self.agents.get(hello.agent_id)
+        now = _now()
+        if record is None:
+            record = AgentRecord(agent=agent_pb2.Agent(agent_id=hello.agent_id))
+            self.agents[hello.agent_id] = record
+        agent = record.agent
+        agent.hostname = hello.hostname
+        agent.version = hello.version
+        agent.inventory.CopyFrom(hello.inventory)
+        agent.labels.clear()
+        agent.labels.update(hello.labels)
+        agent.connect_time.CopyFrom(now)
+        agent.last_heartbeat_time.CopyFrom(now)
+        # Administrative states survive reconnects; connection states do not.
+        if agent.state not in (State.AGENT_STATE_CORDONED, State.AGENT_STATE_DRAINING):
+            agent.state = State.AGENT_STATE_READY
+        record.connected = True
+        record.lease_deadline = time.monotonic() + self.lease_seconds
+        log.info(
+            "agent connected",
+            extra={"fields": {"agent_id": agent.agent_id, "gpus": len(agent.inventory.gpus)}},
+        )
+        return record
+
+    def heartbeat(self, agent_id: str) -> None:
+        """Extend the agent's lease."""
+        record = self.get(agent_id)
+        record.agent.last_heartbeat_time.CopyFrom(_now())
+        record.lease_deadline = time.monotonic() + self.lease_seconds
+        if record.agent.state == State.AGENT_STATE_LOST:
+            record.agent.state = State.AGENT_STATE_READY
+
+    def disconnect(self, agent_id: str) -> None:
+        """The agent's stream closed; it keeps its lease until the deadline."""
+        record = self.agents.get(agent_id)
+        if record is not None:
+            record.connected = False
+            if record.agent.state == State.AGENT_STATE_READY:
+                record.agent.state = State.AGENT_STATE_DISCONNECTED
+            log.info("agent disconnected", extra={"fields": {"agent_id": agent_id}})
+
+    def expire(self) -> list[str]:
+        """Mark agents whose lease ran out LOST; return their ids."""
+        now = time.monotonic()
+        lost = []
+        for record in self.agents.values():
+            if record.agent.state != State.AGENT_STATE_LOST and record.lease_deadline < now:
+                record.agent.state = State.AGENT_STATE_LOST
+                record.connected = False
+                lost.append(record.agent.agent_id)
+                log.warning("agent lost", extra={"fields": {"agent_id": record.agent.agent_id}})
+        return lost
+
+    def get(self, agent_id: str) -> AgentRecord:
+        """The agent with ``agent_id``, or :class:`NotFoundError`."""
+        record = self.agents.get(agent_id)
+        if record is None:
+            raise errors.NotFoundError(
+                f"agent {agent_id!r} is not known to this Stratum",
+                reason="ERROR_REASON_AGENT_NOT_FOUND",
+                metadata={"agent_id": agent_id},
+            )
+        return record
+
+    def set_state(self, agent_id: str, state: agent_pb2.AgentState.ValueType) -> agent_pb2.Agent:
+        """Cordon, drain or return an agent to READY."""
+        record = self.get(agent_id)
+        if record.agent.state == State.AGENT_STATE_LOST and state == State.AGENT_STATE_READY:
+            raise errors.FailedPreconditionError(
+                f"agent {agent_id!r} is lost; it becomes READY when it reconnects",
+                metadata={"agent_id": agent_id},
+            )
+        record.agent.state = state
+        return record.agent
+
+    def sorted(self) -> Iterator[agent_pb2.Agent]:
+        """Every agent, ordered by id (stable paging)."""
+        for agent_id in sorted(self.agents):
+            yield self.agents[agent_id].agent
+
+
+def _now() -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.GetCurrentTime()
+    return stamp
