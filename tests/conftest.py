@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -91,7 +91,7 @@ class ServiceProcess:
 
 
 @pytest.fixture
-def start_service(tmp_path: Path) -> Iterator[object]:
+def start_service(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
     """Start ``cosmos <name> --listen 127.0.0.1:<free> <args>`` and wait until it is SERVING."""
     started: list[ServiceProcess] = []
 

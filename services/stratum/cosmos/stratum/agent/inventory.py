@@ -14,7 +14,7 @@ from cosmos.stratum.v1 import agent_pb2
 
 log = logging.getLogger(__name__)
 
-_DECLARED = re.compile(r"^(?:(\d+)x)?([A-Za-z0-9][A-Za-z0-9_.-]*)(?::(\d+)(G|M)i?B?)?$")
+_DECLARED = re.compile(r"^(?:(\d+)x)?([A-Za-z][A-Za-z0-9_.-]*)(?::(\d+)(G|M)i?B?)?$")
 
 
 def parse_declared_gpus(text: str, agent_id: str) -> list[agent_pb2.Gpu]:
@@ -68,10 +68,10 @@ def probe_nvml() -> list[agent_pb2.Gpu]:
 
 
 def short_model(name: str) -> str:
-    """The model token schedulers match on: ``NVIDIA H100 80GB HBM3`` → ``H100``."""
+    """The model token schedulers match on (``NVIDIA A100-SXM4-40GB`` → ``A100``)."""
     for token in name.replace("NVIDIA", "").replace("Tesla", "").split():
         if any(ch.isdigit() for ch in token):
-            return token.upper()
+            return token.split("-")[0].upper()
     return name.strip()
 
 

@@ -1,0 +1,79 @@
+"""Flags backed by environment variables, addresses, and the shared paging tokens."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+
+import pytest
+
+from cosmos import errors
+from cosmos.runtime import config, paging
+
+
+def test_flag_default_comes_from_environment_and_command_line_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COSMOS_PLATO_GRACE_PERIOD", "3.5")
+    parser = argparse.ArgumentParser()
+    config.add_env_argument(parser, "COSMOS_PLATO", "--grace-period", default=10.0, type=float, help="grace")
+    assert parser.parse_args([]).grace_period == 3.5
+    assert parser.parse_args(["--grace-period", "1"]).grace_period == 1.0
+    assert "COSMOS_PLATO_GRACE_PERIOD" in parser.format_help()
+
+
+def test_malformed_environment_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COSMOS_NATS_PORT", "forty")
+    with pytest.raises(errors.ConfigError, match="COSMOS_NATS_PORT='forty'"):
+        config.add_env_argument(
+            argparse.ArgumentParser(), "COSMOS", "--nats-port", default=4222, type=int, help=""
+        )
+
+
+@pytest.mark.parametrize(
+    ("text", "host", "port"),
+    [("127.0.0.1:50051", "127.0.0.1", 50051), (":4222", "127.0.0.1", 4222), ("[::1]:9", "::1", 9)],
+)
+def test_address_parse(text: str, host: str, port: int) -> None:
+    address = config.Address.parse(text)
+    assert (address.host, address.port) == (host, port)
+    assert config.Address.parse(str(address)) == address
+
+
+@pytest.mark.parametrize("text", ["localhost", "host:http", "host:70000"])
+def test_bad_address_is_refused_naming_the_setting(text: str) -> None:
+    with pytest.raises(errors.ConfigError, match="--listen"):
+        config.Address.parse(text, setting="--listen")
+
+
+def test_port_in_use_is_detected() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        with pytest.raises(errors.PortInUseError) as caught:
+            config.ensure_port_free(config.Address("127.0.0.1", port), "nats", "--nats-port")
+    assert caught.value.port == port and "--nats-port" in str(caught.value)
+
+
+def test_pages_cover_everything_once() -> None:
+    items = list(range(7))
+    seen: list[int] = []
+    token = ""
+    while True:
+        page = paging.parse(3, token, "q")
+        chunk, token = paging.slice_page(items, page, "q")
+        seen += chunk
+        if not token:
+            break
+    assert seen == items
+
+
+def test_page_token_is_bound_to_its_query_and_size_validated() -> None:
+    _, token = paging.slice_page(list(range(5)), paging.parse(2, "", "state=1"), "state=1")
+    with pytest.raises(errors.InvalidArgumentError) as other_query:
+        paging.parse(2, token, "state=2")
+    assert other_query.value.violations[0].field == "page_token"
+    with pytest.raises(errors.InvalidArgumentError) as negative:
+        paging.parse(-1, "", "")
+    assert negative.value.violations[0].field == "page_size"
+    assert paging.parse(10_000, "", "").size == paging.MAX_PAGE_SIZE
+    assert paging.parse(0, "", "").size == paging.DEFAULT_PAGE_SIZE

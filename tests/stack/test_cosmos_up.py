@@ -1,0 +1,155 @@
+"""``cosmos up`` as a user runs it, inspected with the real grpcurl binary."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+
+from cosmos.runtime.config import free_port
+
+GRPCURL = str(Path(sys.executable).parent / "grpcurl")
+
+SERVICES = {
+    "optimus": ["cosmos.optimus.v1.EncodeService"],
+    "plato": ["cosmos.plato.v1.StepService", "cosmos.plato.v1.WorkflowService"],
+    "stratum": [
+        "cosmos.stratum.v1.AgentService",
+        "cosmos.stratum.v1.JobService",
+        "cosmos.stratum.v1.PoolService",
+    ],
+}
+
+
+@dataclass
+class Stack:
+    proc: subprocess.Popen[str]
+    ports: dict[str, int]
+    data_dir: Path
+
+    def target(self, name: str) -> str:
+        return f"127.0.0.1:{self.ports[name]}"
+
+
+def grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([GRPCURL, "-plaintext", *args], capture_output=True, text=True, timeout=30)
+
+
+def wait_agent_ready(stack: Stack, timeout: float = 90) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if stack.proc.poll() is not None:
+            out = stack.proc.stdout.read() if stack.proc.stdout else ""
+            raise AssertionError(f"cosmos up exited {stack.proc.returncode}: {out}")
+        done = grpcurl(stack.target("stratum"), "cosmos.stratum.v1.PoolService/ListAgents")
+        last = done.stdout + done.stderr
+        if done.returncode == 0:
+            agents = json.loads(done.stdout).get("agents", [])
+            if agents and agents[0].get("state") == "AGENT_STATE_READY":
+                return dict(agents[0])
+        time.sleep(0.3)
+    raise AssertionError(f"agent not READY: {last}")
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    ports = {name: free_port() for name in ("optimus", "plato", "stratum", "nats")}
+    env = {**os.environ, "COSMOS_NATS_PORT": str(ports["nats"]), "COSMOS_DATA_DIR": str(tmp_path / "data")}
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "cosmos.cli", "up",
+            "--optimus-port", str(ports["optimus"]),
+            "--plato-port", str(ports["plato"]),
+            "--stratum-port", str(ports["stratum"]),
+            "--agent-gpus", "2xA100:80G",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )  # fmt: skip
+    up = Stack(proc, ports, tmp_path / "data")
+    yield up
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def test_up_serves_every_contract_with_health_and_reflection_then_stops_cleanly(stack: Stack) -> None:
+    agent = wait_agent_ready(stack)
+    assert [g["model"] for g in agent["inventory"]["gpus"]] == ["A100", "A100"]  # type: ignore[index]
+
+    for name, services in SERVICES.items():
+        listed = grpcurl(stack.target(name), "list")
+        assert listed.returncode == 0, listed.stderr
+        names = listed.stdout.split()
+        assert names == sorted(
+            [*services, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"]
+        )
+        for service in [*services, ""]:
+            check = grpcurl(
+                "-d", json.dumps({"service": service}), stack.target(name), "grpc.health.v1.Health/Check"
+            )
+            assert check.returncode == 0, check.stderr
+            assert json.loads(check.stdout) == {"status": "SERVING"}
+
+    described = grpcurl(stack.target("plato"), "describe", "cosmos.plato.v1.StartWorkflowRequest")
+    assert described.returncode == 0, described.stderr
+    assert "string request_id = 1" in described.stdout
+    assert ".google.protobuf.Struct input" in described.stdout
+    agent_service = grpcurl(stack.target("stratum"), "describe", "cosmos.stratum.v1.AgentService")
+    connect = "rpc Connect ( stream .cosmos.stratum.v1.ConnectRequest ) returns ( stream .cosmos.stratum.v1.ConnectResponse )"  # noqa: E501
+    assert connect in agent_service.stdout, agent_service.stdout
+
+    # Thin services answer UNIMPLEMENTED rather than crash, and stay up.
+    submit = grpcurl("-d", "{}", stack.target("optimus"), "cosmos.optimus.v1.EncodeService/SubmitEncode")
+    assert submit.returncode != 0 and "Unimplemented" in submit.stderr
+    bad_page = grpcurl(
+        "-d", '{"page_size": -1}', stack.target("stratum"), "cosmos.stratum.v1.PoolService/ListAgents"
+    )
+    assert "InvalidArgument" in bad_page.stderr and "page_size" in bad_page.stderr
+
+    children = psutil.Process(stack.proc.pid).children(recursive=True)
+    assert len(children) == 5, [c.cmdline() for c in children]  # nats, plato, stratum, optimus, agent
+    stack.proc.send_signal(signal.SIGTERM)
+    assert stack.proc.wait(timeout=60) == 0
+    output = stack.proc.stdout.read() if stack.proc.stdout else ""
+    assert "Cosmos is up" in output
+    for name in ("optimus", "plato", "stratum", "nats", "agent"):
+        assert f"{name} (0)" in output, output
+    _, alive = psutil.wait_procs(children, timeout=5)
+    assert not alive
+    assert (stack.data_dir / "nats" / "jetstream").is_dir()
+    for port in stack.ports.values():
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))  # every port is released
+
+
+def test_up_refuses_a_port_in_use_naming_it(tmp_path: Path) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        argv = ["up", "--plato-port", str(port), "--data-dir", str(tmp_path / "d")]
+        done = subprocess.run(
+            [sys.executable, "-m", "cosmos.cli", *argv],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "COSMOS_NATS_PORT": str(free_port()), "COSMOS_OPTIMUS_PORT": str(free_port()),
+                 "COSMOS_STRATUM_PORT": str(free_port())},
+        )  # fmt: skip
+    assert done.returncode == 2
+    assert f"plato: 127.0.0.1:{port} is already in use" in done.stderr
+    assert "COSMOS_PLATO_PORT" in done.stderr
