@@ -1,10 +1,16 @@
-"""The Plato server process: workflow API and step API over JetStream."""
+"""The Plato server process: workflow API, step API and the evaluator, over JetStream."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 from collections.abc import Sequence
 
+from cosmos import errors
+from cosmos.plato.api import StepApi, WorkflowApi
+from cosmos.plato.engine.evaluator import Evaluator, EvaluatorConfig
+from cosmos.plato.store import PlatoStore, Storage, StoreConfig
 from cosmos.plato.v1 import step_service_pb2_grpc, workflow_service_pb2_grpc
 from cosmos.runtime import config, jetstream, process
 from cosmos.runtime.server import Server, ServerConfig, ServiceBinding
@@ -18,30 +24,59 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cosmos plato", description="Run the Plato workflow engine server.")
     process.add_server_arguments(p, PREFIX, DEFAULT_LISTEN)
     config.add_env_argument(p, PREFIX, "--nats", default=jetstream.DEFAULT_URL, help="NATS URL (JetStream)")
+    config.add_env_argument(p, PREFIX, "--storage", default="file", help="JetStream storage: file or memory")
+    config.add_env_argument(
+        p, PREFIX, "--replicas", default=1, type=int, help="stream replicas (3 in a cluster)"
+    )
+    config.add_env_argument(
+        p, PREFIX, "--batch", default=256, type=int, help="engine inputs pulled per fetch"
+    )
     return p
 
 
 async def serve(args: argparse.Namespace) -> None:
-    """Connect to NATS, serve until SIGTERM/SIGINT, then close everything."""
-    nc, _ = await jetstream.connect(args.nats, "cosmos-plato")
+    """Connect to NATS, set up streams and buckets, evaluate and serve until SIGTERM/SIGINT."""
+    if args.storage not in ("file", "memory"):
+        raise errors.ConfigError(f"--storage {args.storage!r}: expected file or memory")
+    nc, js = await jetstream.connect(args.nats, "cosmos-plato")
+    store = PlatoStore(nc, js, StoreConfig(storage=Storage(args.storage), replicas=args.replicas))
+    await store.ensure()
+    evaluator = Evaluator(store, EvaluatorConfig(batch=args.batch))
+    evaluating: asyncio.Task[None] | None = None
+
+    async def finish() -> None:
+        # The evaluator finishes its batch (it checks `stopping` between batches) before NATS closes.
+        if evaluating is not None:
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(evaluating, timeout=args.grace_period)
+        await nc.drain()
+
     server = Server(
         ServerConfig("plato", config.Address.parse(args.listen, setting="--listen"), args.grace_period),
-        [
-            ServiceBinding(
-                "cosmos.plato.v1.WorkflowService",
-                # The engine is not built yet: the generated base answers UNIMPLEMENTED.
-                workflow_service_pb2_grpc.WorkflowServiceServicer(),  # type: ignore[abstract]
-                workflow_service_pb2_grpc.add_WorkflowServiceServicer_to_server,
-            ),
-            ServiceBinding(
-                "cosmos.plato.v1.StepService",
-                step_service_pb2_grpc.StepServiceServicer(),  # type: ignore[abstract]
-                step_service_pb2_grpc.add_StepServiceServicer_to_server,
-            ),
-        ],
-        on_stop=nc.close,
+        on_stop=finish,
     )
-    await server.serve_until_signalled()
+    server.add(
+        ServiceBinding(
+            "cosmos.plato.v1.WorkflowService",
+            WorkflowApi(store, server.stopping),
+            workflow_service_pb2_grpc.add_WorkflowServiceServicer_to_server,
+        )
+    )
+    server.add(
+        ServiceBinding(
+            "cosmos.plato.v1.StepService",
+            StepApi(store),
+            step_service_pb2_grpc.add_StepServiceServicer_to_server,
+        )
+    )
+    evaluating = asyncio.create_task(evaluator.run(server.stopping))
+    try:
+        await server.serve_until_signalled()
+    finally:
+        if not evaluating.done():
+            evaluating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await evaluating
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,13 @@
+"""The Python SDK for step handlers: register a function per task queue, run a :class:`Worker`.
+
+>>> worker = Worker("nats://127.0.0.1:4222")
+>>> @worker.handler("encode-segment")
+... async def encode(step: StepContext) -> dict[str, object]:
+...     await step.heartbeat(percent=50)
+...     return {"uri": "file:///out/seg.mp4"}
+>>> await worker.run(stopping)
+"""
+
+from cosmos.sdk.worker import StepContext, StepError, Worker, WorkerConfig
+
+__all__ = ["StepContext", "StepError", "Worker", "WorkerConfig"]

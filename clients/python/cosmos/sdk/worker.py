@@ -1,0 +1,238 @@
+"""Step handlers as JetStream consumers: the card's ``@KafkaListener``, typed and durable.
+
+Each queue is one durable pull consumer on ``PLATO_TASKS`` shared by every worker process serving it
+(work-queue semantics: a task goes to one handler). A handler receives a :class:`StepContext` with
+the typed :class:`StepTask` and its idempotency key, may heartbeat with progress, and returns its
+output (a JSON-like dict) or raises. The result is posted to the workflow's inbox and stored by
+JetStream *before* the task is acknowledged, so a crash re-runs the task rather than losing it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig
+from opentelemetry import trace
+
+from cosmos import errors
+from cosmos.common.v1 import progress_pb2
+from cosmos.plato import inputs, subjects
+from cosmos.plato.engine import values
+from cosmos.plato.v1 import engine_pb2, events_pb2
+from cosmos.runtime import telemetry
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer("cosmos.sdk")
+
+
+class StepError(errors.CosmosError):
+    """Raise from a handler to fail the step with a message; ``non_retryable`` skips every retry."""
+
+    def __init__(self, message: str, *, non_retryable: bool = False) -> None:
+        super().__init__(message)
+        self.non_retryable = non_retryable
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """How a worker pulls and runs tasks."""
+
+    concurrency: int = 64
+    """Tasks run at once per worker process (across its queues)."""
+    ack_wait: float = 30.0
+    """Seconds a task may go without a heartbeat before JetStream hands it to another worker."""
+    fetch_batch: int = 64
+    """Tasks requested per pull."""
+
+
+@dataclass
+class StepContext:
+    """What a handler gets for one step attempt."""
+
+    task: events_pb2.StepTask
+    """The typed task."""
+    input: dict[str, Any]
+    """The step's input as a dict."""
+    cancelled: asyncio.Event
+    """Set when the workflow was cancelled or the attempt timed out; the handler task is also cancelled."""
+    _worker: Worker
+    _msg: Msg
+    _beats: int = 0
+
+    @property
+    def idempotency_key(self) -> str:
+        """``<workflow>/<step_id>/<attempt>``: the same for every delivery of this attempt."""
+        return self.task.idempotency_key
+
+    @property
+    def attempt(self) -> int:
+        """Attempt number, 1-based."""
+        return self.task.attempt
+
+    async def heartbeat(
+        self, *, percent: float | None = None, message: str = "", fps: float = 0.0, speed: float = 0.0
+    ) -> None:
+        """Tell Plato the attempt is alive (resets heartbeat timeouts) and report progress."""
+        self._beats += 1
+        progress = None
+        if percent is not None or message or fps or speed:
+            progress = progress_pb2.Progress(percent=percent or 0.0, message=message, fps=fps, speed=speed)
+        inp, msg_id = inputs.heartbeat(
+            self.task.workflow_id, self.task.step_id, self.task.attempt, progress, self._beats
+        )
+        await self._worker._post(inp, msg_id)
+        with contextlib.suppress(nats.errors.Error):
+            await self._msg.in_progress()
+
+
+Handler = Callable[[StepContext], Awaitable[Mapping[str, Any] | None]]
+
+
+@dataclass
+class Worker:
+    """Runs registered handlers for their queues until stopped."""
+
+    nats_url: str
+    """NATS server URL."""
+    config: WorkerConfig = field(default_factory=WorkerConfig)
+    """Concurrency and leases."""
+    handlers: dict[str, Handler] = field(default_factory=dict)
+    """Handler per queue."""
+    completed: int = 0
+    """Tasks finished (either way) by this worker, for tests and benchmarks."""
+    _nc: NatsClient | None = None
+    _js: JetStreamContext | None = None
+    _running: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    _cancellable: dict[str, StepContext] = field(default_factory=dict)
+
+    def handler(self, queue: str) -> Callable[[Handler], Handler]:
+        """Decorator registering ``fn`` for ``queue`` (by default a step's name)."""
+
+        def register(fn: Handler) -> Handler:
+            self.handlers[queue] = fn
+            return fn
+
+        return register
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Serve every registered queue until ``stopping`` is set; running tasks are finished first."""
+        self._nc = await nats.connect(self.nats_url, name="cosmos-worker", max_reconnect_attempts=-1)
+        self._js = self._nc.jetstream()
+        slots = asyncio.Semaphore(self.config.concurrency)
+        cancels = await self._nc.subscribe(subjects.CANCELS_ALL, cb=self._on_cancel)
+        try:
+            await asyncio.gather(*(self._serve(queue, slots, stopping) for queue in self.handlers))
+            if self._running:
+                await asyncio.gather(*self._running.values(), return_exceptions=True)
+        finally:
+            await cancels.unsubscribe()
+            await self._nc.close()
+
+    async def _subscribe(
+        self, queue: str, stopping: asyncio.Event
+    ) -> JetStreamContext.PullSubscription | None:
+        assert self._js is not None
+        while not stopping.is_set():
+            try:
+                return await self._js.pull_subscribe(
+                    subjects.tasks(queue),
+                    durable=subjects.queue_consumer(queue),
+                    stream=subjects.TASKS_STREAM,
+                    config=ConsumerConfig(
+                        ack_policy=AckPolicy.EXPLICIT, ack_wait=self.config.ack_wait, max_ack_pending=-1
+                    ),
+                )
+            except nats.js.errors.NotFoundError:
+                # Plato creates the streams; a worker may well start first.
+                await asyncio.sleep(0.5)
+        return None
+
+    async def _serve(self, queue: str, slots: asyncio.Semaphore, stopping: asyncio.Event) -> None:
+        sub = await self._subscribe(queue, stopping)
+        if sub is None:
+            return
+        while not stopping.is_set():
+            free = max(1, min(self.config.fetch_batch, self.config.concurrency - len(self._running)))
+            try:
+                msgs = await sub.fetch(free, timeout=0.5)
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue
+            except nats.errors.ConnectionClosedError:
+                return
+            for msg in msgs:
+                await slots.acquire()
+                task = asyncio.create_task(self._run_one(queue, msg))
+                key = msg.reply or str(id(task))
+                self._running[key] = task
+                task.add_done_callback(self._finished(key, slots))
+
+    def _finished(self, key: str, slots: asyncio.Semaphore) -> Callable[[asyncio.Task[None]], None]:
+        def done(_: asyncio.Task[None]) -> None:
+            self._running.pop(key, None)
+            slots.release()
+
+        return done
+
+    async def _run_one(self, queue: str, msg: Msg) -> None:
+        task = events_pb2.StepTask.FromString(msg.data)
+        ctx = StepContext(task, values.struct_to_dict(task.input), asyncio.Event(), self, msg)
+        with tracer.start_as_current_span(
+            f"step {task.step_name}", context=telemetry.extract_context(msg.headers)
+        ) as span:
+            span.set_attribute("cosmos.workflow_id", task.workflow_id)
+            span.set_attribute("cosmos.step_id", task.step_id)
+            span.set_attribute("cosmos.attempt", task.attempt)
+            self._cancellable[task.idempotency_key] = ctx
+            try:
+                output = await self.handlers[queue](ctx)
+                inp, msg_id = inputs.result(
+                    task.workflow_id, task.step_id, task.attempt, output=dict(output or {})
+                )
+            except asyncio.CancelledError:
+                if not ctx.cancelled.is_set():
+                    raise  # the worker itself is shutting down: leave the task for redelivery
+                await msg.ack()
+                return
+            except StepError as exc:
+                inp, msg_id = inputs.result(
+                    task.workflow_id,
+                    task.step_id,
+                    task.attempt,
+                    error=str(exc),
+                    non_retryable=exc.non_retryable,
+                )
+            except Exception as exc:
+                log.exception("handler raised", extra={"fields": {"key": task.idempotency_key}})
+                inp, msg_id = inputs.result(
+                    task.workflow_id, task.step_id, task.attempt, error=f"{type(exc).__name__}: {exc}"
+                )
+            finally:
+                self._cancellable.pop(task.idempotency_key, None)
+            await self._post(inp, msg_id)
+            await msg.ack()
+            self.completed += 1
+
+    async def _post(self, inp: engine_pb2.EngineInput, msg_id: str) -> None:
+        assert self._js is not None
+        headers = telemetry.inject_headers({subjects.Header.MSG_ID: msg_id})
+        await self._js.publish(subjects.inbox(inp.workflow_id), inp.SerializeToString(), headers=headers)
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        ctx = self._cancellable.get(msg.data.decode())
+        if ctx is None:
+            return
+        ctx.cancelled.set()
+        for key, running in list(self._running.items()):
+            if key == ctx._msg.reply:
+                running.cancel()

@@ -1,0 +1,443 @@
+"""Plato's gRPC API: WorkflowService (definitions, workflows, history, watch) and StepService.
+
+Every mutation is a durable JetStream publish to the workflow's inbox, de-duplicated by a message id
+derived from the request; the evaluator applies it. Reads come from the workflow records bucket and
+the events stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import re
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from cosmos import errors
+from cosmos.plato import inputs, subjects
+from cosmos.plato.engine import machine, values
+from cosmos.plato.language import parser
+from cosmos.plato.store import PlatoStore
+from cosmos.plato.v1 import (
+    definition_pb2,
+    engine_pb2,
+    events_pb2,
+    step_service_pb2,
+    step_service_pb2_grpc,
+    workflow_pb2,
+    workflow_service_pb2,
+    workflow_service_pb2_grpc,
+)
+from cosmos.runtime import paging, telemetry
+
+Context = Any
+WS = workflow_pb2.WorkflowState
+SS = workflow_pb2.StepState
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_=-]{0,127}$")
+_NAMESPACE = uuid.UUID("5b0c7c53-7a1c-4b0e-9a55-0f6f7f2c1a11")
+_TERMINAL_EVENTS = (
+    events_pb2.WORKFLOW_EVENT_TYPE_WORKFLOW_COMPLETED,
+    events_pb2.WORKFLOW_EVENT_TYPE_WORKFLOW_FAILED,
+    events_pb2.WORKFLOW_EVENT_TYPE_WORKFLOW_CANCELLED,
+)
+
+
+def _violation(field: str, description: str) -> errors.InvalidArgumentError:
+    return errors.InvalidArgumentError(
+        f"{field}: {description}", violations=[errors.FieldViolation(field, description)]
+    )
+
+
+def _require(value: str, field: str) -> None:
+    if not value:
+        raise _violation(field, "is required")
+
+
+def _check_id(value: str, field: str) -> None:
+    _require(value, field)
+    if not _ID.match(value):
+        raise _violation(field, f"{value!r} must match {_ID.pattern} (letters, digits, _ = -; at most 128)")
+
+
+def _workflow_not_found(workflow_id: str) -> errors.NotFoundError:
+    return errors.NotFoundError(
+        f"workflow {workflow_id!r} does not exist",
+        reason="ERROR_REASON_WORKFLOW_NOT_FOUND",
+        metadata={"workflow_id": workflow_id},
+    )
+
+
+class WorkflowApi(workflow_service_pb2_grpc.WorkflowServiceServicer):
+    """``cosmos.plato.v1.WorkflowService``."""
+
+    def __init__(self, store: PlatoStore, stopping: asyncio.Event) -> None:
+        self.store = store
+        self.stopping = stopping
+
+    # ------------------------------------------------------------------ definitions
+
+    async def RegisterDefinition(
+        self, request: workflow_service_pb2.RegisterDefinitionRequest, context: Context
+    ) -> workflow_service_pb2.RegisterDefinitionResponse:
+        _require(request.request_id, "request_id")
+        _require(request.source_yaml, "source_yaml")
+        try:
+            compiled = parser.parse(request.source_yaml)
+        except errors.InvalidArgumentError as exc:
+            violations = [
+                errors.FieldViolation(f"source_yaml.{v.field}", v.description) for v in exc.violations
+            ]
+            raise errors.InvalidArgumentError(exc.message, reason=exc.reason, violations=violations) from exc
+        definition = definition_pb2.WorkflowDefinition(
+            definition_id=compiled.id,
+            source_yaml=request.source_yaml,
+            step_names=sorted(compiled.steps),
+            content_hash=hashlib.sha256(request.source_yaml.encode()).hexdigest(),
+        )
+        definition.create_time.GetCurrentTime()
+        stored = await self.store.put_definition(definition)
+        return workflow_service_pb2.RegisterDefinitionResponse(definition=stored)
+
+    async def GetDefinition(
+        self, request: workflow_service_pb2.GetDefinitionRequest, context: Context
+    ) -> workflow_service_pb2.GetDefinitionResponse:
+        _require(request.definition_id, "definition_id")
+        if request.version < 0:
+            raise _violation("version", "must be 0 (latest) or a positive version")
+        stored = await self.store.get_definition(request.definition_id, request.version)
+        return workflow_service_pb2.GetDefinitionResponse(definition=stored)
+
+    async def ListDefinitions(
+        self, request: workflow_service_pb2.ListDefinitionsRequest, context: Context
+    ) -> workflow_service_pb2.ListDefinitionsResponse:
+        page = paging.parse(request.page_size, request.page_token, "definitions")
+        ids, next_token = paging.slice_page(await self.store.definition_ids(), page, "definitions")
+        definitions = [await self.store.get_definition(definition_id) for definition_id in ids]
+        return workflow_service_pb2.ListDefinitionsResponse(
+            definitions=definitions, next_page_token=next_token
+        )
+
+    # ------------------------------------------------------------------ workflows
+
+    async def StartWorkflow(
+        self, request: workflow_service_pb2.StartWorkflowRequest, context: Context
+    ) -> workflow_service_pb2.StartWorkflowResponse:
+        _require(request.request_id, "request_id")
+        _require(request.definition_id, "definition_id")
+        if request.workflow_id:
+            _check_id(request.workflow_id, "workflow_id")
+        if request.definition_version < 0:
+            raise _violation("definition_version", "must be 0 (latest) or a positive version")
+        definition = await self.store.get_definition(request.definition_id, request.definition_version)
+        # A retried start (same request_id) lands on the same workflow id, so it finds the first one.
+        workflow_id = request.workflow_id or "wf-" + uuid.uuid5(_NAMESPACE, request.request_id).hex
+        existing = await self.store.get_record(workflow_id)
+        if existing is not None:
+            return self._already_started(existing[0].workflow, request, definition.version)
+        start = engine_pb2.StartInput(
+            definition_id=definition.definition_id,
+            definition_version=definition.version,
+            input=request.input,
+            request_id=request.request_id,
+        )
+        start.request_time.GetCurrentTime()
+        inp = engine_pb2.EngineInput(workflow_id=workflow_id, start=start)
+        # Publish first: from here on the start is durable, whatever happens to this process.
+        await self.store.publish_input(inp, inputs.start_msg_id(workflow_id), telemetry.inject_headers())
+        record = machine.new_record(workflow_id, start, datetime.now(UTC))
+        try:
+            await self.store.save_record(workflow_id, record, None)
+        except Exception:
+            # The evaluator created it first (or a concurrent start did): show what is stored.
+            stored = await self.store.get_record(workflow_id)
+            if stored is not None:
+                record = stored[0]
+        return workflow_service_pb2.StartWorkflowResponse(workflow=record.workflow)
+
+    def _already_started(
+        self,
+        workflow: workflow_pb2.Workflow,
+        request: workflow_service_pb2.StartWorkflowRequest,
+        version: int,
+    ) -> workflow_service_pb2.StartWorkflowResponse:
+        same = (
+            workflow.request_id == request.request_id
+            and workflow.definition_id == request.definition_id
+            and workflow.input == request.input
+        )
+        if not same:
+            field = "workflow_id" if request.workflow_id else "request_id"
+            raise errors.AlreadyExistsError(
+                f"workflow {workflow.workflow_id!r} already exists with a different start request",
+                reason="ERROR_REASON_WORKFLOW_ALREADY_EXISTS"
+                if request.workflow_id
+                else "ERROR_REASON_REQUEST_ID_REUSED",
+                metadata={"workflow_id": workflow.workflow_id, "field": field},
+            )
+        return workflow_service_pb2.StartWorkflowResponse(workflow=workflow, already_started=True)
+
+    async def _record(self, workflow_id: str) -> engine_pb2.WorkflowRecord:
+        _require(workflow_id, "workflow_id")
+        loaded = await self.store.get_record(workflow_id)
+        if loaded is None:
+            raise _workflow_not_found(workflow_id)
+        return loaded[0]
+
+    async def GetWorkflow(
+        self, request: workflow_service_pb2.GetWorkflowRequest, context: Context
+    ) -> workflow_service_pb2.GetWorkflowResponse:
+        record = await self._record(request.workflow_id)
+        return workflow_service_pb2.GetWorkflowResponse(workflow=record.workflow)
+
+    async def ListWorkflows(
+        self, request: workflow_service_pb2.ListWorkflowsRequest, context: Context
+    ) -> workflow_service_pb2.ListWorkflowsResponse:
+        query = f"def={request.definition_id};state={request.state}"
+        page = paging.parse(request.page_size, request.page_token, query)
+        matching: list[workflow_pb2.Workflow] = []
+        for workflow_id in await self.store.workflow_ids():
+            loaded = await self.store.get_record(workflow_id)
+            if loaded is None:
+                continue
+            wf = loaded[0].workflow
+            if request.definition_id and wf.definition_id != request.definition_id:
+                continue
+            if request.state and wf.state != request.state:
+                continue
+            matching.append(wf)
+        chunk, next_token = paging.slice_page(matching, page, query)
+        return workflow_service_pb2.ListWorkflowsResponse(workflows=chunk, next_page_token=next_token)
+
+    async def CancelWorkflow(
+        self, request: workflow_service_pb2.CancelWorkflowRequest, context: Context
+    ) -> workflow_service_pb2.CancelWorkflowResponse:
+        _require(request.request_id, "request_id")
+        record = await self._record(request.workflow_id)
+        state = record.workflow.state
+        if state in (WS.WORKFLOW_STATE_COMPLETED, WS.WORKFLOW_STATE_FAILED):
+            raise errors.FailedPreconditionError(
+                f"workflow {request.workflow_id!r} already ended ({WS.Name(state)})",
+                reason="ERROR_REASON_ALREADY_TERMINAL",
+                metadata={"workflow_id": request.workflow_id, "state": WS.Name(state)},
+            )
+        inp = engine_pb2.EngineInput(
+            workflow_id=request.workflow_id,
+            cancel=engine_pb2.CancelInput(reason=request.reason, request_id=request.request_id),
+        )
+        await self.store.publish_input(inp, f"{request.workflow_id}:cancel", telemetry.inject_headers())
+        return workflow_service_pb2.CancelWorkflowResponse(workflow=record.workflow)
+
+    async def SignalWorkflow(
+        self, request: workflow_service_pb2.SignalWorkflowRequest, context: Context
+    ) -> workflow_service_pb2.SignalWorkflowResponse:
+        _require(request.request_id, "request_id")
+        _require(request.signal_name, "signal_name")
+        record = await self._record(request.workflow_id)
+        if record.workflow.state in machine.TERMINAL_WORKFLOW_STATES:
+            raise errors.FailedPreconditionError(
+                f"workflow {request.workflow_id!r} already ended",
+                reason="ERROR_REASON_ALREADY_TERMINAL",
+                metadata={"workflow_id": request.workflow_id},
+            )
+        inp = engine_pb2.EngineInput(
+            workflow_id=request.workflow_id,
+            signal=engine_pb2.SignalInput(
+                name=request.signal_name, payload=request.payload, request_id=request.request_id
+            ),
+        )
+        msg_id = f"{request.workflow_id}:signal:{request.request_id}"
+        await self.store.publish_input(inp, msg_id, telemetry.inject_headers())
+        return workflow_service_pb2.SignalWorkflowResponse(workflow=record.workflow)
+
+    # ------------------------------------------------------------------ history
+
+    async def ListWorkflowEvents(
+        self, request: workflow_service_pb2.ListWorkflowEventsRequest, context: Context
+    ) -> workflow_service_pb2.ListWorkflowEventsResponse:
+        await self._record(request.workflow_id)
+        page = paging.parse(request.page_size, "", "")
+        start = _decode_cursor(request.page_token)
+        events, last_stream_seq = await self._read_events(request.workflow_id, start, page.size)
+        next_token = _encode_cursor(last_stream_seq + 1) if len(events) == page.size else ""
+        return workflow_service_pb2.ListWorkflowEventsResponse(events=events, next_page_token=next_token)
+
+    async def _read_events(
+        self, workflow_id: str, start_stream_seq: int, limit: int
+    ) -> tuple[list[events_pb2.WorkflowEvent], int]:
+        config = ConsumerConfig(
+            ack_policy=AckPolicy.NONE,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start_stream_seq else DeliverPolicy.ALL,
+            opt_start_seq=start_stream_seq or None,
+            inactive_threshold=10.0,
+            filter_subject=subjects.events(workflow_id),
+        )
+        sub = await self.store.js.pull_subscribe(
+            subjects.events(workflow_id), stream=subjects.EVENTS_STREAM, config=config
+        )
+        events: list[events_pb2.WorkflowEvent] = []
+        last = start_stream_seq
+        try:
+            while len(events) < limit:
+                try:
+                    msgs = await sub.fetch(limit - len(events), timeout=0.3)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    break
+                for msg in msgs:
+                    events.append(events_pb2.WorkflowEvent.FromString(msg.data))
+                    last = msg.metadata.sequence.stream
+        finally:
+            await sub.unsubscribe()
+        return events, last
+
+    async def WatchWorkflow(
+        self, request: workflow_service_pb2.WatchWorkflowRequest, context: Context
+    ) -> AsyncIterator[workflow_service_pb2.WatchWorkflowResponse]:
+        record = await self._record(request.workflow_id)
+        sub = await self.store.js.subscribe(
+            subjects.events(request.workflow_id),
+            stream=subjects.EVENTS_STREAM,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.ALL,
+        )
+        try:
+            if record.workflow.state in machine.TERMINAL_WORKFLOW_STATES and record.workflow.last_sequence < (
+                request.from_sequence or 1
+            ):
+                return
+            while not self.stopping.is_set():
+                try:
+                    msg = await sub.next_msg(timeout=0.5)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    continue
+                event = events_pb2.WorkflowEvent.FromString(msg.data)
+                if event.sequence < request.from_sequence:
+                    continue
+                yield workflow_service_pb2.WatchWorkflowResponse(event=event)
+                if event.type in _TERMINAL_EVENTS:
+                    return
+        finally:
+            await sub.unsubscribe()
+
+
+def _encode_cursor(stream_seq: int) -> str:
+    return base64.urlsafe_b64encode(f"s{stream_seq}".encode()).decode()
+
+
+def _decode_cursor(token: str) -> int:
+    if not token:
+        return 0
+    try:
+        text = base64.urlsafe_b64decode(token.encode()).decode()
+        if not text.startswith("s"):
+            raise ValueError(text)
+        return int(text[1:])
+    except ValueError as exc:
+        raise errors.InvalidArgumentError(
+            "page_token is not a token this service issued",
+            reason="ERROR_REASON_INVALID_PAGE_TOKEN",
+            violations=[errors.FieldViolation("page_token", "malformed; pass next_page_token unchanged")],
+        ) from exc
+
+
+class StepApi(step_service_pb2_grpc.StepServiceServicer):
+    """``cosmos.plato.v1.StepService``: results and heartbeats from handlers that speak gRPC."""
+
+    def __init__(self, store: PlatoStore) -> None:
+        self.store = store
+
+    async def _fenced(
+        self, request_id: str, workflow_id: str, step_id: str, attempt: int
+    ) -> tuple[engine_pb2.WorkflowRecord, workflow_pb2.StepExecution]:
+        _require(request_id, "request_id")
+        _require(workflow_id, "workflow_id")
+        _require(step_id, "step_id")
+        if attempt < 1:
+            raise _violation("attempt", "must be the attempt number of the task (1 or more)")
+        loaded = await self.store.get_record(workflow_id)
+        if loaded is None:
+            raise _workflow_not_found(workflow_id)
+        record = loaded[0]
+        step = next((s for s in record.workflow.steps if s.step_id == step_id), None)
+        if step is None:
+            raise errors.NotFoundError(
+                f"workflow {workflow_id!r} has no step {step_id!r}",
+                reason="ERROR_REASON_STEP_NOT_FOUND",
+                metadata={"workflow_id": workflow_id, "step_id": step_id},
+            )
+        return record, step
+
+    @staticmethod
+    def _refuse_stale(step: workflow_pb2.StepExecution, attempt: int) -> None:
+        live = step.state in (SS.STEP_STATE_SCHEDULED, SS.STEP_STATE_RUNNING)
+        if step.attempt != attempt or not live:
+            raise errors.AbortedError(
+                f"step {step.step_id!r} attempt {attempt} is no longer current "
+                f"(current attempt {step.attempt}, {SS.Name(step.state)})",
+                reason="ERROR_REASON_STALE_ATTEMPT",
+                metadata={
+                    "step_id": step.step_id,
+                    "attempt": str(attempt),
+                    "current_attempt": str(step.attempt),
+                },
+            )
+
+    async def CompleteStep(
+        self, request: step_service_pb2.CompleteStepRequest, context: Context
+    ) -> step_service_pb2.CompleteStepResponse:
+        _, step = await self._fenced(
+            request.request_id, request.workflow_id, request.step_id, request.attempt
+        )
+        if not (step.attempt == request.attempt and step.state == SS.STEP_STATE_COMPLETED):
+            self._refuse_stale(step, request.attempt)
+            inp, msg_id = inputs.result(
+                request.workflow_id,
+                request.step_id,
+                request.attempt,
+                output=values.struct_to_dict(request.output),
+            )
+            await self.store.publish_input(inp, msg_id, telemetry.inject_headers())
+        return step_service_pb2.CompleteStepResponse()
+
+    async def FailStep(
+        self, request: step_service_pb2.FailStepRequest, context: Context
+    ) -> step_service_pb2.FailStepResponse:
+        _require(request.error, "error")
+        _, step = await self._fenced(
+            request.request_id, request.workflow_id, request.step_id, request.attempt
+        )
+        self._refuse_stale(step, request.attempt)
+        inp, msg_id = inputs.result(
+            request.workflow_id,
+            request.step_id,
+            request.attempt,
+            error=request.error,
+            non_retryable=request.non_retryable,
+        )
+        await self.store.publish_input(inp, msg_id, telemetry.inject_headers())
+        return step_service_pb2.FailStepResponse()
+
+    async def HeartbeatStep(
+        self, request: step_service_pb2.HeartbeatStepRequest, context: Context
+    ) -> step_service_pb2.HeartbeatStepResponse:
+        record, step = await self._fenced(
+            request.request_id, request.workflow_id, request.step_id, request.attempt
+        )
+        cancelled = record.workflow.state in (WS.WORKFLOW_STATE_CANCELLING, WS.WORKFLOW_STATE_CANCELLED) or (
+            step.state == SS.STEP_STATE_CANCELLED
+        )
+        if cancelled:
+            return step_service_pb2.HeartbeatStepResponse(cancel_requested=True)
+        self._refuse_stale(step, request.attempt)
+        progress = request.progress if request.HasField("progress") else None
+        inp, msg_id = inputs.heartbeat(
+            request.workflow_id, request.step_id, request.attempt, progress, request.request_id
+        )
+        await self.store.publish_input(inp, msg_id, telemetry.inject_headers())
+        return step_service_pb2.HeartbeatStepResponse(cancel_requested=False)

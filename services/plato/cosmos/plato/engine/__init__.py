@@ -1,0 +1,1 @@
+"""The Plato engine: a pure state machine (:mod:`.machine`) driven by the JetStream evaluator."""

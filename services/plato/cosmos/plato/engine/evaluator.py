@@ -1,0 +1,191 @@
+"""The evaluator: pulls engine inputs from JetStream and advances workflows, in batches.
+
+For each batch the inputs are grouped by workflow; each workflow's inputs are applied together to its
+record in one transition, which is then saved with compare-and-set *before* its effects (the
+outbox) are published, and only then are the inputs acknowledged. A crash anywhere in between is
+repaired by redelivery: inputs are idempotent against the record, and a record loaded from the
+bucket has its outbox re-published first (de-duplicated by Nats-Msg-Id). Several Plato processes
+share the one durable consumer; compare-and-set makes sure only one advances a workflow at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig
+from opentelemetry import trace
+
+from cosmos.plato import subjects
+from cosmos.plato.engine import machine
+from cosmos.plato.store import Conflict, PlatoStore
+from cosmos.plato.v1 import engine_pb2
+from cosmos.runtime import telemetry
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer("cosmos.plato")
+
+
+@dataclass
+class _Cached:
+    record: engine_pb2.WorkflowRecord
+    revision: int
+    published: bool
+
+
+@dataclass(frozen=True)
+class EvaluatorConfig:
+    """How the evaluator pulls and caches."""
+
+    batch: int = 256
+    """Inputs fetched per pull."""
+    max_ack_pending: int = 4096
+    """Inputs in flight across all Plato processes."""
+    ack_wait: float = 30.0
+    """Seconds before an unacknowledged input is redelivered (to another process)."""
+    cache_size: int = 10_000
+    """Workflow records kept in memory."""
+    max_conflicts: int = 20
+    """Compare-and-set retries before an input is left for redelivery."""
+
+
+class Evaluator:
+    """One per Plato process."""
+
+    def __init__(self, store: PlatoStore, config: EvaluatorConfig | None = None) -> None:
+        self.store = store
+        self.config = config or EvaluatorConfig()
+        self._cache: OrderedDict[str, _Cached] = OrderedDict()
+        self._rand = random.Random()
+        self.transitions = 0
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Advance workflows until ``stopping`` is set."""
+        sub = await self.store.js.pull_subscribe(
+            subjects.INBOX_ALL,
+            durable=subjects.ENGINE_CONSUMER,
+            stream=subjects.INBOX_STREAM,
+            config=ConsumerConfig(
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=self.config.ack_wait,
+                max_ack_pending=self.config.max_ack_pending,
+                max_waiting=512,
+            ),
+        )
+        while not stopping.is_set():
+            try:
+                msgs = await sub.fetch(self.config.batch, timeout=1.0)
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue
+            except nats.errors.ConnectionClosedError:
+                return
+            except nats.js.errors.Error as exc:
+                log.warning("fetch failed", extra={"fields": {"error": repr(exc)}})
+                await asyncio.sleep(0.5)
+                continue
+            await self.process(msgs)
+
+    async def process(self, msgs: Sequence[Msg]) -> None:
+        """Apply one batch: group by workflow, advance each workflow once."""
+        groups: dict[str, list[tuple[Msg, engine_pb2.EngineInput]]] = {}
+        for msg in msgs:
+            try:
+                inp = engine_pb2.EngineInput.FromString(msg.data)
+            except Exception:
+                log.error("undecodable engine input dropped", extra={"fields": {"subject": msg.subject}})
+                await msg.term()
+                continue
+            groups.setdefault(inp.workflow_id, []).append((msg, inp))
+        await asyncio.gather(*(self._advance(wf_id, items) for wf_id, items in groups.items()))
+
+    async def _advance(self, workflow_id: str, items: list[tuple[Msg, engine_pb2.EngineInput]]) -> None:
+        headers = items[0][0].headers or {}
+        context = telemetry.extract_context(headers)
+        with tracer.start_as_current_span("plato.advance", context=context) as span:
+            span.set_attribute("cosmos.workflow_id", workflow_id)
+            span.set_attribute("cosmos.inputs", len(items))
+            try:
+                done = await self._advance_with_retries(workflow_id, [inp for _, inp in items], headers)
+            except Exception:
+                log.exception("advancing workflow failed", extra={"fields": {"workflow_id": workflow_id}})
+                self._cache.pop(workflow_id, None)
+                done = False
+        for msg, _ in items:
+            with contextlib.suppress(nats.errors.Error):
+                if done:
+                    await msg.ack()
+                else:
+                    await msg.nak(delay=1.0)
+
+    async def _advance_with_retries(
+        self, workflow_id: str, inputs: list[engine_pb2.EngineInput], headers: dict[str, str]
+    ) -> bool:
+        for _ in range(self.config.max_conflicts):
+            cached = await self._load(workflow_id, inputs[0])
+            if cached is None:
+                return True  # nothing to advance (e.g. a result for a workflow that never started)
+            if not cached.published:
+                await self.store.publish(cached.record.outbox)
+                cached.published = True
+            record = cached.record
+            definition = await self.store.compiled(
+                record.workflow.definition_id, record.workflow.definition_version
+            )
+            trace_headers = {k: v for k, v in headers.items() if k in ("traceparent", "tracestate")}
+            engine = machine.Machine(record, definition, datetime.now(UTC), self._rand.random, trace_headers)
+            engine.begin()
+            for inp in inputs:
+                engine.apply(inp)
+            if not record.outbox and cached.revision:
+                return True  # nothing changed (duplicates, stale results)
+            try:
+                cached.revision = await self.store.save_record(workflow_id, record, cached.revision or None)
+            except Conflict:
+                self._cache.pop(workflow_id, None)
+                continue
+            cached.published = False
+            self._remember(workflow_id, cached)
+            await self.store.publish(record.outbox)
+            cached.published = True
+            self.transitions += 1
+            if record.workflow.state in machine.TERMINAL_WORKFLOW_STATES:
+                self._cache.pop(workflow_id, None)
+            return True
+        log.warning(
+            "gave up after conflicts; inputs will be redelivered",
+            extra={"fields": {"workflow_id": workflow_id}},
+        )
+        return False
+
+    async def _load(self, workflow_id: str, first: engine_pb2.EngineInput) -> _Cached | None:
+        cached = self._cache.get(workflow_id)
+        if cached is not None:
+            self._cache.move_to_end(workflow_id)
+            return cached
+        loaded = await self.store.get_record(workflow_id)
+        if loaded is not None:
+            record, revision = loaded
+            return _Cached(record, revision, published=False)
+        if first.WhichOneof("kind") != "start":
+            log.warning(
+                "input for an unknown workflow dropped",
+                extra={"fields": {"workflow_id": workflow_id, "kind": first.WhichOneof("kind")}},
+            )
+            return None
+        record = machine.new_record(workflow_id, first.start, datetime.now(UTC))
+        return _Cached(record, 0, published=True)
+
+    def _remember(self, workflow_id: str, cached: _Cached) -> None:
+        self._cache[workflow_id] = cached
+        self._cache.move_to_end(workflow_id)
+        while len(self._cache) > self.config.cache_size:
+            self._cache.popitem(last=False)

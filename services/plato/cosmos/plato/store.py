@@ -1,0 +1,285 @@
+"""Plato's durable state on NATS JetStream: streams, key-value buckets, and typed access to them.
+
+- ``PLATO_INBOX`` (work queue, message schedules): :class:`EngineInput` per workflow, and timers.
+- ``PLATO_EVENTS`` (limits): :class:`WorkflowEvent` history, one subject per workflow.
+- ``PLATO_TASKS`` (work queue): :class:`StepTask` per handler queue.
+- ``PLATO_CONTROL`` (limits, short-lived): cancel notices and builtin ``notify`` messages.
+- ``plato-definitions`` (KV): ``<id>.<version>`` → :class:`WorkflowDefinition`, ``<id>.latest`` → version.
+- ``plato-workflows`` (KV): workflow id → :class:`WorkflowRecord`, updated by compare-and-set.
+
+There is no other store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+from nats.js.api import (
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.kv import KeyValue
+
+from cosmos import errors
+from cosmos.plato import subjects
+from cosmos.plato.language import model, parser
+from cosmos.plato.v1 import definition_pb2, engine_pb2
+
+log = logging.getLogger(__name__)
+
+DAY = 24 * 3600.0
+
+
+class Storage(enum.StrEnum):
+    """Where JetStream keeps Plato's streams and buckets."""
+
+    FILE = "file"
+    MEMORY = "memory"
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Sizing and durability of Plato's JetStream assets."""
+
+    storage: Storage = Storage.FILE
+    """File (durable across server restarts) or memory."""
+    replicas: int = 1
+    """Replicas per stream and bucket (3 in a JetStream cluster)."""
+    history_days: float = 30.0
+    """How long workflow histories are kept."""
+    duplicate_window: float = 600.0
+    """Seconds within which a re-published message with the same Nats-Msg-Id is dropped."""
+
+
+class Conflict(Exception):
+    """A compare-and-set lost: someone else changed the record first."""
+
+
+class PlatoStore:
+    """Typed access to Plato's streams and buckets."""
+
+    def __init__(self, nc: NatsClient, js: JetStreamContext, config: StoreConfig | None = None) -> None:
+        self.nc = nc
+        self.js = js
+        self.config = config or StoreConfig()
+        self._definitions: KeyValue | None = None
+        self._workflows: KeyValue | None = None
+        self._compiled: dict[tuple[str, int], model.Definition] = {}
+
+    # ------------------------------------------------------------------ setup
+
+    async def ensure(self) -> None:
+        """Create (or update) every stream and bucket; safe to call from every Plato process."""
+        storage = StorageType.FILE if self.config.storage is Storage.FILE else StorageType.MEMORY
+        replicas = self.config.replicas
+        window = self.config.duplicate_window
+        await self._stream(
+            StreamConfig(
+                name=subjects.INBOX_STREAM,
+                subjects=[subjects.INBOX_ALL, subjects.TIMERS_ALL],
+                retention=RetentionPolicy.WORK_QUEUE,
+                allow_msg_schedules=True,
+                duplicate_window=window,
+                storage=storage,
+                num_replicas=replicas,
+            )
+        )
+        await self._stream(
+            StreamConfig(
+                name=subjects.EVENTS_STREAM,
+                subjects=[subjects.EVENTS_ALL],
+                retention=RetentionPolicy.LIMITS,
+                max_age=self.config.history_days * DAY,
+                duplicate_window=window,
+                allow_direct=True,
+                storage=storage,
+                num_replicas=replicas,
+            )
+        )
+        await self._stream(
+            StreamConfig(
+                name=subjects.TASKS_STREAM,
+                subjects=[subjects.TASKS_ALL],
+                retention=RetentionPolicy.WORK_QUEUE,
+                duplicate_window=window,
+                storage=storage,
+                num_replicas=replicas,
+            )
+        )
+        await self._stream(
+            StreamConfig(
+                name=subjects.CONTROL_STREAM,
+                subjects=[subjects.CANCELS_ALL, subjects.NOTIFY_ALL],
+                retention=RetentionPolicy.LIMITS,
+                max_age=DAY,
+                discard=DiscardPolicy.OLD,
+                duplicate_window=window,
+                storage=storage,
+                num_replicas=replicas,
+            )
+        )
+        self._definitions = await self.js.create_key_value(
+            KeyValueConfig(
+                bucket=subjects.DEFINITIONS_BUCKET, history=1, storage=storage, replicas=self.config.replicas
+            )
+        )
+        self._workflows = await self.js.create_key_value(
+            KeyValueConfig(
+                bucket=subjects.WORKFLOWS_BUCKET, history=1, storage=storage, replicas=self.config.replicas
+            )
+        )
+
+    async def _stream(self, config: StreamConfig) -> None:
+        try:
+            await self.js.add_stream(config)
+        except nats.js.errors.BadRequestError:
+            # Exists with another configuration (an upgrade): bring it to ours.
+            await self.js.update_stream(config)
+
+    @property
+    def definitions(self) -> KeyValue:
+        """The definitions bucket."""
+        assert self._definitions is not None, "call ensure() first"
+        return self._definitions
+
+    @property
+    def workflows(self) -> KeyValue:
+        """The workflow records bucket."""
+        assert self._workflows is not None, "call ensure() first"
+        return self._workflows
+
+    # ------------------------------------------------------------------ definitions
+
+    async def latest_version(self, definition_id: str) -> tuple[int, int | None]:
+        """The latest version number of a definition (0 if none) and the revision of its pointer."""
+        try:
+            entry = await self.definitions.get(f"{definition_id}.latest")
+        except nats.js.errors.KeyNotFoundError:
+            return 0, None
+        return int((entry.value or b"0").decode()), entry.revision
+
+    async def put_definition(
+        self, definition: definition_pb2.WorkflowDefinition
+    ) -> definition_pb2.WorkflowDefinition:
+        """Store ``definition`` as the next version of its id (versions are never overwritten)."""
+        while True:
+            latest, revision = await self.latest_version(definition.definition_id)
+            if latest:
+                current = await self.get_definition(definition.definition_id, latest)
+                if current.content_hash == definition.content_hash:
+                    return current  # registering the same text again is a no-op
+            stored = definition_pb2.WorkflowDefinition()
+            stored.CopyFrom(definition)
+            stored.version = latest + 1
+            try:
+                await self.definitions.create(
+                    f"{stored.definition_id}.{stored.version}", stored.SerializeToString()
+                )
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue  # another process took this version number; try the next
+            pointer = str(stored.version).encode()
+            try:
+                if revision is None:
+                    await self.definitions.create(f"{stored.definition_id}.latest", pointer)
+                else:
+                    await self.definitions.update(f"{stored.definition_id}.latest", pointer, last=revision)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                # A newer version was registered concurrently; ours stays stored under its number.
+                pass
+            return stored
+
+    async def get_definition(self, definition_id: str, version: int = 0) -> definition_pb2.WorkflowDefinition:
+        """A stored definition (``version`` 0 = latest), or :class:`NotFoundError`."""
+        if version <= 0:
+            version, _ = await self.latest_version(definition_id)
+        try:
+            entry = await self.definitions.get(f"{definition_id}.{version}") if version else None
+        except nats.js.errors.KeyNotFoundError:
+            entry = None
+        if entry is None or entry.value is None:
+            what = f"version {version} of " if version else ""
+            raise errors.NotFoundError(
+                f"{what}workflow definition {definition_id!r} is not registered",
+                reason="ERROR_REASON_DEFINITION_NOT_FOUND",
+                metadata={"definition_id": definition_id, "version": str(version)},
+            )
+        return definition_pb2.WorkflowDefinition.FromString(entry.value)
+
+    async def compiled(self, definition_id: str, version: int) -> model.Definition:
+        """The compiled model of a stored definition version (cached; versions never change)."""
+        key = (definition_id, version)
+        compiled = self._compiled.get(key)
+        if compiled is None:
+            stored = await self.get_definition(definition_id, version)
+            compiled = parser.parse(stored.source_yaml)
+            self._compiled[key] = compiled
+        return compiled
+
+    async def definition_ids(self) -> list[str]:
+        """Every registered definition id, sorted."""
+        try:
+            keys = await self.definitions.keys()
+        except nats.js.errors.NoKeysError:
+            return []
+        return sorted({key.rsplit(".", 1)[0] for key in keys if key.endswith(".latest")})
+
+    # ------------------------------------------------------------------ workflow records
+
+    async def get_record(self, workflow_id: str) -> tuple[engine_pb2.WorkflowRecord, int] | None:
+        """The record and its revision, or None."""
+        try:
+            entry = await self.workflows.get(workflow_id)
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        if entry.value is None:
+            return None
+        return engine_pb2.WorkflowRecord.FromString(entry.value), entry.revision or 0
+
+    async def save_record(
+        self, workflow_id: str, record: engine_pb2.WorkflowRecord, revision: int | None
+    ) -> int:
+        """Write ``record`` if the stored revision is still ``revision`` (None = must not exist yet)."""
+        record.workflow.revision = (revision or 0) + 1
+        data = record.SerializeToString()
+        try:
+            if revision is None:
+                return await self.workflows.create(workflow_id, data)
+            return await self.workflows.update(workflow_id, data, last=revision)
+        except nats.js.errors.KeyWrongLastSequenceError as exc:
+            raise Conflict(workflow_id) from exc
+
+    async def workflow_ids(self) -> list[str]:
+        """Every workflow id, sorted."""
+        try:
+            return sorted(await self.workflows.keys())
+        except nats.js.errors.NoKeysError:
+            return []
+
+    # ------------------------------------------------------------------ publishing
+
+    async def publish(self, messages: Iterable[engine_pb2.OutboxMessage]) -> None:
+        """Publish messages with their de-duplication ids, pipelined; raise if any was not stored."""
+        futures = []
+        for message in messages:
+            headers: dict[str, str] = dict(message.headers)
+            headers[subjects.Header.MSG_ID] = message.msg_id
+            futures.append(await self.js.publish_async(message.subject, message.data, headers=headers))
+        if futures:
+            await asyncio.gather(*futures)
+
+    async def publish_input(
+        self, inp: engine_pb2.EngineInput, msg_id: str, headers: Mapping[str, str] | None = None
+    ) -> None:
+        """Post one input to a workflow's inbox and wait until JetStream stored it."""
+        all_headers = {**(headers or {}), subjects.Header.MSG_ID: msg_id}
+        await self.js.publish(subjects.inbox(inp.workflow_id), inp.SerializeToString(), headers=all_headers)

@@ -1,0 +1,80 @@
+"""Names on NATS: subjects, streams, buckets and headers Plato uses. One place, so nothing drifts.
+
+Workflow ids and queue names are single subject tokens (no dots, spaces or wildcards); the API
+validates them before they reach here.
+"""
+
+from __future__ import annotations
+
+import enum
+
+EVENTS_STREAM = "PLATO_EVENTS"
+INBOX_STREAM = "PLATO_INBOX"
+TASKS_STREAM = "PLATO_TASKS"
+CONTROL_STREAM = "PLATO_CONTROL"
+DEFINITIONS_BUCKET = "plato-definitions"
+WORKFLOWS_BUCKET = "plato-workflows"
+ENGINE_CONSUMER = "plato-engine"
+STRATUM_QUEUE = "cosmos-stratum-runner"
+"""Task queue of Stratum job steps, served by the built-in Stratum runner."""
+
+
+class Header(enum.StrEnum):
+    """NATS message headers with a meaning to JetStream or to Plato."""
+
+    MSG_ID = "Nats-Msg-Id"
+    SCHEDULE = "Nats-Schedule"
+    SCHEDULE_TARGET = "Nats-Schedule-Target"
+
+
+def events(workflow_id: str) -> str:
+    """History and watch subject of one workflow (``WorkflowEvent``)."""
+    return f"cosmos.workflow.events.{workflow_id}"
+
+
+EVENTS_ALL = "cosmos.workflow.events.>"
+
+
+def inbox(workflow_id: str) -> str:
+    """Engine inputs for one workflow (``EngineInput``)."""
+    return f"cosmos.plato.inbox.{workflow_id}"
+
+
+INBOX_ALL = "cosmos.plato.inbox.>"
+
+
+def timer(workflow_id: str, timer_id: str) -> str:
+    """Subject holding a scheduled timer until it fires into the workflow's inbox."""
+    return f"cosmos.plato.timers.{workflow_id}.{timer_id}"
+
+
+TIMERS_ALL = "cosmos.plato.timers.>"
+
+
+def tasks(queue: str) -> str:
+    """Step tasks for the handlers of one queue (``StepTask``)."""
+    return f"cosmos.step.tasks.{queue}"
+
+
+TASKS_ALL = "cosmos.step.tasks.>"
+
+
+def cancels(queue: str) -> str:
+    """Cancellation notices for running tasks of one queue (``StepTask`` of the cancelled attempt)."""
+    return f"cosmos.step.cancel.{queue}"
+
+
+CANCELS_ALL = "cosmos.step.cancel.>"
+
+
+def notify(channel: str) -> str:
+    """Messages of the builtin ``notify`` step."""
+    return f"cosmos.notify.{channel}"
+
+
+NOTIFY_ALL = "cosmos.notify.>"
+
+
+def queue_consumer(queue: str) -> str:
+    """Durable consumer shared by every handler process of one queue."""
+    return f"queue-{queue}"
