@@ -311,6 +311,15 @@ def test_no_setting_is_left_on_a_loopback_default(container: Container) -> None:
         assert "127.0.0.1" not in value and "localhost" not in value, f"{container.id}: {flag}={value}"
 
 
+@pytest.mark.parametrize("container", COSMOS_CONTAINERS, ids=cosmos_ids)
+def test_stream_replication_matches_the_nats_cluster(container: Container) -> None:
+    """Every stream-replicas setting a subcommand has is the NATS cluster size, not its R1 default."""
+    nats_replicas = find(DOCS, "StatefulSet", "nats")["spec"]["replicas"]
+    for flag in re.findall(r"^\s+(--[\w-]*replicas[\w-]*)\s", cli_help(container.subcommand), re.M):
+        value = container.option(flag)
+        assert value == str(nats_replicas), f"{container.id}: {flag}={value}, NATS has {nats_replicas} nodes"
+
+
 def test_addresses_are_wired_to_services_that_expose_them() -> None:
     svcs = services(DOCS)
     wired: dict[str, str] = {}
@@ -610,6 +619,8 @@ def monitor(port: int, path: str) -> tuple[int, Any]:
 
 
 def cluster_formed(cluster: NatsCluster) -> bool:
+    """Every node healthy and agreeing on a meta leader, which sees all its peers current."""
+    metas = {}
     for node in cluster.nodes:
         try:
             health, _ = monitor(node.monitor_port, "/healthz")
@@ -619,7 +630,14 @@ def cluster_formed(cluster: NatsCluster) -> bool:
         meta = (jsz or {}).get("meta_cluster", {})
         if health != 200 or not meta.get("leader") or meta.get("cluster_size") != len(cluster.nodes):
             return False
-    return True
+        metas[node.name] = meta
+    leaders = {meta["leader"] for meta in metas.values()}
+    if len(leaders) != 1 or (leader := leaders.pop()) not in metas:
+        return False
+    peers = metas[leader].get("replicas") or []
+    return len(peers) == len(cluster.nodes) - 1 and all(
+        p.get("current") and not p.get("offline") for p in peers
+    )
 
 
 def localize_nats_configs(work: Path) -> dict[str, str]:
@@ -684,7 +702,17 @@ async def test_nats_cluster_configs_hold_a_stream_with_three_replicas(nats_clust
     nc = await nats.connect(servers=nats_cluster.urls, connect_timeout=2, max_reconnect_attempts=3)
     try:
         js = nc.jetstream()
-        created = await js.add_stream(name="DEPLOY_R3", subjects=["deploy.r3.>"], num_replicas=3)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                created = await js.add_stream(name="DEPLOY_R3", subjects=["deploy.r3.>"], num_replicas=3)
+                break
+            except (nats.errors.TimeoutError, nats.js.errors.APIError) as exc:
+                # A just-formed cluster may still answer "insufficient resources" for an R3 placement.
+                assert time.monotonic() < deadline, (
+                    f"cannot create an R3 stream: {exc!r}\n{nats_cluster.logs()}"
+                )
+                await asyncio.sleep(0.2)
         assert created.config.num_replicas == 3
         ack = await js.publish("deploy.r3.hello", b"hello", timeout=5)
         assert ack.stream == "DEPLOY_R3" and ack.seq == 1
@@ -712,6 +740,9 @@ async def test_nats_cluster_configs_hold_a_stream_with_three_replicas(nats_clust
 # --------------------------------------------------------------------------------------------------
 # The servers, run from their manifests against that cluster
 
+STACK = ("plato", "stratum", "optimus", "cosmos-agent-cpu")
+DOWNWARD_API = {"spec.nodeName": "node-a", "metadata.name": "pod-0", "metadata.namespace": NAMESPACE}
+
 
 def wait_serving(target: str, service: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
@@ -729,108 +760,155 @@ def wait_serving(target: str, service: str, proc: subprocess.Popen[bytes], timeo
             time.sleep(0.1)
 
 
-@pytest.mark.timeout(120)
-def test_servers_started_from_their_manifests_serve_and_the_agent_registers(
-    nats_cluster: NatsCluster, tmp_path: Path
-) -> None:
-    """Each container's own args and env, with Kubernetes names mapped to loopback, as Kubernetes runs it."""
-    deployed = {
-        c.workload["metadata"]["name"]: c
-        for c in COSMOS_CONTAINERS
-        if c.subcommand in SERVERS or c.workload["metadata"]["name"] == "cosmos-agent-cpu"
-    }
-    assert set(deployed) == {"plato", "optimus", "stratum", "cosmos-agent-cpu"}
-    # containerPort -> local port, per workload; NATS is the cluster fixture.
-    local_ports = {
-        name: {int(p["containerPort"]): free_port() for p in c.spec.get("ports", [])}
-        for name, c in deployed.items()
-    }
-    local_ports["nats"] = {4222: nats_cluster.nodes[0].client_port}
-    service_targets: dict[tuple[str, int], int] = {}
-    for svc_name, svc in services(DOCS).items():
-        workload = selected_workload(DOCS, svc)["metadata"]["name"]
-        for port in svc["spec"]["ports"]:
-            target = port.get("targetPort", port["port"])
-            if workload in local_ports and workload in deployed:
-                container_port = deployed[workload].port_number(target)
-                service_targets[(svc_name, int(port["port"]))] = local_ports[workload][container_port]
-            elif workload == "nats" and port["name"] == "client":
-                service_targets[(svc_name, int(port["port"]))] = local_ports["nats"][4222]
+@dataclass
+class ManifestStack:
+    """Plato, Stratum, Optimus and the CPU agent, each run with its container's own args and env."""
 
-    downward = {"spec.nodeName": "node-a", "metadata.name": "pod-0", "metadata.namespace": NAMESPACE}
+    containers: dict[str, Container]
+    local_ports: dict[str, dict[int, int]]
+    """workload -> containerPort -> the loopback port it got here."""
+    procs: dict[str, subprocess.Popen[bytes]]
+    logs: dict[str, Path]
 
-    def localize(value: str, workload: str, env: dict[str, str]) -> str:
-        value = re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], value)
-        listen = re.fullmatch(r"(?:0\.0\.0\.0|\[::\]):(\d+)", value)
-        if listen:
-            return f"127.0.0.1:{local_ports[workload][int(listen[1])]}"
-        dial = re.fullmatch(r"(nats://)?([a-z][a-z0-9-]*):(\d+)", value)
-        if dial and (dial[2], int(dial[3])) in service_targets:
-            return f"{dial[1] or ''}127.0.0.1:{service_targets[(dial[2], int(dial[3]))]}"
-        for mount in deployed[workload].spec.get("volumeMounts", []):
-            if value.startswith(mount["mountPath"]):
-                return str(tmp_path / workload / mount["name"]) + value[len(mount["mountPath"]) :]
-        return value
+    def output(self) -> str:
+        return "\n".join(
+            f"--- {n}\n{log.read_text(errors='replace')[-3000:]}" for n, log in self.logs.items()
+        )
 
-    started: list[tuple[str, subprocess.Popen[bytes], Path]] = []
-
-    def output() -> str:
-        return "\n".join(f"--- {n}\n{log.read_text(errors='replace')[-3000:]}" for n, _, log in started)
-
-    try:
-        for name in ("plato", "stratum", "optimus", "cosmos-agent-cpu"):
-            container = deployed[name]
-            env = {k: v for k, v in os.environ.items() if not k.startswith(("COSMOS_", "OTEL_"))}
-            env["OTEL_SDK_DISABLED"] = "true"
-            for entry in container.spec.get("env", []):
-                if "value" in entry:
-                    env[entry["name"]] = localize(str(entry["value"]), name, env)
-                else:
-                    env[entry["name"]] = downward[entry["valueFrom"]["fieldRef"]["fieldPath"]]
-            sub, argv = container.cosmos_invocation() or ("", [])
-            args = [localize(token, name, env) for token in argv]
-            log = tmp_path / f"{name}.log"
-            with log.open("wb") as out:
-                argv_local = [sys.executable, "-m", "cosmos.cli", sub, *args]
-                proc = subprocess.Popen(argv_local, env=env, stdout=out, stderr=subprocess.STDOUT)
-            started.append((name, proc, log))
-
-        for name, proc, _ in started:
-            container = deployed[name]
+    def wait_probes(self) -> None:
+        """Every probe of every server, as the kubelet would run it, answers SERVING."""
+        for name, container in self.containers.items():
             for kind in PROBES:
                 probe = container.spec.get(kind)
                 if probe is None:
                     continue
-                port = local_ports[name][container.port_number(probe["grpc"]["port"])]
+                port = self.local_ports[name][container.port_number(probe["grpc"]["port"])]
                 try:
-                    wait_serving(f"127.0.0.1:{port}", probe["grpc"]["service"], proc)
+                    wait_serving(f"127.0.0.1:{port}", probe["grpc"]["service"], self.procs[name])
                 except AssertionError as exc:
-                    raise AssertionError(f"{name} {kind}: {exc}\n{output()}") from exc
+                    raise AssertionError(f"{name} {kind}: {exc}\n{self.output()}") from exc
 
-        stratum = f"127.0.0.1:{local_ports['stratum'][50053]}"
-        with grpc.insecure_channel(stratum) as channel:
-            pool = pool_service_pb2_grpc.PoolServiceStub(channel)
-            deadline = time.monotonic() + 20
-            while True:
-                agents = pool.ListAgents(pool_service_pb2.ListAgentsRequest(), timeout=2).agents
-                ready = [a for a in agents if a.state == agent_pb2.AgentState.AGENT_STATE_READY]
-                if ready:
-                    break
-                assert time.monotonic() < deadline, f"no agent READY: {agents}\n{output()}"
-                time.sleep(0.2)
-        (agent,) = ready
-        assert agent.agent_id == "node-a", "the agent id is the node name"
-        assert dict(agent.labels) == {"pool": "cpu", "node": "node-a"}
-        assert (tmp_path / "cosmos-agent-cpu" / "work").is_dir(), "the agent's work dir is on its volume"
+
+def start_manifest_stack(cluster: NatsCluster, work: Path) -> ManifestStack:
+    """Kubernetes names become loopback: ``0.0.0.0:P`` a free port, ``svc:port`` what the Service selects."""
+    by_name = {c.workload["metadata"]["name"]: c for c in COSMOS_CONTAINERS}
+    containers = {name: by_name[name] for name in STACK}
+    local_ports = {
+        name: {int(p["containerPort"]): free_port() for p in c.spec.get("ports", [])}
+        for name, c in containers.items()
+    }
+    dial: dict[tuple[str, int], int] = {}
+    for svc_name, svc in services(DOCS).items():
+        workload = selected_workload(DOCS, svc)
+        for port in svc["spec"]["ports"]:
+            target = port.get("targetPort", port["port"])
+            name = workload["metadata"]["name"]
+            if name in containers:
+                dial[(svc_name, int(port["port"]))] = local_ports[name][containers[name].port_number(target)]
+            elif workload["kind"] == "StatefulSet" and name == "nats" and port["name"] == "client":
+                dial[(svc_name, int(port["port"]))] = cluster.nodes[0].client_port
+
+    def localize(value: str, name: str, env: dict[str, str]) -> str:
+        value = re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], value)
+        if listen := re.fullmatch(r"(?:0\.0\.0\.0|\[::\]):(\d+)", value):
+            return f"127.0.0.1:{local_ports[name][int(listen[1])]}"
+        address = re.fullmatch(r"(nats://)?([a-z][a-z0-9-]*):(\d+)", value)
+        if address and (address[2], int(address[3])) in dial:
+            return f"{address[1] or ''}127.0.0.1:{dial[(address[2], int(address[3]))]}"
+        for mount in containers[name].spec.get("volumeMounts", []):
+            if value.startswith(mount["mountPath"]):
+                return str(work / name / mount["name"]) + value[len(mount["mountPath"]) :]
+        return value
+
+    stack = ManifestStack(containers, local_ports, {}, {})
+    for name, container in containers.items():
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("COSMOS_", "OTEL_"))}
+        env["OTEL_SDK_DISABLED"] = "true"
+        for entry in container.spec.get("env", []):
+            if "value" in entry:
+                env[entry["name"]] = localize(str(entry["value"]), name, env)
+            else:
+                env[entry["name"]] = DOWNWARD_API[entry["valueFrom"]["fieldRef"]["fieldPath"]]
+        sub, argv = container.cosmos_invocation() or ("", [])
+        args = [localize(token, name, env) for token in argv]
+        stack.logs[name] = work / f"{name}.log"
+        with stack.logs[name].open("wb") as out:
+            stack.procs[name] = subprocess.Popen(
+                [sys.executable, "-m", "cosmos.cli", sub, *args],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+    return stack
+
+
+@pytest.fixture(scope="module")
+def manifest_stack(
+    nats_cluster: NatsCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ManifestStack]:
+    stack = start_manifest_stack(nats_cluster, tmp_path_factory.mktemp("stack"))
+    try:
+        yield stack
     finally:
-        for _, proc, _ in reversed(started):
+        for proc in stack.procs.values():
             if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        codes = {}
-        for name, proc, _ in started:
-            try:
-                codes[name] = proc.wait(20)
-            except subprocess.TimeoutExpired:
                 proc.kill()
-                codes[name] = proc.wait()
-    assert all(code == 0 for code in codes.values()), f"unclean exits {codes}\n{output()}"
+                proc.wait()
+
+
+async def stream_replicas(urls: list[str]) -> dict[str, int]:
+    """``{stream: num_replicas}`` of every stream in the cluster."""
+    nc = await nats.connect(servers=urls, connect_timeout=2, max_reconnect_attempts=3)
+    try:
+        infos = await nc.jetstream().streams_info()
+        return {str(info.config.name): info.config.num_replicas or 1 for info in infos}
+    finally:
+        await nc.close()
+
+
+@pytest.mark.timeout(90)
+def test_servers_started_from_their_manifests_serve_and_the_agent_registers(
+    manifest_stack: ManifestStack, nats_cluster: NatsCluster
+) -> None:
+    manifest_stack.wait_probes()
+    stratum = f"127.0.0.1:{manifest_stack.local_ports['stratum'][50053]}"
+    with grpc.insecure_channel(stratum) as channel:
+        pool = pool_service_pb2_grpc.PoolServiceStub(channel)
+        deadline = time.monotonic() + 20
+        while True:
+            agents = pool.ListAgents(pool_service_pb2.ListAgentsRequest(), timeout=2).agents
+            ready = [a for a in agents if a.state == agent_pb2.AgentState.AGENT_STATE_READY]
+            if ready:
+                break
+            assert time.monotonic() < deadline, f"no agent READY: {agents}\n{manifest_stack.output()}"
+            time.sleep(0.2)
+    (agent,) = ready
+    assert agent.agent_id == DOWNWARD_API["spec.nodeName"], "the agent id is the node name"
+    assert dict(agent.labels) == {"pool": "cpu", "node": DOWNWARD_API["spec.nodeName"]}
+    work = manifest_stack.logs["cosmos-agent-cpu"].parent / "cosmos-agent-cpu" / "work"
+    assert work.is_dir(), "the agent's --work-dir is on its volume"
+
+    # Whatever streams the servers created are replicated on every NATS node.
+    replicas = asyncio.run(stream_replicas(nats_cluster.urls))
+    nodes = find(DOCS, "StatefulSet", "nats")["spec"]["replicas"]
+    assert all(r == nodes for r in replicas.values()), f"streams not replicated on {nodes} nodes: {replicas}"
+
+
+@pytest.mark.timeout(90)
+def test_servers_stop_within_their_termination_grace_period(manifest_stack: ManifestStack) -> None:
+    """As the kubelet stops a pod: SIGTERM after the preStop sleep, SIGKILL when the grace period is over."""
+    manifest_stack.wait_probes()
+    for proc in reversed(manifest_stack.procs.values()):
+        proc.send_signal(signal.SIGTERM)
+    start = time.monotonic()
+    outcome: dict[str, int | str] = {}
+    for name, proc in manifest_stack.procs.items():
+        container = manifest_stack.containers[name]
+        budget = container.pod.get("terminationGracePeriodSeconds", 30) - prestop_sleep(container)
+        try:
+            outcome[name] = proc.wait(max(0.0, start + budget - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            outcome[name] = f"still running after {budget:.0f} s: SIGKILL"
+    assert all(code == 0 for code in outcome.values()), f"unclean stops {outcome}\n{manifest_stack.output()}"

@@ -46,7 +46,7 @@ class PlatoClient:
     target: str
     nats_url: str
     channel: grpc.aio.Channel
-    stub: workflow_service_pb2_grpc.WorkflowServiceStub
+    stub: workflow_service_pb2_grpc.WorkflowServiceAsyncStub
 
     async def register(self, source: str) -> int:
         reply = await self.stub.RegisterDefinition(

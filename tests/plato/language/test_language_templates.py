@@ -76,10 +76,10 @@ def test_nested_values_render_fresh_and_leave_source_and_context_alone() -> None
     first["profiles"].append("mutated")  # a rendered value never aliases the context
     first["args"].clear()
     assert template.render(CTX)["args"] == ["-crf", 23, {"h": 720}]
-    assert CTX == ctx_before
+    assert ctx_before == CTX
     assert source == pristine
     with pytest.raises(AttributeError):
-        template.entries = ()  # type: ignore[attr-defined, misc]
+        template.entries = ()  # type: ignore[attr-defined]
 
 
 def test_step_refs_and_names() -> None:

@@ -49,7 +49,7 @@ async def serve(args: argparse.Namespace) -> None:
         if evaluating is not None:
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(evaluating, timeout=args.grace_period)
-        await nc.drain()
+        await nc.close()
 
     server = Server(
         ServerConfig("plato", config.Address.parse(args.listen, setting="--listen"), args.grace_period),

@@ -245,6 +245,11 @@ class PlatoStore:
             return None
         return engine_pb2.WorkflowRecord.FromString(entry.value), entry.revision or 0
 
+    async def record_revision(self, workflow_id: str) -> int | None:
+        """The stored revision of a record, or None."""
+        loaded = await self.get_record(workflow_id)
+        return None if loaded is None else loaded[1]
+
     async def save_record(
         self, workflow_id: str, record: engine_pb2.WorkflowRecord, revision: int | None
     ) -> int:

@@ -28,7 +28,7 @@ from opentelemetry import trace
 from cosmos.plato import subjects
 from cosmos.plato.engine import machine
 from cosmos.plato.store import Conflict, PlatoStore
-from cosmos.plato.v1 import engine_pb2
+from cosmos.plato.v1 import engine_pb2, workflow_pb2
 from cosmos.runtime import telemetry
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,13 @@ class Evaluator:
             for inp in inputs:
                 engine.apply(inp)
             if not record.outbox and cached.revision:
-                return True  # nothing changed (duplicates, stale results)
+                # Nothing changed: a duplicate or a stale result, unless our copy is behind another
+                # process's (the input may be news to the current record). Check before dropping it.
+                current = await self.store.record_revision(workflow_id)
+                if current != cached.revision:
+                    self._cache.pop(workflow_id, None)
+                    continue
+                return True
             try:
                 cached.revision = await self.store.save_record(workflow_id, record, cached.revision or None)
             except Conflict:
@@ -159,6 +165,16 @@ class Evaluator:
             self.transitions += 1
             if record.workflow.state in machine.TERMINAL_WORKFLOW_STATES:
                 self._cache.pop(workflow_id, None)
+                log.info(
+                    "workflow finished",
+                    extra={
+                        "fields": {
+                            "workflow_id": workflow_id,
+                            "state": workflow_pb2.WorkflowState.Name(record.workflow.state),
+                            "reason": record.workflow.failure_reason,
+                        }
+                    },
+                )
             return True
         log.warning(
             "gave up after conflicts; inputs will be redelivered",

@@ -24,6 +24,7 @@ from cosmos.errors import FieldViolation, InvalidArgumentError
 from cosmos.plato.language import model
 from cosmos.plato.language.expressions import (
     ROOTS,
+    Expression,
     SyntaxProblem,
     parse_conjunction,
     parse_loops,
@@ -133,10 +134,6 @@ def field_name(loc: Loc) -> str:
     return name
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -159,6 +156,15 @@ def _kind_of(value: object) -> str:
 def _is_dynamic(value: object) -> bool:
     """Whether a string holds a placeholder, so only the engine can check its value."""
     return isinstance(value, str) and "${" in value.replace("$${", "")
+
+
+def _as_string(value: object) -> object:
+    """YAML reads ``-crf, 23`` as a number; JobSpec's argv, env and labels hold strings."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if _is_number(value):
+        return str(value)
+    return value
 
 
 def _seconds_text(seconds: float) -> str:
@@ -241,7 +247,13 @@ class _Reader:
             return str(node.value)  # dates stay text; the language has no date type
         if node.tag not in _SCALAR_TAGS:
             return self.unsupported(node, loc)
-        return self.loader.construct_object(node)
+        try:
+            return self.loader.construct_object(node)
+        except ValueError:  # e.g. an integer beyond Python's digit limit
+            self.problems.append(
+                (loc, f"line {node.start_mark.line + 1}: unreadable value {node.value[:20]!r}")
+            )
+            return None
 
     def unsupported(self, node: yaml.Node, loc: Loc) -> None:
         self.problems.append((loc, f"line {node.start_mark.line + 1}: unsupported YAML tag {node.tag}"))
@@ -306,7 +318,7 @@ class _Compiler:
 
     @staticmethod
     def unknown_key(key: str, allowed: tuple[str, ...], what: str) -> str:
-        close = difflib.get_close_matches(key, allowed, n=1)
+        close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.5)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         return f"unknown key {key!r} in {what} (allowed: {', '.join(allowed)}){hint}"
 
@@ -317,20 +329,19 @@ class _Compiler:
         return None
 
     def integer(self, value: object, loc: Loc, what: str, minimum: int) -> int | None:
-        if not _is_int(value):
+        if isinstance(value, bool) or not isinstance(value, int):
             self.problem(loc, f"{what} must be an integer, found {_kind_of(value)}")
             return None
-        assert isinstance(value, int)
         if value < minimum:
             self.problem(loc, f"{what} must be at least {minimum}, found {value}")
             return None
         return value
 
     def number(self, value: object, loc: Loc, what: str, low: float, high: float = math.inf) -> float | None:
-        if not _is_number(value) or not math.isfinite(float(value)):  # type: ignore[arg-type]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             self.problem(loc, f"{what} must be a number, found {_kind_of(value)}")
             return None
-        number = float(value)  # type: ignore[arg-type]
+        number = float(value)
         if not low <= number <= high:
             limits = f"at least {low:g}" if high == math.inf else f"between {low:g} and {high:g}"
             self.problem(loc, f"{what} must be {limits}, found {number:g}")
@@ -510,7 +521,7 @@ class _Compiler:
             self.problem(loc, "when: must not be an empty list")
             return None
         predicates: list[model.Predicate] = []
-        guards: list[Any] = []
+        guards: list[Expression] = []
         ok = True
         for i, item in enumerate(items):
             item_loc = (*loc, i) if isinstance(value, list) else loc
@@ -751,6 +762,11 @@ class _Compiler:
                 (*loc, "argv"), "job: needs argv: a non-empty list of arguments (never a shell string)"
             )
         job = dict(job)
+        if isinstance(argv, list):
+            job["argv"] = [_as_string(item) for item in argv]
+        for key in ("env", "labels"):
+            if isinstance(job.get(key), dict):
+                job[key] = {name: _as_string(item) for name, item in job[key].items()}
         for key in _JOB_DURATIONS:
             if key in job and not _is_dynamic(job[key]):
                 seconds = self.duration(job[key], (*loc, key), key, positive=True)

@@ -1,0 +1,214 @@
+"""WorkflowService and StepService over real gRPC: validation, idempotency, fencing, cancel, watch."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import pytest
+from plato_harness import CARD_WORKFLOW, PlatoClient, event_names
+
+from cosmos.plato.engine import values
+from cosmos.plato.v1 import (
+    events_pb2,
+    step_service_pb2,
+    step_service_pb2_grpc,
+    workflow_pb2,
+    workflow_service_pb2,
+)
+from cosmos.runtime import rpc_errors
+from cosmos.sdk import StepContext, Worker
+
+WS = workflow_pb2.WorkflowState
+
+ONE_STEP = """\
+workflow:
+  id: one-step
+  rules:
+    - when: workflow.started
+      do: [work]
+"""
+
+
+async def test_bad_definitions_name_the_field_and_line(plato: PlatoClient) -> None:
+    bad = CARD_WORKFLOW.replace("all encode-segment.completed", "all encode-segmnt.completed").replace(
+        "- when: workflow.started", "- when: workflow.started and input.x >"
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await plato.register(bad)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info, violations = rpc_errors.details_of(caught.value)
+    assert info is not None and info.reason == "ERROR_REASON_INVALID_DEFINITION"
+    fields = {v.field: v.description for v in violations}
+    assert "source_yaml.workflow.rules[0].when" in fields
+    assert fields["source_yaml.workflow.rules[0].when"].startswith("line 4:")
+    assert any("encode-segmnt" in d for d in fields.values())
+
+
+async def test_bad_requests_are_refused_and_nothing_accepted_is_lost(plato: PlatoClient) -> None:
+    await plato.register(ONE_STEP)
+    cases: list[tuple[workflow_service_pb2.StartWorkflowRequest, grpc.StatusCode, str]] = [
+        (
+            workflow_service_pb2.StartWorkflowRequest(definition_id="one-step"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "request_id",
+        ),
+        (
+            workflow_service_pb2.StartWorkflowRequest(request_id="r"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "definition_id",
+        ),
+        (
+            workflow_service_pb2.StartWorkflowRequest(
+                request_id="r", definition_id="one-step", workflow_id="a.b"
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "workflow_id",
+        ),
+        (
+            workflow_service_pb2.StartWorkflowRequest(request_id="r", definition_id="nope"),
+            grpc.StatusCode.NOT_FOUND,
+            "",
+        ),
+    ]
+    for request, code, field in cases:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await plato.stub.StartWorkflow(request)
+        assert caught.value.code() == code
+        _, violations = rpc_errors.details_of(caught.value)
+        assert [v.field for v in violations] == ([field] if field else [])
+    listed = await plato.stub.ListWorkflows(workflow_service_pb2.ListWorkflowsRequest())
+    assert list(listed.workflows) == []
+
+
+async def test_start_is_idempotent_on_request_id_and_workflow_id(
+    plato: PlatoClient, run_worker: Callable[[Worker], None]
+) -> None:
+    await plato.register(ONE_STEP)
+    first = await plato.stub.StartWorkflow(
+        workflow_service_pb2.StartWorkflowRequest(request_id="req-1", definition_id="one-step")
+    )
+    again = await plato.stub.StartWorkflow(
+        workflow_service_pb2.StartWorkflowRequest(request_id="req-1", definition_id="one-step")
+    )
+    assert again.already_started and again.workflow.workflow_id == first.workflow.workflow_id
+    other = workflow_service_pb2.StartWorkflowRequest(request_id="req-1", definition_id="one-step")
+    other.input.update({"different": True})
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await plato.stub.StartWorkflow(other)
+    assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    info, _ = rpc_errors.details_of(caught.value)
+    assert info is not None and info.reason == "ERROR_REASON_REQUEST_ID_REUSED"
+
+    named = await plato.start("one-step", workflow_id="my-run-1", request_id="a")
+    assert named == "my-run-1"
+    with pytest.raises(grpc.aio.AioRpcError) as clash:
+        await plato.start("one-step", workflow_id="my-run-1", request_id="b")
+    info, _ = rpc_errors.details_of(clash.value)
+    assert info is not None and info.reason == "ERROR_REASON_WORKFLOW_ALREADY_EXISTS"
+
+
+async def test_stale_attempts_are_refused_and_cancel_reaches_a_running_handler(
+    plato: PlatoClient, run_worker: Callable[[Worker], None]
+) -> None:
+    await plato.register(ONE_STEP)
+    worker = Worker(plato.nats_url)
+    started = asyncio.Event()
+    saw_cancel = asyncio.Event()
+
+    @worker.handler("work")
+    async def work(step: StepContext) -> dict[str, Any]:
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        finally:
+            if step.cancelled.is_set():
+                saw_cancel.set()
+        return {}
+
+    run_worker(worker)
+    wf_id = await plato.start("one-step")
+    await asyncio.wait_for(started.wait(), 20)
+
+    steps = step_service_pb2_grpc.StepServiceStub(plato.channel)
+    with pytest.raises(grpc.aio.AioRpcError) as stale:
+        await steps.CompleteStep(
+            step_service_pb2.CompleteStepRequest(request_id="x", workflow_id=wf_id, step_id="work", attempt=2)
+        )
+    assert stale.value.code() == grpc.StatusCode.ABORTED
+    info, _ = rpc_errors.details_of(stale.value)
+    assert info is not None and info.reason == "ERROR_REASON_STALE_ATTEMPT"
+    beat = await steps.HeartbeatStep(
+        step_service_pb2.HeartbeatStepRequest(request_id="hb1", workflow_id=wf_id, step_id="work", attempt=1)
+    )
+    assert not beat.cancel_requested
+
+    await plato.stub.CancelWorkflow(
+        workflow_service_pb2.CancelWorkflowRequest(
+            request_id=uuid.uuid4().hex, workflow_id=wf_id, reason="user asked"
+        )
+    )
+    wf = await plato.wait(wf_id)
+    assert wf.state == WS.WORKFLOW_STATE_CANCELLED and wf.failure_reason == "user asked"
+    await asyncio.wait_for(saw_cancel.wait(), 10)
+    assert wf.steps[0].state == workflow_pb2.STEP_STATE_CANCELLED
+    beat = await steps.HeartbeatStep(
+        step_service_pb2.HeartbeatStepRequest(request_id="hb2", workflow_id=wf_id, step_id="work", attempt=1)
+    )
+    assert beat.cancel_requested
+
+
+async def test_grpc_handlers_complete_steps_and_watch_streams_every_event(plato: PlatoClient) -> None:
+    await plato.register(ONE_STEP)
+    wf_id = await plato.start("one-step", {"n": 1})
+    watch = plato.stub.WatchWorkflow(workflow_service_pb2.WatchWorkflowRequest(workflow_id=wf_id))
+    seen: list[str] = []
+    steps = step_service_pb2_grpc.StepServiceStub(plato.channel)
+    async for reply in watch:
+        seen.append(reply.event.step_id)
+        if reply.event.type == events_pb2.WORKFLOW_EVENT_TYPE_STEP_SCHEDULED:  # as a gRPC handler would
+            request = step_service_pb2.CompleteStepRequest(
+                request_id="done-1", workflow_id=wf_id, step_id="work", attempt=1
+            )
+            request.output.update({"answer": 42})
+            await steps.CompleteStep(request)
+            await steps.CompleteStep(request)  # a retried completion is accepted once
+    wf = await plato.get(wf_id)
+    assert wf.state == WS.WORKFLOW_STATE_COMPLETED
+    assert values.struct_to_dict(wf.output) == {"work": {"answer": 42}}
+    names = event_names(await plato.history(wf_id))
+    assert names == [
+        "WORKFLOW_STARTED",
+        "RULE_FIRED",
+        "STEP_SCHEDULED work",
+        "STEP_COMPLETED work",
+        "WORKFLOW_COMPLETED",
+    ]
+    assert len(seen) == len(names)
+    # Resuming from a sequence replays only what follows.
+    resumed = plato.stub.WatchWorkflow(
+        workflow_service_pb2.WatchWorkflowRequest(workflow_id=wf_id, from_sequence=4)
+    )
+    assert [r.event.sequence async for r in resumed] == [4, 5]
+
+
+async def test_versions_are_kept_and_running_workflows_stay_on_theirs(plato: PlatoClient) -> None:
+    assert await plato.register(ONE_STEP) == 1
+    assert await plato.register(ONE_STEP) == 1  # same text: same version
+    wf_id = await plato.start("one-step")
+    v2 = ONE_STEP.replace("do: [work]", "do: [work, more-work]")
+    assert await plato.register(v2) == 2
+    assert (await plato.get(wf_id)).definition_version == 1
+    latest = await plato.stub.GetDefinition(
+        workflow_service_pb2.GetDefinitionRequest(definition_id="one-step")
+    )
+    assert latest.definition.version == 2 and "more-work" in latest.definition.step_names
+    first = await plato.stub.GetDefinition(
+        workflow_service_pb2.GetDefinitionRequest(definition_id="one-step", version=1)
+    )
+    assert first.definition.source_yaml == ONE_STEP
+    listed = await plato.stub.ListDefinitions(workflow_service_pb2.ListDefinitionsRequest())
+    assert [(d.definition_id, d.version) for d in listed.definitions] == [("one-step", 2)]
