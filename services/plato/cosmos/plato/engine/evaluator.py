@@ -114,7 +114,10 @@ class Evaluator:
             span.set_attribute("cosmos.workflow_id", workflow_id)
             span.set_attribute("cosmos.inputs", len(items))
             try:
-                done = await self._advance_with_retries(workflow_id, [inp for _, inp in items], headers)
+                # Effects carry this span's context, so handlers and event consumers continue the trace.
+                done = await self._advance_with_retries(
+                    workflow_id, [inp for _, inp in items], telemetry.inject_headers()
+                )
             except Exception:
                 log.exception("advancing workflow failed", extra={"fields": {"workflow_id": workflow_id}})
                 self._cache.pop(workflow_id, None)
@@ -127,7 +130,7 @@ class Evaluator:
                     await msg.nak(delay=1.0)
 
     async def _advance_with_retries(
-        self, workflow_id: str, inputs: list[engine_pb2.EngineInput], headers: dict[str, str]
+        self, workflow_id: str, inputs: list[engine_pb2.EngineInput], trace_headers: dict[str, str]
     ) -> bool:
         for _ in range(self.config.max_conflicts):
             cached = await self._load(workflow_id, inputs[0])
@@ -140,7 +143,6 @@ class Evaluator:
             definition = await self.store.compiled(
                 record.workflow.definition_id, record.workflow.definition_version
             )
-            trace_headers = {k: v for k, v in headers.items() if k in ("traceparent", "tracestate")}
             engine = machine.Machine(record, definition, datetime.now(UTC), self._rand.random, trace_headers)
             engine.begin()
             for inp in inputs:

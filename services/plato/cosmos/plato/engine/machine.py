@@ -10,6 +10,7 @@ redelivered inputs change nothing. Semantics: ``docs/workflow-language.md``.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -20,7 +21,7 @@ from google.protobuf import json_format
 
 from cosmos.plato import subjects
 from cosmos.plato.engine import values
-from cosmos.plato.language import model
+from cosmos.plato.language import model, parser
 from cosmos.plato.v1 import engine_pb2, events_pb2, workflow_pb2
 from cosmos.stratum.v1 import job_pb2
 
@@ -49,6 +50,17 @@ class WorkflowFailed(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+def _text(value: Any) -> str:
+    """A template value as a command-line string (numbers without a trailing ``.0``)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, dict | list):
+        return json.dumps(value)
+    return str(value)
 
 
 def _step_id(name: str, index: int, fanout: bool) -> str:
@@ -489,7 +501,10 @@ class Machine:
         step.state = SS.STEP_STATE_RUNNING
         step.start_time.CopyFrom(values.timestamp(self.now))
         if step_def.builtin == "timer":
-            seconds = float(params.get("duration", 0) or 0)
+            try:
+                seconds = parser.parse_duration(params.get("duration", 0))
+            except ValueError as exc:
+                raise WorkflowFailed(f"step {step.step_id!r}: timer duration: {exc}") from exc
             self._set_timer(step, TP.TIMER_PURPOSE_SLEEP, self.now + timedelta(seconds=seconds))
             return
         message = str(params.get("message", ""))
@@ -538,6 +553,13 @@ class Machine:
     def _job_spec(self, step: workflow_pb2.StepExecution, step_def: model.StepDef) -> job_pb2.JobSpec:
         rendered = step_def.params.render(self._step_ctx(step)) if step_def.params is not None else {}
         spec = job_pb2.JobSpec()
+        if isinstance(rendered, dict):
+            # Placeholders keep their types; argv and env are strings in a JobSpec.
+            rendered = {
+                **rendered,
+                "argv": [_text(a) for a in rendered.get("argv", [])],
+                "env": {k: _text(v) for k, v in (rendered.get("env") or {}).items()},
+            }
         try:
             json_format.ParseDict(rendered, spec)
         except json_format.ParseError as exc:
