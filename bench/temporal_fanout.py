@@ -7,6 +7,7 @@ re-import it cheaply (the sandbox re-imports a workflow's module, which must be 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -46,4 +47,4 @@ class FanoutWorkflow:
         return await workflow.execute_activity(last, len(items), start_to_close_timeout=STEP_TIMEOUT)
 
 
-ACTIVITIES = [first, noop, last]
+ACTIVITIES: list[Callable[..., Any]] = [first, noop, last]

@@ -13,7 +13,7 @@ import itertools
 import json
 import logging
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -113,6 +113,12 @@ class Machine:
         self._steps = {s.step_id: s for s in self.wf.steps}
         self._runtimes = {r.step_id: r for r in record.step_runtimes}
         self._acts = {a.activation_id: a for a in record.activations}
+        self._by_name: dict[str, list[workflow_pb2.StepExecution]] = {}
+        for step in self.wf.steps:
+            self._by_name.setdefault(step.step_name, []).append(step)
+        # Step outputs as dicts, converted once per step (contexts are rebuilt often in big fan-ins).
+        self._outputs: dict[str, dict[str, Any]] = {}
+        self._input: dict[str, Any] | None = None
         self._ctx: dict[str, Any] | None = None
         self._last_completed = ""
         # Steps that finish inside Plato complete after the current input, not recursively inside it,
@@ -259,7 +265,7 @@ class Machine:
         for rule in self.definition.rules:
             if rule.do is None or not rule.when.triggered_by(event):
                 continue
-            if rule.when.holds(self, self._context()):
+            if rule.when.holds(self, self._context() if rule.when.guards else {}):
                 self._fire(rule, rule.do, on_exhausted=False)
 
     def _fire(self, rule: model.Rule, actions: model.Sequence, *, on_exhausted: bool) -> None:
@@ -448,13 +454,13 @@ class Machine:
             raise WorkflowFailed(
                 f"runaway guard: rule {rule.name!r} would exceed maxSteps={self.definition.limits.max_steps}"
             )
-        index = sum(1 for r in self.record.step_runtimes if self._steps[r.step_id].step_name == name)
+        index = len(self._by_name.get(name, ()))
         step_id = _step_id(name, index, fanout)
         step_def = self.definition.steps[name]
-        ctx = {**self._context(), **vars}
-        rendered = (
-            step_def.input.render(ctx) if step_def.input is not None else {"input": ctx["input"], **vars}
-        )
+        if step_def.input is not None:
+            rendered = step_def.input.render({**self._context(), **vars})
+        else:
+            rendered = {"input": self._input_dict(), **vars}
         step = self.wf.steps.add(step_id=step_id, step_name=name, attempt=1, rule=rule.name)
         if isinstance(rendered, dict):
             step.input.update(rendered)
@@ -466,6 +472,7 @@ class Machine:
             step_id=step_id, activation_id=act.activation_id, instance_index=index
         )
         act.step_id = step_id
+        self._by_name.setdefault(name, []).append(step)
         self._steps[step_id] = step
         self._runtimes[step_id] = runtime
         self._dispatch(step)
@@ -596,6 +603,7 @@ class Machine:
         step.state = SS.STEP_STATE_COMPLETED
         step.output.Clear()
         step.output.update(dict(output))
+        self._outputs[step.step_id] = dict(output)
         step.close_time.CopyFrom(values.timestamp(self.now))
         self._ctx = None
         self._last_completed = step.step_id
@@ -844,20 +852,31 @@ class Machine:
 
     # ----------------------------------------------------------------- facts (model.Facts)
 
+    def _input_dict(self) -> dict[str, Any]:
+        if self._input is None:
+            self._input = values.struct_to_dict(self.wf.input)
+        return self._input
+
+    def _output_of(self, step: workflow_pb2.StepExecution) -> dict[str, Any]:
+        output = self._outputs.get(step.step_id)
+        if output is None:
+            output = self._outputs[step.step_id] = values.struct_to_dict(step.output)
+        return output
+
     def _context(self) -> dict[str, Any]:
         if self._ctx is None:
             steps: dict[str, dict[str, Any]] = {}
-            completed = sorted(
-                (s for s in self.wf.steps if s.state == SS.STEP_STATE_COMPLETED),
-                key=lambda s: self._runtimes[s.step_id].instance_index,
-            )
-            for step in completed:
-                entry = steps.setdefault(step.step_name, {"output": None, "outputs": []})
-                output = values.struct_to_dict(step.output)
-                entry["outputs"].append(output)
-                entry["output"] = output
+            for name, instances in self._by_name.items():
+                # Instances are kept in creation order, which is their instance index order.
+                outputs = [self._output_of(s) for s in instances if s.state == SS.STEP_STATE_COMPLETED]
+                if outputs:
+                    last = max(
+                        (s for s in instances if s.state == SS.STEP_STATE_COMPLETED),
+                        key=lambda s: (s.close_time.seconds, s.close_time.nanos),
+                    )
+                    steps[name] = {"output": self._output_of(last), "outputs": outputs}
             self._ctx = {
-                "input": values.struct_to_dict(self.wf.input),
+                "input": self._input_dict(),
                 "steps": steps,
                 "workflow": {
                     "id": self.wf.workflow_id,
@@ -868,8 +887,8 @@ class Machine:
             }
         return self._ctx
 
-    def _instances(self, name: str) -> Iterator[workflow_pb2.StepExecution]:
-        return (s for s in self.wf.steps if s.step_name == name)
+    def _instances(self, name: str) -> list[workflow_pb2.StepExecution]:
+        return self._by_name.get(name, [])
 
     def started(self) -> bool:
         return self.wf.state != WS.WORKFLOW_STATE_PENDING
@@ -878,7 +897,7 @@ class Machine:
         return any(s.state == SS.STEP_STATE_COMPLETED for s in self._instances(step))
 
     def all_completed(self, step: str) -> bool:
-        instances = list(self._instances(step))
+        instances = self._instances(step)
         if not instances or any(s.state != SS.STEP_STATE_COMPLETED for s in instances):
             return False
         # A fan-out still holding items back (maxConcurrency) is not finished.
