@@ -257,3 +257,34 @@ async def test_builtin_timer_log_and_notify_run_inside_plato(plato: PlatoClient)
     assert slept >= 0.29
     assert values.struct_to_dict(steps["say"].output)["message"] == f"hello {wf.workflow_id}"
     assert [m["message"] for m in received] == [f"done {wf.workflow_id}"]
+
+
+SHARED = """\
+workflow:
+  id: shared-queue
+  rules:
+    - when: workflow.started
+      do:
+        - fanout: {for: each i in input.items, run: work}
+"""
+
+
+async def test_many_handler_processes_share_one_queue(
+    plato: PlatoClient, run_worker: Callable[[Worker], None]
+) -> None:
+    await plato.register(SHARED)
+    workers = [Worker(plato.nats_url), Worker(plato.nats_url)]
+    keys: list[str] = []
+    for worker in workers:
+
+        @worker.handler("work")
+        async def work(step: StepContext) -> dict[str, Any]:
+            keys.append(step.idempotency_key)
+            await asyncio.sleep(0.05)
+            return {}
+
+        run_worker(worker)
+    wf = await plato.wait(await plato.start("shared-queue", {"items": list(range(40))}))
+    assert wf.state == WS.WORKFLOW_STATE_COMPLETED
+    assert len(keys) == len(set(keys)) == 40  # each task went to exactly one handler
+    assert all(worker.completed > 0 for worker in workers), [w.completed for w in workers]
