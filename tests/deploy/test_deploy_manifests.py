@@ -35,7 +35,7 @@ import grpc
 import nats
 import pytest
 import yaml
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from servers import wait_serving
 
 from cosmos.runtime.config import free_port
 from cosmos.stratum.v1 import agent_pb2, pool_service_pb2, pool_service_pb2_grpc
@@ -744,22 +744,6 @@ STACK = ("plato", "stratum", "optimus", "cosmos-agent-cpu")
 DOWNWARD_API = {"spec.nodeName": "node-a", "metadata.name": "pod-0", "metadata.namespace": NAMESPACE}
 
 
-def wait_serving(target: str, service: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            assert proc.poll() is None, f"exited with {proc.returncode}"
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            assert time.monotonic() < deadline, f"{target} not SERVING after {timeout} s"
-            time.sleep(0.1)
-
-
 @dataclass
 class ManifestStack:
     """Plato, Stratum, Optimus and the CPU agent, each run with its container's own args and env."""
@@ -784,7 +768,7 @@ class ManifestStack:
                     continue
                 port = self.local_ports[name][container.port_number(probe["grpc"]["port"])]
                 try:
-                    wait_serving(f"127.0.0.1:{port}", probe["grpc"]["service"], self.procs[name])
+                    wait_serving(f"127.0.0.1:{port}", probe["grpc"]["service"], proc=self.procs[name])
                 except AssertionError as exc:
                     raise AssertionError(f"{name} {kind}: {exc}\n{self.output()}") from exc
 

@@ -7,27 +7,14 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from plato_harness import CARD_WORKFLOW
 
 from cosmos import errors
 from cosmos.plato.language import model
 from cosmos.plato.language.parser import REASON, parse, parse_duration
 
 # The card's example, exactly as the design brief quotes it.
-CARD = """\
-workflow:
-  id: encode-workflow-v3
-  rules:
-    - when: workflow.started
-      do: [probe-source]
-    - when: probe-source.completed
-      do:
-        - fanout: {for: each profile in input.profiles, run: encode-segment}
-    - when: all encode-segment.completed
-      do: [mux-final, publish-manifest]
-    - when: any.failed
-      retry: {max: 3, backoff: exponential}
-      onExhausted: [notify-oncall]
-"""
+CARD = CARD_WORKFLOW
 
 FULL = """\
 workflow:
