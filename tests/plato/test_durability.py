@@ -9,11 +9,12 @@ import signal
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import grpc
+import pytest
 from plato_harness import PlatoClient
 from servers import wait_serving
 
@@ -37,6 +38,8 @@ workflow:
 
 
 class PlatoProcess:
+    started: ClassVar[list[PlatoProcess]] = []
+
     def __init__(self, nats_url: str, log: Path) -> None:
         self.target = f"127.0.0.1:{free_port()}"
         self.log = log
@@ -46,6 +49,7 @@ class PlatoProcess:
             stdout=self._out,
             stderr=subprocess.STDOUT,
         )
+        PlatoProcess.started.append(self)
 
     async def ready(self) -> None:
         await asyncio.to_thread(wait_serving, self.target, "", 30.0, self.proc)
@@ -67,6 +71,16 @@ class PlatoProcess:
             if line.startswith("{") and '"workflow finished"' in line:
                 ids.add(json.loads(line)["workflow_id"])
         return ids
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_plato() -> Iterator[None]:
+    yield
+    while PlatoProcess.started:
+        process = PlatoProcess.started.pop()
+        if process.proc.poll() is None:
+            process.proc.kill()
+            process.proc.wait()
 
 
 def counting_worker(nats_url: str, seen: Counter[str]) -> Worker:

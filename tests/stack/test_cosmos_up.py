@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -82,8 +83,17 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     up = Stack(proc, ports, tmp_path / "data")
     yield up
     if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+        # A failed test leaves the stack up: stop it the way a user would, then make sure.
+        children = psutil.Process(proc.pid).children(recursive=True)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        for child in children:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
 
 
 def test_up_serves_every_contract_with_health_and_reflection_then_stops_cleanly(stack: Stack) -> None:
