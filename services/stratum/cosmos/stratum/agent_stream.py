@@ -1,15 +1,22 @@
-"""The agent side of Stratum: one bidirectional stream per connected agent."""
+"""The agent side of Stratum: one bidirectional stream per connected agent.
+
+The first message must be ``hello`` (inventory and the attempts the agent is still running); Stratum
+answers ``welcome`` with the lease, then both directions flow at once: heartbeats, job lifecycle and
+logs from the agent; assignments, cancels, stale-attempt kills and result acks from Stratum.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
-import grpc
 from google.protobuf import duration_pb2
 
 from cosmos import errors
+from cosmos.stratum.dispatcher import Dispatcher
 from cosmos.stratum.registry import AgentRegistry
 from cosmos.stratum.v1 import agent_pb2, agent_service_pb2, agent_service_pb2_grpc
 
@@ -17,21 +24,22 @@ log = logging.getLogger(__name__)
 
 
 class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
-    """Accepts agent connections: hello → welcome, then heartbeats renew the lease."""
+    """``cosmos.stratum.v1.AgentService``."""
 
     def __init__(
-        self, registry: AgentRegistry, stopping: asyncio.Event, heartbeat_interval: float = 2.0
+        self,
+        registry: AgentRegistry,
+        dispatcher: Dispatcher,
+        stopping: asyncio.Event,
+        heartbeat_interval: float,
     ) -> None:
         self.registry = registry
+        self.dispatcher = dispatcher
         self.stopping = stopping
         self.heartbeat_interval = heartbeat_interval
 
     async def Connect(
-        self,
-        request_iterator: AsyncIterator[agent_service_pb2.ConnectRequest],
-        context: grpc.aio.ServicerContext[
-            agent_service_pb2.ConnectRequest, agent_service_pb2.ConnectResponse
-        ],
+        self, request_iterator: AsyncIterator[agent_service_pb2.ConnectRequest], context: Any
     ) -> AsyncIterator[agent_service_pb2.ConnectResponse]:
         first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("message") != "hello":
@@ -45,7 +53,7 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
                 "hello.agent_id is empty",
                 violations=[errors.FieldViolation("hello.agent_id", "must name the agent")],
             )
-        self.registry.connect(
+        record = self.registry.connect(
             agent_pb2.Agent(
                 agent_id=hello.agent_id,
                 hostname=hello.hostname,
@@ -55,6 +63,7 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
             )
         )
         agent_id = hello.agent_id
+        outbox = self.dispatcher.agent_connected(record.agent, hello.running)
         yield agent_service_pb2.ConnectResponse(
             welcome=agent_service_pb2.AgentWelcome(
                 agent_id=agent_id,
@@ -62,22 +71,38 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
                 heartbeat_interval=_duration(self.heartbeat_interval),
             )
         )
+        reader = asyncio.ensure_future(self._read(agent_id, request_iterator))
+        stopping = asyncio.ensure_future(self.stopping.wait())
         try:
-            reader = asyncio.ensure_future(self._read(agent_id, request_iterator))
-            stopping = asyncio.ensure_future(self.stopping.wait())
-            await asyncio.wait([reader, stopping], return_when=asyncio.FIRST_COMPLETED)
+            while True:
+                nxt = asyncio.ensure_future(outbox.get())
+                done, _ = await asyncio.wait([nxt, reader, stopping], return_when=asyncio.FIRST_COMPLETED)
+                if nxt not in done:
+                    nxt.cancel()
+                    break
+                yield nxt.result()
+        finally:
             for task in (reader, stopping):
                 task.cancel()
-        finally:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+            self.dispatcher.agent_disconnected(agent_id, outbox)
             self.registry.disconnect(agent_id)
 
     async def _read(self, agent_id: str, requests: AsyncIterator[agent_service_pb2.ConnectRequest]) -> None:
+        seen: set[str] = set()
         async for message in requests:
-            kind = message.WhichOneof("message")
-            if kind == "heartbeat":
+            # Messages re-sent after a reconnect carry the same request_id: apply each once per stream.
+            if message.request_id and message.request_id in seen:
+                continue
+            if message.request_id:
+                seen.add(message.request_id)
+                if len(seen) > 10_000:
+                    seen.clear()
+            if message.WhichOneof("message") == "heartbeat":
                 self.registry.heartbeat(agent_id)
             else:
-                log.debug("agent message", extra={"fields": {"agent_id": agent_id, "kind": kind}})
+                await self.dispatcher.agent_message(agent_id, message)
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:

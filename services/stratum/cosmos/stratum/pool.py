@@ -8,9 +8,11 @@ import grpc
 
 from cosmos import errors
 from cosmos.runtime import paging
+from cosmos.stratum.dispatcher import ON_AGENT, Dispatcher
 from cosmos.stratum.registry import AgentRegistry
-from cosmos.stratum.v1 import agent_pb2, pool_service_pb2, pool_service_pb2_grpc
+from cosmos.stratum.v1 import agent_pb2, job_pb2, pool_service_pb2, pool_service_pb2_grpc
 
+JS = job_pb2.JobState
 State = agent_pb2.AgentState
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -18,8 +20,9 @@ Context = grpc.aio.ServicerContext[Any, Any]
 class PoolServicer(pool_service_pb2_grpc.PoolServiceServicer):
     """Answers from the in-process :class:`AgentRegistry`."""
 
-    def __init__(self, registry: AgentRegistry) -> None:
+    def __init__(self, registry: AgentRegistry, dispatcher: Dispatcher) -> None:
         self.registry = registry
+        self.dispatcher = dispatcher
 
     async def ListAgents(
         self, request: pool_service_pb2.ListAgentsRequest, context: Context
@@ -42,25 +45,25 @@ class PoolServicer(pool_service_pb2_grpc.PoolServiceServicer):
         self, request: pool_service_pb2.CordonAgentRequest, context: Context
     ) -> pool_service_pb2.CordonAgentResponse:
         _require_agent_id(request.agent_id)
-        return pool_service_pb2.CordonAgentResponse(
-            agent=self.registry.set_state(request.agent_id, State.AGENT_STATE_CORDONED)
-        )
+        agent = self.registry.set_state(request.agent_id, State.AGENT_STATE_CORDONED)
+        self.dispatcher.schedulable_changed(agent)
+        return pool_service_pb2.CordonAgentResponse(agent=agent)
 
     async def UncordonAgent(
         self, request: pool_service_pb2.UncordonAgentRequest, context: Context
     ) -> pool_service_pb2.UncordonAgentResponse:
         _require_agent_id(request.agent_id)
-        return pool_service_pb2.UncordonAgentResponse(
-            agent=self.registry.set_state(request.agent_id, State.AGENT_STATE_READY)
-        )
+        agent = self.registry.set_state(request.agent_id, State.AGENT_STATE_READY)
+        self.dispatcher.schedulable_changed(agent)
+        return pool_service_pb2.UncordonAgentResponse(agent=agent)
 
     async def DrainAgent(
         self, request: pool_service_pb2.DrainAgentRequest, context: Context
     ) -> pool_service_pb2.DrainAgentResponse:
         _require_agent_id(request.agent_id)
-        return pool_service_pb2.DrainAgentResponse(
-            agent=self.registry.set_state(request.agent_id, State.AGENT_STATE_DRAINING)
-        )
+        agent = self.registry.set_state(request.agent_id, State.AGENT_STATE_DRAINING)
+        self.dispatcher.schedulable_changed(agent)
+        return pool_service_pb2.DrainAgentResponse(agent=agent)
 
     async def GetPoolStats(
         self, request: pool_service_pb2.GetPoolStatsRequest, context: Context
@@ -80,6 +83,12 @@ class PoolServicer(pool_service_pb2_grpc.PoolServiceServicer):
                 by_model[gpu.model] = by_model.get(gpu.model, 0) + 1
         for model in sorted(by_model):
             stats.gpus_by_model.add(model=model, total=by_model[model])
+        for job in self.dispatcher.jobs.values():
+            if job.state == JS.JOB_STATE_QUEUED:
+                stats.queued_jobs += 1
+            elif job.state in ON_AGENT:
+                stats.running_jobs += 1
+                stats.allocated_gpus += len(job.gpu_indices) or job.spec.resources.gpu.share
         return pool_service_pb2.GetPoolStatsResponse(stats=stats)
 
 

@@ -64,6 +64,15 @@ class AgentRegistry:
         )
         return record
 
+    def expect(self, agent_id: str) -> None:
+        """Remember an agent that held jobs before a restart: it has one lease to reconnect."""
+        if agent_id and agent_id not in self.agents:
+            record = AgentRecord(
+                agent=agent_pb2.Agent(agent_id=agent_id, state=State.AGENT_STATE_DISCONNECTED)
+            )
+            record.lease_deadline = time.monotonic() + self.lease_seconds
+            self.agents[agent_id] = record
+
     def heartbeat(self, agent_id: str) -> None:
         """Extend the agent's lease."""
         record = self.get(agent_id)

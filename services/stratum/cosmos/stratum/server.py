@@ -1,4 +1,4 @@
-"""The Stratum server process: job API, agent streams and pool administration."""
+"""The Stratum server process: job API, agent streams, pool administration and the dispatcher."""
 
 from __future__ import annotations
 
@@ -10,8 +10,12 @@ from collections.abc import Sequence
 from cosmos.runtime import config, jetstream, process
 from cosmos.runtime.server import Server, ServerConfig, ServiceBinding
 from cosmos.stratum.agent_stream import AgentServicer
+from cosmos.stratum.dispatcher import Dispatcher
+from cosmos.stratum.job_api import JobApi
+from cosmos.stratum.placement import SchedulerPlacer
 from cosmos.stratum.pool import PoolServicer
 from cosmos.stratum.registry import AgentRegistry
+from cosmos.stratum.store import JobStore
 from cosmos.stratum.v1 import agent_service_pb2_grpc, job_service_pb2_grpc, pool_service_pb2_grpc
 
 PREFIX = "COSMOS_STRATUM"
@@ -29,13 +33,23 @@ def parser() -> argparse.ArgumentParser:
     config.add_env_argument(
         p, PREFIX, "--heartbeat-interval", default=2.0, type=float, help="seconds between agent heartbeats"
     )
+    config.add_env_argument(
+        p, PREFIX, "--policy", default="fgd", help="placement policy: fgd, best-fit, first-fit"
+    )
+    config.add_env_argument(
+        p, PREFIX, "--replicas", default=1, type=int, help="stream replicas (3 in a cluster)"
+    )
     return p
 
 
 async def serve(args: argparse.Namespace) -> None:
-    """Connect to NATS, serve until SIGTERM/SIGINT, then close everything."""
-    nc, _ = await jetstream.connect(args.nats, "cosmos-stratum")
+    """Connect to NATS, recover jobs, serve until SIGTERM/SIGINT, then close everything."""
+    nc, js = await jetstream.connect(args.nats, "cosmos-stratum")
+    store = JobStore(nc, js, replicas=args.replicas)
+    await store.ensure()
     registry = AgentRegistry(lease_seconds=args.lease_seconds)
+    dispatcher = Dispatcher(store, registry, SchedulerPlacer(policy=args.policy))
+    await dispatcher.recover()
     server = Server(
         ServerConfig("stratum", config.Address.parse(args.listen, setting="--listen"), args.grace_period),
         on_stop=nc.close,
@@ -43,8 +57,7 @@ async def serve(args: argparse.Namespace) -> None:
     server.add(
         ServiceBinding(
             "cosmos.stratum.v1.JobService",
-            # The scheduler is not built yet: the generated base answers UNIMPLEMENTED.
-            job_service_pb2_grpc.JobServiceServicer(),  # type: ignore[abstract]
+            JobApi(dispatcher, server.stopping),
             job_service_pb2_grpc.add_JobServiceServicer_to_server,
         )
     )
@@ -52,30 +65,24 @@ async def serve(args: argparse.Namespace) -> None:
     server.add(
         ServiceBinding(
             "cosmos.stratum.v1.AgentService",
-            AgentServicer(registry, server.stopping, args.heartbeat_interval),
+            AgentServicer(registry, dispatcher, server.stopping, args.heartbeat_interval),
             agent_service_pb2_grpc.add_AgentServiceServicer_to_server,
         )
     )
     server.add(
         ServiceBinding(
             "cosmos.stratum.v1.PoolService",
-            PoolServicer(registry),
+            PoolServicer(registry, dispatcher),
             pool_service_pb2_grpc.add_PoolServiceServicer_to_server,
         )
     )
-
-    async def expire_leases() -> None:
-        while True:
-            await asyncio.sleep(min(1.0, args.lease_seconds / 4))
-            registry.expire()
-
-    expiry = asyncio.create_task(expire_leases())
+    dispatching = asyncio.create_task(dispatcher.run(server.stopping))
     try:
         await server.serve_until_signalled()
     finally:
-        expiry.cancel()
+        dispatching.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await expiry
+            await dispatching
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,15 +9,17 @@ import logging
 import signal
 import socket
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 
 from cosmos import errors
 from cosmos.runtime import channels, config, process
 from cosmos.stratum.agent import inventory
+from cosmos.stratum.agent.supervisor import JobSupervisor
 from cosmos.stratum.v1 import agent_service_pb2, agent_service_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,8 @@ class AgentConfig:
     """Free-form labels the scheduler can match on."""
     reconnect_max: float = 5.0
     """Longest wait between reconnect attempts, in seconds."""
+    stop_grace: float = 5.0
+    """On SIGTERM, seconds running jobs get between SIGTERM and SIGKILL."""
 
 
 class Agent:
@@ -52,9 +56,12 @@ class Agent:
         self.inventory = inventory.collect(cfg.agent_id, cfg.gpus)
         self.stopping = asyncio.Event()
         self.connected = asyncio.Event()
+        self._outbox: asyncio.Queue[agent_service_pb2.ConnectRequest | None] | None = None
+        self.jobs = JobSupervisor(cfg.work_dir, self._send)
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def hello(self) -> agent_service_pb2.ConnectRequest:
-        """The registration message opening every stream."""
+        """The registration message opening every stream (running attempts are added per session)."""
         return agent_service_pb2.ConnectRequest(
             hello=agent_service_pb2.AgentHello(
                 agent_id=self.cfg.agent_id,
@@ -85,14 +92,23 @@ class Agent:
                 await asyncio.wait_for(self.stopping.wait(), delay)
             delay = min(delay * 2, self.cfg.reconnect_max)
 
+    def _send(self, message: agent_service_pb2.ConnectRequest) -> None:
+        """Queue a message on the current connection (dropped while disconnected)."""
+        if self._outbox is not None:
+            if not message.request_id:
+                # Each message carries its own id so Stratum can drop one re-sent on the same stream.
+                message.request_id = uuid.uuid4().hex
+            self._outbox.put_nowait(message)
+
     async def _session(self) -> None:
         outbox: asyncio.Queue[agent_service_pb2.ConnectRequest | None] = asyncio.Queue()
-        await outbox.put(self.hello())
+        self._outbox = outbox
+        hello = self.hello()
+        hello.hello.running.extend(self.jobs.running())
+        self._send(hello)
 
         async def requests() -> AsyncIterator[agent_service_pb2.ConnectRequest]:
             while (message := await outbox.get()) is not None:
-                # Each message carries its own id so Stratum can drop one re-sent after a reconnect.
-                message.request_id = uuid.uuid4().hex
                 yield message
 
         async with channels.insecure_channel(self.cfg.stratum) as channel:
@@ -106,6 +122,8 @@ class Agent:
                     done, _ = await asyncio.wait([nxt, stop_wait], return_when=asyncio.FIRST_COMPLETED)
                     if nxt not in done:
                         nxt.cancel()
+                        await self.jobs.shutdown(self.cfg.stop_grace)
+                        await asyncio.sleep(0.2)  # let the last results go out
                         await outbox.put(None)
                         call.cancel()
                         return
@@ -113,27 +131,54 @@ class Agent:
                         message = nxt.result()
                     except StopAsyncIteration:
                         return
-                    kind = message.WhichOneof("message")
-                    if kind == "welcome":
+                    if message.WhichOneof("message") == "welcome":
                         interval = message.welcome.heartbeat_interval.ToTimedelta().total_seconds() or 2.0
-                        heartbeats = asyncio.create_task(self._heartbeats(outbox, interval))
+                        heartbeats = asyncio.create_task(self._heartbeats(interval))
+                        self.jobs.resend_unacked()
                         self.connected.set()
                         log.info("registered with Stratum", extra={"fields": {"stratum": self.cfg.stratum}})
                     else:
-                        log.info("message from Stratum", extra={"fields": {"kind": kind}})
+                        await self._handle(message)
             finally:
+                self._outbox = None
                 stop_wait.cancel()
                 if heartbeats is not None:
                     heartbeats.cancel()
 
-    @staticmethod
-    async def _heartbeats(
-        outbox: asyncio.Queue[agent_service_pb2.ConnectRequest | None], interval: float
-    ) -> None:
+    async def _handle(self, message: agent_service_pb2.ConnectResponse) -> None:
+        kind = message.WhichOneof("message")
+        if kind == "assign":
+            log.info(
+                "job assigned",
+                extra={"fields": {"job_id": message.assign.job_id, "attempt": message.assign.attempt}},
+            )
+            self.jobs.assign(message.assign)
+        elif kind == "cancel":
+            grace = message.cancel.grace_period.ToTimedelta().total_seconds()
+            self._background(self.jobs.cancel(message.cancel.job_id, message.cancel.attempt, grace))
+        elif kind == "kill_stale":
+            log.warning(
+                "killing stale attempt",
+                extra={
+                    "fields": {"job_id": message.kill_stale.job_id, "attempt": message.kill_stale.attempt}
+                },
+            )
+            self._background(self.jobs.kill_stale(message.kill_stale.job_id, message.kill_stale.attempt))
+        elif kind == "ack":
+            self.jobs.acked(message.ack.job_id, message.ack.attempt)
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        # Cancels take their grace period; the stream keeps flowing meanwhile.
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _heartbeats(self, interval: float) -> None:
         while True:
             heartbeat = agent_service_pb2.AgentHeartbeat()
             heartbeat.send_time.GetCurrentTime()
-            await outbox.put(agent_service_pb2.ConnectRequest(heartbeat=heartbeat))
+            heartbeat.running.extend(self.jobs.running())
+            self._send(agent_service_pb2.ConnectRequest(heartbeat=heartbeat))
             await asyncio.sleep(interval)
 
 

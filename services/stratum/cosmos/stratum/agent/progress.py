@@ -1,0 +1,395 @@
+"""What a running job reports: progress (ffmpeg ``-progress`` or the progress channel) and log lines.
+
+Everything here is bounded, because a job is untrusted input: lines are truncated, progress callbacks
+are rate-limited (the latest value wins), and log batches are limited in lines and bytes per second
+(lines over the limit are dropped and counted). Readers never wait for a callback, so a slow
+consumer can never block the job writing to its pipes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import re
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from cosmos.common.v1 import progress_pb2
+from cosmos.stratum.v1 import job_pb2
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[progress_pb2.Progress], Awaitable[None]]
+"""Receives rate-limited progress of a running job."""
+LogsCallback = Callable[[list[job_pb2.LogLine]], Awaitable[None]]
+"""Receives batches of log lines of a running job."""
+
+MAX_LINE_BYTES = 4096
+"""Longer output lines are cut to this many bytes (and marked)."""
+TRUNCATED_MARK = " …[truncated]"
+
+
+def duration(seconds: float) -> duration_pb2.Duration:
+    """A protobuf Duration of ``seconds`` (nanosecond precision)."""
+    out = duration_pb2.Duration()
+    out.FromNanoseconds(round(seconds * 1e9))
+    return out
+
+
+def now_timestamp() -> timestamp_pb2.Timestamp:
+    """The current wall-clock time as a protobuf Timestamp."""
+    stamp = timestamp_pb2.Timestamp()
+    stamp.GetCurrentTime()
+    return stamp
+
+
+# --------------------------------------------------------------------------------------------- lines
+
+
+@dataclass(frozen=True)
+class Line:
+    """One line of output: at most ``max_bytes`` of its bytes, without the newline."""
+
+    data: bytes
+    truncated: bool
+
+    def text(self) -> str:
+        """UTF-8 text (invalid bytes replaced), marked when it was cut."""
+        text = self.data.decode("utf-8", errors="replace").rstrip("\r")
+        return text + TRUNCATED_MARK if self.truncated else text
+
+
+class LineSplitter:
+    """Splits a byte stream into lines, keeping at most ``max_bytes`` of each.
+
+    Unlike ``StreamReader.readline`` it never fails or buffers without bound on a huge line: the
+    excess is discarded up to the next newline.
+    """
+
+    def __init__(self, max_bytes: int = MAX_LINE_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self._buf = bytearray()
+        self._overflow = False
+
+    def feed(self, chunk: bytes) -> Iterator[Line]:
+        """Lines completed by ``chunk``."""
+        start = 0
+        while (end := chunk.find(b"\n", start)) >= 0:
+            yield self._take(chunk[start:end])
+            start = end + 1
+        rest = chunk[start:]
+        room = self.max_bytes - len(self._buf)
+        if len(rest) > room:
+            self._overflow = True
+            rest = rest[: max(room, 0)]
+        self._buf += rest
+
+    def close(self) -> Iterator[Line]:
+        """The last line, when the stream did not end with a newline."""
+        if self._buf or self._overflow:
+            yield self._take(b"")
+
+    def _take(self, tail: bytes) -> Line:
+        room = self.max_bytes - len(self._buf)
+        truncated = self._overflow or len(tail) > room
+        data = bytes(self._buf) + tail[: max(room, 0)]
+        self._buf.clear()
+        self._overflow = False
+        return Line(data, truncated)
+
+
+# -------------------------------------------------------------------------------------------- ffmpeg
+
+_CLOCK = re.compile(r"^(-?)(\d+):(\d{1,2}):(\d{1,2}(?:\.\d+)?)$")
+
+
+class FfmpegProgressParser:
+    """Parses ``ffmpeg -progress`` output: ``key=value`` lines, each block ended by ``progress=...``.
+
+    ``media_duration`` (seconds, 0 when unknown) turns the processed media time into percent and eta.
+    """
+
+    def __init__(self, media_duration: float = 0.0) -> None:
+        self.media_duration = max(media_duration, 0.0)
+        self._block: dict[str, str] = {}
+
+    def feed(self, line: str) -> progress_pb2.Progress | None:
+        """Consume one line; returns the block's progress when the line ends a block."""
+        key, sep, value = line.strip().partition("=")
+        if not sep:
+            return None
+        key, value = key.strip(), value.strip()
+        if key != "progress":
+            self._block[key] = value
+            return None
+        block, self._block = self._block, {}
+        return self.progress(block, ended=value == "end")
+
+    def progress(self, block: dict[str, str], *, ended: bool = False) -> progress_pb2.Progress:
+        """The Progress of one parsed block."""
+        out = progress_pb2.Progress(update_time=now_timestamp())
+        frames = _number(block.get("frame"))
+        if frames is not None:
+            out.frames = max(int(frames), 0)
+        fps = _number(block.get("fps"))
+        if fps is not None and fps > 0:
+            out.fps = fps
+        speed = _number(block.get("speed", "").rstrip("x"))
+        if speed is not None and speed > 0:
+            out.speed = speed
+        media_time = _media_time(block)
+        if media_time is not None:
+            out.elapsed.CopyFrom(duration(media_time))
+        if self.media_duration > 0:
+            if ended:
+                out.percent = 100.0
+                out.eta.CopyFrom(duration(0))
+            elif media_time is not None:
+                out.percent = min(max(media_time / self.media_duration * 100.0, 0.0), 100.0)
+                if out.speed > 0:
+                    remaining = max(self.media_duration - media_time, 0.0)
+                    out.eta.CopyFrom(duration(remaining / out.speed))
+        return out
+
+
+def _number(text: str | None) -> float | None:
+    # ffmpeg writes "N/A" (and, for an empty output, sometimes nothing) before it knows a value.
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _media_time(block: dict[str, str]) -> float | None:
+    """Processed media time in seconds; ffmpeg's ``out_time_ms`` is in microseconds too (a known quirk)."""
+    for key in ("out_time_us", "out_time_ms"):
+        micros = _number(block.get(key))
+        if micros is not None:
+            return max(micros / 1e6, 0.0)
+    clock = _CLOCK.match(block.get("out_time", ""))
+    if clock is None:
+        return None
+    sign, hours, minutes, seconds = clock.groups()
+    if sign:
+        return 0.0  # before the first frame ffmpeg prints a large negative time
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+
+# ------------------------------------------------------------------------------------------- channel
+
+MAX_MESSAGE_CHARS = 1024
+
+
+class ChannelParser:
+    """Parses the progress channel: one JSON object per line, keys named like Progress fields.
+
+    Each line updates the fields it names; the others keep their last value. Durations are seconds
+    (``eta``/``eta_seconds``, ``elapsed``/``elapsed_seconds``). Unknown keys are ignored (newer
+    programs, older agents); anything else unexpected makes the line malformed: it is ignored and
+    counted in :attr:`malformed`.
+    """
+
+    _NUMBERS: ClassVar[tuple[str, ...]] = ("fps", "speed")
+    _DURATIONS: ClassVar[dict[str, str]] = {
+        "eta": "eta",
+        "eta_seconds": "eta",
+        "elapsed": "elapsed",
+        "elapsed_seconds": "elapsed",
+    }
+
+    def __init__(self) -> None:
+        self.current = progress_pb2.Progress()
+        self.malformed = 0
+
+    def feed(self, line: str) -> progress_pb2.Progress | None:
+        """Consume one line; returns the updated progress, or None for a blank or malformed line."""
+        if not line.strip():
+            return None
+        try:
+            fields = self._parse(line)
+        except (ValueError, TypeError):
+            self.malformed += 1
+            return None
+        # Applied only once the whole line parsed: a malformed line changes nothing.
+        for name, value in fields.items():
+            if isinstance(value, duration_pb2.Duration):
+                getattr(self.current, name).CopyFrom(value)
+            else:
+                setattr(self.current, name, value)
+        self.current.update_time.CopyFrom(now_timestamp())
+        out = progress_pb2.Progress()
+        out.CopyFrom(self.current)
+        return out
+
+    def _parse(self, line: str) -> dict[str, float | int | str | duration_pb2.Duration]:
+        obj = json.loads(line, parse_constant=_reject_constant)
+        if not isinstance(obj, dict):
+            raise ValueError("not a JSON object")
+        fields: dict[str, float | int | str | duration_pb2.Duration] = {}
+        for key, value in obj.items():
+            if key == "percent":
+                fields[key] = min(_non_negative(value), 100.0)
+            elif key in self._NUMBERS:
+                fields[key] = _non_negative(value)
+            elif key == "frames":
+                fields[key] = int(_non_negative(value))
+            elif key in self._DURATIONS:
+                fields[self._DURATIONS[key]] = duration(_non_negative(value))
+            elif key == "message":
+                if not isinstance(value, str):
+                    raise TypeError("message must be a string")
+                fields[key] = value[:MAX_MESSAGE_CHARS]
+        return fields
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number")
+
+
+def _non_negative(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError("expected a number")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError("expected a finite number >= 0")
+    return float(value)
+
+
+# -------------------------------------------------------------------------------------- rate limits
+
+
+class ProgressThrottle:
+    """Delivers progress to a callback at most once per ``interval`` seconds; the latest value wins.
+
+    :meth:`update` never waits (it is called from pipe readers); a background task calls the
+    callback. :meth:`close` delivers the last pending value, so the final progress is never lost.
+    """
+
+    def __init__(self, callback: ProgressCallback, interval: float = 0.25) -> None:
+        self.callback = callback
+        self.interval = interval
+        self.delivered = 0
+        self._pending: progress_pb2.Progress | None = None
+        self._wake = asyncio.Event()
+        self._closing = asyncio.Event()
+        self._task = asyncio.create_task(self._run())
+
+    def update(self, progress: progress_pb2.Progress) -> None:
+        """Offer a new progress value."""
+        self._pending = progress
+        self._wake.set()
+
+    async def close(self) -> None:
+        """Deliver what is pending now, then stop."""
+        self._closing.set()
+        self._wake.set()
+        await self._task
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            pending, self._pending = self._pending, None
+            if pending is not None:
+                await _deliver(self.callback, pending)
+                self.delivered += 1
+            if self._closing.is_set():
+                if self._pending is None:
+                    return
+                continue
+            # Rate limit; closing cuts the pause short so the final value is not delayed.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), self.interval)
+
+
+class LogBatcher:
+    """Collects log lines and delivers them in batches, bounded per second in lines and bytes.
+
+    Lines over the budget of the current one-second window are dropped and counted; the next batch
+    carries a note with the count, so a reader of the logs knows lines are missing.
+    """
+
+    def __init__(
+        self,
+        callback: LogsCallback,
+        *,
+        max_lines_per_s: int = 200,
+        max_bytes_per_s: int = 64 * 1024,
+        flush_interval: float = 0.25,
+    ) -> None:
+        self.callback = callback
+        self.max_lines_per_s = max_lines_per_s
+        self.max_bytes_per_s = max_bytes_per_s
+        self.flush_interval = flush_interval
+        self.dropped = 0
+        """Lines dropped so far over the rate limit."""
+        self._unreported = 0
+        self._batch: list[job_pb2.LogLine] = []
+        self._window_start = time.monotonic()
+        self._window_lines = 0
+        self._window_bytes = 0
+        self._wake = asyncio.Event()
+        self._closing = asyncio.Event()
+        self._task = asyncio.create_task(self._run())
+
+    def add(self, stream: job_pb2.LogStream.ValueType, text: str) -> None:
+        """Queue one line (already truncated) for delivery, or drop it when over the budget."""
+        now = time.monotonic()
+        if now - self._window_start >= 1.0:
+            self._window_start, self._window_lines, self._window_bytes = now, 0, 0
+        size = len(text.encode())
+        if self._window_lines + 1 > self.max_lines_per_s or self._window_bytes + size > self.max_bytes_per_s:
+            self.dropped += 1
+            self._unreported += 1
+            self._wake.set()
+            return
+        self._window_lines += 1
+        self._window_bytes += size
+        self._batch.append(job_pb2.LogLine(stream=stream, text=text, time=now_timestamp()))
+        self._wake.set()
+
+    async def close(self) -> None:
+        """Deliver everything queued, then stop."""
+        self._closing.set()
+        self._wake.set()
+        await self._task
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            # Gather lines for a moment: one callback per batch, not per line.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), self.flush_interval)
+            self._wake.clear()
+            batch, self._batch = self._batch, []
+            if self._unreported:
+                batch.append(
+                    job_pb2.LogLine(
+                        stream=job_pb2.LOG_STREAM_STDERR,
+                        text=f"[cosmos agent] {self._unreported} log lines dropped (limit "
+                        f"{self.max_lines_per_s} lines and {self.max_bytes_per_s} bytes per second)",
+                        time=now_timestamp(),
+                    )
+                )
+                self._unreported = 0
+            if batch:
+                await _deliver(self.callback, batch)
+            if self._closing.is_set() and not self._batch and not self._unreported:
+                return
+
+
+async def _deliver(callback: Callable[[Any], Awaitable[None]], value: object) -> None:
+    # A failing consumer (say, a stream being reconnected) must not take the job down with it.
+    try:
+        await callback(value)
+    except Exception:
+        log.exception("job report callback failed; report dropped")

@@ -1,0 +1,227 @@
+"""Moving a job's files: inputs into its work dir before start, outputs out of it after success.
+
+A job names its files as :class:`~cosmos.stratum.v1.job_pb2.Artifact` ``{uri, path}``: ``uri`` is where
+the file lives outside the agent, ``path`` is where the job sees it, relative to its work dir. A
+:class:`StoreRegistry` maps each URI scheme to a :class:`Store`; ``file://`` is built in, object stores
+(``s3://``, ``gs://``, ``http(s)://``) plug in by registering another :class:`Store`.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import os
+import shutil
+import tempfile
+import urllib.parse
+import urllib.request
+from collections.abc import Iterable, Sequence
+from pathlib import Path, PurePosixPath
+
+from cosmos.stratum.v1 import job_pb2
+
+
+class StagingError(Exception):
+    """An artifact could not be staged; ``reason`` is a stable code, ``str()`` the human text."""
+
+    reason = "STAGING_FAILED"
+
+
+class InvalidArtifact(StagingError):
+    """The artifact's ``path`` or ``uri`` is malformed (absolute path, ``..``, relative file URI)."""
+
+    reason = "INVALID_SPEC"
+
+
+class UnsupportedScheme(StagingError):
+    """No store is registered for the URI's scheme."""
+
+    reason = "UNSUPPORTED_SCHEME"
+
+
+class InputFailed(StagingError):
+    """An input could not be fetched (missing source, permission, network)."""
+
+    reason = "INPUT_FAILED"
+
+
+class OutputFailed(StagingError):
+    """An output was not produced or could not be stored."""
+
+    reason = "OUTPUT_FAILED"
+
+
+class Store(abc.ABC):
+    """Fetches and stores files for the URI schemes it is registered for."""
+
+    @abc.abstractmethod
+    async def fetch(self, uri: str, dest: Path) -> None:
+        """Make the file (or directory) at ``uri`` available at ``dest``; ``dest``'s parent exists.
+
+        Raises :class:`InputFailed` when the source does not exist or cannot be read.
+        """
+
+    @abc.abstractmethod
+    async def store(self, src: Path, uri: str) -> str:
+        """Copy ``src`` (a file or directory) to ``uri``; returns the final URI of the stored artifact.
+
+        Raises :class:`OutputFailed` when it cannot be written.
+        """
+
+
+class StoreRegistry:
+    """Stores by URI scheme (lower case, without ``://``)."""
+
+    def __init__(self) -> None:
+        self._stores: dict[str, Store] = {}
+
+    def register(self, scheme: str, store: Store) -> None:
+        """Serve ``scheme`` URIs with ``store`` (replacing an earlier registration)."""
+        self._stores[scheme.lower()] = store
+
+    @property
+    def schemes(self) -> list[str]:
+        """Registered schemes, sorted."""
+        return sorted(self._stores)
+
+    def store_for(self, uri: str) -> Store:
+        """The store for ``uri``'s scheme; :class:`UnsupportedScheme` names the scheme when there is none."""
+        scheme = urllib.parse.urlsplit(uri).scheme.lower()
+        store = self._stores.get(scheme)
+        if store is None:
+            shown = repr(scheme) if scheme else "(none)"
+            raise UnsupportedScheme(
+                f"unsupported URI scheme {shown} in {uri!r}; this agent supports: "
+                + ", ".join(f"{s}://" for s in self.schemes)
+            )
+        return store
+
+
+def default_registry() -> StoreRegistry:
+    """A registry with the stores every agent has: ``file://``."""
+    registry = StoreRegistry()
+    registry.register("file", FileStore())
+    return registry
+
+
+def file_uri_path(uri: str) -> Path:
+    """The local path of a ``file:///abs/path`` (or ``file://localhost/abs/path``) URI."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme.lower() != "file":
+        raise InvalidArtifact(f"{uri!r} is not a file:// URI")
+    if parts.netloc not in ("", "localhost"):
+        raise InvalidArtifact(f"{uri!r}: file URIs on another host ({parts.netloc}) are not supported")
+    if not parts.path.startswith("/"):
+        raise InvalidArtifact(f"{uri!r}: a file URI needs an absolute path (file:///dir/name)")
+    return Path(urllib.request.url2pathname(parts.path))
+
+
+class FileStore(Store):
+    """``file://`` URIs: local (or network-mounted) paths.
+
+    Inputs are hard-linked when source and work dir share a file system (no copy of a large media
+    file), else copied. A hard link shares the source's data: jobs must treat inputs as read-only and
+    write their results to new paths. ``link=False`` always copies.
+    """
+
+    def __init__(self, *, link: bool = True) -> None:
+        self.link = link
+
+    async def fetch(self, uri: str, dest: Path) -> None:
+        src = file_uri_path(uri)
+        try:
+            await asyncio.to_thread(_copy, src, dest, self.link)
+        except FileNotFoundError as exc:
+            raise InputFailed(f"input {uri!r} does not exist ({src})") from exc
+        except OSError as exc:
+            raise InputFailed(f"input {uri!r} could not be copied: {exc}") from exc
+
+    async def store(self, src: Path, uri: str) -> str:
+        dest = file_uri_path(uri)
+        try:
+            await asyncio.to_thread(_publish, src, dest)
+        except OSError as exc:
+            raise OutputFailed(f"output could not be stored to {uri!r}: {exc}") from exc
+        return uri
+
+
+def _copy(src: Path, dest: Path, link: bool) -> None:
+    def copy_file(s: str, d: str) -> object:
+        if link:
+            try:
+                os.link(s, d)
+                return d
+            except OSError:
+                pass  # another file system, or links not permitted: fall back to copying
+        return shutil.copy2(s, d)
+
+    if not src.exists():
+        raise FileNotFoundError(src)
+    if src.is_dir():
+        shutil.copytree(src, dest, copy_function=copy_file)
+    else:
+        copy_file(str(src), str(dest))
+
+
+def _publish(src: Path, dest: Path) -> None:
+    # Copy next to the destination, then rename: a reader never sees a half-written output, and a
+    # retried attempt simply replaces it.
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        staged = tmp / dest.name
+        if src.is_dir():
+            shutil.copytree(src, staged)
+            if dest.is_dir():
+                shutil.rmtree(dest)
+        else:
+            shutil.copy2(src, staged)
+        os.replace(staged, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def artifact_path(work_dir: Path, path: str) -> Path:
+    """``work_dir / path`` for an artifact's relative path; rejects absolute paths and ``..``."""
+    rel = PurePosixPath(path)
+    if not path or rel.is_absolute() or ".." in rel.parts or rel == PurePosixPath("."):
+        raise InvalidArtifact(f"artifact path {path!r} must be relative to the work dir, without '..'")
+    return work_dir.joinpath(*rel.parts)
+
+
+def check(registry: StoreRegistry, artifacts: Iterable[job_pb2.Artifact], work_dir: Path) -> None:
+    """Validate every artifact before anything runs: a job whose output could never be stored
+    should fail in milliseconds, not after an hour-long encode."""
+    for artifact in artifacts:
+        artifact_path(work_dir, artifact.path)
+        registry.store_for(artifact.uri)
+
+
+async def stage_inputs(registry: StoreRegistry, inputs: Sequence[job_pb2.Artifact], work_dir: Path) -> None:
+    """Fetch every input to ``work_dir/<path>``, one after another."""
+    for artifact in inputs:
+        dest = artifact_path(work_dir, artifact.path)
+        await asyncio.to_thread(dest.parent.mkdir, parents=True, exist_ok=True)
+        await registry.store_for(artifact.uri).fetch(artifact.uri, dest)
+
+
+async def stage_outputs(
+    registry: StoreRegistry, outputs: Sequence[job_pb2.Artifact], work_dir: Path
+) -> list[job_pb2.Artifact]:
+    """Store every ``work_dir/<path>`` to its URI; returns the stored artifacts with their final URIs."""
+    stored = []
+    for artifact in outputs:
+        src = await asyncio.to_thread(_output_source, work_dir, artifact.path)
+        uri = await registry.store_for(artifact.uri).store(src, artifact.uri)
+        stored.append(job_pb2.Artifact(uri=uri, path=artifact.path))
+    return stored
+
+
+def _output_source(work_dir: Path, path: str) -> Path:
+    src = artifact_path(work_dir, path)
+    if not src.exists():
+        raise OutputFailed(f"output {path!r} was not produced by the job")
+    # A job could leave a symlink to a file outside its work dir; never publish such a file.
+    if not src.resolve().is_relative_to(work_dir.resolve()):
+        raise OutputFailed(f"output {path!r} points outside the work dir")
+    return src

@@ -1,0 +1,387 @@
+"""The heart of Stratum: jobs from submission to result, across agents that come and go.
+
+One dispatcher per Stratum process owns every live job in memory and persists each state change
+(job record in KV, event in the job's stream) before telling anyone. Placement is delegated to the
+scheduler (:mod:`cosmos.stratum.placement`). Attempts fence everything an agent reports: a message
+about an attempt that is not the job's current one is refused and the agent told to kill it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Coroutine, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from cosmos import errors
+from cosmos.common.v1 import progress_pb2
+from cosmos.stratum import validation
+from cosmos.stratum.placement import Placement, Placer
+from cosmos.stratum.registry import AgentRegistry
+from cosmos.stratum.store import JobStore
+from cosmos.stratum.v1 import agent_pb2, agent_service_pb2, job_pb2
+
+log = logging.getLogger(__name__)
+
+JS = job_pb2.JobState
+TERMINAL = (JS.JOB_STATE_SUCCEEDED, JS.JOB_STATE_FAILED, JS.JOB_STATE_CANCELLED, JS.JOB_STATE_TIMED_OUT)
+ON_AGENT = (JS.JOB_STATE_ASSIGNED, JS.JOB_STATE_RUNNING)
+_NAMESPACE = uuid.UUID("0d7b0c2e-51d6-4f5e-a8c2-6c9f0b3a7e21")
+DEFAULT_INFRA_ATTEMPTS = 3
+
+
+def _now() -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.GetCurrentTime()
+    return stamp
+
+
+def _seconds(value: float) -> duration_pb2.Duration:
+    duration = duration_pb2.Duration()
+    duration.FromNanoseconds(int(value * 1e9))
+    return duration
+
+
+@dataclass
+class DispatcherConfig:
+    """Timing of the dispatcher."""
+
+    cancel_grace: float = 10.0
+    """Seconds between SIGTERM and SIGKILL when a running job is cancelled."""
+    progress_save_interval: float = 5.0
+    """Progress is persisted to the job record at most this often (events carry every update)."""
+
+
+@dataclass
+class Dispatcher:
+    """Jobs, queue and agent connections of one Stratum process."""
+
+    store: JobStore
+    registry: AgentRegistry
+    placer: Placer
+    config: DispatcherConfig = field(default_factory=DispatcherConfig)
+    jobs: dict[str, job_pb2.Job] = field(default_factory=dict)
+    """Every job that is not finished, by id."""
+    outboxes: dict[str, asyncio.Queue[agent_service_pb2.ConnectResponse]] = field(default_factory=dict)
+    """Messages waiting to be sent to each connected agent."""
+    _kick: asyncio.Event = field(default_factory=asyncio.Event)
+    _progress_saved: dict[str, float] = field(default_factory=dict)
+    _background: set[asyncio.Task[None]] = field(default_factory=set)
+
+    # ------------------------------------------------------------------ start-up
+
+    async def recover(self) -> None:
+        """Rebuild the queue and the running set from the bucket after a (re)start."""
+        for job in await self.store.load_all():
+            if job.state in TERMINAL:
+                continue
+            job.last_sequence = max(job.last_sequence, await self.store.last_sequence(job.job_id))
+            self.jobs[job.job_id] = job
+            if job.state in ON_AGENT:
+                # The agent gets one lease to reconnect and confirm the attempt, else it is requeued.
+                self.registry.expect(job.agent_id)
+        log.info(
+            "recovered jobs",
+            extra={
+                "fields": {
+                    "jobs": len(self.jobs),
+                    "queued": sum(j.state == JS.JOB_STATE_QUEUED for j in self.jobs.values()),
+                }
+            },
+        )
+        self._kick.set()
+
+    # ------------------------------------------------------------------ API
+
+    async def submit(self, request_id: str, spec_in: job_pb2.JobSpec) -> tuple[job_pb2.Job, bool]:
+        """Queue a job (or return the one this ``request_id`` already made); True if deduplicated."""
+        validation.check_spec(spec_in, self.registry, self.placer)
+        spec = job_pb2.JobSpec()
+        spec.CopyFrom(spec_in)
+        spec.tenant = spec.tenant or "default"
+        job_id = "job-" + uuid.uuid5(_NAMESPACE, request_id).hex
+        existing = self.jobs.get(job_id) or await self.store.get(job_id)
+        if existing is not None:
+            if existing.spec != spec:
+                raise errors.AlreadyExistsError(
+                    f"request_id {request_id!r} was used for a different job",
+                    reason="ERROR_REASON_REQUEST_ID_REUSED",
+                    metadata={"job_id": job_id},
+                )
+            return existing, True
+        job = job_pb2.Job(job_id=job_id, spec=spec, state=JS.JOB_STATE_QUEUED, request_id=request_id)
+        job.create_time.CopyFrom(_now())
+        self.jobs[job_id] = job
+        await self._transition(job, JS.JOB_STATE_QUEUED)
+        self._kick.set()
+        return job, False
+
+    async def get(self, job_id: str) -> job_pb2.Job:
+        """A job, live or finished, or NOT_FOUND."""
+        job = self.jobs.get(job_id) or await self.store.get(job_id)
+        if job is None:
+            raise errors.NotFoundError(
+                f"job {job_id!r} does not exist",
+                reason="ERROR_REASON_JOB_NOT_FOUND",
+                metadata={"job_id": job_id},
+            )
+        return job
+
+    async def cancel(self, job_id: str, reason: str) -> job_pb2.Job:
+        """Cancel a job: at once if queued, through its agent if running."""
+        job = await self.get(job_id)
+        if job.state in TERMINAL:
+            if job.state == JS.JOB_STATE_CANCELLED:
+                return job
+            raise errors.FailedPreconditionError(
+                f"job {job_id!r} already ended ({JS.Name(job.state)})",
+                reason="ERROR_REASON_ALREADY_TERMINAL",
+                metadata={"job_id": job_id},
+            )
+        job.failure_reason = reason or "cancelled"
+        if job.state == JS.JOB_STATE_QUEUED or job.agent_id not in self.outboxes:
+            self.placer.release(job.job_id)
+            await self._finish(job, JS.JOB_STATE_CANCELLED)
+            return job
+        self._send(
+            job.agent_id,
+            agent_service_pb2.ConnectResponse(
+                cancel=agent_service_pb2.JobCancel(
+                    job_id=job.job_id,
+                    attempt=job.attempt,
+                    grace_period=_seconds(self.config.cancel_grace),
+                    reason=job.failure_reason,
+                )
+            ),
+        )
+        return job
+
+    # ------------------------------------------------------------------ placement
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Place queued jobs whenever something changed (and every second, for priority aging)."""
+        while not stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), 1.0)
+            self._kick.clear()
+            for agent_id in self.registry.expire():
+                await self._agent_lost(agent_id)
+            queued = [job for job in self.jobs.values() if job.state == JS.JOB_STATE_QUEUED]
+            if queued:
+                for placement in self.placer.place(queued):
+                    await self._assign(self.jobs[placement.job_id], placement)
+
+    async def _assign(self, job: job_pb2.Job, placement: Placement) -> None:
+        job.attempt += 1
+        job.agent_id = placement.agent_id
+        del job.gpu_indices[:]
+        job.gpu_indices.extend(placement.gpu_indices)
+        del job.gpu_uuids[:]
+        job.gpu_uuids.extend(placement.gpu_uuids)
+        job.assign_time.CopyFrom(_now())
+        job.ClearField("progress")
+        await self._transition(job, JS.JOB_STATE_ASSIGNED)
+        self._send(
+            job.agent_id,
+            agent_service_pb2.ConnectResponse(
+                assign=agent_service_pb2.JobAssignment(
+                    job_id=job.job_id,
+                    attempt=job.attempt,
+                    spec=job.spec,
+                    gpu_indices=placement.gpu_indices,
+                    gpu_uuids=placement.gpu_uuids,
+                )
+            ),
+        )
+
+    # ------------------------------------------------------------------ agents
+
+    def agent_connected(
+        self, agent: agent_pb2.Agent, running: Iterable[agent_service_pb2.RunningAttempt]
+    ) -> asyncio.Queue[agent_service_pb2.ConnectResponse]:
+        """Open the agent's outbox, add it to placement, and reconcile what it says it runs."""
+        outbox: asyncio.Queue[agent_service_pb2.ConnectResponse] = asyncio.Queue()
+        self.outboxes[agent.agent_id] = outbox
+        self.placer.upsert_node(agent)
+        reported = {(r.job_id, r.attempt) for r in running}
+        for job_id, attempt in reported:
+            job = self.jobs.get(job_id)
+            if (
+                job is None
+                or job.attempt != attempt
+                or job.agent_id != agent.agent_id
+                or job.state not in ON_AGENT
+            ):
+                self._send_kill(agent.agent_id, job_id, attempt, "attempt is not current")
+            else:
+                self.placer.reserve(job, agent.agent_id)
+        for job in list(self.jobs.values()):
+            if (
+                job.agent_id == agent.agent_id
+                and job.state in ON_AGENT
+                and (job.job_id, job.attempt) not in reported
+            ):
+                # The agent came back without it (restarted host): that attempt is gone.
+                self._later(self._requeue(job, f"agent {agent.agent_id} lost the attempt"))
+        self._kick.set()
+        return outbox
+
+    def _later(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def agent_disconnected(
+        self, agent_id: str, outbox: asyncio.Queue[agent_service_pb2.ConnectResponse]
+    ) -> None:
+        """The stream ended; jobs stay assigned until the lease runs out."""
+        if self.outboxes.get(agent_id) is outbox:
+            del self.outboxes[agent_id]
+
+    def schedulable_changed(self, agent: agent_pb2.Agent) -> None:
+        """Cordon, drain or uncordon happened."""
+        self.placer.upsert_node(agent)
+        self._kick.set()
+
+    async def _agent_lost(self, agent_id: str) -> None:
+        self.placer.remove_node(agent_id)
+        for job in list(self.jobs.values()):
+            if job.agent_id == agent_id and job.state in ON_AGENT:
+                await self._requeue(job, f"agent {agent_id} lost (lease expired)")
+
+    async def _requeue(self, job: job_pb2.Job, why: str) -> None:
+        self.placer.release(job.job_id)
+        limit = job.spec.infra_retry.max_attempts or DEFAULT_INFRA_ATTEMPTS
+        if job.attempt >= limit:
+            job.failure_reason = f"{why}; gave up after {job.attempt} attempt(s)"
+            await self._finish(job, JS.JOB_STATE_FAILED)
+            return
+        log.warning(
+            "requeueing job", extra={"fields": {"job_id": job.job_id, "attempt": job.attempt, "why": why}}
+        )
+        job.failure_reason = why
+        job.agent_id = ""
+        del job.gpu_indices[:]
+        del job.gpu_uuids[:]
+        await self._transition(job, JS.JOB_STATE_QUEUED)
+        self._kick.set()
+
+    async def agent_message(self, agent_id: str, message: agent_service_pb2.ConnectRequest) -> None:
+        """Apply one message from an agent (fenced by attempt)."""
+        kind = message.WhichOneof("message")
+        if kind == "started":
+            job = self._current(agent_id, message.started.job_id, message.started.attempt)
+            if job is not None and job.state == JS.JOB_STATE_ASSIGNED:
+                job.start_time.CopyFrom(
+                    message.started.start_time if message.started.HasField("start_time") else _now()
+                )
+                await self._transition(job, JS.JOB_STATE_RUNNING)
+        elif kind == "progress":
+            job = self._current(agent_id, message.progress.job_id, message.progress.attempt)
+            if job is not None:
+                await self._progress(job, message.progress.progress)
+        elif kind == "logs":
+            job = self._current(agent_id, message.logs.job_id, message.logs.attempt)
+            if job is not None:
+                await self.store.publish(self._event(job, log=line) for line in message.logs.lines)
+        elif kind == "finished":
+            await self._finished(agent_id, message.finished)
+
+    async def _finished(self, agent_id: str, finished: agent_service_pb2.JobFinished) -> None:
+        job = self._current(agent_id, finished.job_id, finished.attempt)
+        accepted = job is not None and job.state in ON_AGENT
+        reason = "" if accepted else "attempt is not current (stale)"
+        if job is not None and accepted:
+            job.result.CopyFrom(finished.result)
+            final = finished.final_state if finished.final_state in TERMINAL else JS.JOB_STATE_FAILED
+            if final != JS.JOB_STATE_SUCCEEDED and not job.failure_reason:
+                job.failure_reason = finished.result.error or JS.Name(final)
+            if final == JS.JOB_STATE_SUCCEEDED:
+                job.failure_reason = ""
+            self.placer.release(job.job_id)
+            await self.store.publish([self._event(job, result=finished.result)])
+            await self._finish(job, final)
+            self._kick.set()
+        self._send(
+            agent_id,
+            agent_service_pb2.ConnectResponse(
+                ack=agent_service_pb2.FinishAck(
+                    job_id=finished.job_id, attempt=finished.attempt, accepted=accepted, reason=reason
+                )
+            ),
+        )
+
+    def _current(self, agent_id: str, job_id: str, attempt: int) -> job_pb2.Job | None:
+        """The job if ``attempt`` on ``agent_id`` is its current attempt; else tell the agent to kill it."""
+        job = self.jobs.get(job_id)
+        if job is None or job.attempt != attempt or job.agent_id != agent_id or job.state not in ON_AGENT:
+            self._send_kill(agent_id, job_id, attempt, "attempt is not current (fenced)")
+            return None
+        return job
+
+    def _send_kill(self, agent_id: str, job_id: str, attempt: int, reason: str) -> None:
+        log.warning(
+            "refusing stale attempt",
+            extra={"fields": {"job_id": job_id, "attempt": attempt, "agent": agent_id}},
+        )
+        self._send(
+            agent_id,
+            agent_service_pb2.ConnectResponse(
+                kill_stale=agent_service_pb2.StaleAttemptKill(job_id=job_id, attempt=attempt, reason=reason)
+            ),
+        )
+
+    def _send(self, agent_id: str, response: agent_service_pb2.ConnectResponse) -> None:
+        outbox = self.outboxes.get(agent_id)
+        if outbox is not None:
+            outbox.put_nowait(response)
+
+    # ------------------------------------------------------------------ state
+
+    async def _progress(self, job: job_pb2.Job, progress: progress_pb2.Progress) -> None:
+        job.progress.CopyFrom(progress)
+        await self.store.publish([self._event(job, progress=progress)])
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._progress_saved.get(job.job_id, 0.0) >= self.config.progress_save_interval:
+            self._progress_saved[job.job_id] = loop.time()
+            await self.store.save(job)
+
+    async def _transition(self, job: job_pb2.Job, state: job_pb2.JobState.ValueType) -> None:
+        job.state = state
+        job.update_time.CopyFrom(_now())
+        event = self._event(job, state=state)
+        await self.store.save(job)
+        await self.store.publish([event])
+
+    async def _finish(self, job: job_pb2.Job, state: job_pb2.JobState.ValueType) -> None:
+        job.end_time.CopyFrom(_now())
+        await self._transition(job, state)
+        self.jobs.pop(job.job_id, None)
+        self._progress_saved.pop(job.job_id, None)
+
+    def _event(
+        self,
+        job: job_pb2.Job,
+        *,
+        state: job_pb2.JobState.ValueType | None = None,
+        progress: progress_pb2.Progress | None = None,
+        log: job_pb2.LogLine | None = None,
+        result: job_pb2.JobResult | None = None,
+    ) -> job_pb2.JobEvent:
+        job.last_sequence += 1
+        event = job_pb2.JobEvent(sequence=job.last_sequence, job_id=job.job_id, attempt=job.attempt)
+        event.event_time.CopyFrom(_now())
+        if state is not None:
+            event.state = state
+        elif progress is not None:
+            event.progress.CopyFrom(progress)
+        elif log is not None:
+            event.log.CopyFrom(log)
+        elif result is not None:
+            event.result.CopyFrom(result)
+        return event

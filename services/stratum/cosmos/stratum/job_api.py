@@ -1,0 +1,98 @@
+"""``cosmos.stratum.v1.JobService``: submit, get, list, cancel and watch jobs."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import nats.errors
+from nats.js.api import DeliverPolicy
+
+from cosmos import errors
+from cosmos.runtime import paging
+from cosmos.stratum.dispatcher import TERMINAL, Dispatcher
+from cosmos.stratum.store import EVENTS_STREAM, events_subject
+from cosmos.stratum.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
+
+
+def _require(value: str, field: str) -> None:
+    if not value:
+        raise errors.InvalidArgumentError(
+            f"{field} is required", violations=[errors.FieldViolation(field, "is required")]
+        )
+
+
+class JobApi(job_service_pb2_grpc.JobServiceServicer):
+    """Answers from the dispatcher (live jobs) and the jobs bucket (finished ones)."""
+
+    def __init__(self, dispatcher: Dispatcher, stopping: asyncio.Event) -> None:
+        self.dispatcher = dispatcher
+        self.stopping = stopping
+
+    async def SubmitJob(
+        self, request: job_service_pb2.SubmitJobRequest, context: Any
+    ) -> job_service_pb2.SubmitJobResponse:
+        _require(request.request_id, "request_id")
+        job, deduplicated = await self.dispatcher.submit(request.request_id, request.spec)
+        return job_service_pb2.SubmitJobResponse(job=job, deduplicated=deduplicated)
+
+    async def GetJob(
+        self, request: job_service_pb2.GetJobRequest, context: Any
+    ) -> job_service_pb2.GetJobResponse:
+        _require(request.job_id, "job_id")
+        return job_service_pb2.GetJobResponse(job=await self.dispatcher.get(request.job_id))
+
+    async def ListJobs(
+        self, request: job_service_pb2.ListJobsRequest, context: Any
+    ) -> job_service_pb2.ListJobsResponse:
+        query = f"state={request.state};tenant={request.tenant};agent={request.agent_id}"
+        page = paging.parse(request.page_size, request.page_token, query)
+        stored = {job.job_id: job for job in await self.dispatcher.store.load_all()}
+        stored.update(self.dispatcher.jobs)  # live state is fresher than the bucket (progress)
+        jobs = [
+            job
+            for _, job in sorted(
+                stored.items(), key=lambda item: (item[1].create_time.ToNanoseconds(), item[0])
+            )
+            if (not request.state or job.state == request.state)
+            and (not request.tenant or job.spec.tenant == request.tenant)
+            and (not request.agent_id or job.agent_id == request.agent_id)
+        ]
+        chunk, next_token = paging.slice_page(jobs, page, query)
+        return job_service_pb2.ListJobsResponse(jobs=chunk, next_page_token=next_token)
+
+    async def CancelJob(
+        self, request: job_service_pb2.CancelJobRequest, context: Any
+    ) -> job_service_pb2.CancelJobResponse:
+        _require(request.request_id, "request_id")
+        _require(request.job_id, "job_id")
+        return job_service_pb2.CancelJobResponse(
+            job=await self.dispatcher.cancel(request.job_id, request.reason)
+        )
+
+    async def WatchJob(
+        self, request: job_service_pb2.WatchJobRequest, context: Any
+    ) -> AsyncIterator[job_service_pb2.WatchJobResponse]:
+        _require(request.job_id, "job_id")
+        await self.dispatcher.get(request.job_id)
+        js = self.dispatcher.store.js
+        sub = await js.subscribe(
+            events_subject(request.job_id),
+            stream=EVENTS_STREAM,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.ALL,
+        )
+        try:
+            while not self.stopping.is_set():
+                try:
+                    msg = await sub.next_msg(timeout=0.5)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    continue
+                event = job_pb2.JobEvent.FromString(msg.data)
+                if event.sequence >= request.from_sequence:
+                    yield job_service_pb2.WatchJobResponse(event=event)
+                if event.WhichOneof("event") == "state" and event.state in TERMINAL:
+                    return
+        finally:
+            await sub.unsubscribe()

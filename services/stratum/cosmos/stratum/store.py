@@ -1,0 +1,117 @@
+"""Stratum's durable state on JetStream: job records (KV) and per-job event streams.
+
+- ``stratum-jobs`` (KV): job id → :class:`Job` (spec, state, attempt, placement, result).
+- ``STRATUM_EVENTS`` (stream): :class:`JobEvent` on ``cosmos.job.events.<job_id>`` — state changes,
+  progress, log lines, the result — for ``WatchJob`` and resumption by sequence.
+
+The queue is not stored separately: it is every job in state QUEUED, rebuilt from the bucket when
+Stratum starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.kv import KeyValue
+
+from cosmos.stratum.v1 import job_pb2
+
+log = logging.getLogger(__name__)
+
+JOBS_BUCKET = "stratum-jobs"
+EVENTS_STREAM = "STRATUM_EVENTS"
+EVENTS_ALL = "cosmos.job.events.>"
+MSG_ID = "Nats-Msg-Id"
+
+
+def events_subject(job_id: str) -> str:
+    """Event subject of one job."""
+    return f"cosmos.job.events.{job_id}"
+
+
+class JobStore:
+    """Typed access to the jobs bucket and the events stream."""
+
+    def __init__(
+        self, nc: NatsClient, js: JetStreamContext, *, replicas: int = 1, memory: bool = False
+    ) -> None:
+        self.nc = nc
+        self.js = js
+        self.replicas = replicas
+        self.storage = StorageType.MEMORY if memory else StorageType.FILE
+        self._jobs: KeyValue | None = None
+
+    async def ensure(self) -> None:
+        """Create the bucket and stream if missing."""
+        config = StreamConfig(
+            name=EVENTS_STREAM,
+            subjects=[EVENTS_ALL],
+            retention=RetentionPolicy.LIMITS,
+            max_age=7 * 24 * 3600.0,
+            max_msgs_per_subject=100_000,
+            duplicate_window=600.0,
+            storage=self.storage,
+            num_replicas=self.replicas,
+        )
+        try:
+            await self.js.add_stream(config)
+        except nats.js.errors.BadRequestError:
+            await self.js.update_stream(config)
+        self._jobs = await self.js.create_key_value(
+            KeyValueConfig(bucket=JOBS_BUCKET, history=1, storage=self.storage, replicas=self.replicas)
+        )
+
+    @property
+    def jobs(self) -> KeyValue:
+        """The jobs bucket."""
+        assert self._jobs is not None, "call ensure() first"
+        return self._jobs
+
+    async def save(self, job: job_pb2.Job) -> None:
+        """Persist a job record."""
+        await self.jobs.put(job.job_id, job.SerializeToString())
+
+    async def get(self, job_id: str) -> job_pb2.Job | None:
+        """A job record, or None."""
+        try:
+            entry = await self.jobs.get(job_id)
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        return job_pb2.Job.FromString(entry.value) if entry.value else None
+
+    async def load_all(self) -> list[job_pb2.Job]:
+        """Every job record (at start-up, to rebuild the queue and the running set)."""
+        try:
+            keys = await self.jobs.keys()
+        except nats.js.errors.NoKeysError:
+            return []
+        jobs = await asyncio.gather(*(self.get(key) for key in keys))
+        return [job for job in jobs if job is not None]
+
+    async def last_sequence(self, job_id: str) -> int:
+        """Sequence of the job's newest event (0 if none), to continue numbering after a restart."""
+        try:
+            msg = await self.js.get_last_msg(EVENTS_STREAM, events_subject(job_id))
+        except nats.js.errors.NotFoundError:
+            return 0
+        return job_pb2.JobEvent.FromString(msg.data or b"").sequence
+
+    async def publish(self, events: Iterable[job_pb2.JobEvent]) -> None:
+        """Publish events, pipelined, de-duplicated by ``<job>:<sequence>``."""
+        futures = []
+        for event in events:
+            futures.append(
+                await self.js.publish_async(
+                    events_subject(event.job_id),
+                    event.SerializeToString(),
+                    headers={MSG_ID: f"{event.job_id}:{event.sequence}"},
+                )
+            )
+        if futures:
+            await asyncio.gather(*futures)

@@ -1,0 +1,99 @@
+"""Refusing impossible jobs at the door, naming the offending field.
+
+A job that only has to wait (the pool is busy) is queued; a job that no agent could ever run (too
+big for every agent, a GPU model nobody has, an image without a container runtime) is refused.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+from urllib.parse import urlparse
+
+from cosmos import errors
+from cosmos.stratum.registry import AgentRegistry
+from cosmos.stratum.v1 import job_pb2
+
+SCHEMES = ("file",)
+# GPU models a job may name even when no agent of the pool has one right now (it then cannot be
+# placed and is refused as unsatisfiable); any other name is a typo and refused as unknown.
+KNOWN_GPU_MODELS = frozenset(
+    "A10 A10G A16 A30 A40 A100 A800 B100 B200 GB200 H20 H100 H200 H800 L4 L20 L40 L40S "
+    "P4 P40 P100 T4 V100 V100M16 V100M32 G2 G3 RTX4000 RTX5000 RTX6000 RTX8000".split()
+)
+
+
+class CapacityOracle(Protocol):
+    """What validation asks the placer."""
+
+    def could_ever_fit(self, spec: job_pb2.JobSpec) -> str | None:
+        """None if some agent could run ``spec`` once idle, else why not."""
+        ...
+
+
+def check_spec(spec: job_pb2.JobSpec, registry: AgentRegistry, placer: CapacityOracle) -> None:
+    """Raise :class:`InvalidArgumentError` (every bad field) or :class:`FailedPreconditionError`."""
+    bad: list[errors.FieldViolation] = []
+    if not spec.argv or not spec.argv[0]:
+        bad.append(
+            errors.FieldViolation(
+                "spec.argv", "must name a program (argv[0]); argv is a list, never a shell string"
+            )
+        )
+    res = spec.resources
+    if res.cpu_millis < 0:
+        bad.append(errors.FieldViolation("spec.resources.cpu_millis", f"{res.cpu_millis} is negative"))
+    if res.memory_bytes < 0:
+        bad.append(errors.FieldViolation("spec.resources.memory_bytes", f"{res.memory_bytes} is negative"))
+    gpu = res.gpu
+    if gpu.share < 0 or gpu.share > 1:
+        bad.append(errors.FieldViolation("spec.resources.gpu.share", f"{gpu.share} is outside (0, 1]"))
+    if gpu.share and gpu.count:
+        bad.append(
+            errors.FieldViolation(
+                "spec.resources.gpu.share", "set either count (whole GPUs) or share, not both"
+            )
+        )
+    pool = {g.model.upper() for a in registry.sorted() for g in a.inventory.gpus}
+    for i, model in enumerate(gpu.models):
+        if model.upper() not in KNOWN_GPU_MODELS | pool:
+            have = ", ".join(sorted(pool)) or "no GPUs"
+            bad.append(
+                errors.FieldViolation(
+                    f"spec.resources.gpu.models[{i}]", f"unknown GPU model {model!r}; the pool has {have}"
+                )
+            )
+    if spec.timeout.seconds < 0 or spec.timeout.nanos < 0:
+        bad.append(errors.FieldViolation("spec.timeout", "must not be negative"))
+    for field, artifacts in (("inputs", spec.inputs), ("outputs", spec.outputs)):
+        for i, artifact in enumerate(artifacts):
+            scheme = urlparse(artifact.uri).scheme
+            if scheme not in SCHEMES:
+                bad.append(
+                    errors.FieldViolation(
+                        f"spec.{field}[{i}].uri",
+                        f"scheme {scheme or '(none)'!r} is not supported; use file://",
+                    )
+                )
+            if not artifact.path or artifact.path.startswith("/") or ".." in artifact.path.split("/"):
+                bad.append(
+                    errors.FieldViolation(
+                        f"spec.{field}[{i}].path", "must be a relative path inside the job's work dir"
+                    )
+                )
+    if bad:
+        raise errors.InvalidArgumentError(
+            f"invalid job: {bad[0].field}: {bad[0].description}", violations=bad
+        )
+    reason = placer.could_ever_fit(spec)
+    if reason is not None:
+        raise errors.InvalidArgumentError(
+            f"no agent could ever run this job: {reason}",
+            reason="ERROR_REASON_UNSATISFIABLE_RESOURCES",
+            violations=[errors.FieldViolation("spec.resources", reason)],
+        )
+    if spec.image and not any(set(a.inventory.runtimes) - {"process"} for a in registry.sorted()):
+        raise errors.FailedPreconditionError(
+            "jobs with an image need an agent with docker or podman; no agent in the pool has one",
+            reason="ERROR_REASON_UNSUPPORTED_RUNTIME",
+            metadata={"image": spec.image},
+        )

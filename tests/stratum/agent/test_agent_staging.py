@@ -1,0 +1,144 @@
+"""The agent's staging layer: file:// inputs and outputs, path safety, the scheme registry."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+from cosmos.stratum.agent import staging
+from cosmos.stratum.v1 import job_pb2
+
+
+def uri(path: Path) -> str:
+    return path.absolute().as_uri()
+
+
+async def test_inputs_are_hard_linked_or_copied_into_the_work_dir(tmp_path: Path) -> None:
+    src = tmp_path / "media" / "in put.mp4"  # a space: URIs are percent-encoded
+    src.parent.mkdir()
+    src.write_bytes(b"movie")
+    folder = tmp_path / "media" / "subs"
+    folder.mkdir()
+    (folder / "en.vtt").write_text("WEBVTT")
+    work = tmp_path / "work"
+    work.mkdir()
+
+    inputs = [
+        job_pb2.Artifact(uri=uri(src), path="in/source.mp4"),
+        job_pb2.Artifact(uri=uri(folder), path="subs"),
+    ]
+    await staging.stage_inputs(staging.default_registry(), inputs, work)
+
+    staged = work / "in" / "source.mp4"
+    assert staged.read_bytes() == b"movie"
+    assert os.stat(staged).st_ino == os.stat(src).st_ino  # same file system: a link, not a copy
+    assert (work / "subs" / "en.vtt").read_text() == "WEBVTT"
+
+
+async def test_copy_mode_never_links(tmp_path: Path) -> None:
+    src = tmp_path / "a.bin"
+    src.write_bytes(b"x")
+    registry = staging.StoreRegistry()
+    registry.register("file", staging.FileStore(link=False))
+    await staging.stage_inputs(registry, [job_pb2.Artifact(uri=uri(src), path="a.bin")], tmp_path / "w")
+    assert os.stat(tmp_path / "w" / "a.bin").st_ino != os.stat(src).st_ino
+
+
+async def test_missing_input_is_a_clear_input_failure(tmp_path: Path) -> None:
+    missing = job_pb2.Artifact(uri=uri(tmp_path / "nope.mp4"), path="in.mp4")
+    with pytest.raises(staging.InputFailed, match=r"nope\.mp4.*does not exist") as exc:
+        await staging.stage_inputs(staging.default_registry(), [missing], tmp_path / "w")
+    assert exc.value.reason == "INPUT_FAILED"
+
+
+async def test_outputs_are_published_atomically_and_returned(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    (work / "hls").mkdir(parents=True)
+    (work / "out.mp4").write_bytes(b"encoded")
+    (work / "hls" / "index.m3u8").write_text("#EXTM3U")
+    dest = tmp_path / "store" / "deep" / "out.mp4"
+    dest_dir = tmp_path / "store" / "hls"
+    dest_dir.mkdir(parents=True)
+    (dest_dir / "stale.ts").write_text("from an earlier attempt")
+
+    outputs = [
+        job_pb2.Artifact(uri=uri(dest), path="out.mp4"),
+        job_pb2.Artifact(uri=uri(dest_dir), path="hls"),
+    ]
+    stored = await staging.stage_outputs(staging.default_registry(), outputs, work)
+
+    assert [(a.uri, a.path) for a in stored] == [(o.uri, o.path) for o in outputs]
+    assert dest.read_bytes() == b"encoded"
+    assert sorted(p.name for p in dest_dir.iterdir()) == ["index.m3u8"]
+    # No temporary files are left next to the outputs.
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["out.mp4"]
+
+
+async def test_missing_or_escaping_outputs_fail(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    registry = staging.default_registry()
+    target = job_pb2.Artifact(uri=uri(tmp_path / "o"), path="out.mp4")
+    with pytest.raises(staging.OutputFailed, match=r"'out\.mp4' was not produced"):
+        await staging.stage_outputs(registry, [target], work)
+
+    secret = tmp_path / "secret"
+    secret.write_text("agent's file")
+    (work / "out.mp4").symlink_to(secret)
+    with pytest.raises(staging.OutputFailed, match="outside the work dir"):
+        await staging.stage_outputs(registry, [target], work)
+
+
+@pytest.mark.parametrize("path", ["", "/etc/passwd", "../up", "a/../../b", "."])
+def test_artifact_paths_must_stay_in_the_work_dir(tmp_path: Path, path: str) -> None:
+    with pytest.raises(staging.InvalidArtifact):
+        staging.artifact_path(tmp_path, path)
+
+
+def test_unknown_scheme_is_refused_by_name(tmp_path: Path) -> None:
+    registry = staging.default_registry()
+    with pytest.raises(staging.UnsupportedScheme, match=r"unsupported URI scheme 's3'.*supports: file://"):
+        staging.check(registry, [job_pb2.Artifact(uri="s3://bucket/key.mp4", path="k.mp4")], tmp_path)
+    with pytest.raises(staging.UnsupportedScheme, match=r"scheme \(none\)"):
+        registry.store_for("relative/path.mp4")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("file:///data/a%20b.mp4", "/data/a b.mp4"), ("file://localhost/data/x", "/data/x")],
+)
+def test_file_uris(text: str, expected: str) -> None:
+    assert staging.file_uri_path(text) == Path(expected)
+
+
+@pytest.mark.parametrize("text", ["file://otherhost/data/x", "file:data/x"])
+def test_file_uris_elsewhere_or_relative_are_invalid(text: str) -> None:
+    with pytest.raises(staging.InvalidArtifact):
+        staging.file_uri_path(text)
+
+
+async def test_other_stores_plug_in_by_scheme(tmp_path: Path) -> None:
+    class MemoryStore(staging.Store):
+        def __init__(self) -> None:
+            self.objects = {"mem://bucket/in": b"remote bytes"}
+
+        async def fetch(self, uri: str, dest: Path) -> None:
+            await asyncio.to_thread(dest.write_bytes, self.objects[uri])
+
+        async def store(self, src: Path, uri: str) -> str:
+            self.objects[uri] = await asyncio.to_thread(src.read_bytes)
+            return uri + "?version=1"
+
+    store = MemoryStore()
+    registry = staging.default_registry()
+    registry.register("MEM", store)
+    assert registry.schemes == ["file", "mem"]
+    await staging.stage_inputs(registry, [job_pb2.Artifact(uri="mem://bucket/in", path="in")], tmp_path)
+    stored = await staging.stage_outputs(
+        registry, [job_pb2.Artifact(uri="mem://bucket/out", path="in")], tmp_path
+    )
+    assert store.objects["mem://bucket/out"] == b"remote bytes"
+    assert stored[0].uri == "mem://bucket/out?version=1"

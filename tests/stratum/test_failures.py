@@ -1,0 +1,133 @@
+"""Host loss, stale attempts and Stratum restarts: no job lost, no stale result accepted."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from servers import stop_process, wait_serving
+from stratum_harness import JS, Agents, JobsClient, python_job, wait_agents
+
+from cosmos.runtime.config import free_port
+from cosmos.stratum.v1 import agent_pb2, agent_service_pb2, agent_service_pb2_grpc
+
+
+@pytest.fixture
+def agents(tmp_path: Path) -> Iterator[Agents]:
+    started = Agents(tmp_path)
+    yield started
+    started.stop_all()
+
+
+class Stratum:
+    """A Stratum process that a test can restart on the same address."""
+
+    def __init__(self, nats_url: str, log: Path) -> None:
+        self.target = f"127.0.0.1:{free_port()}"
+        self.nats_url = nats_url
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        out = self.log.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cosmos.cli", "stratum", "--listen", self.target, "--nats", self.nats_url,
+             "--lease-seconds", "2", "--heartbeat-interval", "0.3"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        wait_serving(self.target, proc=self.proc)
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        return stop_process(self.proc)
+
+
+@pytest.fixture
+def stratum(nats_url: str, tmp_path: Path) -> Iterator[Stratum]:
+    server = Stratum(nats_url, tmp_path / "stratum.log")
+    server.start()
+    yield server
+    if server.proc is not None and server.proc.poll() is None:
+        server.proc.kill()
+        server.proc.wait()
+
+
+@pytest.fixture
+async def jobs(stratum: Stratum) -> AsyncIterator[JobsClient]:
+    client = JobsClient.connect(stratum.target)
+    yield client
+    await client.channel.close(None)
+
+
+async def test_killed_agent_job_completes_elsewhere_and_its_stale_attempt_is_refused(
+    stratum: Stratum, jobs: JobsClient, agents: Agents
+) -> None:
+    agents.start(stratum.target, "doomed")
+    await wait_agents(stratum.target, 1)
+    job = await jobs.submit(python_job("import time; time.sleep(2); print('done')"))
+    running = await jobs.wait(job.job_id, [JS.JOB_STATE_RUNNING])
+    assert (running.agent_id, running.attempt) == ("doomed", 1)
+
+    agents.kill("doomed")
+    agents.start(stratum.target, "survivor")
+    done = await jobs.wait(job.job_id, timeout=60)
+    assert done.state == JS.JOB_STATE_SUCCEEDED
+    assert (done.agent_id, done.attempt) == ("survivor", 2)
+
+    # The old host comes back claiming the first attempt and reporting its result: both are refused.
+    async with grpc.aio.insecure_channel(stratum.target) as channel:
+        outbox: asyncio.Queue[agent_service_pb2.ConnectRequest] = asyncio.Queue()
+        hello = agent_service_pb2.AgentHello(
+            agent_id="doomed", inventory=agent_pb2.Inventory(cpu_millis=2000)
+        )
+        hello.running.add(job_id=job.job_id, attempt=1)
+        await outbox.put(agent_service_pb2.ConnectRequest(request_id="h", hello=hello))
+        finished = agent_service_pb2.JobFinished(
+            job_id=job.job_id, attempt=1, final_state=JS.JOB_STATE_SUCCEEDED
+        )
+        finished.result.error = "stale"
+        await outbox.put(agent_service_pb2.ConnectRequest(request_id="f", finished=finished))
+
+        async def requests() -> AsyncIterator[agent_service_pb2.ConnectRequest]:
+            while True:
+                yield await outbox.get()
+
+        call = agent_service_pb2_grpc.AgentServiceStub(channel).Connect(requests())
+        kinds: dict[str, agent_service_pb2.ConnectResponse] = {}
+        async for reply in call:
+            kinds[str(reply.WhichOneof("message"))] = reply
+            if {"kill_stale", "ack"} <= kinds.keys():
+                break
+        call.cancel()
+    assert (kinds["kill_stale"].kill_stale.job_id, kinds["kill_stale"].kill_stale.attempt) == (job.job_id, 1)
+    assert not kinds["ack"].ack.accepted
+    after = await jobs.get(job.job_id)
+    assert (after.state, after.attempt, after.result.error) == (JS.JOB_STATE_SUCCEEDED, 2, "")
+
+
+async def test_restart_of_stratum_loses_neither_queued_nor_running_jobs(
+    stratum: Stratum, jobs: JobsClient, agents: Agents
+) -> None:
+    agents.start(stratum.target, "steady")
+    await wait_agents(stratum.target, 1)
+    long_one = await jobs.submit(python_job("import time; time.sleep(4); print('long')", cpu_millis=1500))
+    await jobs.wait(long_one.job_id, [JS.JOB_STATE_RUNNING])
+    waiting = await jobs.submit(python_job("print('after')", cpu_millis=1500))
+    assert (await jobs.get(waiting.job_id)).state == JS.JOB_STATE_QUEUED
+
+    assert stratum.stop() == 0
+    stratum.start()
+    restarted = JobsClient.connect(stratum.target)
+    try:
+        first = await restarted.wait(long_one.job_id, timeout=60)
+        second = await restarted.wait(waiting.job_id, timeout=60)
+    finally:
+        await restarted.channel.close(None)
+    assert first.state == JS.JOB_STATE_SUCCEEDED and first.attempt == 1  # reconciled, not re-run
+    assert second.state == JS.JOB_STATE_SUCCEEDED
