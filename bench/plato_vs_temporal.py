@@ -6,17 +6,21 @@ start-dev`` for Temporal) and its handlers in this process (``cosmos.sdk.Worker`
 ``temporalio.worker.Worker`` for Temporal). For every configuration and K, N workflows run at a fixed
 concurrency C (a closed loop: C lanes, each starting the next workflow when its last one completed);
 we report completed workflows/s, steps/s, p50/p99 end-to-end latency (start request -> completion
-observed), the CPU each side spent per step, and Plato/Temporal ratios. Then an unloaded 6-step
-workflow (K=4) runs sequentially on each configuration for its p50 latency.
+observed), the CPU each process spent per step, and Plato/Temporal ratios; and the p50 latency of
+an unloaded 6-step workflow (K=4) run sequentially. Every phase (the 6-step latency, each K) runs on
+a freshly started server and warms up before it is measured.
 
 Configurations (durability):
 
 - ``plato-file``: JetStream file storage (NATS ``--store_dir``; NATS fsyncs every 2 min by default).
+- ``plato-file-sync``: the same with NATS ``sync_interval: always`` (fsync on every write).
 - ``plato-memory``: Plato ``--storage memory`` (memory-backed streams and buckets).
 - ``temporal-memory``: ``temporal server start-dev`` without ``--db-filename`` (SQLite in memory).
-- ``temporal-file``: ``temporal server start-dev --db-filename`` (SQLite file, CLI default pragmas).
+- ``temporal-file``: ``temporal server start-dev --db-filename`` (SQLite file, CLI default pragmas:
+  rollback journal, an fsync per commit).
 
-The headline pairing is plato-file vs temporal-memory. Usage::
+The headline pairing is plato-file vs temporal-memory. Temporal's dev server has its task-queue read
+rate limits lifted (``TEMPORAL_TUNING``; ``--temporal-stock`` keeps them). Usage::
 
     .venv/bin/pip install -e '.[bench]'
     .venv/bin/python bench/plato_vs_temporal.py            # full run, a few minutes on 2 cores
@@ -92,6 +96,8 @@ class Config:
     engine: str
     storage: str
     durability: str
+    fsync_always: bool = False
+    """Plato only: NATS ``jetstream { sync_interval: always }`` (fsync before every acknowledgement)."""
 
 
 CONFIGS = {
@@ -104,6 +110,14 @@ CONFIGS = {
             "JetStream file storage (NATS --store_dir; acknowledged writes reach the OS page cache, "
             "fsync every 2 min, the NATS default)",
         ),
+        Config(
+            "plato-file-sync",
+            "plato",
+            "file",
+            "JetStream file storage with NATS sync_interval: always (fsync on every write, like SQLite's "
+            "default synchronous commit)",
+            fsync_always=True,
+        ),
         Config("plato-memory", "plato", "memory", "JetStream memory storage (Plato --storage memory)"),
         Config(
             "temporal-memory",
@@ -115,15 +129,26 @@ CONFIGS = {
             "temporal-file",
             "temporal",
             "file",
-            "Temporal dev server, SQLite file (--db-filename, CLI default pragmas)",
+            "Temporal dev server, SQLite file (--db-filename; CLI default pragmas: rollback journal, "
+            "fsync on every commit)",
         ),
     )
 }
 PAIRINGS = (
     ("plato-file", "temporal-memory"),  # the headline
     ("plato-file", "temporal-file"),
+    ("plato-file-sync", "temporal-file"),  # both fsync every write
     ("plato-memory", "temporal-memory"),
 )
+TEMPORAL_TUNING = {
+    # The dev server reads each history shard's task queues at most 20 times/s (the server default,
+    # and the dev server has one shard): once the limiter's burst is spent, every workflow task waits
+    # ~40 ms before it is dispatched. Lifted by default so that Temporal is measured, not its throttle;
+    # --temporal-stock keeps the shipped values.
+    "history.transferProcessorMaxPollRPS": 10000,
+    "history.timerProcessorMaxPollRPS": 10000,
+    "history.visibilityProcessorMaxPollRPS": 10000,
+}
 GOAL_STEPS_RATIO = 5.0
 """Plato-file steps/s over Temporal-in-memory steps/s wanted at the K values in GOAL_KS."""
 GOAL_KS = (10, 100)
@@ -279,13 +304,12 @@ class PlatoEngine:
         worker_task: asyncio.Task[None] | None = None
         engine = cls(target, nats_url, servers)
         try:
-            servers.append(
-                ServerProcess(
-                    "nats-server",
-                    nats_server_argv(Address(HOST, nats_port), workdir / "jetstream", name="bench"),
-                    workdir / "nats.log",
-                )
-            )
+            nats_argv = nats_server_argv(Address(HOST, nats_port), workdir / "jetstream", name="bench")
+            if config.fsync_always:
+                conf = workdir / "nats.conf"
+                conf.write_text("jetstream {\n  sync_interval: always\n}\n")
+                nats_argv += ["--config", str(conf)]
+            servers.append(ServerProcess("nats-server", nats_argv, workdir / "nats.log"))
             engine._nc = await _connect_nats(nats_url, servers)
             plato_argv = [sys.executable, "-m", "cosmos.cli", "plato", "--listen", target]
             plato_argv += ["--nats", nats_url, "--storage", config.storage]
@@ -371,13 +395,12 @@ class TemporalEngine:
             items,
             id="bench-" + uuid.uuid4().hex,
             task_queue=self.task_queue,
-            execution_timeout=dt.timedelta(minutes=10),
         )
 
     @classmethod
     @contextlib.asynccontextmanager
     async def running(
-        cls, config: Config, workdir: Path, *, sandboxed: bool = True
+        cls, config: Config, workdir: Path, *, sandboxed: bool = True, tuned: bool = True
     ) -> AsyncIterator[TemporalEngine]:
         from temporal_fanout import ACTIVITIES, FanoutWorkflow
         from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
@@ -398,6 +421,8 @@ class TemporalEngine:
         ]
         argv += ["--http-port", str(free_port(HOST)), "--metrics-port", str(free_port(HOST))]
         argv += ["--log-level", "warn"]
+        for key, value in TEMPORAL_TUNING.items() if tuned else ():
+            argv += ["--dynamic-config-value", f"{key}={value}"]
         if config.storage == "file":
             argv += ["--db-filename", str(workdir / "temporal.db")]
         servers = [ServerProcess("temporal", argv, workdir / "temporal.log")]
@@ -468,6 +493,8 @@ class LoadRun:
     bench_cpu_ms_per_step: float = 0.0
     server_cores: float = 0.0
     bench_cores: float = 0.0
+    cpu_ms_per_step: dict[str, float] = field(default_factory=dict)
+    """CPU per step of each process: the servers by name, and ``bench`` (handlers, client, watcher)."""
 
 
 @dataclass
@@ -533,7 +560,7 @@ async def run_load(
                 latencies.append(time.perf_counter() - began)
 
     me = psutil.Process()
-    server_cpu = sum(s.cpu_seconds() for s in engine.servers)
+    cpu_before = {s.name: s.cpu_seconds() for s in engine.servers}
     bench_cpu = sum(me.cpu_times()[:2])
     began = time.perf_counter()
     lanes = [asyncio.create_task(lane()) for _ in range(min(concurrency, n))]
@@ -543,8 +570,10 @@ async def run_load(
     await asyncio.gather(*pending, return_exceptions=True)
     run.wall_s = time.perf_counter() - began
     run.timed_out = bool(pending)
-    server_cpu = sum(s.cpu_seconds() for s in engine.servers) - server_cpu
+    cpu = {s.name: s.cpu_seconds() - cpu_before[s.name] for s in engine.servers}
+    server_cpu = sum(cpu.values())
     bench_cpu = sum(me.cpu_times()[:2]) - bench_cpu
+    cpu["bench"] = bench_cpu
     run.completed = len(latencies)
     steps = run.completed * run.steps_per_workflow
     if run.completed:
@@ -554,6 +583,7 @@ async def run_load(
         run.p99_ms = percentile(latencies, 99) * 1000
         run.server_cpu_ms_per_step = server_cpu * 1000 / steps
         run.bench_cpu_ms_per_step = bench_cpu * 1000 / steps
+        run.cpu_ms_per_step = {name: round(seconds * 1000 / steps, 3) for name, seconds in cpu.items()}
     run.server_cores = server_cpu / run.wall_s
     run.bench_cores = bench_cpu / run.wall_s
     return run, latencies
@@ -586,34 +616,79 @@ class Plan:
     workflow_timeout: float
     run_timeout: float
     temporal_sandboxed: bool
+    temporal_tuned: bool
+    fresh_per_phase: bool
     profile_dir: Path | None
 
 
 def default_workflows(k: int, quick: bool) -> int:
+    """Workflows measured per configuration at fan-out ``k``: enough for a few seconds of the fastest."""
     if quick:
-        return 20 if k < 100 else 6
-    return 200 if k < 100 else 50
+        return 4 if k >= 100 else 16
+    if k >= 100:
+        return 60
+    return 200 if k >= 10 else 400
+
+
+@contextlib.asynccontextmanager
+async def fresh_engine(
+    config: Config, plan: Plan, say: Callable[[str], None], phase: str
+) -> AsyncIterator[Engine]:
+    """A freshly started configuration in its own temporary directory, stopped and removed after."""
+    with tempfile.TemporaryDirectory(prefix=f"cosmos-bench-{config.name}-") as tmp:
+        started = time.perf_counter()
+        engine_cm: contextlib.AbstractAsyncContextManager[Engine]
+        if config.engine == "plato":
+            engine_cm = PlatoEngine.running(config, Path(tmp))
+        else:
+            engine_cm = TemporalEngine.running(
+                config, Path(tmp), sandboxed=plan.temporal_sandboxed, tuned=plan.temporal_tuned
+            )
+        async with engine_cm as engine:
+            say(f"{config.name}: {phase}: up in {time.perf_counter() - started:.1f}s")
+            yield engine
 
 
 async def bench_config(
     config: Config, plan: Plan, say: Callable[[str], None]
 ) -> tuple[list[LoadRun], LatencyRun | None, list[str]]:
-    """Start one configuration, warm it up, measure every K and the 6-step latency, stop it."""
+    """Measure one configuration: the 6-step latency, then each K, each on a freshly started server.
+
+    A fresh server per phase keeps the phases independent (an engine's store grows with every
+    workflow it ran) and the order of K values irrelevant; each phase warms up before measuring.
+    ``--quick`` runs every phase on one server instead, to save the restarts.
+    """
     loads: list[LoadRun] = []
     problems: list[str] = []
     profiler = Profiler(plan.profile_dir)
-    with tempfile.TemporaryDirectory(prefix=f"cosmos-bench-{config.name}-") as tmp:
-        workdir = Path(tmp)
-        started = time.perf_counter()
-        engine_cm: contextlib.AbstractAsyncContextManager[Engine]
-        if config.engine == "plato":
-            engine_cm = PlatoEngine.running(config, workdir)
-        else:
-            engine_cm = TemporalEngine.running(config, workdir, sandboxed=plan.temporal_sandboxed)
-        async with engine_cm as engine:
-            say(f"{config.name}: up in {time.perf_counter() - started:.1f}s")
-            for k in plan.ks:
-                timeouts = (plan.workflow_timeout, plan.run_timeout)
+    timeouts = (plan.workflow_timeout, plan.run_timeout)
+    latency: LatencyRun | None = None
+    async with contextlib.AsyncExitStack() as shared:
+        shared_engine: list[Engine] = []
+
+        @contextlib.asynccontextmanager
+        async def phase(name: str) -> AsyncIterator[Engine]:
+            if plan.fresh_per_phase:
+                async with fresh_engine(config, plan, say, name) as engine:
+                    yield engine
+                return
+            if not shared_engine:
+                shared_engine.append(await shared.enter_async_context(fresh_engine(config, plan, say, "all")))
+            yield shared_engine[0]
+
+        if plan.latency_runs:
+            async with phase("6-step latency") as engine:
+                warm, _ = await run_load(
+                    engine, config.name, 10, plan.concurrency, plan.concurrency, timeouts
+                )
+                if warm.errors or warm.timed_out:
+                    problems.append(f"{config.name} warm-up: {warm.first_error or 'timed out'}")
+                    return loads, latency, problems
+                await run_latency(engine, config.name, 3, plan.workflow_timeout)
+                latency = await run_latency(engine, config.name, plan.latency_runs, plan.workflow_timeout)
+                say(f"{config.name}: 6-step workflow p50 {latency.p50_ms:.1f} ms ({latency.runs} runs)")
+        for k in plan.ks:
+            async with phase(f"K={k}") as engine:
                 warm, _ = await run_load(engine, config.name, k, plan.warmup[k], plan.concurrency, timeouts)
                 if warm.errors or warm.timed_out:
                     problems.append(f"{config.name} K={k} warm-up: {warm.first_error or 'timed out'}")
@@ -623,22 +698,18 @@ async def bench_config(
                     run, _ = await run_load(
                         engine, config.name, k, plan.workflows[k], plan.concurrency, timeouts
                     )
-                loads.append(run)
-                say(
-                    f"{config.name}: K={k} N={run.workflows} C={run.concurrency}: "
-                    f"{run.workflows_per_s:.1f} wf/s, {run.steps_per_s:.0f} steps/s, "
-                    f"p50 {run.p50_ms:.0f} ms, p99 {run.p99_ms:.0f} ms"
-                    + (f", {run.errors} errors ({run.first_error})" if run.errors else "")
-                    + (", TIMED OUT" if run.timed_out else "")
-                )
-                if run.timed_out or run.errors:
-                    problems.append(f"{config.name} K={k}: {run.errors} errors, timed out: {run.timed_out}")
-                    break
-            latency: LatencyRun | None = None
-            if not problems and plan.latency_runs:
-                await run_latency(engine, config.name, 3, plan.workflow_timeout)  # warm-up
-                latency = await run_latency(engine, config.name, plan.latency_runs, plan.workflow_timeout)
-                say(f"{config.name}: 6-step workflow p50 {latency.p50_ms:.1f} ms ({latency.runs} runs)")
+            loads.append(run)
+            say(
+                f"{config.name}: K={k} N={run.workflows} C={run.concurrency}: "
+                f"{run.workflows_per_s:.1f} wf/s, {run.steps_per_s:.0f} steps/s, "
+                f"p50 {run.p50_ms:.0f} ms, p99 {run.p99_ms:.0f} ms, CPU ms/step "
+                + ", ".join(f"{name} {ms:.2f}" for name, ms in run.cpu_ms_per_step.items())
+                + (f", {run.errors} errors ({run.first_error})" if run.errors else "")
+                + (", TIMED OUT" if run.timed_out else "")
+            )
+            if run.timed_out or run.errors:
+                problems.append(f"{config.name} K={k}: {run.errors} errors, timed out: {run.timed_out}")
+                break
     return loads, latency, problems
 
 
@@ -719,64 +790,79 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def _server_cpu(run: dict[str, Any]) -> str:
+    total = _cell(run["server_cpu_ms_per_step"])
+    parts = {name: ms for name, ms in run["cpu_ms_per_step"].items() if name != "bench"}
+    if len(parts) < 2:
+        return total
+    return f"{total} (" + ", ".join(f"{name} {_cell(ms)}" for name, ms in parts.items()) + ")"
+
+
 def render(report: dict[str, Any]) -> str:
     meta = report["meta"]
+    tuning = meta["temporal_dynamic_config"]
     parts = [
         f"Plato vs Temporal — {meta['date']}, {meta['cpus']} CPUs, {meta['machine']}",
         f"nats-server {meta['versions']['nats-server']}; {meta['versions']['temporal']}; "
         f"temporalio {meta['versions']['temporalio']} (sandboxed workflows: {meta['temporal_sandboxed']})",
+        "Temporal dynamic config: "
+        + (", ".join(f"{k}={v}" for k, v in tuning.items()) if tuning else "as shipped"),
         "",
         "Durability:",
         *(f"  {name}: {CONFIGS[name].durability}" for name in meta["configs"]),
-        "",
-        "Throughput and latency under load (steps = K + 2 per workflow; CPU = ms of CPU per step, "
-        "server processes / benchmark process):",
-        "",
-        table(
-            [
-                "K",
-                "config",
-                "N",
-                "C",
-                "wf/s",
-                "steps/s",
-                "p50 ms",
-                "p99 ms",
-                "server CPU",
-                "bench CPU",
-                "errors",
-            ],
-            [
-                [
-                    r["k"],
-                    r["config"],
-                    r["workflows"],
-                    r["concurrency"],
-                    r["workflows_per_s"],
-                    r["steps_per_s"],
-                    r["p50_ms"],
-                    r["p99_ms"],
-                    r["server_cpu_ms_per_step"],
-                    r["bench_cpu_ms_per_step"],
-                    f"{r['errors']}" + (" (timed out)" if r["timed_out"] else ""),
-                ]
-                for r in sorted(report["load"], key=lambda r: (r["k"], r["config"]))
-            ],
-        ),
-        "",
-        f"Unloaded 6-step workflow (first + {SIX_STEP_K} fanned out + last), sequential runs:",
-        "",
-        table(
-            ["config", "runs", "p50 ms", "min ms", "max ms"],
-            [
-                [v["config"], v["runs"], v["p50_ms"], v["min_ms"], v["max_ms"]]
-                for v in report["latency_6_steps"].values()
-            ],
-        ),
-        "",
-        "Plato / Temporal (steps/s: > 1 means Plato is faster; latency: < 1 means Plato is faster):",
-        "",
     ]
+    loads = sorted(report["load"], key=lambda r: (r["k"], r["config"]))
+    if loads:
+        parts += [
+            "",
+            "Under load (closed loop, C workflows in flight; steps = K + 2 per workflow; "
+            "CPU = ms of CPU per step: server processes, benchmark process):",
+            "",
+            table(
+                [
+                    "K",
+                    "config",
+                    "N",
+                    "C",
+                    "wf/s",
+                    "steps/s",
+                    "p50 ms",
+                    "p99 ms",
+                    "server CPU",
+                    "bench CPU",
+                    "errors",
+                ],
+                [
+                    [
+                        r["k"],
+                        r["config"],
+                        r["workflows"],
+                        r["concurrency"],
+                        r["workflows_per_s"],
+                        r["steps_per_s"],
+                        r["p50_ms"],
+                        r["p99_ms"],
+                        _server_cpu(r),
+                        r["bench_cpu_ms_per_step"],
+                        f"{r['errors']}" + (" (timed out)" if r["timed_out"] else ""),
+                    ]
+                    for r in loads
+                ],
+            ),
+        ]
+    if report["latency_6_steps"]:
+        parts += [
+            "",
+            f"Unloaded 6-step workflow (first + {SIX_STEP_K} fanned out + last), sequential runs:",
+            "",
+            table(
+                ["config", "runs", "p50 ms", "min ms", "max ms"],
+                [
+                    [v["config"], v["runs"], v["p50_ms"], v["min_ms"], v["max_ms"]]
+                    for v in report["latency_6_steps"].values()
+                ],
+            ),
+        ]
     rows: list[list[Any]] = []
     for entry in report["ratios"]:
         pairing = f"{entry['plato']} / {entry['temporal']}" + (" (headline)" if entry["headline"] else "")
@@ -786,7 +872,13 @@ def render(report: dict[str, Any]) -> str:
             )
         if entry.get("latency_6_steps_p50") is not None:
             rows.append([pairing, "6-step, unloaded", None, entry["latency_6_steps_p50"], None])
-    parts.append(table(["pairing", "load", "steps/s ratio", "p50 ratio", "p99 ratio"], rows))
+    if rows:
+        parts += [
+            "",
+            "Plato / Temporal (steps/s: > 1 means Plato is faster; latency: < 1 means Plato is faster):",
+            "",
+            table(["pairing", "load", "steps/s ratio", "p50 ratio", "p99 ratio"], rows),
+        ]
     if report["goals"]:
         parts += ["", f"Goals ({report['goals']['pairing']}):"]
         for name, check in report["goals"].items():
@@ -806,6 +898,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
     p.add_argument("--json", action="store_true", help="print one JSON object with every figure and ratio")
+    p.add_argument(
+        "--json-file", type=Path, default=None, metavar="FILE", help="also write the JSON report to FILE"
+    )
     p.add_argument("--quick", action="store_true", help="smoke run: few workflows (under a minute)")
     p.add_argument(
         "--configs",
@@ -818,8 +913,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--workflows",
         type=int,
         default=None,
-        help="workflows measured per configuration and K (default 200 for K < 100, 50 for K >= 100; "
-        "--quick: 20 and 6)",
+        help="workflows measured per configuration and K (default 400 for K < 10, 200 for K < 100, "
+        "60 for K >= 100; --quick: 16, 4 for K >= 100)",
     )
     p.add_argument(
         "-c", "--concurrency", type=int, default=None, help="workflows in flight (default 20, --quick 5)"
@@ -828,7 +923,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--warmup",
         type=int,
         default=None,
-        help="unmeasured workflows run at each K first (default: the concurrency, at most N/2)",
+        help="unmeasured workflows run at each K first (default: the concurrency, --quick 2; at most N/2)",
     )
     p.add_argument("--latency-runs", type=int, default=None, help="6-step runs (default 20, --quick 5)")
     p.add_argument("--workflow-timeout", type=float, default=120.0, help="seconds one workflow may take")
@@ -839,6 +934,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--temporal-unsandboxed",
         action="store_true",
         help="run Temporal workflows without the sandbox (default: the SDK's default, sandboxed)",
+    )
+    p.add_argument(
+        "--temporal-stock",
+        action="store_true",
+        help="keep the dev server's task-queue read rate limits (default: lifted, see TEMPORAL_TUNING)",
     )
     p.add_argument(
         "--profile",
@@ -860,8 +960,10 @@ def make_plan(args: argparse.Namespace) -> Plan:
         raise SystemExit("--k: fan-out widths must be >= 1")
     concurrency = args.concurrency or (5 if args.quick else 20)
     workflows = {k: args.workflows or default_workflows(k, args.quick) for k in ks}
+    default_warmup = 2 if args.quick else concurrency
     warmup = {
-        k: args.warmup if args.warmup is not None else min(concurrency, max(1, workflows[k] // 2)) for k in ks
+        k: args.warmup if args.warmup is not None else min(default_warmup, max(1, workflows[k] // 2))
+        for k in ks
     }
     latency_runs = args.latency_runs if args.latency_runs is not None else (5 if args.quick else 20)
     return Plan(
@@ -874,6 +976,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
         workflow_timeout=args.workflow_timeout,
         run_timeout=args.run_timeout,
         temporal_sandboxed=not args.temporal_unsandboxed,
+        temporal_tuned=not args.temporal_stock,
+        fresh_per_phase=not args.quick,
         profile_dir=args.profile,
     )
 
@@ -908,6 +1012,8 @@ async def bench(plan: Plan, say: Callable[[str], None]) -> dict[str, Any]:
         "latency_runs": plan.latency_runs,
         "six_step_k": SIX_STEP_K,
         "temporal_sandboxed": plan.temporal_sandboxed,
+        "fresh_server_per_phase": plan.fresh_per_phase,
+        "temporal_dynamic_config": TEMPORAL_TUNING if plan.temporal_tuned else {},
         "versions": {
             "nats-server": version_of([str(nats_server_binary()), "--version"]),
             "temporal": version_of([str(temporal_binary()), "--version"]),
@@ -932,10 +1038,14 @@ async def amain(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, main_task.cancel)
 
+    began = time.monotonic()
+
     def say(line: str) -> None:
-        print(line, file=sys.stderr, flush=True)
+        print(f"[{time.monotonic() - began:6.1f}s] {line}", file=sys.stderr, flush=True)
 
     report = await bench(plan, say)
+    if args.json_file is not None:
+        args.json_file.write_text(json.dumps(report, indent=2) + "\n")
     if args.json:
         print(json.dumps(report, indent=2))
     else:
