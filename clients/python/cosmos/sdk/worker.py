@@ -125,14 +125,21 @@ class Worker:
 
         return register
 
-    async def run(self, stopping: asyncio.Event) -> None:
-        """Serve every registered queue until ``stopping`` is set; running tasks are finished first."""
+    async def run(self, stopping: asyncio.Event, *, finish_running: bool = True) -> None:
+        """Serve every registered queue until ``stopping`` is set.
+
+        Running tasks are then finished first, or, with ``finish_running=False``, abandoned: they are
+        not acknowledged, so JetStream hands them to another worker after ``ack_wait``.
+        """
         self._nc = await nats.connect(self.nats_url, name="cosmos-worker", max_reconnect_attempts=-1)
         self._js = self._nc.jetstream()
         slots = asyncio.Semaphore(self.config.concurrency)
         cancels = await self._nc.subscribe(subjects.CANCELS_ALL, cb=self._on_cancel)
         try:
             await asyncio.gather(*(self._serve(queue, slots, stopping) for queue in self.handlers))
+            if not finish_running:
+                for task in self._running.values():
+                    task.cancel()
             if self._running:
                 await asyncio.gather(*self._running.values(), return_exceptions=True)
         finally:

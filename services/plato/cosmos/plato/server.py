@@ -11,9 +11,11 @@ from cosmos import errors
 from cosmos.plato.api import StepApi, WorkflowApi
 from cosmos.plato.engine.evaluator import Evaluator, EvaluatorConfig
 from cosmos.plato.store import PlatoStore, Storage, StoreConfig
+from cosmos.plato.stratum_runner import StratumRunner
 from cosmos.plato.v1 import step_service_pb2_grpc, workflow_service_pb2_grpc
 from cosmos.runtime import config, jetstream, process
 from cosmos.runtime.server import Server, ServerConfig, ServiceBinding
+from cosmos.sdk import Worker
 
 PREFIX = "COSMOS_PLATO"
 DEFAULT_LISTEN = "127.0.0.1:50052"
@@ -30,6 +32,13 @@ def parser() -> argparse.ArgumentParser:
     )
     config.add_env_argument(
         p, PREFIX, "--batch", default=256, type=int, help="engine inputs pulled per fetch"
+    )
+    config.add_env_argument(
+        p,
+        PREFIX,
+        "--stratum",
+        default="",
+        help="Stratum gRPC address for job steps (empty: no job steps run here)",
     )
     return p
 
@@ -70,13 +79,20 @@ async def serve(args: argparse.Namespace) -> None:
         )
     )
     evaluating = asyncio.create_task(evaluator.run(server.stopping))
+    background = [evaluating]
+    if args.stratum:
+        runner = StratumRunner(str(config.Address.parse(args.stratum, setting="--stratum")))
+        worker = Worker(args.nats)
+        runner.register(worker)
+        background.append(asyncio.create_task(worker.run(server.stopping, finish_running=False)))
     try:
         await server.serve_until_signalled()
     finally:
-        if not evaluating.done():
-            evaluating.cancel()
+        for task in background:
+            if not task.done():
+                task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await evaluating
+                await task
 
 
 def main(argv: Sequence[str] | None = None) -> int:

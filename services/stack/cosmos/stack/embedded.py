@@ -126,7 +126,18 @@ class EmbeddedStack:
         try:
             await self._start_nats()
             services = [
-                (self._service("plato", c.plato_port, "--nats", c.nats_url), c.plato_port, PLATO_SERVICES),
+                (
+                    self._service(
+                        "plato",
+                        c.plato_port,
+                        "--nats",
+                        c.nats_url,
+                        "--stratum",
+                        str(c.address(c.stratum_port)),
+                    ),
+                    c.plato_port,
+                    PLATO_SERVICES,
+                ),
                 (
                     self._service("stratum", c.stratum_port, "--nats", c.nats_url),
                     c.stratum_port,

@@ -169,12 +169,21 @@ class Dispatcher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._kick.wait(), 1.0)
             self._kick.clear()
-            for agent_id in self.registry.expire():
-                await self._agent_lost(agent_id)
-            queued = [job for job in self.jobs.values() if job.state == JS.JOB_STATE_QUEUED]
-            if queued:
-                for placement in self.placer.place(queued):
-                    await self._assign(self.jobs[placement.job_id], placement)
+            try:
+                await self._pass()
+            except Exception:
+                # One bad pass (a bug, NATS briefly away) must not stop placement for good.
+                log.exception("dispatch pass failed; retrying")
+                await asyncio.sleep(1.0)
+                self._kick.set()
+
+    async def _pass(self) -> None:
+        for agent_id in self.registry.expire():
+            await self._agent_lost(agent_id)
+        queued = [job for job in self.jobs.values() if job.state == JS.JOB_STATE_QUEUED]
+        if queued:
+            for placement in self.placer.place(queued):
+                await self._assign(self.jobs[placement.job_id], placement)
 
     async def _assign(self, job: job_pb2.Job, placement: Placement) -> None:
         job.attempt += 1

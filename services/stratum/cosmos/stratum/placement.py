@@ -7,10 +7,13 @@ specs) and the scheduler's plain model happen here and nowhere else.
 
 from __future__ import annotations
 
+import contextlib
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from cosmos.stratum import scheduling
 from cosmos.stratum.v1 import agent_pb2, job_pb2
 
 AS = agent_pb2.AgentState
@@ -77,121 +80,89 @@ def schedulable(agent: agent_pb2.Agent) -> bool:
     return agent.state == AS.AGENT_STATE_READY
 
 
-@dataclass
-class _Node:
-    agent_id: str
-    cpu_total: int
-    cpu_free: int
-    memory_total: int
-    memory_free: int
-    gpu_models: list[str]
-    gpu_uuids: list[str]
-    gpu_free: list[int]  # milli-GPU free per GPU
-    ok: bool
-
-
-@dataclass
-class _Held:
-    agent_id: str
-    cpu: int
-    memory: int
-    gpus: tuple[int, ...]
-    milli: int
-
-
 class SchedulerPlacer:
-    """Placement over the agents' inventories (interim best-fit until the scheduling package lands)."""
+    """:class:`Placer` over :class:`cosmos.stratum.scheduling.Scheduler` (FGD by default)."""
 
     def __init__(self, policy: str = "fgd") -> None:
-        self.policy = policy
-        self.nodes: dict[str, _Node] = {}
-        self.held: dict[str, _Held] = {}
+        self.scheduler = scheduling.Scheduler(policy)
+        self._uuids: dict[str, list[str]] = {}
+        self._observed: set[str] = set()
 
     def upsert_node(self, agent: agent_pb2.Agent) -> None:
-        node = self.nodes.get(agent.agent_id)
-        inv = agent.inventory
-        if node is None or len(node.gpu_free) != len(inv.gpus):
-            node = _Node(
-                agent.agent_id, inv.cpu_millis, inv.cpu_millis, inv.memory_bytes, inv.memory_bytes,
-                [g.model.upper() for g in inv.gpus], [g.uuid for g in inv.gpus], [1000] * len(inv.gpus), True,
-            )  # fmt: skip
-            for held in self.held.values():
-                if held.agent_id == agent.agent_id:
-                    self._take(node, held)
-            self.nodes[agent.agent_id] = node
-        node.ok = schedulable(agent)
+        gpus = [
+            scheduling.GpuState(index=g.index, model=g.model, memory_bytes=g.memory_bytes, uuid=g.uuid)
+            for g in agent.inventory.gpus
+        ]
+        self._uuids[agent.agent_id] = [g.uuid for g in agent.inventory.gpus]
+        node = scheduling.NodeState.idle(
+            agent.agent_id,
+            agent.inventory.cpu_millis,
+            agent.inventory.memory_bytes,
+            gpus,
+            labels=dict(agent.labels),
+            schedulable=schedulable(agent),
+        )
+        self.scheduler.upsert_node(node)
 
     def remove_node(self, agent_id: str) -> None:
-        self.nodes.pop(agent_id, None)
-        for job_id in [j for j, h in self.held.items() if h.agent_id == agent_id]:
-            del self.held[job_id]
+        if agent_id in self.scheduler.cluster:
+            self.scheduler.remove_node(agent_id)
 
     def could_ever_fit(self, spec: job_pb2.JobSpec) -> str | None:
-        cpu, memory, count, _milli, models = demand_of(spec)
-        if not self.nodes:
+        if not len(self.scheduler.cluster):
             return "the pool has no agents"
-        for node in self.nodes.values():
-            gpus = [i for i, m in enumerate(node.gpu_models) if not models or m in models]
-            if node.cpu_total >= cpu and node.memory_total >= memory and len(gpus) >= count:
-                return None
-        return f"no agent has {cpu} CPU millis, {memory} bytes of memory and {count} matching GPU(s) at once"
+        return self.scheduler.unfit_reason(_demand("probe", spec))
 
     def place(self, queued: Sequence[job_pb2.Job]) -> list[Placement]:
-        order = sorted(queued, key=lambda j: (-j.spec.priority, j.create_time.ToNanoseconds()))
-        placements = []
-        for job in order:
-            placement = self._place_one(job)
-            if placement is not None:
-                placements.append(placement)
-        return placements
-
-    def _place_one(self, job: job_pb2.Job) -> Placement | None:
-        cpu, memory, count, milli, models = demand_of(job.spec)
-        best: tuple[int, _Node, tuple[int, ...]] | None = None
-        for node in self.nodes.values():
-            if not node.ok or node.cpu_free < cpu or node.memory_free < memory:
-                continue
-            usable = [i for i, m in enumerate(node.gpu_models) if not models or m in models]
-            if count and milli < 1000:
-                fits = sorted((node.gpu_free[i], i) for i in usable if node.gpu_free[i] >= milli)
-                gpus: tuple[int, ...] = (fits[0][1],) if fits else ()
-            else:
-                gpus = tuple(i for i in usable if node.gpu_free[i] == 1000)[:count]
-            if len(gpus) < count:
-                continue
-            score = node.cpu_free - cpu  # best fit: least CPU left over
-            if best is None or score < best[0]:
-                best = (score, node, gpus)
-        if best is None:
-            return None
-        _, node, gpus = best
-        held = _Held(node.agent_id, cpu, memory, gpus, milli)
-        self._take(node, held)
-        self.held[job.job_id] = held
-        return Placement(job.job_id, node.agent_id, gpus, tuple(node.gpu_uuids[i] for i in gpus))
+        demands = []
+        for job in queued:
+            demand = _demand(job.job_id, job.spec, job.update_time.ToNanoseconds() / 1e9)
+            if job.job_id not in self._observed:
+                # The learned task mix (what FGD protects capacity for) counts each job once.
+                self._observed.add(job.job_id)
+                self.scheduler.observe(demand)
+            demands.append(demand)
+        return [self._placement(a.placement) for a in self.scheduler.schedule_demands(demands, time.time())]
 
     def reserve(self, job: job_pb2.Job, agent_id: str) -> None:
-        if job.job_id in self.held or agent_id not in self.nodes:
-            return
-        cpu, memory, _, milli, _ = demand_of(job.spec)
-        held = _Held(agent_id, cpu, memory, tuple(job.gpu_indices), milli)
-        self._take(self.nodes[agent_id], held)
-        self.held[job.job_id] = held
+        demand = _demand(job.job_id, job.spec)
+        placement = scheduling.Placement(
+            job.job_id,
+            agent_id,
+            tuple(job.gpu_indices),
+            demand.gpu_milli,
+            demand.cpu_milli,
+            demand.memory_bytes,
+        )
+        # Already held, or the node is unknown: nothing to take.
+        with contextlib.suppress(scheduling.PlacementError, KeyError):
+            self.scheduler.assume(demand, placement)
 
     def release(self, job_id: str) -> None:
-        held = self.held.pop(job_id, None)
-        node = self.nodes.get(held.agent_id) if held else None
-        if held is None or node is None:
-            return
-        node.cpu_free += held.cpu
-        node.memory_free += held.memory
-        for i in held.gpus:
-            node.gpu_free[i] = min(1000, node.gpu_free[i] + held.milli)
+        self.scheduler.release(job_id)
+        self._observed.discard(job_id)
 
-    @staticmethod
-    def _take(node: _Node, held: _Held) -> None:
-        node.cpu_free -= held.cpu
-        node.memory_free -= held.memory
-        for i in held.gpus:
-            if i < len(node.gpu_free):
-                node.gpu_free[i] -= held.milli
+    def _placement(self, placement: scheduling.Placement) -> Placement:
+        uuids = self._uuids.get(placement.node_id, [])
+        return Placement(
+            placement.job_id,
+            placement.node_id,
+            placement.gpu_indices,
+            tuple(uuids[i] for i in placement.gpu_indices if i < len(uuids)),
+        )
+
+
+def _demand(job_id: str, spec: job_pb2.JobSpec, enqueue_time: float = 0.0) -> scheduling.Demand:
+    cpu, memory, count, milli, models = demand_of(spec)
+    return scheduling.Demand(
+        job_id,
+        cpu_milli=cpu,
+        memory_bytes=memory,
+        gpu_count=count,
+        gpu_milli=milli,
+        models=models,
+        gpu_memory_bytes=spec.resources.gpu.min_memory_bytes,
+        tenant=spec.tenant or "default",
+        priority=spec.priority,
+        enqueue_time=enqueue_time,
+    )

@@ -17,8 +17,39 @@ SCHEMES = ("file",)
 # GPU models a job may name even when no agent of the pool has one right now (it then cannot be
 # placed and is refused as unsatisfiable); any other name is a typo and refused as unknown.
 KNOWN_GPU_MODELS = frozenset(
-    "A10 A10G A16 A30 A40 A100 A800 B100 B200 GB200 H20 H100 H200 H800 L4 L20 L40 L40S "
-    "P4 P40 P100 T4 V100 V100M16 V100M32 G2 G3 RTX4000 RTX5000 RTX6000 RTX8000".split()
+    {
+        "A10",
+        "A10G",
+        "A16",
+        "A30",
+        "A40",
+        "A100",
+        "A800",
+        "B100",
+        "B200",
+        "GB200",
+        "H20",
+        "H100",
+        "H200",
+        "H800",
+        "L4",
+        "L20",
+        "L40",
+        "L40S",
+        "P4",
+        "P40",
+        "P100",
+        "T4",
+        "V100",
+        "V100M16",
+        "V100M32",
+        "G2",
+        "G3",
+        "RTX4000",
+        "RTX5000",
+        "RTX6000",
+        "RTX8000",
+    }
 )
 
 

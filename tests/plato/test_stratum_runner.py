@@ -1,0 +1,77 @@
+"""Job steps: a definition's ``job:`` template runs on Stratum through Plato's built-in runner."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from plato_harness import PlatoClient
+from stratum_harness import Agents, wait_agents
+
+from cosmos.plato.engine import values
+from cosmos.plato.v1 import workflow_pb2, workflow_service_pb2_grpc
+
+WS = workflow_pb2.WorkflowState
+
+WRITE = "import sys; open('out.txt', 'w').write(sys.argv[1])"
+JOBS = f"""\
+workflow:
+  id: job-steps
+  steps:
+    render:
+      job:
+        argv: ["{sys.executable}", "-c", "{WRITE}", "${{input.word}}"]
+        outputs: [{{uri: "${{input.out}}", path: out.txt}}]
+        resources: {{cpuMillis: 100}}
+    broken:
+      job:
+        argv: ["{sys.executable}", "-c", "import sys; print('no luck', file=sys.stderr); sys.exit(3)"]
+  rules:
+    - when: workflow.started
+      do: [render]
+    - when: [render.completed, "input.fail == true"]
+      do: [broken]
+"""
+
+
+@pytest.fixture
+def agents(tmp_path: Path) -> Iterator[Agents]:
+    started = Agents(tmp_path)
+    yield started
+    started.stop_all()
+
+
+async def test_job_steps_run_on_stratum_and_report_results_and_failures(
+    start_service: Callable[..., Any], nats_url: str, agents: Agents, tmp_path: Path
+) -> None:
+    stratum = start_service("stratum", "--nats", nats_url, "--heartbeat-interval", "0.3")
+    plato = start_service("plato", "--nats", nats_url, "--stratum", stratum.target)
+    agents.start(stratum.target, "runner-host")
+    await wait_agents(stratum.target, 1)
+    async with grpc.aio.insecure_channel(plato.target) as channel:
+        client = PlatoClient(
+            plato.target, nats_url, channel, workflow_service_pb2_grpc.WorkflowServiceStub(channel)
+        )
+        await client.register(JOBS)
+        out = tmp_path / "result.txt"
+        wf = await client.wait(
+            await client.start("job-steps", {"word": "hello", "out": f"file://{out}", "fail": False})
+        )
+        assert wf.state == WS.WORKFLOW_STATE_COMPLETED, wf.failure_reason
+        assert out.read_text() == "hello"
+        output = values.struct_to_dict(wf.steps[0].output)
+        assert output["exit_code"] == 0 and output["agent_id"] == "runner-host"
+        assert output["outputs"] == [{"uri": f"file://{out}", "path": "out.txt"}]
+
+        failed = await client.wait(
+            await client.start(
+                "job-steps", {"word": "x", "out": f"file://{tmp_path / 'x.txt'}", "fail": True}
+            )
+        )
+        assert failed.state == WS.WORKFLOW_STATE_FAILED
+        assert "broken" in failed.failure_reason and "exit" in failed.failure_reason
+        assert "no luck" in failed.failure_reason
