@@ -34,6 +34,7 @@ from cosmos import errors
 from cosmos.plato import subjects
 from cosmos.plato.language import model, parser
 from cosmos.plato.v1 import definition_pb2, engine_pb2
+from cosmos.runtime import jetstream
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,13 @@ class PlatoStore:
     # ------------------------------------------------------------------ setup
 
     async def ensure(self) -> None:
-        """Create (or update) every stream and bucket; safe to call from every Plato process."""
+        """Create (or update) every stream and bucket; safe to call from every Plato process.
+
+        Retries while a JetStream cluster is still forming (replicated assets need their peers).
+        """
+        await jetstream.until_ready(self._ensure, "creating Plato's streams and buckets")
+
+    async def _ensure(self) -> None:
         storage = StorageType.FILE if self.config.storage is Storage.FILE else StorageType.MEMORY
         replicas = self.config.replicas
         window = self.config.duplicate_window

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import nats
+import nats.errors
+import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
 from cosmos import errors
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
 
@@ -48,3 +53,29 @@ async def connect(url: str, name: str, *, timeout: float = 10.0) -> tuple[NatsCl
         log.info("connected to NATS", extra={"fields": {"url": url}})
         return nc, js
     raise errors.UnavailableError(f"cannot reach NATS at {url} within {timeout:.0f}s: {last}")
+
+
+# JetStream answers "no suitable peers for placement" (10005) or a 503 while a cluster is still
+# forming or a peer restarts; both pass.
+_NOT_READY_CODES = frozenset({10005})
+
+
+async def until_ready(op: Callable[[], Awaitable[T]], what: str, *, timeout: float = 60.0) -> T:
+    """Run ``op`` (e.g. creating a replicated stream), retrying while JetStream is not ready for it."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    delay = 0.2
+    while True:
+        try:
+            return await op()
+        except (nats.js.errors.APIError, nats.errors.TimeoutError) as exc:
+            code = getattr(exc, "err_code", None)
+            retryable = (
+                isinstance(exc, nats.errors.TimeoutError)
+                or code in _NOT_READY_CODES
+                or getattr(exc, "code", None) == 503
+            )
+            if not retryable or asyncio.get_running_loop().time() + delay > deadline:
+                raise errors.UnavailableError(f"{what}: JetStream is not ready: {exc}") from exc
+            log.info("JetStream not ready; retrying", extra={"fields": {"what": what, "error": str(exc)}})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)

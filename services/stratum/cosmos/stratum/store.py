@@ -20,6 +20,7 @@ from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
 from nats.js.kv import KeyValue
 
+from cosmos.runtime import jetstream
 from cosmos.stratum.v1 import job_pb2
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,10 @@ class JobStore:
         self._jobs: KeyValue | None = None
 
     async def ensure(self) -> None:
-        """Create the bucket and stream if missing."""
+        """Create the bucket and stream if missing (retrying while a JetStream cluster forms)."""
+        await jetstream.until_ready(self._ensure, "creating Stratum's stream and bucket")
+
+    async def _ensure(self) -> None:
         config = StreamConfig(
             name=EVENTS_STREAM,
             subjects=[EVENTS_ALL],
