@@ -17,7 +17,10 @@ from cosmos.plato.v1 import workflow_pb2, workflow_service_pb2_grpc
 
 WS = workflow_pb2.WorkflowState
 
-WRITE = "import sys; open('out.txt', 'w').write(sys.argv[1])"
+WRITE = (
+    "import json, os, sys; n = open('out.txt', 'w').write(sys.argv[1]); "
+    "json.dump({'written': n}, open(os.environ['COSMOS_RESULT_FILE'], 'w'))"
+)
 JOBS = f"""\
 workflow:
   id: job-steps
@@ -64,8 +67,9 @@ async def test_job_steps_run_on_stratum_and_report_results_and_failures(
         assert wf.state == WS.WORKFLOW_STATE_COMPLETED, wf.failure_reason
         assert out.read_text() == "hello"
         output = values.struct_to_dict(wf.steps[0].output)
-        assert output["exit_code"] == 0 and output["agent_id"] == "runner-host"
-        assert output["outputs"] == [{"uri": f"file://{out}", "path": "out.txt"}]
+        assert output["job"]["exit_code"] == 0 and output["job"]["agent_id"] == "runner-host"
+        assert output["job"]["outputs"] == [{"uri": f"file://{out}", "path": "out.txt"}]
+        assert output["written"] == 5  # the job's own result, from $COSMOS_RESULT_FILE
 
         failed = await client.wait(
             await client.start(

@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 
 from cosmos.plato import subjects
+from cosmos.plato.engine import values
 from cosmos.runtime import channels
 from cosmos.sdk import StepContext, StepError, Worker
 from cosmos.stratum.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
@@ -64,14 +65,19 @@ class StratumRunner:
         if done.state != JS.JOB_STATE_SUCCEEDED:
             state = JS.Name(done.state).removeprefix("JOB_STATE_").lower()
             raise StepError(f"job {done.job_id} {state}: {done.failure_reason or done.result.error}")
+        # The job's own result (what it wrote to $COSMOS_RESULT_FILE) is the step output; how it ran
+        # goes under "job".
         return {
-            "job_id": done.job_id,
-            "agent_id": done.agent_id,
-            "attempt": done.attempt,
-            "exit_code": done.result.exit_code,
-            "outputs": [{"uri": a.uri, "path": a.path} for a in done.result.outputs],
-            "cpu_seconds": done.result.usage.cpu_seconds,
-            "wall_seconds": done.result.usage.wall_time.ToTimedelta().total_seconds(),
+            **values.struct_to_dict(done.result.output),
+            "job": {
+                "job_id": done.job_id,
+                "agent_id": done.agent_id,
+                "attempt": done.attempt,
+                "exit_code": done.result.exit_code,
+                "outputs": [{"uri": a.uri, "path": a.path} for a in done.result.outputs],
+                "cpu_seconds": done.result.usage.cpu_seconds,
+                "wall_seconds": done.result.usage.wall_time.ToTimedelta().total_seconds(),
+            },
         }
 
     async def _follow(self, step: StepContext, job_id: str) -> None:

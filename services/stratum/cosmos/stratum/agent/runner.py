@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -446,6 +447,7 @@ class _Process:
         # Set last: a job cannot override its GPU isolation or its identity.
         work_dir = containers.CONTAINER_WORK_DIR if self.engine else str(run.work_dir)
         env.update(COSMOS_JOB_ID=run.job_id, COSMOS_ATTEMPT=str(run.attempt), COSMOS_WORK_DIR=work_dir)
+        env["COSMOS_RESULT_FILE"] = f"{work_dir}/{RESULT_FILE}"
         if self.engine is None:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in run.gpu_indices)
             # CUDA numbers devices fastest-first by default; agents index GPUs in PCI order (NVML).
@@ -584,6 +586,12 @@ class _Process:
             except staging.StagingError as exc:
                 return outcome(job_pb2.JOB_STATE_FAILED, exc.reason, f"{exc.reason}: {exc}")
             result.outputs.extend(stored)
+        try:
+            output = read_result(run.work_dir / RESULT_FILE)
+        except ValueError as exc:
+            return outcome(job_pb2.JOB_STATE_FAILED, "BAD_RESULT", f"BAD_RESULT: {exc}")
+        if output is not None:
+            result.output.update(output)
         return outcome(job_pb2.JOB_STATE_SUCCEEDED, "", "")
 
     async def _terminate(
@@ -786,3 +794,26 @@ def _safe_name(job_id: str) -> str:
 
 async def _ignore(_: Any) -> None:
     return None
+
+
+RESULT_FILE = ".cosmos-result.json"
+"""Where a job may write its structured result (``$COSMOS_RESULT_FILE``), relative to its work dir."""
+MAX_RESULT_BYTES = 1 << 20
+
+
+def read_result(path: Path) -> dict[str, Any] | None:
+    """The JSON object a job wrote as its result, None if it wrote none; ValueError if malformed."""
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_RESULT_BYTES + 1)
+    except FileNotFoundError:
+        return None
+    if len(data) > MAX_RESULT_BYTES:
+        raise ValueError(f"result file is larger than {MAX_RESULT_BYTES} bytes")
+    try:
+        value = json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"result file is not JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise ValueError("result file must hold a JSON object")
+    return value

@@ -10,6 +10,7 @@ from cosmos.common.v1 import retry_pb2 as _retry_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -328,6 +329,7 @@ class JobResult(_message.Message):
     USAGE_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     STDERR_TAIL_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
     exit_code: _builtins.int
     """Process exit code; meaningful when signal is 0."""
     signal: _builtins.int
@@ -348,6 +350,12 @@ class JobResult(_message.Message):
     def usage(self) -> _resources_pb2.ResourceUsage:
         """Resources the process consumed."""
 
+    @_builtins.property
+    def output(self) -> _struct_pb2.Struct:
+        """The job's own structured result: the JSON object it wrote to the file
+        named by $COSMOS_RESULT_FILE (at most 1 MiB), when it succeeded.
+        """
+
     def __init__(
         self,
         *,
@@ -357,10 +365,11 @@ class JobResult(_message.Message):
         usage: _resources_pb2.ResourceUsage | None = ...,
         error: _builtins.str = ...,
         stderr_tail: _builtins.str = ...,
+        output: _struct_pb2.Struct | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["output", b"output", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "exit_code", b"exit_code", "outputs", b"outputs", "signal", b"signal", "stderr_tail", b"stderr_tail", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "exit_code", b"exit_code", "output", b"output", "outputs", b"outputs", "signal", b"signal", "stderr_tail", b"stderr_tail", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
