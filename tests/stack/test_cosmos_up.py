@@ -122,9 +122,9 @@ def test_up_serves_every_contract_with_health_and_reflection_then_stops_cleanly(
     connect = "rpc Connect ( stream .cosmos.stratum.v1.ConnectRequest ) returns ( stream .cosmos.stratum.v1.ConnectResponse )"  # noqa: E501
     assert connect in agent_service.stdout, agent_service.stdout
 
-    # Thin services answer UNIMPLEMENTED rather than crash, and stay up.
+    # Bad requests are refused with the offending field, and the services stay up.
     submit = grpcurl("-d", "{}", stack.target("optimus"), "cosmos.optimus.v1.EncodeService/SubmitEncode")
-    assert submit.returncode != 0 and "Unimplemented" in submit.stderr
+    assert submit.returncode != 0 and "InvalidArgument" in submit.stderr and "source_uri" in submit.stderr
     bad_page = grpcurl(
         "-d", '{"page_size": -1}', stack.target("stratum"), "cosmos.stratum.v1.PoolService/ListAgents"
     )

@@ -280,7 +280,12 @@ async def test_gpu_isolation_and_job_environment(tmp_path: Path, monkeypatch: py
     assert env["MY_SETTING"] == "42"
     assert env["COSMOS_JOB_ID"] == "job-1" and env["COSMOS_ATTEMPT"] == "2"
     assert env["COSMOS_WORK_DIR"] == dump["cwd"] == str(tmp_path / "agent" / "job-1" / "2")
-    assert env["PATH"] == os.environ["PATH"]
+    # The agent's own tools come first, then the agent's PATH.
+    tools = os.path.dirname(sys.executable)
+    assert env["PATH"].split(os.pathsep)[0] == tools
+    assert [p for p in env["PATH"].split(os.pathsep)[1:]] == [
+        p for p in os.environ["PATH"].split(os.pathsep) if p != tools
+    ]
     assert "AGENT_SECRET_TOKEN" not in env
     assert "COSMOS_PROGRESS_FD" not in env  # no progress channel unless asked for
 

@@ -1,84 +1,89 @@
-"""``cosmos demo``: the main job on the embedded stack.
+"""``cosmos demo``: the main job, end to end, on the embedded stack.
 
-Until the encoding ladder lands, the demo brings the stack up (same ports, data dir and settings as
-``cosmos up``), checks every service's health and the agent's registration, prints them, and stops
-the stack.
+Generates a 20-second 1080p test clip with audio, starts the stack (same ports, data dir and
+settings as ``cosmos up``), encodes a 3-rendition ladder (1080p, 720p, 360p) with live progress,
+prints the renditions with their VMAF and PSNR, verifies the published HLS and DASH manifests
+(every rendition listed, both decode, durations match the source), and stops the stack.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import subprocess
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-import grpc
 from rich.console import Console
-from rich.table import Table
 
 from cosmos import errors
-from cosmos.cli import up
+from cosmos.cli import encode, up
 from cosmos.cli.console import make_console
 from cosmos.runtime import logs, process
-from cosmos.stack import readiness
 from cosmos.stack.embedded import EmbeddedStack, StackConfig
-from cosmos.stratum.v1 import agent_pb2, pool_service_pb2, pool_service_pb2_grpc
+
+PROFILES = "1080p,720p,360p"
+CLIP_SECONDS = 20
+
+
+def media(*args: str) -> dict[str, object]:
+    """Run the media tool and return its result (it prints ``COSMOS_RESULT {json}`` last)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "cosmos.optimus.media", *args], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise errors.CosmosError(f"media {args[0]} failed: {done.stderr.strip()[-800:]}")
+    line = next(line for line in reversed(done.stdout.splitlines()) if line.startswith("COSMOS_RESULT "))
+    result: dict[str, object] = json.loads(line.removeprefix("COSMOS_RESULT "))
+    return result
 
 
 async def run_demo(cfg: StackConfig, console: Console) -> int:
-    """Start, inspect and stop the stack; non-zero if anything is not healthy."""
+    """Clip, stack, encode, verify, stop; non-zero if any of it failed."""
+    work = (cfg.data_dir / "demo").absolute()
+    clip = work / "source.mp4"
+    out = work / "out"
+    work.mkdir(parents=True, exist_ok=True)
+    with console.status(f"generating a {CLIP_SECONDS}-second 1080p test clip with audio..."):
+        await asyncio.to_thread(
+            media, "make-test-clip", "--out", str(clip), "--seconds", str(CLIP_SECONDS), "--size", "1920x1080"
+        )
+    console.print(f"source: {clip}")
     with console.status("starting the embedded stack..."):
         stack = EmbeddedStack(cfg)
         await stack.start()
     try:
         console.print(up.endpoints_table(stack))
-        healthy = await _health_table(stack, console)
-        agents_ok = await _agents_table(cfg, console)
+        args = encode.parser().parse_args(
+            [str(clip), "--profiles", PROFILES, "--out", str(out), "--force",
+             "--optimus", str(cfg.address(cfg.optimus_port))]
+        )  # fmt: skip
+        code = await encode.run_encode(args, console)
+        verified = code == process.EXIT_OK and await asyncio.to_thread(_verify, console, out)
     finally:
         codes = await stack.stop()
-    clean = all(code == 0 for code in codes.values())
-    console.print("stopped: " + ", ".join(f"{name} (exit {code})" for name, code in codes.items()))
-    ok = healthy and agents_ok and clean
+    console.print("stopped: " + ", ".join(f"{name} (exit {c})" for name, c in codes.items()))
+    ok = verified and all(c == 0 for c in codes.values())
     console.print("[green]demo ok[/green]" if ok else "[red]demo failed[/red]")
     return process.EXIT_OK if ok else process.EXIT_FAILED
 
 
-async def _health_table(stack: EmbeddedStack, console: Console) -> bool:
-    table = Table(title="grpc.health.v1.Health/Check", title_justify="left")
-    for column in ("component", "service", "status"):
-        table.add_column(column)
-    ok = True
-    for ep in stack.endpoints:
-        if ep.name in ("nats", "agent"):
-            continue
-        for service in (*ep.services, ""):
-            status = await readiness.health_status(ep.address, service)
-            ok = ok and status == "SERVING"
-            table.add_row(ep.name, service or '"" (overall)', status)
-    console.print(table)
-    return ok
-
-
-async def _agents_table(cfg: StackConfig, console: Console) -> bool:
-    async with grpc.aio.insecure_channel(str(cfg.address(cfg.stratum_port))) as channel:
-        reply = await pool_service_pb2_grpc.PoolServiceStub(channel).ListAgents(
-            pool_service_pb2.ListAgentsRequest(), timeout=5
-        )
-    table = Table(title="Stratum agents", title_justify="left")
-    for column in ("agent", "state", "cpus", "memory", "gpus", "runtimes"):
-        table.add_column(column)
-    for agent in reply.agents:
-        inv = agent.inventory
-        table.add_row(
-            agent.agent_id,
-            agent_pb2.AgentState.Name(agent.state).removeprefix("AGENT_STATE_"),
-            f"{inv.cpu_millis / 1000:g}",
-            f"{inv.memory_bytes / (1 << 30):.1f} GiB",
-            ", ".join(g.model for g in inv.gpus) or "-",
-            ", ".join(inv.runtimes),
-        )
-    console.print(table)
-    return any(a.state == agent_pb2.AGENT_STATE_READY for a in reply.agents)
+def _verify(console: Console, out: Path) -> bool:
+    try:
+        result = media(
+            "verify", "--hls", str(out / "master.m3u8"), "--mpd", str(out / "manifest.mpd"),
+            "--expect-duration", str(CLIP_SECONDS),
+        )  # fmt: skip
+    except errors.CosmosError as exc:
+        console.print(f"[red]manifests did not verify[/red]: {exc}")
+        return False
+    console.print(
+        f"verified: HLS master and DASH MPD list {result.get('renditions')} renditions, both decode, "
+        "durations match the source"
+    )
+    return True
 
 
 def main(argv: Sequence[str] | None = None) -> int:

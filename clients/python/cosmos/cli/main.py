@@ -6,14 +6,18 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-# command -> (module, one-line help). Server modules pull in heavy imports, so load lazily.
+# command -> ("module:function", one-line help). Server modules pull in heavy imports, so load lazily.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "up": ("cosmos.cli.up", "start NATS, Plato, Stratum, Optimus and a local agent; stop on Ctrl-C"),
-    "demo": ("cosmos.cli.demo", "run the main job end to end on the embedded stack"),
-    "optimus": ("cosmos.optimus.server", "run the Optimus encode API server"),
-    "plato": ("cosmos.plato.server", "run the Plato workflow engine server"),
-    "stratum": ("cosmos.stratum.server", "run the Stratum compute-pool server"),
-    "agent": ("cosmos.stratum.agent.main", "run a Stratum agent on this host"),
+    "up": ("cosmos.cli.up:main", "start NATS, Plato, Stratum, Optimus and a local agent; stop on Ctrl-C"),
+    "demo": ("cosmos.cli.demo:main", "run the main job end to end on the embedded stack"),
+    "encode": ("cosmos.cli.encode:main", "encode a video into an HLS + DASH ladder, with live progress"),
+    "workflows": ("cosmos.cli.platform:workflows", "list, show or cancel Plato workflows"),
+    "jobs": ("cosmos.cli.platform:jobs", "list Stratum jobs"),
+    "agents": ("cosmos.cli.platform:agents", "list Stratum agents"),
+    "optimus": ("cosmos.optimus.server:main", "run the Optimus encode API server"),
+    "plato": ("cosmos.plato.server:main", "run the Plato workflow engine server"),
+    "stratum": ("cosmos.stratum.server:main", "run the Stratum compute-pool server"),
+    "agent": ("cosmos.stratum.agent.main:main", "run a Stratum agent on this host"),
 }
 
 
@@ -34,6 +38,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"cosmos: unknown command {command!r}\n\n{usage()}", end="", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[command][0])
-    code: int = module.main(rest)
+    module_name, function = COMMANDS[command][0].split(":")
+    code: int = getattr(importlib.import_module(module_name), function)(rest)
     return code

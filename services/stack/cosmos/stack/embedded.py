@@ -151,6 +151,8 @@ class EmbeddedStack:
                         str(c.address(c.plato_port)),
                         "--stratum",
                         str(c.address(c.stratum_port)),
+                        "--work-root",
+                        str((c.data_dir / "work").absolute()),
                     ),
                     c.optimus_port,
                     OPTIMUS_SERVICES,

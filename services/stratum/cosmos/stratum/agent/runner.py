@@ -24,6 +24,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
@@ -638,8 +639,17 @@ class _Process:
 
 
 def inherited_env(environ: Mapping[str, str]) -> dict[str, str]:
-    """The part of the agent's environment a job inherits: :data:`INHERITED_ENV` and ``LC_*``."""
-    return {k: v for k, v in environ.items() if k in INHERITED_ENV or k.startswith("LC_")}
+    """The part of the agent's environment a job inherits: :data:`INHERITED_ENV` and ``LC_*``.
+
+    The agent's own interpreter directory comes first on ``PATH``, so a job finds the tools installed
+    with the agent (``python3 -m cosmos.optimus.media``, ``cosmos``) without an image.
+    """
+    env = {k: v for k, v in environ.items() if k in INHERITED_ENV or k.startswith("LC_")}
+    tools = os.path.dirname(sys.executable)
+    env["PATH"] = os.pathsep.join(
+        [tools, *(p for p in env.get("PATH", os.defpath).split(os.pathsep) if p != tools)]
+    )
+    return env
 
 
 class _UsageSampler:

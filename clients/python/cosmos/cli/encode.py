@@ -1,0 +1,194 @@
+"""``cosmos encode SOURCE --profiles 1080p,720p,360p --out DIR``: an adaptive-bitrate ladder, live.
+
+Submits to Optimus, follows the encode with progress bars (overall and per rendition, with fps and
+ETA), then prints the renditions (resolution, bitrate, size, VMAF, PSNR) and the manifest paths.
+``--json`` prints the final encode as JSON instead. Ctrl-C asks whether to cancel the encode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+from google.protobuf import json_format
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+from rich.prompt import Confirm
+from rich.table import Table
+
+from cosmos.cli.console import make_console
+from cosmos.optimus.v1 import encode_pb2, encode_service_pb2, encode_service_pb2_grpc
+from cosmos.runtime import config, process, rpc_errors
+
+PREFIX = "COSMOS"
+ES = encode_pb2.EncodeState
+TERMINAL = (ES.ENCODE_STATE_SUCCEEDED, ES.ENCODE_STATE_FAILED, ES.ENCODE_STATE_CANCELLED)
+
+
+def parser() -> argparse.ArgumentParser:
+    """Flags of ``cosmos encode``."""
+    p = argparse.ArgumentParser(
+        prog="cosmos encode", description="Encode a video into an ABR ladder (HLS + DASH)."
+    )
+    p.add_argument("source", help="the video to encode (path or file:// URI)")
+    p.add_argument("--profiles", default="", help="comma-separated profiles, e.g. 1080p,720p,360p")
+    p.add_argument("--ladder", default="", help="a named ladder instead of --profiles (default, full)")
+    p.add_argument("--out", required=True, help="directory (or file:// URI) the manifests are published to")
+    p.add_argument("--priority", type=int, default=0, help="higher runs first on Stratum")
+    p.add_argument("--request-id", default="", help="idempotency key (a repeat returns the same encode)")
+    p.add_argument("--force", action="store_true", help="start anew even if the same encode exists")
+    p.add_argument("--json", action="store_true", help="print the final encode as JSON (for scripts)")
+    config.add_env_argument(p, PREFIX, "--optimus", default="127.0.0.1:50051", help="Optimus gRPC address")
+    return p
+
+
+def _uri(text: str) -> str:
+    return text if "://" in text else Path(text).absolute().as_uri()
+
+
+def results_table(encode: encode_pb2.Encode) -> Table:
+    """The renditions of a finished encode, for people."""
+    table = Table(title=f"encode {encode.encode_id}", title_justify="left")
+    for column in ("rendition", "resolution", "codec", "bitrate", "size", "VMAF", "PSNR"):
+        table.add_column(column, justify="left" if column in ("rendition", "codec") else "right")
+    for r in encode.renditions:
+        table.add_row(
+            r.profile,
+            f"{r.width}x{r.height}",
+            r.codec,
+            f"{r.bitrate_bps / 1e6:.2f} Mb/s",
+            f"{r.size_bytes / 1e6:.1f} MB",
+            f"{r.vmaf:.1f}",
+            f"{r.psnr:.1f} dB",
+        )
+    return table
+
+
+class LiveProgress:
+    """Progress bars for an encode: one overall, one per rendition."""
+
+    def __init__(self, console: Console) -> None:
+        self.bars = Progress(
+            TextColumn("{task.description:<10}"),
+            BarColumn(),
+            TextColumn("{task.percentage:>5.1f}%"),
+            TextColumn("{task.fields[fps]}"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        self.tasks: dict[str, TaskID] = {}
+
+    def update(self, encode: encode_pb2.Encode) -> None:
+        """Show one snapshot."""
+        rows = [("overall", encode.progress.percent, encode.progress.fps)]
+        rows += [(r.profile, r.progress.percent, r.progress.fps) for r in encode.renditions]
+        for name, percent, fps in rows:
+            if name not in self.tasks:
+                self.tasks[name] = self.bars.add_task(name, total=100, fps="")
+            self.bars.update(self.tasks[name], completed=percent, fps=f"{fps:.0f} fps" if fps else "")
+
+
+async def follow(
+    stub: encode_service_pb2_grpc.EncodeServiceAsyncStub, encode_id: str, live: LiveProgress | None
+) -> encode_pb2.Encode:
+    """Watch until the encode ends; the last snapshot."""
+    last = encode_pb2.Encode()
+    async for reply in stub.WatchEncode(encode_service_pb2.WatchEncodeRequest(encode_id=encode_id)):
+        last = reply.encode
+        if live is not None:
+            live.update(last)
+        if last.state in TERMINAL:
+            break
+    return last
+
+
+async def run_encode(args: argparse.Namespace, console: Console) -> int:
+    """Submit, follow, report."""
+    async with grpc.aio.insecure_channel(args.optimus) as channel:
+        stub = encode_service_pb2_grpc.EncodeServiceStub(channel)
+        request = encode_service_pb2.SubmitEncodeRequest(
+            request_id=args.request_id,
+            source_uri=_uri(args.source),
+            profiles=[p for p in args.profiles.split(",") if p],
+            ladder=args.ladder,
+            output_uri=_uri(args.out),
+            priority=args.priority,
+            force=args.force,
+        )
+        try:
+            submitted = (await stub.SubmitEncode(request)).encode
+        except grpc.aio.AioRpcError as exc:
+            _, violations = rpc_errors.details_of(exc)
+            console.print(f"[red]{exc.code().name}[/red]: {exc.details()}")
+            for v in violations:
+                console.print(f"  {v.field}: {v.description}")
+            return process.EXIT_FAILED
+        if not args.json:
+            console.print(
+                f"encode [bold]{submitted.encode_id}[/bold]: {', '.join(submitted.profiles)} -> {args.out}"
+            )
+        live = None if args.json else LiveProgress(console)
+        watching = asyncio.ensure_future(follow(stub, submitted.encode_id, live))
+        interrupted = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGINT, interrupted.set)
+        try:
+            with live.bars if live is not None else contextlib.nullcontext():
+                while not watching.done():
+                    wait_interrupt = asyncio.ensure_future(interrupted.wait())
+                    await asyncio.wait([watching, wait_interrupt], return_when=asyncio.FIRST_COMPLETED)
+                    wait_interrupt.cancel()
+                    if interrupted.is_set() and not watching.done():
+                        interrupted.clear()
+                        if live is not None:
+                            live.bars.stop()
+                        cancel = args.json or await asyncio.to_thread(
+                            Confirm.ask, "cancel the encode?", console=console
+                        )
+                        if cancel:
+                            await stub.CancelEncode(
+                                encode_service_pb2.CancelEncodeRequest(
+                                    request_id=uuid.uuid4().hex,
+                                    encode_id=submitted.encode_id,
+                                    reason="cancelled from the CLI",
+                                )
+                            )
+                        if live is not None:
+                            live.bars.start()
+            final = watching.result()
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+    if args.json:
+        print(json_format.MessageToJson(final))
+    else:
+        _report(console, final)
+    return process.EXIT_OK if final.state == ES.ENCODE_STATE_SUCCEEDED else process.EXIT_FAILED
+
+
+def _report(console: Console, encode: encode_pb2.Encode) -> None:
+    state = ES.Name(encode.state).removeprefix("ENCODE_STATE_")
+    if encode.state != ES.ENCODE_STATE_SUCCEEDED:
+        console.print(
+            f"[red]{state}[/red] {encode.failed_step}: {encode.error_message or encode.cancel_reason}"
+        )
+        return
+    console.print(results_table(encode))
+    console.print(f"HLS  {encode.manifests.hls_master_uri}\nDASH {encode.manifests.dash_mpd_uri}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``cosmos encode``."""
+    args = parser().parse_args(argv)
+    try:
+        return asyncio.run(run_encode(args, make_console()))
+    except grpc.aio.AioRpcError as exc:
+        print(f"cosmos encode: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return process.EXIT_FAILED

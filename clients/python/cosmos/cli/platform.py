@@ -1,0 +1,191 @@
+"""``cosmos workflows list|show|cancel``, ``cosmos jobs list``, ``cosmos agents list``: the platform's
+state in readable tables."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import uuid
+from collections.abc import Sequence
+
+import grpc
+from rich.table import Table
+
+from cosmos.cli.console import make_console
+from cosmos.plato.v1 import events_pb2, workflow_pb2, workflow_service_pb2, workflow_service_pb2_grpc
+from cosmos.runtime import config, process
+from cosmos.stratum.v1 import (
+    agent_pb2,
+    job_pb2,
+    job_service_pb2,
+    job_service_pb2_grpc,
+    pool_service_pb2,
+    pool_service_pb2_grpc,
+)
+
+PREFIX = "COSMOS"
+
+
+def _name(enum: object, value: int, prefix: str) -> str:
+    return str(enum.Name(value)).removeprefix(prefix).lower()  # type: ignore[attr-defined]
+
+
+def _time(stamp: object) -> str:
+    seconds = getattr(stamp, "seconds", 0)
+    return stamp.ToDatetime().strftime("%Y-%m-%d %H:%M:%S") if seconds else "-"  # type: ignore[attr-defined]
+
+
+async def workflows_list(target: str, limit: int) -> Table:
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = workflow_service_pb2_grpc.WorkflowServiceStub(channel)
+        reply = await stub.ListWorkflows(workflow_service_pb2.ListWorkflowsRequest(page_size=limit))
+    table = Table(title="workflows", title_justify="left")
+    for column in ("workflow", "definition", "state", "steps", "started", "reason"):
+        table.add_column(column)
+    for wf in reply.workflows:
+        table.add_row(
+            wf.workflow_id,
+            f"{wf.definition_id} v{wf.definition_version}",
+            _name(workflow_pb2.WorkflowState, wf.state, "WORKFLOW_STATE_"),
+            str(len(wf.steps)),
+            _time(wf.start_time),
+            wf.failure_reason[:60],
+        )
+    return table
+
+
+async def workflows_show(target: str, workflow_id: str) -> list[Table]:
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = workflow_service_pb2_grpc.WorkflowServiceStub(channel)
+        wf = (
+            await stub.GetWorkflow(workflow_service_pb2.GetWorkflowRequest(workflow_id=workflow_id))
+        ).workflow
+        history = await stub.ListWorkflowEvents(
+            workflow_service_pb2.ListWorkflowEventsRequest(workflow_id=workflow_id, page_size=1000)
+        )
+    steps = Table(
+        title=f"{wf.workflow_id} ({_name(workflow_pb2.WorkflowState, wf.state, 'WORKFLOW_STATE_')})"
+    )
+    for column in ("step", "state", "attempt", "progress", "error"):
+        steps.add_column(column)
+    for step in wf.steps:
+        steps.add_row(
+            step.step_id,
+            _name(workflow_pb2.StepState, step.state, "STEP_STATE_"),
+            str(step.attempt),
+            f"{step.progress.percent:.0f}%" if step.progress.percent else "",
+            step.error[:60],
+        )
+    events = Table(title="history (last 30 events)")
+    for column in ("#", "time", "event", "step", "detail"):
+        events.add_column(column)
+    for event in list(history.events)[-30:]:
+        events.add_row(
+            str(event.sequence),
+            _time(event.event_time),
+            _name(events_pb2.WorkflowEventType, event.type, "WORKFLOW_EVENT_TYPE_"),
+            event.step_id,
+            (event.error or event.rule)[:50],
+        )
+    return [steps, events]
+
+
+async def workflows_cancel(target: str, workflow_id: str) -> str:
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = workflow_service_pb2_grpc.WorkflowServiceStub(channel)
+        await stub.CancelWorkflow(
+            workflow_service_pb2.CancelWorkflowRequest(
+                request_id=uuid.uuid4().hex, workflow_id=workflow_id, reason="cancelled from the CLI"
+            )
+        )
+    return f"cancellation of {workflow_id} requested"
+
+
+async def jobs_list(target: str, limit: int) -> Table:
+    async with grpc.aio.insecure_channel(target) as channel:
+        reply = await job_service_pb2_grpc.JobServiceStub(channel).ListJobs(
+            job_service_pb2.ListJobsRequest(page_size=limit)
+        )
+    table = Table(title="jobs", title_justify="left")
+    for column in ("job", "state", "agent", "attempt", "gpus", "progress", "command"):
+        table.add_column(column)
+    for job in list(reply.jobs)[-limit:]:
+        table.add_row(
+            job.job_id,
+            _name(job_pb2.JobState, job.state, "JOB_STATE_"),
+            job.agent_id or "-",
+            str(job.attempt),
+            ",".join(map(str, job.gpu_indices)) or "-",
+            f"{job.progress.percent:.0f}%" if job.progress.percent else "",
+            " ".join(job.spec.argv)[:50],
+        )
+    return table
+
+
+async def agents_list(target: str) -> Table:
+    async with grpc.aio.insecure_channel(target) as channel:
+        reply = await pool_service_pb2_grpc.PoolServiceStub(channel).ListAgents(
+            pool_service_pb2.ListAgentsRequest()
+        )
+    table = Table(title="agents", title_justify="left")
+    for column in ("agent", "state", "cpus", "memory", "gpus", "runtimes", "last heartbeat"):
+        table.add_column(column)
+    for agent in reply.agents:
+        inv = agent.inventory
+        table.add_row(
+            agent.agent_id,
+            _name(agent_pb2.AgentState, agent.state, "AGENT_STATE_"),
+            f"{inv.cpu_millis / 1000:g}",
+            f"{inv.memory_bytes / (1 << 30):.1f} GiB",
+            ", ".join(g.model for g in inv.gpus) or "-",
+            ", ".join(inv.runtimes),
+            _time(agent.last_heartbeat_time),
+        )
+    return table
+
+
+def main(argv: Sequence[str] | None = None, *, noun: str = "") -> int:
+    """Entry point of ``cosmos workflows|jobs|agents``."""
+    p = argparse.ArgumentParser(prog=f"cosmos {noun}", description=f"Show the platform's {noun}.")
+    verbs = {"workflows": ["list", "show", "cancel"], "jobs": ["list"], "agents": ["list"]}[noun]
+    p.add_argument("verb", choices=verbs, nargs="?", default="list")
+    p.add_argument("id", nargs="?", default="", help="workflow id (show, cancel)")
+    p.add_argument("--limit", type=int, default=50, help="rows at most")
+    config.add_env_argument(p, PREFIX, "--plato", default="127.0.0.1:50052", help="Plato gRPC address")
+    config.add_env_argument(p, PREFIX, "--stratum", default="127.0.0.1:50053", help="Stratum gRPC address")
+    args = p.parse_args(argv)
+    console = make_console()
+    try:
+        if noun == "workflows" and args.verb in ("show", "cancel") and not args.id:
+            p.error(f"{args.verb} needs a workflow id")
+        if noun == "workflows" and args.verb == "list":
+            console.print(asyncio.run(workflows_list(args.plato, args.limit)))
+        elif noun == "workflows" and args.verb == "show":
+            for table in asyncio.run(workflows_show(args.plato, args.id)):
+                console.print(table)
+        elif noun == "workflows":
+            console.print(asyncio.run(workflows_cancel(args.plato, args.id)))
+        elif noun == "jobs":
+            console.print(asyncio.run(jobs_list(args.stratum, args.limit)))
+        else:
+            console.print(asyncio.run(agents_list(args.stratum)))
+    except grpc.aio.AioRpcError as exc:
+        print(f"cosmos {noun}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return process.EXIT_FAILED
+    return process.EXIT_OK
+
+
+def workflows(argv: Sequence[str] | None = None) -> int:
+    """``cosmos workflows``."""
+    return main(argv, noun="workflows")
+
+
+def jobs(argv: Sequence[str] | None = None) -> int:
+    """``cosmos jobs``."""
+    return main(argv, noun="jobs")
+
+
+def agents(argv: Sequence[str] | None = None) -> int:
+    """``cosmos agents``."""
+    return main(argv, noun="agents")

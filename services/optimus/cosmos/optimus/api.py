@@ -1,0 +1,292 @@
+"""``cosmos.optimus.v1.EncodeService``: the encode API, stateless in front of Plato.
+
+An encode *is* an ``encode-ladder`` workflow: its id is the workflow id, everything shown is derived
+from the workflow (:mod:`cosmos.optimus.view`). Submissions are validated here (source readable,
+profiles known, output writable), de-duplicated by ``request_id`` or, without one, by the content key
+(hash of source, profiles and output) unless ``force``, and started on Plato.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import grpc
+from google.protobuf import json_format
+
+from cosmos import errors
+from cosmos.optimus import profiles as catalog
+from cosmos.optimus.v1 import encode_pb2, encode_service_pb2, encode_service_pb2_grpc
+from cosmos.optimus.view import encode_view
+from cosmos.plato.v1 import workflow_pb2, workflow_service_pb2, workflow_service_pb2_grpc
+from cosmos.runtime import paging
+
+DEFINITION_ID = "encode-ladder"
+DEFINITION_FILE = Path(__file__).with_name("workflows") / "encode-ladder.yaml"
+ES = encode_pb2.EncodeState
+TERMINAL = (ES.ENCODE_STATE_SUCCEEDED, ES.ENCODE_STATE_FAILED, ES.ENCODE_STATE_CANCELLED)
+WATCH_INTERVAL = 0.25
+_STATE_FILTER = {
+    ES.ENCODE_STATE_PENDING: workflow_pb2.WORKFLOW_STATE_PENDING,
+    ES.ENCODE_STATE_RUNNING: workflow_pb2.WORKFLOW_STATE_RUNNING,
+    ES.ENCODE_STATE_SUCCEEDED: workflow_pb2.WORKFLOW_STATE_COMPLETED,
+    ES.ENCODE_STATE_FAILED: workflow_pb2.WORKFLOW_STATE_FAILED,
+    ES.ENCODE_STATE_CANCELLED: workflow_pb2.WORKFLOW_STATE_CANCELLED,
+}
+
+
+def local_path(uri: str, field: str) -> Path:
+    """The local path of a ``file://`` URI (or a plain absolute path); INVALID_ARGUMENT otherwise."""
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        path = Path(unquote(parsed.path) if parsed.scheme else uri)
+        if path.is_absolute():
+            return path
+        raise _bad(field, f"{uri!r} must be an absolute path or file:// URI")
+    raise _bad(
+        field, f"scheme {parsed.scheme!r} is not supported; use file:// (object stores are not wired yet)"
+    )
+
+
+def _bad(
+    field: str, description: str, reason: str = "ERROR_REASON_INVALID_ARGUMENT"
+) -> errors.InvalidArgumentError:
+    return errors.InvalidArgumentError(
+        f"{field}: {description}", reason=reason, violations=[errors.FieldViolation(field, description)]
+    )
+
+
+class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
+    """Answers from Plato; holds nothing but a channel."""
+
+    def __init__(self, plato: grpc.aio.Channel, work_root: Path, stopping: asyncio.Event) -> None:
+        self.workflows = workflow_service_pb2_grpc.WorkflowServiceStub(plato)
+        self.work_root = work_root.absolute()
+        self.stopping = stopping
+
+    async def register(self) -> int:
+        """Register the shipped encode-ladder definition with Plato (idempotent); its version."""
+        request = workflow_service_pb2.RegisterDefinitionRequest(
+            request_id=f"optimus-{hashlib.sha256(DEFINITION_FILE.read_bytes()).hexdigest()[:16]}",
+            source_yaml=DEFINITION_FILE.read_text(),
+        )
+        reply = await self.workflows.RegisterDefinition(request)
+        return reply.definition.version
+
+    # ------------------------------------------------------------------ submit
+
+    def _validate(
+        self, request: encode_service_pb2.SubmitEncodeRequest
+    ) -> tuple[Path, list[catalog.Profile], Path]:
+        violations: list[errors.FieldViolation] = []
+        reason = "ERROR_REASON_INVALID_ARGUMENT"
+        source = output = Path()
+        try:
+            if not request.source_uri:
+                raise _bad("source_uri", "is required")
+            source = local_path(request.source_uri, "source_uri")
+            if not source.is_file() or not os.access(source, os.R_OK):
+                reason = "ERROR_REASON_SOURCE_UNREADABLE"
+                raise _bad("source_uri", f"{source} does not exist or is not a readable file", reason)
+        except errors.InvalidArgumentError as exc:
+            violations.extend(exc.violations)
+        chosen: list[catalog.Profile] = []
+        try:
+            chosen = catalog.resolve(list(request.profiles), request.ladder)
+        except KeyError as exc:
+            reason = "ERROR_REASON_UNKNOWN_PROFILE"
+            field = "profiles"
+            for i, name in enumerate(request.profiles):
+                if name not in catalog.names():
+                    field = f"profiles[{i}]"
+            if request.ladder and field == "profiles":
+                field = "ladder"
+            violations.append(errors.FieldViolation(field, str(exc.args[0]) if exc.args else str(exc)))
+        try:
+            if not request.output_uri:
+                raise _bad("output_uri", "is required")
+            output = local_path(request.output_uri, "output_uri")
+        except errors.InvalidArgumentError as exc:
+            violations.extend(exc.violations)
+        if request.priority < 0:
+            violations.append(errors.FieldViolation("priority", "must not be negative"))
+        if violations:
+            raise errors.InvalidArgumentError(
+                f"invalid encode: {violations[0].field}: {violations[0].description}",
+                reason=reason,
+                violations=violations,
+            )
+        parent = next((p for p in [output, *output.parents] if p.exists()), None)
+        if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK):
+            raise errors.FailedPreconditionError(
+                f"output_uri: {output} cannot be created (no writable parent directory)",
+                reason="ERROR_REASON_OUTPUT_UNWRITABLE",
+                violations=[
+                    errors.FieldViolation("output_uri", f"{parent or output} is not a writable directory")
+                ],
+            )
+        return source, chosen, output
+
+    async def SubmitEncode(
+        self, request: encode_service_pb2.SubmitEncodeRequest, context: Any
+    ) -> encode_service_pb2.SubmitEncodeResponse:
+        source, chosen, output = self._validate(request)
+        names = [p.name for p in chosen]
+        content_key = hashlib.sha256(f"{source}\n{','.join(names)}\n{output}".encode()).hexdigest()
+        if request.request_id:
+            key = request.request_id
+        elif request.force:
+            key = uuid.uuid4().hex
+        else:
+            key = content_key  # the card's idempotency: same source, profiles and output = same encode
+        encode_id = "enc-" + hashlib.sha256(key.encode()).hexdigest()[:24]
+        start = workflow_service_pb2.StartWorkflowRequest(
+            request_id=key, definition_id=DEFINITION_ID, workflow_id=encode_id
+        )
+        start.input.update(
+            {
+                "source": str(source),
+                "source_uri": request.source_uri,
+                "output": output.as_uri(),
+                "profiles": [p.to_dict() for p in chosen],
+                "ladder": request.ladder,
+                "priority": request.priority,
+                "work_dir": str(self.work_root / encode_id),
+                "chunk_seconds": 4,
+                "request_id": request.request_id,
+                "content_key": content_key,
+            }
+        )
+        try:
+            reply = await self.workflows.StartWorkflow(start)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.ALREADY_EXISTS:
+                raise errors.AlreadyExistsError(
+                    f"request_id {request.request_id!r} was used for a different encode",
+                    reason="ERROR_REASON_REQUEST_ID_REUSED",
+                    metadata={"encode_id": encode_id},
+                ) from exc
+            raise
+        return encode_service_pb2.SubmitEncodeResponse(
+            encode=encode_view(reply.workflow), deduplicated=reply.already_started
+        )
+
+    # ------------------------------------------------------------------ reads
+
+    async def _workflow(self, encode_id: str) -> workflow_pb2.Workflow:
+        if not encode_id:
+            raise _bad("encode_id", "is required")
+        try:
+            reply = await self.workflows.GetWorkflow(
+                workflow_service_pb2.GetWorkflowRequest(workflow_id=encode_id)
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                raise errors.NotFoundError(
+                    f"encode {encode_id!r} does not exist",
+                    reason="ERROR_REASON_ENCODE_NOT_FOUND",
+                    metadata={"encode_id": encode_id},
+                ) from exc
+            raise
+        if reply.workflow.definition_id != DEFINITION_ID:
+            raise errors.NotFoundError(
+                f"{encode_id!r} is not an encode",
+                reason="ERROR_REASON_ENCODE_NOT_FOUND",
+                metadata={"encode_id": encode_id},
+            )
+        return reply.workflow
+
+    async def GetEncode(
+        self, request: encode_service_pb2.GetEncodeRequest, context: Any
+    ) -> encode_service_pb2.GetEncodeResponse:
+        return encode_service_pb2.GetEncodeResponse(
+            encode=encode_view(await self._workflow(request.encode_id))
+        )
+
+    async def ListEncodes(
+        self, request: encode_service_pb2.ListEncodesRequest, context: Any
+    ) -> encode_service_pb2.ListEncodesResponse:
+        paging.parse(request.page_size, "", "")  # validates page_size; the token is Plato's
+        listed = await self.workflows.ListWorkflows(
+            workflow_service_pb2.ListWorkflowsRequest(
+                page_size=request.page_size,
+                page_token=request.page_token,
+                definition_id=DEFINITION_ID,
+                state=_STATE_FILTER.get(request.state, workflow_pb2.WORKFLOW_STATE_UNSPECIFIED),
+            )
+        )
+        return encode_service_pb2.ListEncodesResponse(
+            encodes=[encode_view(wf) for wf in listed.workflows], next_page_token=listed.next_page_token
+        )
+
+    async def CancelEncode(
+        self, request: encode_service_pb2.CancelEncodeRequest, context: Any
+    ) -> encode_service_pb2.CancelEncodeResponse:
+        if not request.request_id:
+            raise _bad("request_id", "is required")
+        await self._workflow(request.encode_id)
+        try:
+            await self.workflows.CancelWorkflow(
+                workflow_service_pb2.CancelWorkflowRequest(
+                    request_id=request.request_id,
+                    workflow_id=request.encode_id,
+                    reason=request.reason or "cancelled",
+                )
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                raise errors.FailedPreconditionError(
+                    f"encode {request.encode_id!r} already ended", reason="ERROR_REASON_ALREADY_TERMINAL"
+                ) from exc
+            raise
+        return encode_service_pb2.CancelEncodeResponse(
+            encode=encode_view(await self._workflow(request.encode_id))
+        )
+
+    async def WatchEncode(
+        self, request: encode_service_pb2.WatchEncodeRequest, context: Any
+    ) -> AsyncIterator[encode_service_pb2.WatchEncodeResponse]:
+        # A snapshot whenever the encode changed, looked at 4 times a second: cheap (one key-value
+        # read) and bounded however many chunk events a big ladder produces.
+        previous = b""
+        while not self.stopping.is_set():
+            current = encode_view(await self._workflow(request.encode_id))
+            current.ClearField("update_time")
+            snapshot = current.SerializeToString(deterministic=True)
+            if snapshot != previous:
+                previous = snapshot
+                yield encode_service_pb2.WatchEncodeResponse(encode=current)
+            if current.state in TERMINAL:
+                return
+            await asyncio.sleep(WATCH_INTERVAL)
+
+    async def ListProfiles(
+        self, request: encode_service_pb2.ListProfilesRequest, context: Any
+    ) -> encode_service_pb2.ListProfilesResponse:
+        page = paging.parse(request.page_size, request.page_token, "profiles")
+        chunk, next_token = paging.slice_page(
+            [_profile_proto(catalog.get(n)) for n in catalog.names()], page, "profiles"
+        )
+        return encode_service_pb2.ListProfilesResponse(profiles=chunk, next_page_token=next_token)
+
+
+def _profile_proto(profile: catalog.Profile) -> encode_pb2.Profile:
+    proto = encode_pb2.Profile(
+        name=profile.name,
+        width=profile.width,
+        height=profile.height,
+        codec=profile.codec,
+        encoder=profile.encoder,
+        max_bitrate_bps=profile.max_bitrate,
+        bufsize_bits=profile.bufsize,
+        requires_gpu=profile.requires_gpu,
+        description=profile.description,
+    )
+    json_format.ParseDict(profile.resources, proto.resources)
+    return proto

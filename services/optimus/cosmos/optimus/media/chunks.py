@@ -1,0 +1,82 @@
+"""Splitting a source into keyframe-aligned, video-only chunks (stream copy, no re-encode).
+
+ffmpeg's segment muxer cuts at the first keyframe at or after every ``chunk_seconds`` boundary, so each
+chunk starts with a keyframe and decodes on its own. Chunks are mp4 (``chunk_00000.mp4`` ...) with
+timestamps reset to zero. Their durations are *measured* from the packets (the cut points depend on
+where the source's keyframes are), and ``start`` is the running sum, so the chunk list tiles the
+source exactly.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from cosmos.optimus.media.ffmpeg import MediaError, Progress, run_ffmpeg
+from cosmos.optimus.media.probe import packet_timing, probe
+
+__all__ = ["CHUNK_PATTERN", "chunk_index", "split"]
+
+CHUNK_PATTERN = "chunk_%05d.mp4"
+_INDEX = re.compile(r"chunk_(\d+)")
+
+
+def chunk_index(path: str) -> int | None:
+    """The chunk index encoded in a file name (``.../chunk_00012.mp4`` or ``chunk_00012-720p.mp4`` -> 12)."""
+    m = _INDEX.search(Path(path).name)
+    return int(m.group(1)) if m else None
+
+
+def split(source: str, work: str, chunk_seconds: float, progress: Progress) -> dict[str, Any]:
+    """Split ``source`` into chunks under ``work``; returns ``{"chunks": [...], "duration": total}``."""
+    if chunk_seconds <= 0:
+        raise MediaError(f"--chunk-seconds must be positive, got {chunk_seconds}")
+    info = probe(source, count_frames=False)
+    work_dir = Path(work).absolute()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    for old in work_dir.glob("chunk_*.mp4"):  # idempotent: a re-run replaces the whole set
+        old.unlink()
+    run_ffmpeg(
+        [
+            "-i",
+            info.path,
+            "-map",
+            "0:v:0",
+            "-c",
+            "copy",
+            "-f",
+            "segment",
+            "-segment_time",
+            f"{chunk_seconds:g}",
+            "-segment_format",
+            "mp4",
+            "-reset_timestamps",
+            "1",
+            str(work_dir / CHUNK_PATTERN),
+        ],
+        what=f"splitting {info.path}",
+        progress=progress.span(0, 90),
+        duration=info.duration,
+        message="splitting",
+    )
+    files = sorted(work_dir.glob("chunk_*.mp4"))
+    if not files:
+        raise MediaError(f"splitting {info.path} produced no chunks")
+    chunks: list[dict[str, Any]] = []
+    start = 0.0
+    for i, f in enumerate(files):
+        timing = packet_timing(f)
+        chunks.append(
+            {
+                "index": i,
+                "path": str(f),
+                "start": round(start, 6),
+                "duration": round(timing.duration, 6),
+                "frames": timing.frames,
+            }
+        )
+        start += timing.duration
+        progress.span(90, 100).report(percent=100.0 * (i + 1) / len(files), message="measuring chunks")
+    progress.flush()
+    return {"chunks": chunks, "duration": round(start, 6), "source": info.path, "fps": info.fps}

@@ -1,0 +1,176 @@
+"""``python -m cosmos.optimus.media <command>``: one pipeline step per process, run as a Stratum job.
+
+Every command writes its result as one JSON object to ``$COSMOS_RESULT_FILE`` (when set) and prints it
+as the last stdout line, prefixed ``COSMOS_RESULT ``; progress goes to the Stratum progress channel.
+Failures exit non-zero with one line on stderr (2: missing or unusable input or bad usage, 1: anything
+else, including ffmpeg failures with ffmpeg's last stderr lines).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cosmos.optimus import profiles
+from cosmos.optimus.media.ffmpeg import MediaError, Progress
+
+__all__ = ["main", "parser"]
+
+RESULT_PREFIX = "COSMOS_RESULT "
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command-line interface (see docs/encoding.md)."""
+    p = argparse.ArgumentParser(
+        prog="python -m cosmos.optimus.media", description="Cosmos media tool: one encoding-pipeline step."
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="command")
+
+    c = sub.add_parser("probe", help="describe a source file")
+    c.add_argument("--source", required=True)
+
+    c = sub.add_parser("split", help="split a source into keyframe-aligned video-only chunks")
+    c.add_argument("--source", required=True)
+    c.add_argument("--work", required=True, help="directory for the chunks")
+    c.add_argument("--chunk-seconds", type=float, default=10.0)
+
+    c = sub.add_parser("encode", help="encode one chunk with one profile")
+    c.add_argument("--chunk", required=True)
+    c.add_argument("--profile", required=True)
+    c.add_argument("--out", required=True)
+    c.add_argument("--duration", type=float, default=None, help="chunk duration (for progress)")
+
+    c = sub.add_parser("assemble", help="concatenate a profile's encoded chunks into one rendition")
+    c.add_argument("--profile", required=True)
+    c.add_argument("--out", required=True)
+    c.add_argument("--inputs", required=True, help="JSON list of encode results (or @file)")
+
+    c = sub.add_parser("quality", help="VMAF and PSNR of an encoded chunk against its source chunk")
+    c.add_argument("--reference", required=True)
+    c.add_argument("--distorted", required=True)
+    c.add_argument("--profile", required=True)
+    c.add_argument("--index", type=int, default=None)
+
+    c = sub.add_parser("package", help="package renditions as HLS and DASH (fMP4/CMAF)")
+    c.add_argument("--source", required=True, help="the source (its audio is encoded once)")
+    c.add_argument("--renditions", required=True, help="JSON list of assemble results (or @file)")
+    c.add_argument("--qualities", default="[]", help="JSON list of quality results (or @file)")
+    c.add_argument("--out", required=True)
+    c.add_argument("--segment-seconds", type=float, default=2.0)
+
+    c = sub.add_parser("publish", help="copy a packaged tree to its destination (file:// only)")
+    c.add_argument("--from", dest="src", required=True)
+    c.add_argument("--to", required=True)
+
+    c = sub.add_parser("verify", help="check the HLS and DASH manifests and decode them fully")
+    c.add_argument("--hls", required=True)
+    c.add_argument("--mpd", required=True)
+    c.add_argument("--expect-duration", type=float, required=True)
+
+    c = sub.add_parser("make-test-clip", help="write a synthetic test clip (moving video, sine audio)")
+    c.add_argument("--out", required=True)
+    c.add_argument("--seconds", type=float, default=20.0)
+    c.add_argument("--size", default="1920x1080")
+    c.add_argument("--fps", type=float, default=24.0)
+
+    sub.add_parser("profiles", help="list the profile catalog")
+    return p
+
+
+def _json_list(value: str, flag: str) -> list[Any]:
+    from cosmos.optimus.media.encode import load_json_arg
+
+    data = load_json_arg(value, flag)
+    if not isinstance(data, list):
+        raise MediaError(f"{flag} must be a JSON list")
+    return data
+
+
+def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+    """Execute one parsed command and return its result object."""
+    cmd = args.command
+    if cmd == "probe":
+        from cosmos.optimus.media.probe import probe
+
+        return probe(args.source).to_dict()
+    if cmd == "split":
+        from cosmos.optimus.media.chunks import split
+
+        return split(args.source, args.work, args.chunk_seconds, progress)
+    if cmd == "encode":
+        from cosmos.optimus.media.encode import encode
+
+        return encode(args.chunk, args.profile, args.out, args.duration, progress)
+    if cmd == "assemble":
+        from cosmos.optimus.media.encode import assemble
+
+        return assemble(args.profile, args.out, _json_list(args.inputs, "--inputs"), progress)
+    if cmd == "quality":
+        from cosmos.optimus.media.quality import quality
+
+        return quality(args.reference, args.distorted, args.profile, args.index, progress)
+    if cmd == "package":
+        from cosmos.optimus.media.package import package
+
+        return package(
+            args.source,
+            _json_list(args.renditions, "--renditions"),
+            _json_list(args.qualities, "--qualities"),
+            args.out,
+            args.segment_seconds,
+            progress,
+        )
+    if cmd == "publish":
+        from cosmos.optimus.media.publish import publish
+
+        return publish(args.src, args.to, progress)
+    if cmd == "verify":
+        from cosmos.optimus.media.verify import verify
+
+        return verify(args.hls, args.mpd, args.expect_duration, progress)
+    if cmd == "make-test-clip":
+        from cosmos.optimus.media.testclip import make_test_clip
+
+        return make_test_clip(args.out, args.seconds, args.size, args.fps, progress)
+    if cmd == "profiles":
+        return {"profiles": profiles.catalog(), "ladders": {k: list(v) for k, v in profiles.LADDERS.items()}}
+    raise MediaError(f"unknown command {cmd!r}")  # pragma: no cover - argparse rejects it first
+
+
+def write_result(result: dict[str, Any]) -> None:
+    """Store the result in ``$COSMOS_RESULT_FILE`` (if set) and print it as the last stdout line."""
+    text = json.dumps(result, separators=(",", ":"), sort_keys=False)
+    path = os.environ.get("COSMOS_RESULT_FILE")
+    if path:
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        tmp.write_text(text + "\n")
+        os.replace(tmp, target)
+    sys.stdout.write(RESULT_PREFIX + text + "\n")
+    sys.stdout.flush()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    args = parser().parse_args(argv)
+    progress = Progress.from_env()
+    try:
+        result = run(args, progress)
+    except MediaError as exc:
+        print(f"error: {args.command}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except profiles.UnknownProfileError as exc:
+        print(f"error: {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"error: {args.command}: interrupted", file=sys.stderr)
+        return 130
+    progress.report(force=True, percent=100.0, eta_seconds=0.0, message="done")
+    write_result(result)
+    return 0

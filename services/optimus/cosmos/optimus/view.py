@@ -1,0 +1,178 @@
+"""An encode as the user sees it, derived from its Plato workflow (Optimus keeps no state of its own).
+
+Progress: each phase of the ladder weighs in (probe and split 5 %, chunk encodes 70 %, quality and
+assembly 15 %, packaging and publishing 10 %); a running step counts with its reported percent.
+Per rendition, progress is the mean over that profile's chunk encodes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from cosmos.common.v1 import progress_pb2
+from cosmos.optimus.v1 import encode_pb2
+from cosmos.plato.engine import values
+from cosmos.plato.v1 import workflow_pb2
+
+WS = workflow_pb2.WorkflowState
+SS = workflow_pb2.StepState
+ES = encode_pb2.EncodeState
+
+_STATES = {
+    WS.WORKFLOW_STATE_PENDING: ES.ENCODE_STATE_PENDING,
+    WS.WORKFLOW_STATE_RUNNING: ES.ENCODE_STATE_RUNNING,
+    WS.WORKFLOW_STATE_COMPLETED: ES.ENCODE_STATE_SUCCEEDED,
+    WS.WORKFLOW_STATE_FAILED: ES.ENCODE_STATE_FAILED,
+    WS.WORKFLOW_STATE_CANCELLING: ES.ENCODE_STATE_CANCELLED,
+    WS.WORKFLOW_STATE_CANCELLED: ES.ENCODE_STATE_CANCELLED,
+}
+PHASES = (
+    (("probe", "split"), 5.0),
+    (("encode",), 70.0),
+    (("quality", "assemble"), 15.0),
+    (("package", "publish"), 10.0),
+)
+
+
+def _percent(step: workflow_pb2.StepExecution) -> float:
+    if step.state == SS.STEP_STATE_COMPLETED:
+        return 100.0
+    if step.state == SS.STEP_STATE_RUNNING or step.state == SS.STEP_STATE_SCHEDULED:
+        return max(0.0, min(100.0, step.progress.percent))
+    return 0.0
+
+
+def _mean(numbers: Iterable[float]) -> float:
+    items = list(numbers)
+    return sum(items) / len(items) if items else 0.0
+
+
+def _profile_of(step: workflow_pb2.StepExecution) -> str:
+    profile = values.struct_to_dict(step.fanout_vars).get("profile")
+    return str(profile.get("name", "")) if isinstance(profile, dict) else ""
+
+
+def _expected(name: str, chunks: int, profiles: int) -> int:
+    return {"encode": chunks * profiles, "quality": chunks * profiles, "assemble": profiles}.get(name, 1)
+
+
+def encode_view(workflow: workflow_pb2.Workflow) -> encode_pb2.Encode:
+    """The :class:`Encode` of an encode-ladder workflow."""
+    inp = values.struct_to_dict(workflow.input)
+    profiles: list[dict[str, Any]] = list(inp.get("profiles") or [])
+    names = [str(p.get("name")) for p in profiles]
+    encode = encode_pb2.Encode(
+        encode_id=workflow.workflow_id,
+        workflow_id=workflow.workflow_id,
+        state=_STATES.get(workflow.state, ES.ENCODE_STATE_PENDING),
+        source_uri=str(inp.get("source_uri", "")),
+        output_uri=str(inp.get("output", "")),
+        profiles=names,
+        ladder=str(inp.get("ladder", "")),
+        priority=int(inp.get("priority") or 0),
+        request_id=str(inp.get("request_id", "")),
+        content_key=str(inp.get("content_key", "")),
+        create_time=workflow.create_time,
+        update_time=workflow.update_time,
+    )
+    if workflow.HasField("close_time"):
+        encode.complete_time.CopyFrom(workflow.close_time)
+    steps = list(workflow.steps)
+    by_name: dict[str, list[workflow_pb2.StepExecution]] = {}
+    for step in steps:
+        by_name.setdefault(step.step_name, []).append(step)
+    outputs = {
+        name: values.struct_to_dict(s[-1].output)
+        for name, s in by_name.items()
+        if s[-1].state == SS.STEP_STATE_COMPLETED
+    }
+    _source(encode, outputs.get("probe"))
+    chunks = len((outputs.get("split") or {}).get("chunks") or []) or 1
+    _progress(encode, by_name, chunks, len(names), workflow)
+    _renditions(encode, profiles, by_name, outputs.get("package"))
+    publish = outputs.get("publish") or {}
+    encode.manifests.hls_master_uri = str(publish.get("hls_master_uri", ""))
+    encode.manifests.dash_mpd_uri = str(publish.get("dash_mpd_uri", ""))
+    if workflow.state == WS.WORKFLOW_STATE_FAILED:
+        failed = [s for s in steps if s.state in (SS.STEP_STATE_FAILED, SS.STEP_STATE_TIMED_OUT)]
+        encode.failed_step = failed[0].step_id if failed else ""
+        encode.error_message = workflow.failure_reason
+    if workflow.state in (WS.WORKFLOW_STATE_CANCELLED, WS.WORKFLOW_STATE_CANCELLING):
+        encode.cancel_reason = workflow.failure_reason
+    return encode
+
+
+def _source(encode: encode_pb2.Encode, probe: dict[str, Any] | None) -> None:
+    if not probe:
+        return
+    encode.source.duration.FromNanoseconds(int(float(probe.get("duration") or 0) * 1e9))
+    encode.source.width = int(probe.get("width") or 0)
+    encode.source.height = int(probe.get("height") or 0)
+    encode.source.frame_rate = float(probe.get("fps") or 0)
+    encode.source.video_codec = str(probe.get("video_codec") or "")
+    encode.source.audio_codec = str(probe.get("audio_codec") or "")
+    encode.source.bitrate_bps = int(probe.get("bitrate") or 0)
+
+
+def _progress(
+    encode: encode_pb2.Encode,
+    by_name: dict[str, list[workflow_pb2.StepExecution]],
+    chunks: int,
+    profiles: int,
+    workflow: workflow_pb2.Workflow,
+) -> None:
+    if workflow.state == WS.WORKFLOW_STATE_COMPLETED:
+        encode.progress.percent = 100.0
+        return
+    total = 0.0
+    for names, weight in PHASES:
+        done = [_percent(s) for name in names for s in by_name.get(name, [])]
+        expected = sum(_expected(name, chunks, profiles) for name in names)
+        total += weight * sum(done) / 100.0 / max(expected, len(done), 1)
+    encode.progress.percent = round(min(total, 99.9), 1)
+    running = [s for s in by_name.get("encode", []) if s.state == SS.STEP_STATE_RUNNING]
+    encode.progress.fps = sum(s.progress.fps for s in running)
+
+
+def _renditions(
+    encode: encode_pb2.Encode,
+    profiles: Sequence[dict[str, Any]],
+    by_name: dict[str, list[workflow_pb2.StepExecution]],
+    package: dict[str, Any] | None,
+) -> None:
+    packaged = {str(r.get("profile")): r for r in (package or {}).get("renditions") or []}
+    for profile in profiles:
+        name = str(profile.get("name"))
+        encodes = [s for s in by_name.get("encode", []) if _profile_of(s) == name]
+        rendition = encode.renditions.add(
+            profile=name,
+            width=int(profile.get("width") or 0),
+            height=int(profile.get("height") or 0),
+            codec=str(profile.get("codec") or ""),
+        )
+        rendition.progress.CopyFrom(
+            progress_pb2.Progress(
+                percent=round(_mean(_percent(s) for s in encodes), 1),
+                fps=sum(s.progress.fps for s in encodes if s.state == SS.STEP_STATE_RUNNING),
+                speed=sum(s.progress.speed for s in encodes if s.state == SS.STEP_STATE_RUNNING),
+            )
+        )
+        if any(s.state in (SS.STEP_STATE_FAILED, SS.STEP_STATE_TIMED_OUT) for s in encodes):
+            rendition.state = ES.ENCODE_STATE_FAILED
+        elif name in packaged:
+            rendition.state = ES.ENCODE_STATE_SUCCEEDED
+        elif encodes:
+            rendition.state = ES.ENCODE_STATE_RUNNING
+        else:
+            rendition.state = ES.ENCODE_STATE_PENDING
+        result = packaged.get(name)
+        if result:
+            rendition.width = int(result.get("width") or rendition.width)
+            rendition.height = int(result.get("height") or rendition.height)
+            rendition.bitrate_bps = int(result.get("bitrate") or 0)
+            rendition.size_bytes = int(result.get("bytes") or 0)
+            rendition.duration.FromNanoseconds(int(float(result.get("duration") or 0) * 1e9))
+            rendition.vmaf = float(result.get("vmaf") or 0)
+            rendition.psnr = float(result.get("psnr") or 0)
+            rendition.playlist_uri = str(result.get("playlist") or "")

@@ -1,0 +1,359 @@
+"""The media tool end to end, as the workflow runs it: one ``python -m cosmos.optimus.media`` process per
+step, results through ``$COSMOS_RESULT_FILE``, real ffmpeg on a tiny clip (6 s, 320x240, with audio)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cosmos.optimus.media.ffmpeg import ffmpeg_exe
+
+SECONDS = 6.0
+FPS = 24.0
+PROFILES = ("360p", "540p")
+MPD_NS = "{urn:mpeg:dash:schema:mpd:2011}"
+
+
+@dataclass
+class Done:
+    """A finished media-tool process."""
+
+    code: int
+    result: dict[str, Any]
+    stdout: str
+    stderr: str
+
+
+def media(tmp: Path, *args: str, env: dict[str, str] | None = None, **popen: Any) -> Done:
+    """Run one media-tool command with ``COSMOS_RESULT_FILE`` set, like a Stratum job."""
+    result_file = tmp / f"result-{os.getpid()}-{args[0]}.json"
+    result_file.unlink(missing_ok=True)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("COSMOS_PROGRESS")}
+    full_env = {**base, "COSMOS_RESULT_FILE": str(result_file), **(env or {})}
+    proc = subprocess.run(
+        [sys.executable, "-m", "cosmos.optimus.media", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=120,
+        check=False,
+        **popen,
+    )
+    result = json.loads(result_file.read_text()) if result_file.exists() else {}
+    return Done(proc.returncode, result, proc.stdout, proc.stderr)
+
+
+def ok(tmp: Path, *args: str) -> dict[str, Any]:
+    done = media(tmp, *args)
+    assert done.code == 0, done.stderr
+    last = done.stdout.strip().splitlines()[-1]
+    assert last.startswith("COSMOS_RESULT ")
+    assert json.loads(last.removeprefix("COSMOS_RESULT ")) == done.result
+    return done.result
+
+
+@dataclass
+class Pipeline:
+    """Every step's result, from one run of the whole pipeline."""
+
+    root: Path
+    source: dict[str, Any]
+    probe: dict[str, Any]
+    split: dict[str, Any]
+    encodes: list[dict[str, Any]]
+    renditions: list[dict[str, Any]]
+    qualities: list[dict[str, Any]]
+    package: dict[str, Any]
+    publish: dict[str, Any]
+    verify: dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
+    root = tmp_path_factory.mktemp("media")
+    src = root / "source.mp4"
+    clip = ok(
+        root,
+        "make-test-clip",
+        "--out",
+        str(src),
+        "--seconds",
+        f"{SECONDS:g}",
+        "--size",
+        "320x240",
+        "--fps",
+        f"{FPS:g}",
+    )
+    probe = ok(root, "probe", "--source", str(src))
+    split = ok(root, "split", "--source", str(src), "--work", str(root / "chunks"), "--chunk-seconds", "2")
+    encodes = []
+    for profile in PROFILES:
+        for chunk in split["chunks"]:
+            out = root / "encoded" / profile / Path(chunk["path"]).name
+            encodes.append(
+                ok(
+                    root,
+                    "encode",
+                    "--chunk",
+                    chunk["path"],
+                    "--profile",
+                    profile,
+                    "--out",
+                    str(out),
+                    "--duration",
+                    str(chunk["duration"]),
+                )
+            )
+    # The workflow passes every encode result of every profile; one without "index" must still work.
+    all_encodes = [dict(e) for e in encodes]
+    del all_encodes[1]["index"]
+    renditions = [
+        ok(
+            root,
+            "assemble",
+            "--profile",
+            p,
+            "--out",
+            str(root / "renditions" / f"{p}.mp4"),
+            "--inputs",
+            json.dumps(all_encodes),
+        )
+        for p in PROFILES
+    ]
+    qualities = [
+        ok(
+            root,
+            "quality",
+            "--reference",
+            e["chunk"],
+            "--distorted",
+            e["path"],
+            "--profile",
+            e["profile"],
+            "--index",
+            str(e["index"]),
+        )
+        for e in encodes
+    ]
+    package = ok(
+        root,
+        "package",
+        "--source",
+        str(src),
+        "--renditions",
+        json.dumps(renditions),
+        "--qualities",
+        json.dumps(qualities),
+        "--out",
+        str(root / "package"),
+    )
+    publish = ok(
+        root, "publish", "--from", str(root / "package"), "--to", (root / "published" / "title").as_uri()
+    )
+    published = root / "published" / "title"
+    verify = ok(
+        root,
+        "verify",
+        "--hls",
+        str(published / "master.m3u8"),
+        "--mpd",
+        str(published / "manifest.mpd"),
+        "--expect-duration",
+        str(probe["duration"]),
+    )
+    assert clip["duration"] == pytest.approx(SECONDS)
+    return Pipeline(root, clip, probe, split, encodes, renditions, qualities, package, publish, verify)
+
+
+def test_probe_describes_the_source(pipeline: Pipeline) -> None:
+    p = pipeline.probe
+    assert (p["width"], p["height"], p["fps"]) == (320, 240, FPS)
+    assert p["video_codec"] == "h264" and p["has_audio"] and p["audio_codec"] == "aac"
+    assert p["duration"] == pytest.approx(SECONDS) and p["frames"] == int(SECONDS * FPS)
+    assert p["bitrate"] > 0
+
+
+def test_chunks_tile_the_source(pipeline: Pipeline) -> None:
+    chunks = pipeline.split["chunks"]
+    assert [c["index"] for c in chunks] == list(range(len(chunks))) and len(chunks) == 3
+    assert sum(c["duration"] for c in chunks) == pytest.approx(pipeline.probe["duration"], abs=1 / FPS)
+    assert pipeline.split["duration"] == pytest.approx(SECONDS, abs=1 / FPS)
+    for prev, nxt in itertools.pairwise(chunks):
+        assert nxt["start"] == pytest.approx(prev["start"] + prev["duration"])
+    for c in chunks:
+        assert Path(c["path"]).is_absolute() and Path(c["path"]).is_file()
+
+
+def test_encodes_follow_the_profile(pipeline: Pipeline) -> None:
+    for e in pipeline.encodes:
+        assert e["height"] == {"360p": 360, "540p": 540}[e["profile"]]
+        assert e["width"] % 2 == 0 and e["bytes"] == Path(e["path"]).stat().st_size
+        assert e["duration"] == pytest.approx(2.0, abs=1 / FPS) and e["codec"] == "h264"
+        # GOP = 2 s: a 2 s chunk holds exactly one keyframe, the first frame.
+        assert keyframe_times(Path(e["path"])) == [0.0]
+
+
+def test_renditions_are_assembled_in_order(pipeline: Pipeline) -> None:
+    for r in pipeline.renditions:
+        assert r["duration"] == pytest.approx(SECONDS, abs=1 / FPS)
+        assert r["frames"] == int(SECONDS * FPS) and r["bitrate"] > 0
+        assert keyframe_times(Path(r["path"])) == pytest.approx([0.0, 2.0, 4.0])
+
+
+def test_quality_is_sane(pipeline: Pipeline) -> None:
+    for q in pipeline.qualities:
+        assert 50 < q["vmaf"] <= 100, q
+        assert q["psnr"] > 25, q
+        assert q["frames"] == 48 and q["index"] in (0, 1, 2)
+
+
+def test_package_layout_and_result(pipeline: Pipeline) -> None:
+    pkg = pipeline.package
+    out = Path(pkg["dash_mpd"]).parent
+    assert Path(pkg["hls_master"]) == out / "master.m3u8"
+    assert [r["profile"] for r in pkg["renditions"]] == list(PROFILES)
+    for r in pkg["renditions"]:
+        assert Path(r["playlist"]).is_file()
+        assert 50 < r["vmaf"] <= 100 and r["psnr"] > 25 and r["quality_chunks"] == 3
+        mine = [q for q in pipeline.qualities if q["profile"] == r["profile"]]
+        assert r["vmaf"] == pytest.approx(sum(q["vmaf"] for q in mine) / 3, abs=0.01)
+    assert pkg["audio"] is not None and pkg["audio"]["codec"] == "aac"
+    assert not list(out.parent.glob(".package.*")), "temporary directories left behind"
+
+
+def test_master_playlist_lists_every_rendition(pipeline: Pipeline) -> None:
+    master = Path(pipeline.publish["hls_master_uri"].removeprefix("file://"))
+    text = master.read_text()
+    infs = [ln for ln in text.splitlines() if ln.startswith("#EXT-X-STREAM-INF:")]
+    assert len(infs) == len(PROFILES)
+    for line, r in zip(infs, pipeline.package["renditions"], strict=True):
+        assert "BANDWIDTH=" in line and f"RESOLUTION={r['width']}x{r['height']}" in line
+        assert 'CODECS="avc1.' in line and "mp4a.40.2" in line
+    assert text.count("TYPE=AUDIO") == 1
+
+
+def test_mpd_lists_renditions_and_one_audio_set(pipeline: Pipeline) -> None:
+    mpd = Path(pipeline.publish["dash_mpd_uri"].removeprefix("file://"))
+    root = ET.parse(mpd).getroot()
+    sets = list(root.iter(f"{MPD_NS}AdaptationSet"))
+    video = [s for s in sets if s.get("contentType") == "video"]
+    audio = [s for s in sets if s.get("contentType") == "audio"]
+    assert len(video) == 1 and len(audio) == 1
+    reps = list(video[0].iter(f"{MPD_NS}Representation"))
+    assert [(int(r.get("width", 0)), int(r.get("height", 0))) for r in reps] == [
+        (r["width"], r["height"]) for r in pipeline.package["renditions"]
+    ]
+    assert len(list(audio[0].iter(f"{MPD_NS}Representation"))) == 1
+
+
+def test_audio_is_encoded_once_and_shared(pipeline: Pipeline) -> None:
+    out = Path(pipeline.publish["dash_mpd_uri"].removeprefix("file://")).parent
+    audio_id = pipeline.package["audio"]["representation"]
+    playlist = out / f"media_{audio_id}.m3u8"
+    hls_segments = [ln for ln in playlist.read_text().splitlines() if ln and not ln.startswith("#")]
+    # HLS's audio playlist points at the very files the MPD's audio SegmentTemplate names.
+    assert hls_segments == sorted(p.name for p in out.glob(f"seg-{audio_id}-*.m4s"))
+    assert (out / f"init-{audio_id}.m4s").is_file()
+    inits = sorted(out.glob("init-*.m4s"))
+    assert len(inits) == len(PROFILES) + 1  # one per video rendition, one audio
+
+
+def test_published_tree_and_verify(pipeline: Pipeline) -> None:
+    pub = pipeline.publish
+    assert pub["hls_master_uri"].startswith("file:///") and pub["dash_mpd_uri"].endswith("/manifest.mpd")
+    assert pub["files"] == pipeline.package["files"] and pub["bytes"] == pipeline.package["bytes"]
+    v = pipeline.verify
+    assert v["ok"] is True and v["renditions"] == len(PROFILES) and v["audio"] is True
+    for d in v["hls_durations"] + v["dash_durations"]:
+        assert d == pytest.approx(SECONDS, abs=1 / FPS)
+
+
+def test_rerun_is_idempotent(pipeline: Pipeline) -> None:
+    root = pipeline.root
+    again = ok(
+        root, "publish", "--from", str(root / "package"), "--to", (root / "published" / "title").as_uri()
+    )
+    assert again == pipeline.publish
+    e = pipeline.encodes[0]
+    redo = ok(root, "encode", "--chunk", e["chunk"], "--profile", e["profile"], "--out", e["path"])
+    assert redo["path"] == e["path"] and redo["frames"] == e["frames"]
+
+
+def test_progress_lines_on_the_channel(pipeline: Pipeline, tmp_path: Path) -> None:
+    read_fd, write_fd = os.pipe()
+    try:
+        chunk = pipeline.split["chunks"][0]["path"]
+        done = media(
+            tmp_path,
+            "encode",
+            "--chunk",
+            chunk,
+            "--profile",
+            "360p",
+            "--out",
+            str(tmp_path / "p.mp4"),
+            env={"COSMOS_PROGRESS_FD": str(write_fd)},
+            pass_fds=(write_fd,),
+        )
+        os.close(write_fd)
+        write_fd = -1
+        assert done.code == 0, done.stderr
+        with os.fdopen(read_fd, "rb") as f:
+            read_fd = -1
+            lines = [json.loads(ln) for ln in f.read().splitlines()]
+    finally:
+        for fd in (read_fd, write_fd):
+            if fd >= 0:
+                os.close(fd)
+    assert lines, "no progress lines"
+    assert all(isinstance(ln, dict) for ln in lines)
+    assert lines[-1]["percent"] == 100
+    assert any(ln.get("message") == "encoding 360p" for ln in lines)
+
+
+def test_verify_rejects_a_wrong_duration(pipeline: Pipeline, tmp_path: Path) -> None:
+    pub = Path(pipeline.publish["dash_mpd_uri"].removeprefix("file://")).parent
+    done = media(
+        tmp_path,
+        "verify",
+        "--hls",
+        str(pub / "master.m3u8"),
+        "--mpd",
+        str(pub / "manifest.mpd"),
+        "--expect-duration",
+        "7",
+    )
+    assert done.code == 1 and "expected 7.000s within one frame" in done.stderr
+    assert done.result == {}
+
+
+def keyframe_times(path: Path) -> list[float]:
+    """Presentation times of the keyframes of the first video stream (packet flags, no decode)."""
+    out = subprocess.run(
+        [ffmpeg_exe(), "-v", "error", "-i", str(path), "-map", "0:v:0", "-c", "copy", "-f", "framecrc", "-"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    tb = 1.0
+    times = []
+    for line in out.splitlines():
+        if line.startswith("#tb 0:"):
+            num, den = line.split(":", 1)[1].strip().split("/")
+            tb = int(num) / int(den)
+        elif line and not line.startswith("#"):
+            parts = [p.strip() for p in line.split(",")]
+            # framecrc prints "F=0x.." only when the flags differ from "keyframe" (0x1).
+            flags = [int(p[2:], 16) for p in parts[6:] if p.startswith("F=")]
+            if not flags or flags[0] & 1:
+                times.append(round(int(parts[2]) * tb, 6))
+    return sorted(times)

@@ -1,0 +1,203 @@
+"""The encode API on the whole embedded stack: validation, de-duplication, a real ladder, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import psutil
+import pytest
+
+from cosmos.optimus.v1 import encode_pb2, encode_service_pb2, encode_service_pb2_grpc
+from cosmos.plato.v1 import workflow_service_pb2, workflow_service_pb2_grpc
+from cosmos.runtime import rpc_errors
+from cosmos.runtime.config import free_port
+from cosmos.stack.embedded import EmbeddedStack, StackConfig
+
+ES = encode_pb2.EncodeState
+TERMINAL = (ES.ENCODE_STATE_SUCCEEDED, ES.ENCODE_STATE_FAILED, ES.ENCODE_STATE_CANCELLED)
+
+
+def media(*args: str) -> dict[str, object]:
+    done = subprocess.run(
+        [sys.executable, "-m", "cosmos.optimus.media", *args], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    line = [x for x in done.stdout.splitlines() if x.startswith("COSMOS_RESULT ")][-1]
+    result: dict[str, object] = json.loads(line.removeprefix("COSMOS_RESULT "))
+    return result
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("clip") / "source.mp4"
+    media("make-test-clip", "--out", str(path), "--seconds", "6", "--size", "640x360", "--fps", "24")
+    return path
+
+
+@pytest.fixture
+async def stack(tmp_path: Path) -> AsyncIterator[EmbeddedStack]:
+    cfg = StackConfig(
+        optimus_port=free_port(), plato_port=free_port(), stratum_port=free_port(), nats_port=free_port(),
+        data_dir=tmp_path / "data",
+    )  # fmt: skip
+    async with EmbeddedStack(cfg) as running:
+        yield running
+
+
+@pytest.fixture
+async def encodes(stack: EmbeddedStack) -> AsyncIterator[encode_service_pb2_grpc.EncodeServiceAsyncStub]:
+    cfg = stack.config
+    async with grpc.aio.insecure_channel(str(cfg.address(cfg.optimus_port))) as channel:
+        yield encode_service_pb2_grpc.EncodeServiceStub(channel)
+
+
+async def wait(
+    stub: encode_service_pb2_grpc.EncodeServiceAsyncStub, encode_id: str, timeout: float = 240
+) -> encode_pb2.Encode:
+    async def follow() -> encode_pb2.Encode:
+        last = encode_pb2.Encode()
+        async for reply in stub.WatchEncode(encode_service_pb2.WatchEncodeRequest(encode_id=encode_id)):
+            last = reply.encode
+        return last
+
+    return await asyncio.wait_for(follow(), timeout)
+
+
+async def test_bad_submits_name_the_field(
+    encodes: encode_service_pb2_grpc.EncodeServiceAsyncStub, clip: Path, tmp_path: Path
+) -> None:
+    good = {"source_uri": clip.as_uri(), "profiles": ["360p"], "output_uri": (tmp_path / "out").as_uri()}
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    read_only.chmod(0o500)
+    bad, pre = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION
+    missing = (tmp_path / "missing.mp4").as_uri()
+    cases: list[tuple[dict[str, object], grpc.StatusCode, str, str]] = [
+        ({"source_uri": missing}, bad, "source_uri", "ERROR_REASON_SOURCE_UNREADABLE"),
+        ({"profiles": ["4320p"]}, bad, "profiles[0]", "ERROR_REASON_UNKNOWN_PROFILE"),
+        ({"output_uri": "s3://bucket/out"}, bad, "output_uri", "ERROR_REASON_INVALID_ARGUMENT"),
+        ({"source_uri": "ftp://host/x.mp4"}, bad, "source_uri", "ERROR_REASON_INVALID_ARGUMENT"),
+        ({"output_uri": (clip / "out").as_uri()}, pre, "output_uri", "ERROR_REASON_OUTPUT_UNWRITABLE"),
+    ]
+    if os.geteuid() != 0:  # root writes anywhere; the case only bites for other users
+        cases.append(
+            ({"output_uri": (read_only / "x").as_uri()}, pre, "output_uri", "ERROR_REASON_OUTPUT_UNWRITABLE")
+        )
+    for change, code, field, reason in cases:
+        request = encode_service_pb2.SubmitEncodeRequest(**{**good, **change})  # type: ignore[arg-type]
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await encodes.SubmitEncode(request)
+        assert caught.value.code() == code, change
+        info, violations = rpc_errors.details_of(caught.value)
+        assert info is not None and info.reason == reason, change
+        assert field in [v.field for v in violations], change
+
+
+async def test_a_ladder_encodes_dedupes_and_publishes_verified_manifests(
+    encodes: encode_service_pb2_grpc.EncodeServiceAsyncStub, clip: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "ladder"
+    request = encode_service_pb2.SubmitEncodeRequest(
+        request_id="ladder-1", source_uri=clip.as_uri(), profiles=["360p", "540p"], output_uri=out.as_uri()
+    )
+    first = (await encodes.SubmitEncode(request)).encode
+    again = await encodes.SubmitEncode(request)
+    assert again.deduplicated and again.encode.encode_id == first.encode_id
+    done = await wait(encodes, first.encode_id)
+    assert done.state == ES.ENCODE_STATE_SUCCEEDED, (done.failed_step, done.error_message)
+    assert [r.profile for r in done.renditions] == ["360p", "540p"]
+    for rendition in done.renditions:
+        assert rendition.state == ES.ENCODE_STATE_SUCCEEDED
+        assert rendition.bitrate_bps > 0 and rendition.size_bytes > 0
+        assert 30 < rendition.vmaf <= 100 and rendition.psnr > 20
+    assert done.manifests.hls_master_uri == (out / "master.m3u8").as_uri()
+    assert done.progress.percent == 100
+    verified = media(
+        "verify",
+        "--hls",
+        str(out / "master.m3u8"),
+        "--mpd",
+        str(out / "manifest.mpd"),
+        "--expect-duration",
+        "6",
+    )
+    assert verified["ok"] is True and verified["renditions"] == 2
+    # Without a request_id, the content key (source, profiles, output) de-duplicates; force starts anew.
+    by_content = encode_service_pb2.SubmitEncodeRequest(
+        source_uri=clip.as_uri(), profiles=["360p"], output_uri=out.as_uri()
+    )
+    one = (await encodes.SubmitEncode(by_content)).encode.encode_id
+    assert (await encodes.SubmitEncode(by_content)).encode.encode_id == one
+    by_content.force = True
+    assert (await encodes.SubmitEncode(by_content)).encode.encode_id != one
+
+
+def ffmpeg_processes(fragment: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if cmdline and "ffmpeg" in os.path.basename(cmdline[0]) and any(fragment in part for part in cmdline):
+            found.append(proc)
+    return found
+
+
+async def test_a_killed_chunk_retries_alone_and_cancel_leaves_no_ffmpeg(
+    stack: EmbeddedStack, encodes: encode_service_pb2_grpc.EncodeServiceAsyncStub, clip: Path, tmp_path: Path
+) -> None:
+    request = encode_service_pb2.SubmitEncodeRequest(
+        request_id=uuid.uuid4().hex,
+        source_uri=clip.as_uri(),
+        profiles=["360p"],
+        output_uri=(tmp_path / "k").as_uri(),
+    )
+    encode = (await encodes.SubmitEncode(request)).encode
+    victim: list[psutil.Process] = []
+    for _ in range(600):
+        victim = ffmpeg_processes(f"{encode.encode_id}/encoded/360p/")
+        if victim:
+            break
+        await asyncio.sleep(0.05)
+    assert victim, "a chunk encode started"
+    victim[0].send_signal(signal.SIGKILL)
+    done = await wait(encodes, encode.encode_id)
+    assert done.state == ES.ENCODE_STATE_SUCCEEDED, done.error_message
+    plato = str(stack.config.address(stack.config.plato_port))
+    async with grpc.aio.insecure_channel(plato) as channel:
+        workflow = (
+            await workflow_service_pb2_grpc.WorkflowServiceStub(channel).GetWorkflow(
+                workflow_service_pb2.GetWorkflowRequest(workflow_id=encode.encode_id)
+            )
+        ).workflow
+    attempts = sorted(s.attempt for s in workflow.steps if s.step_name == "encode")
+    assert attempts[-1] == 2 and attempts[:-1] == [1] * (len(attempts) - 1)  # only the killed chunk re-ran
+
+    second = encode_service_pb2.SubmitEncodeRequest(
+        request_id=uuid.uuid4().hex,
+        source_uri=clip.as_uri(),
+        profiles=["540p", "360p"],
+        output_uri=(tmp_path / "c").as_uri(),
+    )
+    running = (await encodes.SubmitEncode(second)).encode
+    for _ in range(600):
+        if ffmpeg_processes(running.encode_id):
+            break
+        await asyncio.sleep(0.05)
+    await encodes.CancelEncode(
+        encode_service_pb2.CancelEncodeRequest(request_id="stop", encode_id=running.encode_id, reason="test")
+    )
+    cancelled = await wait(encodes, running.encode_id)
+    assert cancelled.state == ES.ENCODE_STATE_CANCELLED
+    for _ in range(100):
+        if not ffmpeg_processes(running.encode_id):
+            break
+        await asyncio.sleep(0.1)
+    assert ffmpeg_processes(running.encode_id) == []
