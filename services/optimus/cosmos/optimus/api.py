@@ -69,6 +69,7 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
         self.workflows = workflow_service_pb2_grpc.WorkflowServiceStub(plato)
         self.work_root = work_root.absolute()
         self.stopping = stopping
+        self.registered = False
 
     async def register(self) -> int:
         """Register the shipped encode-ladder definition with Plato (idempotent); its version."""
@@ -77,7 +78,16 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
             source_yaml=DEFINITION_FILE.read_text(),
         )
         reply = await self.workflows.RegisterDefinition(request)
+        self.registered = True
         return reply.definition.version
+
+    async def _ensure_registered(self) -> None:
+        # Start-up registers in the background; a submit arriving first registers itself.
+        if not self.registered:
+            try:
+                await self.register()
+            except grpc.aio.AioRpcError as exc:
+                raise errors.UnavailableError(f"Plato is not reachable: {exc.details()}") from exc
 
     # ------------------------------------------------------------------ submit
 
@@ -137,6 +147,7 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
         self, request: encode_service_pb2.SubmitEncodeRequest, context: Any
     ) -> encode_service_pb2.SubmitEncodeResponse:
         source, chosen, output = self._validate(request)
+        await self._ensure_registered()
         names = [p.name for p in chosen]
         content_key = hashlib.sha256(f"{source}\n{','.join(names)}\n{output}".encode()).hexdigest()
         if request.request_id:

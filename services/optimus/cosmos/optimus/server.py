@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
 
-from cosmos import errors
 from cosmos.optimus.api import EncodeApi
 from cosmos.optimus.v1 import encode_service_pb2_grpc
 from cosmos.runtime import channels, config, process
@@ -37,24 +37,23 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-async def register_definition(api: EncodeApi, timeout: float = 60.0) -> None:
-    """Register the encode workflow with Plato, waiting for Plato to come up."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
+async def register_definition(api: EncodeApi, stopping: asyncio.Event) -> None:
+    """Register the encode workflow with Plato, retrying until Plato answers (or we stop)."""
+    delay = 0.5
+    while not stopping.is_set() and not api.registered:
         try:
             version = await api.register()
             log.info("encode workflow registered", extra={"fields": {"version": version}})
             return
         except grpc.aio.AioRpcError as exc:
-            if exc.code() != grpc.StatusCode.UNAVAILABLE or asyncio.get_running_loop().time() > deadline:
-                raise errors.UnavailableError(
-                    f"cannot register the encode workflow with Plato: {exc.details()}"
-                ) from exc
-            await asyncio.sleep(0.5)
+            log.warning("cannot register the encode workflow yet", extra={"fields": {"error": exc.details()}})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), delay)
+            delay = min(delay * 2, 10.0)
 
 
 async def serve(args: argparse.Namespace) -> None:
-    """Register the encode workflow, then serve until SIGTERM/SIGINT."""
+    """Serve until SIGTERM/SIGINT, registering the encode workflow with Plato meanwhile."""
     plato = channels.insecure_channel(str(config.Address.parse(args.plato, setting="--plato")))
     stratum = channels.insecure_channel(str(config.Address.parse(args.stratum, setting="--stratum")))
 
@@ -67,7 +66,6 @@ async def serve(args: argparse.Namespace) -> None:
         on_stop=close_channels,
     )
     api = EncodeApi(plato, Path(args.work_root), server.stopping)
-    await register_definition(api)
     server.add(
         ServiceBinding(
             "cosmos.optimus.v1.EncodeService",
@@ -75,7 +73,15 @@ async def serve(args: argparse.Namespace) -> None:
             encode_service_pb2_grpc.add_EncodeServiceServicer_to_server,
         )
     )
-    await server.serve_until_signalled()
+    # Serve at once (a port conflict shows immediately); the workflow is registered as soon as Plato
+    # answers, and a submit arriving before that registers it itself.
+    registering = asyncio.create_task(register_definition(api, server.stopping))
+    try:
+        await server.serve_until_signalled()
+    finally:
+        registering.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await registering
 
 
 def main(argv: Sequence[str] | None = None) -> int:

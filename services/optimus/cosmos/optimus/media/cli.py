@@ -171,6 +171,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"error: {args.command}: interrupted", file=sys.stderr)
         return 130
-    progress.report(force=True, percent=100.0, eta_seconds=0.0, message="done")
+    progress.span(0, 100).report(force=True, percent=100.0, eta_seconds=0.0, message="done")
     write_result(result)
     return 0

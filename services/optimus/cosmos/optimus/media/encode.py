@@ -139,6 +139,7 @@ def assemble(profile_name: str, out: str, inputs: list[Any], progress: Progress)
     if not isinstance(inputs, list):
         raise MediaError("--inputs must be a JSON list of encode results")
     by_index: dict[int, str] = {}
+    seconds: dict[int, float] = {}
     for item in inputs:
         if not isinstance(item, dict) or "path" not in item:
             raise MediaError(f"--inputs: not an encode result: {item!r}")
@@ -150,6 +151,8 @@ def assemble(profile_name: str, out: str, inputs: list[Any], progress: Progress)
         if index is None:
             raise MediaError(f"--inputs: no chunk index in {item!r} (field 'index' or a chunk_N file name)")
         by_index[int(index)] = str(item["path"])
+        if isinstance(item.get("duration"), int | float):
+            seconds[int(index)] = float(item["duration"])
     if not by_index:
         raise MediaError(f"--inputs: no encoded chunks for profile {profile_name!r}")
     indices = sorted(by_index)
@@ -183,6 +186,7 @@ def assemble(profile_name: str, out: str, inputs: list[Any], progress: Progress)
             ],
             what=f"assembling {profile_name}",
             progress=progress,
+            duration=sum(seconds.values()) or None,
             message=f"assembling {profile_name}",
         )
         os.replace(tmp, out_path)
