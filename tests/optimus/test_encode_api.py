@@ -141,12 +141,30 @@ async def test_a_ladder_encodes_dedupes_and_publishes_verified_manifests(
     assert (await encodes.SubmitEncode(by_content)).encode.encode_id != one
 
 
-def ffmpeg_processes(fragment: str) -> list[psutil.Process]:
+@pytest.fixture(scope="module")
+def longer_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # Long enough that chunk encodes are still running when the test looks for one.
+    path = tmp_path_factory.mktemp("clip") / "longer.mp4"
+    media("make-test-clip", "--out", str(path), "--seconds", "16", "--size", "1280x720", "--fps", "24")
+    return path
+
+
+def ffmpeg_processes(fragment: str, step: str = "") -> list[psutil.Process]:
+    """ffmpeg processes whose command line mentions ``fragment`` (run by the media tool's ``step``)."""
     found = []
     for proc in psutil.process_iter(["cmdline"]):
-        cmdline = proc.info["cmdline"] or []
-        if cmdline and "ffmpeg" in os.path.basename(cmdline[0]) and any(fragment in part for part in cmdline):
-            found.append(proc)
+        try:
+            cmdline = proc.info["cmdline"] or []
+            if not cmdline or "ffmpeg" not in os.path.basename(cmdline[0]):
+                continue
+            if not any(fragment in part for part in cmdline):
+                continue
+            parent = proc.parent()
+            if step and (parent is None or step not in parent.cmdline()):
+                continue
+        except psutil.Error:
+            continue
+        found.append(proc)
     return found
 
 
@@ -162,7 +180,7 @@ async def test_a_killed_chunk_retries_alone_and_cancel_leaves_no_ffmpeg(
     encode = (await encodes.SubmitEncode(request)).encode
     victim: list[psutil.Process] = []
     for _ in range(600):
-        victim = ffmpeg_processes(f"{encode.encode_id}/encoded/360p/")
+        victim = ffmpeg_processes(f"{encode.encode_id}/encoded/360p/", step="encode")
         if victim:
             break
         await asyncio.sleep(0.05)

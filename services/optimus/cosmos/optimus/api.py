@@ -32,6 +32,9 @@ DEFINITION_FILE = Path(__file__).with_name("workflows") / "encode-ladder.yaml"
 ES = encode_pb2.EncodeState
 TERMINAL = (ES.ENCODE_STATE_SUCCEEDED, ES.ENCODE_STATE_FAILED, ES.ENCODE_STATE_CANCELLED)
 WATCH_INTERVAL = 0.25
+# Optimus and Plato start together: a call waits for the channel to connect (up to the timeout)
+# instead of failing fast while it backs off from an earlier refused connection.
+PLATO_CALL: dict[str, Any] = {"wait_for_ready": True, "timeout": 15.0}
 _STATE_FILTER = {
     ES.ENCODE_STATE_PENDING: workflow_pb2.WORKFLOW_STATE_PENDING,
     ES.ENCODE_STATE_RUNNING: workflow_pb2.WORKFLOW_STATE_RUNNING,
@@ -77,7 +80,7 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
             request_id=f"optimus-{hashlib.sha256(DEFINITION_FILE.read_bytes()).hexdigest()[:16]}",
             source_yaml=DEFINITION_FILE.read_text(),
         )
-        reply = await self.workflows.RegisterDefinition(request)
+        reply = await self.workflows.RegisterDefinition(request, **PLATO_CALL)
         self.registered = True
         return reply.definition.version
 
@@ -175,7 +178,7 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
             }
         )
         try:
-            reply = await self.workflows.StartWorkflow(start)
+            reply = await self.workflows.StartWorkflow(start, **PLATO_CALL)
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.ALREADY_EXISTS:
                 raise errors.AlreadyExistsError(
@@ -195,7 +198,7 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
             raise _bad("encode_id", "is required")
         try:
             reply = await self.workflows.GetWorkflow(
-                workflow_service_pb2.GetWorkflowRequest(workflow_id=encode_id)
+                workflow_service_pb2.GetWorkflowRequest(workflow_id=encode_id), **PLATO_CALL
             )
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
@@ -230,7 +233,8 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
                 page_token=request.page_token,
                 definition_id=DEFINITION_ID,
                 state=_STATE_FILTER.get(request.state, workflow_pb2.WORKFLOW_STATE_UNSPECIFIED),
-            )
+            ),
+            **PLATO_CALL,
         )
         return encode_service_pb2.ListEncodesResponse(
             encodes=[encode_view(wf) for wf in listed.workflows], next_page_token=listed.next_page_token
@@ -248,7 +252,8 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
                     request_id=request.request_id,
                     workflow_id=request.encode_id,
                     reason=request.reason or "cancelled",
-                )
+                ),
+                **PLATO_CALL,
             )
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:

@@ -45,7 +45,8 @@ class StratumRunner:
         """Submit, follow and report one job attempt."""
         request = job_service_pb2.SubmitJobRequest(request_id=step.idempotency_key, spec=step.task.job_spec)
         try:
-            job = (await self.jobs.SubmitJob(request)).job
+            # Plato and Stratum may start together: wait for the channel rather than fail fast.
+            job = (await self.jobs.SubmitJob(request, wait_for_ready=True, timeout=30.0)).job
         except grpc.aio.AioRpcError as exc:
             retryable = exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
             raise StepError(f"Stratum refused the job: {exc.details()}", non_retryable=not retryable) from exc
