@@ -20,6 +20,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from cosmos import errors
 from cosmos.common.v1 import progress_pb2
+from cosmos.runtime import telemetry
 from cosmos.stratum import validation
 from cosmos.stratum.placement import Placement, Placer
 from cosmos.stratum.registry import AgentRegistry
@@ -115,6 +116,7 @@ class Dispatcher:
                 )
             return existing, True
         job = job_pb2.Job(job_id=job_id, spec=spec, state=JS.JOB_STATE_QUEUED, request_id=request_id)
+        job.trace_context.update(telemetry.inject_headers())
         job.create_time.CopyFrom(_now())
         self.jobs[job_id] = job
         await self._transition(job, JS.JOB_STATE_QUEUED)
@@ -204,6 +206,7 @@ class Dispatcher:
                     spec=job.spec,
                     gpu_indices=placement.gpu_indices,
                     gpu_uuids=placement.gpu_uuids,
+                    trace_context=job.trace_context,
                 )
             ),
         )

@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 
 from cosmos import errors
-from cosmos.runtime import channels, config, process
+from cosmos.runtime import channels, config, process, telemetry
 from cosmos.stratum.agent import inventory
 from cosmos.stratum.agent.supervisor import JobSupervisor
 from cosmos.stratum.v1 import agent_service_pb2, agent_service_pb2_grpc
@@ -202,6 +202,7 @@ def parser() -> argparse.ArgumentParser:
 
 async def serve(args: argparse.Namespace) -> None:
     """Run the agent until SIGTERM/SIGINT."""
+    telemetry.configure_tracing("cosmos-agent")
     labels = []
     for item in args.label:
         key, sep, value = item.partition("=")

@@ -15,11 +15,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from opentelemetry import trace
+
 from cosmos.common.v1 import progress_pb2
+from cosmos.runtime import telemetry
 from cosmos.stratum.agent.runner import JobRun
 from cosmos.stratum.v1 import agent_service_pb2, job_pb2
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer("cosmos.stratum.agent")
 
 Key = tuple[str, int]
 Send = Callable[[agent_service_pb2.ConnectRequest], None]
@@ -90,9 +94,19 @@ class JobSupervisor:
             on_progress=on_progress,
             on_logs=on_logs,
         )
-        self.attempts[key] = _Attempt(run, asyncio.create_task(self._drive(key, run)))
+        trace = dict(assignment.trace_context)
+        self.attempts[key] = _Attempt(run, asyncio.create_task(self._drive(key, run, trace)))
 
-    async def _drive(self, key: Key, run: JobRun) -> None:
+    async def _drive(self, key: Key, run: JobRun, trace: dict[str, str]) -> None:
+        job_id, attempt = key
+        # The run joins the trace of whoever submitted the job (an encode, a workflow step).
+        with tracer.start_as_current_span(
+            "agent.run", context=telemetry.extract_context(trace), attributes={"cosmos.job_id": job_id}
+        ) as span:
+            span.set_attribute("cosmos.attempt", attempt)
+            await self._run_and_report(key, run)
+
+    async def _run_and_report(self, key: Key, run: JobRun) -> None:
         job_id, attempt = key
         try:
             await run.start()

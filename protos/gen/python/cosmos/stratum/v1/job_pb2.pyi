@@ -381,6 +381,26 @@ class Job(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class TraceContextEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     JOB_ID_FIELD_NUMBER: _builtins.int
     SPEC_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
@@ -398,6 +418,7 @@ class Job(_message.Message):
     GPU_UUIDS_FIELD_NUMBER: _builtins.int
     LAST_SEQUENCE_FIELD_NUMBER: _builtins.int
     ASSIGN_TIME_FIELD_NUMBER: _builtins.int
+    TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """Server-assigned unique id of the job."""
     state: Global___JobState.ValueType
@@ -456,6 +477,12 @@ class Job(_message.Message):
     def assign_time(self) -> _timestamp_pb2.Timestamp:
         """When the current attempt was placed on its agent; unset while queued."""
 
+    @_builtins.property
+    def trace_context(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """W3C trace context (traceparent, tracestate) of the submission, so the
+        agent's run of the job joins the submitter's trace.
+        """
+
     def __init__(
         self,
         *,
@@ -476,10 +503,11 @@ class Job(_message.Message):
         gpu_uuids: _abc.Iterable[_builtins.str] | None = ...,
         last_sequence: _builtins.int = ...,
         assign_time: _timestamp_pb2.Timestamp | None = ...,
+        trace_context: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["assign_time", b"assign_time", "create_time", b"create_time", "end_time", b"end_time", "progress", b"progress", "result", b"result", "spec", b"spec", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "assign_time", b"assign_time", "attempt", b"attempt", "create_time", b"create_time", "end_time", b"end_time", "failure_reason", b"failure_reason", "gpu_indices", b"gpu_indices", "gpu_uuids", b"gpu_uuids", "job_id", b"job_id", "last_sequence", b"last_sequence", "progress", b"progress", "request_id", b"request_id", "result", b"result", "spec", b"spec", "start_time", b"start_time", "state", b"state", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "assign_time", b"assign_time", "attempt", b"attempt", "create_time", b"create_time", "end_time", b"end_time", "failure_reason", b"failure_reason", "gpu_indices", b"gpu_indices", "gpu_uuids", b"gpu_uuids", "job_id", b"job_id", "last_sequence", b"last_sequence", "progress", b"progress", "request_id", b"request_id", "result", b"result", "spec", b"spec", "start_time", b"start_time", "state", b"state", "trace_context", b"trace_context", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

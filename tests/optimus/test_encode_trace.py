@@ -1,0 +1,71 @@
+"""One encode, one trace: Optimus's submit, Plato's steps, Stratum's jobs and the agents' runs."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+
+from cosmos.optimus.v1 import encode_pb2, encode_service_pb2, encode_service_pb2_grpc
+from cosmos.runtime.config import free_port
+from cosmos.stack.embedded import EmbeddedStack, StackConfig
+
+SPAN = re.compile(r'"name": "(?P<name>[^"]+)",\s*"context": \{\s*"trace_id": "0x(?P<trace>[0-9a-f]{32})"')
+
+
+def spans(log: Path) -> list[tuple[str, str]]:
+    """(name, trace id) of every span the console exporter wrote to a component's log."""
+    return [(m["name"], m["trace"]) for m in SPAN.finditer(log.read_text(errors="replace"))]
+
+
+async def test_one_encode_is_one_trace_across_every_hop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
+    clip = tmp_path / "clip.mp4"
+    made = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "cosmos.optimus.media", "make-test-clip", "--out", str(clip), "--seconds", "4",
+         "--size", "320x240", "--fps", "24"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    cfg = StackConfig(
+        optimus_port=free_port(), plato_port=free_port(), stratum_port=free_port(), nats_port=free_port(),
+        data_dir=tmp_path / "data",
+    )  # fmt: skip
+    async with EmbeddedStack(cfg) as stack:
+        async with grpc.aio.insecure_channel(str(cfg.address(cfg.optimus_port))) as channel:
+            stub = encode_service_pb2_grpc.EncodeServiceStub(channel)
+            request = encode_service_pb2.SubmitEncodeRequest(
+                request_id="traced",
+                source_uri=clip.as_uri(),
+                profiles=["360p"],
+                output_uri=(tmp_path / "o").as_uri(),
+            )
+            encode = (await stub.SubmitEncode(request)).encode
+            last = encode
+            async for reply in stub.WatchEncode(
+                encode_service_pb2.WatchEncodeRequest(encode_id=encode.encode_id)
+            ):
+                last = reply.encode
+        assert last.state == encode_pb2.ENCODE_STATE_SUCCEEDED, last.error_message
+        logs = stack.config.data_dir / "logs"
+    # The stack is stopped: every process flushed its spans on exit.
+    optimus = spans(logs / "optimus.log")
+    submit = [t for name, t in optimus if name == "/cosmos.optimus.v1.EncodeService/SubmitEncode"]
+    assert len(submit) == 1
+    trace = submit[0]
+    plato = {name for name, t in spans(logs / "plato.log") if t == trace}
+    stratum = {name for name, t in spans(logs / "stratum.log") if t == trace}
+    agent = {name for name, t in spans(logs / "agent.log") if t == trace}
+    assert {"plato.advance", "/cosmos.plato.v1.WorkflowService/StartWorkflow"} <= plato
+    # Each job step, as run by Plato's Stratum runner, is a span of the same trace.
+    assert {"step probe", "step split", "step encode", "step quality", "step package"} <= plato
+    assert "/cosmos.stratum.v1.JobService/SubmitJob" in stratum
+    assert "agent.run" in agent
