@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -219,3 +220,37 @@ async def test_a_killed_chunk_retries_alone_and_cancel_leaves_no_ffmpeg(
             break
         await asyncio.sleep(0.1)
     assert ffmpeg_processes(running.encode_id) == []
+
+
+def grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
+    binary = str(Path(sys.executable).parent / "grpcurl")
+    return subprocess.run([binary, "-plaintext", *args], capture_output=True, text=True, timeout=180)
+
+
+async def test_grpcurl_submits_an_encode_with_json_and_watches_it(
+    stack: EmbeddedStack, clip: Path, tmp_path: Path
+) -> None:
+    target = str(stack.config.address(stack.config.optimus_port))
+    body = {
+        "request_id": "curl-1",
+        "source_uri": clip.as_uri(),
+        "profiles": ["360p"],
+        "output_uri": (tmp_path / "g").as_uri(),
+    }
+    submitted = await asyncio.to_thread(
+        grpcurl, "-d", json.dumps(body), target, "cosmos.optimus.v1.EncodeService/SubmitEncode"
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    encode_id = json.loads(submitted.stdout)["encode"]["encode_id"]
+    watched = await asyncio.to_thread(
+        grpcurl,
+        "-d",
+        json.dumps({"encode_id": encode_id}),
+        target,
+        "cosmos.optimus.v1.EncodeService/WatchEncode",
+    )
+    assert watched.returncode == 0, watched.stderr
+    snapshots = [json.loads(chunk) for chunk in re.split(r"(?<=\n})\n(?={)", watched.stdout.strip())]
+    assert len(snapshots) >= 2
+    assert snapshots[-1]["encode"]["state"] == "ENCODE_STATE_SUCCEEDED"
+    assert snapshots[-1]["encode"]["manifests"]["hls_master_uri"].endswith("master.m3u8")
