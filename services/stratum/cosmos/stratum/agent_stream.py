@@ -13,9 +13,8 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from google.protobuf import duration_pb2
-
 from cosmos import errors
+from cosmos.runtime import wellknown
 from cosmos.stratum.dispatcher import Dispatcher
 from cosmos.stratum.registry import AgentRegistry
 from cosmos.stratum.v1 import agent_pb2, agent_service_pb2, agent_service_pb2_grpc
@@ -67,8 +66,8 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
         yield agent_service_pb2.ConnectResponse(
             welcome=agent_service_pb2.AgentWelcome(
                 agent_id=agent_id,
-                lease_duration=_duration(self.registry.lease_seconds),
-                heartbeat_interval=_duration(self.heartbeat_interval),
+                lease_duration=wellknown.duration(self.registry.lease_seconds),
+                heartbeat_interval=wellknown.duration(self.heartbeat_interval),
             )
         )
         reader = asyncio.ensure_future(self._read(agent_id, request_iterator))
@@ -103,9 +102,3 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
                 self.registry.heartbeat(agent_id)
             else:
                 await self.dispatcher.agent_message(agent_id, message)
-
-
-def _duration(seconds: float) -> duration_pb2.Duration:
-    value = duration_pb2.Duration()
-    value.FromNanoseconds(int(seconds * 1e9))
-    return value

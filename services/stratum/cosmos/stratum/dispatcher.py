@@ -16,11 +16,9 @@ from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from google.protobuf import duration_pb2, timestamp_pb2
-
 from cosmos import errors
 from cosmos.common.v1 import progress_pb2
-from cosmos.runtime import telemetry
+from cosmos.runtime import telemetry, wellknown
 from cosmos.stratum import validation
 from cosmos.stratum.placement import Placement, Placer
 from cosmos.stratum.registry import AgentRegistry
@@ -34,18 +32,6 @@ TERMINAL = (JS.JOB_STATE_SUCCEEDED, JS.JOB_STATE_FAILED, JS.JOB_STATE_CANCELLED,
 ON_AGENT = (JS.JOB_STATE_ASSIGNED, JS.JOB_STATE_RUNNING)
 _NAMESPACE = uuid.UUID("0d7b0c2e-51d6-4f5e-a8c2-6c9f0b3a7e21")
 DEFAULT_INFRA_ATTEMPTS = 3
-
-
-def _now() -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.GetCurrentTime()
-    return stamp
-
-
-def _seconds(value: float) -> duration_pb2.Duration:
-    duration = duration_pb2.Duration()
-    duration.FromNanoseconds(int(value * 1e9))
-    return duration
 
 
 @dataclass
@@ -117,7 +103,7 @@ class Dispatcher:
             return existing, True
         job = job_pb2.Job(job_id=job_id, spec=spec, state=JS.JOB_STATE_QUEUED, request_id=request_id)
         job.trace_context.update(telemetry.inject_headers())
-        job.create_time.CopyFrom(_now())
+        job.create_time.CopyFrom(wellknown.now())
         self.jobs[job_id] = job
         await self._transition(job, JS.JOB_STATE_QUEUED)
         self._kick.set()
@@ -156,7 +142,7 @@ class Dispatcher:
                 cancel=agent_service_pb2.JobCancel(
                     job_id=job.job_id,
                     attempt=job.attempt,
-                    grace_period=_seconds(self.config.cancel_grace),
+                    grace_period=wellknown.duration(self.config.cancel_grace),
                     reason=job.failure_reason,
                 )
             ),
@@ -194,7 +180,7 @@ class Dispatcher:
         job.gpu_indices.extend(placement.gpu_indices)
         del job.gpu_uuids[:]
         job.gpu_uuids.extend(placement.gpu_uuids)
-        job.assign_time.CopyFrom(_now())
+        job.assign_time.CopyFrom(wellknown.now())
         job.ClearField("progress")
         await self._transition(job, JS.JOB_STATE_ASSIGNED)
         self._send(
@@ -290,7 +276,7 @@ class Dispatcher:
             job = self._current(agent_id, message.started.job_id, message.started.attempt)
             if job is not None and job.state == JS.JOB_STATE_ASSIGNED:
                 job.start_time.CopyFrom(
-                    message.started.start_time if message.started.HasField("start_time") else _now()
+                    message.started.start_time if message.started.HasField("start_time") else wellknown.now()
                 )
                 await self._transition(job, JS.JOB_STATE_RUNNING)
         elif kind == "progress":
@@ -365,13 +351,13 @@ class Dispatcher:
 
     async def _transition(self, job: job_pb2.Job, state: job_pb2.JobState.ValueType) -> None:
         job.state = state
-        job.update_time.CopyFrom(_now())
+        job.update_time.CopyFrom(wellknown.now())
         event = self._event(job, state=state)
         await self.store.save(job)
         await self.store.publish([event])
 
     async def _finish(self, job: job_pb2.Job, state: job_pb2.JobState.ValueType) -> None:
-        job.end_time.CopyFrom(_now())
+        job.end_time.CopyFrom(wellknown.now())
         await self._transition(job, state)
         self.jobs.pop(job.job_id, None)
         self._progress_saved.pop(job.job_id, None)
@@ -387,7 +373,7 @@ class Dispatcher:
     ) -> job_pb2.JobEvent:
         job.last_sequence += 1
         event = job_pb2.JobEvent(sequence=job.last_sequence, job_id=job.job_id, attempt=job.attempt)
-        event.event_time.CopyFrom(_now())
+        event.event_time.CopyFrom(wellknown.now())
         if state is not None:
             event.state = state
         elif progress is not None:

@@ -7,9 +7,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from google.protobuf import timestamp_pb2
-
 from cosmos import errors
+from cosmos.runtime import wellknown
 from cosmos.stratum.v1 import agent_pb2
 
 log = logging.getLogger(__name__)
@@ -41,7 +40,7 @@ class AgentRegistry:
     def connect(self, hello: agent_pb2.Agent) -> AgentRecord:
         """Register (or re-register) an agent whose stream just opened."""
         record = self.agents.get(hello.agent_id)
-        now = _now()
+        now = wellknown.now()
         if record is None:
             record = AgentRecord(agent=agent_pb2.Agent(agent_id=hello.agent_id))
             self.agents[hello.agent_id] = record
@@ -76,7 +75,7 @@ class AgentRegistry:
     def heartbeat(self, agent_id: str) -> None:
         """Extend the agent's lease."""
         record = self.get(agent_id)
-        record.agent.last_heartbeat_time.CopyFrom(_now())
+        record.agent.last_heartbeat_time.CopyFrom(wellknown.now())
         record.lease_deadline = time.monotonic() + self.lease_seconds
         if record.agent.state == State.AGENT_STATE_LOST:
             record.agent.state = State.AGENT_STATE_READY
@@ -128,9 +127,3 @@ class AgentRegistry:
         """Every agent, ordered by id (stable paging)."""
         for agent_id in sorted(self.agents):
             yield self.agents[agent_id].agent
-
-
-def _now() -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.GetCurrentTime()
-    return stamp
