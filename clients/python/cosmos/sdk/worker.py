@@ -240,6 +240,6 @@ class Worker:
         if ctx is None:
             return
         ctx.cancelled.set()
-        for key, running in list(self._running.items()):
-            if key == ctx._msg.reply:
-                running.cancel()
+        running = self._running.get(ctx._msg.reply)
+        if running is not None:
+            running.cancel()

@@ -24,7 +24,7 @@ from cosmos import errors
 from cosmos.plato import inputs, subjects
 from cosmos.plato.engine import machine, values
 from cosmos.plato.language import parser
-from cosmos.plato.store import PlatoStore
+from cosmos.plato.store import Conflict, PlatoStore
 from cosmos.plato.v1 import (
     definition_pb2,
     engine_pb2,
@@ -154,7 +154,7 @@ class WorkflowApi(workflow_service_pb2_grpc.WorkflowServiceServicer):
         record = machine.new_record(workflow_id, start, datetime.now(UTC))
         try:
             await self.store.save_record(workflow_id, record, None)
-        except Exception:
+        except Conflict:
             # The evaluator created it first (or a concurrent start did): show what is stored.
             stored = await self.store.get_record(workflow_id)
             if stored is not None:
