@@ -5,8 +5,8 @@ One client harness (this process: C concurrent lanes on one grpc.aio channel, ea
 drives, one after the other:
 
 - **cosmos**: Optimus on a freshly started embedded stack (NATS, Plato, Stratum, Optimus): every
-  submit is validated, then started on Plato (``StartWorkflow``: definition lookup, record lookup,
-  inbox publish and record create on JetStream). Each has its own ``request_id``, a small real source
+  submit is validated, then started on Plato (``StartWorkflow``: inbox publish and record create on
+  JetStream; definitions come from Plato's cache). Each has its own ``request_id``, a small real source
   clip and ``profiles: ["360p"]``. The encodes are started for real; the local agent is stopped
   before the run (``--keep-agent`` keeps it), so their first jobs queue up on Stratum instead of
   running on the same 2 cores. Plato's evaluator works through the started workflows meanwhile, as it

@@ -18,6 +18,7 @@ from cosmos.plato.v1 import (
     step_service_pb2_grpc,
     workflow_pb2,
     workflow_service_pb2,
+    workflow_service_pb2_grpc,
 )
 from cosmos.runtime import rpc_errors
 from cosmos.sdk import StepContext, Worker
@@ -212,3 +213,93 @@ async def test_versions_are_kept_and_running_workflows_stay_on_theirs(plato: Pla
     assert first.definition.source_yaml == ONE_STEP
     listed = await plato.stub.ListDefinitions(workflow_service_pb2.ListDefinitionsRequest())
     assert [(d.definition_id, d.version) for d in listed.definitions] == [("one-step", 2)]
+
+
+async def test_a_retry_long_after_the_start_is_deduplicated_by_the_stored_workflow(
+    plato: PlatoClient, run_worker: Callable[[Worker], None]
+) -> None:
+    # There is no lookup before the start: the record's create (compare-and-set) is the check, and
+    # the start's own inbox message has long been consumed by the time the retry comes.
+    await plato.register(ONE_STEP)
+    worker = Worker(plato.nats_url)
+
+    @worker.handler("work")
+    async def work(step: StepContext) -> dict[str, Any]:
+        return {}
+
+    run_worker(worker)
+    request = workflow_service_pb2.StartWorkflowRequest(request_id="req-late", definition_id="one-step")
+    request.input.update({"n": 1})
+    first = await plato.stub.StartWorkflow(request)
+    assert not first.already_started
+    done = await plato.wait(first.workflow.workflow_id)
+    assert done.state == WS.WORKFLOW_STATE_COMPLETED
+    again = await plato.stub.StartWorkflow(request)
+    assert again.already_started
+    assert again.workflow.workflow_id == first.workflow.workflow_id
+    assert again.workflow.state == WS.WORKFLOW_STATE_COMPLETED
+    other = workflow_service_pb2.StartWorkflowRequest(request_id="req-late", definition_id="one-step")
+    other.input.update({"n": 2})
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await plato.stub.StartWorkflow(other)
+    assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    info, _ = rpc_errors.details_of(caught.value)
+    assert info is not None and info.reason == "ERROR_REASON_REQUEST_ID_REUSED"
+    # The refused start changed nothing: the workflow ran once, on its own input.
+    events = await plato.history(first.workflow.workflow_id)
+    assert event_names(events).count("WORKFLOW_STARTED") == 1
+    assert values.struct_to_dict((await plato.get(first.workflow.workflow_id)).input) == {"n": 1}
+
+
+async def test_concurrent_starts_of_one_request_make_one_workflow(plato: PlatoClient) -> None:
+    await plato.register(ONE_STEP)
+    request = workflow_service_pb2.StartWorkflowRequest(request_id="req-race", definition_id="one-step")
+    replies = await asyncio.gather(*(plato.stub.StartWorkflow(request) for _ in range(8)))
+    assert len({r.workflow.workflow_id for r in replies}) == 1
+    assert sorted(r.already_started for r in replies) == [False] + [True] * 7  # exactly one started it
+    listed = await plato.stub.ListWorkflows(workflow_service_pb2.ListWorkflowsRequest())
+    assert [w.workflow_id for w in listed.workflows] == [replies[0].workflow.workflow_id]
+
+
+async def test_concurrent_starts_with_different_inputs_on_one_id_start_one(plato: PlatoClient) -> None:
+    await plato.register(ONE_STEP)
+    requests = []
+    for i in range(6):
+        request = workflow_service_pb2.StartWorkflowRequest(
+            request_id=f"r{i}", definition_id="one-step", workflow_id="contested"
+        )
+        request.input.update({"i": i})
+        requests.append(request)
+    replies = await asyncio.gather(*(plato.stub.StartWorkflow(r) for r in requests), return_exceptions=True)
+    won = [r for r in replies if isinstance(r, workflow_service_pb2.StartWorkflowResponse)]
+    lost = [r for r in replies if isinstance(r, grpc.aio.AioRpcError)]
+    assert len(won) == 1 and len(lost) == 5, replies
+    assert all(e.code() == grpc.StatusCode.ALREADY_EXISTS for e in lost)
+    stored = await plato.get("contested")
+    assert stored.input == won[0].workflow.input  # the winner's input is the one that runs
+
+
+async def test_starts_use_a_version_registered_through_another_plato_process(
+    start_service: Callable[..., Any], nats_url: str
+) -> None:
+    # Each process caches definitions and follows the latest versions with a watch on the bucket.
+    targets = [start_service("plato", "--nats", nats_url).target for _ in range(2)]
+    async with grpc.aio.insecure_channel(targets[0]) as a, grpc.aio.insecure_channel(targets[1]) as b:
+        first = PlatoClient(targets[0], nats_url, a, workflow_service_pb2_grpc.WorkflowServiceStub(a))
+        second = PlatoClient(targets[1], nats_url, b, workflow_service_pb2_grpc.WorkflowServiceStub(b))
+        assert await first.register(ONE_STEP) == 1
+        assert (await second.get(await second.start("one-step"))).definition_version == 1
+        assert await first.register(ONE_STEP.replace("do: [work]", "do: [work, more]")) == 2
+        # The watch delivers the new pointer asynchronously (well under a millisecond here).
+        versions = []
+        for _ in range(200):
+            versions.append((await second.get(await second.start("one-step"))).definition_version)
+            if versions[-1] == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert versions[-1] == 2 and set(versions) <= {1, 2}
+        # ... and a version registered through the second process is used by it at once.
+        assert await second.register(ONE_STEP.replace("do: [work]", "do: [other]")) == 3
+        assert (await second.get(await second.start("one-step"))).definition_version == 3
+        pinned = await first.start("one-step", workflow_id="pinned-v1", definition_version=1)
+        assert (await first.get(pinned)).definition_version == 1

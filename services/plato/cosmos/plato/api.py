@@ -12,8 +12,8 @@ import base64
 import hashlib
 import re
 import uuid
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import nats.errors
@@ -77,9 +77,16 @@ def _workflow_not_found(workflow_id: str) -> errors.NotFoundError:
 class WorkflowApi(workflow_service_pb2_grpc.WorkflowServiceServicer):
     """``cosmos.plato.v1.WorkflowService``."""
 
-    def __init__(self, store: PlatoStore, stopping: asyncio.Event) -> None:
+    def __init__(
+        self,
+        store: PlatoStore,
+        stopping: asyncio.Event,
+        created: Callable[[str, engine_pb2.WorkflowRecord, int], None] | None = None,
+    ) -> None:
         self.store = store
         self.stopping = stopping
+        self.created = created
+        """Told of every record a start created, with its revision (the evaluator caches it)."""
 
     # ------------------------------------------------------------------ definitions
 
@@ -135,38 +142,63 @@ class WorkflowApi(workflow_service_pb2_grpc.WorkflowServiceServicer):
             _check_id(request.workflow_id, "workflow_id")
         if request.definition_version < 0:
             raise _violation("definition_version", "must be 0 (latest) or a positive version")
-        definition = await self.store.get_definition(request.definition_id, request.definition_version)
+        definition = await self.store.start_definition(request.definition_id, request.definition_version)
         # A retried start (same request_id) lands on the same workflow id, so it finds the first one.
         workflow_id = request.workflow_id or "wf-" + uuid.uuid5(_NAMESPACE, request.request_id).hex
-        existing = await self.store.get_record(workflow_id)
-        if existing is not None:
-            return self._already_started(existing[0].workflow, request, definition.version)
         start = engine_pb2.StartInput(
             definition_id=definition.definition_id,
             definition_version=definition.version,
             input=request.input,
             request_id=request.request_id,
         )
-        start.request_time.GetCurrentTime()
+        now = datetime.now(UTC)
+        start.request_time.FromDatetime(now)
         inp = engine_pb2.EngineInput(workflow_id=workflow_id, start=start)
-        # Publish first: from here on the start is durable, whatever happens to this process.
-        await self.store.publish_input(inp, inputs.start_msg_id(workflow_id), telemetry.inject_headers())
-        record = machine.new_record(workflow_id, start, datetime.now(UTC))
+        # Publish first: from here on the start is durable, whatever happens to this process. There
+        # is no lookup of an existing workflow before: creating the record below is that check (a
+        # start input published for a workflow that already exists changes nothing: only a PENDING
+        # workflow starts, on the input its record holds).
+        duplicate = await self.store.publish_input(
+            inp, inputs.start_msg_id(workflow_id), telemetry.inject_headers()
+        )
+        record = machine.new_record(workflow_id, start, now)
         try:
-            await self.store.save_record(workflow_id, record, None)
+            revision = await self.store.save_record(workflow_id, record, None)
         except Conflict:
-            # The evaluator created it first (or a concurrent start did): show what is stored.
-            stored = await self.store.get_record(workflow_id)
-            if stored is not None:
-                record = stored[0]
+            return await self._existing(workflow_id, request, start, duplicate)
+        if self.created is not None:
+            self.created(workflow_id, record, revision)
         return workflow_service_pb2.StartWorkflowResponse(workflow=record.workflow)
 
-    def _already_started(
+    async def _existing(
         self,
-        workflow: workflow_pb2.Workflow,
+        workflow_id: str,
         request: workflow_service_pb2.StartWorkflowRequest,
-        version: int,
+        start: engine_pb2.StartInput,
+        duplicate: bool,
     ) -> workflow_service_pb2.StartWorkflowResponse:
+        """The record exists already: this start's own (the evaluator created it first), a retry's
+        first start, or a different request's (refused)."""
+        stored = await self.store.get_record(workflow_id)
+        if stored is None:
+            raise errors.UnavailableError(f"workflow {workflow_id!r} vanished while starting; retry")
+        workflow = stored[0].workflow
+        self._refuse_different(workflow, request)
+        # JetStream dropping our start as a duplicate means an earlier start published it. Past the
+        # duplicate window it cannot tell; then a record created well before this request is older.
+        # Otherwise the evaluator created the record from this very start.
+        window = self.store.config.duplicate_window
+        older = values.moment(workflow.create_time) < values.moment(start.request_time) - timedelta(
+            seconds=window / 2
+        )
+        return workflow_service_pb2.StartWorkflowResponse(
+            workflow=workflow, already_started=duplicate or older
+        )
+
+    @staticmethod
+    def _refuse_different(
+        workflow: workflow_pb2.Workflow, request: workflow_service_pb2.StartWorkflowRequest
+    ) -> None:
         same = (
             workflow.request_id == request.request_id
             and workflow.definition_id == request.definition_id
@@ -181,7 +213,6 @@ class WorkflowApi(workflow_service_pb2_grpc.WorkflowServiceServicer):
                 else "ERROR_REASON_REQUEST_ID_REUSED",
                 metadata={"workflow_id": workflow.workflow_id, "field": field},
             )
-        return workflow_service_pb2.StartWorkflowResponse(workflow=workflow, already_started=True)
 
     async def _record(self, workflow_id: str) -> engine_pb2.WorkflowRecord:
         _require(workflow_id, "workflow_id")

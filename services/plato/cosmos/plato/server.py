@@ -50,6 +50,7 @@ async def serve(args: argparse.Namespace) -> None:
     nc, js = await jetstream.connect(args.nats, "cosmos-plato")
     store = PlatoStore(nc, js, StoreConfig(storage=Storage(args.storage), replicas=args.replicas))
     await store.ensure()
+    await store.watch_definitions()
     evaluator = Evaluator(store, EvaluatorConfig(batch=args.batch))
     evaluating: asyncio.Task[None] | None = None
 
@@ -58,6 +59,7 @@ async def serve(args: argparse.Namespace) -> None:
         if evaluating is not None:
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(evaluating, timeout=args.grace_period)
+        await store.close()
         await nc.close()
 
     server = Server(
@@ -67,7 +69,7 @@ async def serve(args: argparse.Namespace) -> None:
     server.add(
         ServiceBinding(
             "cosmos.plato.v1.WorkflowService",
-            WorkflowApi(store, server.stopping),
+            WorkflowApi(store, server.stopping, evaluator.created),
             workflow_service_pb2_grpc.add_WorkflowServiceServicer_to_server,
         )
     )

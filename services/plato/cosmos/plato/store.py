@@ -33,6 +33,7 @@ from nats.js.kv import KeyValue
 from cosmos import errors
 from cosmos.plato import subjects
 from cosmos.plato.language import model, parser
+from cosmos.plato.latest import LatestVersions
 from cosmos.plato.v1 import definition_pb2, engine_pb2
 from cosmos.runtime import jetstream
 
@@ -76,6 +77,9 @@ class PlatoStore:
         self._definitions: KeyValue | None = None
         self._workflows: KeyValue | None = None
         self._compiled: dict[tuple[str, int], model.Definition] = {}
+        # Stored versions never change: cached for good. Only the latest pointer needs watching.
+        self._stored: dict[tuple[str, int], definition_pb2.WorkflowDefinition] = {}
+        self._latest: LatestVersions | None = None
 
     # ------------------------------------------------------------------ setup
 
@@ -146,6 +150,18 @@ class PlatoStore:
             )
         )
 
+    async def watch_definitions(self) -> None:
+        """Follow the latest version of every definition (:meth:`start_definition` reads it)."""
+        latest = LatestVersions(self.nc, self.definitions)
+        await latest.start()
+        self._latest = latest
+
+    async def close(self) -> None:
+        """Stop the definition watch."""
+        latest, self._latest = self._latest, None
+        if latest is not None:
+            await latest.stop()
+
     async def _stream(self, config: StreamConfig) -> None:
         try:
             await self.js.add_stream(config)
@@ -203,6 +219,9 @@ class PlatoStore:
             except nats.js.errors.KeyWrongLastSequenceError:
                 # A newer version was registered concurrently; ours stays stored under its number.
                 pass
+            else:
+                if self._latest is not None:
+                    self._latest.note(stored.definition_id, stored.version)  # starts here see it at once
             return stored
 
     async def get_definition(self, definition_id: str, version: int = 0) -> definition_pb2.WorkflowDefinition:
@@ -222,12 +241,30 @@ class PlatoStore:
             )
         return definition_pb2.WorkflowDefinition.FromString(entry.value)
 
+    async def start_definition(
+        self, definition_id: str, version: int = 0
+    ) -> definition_pb2.WorkflowDefinition:
+        """The definition a start runs (``version`` 0 = latest), mostly without asking JetStream.
+
+        The latest version comes from the watch (see :mod:`cosmos.plato.latest`) when it knows it;
+        a stored version is read once and cached.
+        """
+        if version <= 0:
+            known = self._latest.get(definition_id) if self._latest is not None else None
+            version = known if known is not None else (await self.latest_version(definition_id))[0]
+        key = (definition_id, version)
+        stored = self._stored.get(key)
+        if stored is None:
+            stored = await self.get_definition(definition_id, version)  # NotFoundError for version 0
+            self._stored[key] = stored
+        return stored
+
     async def compiled(self, definition_id: str, version: int) -> model.Definition:
         """The compiled model of a stored definition version (cached; versions never change)."""
         key = (definition_id, version)
         compiled = self._compiled.get(key)
         if compiled is None:
-            stored = await self.get_definition(definition_id, version)
+            stored = await self.start_definition(definition_id, version)
             compiled = parser.parse(stored.source_yaml)
             self._compiled[key] = compiled
         return compiled
@@ -291,7 +328,14 @@ class PlatoStore:
 
     async def publish_input(
         self, inp: engine_pb2.EngineInput, msg_id: str, headers: Mapping[str, str] | None = None
-    ) -> None:
-        """Post one input to a workflow's inbox and wait until JetStream stored it."""
+    ) -> bool:
+        """Post one input to a workflow's inbox and wait until JetStream stored it.
+
+        True if JetStream already had a message with this id (within the duplicate window) and
+        dropped this one.
+        """
         all_headers = {**(headers or {}), subjects.Header.MSG_ID: msg_id}
-        await self.js.publish(subjects.inbox(inp.workflow_id), inp.SerializeToString(), headers=all_headers)
+        ack = await self.js.publish(
+            subjects.inbox(inp.workflow_id), inp.SerializeToString(), headers=all_headers
+        )
+        return bool(ack.duplicate)

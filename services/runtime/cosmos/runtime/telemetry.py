@@ -1,11 +1,17 @@
 """OpenTelemetry tracing configured from the standard ``OTEL_*`` variables.
 
-Spans are always created (so trace context flows through gRPC metadata and NATS headers), but they
-are exported only when asked: ``OTEL_TRACES_EXPORTER`` (``otlp``, ``console`` or ``none``) or an OTLP
-endpoint (``OTEL_EXPORTER_OTLP_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``). The OTLP protocol
-follows ``OTEL_EXPORTER_OTLP_PROTOCOL`` (``grpc`` default, or ``http/protobuf``). ``OTEL_SDK_DISABLED=true``
-turns everything off. Resource attributes come from ``OTEL_SERVICE_NAME`` and
-``OTEL_RESOURCE_ATTRIBUTES`` as usual.
+Spans are exported only when asked: ``OTEL_TRACES_EXPORTER`` (``otlp``, ``console`` or ``none``) or an
+OTLP endpoint (``OTEL_EXPORTER_OTLP_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``). The OTLP
+protocol follows ``OTEL_EXPORTER_OTLP_PROTOCOL`` (``grpc`` default, or ``http/protobuf``).
+``OTEL_SDK_DISABLED=true`` turns everything off. Resource attributes come from ``OTEL_SERVICE_NAME``
+and ``OTEL_RESOURCE_ATTRIBUTES`` as usual.
+
+With an exporter, every process records its spans with the SDK and the OpenTelemetry gRPC
+instrumentation. Without one, recording spans nobody reads costs a third of a millisecond per hop, so
+nothing is recorded, but the trace context still flows: a gRPC server continues the caller's context
+(or begins a new trace when none came), its calls and NATS publishes carry that context on, and
+``tracer.start_as_current_span`` keeps it current (:mod:`cosmos.runtime.propagation`). Log lines keep
+their trace id, and a process further down that does export joins the caller's trace.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 
 from cosmos import errors
+from cosmos.runtime import propagation
 
 _provider: TracerProvider | None = None
 
@@ -54,17 +61,30 @@ def _exporter(name: str, env: Mapping[str, str]) -> SpanExporter:
     raise errors.ConfigError(f"OTEL_TRACES_EXPORTER={name!r}: expected otlp, console or none")
 
 
+def exporting(env: Mapping[str, str] | None = None) -> bool:
+    """Whether this process records and exports spans (an exporter is configured, the SDK enabled)."""
+    env = os.environ if env is None else env
+    return env.get("OTEL_SDK_DISABLED", "").lower() != "true" and bool(_exporter_names(env))
+
+
 def configure_tracing(service_name: str, env: Mapping[str, str] | None = None) -> TracerProvider | None:
-    """Install the global tracer provider for ``service_name`` once per process; return it."""
+    """Install the global tracer provider for ``service_name`` once per process.
+
+    Returns the SDK provider when spans are exported, else None (context is only propagated).
+    """
     global _provider
     env = os.environ if env is None else env
     if env.get("OTEL_SDK_DISABLED", "").lower() == "true":
         return None
     if _provider is not None:
         return _provider
+    names = _exporter_names(env)
+    if not names:
+        propagation.install()
+        return None
     resource = Resource.create({"service.name": env.get("OTEL_SERVICE_NAME", service_name)})
     provider = TracerProvider(resource=resource)
-    for name in _exporter_names(env):
+    for name in names:
         provider.add_span_processor(BatchSpanProcessor(_exporter(name, env)))
     trace.set_tracer_provider(provider)
     atexit.register(provider.shutdown)
@@ -73,13 +93,21 @@ def configure_tracing(service_name: str, env: Mapping[str, str] | None = None) -
 
 
 def server_interceptors() -> list[Any]:
-    """Interceptors that open a server span per RPC, continuing the caller's trace."""
-    return [aio_server_interceptor()]  # type: ignore[no-untyped-call]
+    """Interceptors that continue the caller's trace in every RPC (a server span when exporting)."""
+    if exporting():
+        return [aio_server_interceptor()]  # type: ignore[no-untyped-call]
+    return [propagation.ServerInterceptor()]
 
 
 def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
-    """Interceptors that open a client span per RPC and send its context in the metadata."""
-    return list(aio_client_interceptors())  # type: ignore[no-untyped-call]
+    """Interceptors that open a client span per RPC and send its context in the metadata.
+
+    Only when exporting; otherwise :func:`cosmos.runtime.channels.insecure_channel` sends the
+    context without an interceptor.
+    """
+    if exporting():
+        return list(aio_client_interceptors())  # type: ignore[no-untyped-call]
+    return []
 
 
 def inject_headers(headers: MutableMapping[str, str] | None = None) -> dict[str, str]:

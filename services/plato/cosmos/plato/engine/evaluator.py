@@ -202,6 +202,15 @@ class Evaluator:
         record = machine.new_record(workflow_id, first.start, datetime.now(UTC))
         return _Cached(record, 0, published=True)
 
+    def created(self, workflow_id: str, record: engine_pb2.WorkflowRecord, revision: int) -> None:
+        """A record ``StartWorkflow`` just created: its start input needs no read of the bucket.
+
+        Only if nothing is cached for it yet; a stale entry would be harmless anyway (saves are
+        compare-and-set, and a lost one reloads).
+        """
+        if workflow_id not in self._cache:
+            self._remember(workflow_id, _Cached(record, revision, published=True))
+
     def _remember(self, workflow_id: str, cached: _Cached) -> None:
         self._cache[workflow_id] = cached
         self._cache.move_to_end(workflow_id)

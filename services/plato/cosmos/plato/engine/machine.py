@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from google.protobuf import json_format
+from google.protobuf import json_format, struct_pb2
 
 from cosmos.plato import subjects
 from cosmos.plato.engine import values
@@ -108,6 +108,8 @@ class Machine:
         self.wf = record.workflow
         self.definition = definition
         self.now = now
+        # Only ever copied from (CopyFrom, message constructors): one conversion per transition.
+        self._stamp = values.timestamp(now)
         self.rand = rand
         self.trace_headers = dict(trace_headers or record.trace_headers)
         self._steps = {s.step_id: s for s in self.wf.steps}
@@ -158,7 +160,7 @@ class Machine:
             self._finish_if_quiet()
         except WorkflowFailed as exc:
             self._fail_workflow(exc.reason)
-        self.wf.update_time.CopyFrom(values.timestamp(self.now))
+        self.wf.update_time.CopyFrom(self._stamp)
 
     # ----------------------------------------------------------------- inputs
 
@@ -166,9 +168,9 @@ class Machine:
         if self.wf.state != WS.WORKFLOW_STATE_PENDING:
             return
         self.wf.state = WS.WORKFLOW_STATE_RUNNING
-        self.wf.start_time.CopyFrom(values.timestamp(self.now))
+        self.wf.start_time.CopyFrom(self._stamp)
         self.record.trace_headers.update(self.trace_headers)
-        self._event(ET.WORKFLOW_EVENT_TYPE_WORKFLOW_STARTED, payload=values.struct_to_dict(self.wf.input))
+        self._event(ET.WORKFLOW_EVENT_TYPE_WORKFLOW_STARTED, payload_struct=self.wf.input)
         self._evaluate(model.Event(model.EventKind.WORKFLOW_STARTED))
 
     def _result(self, result: engine_pb2.StepResultInput) -> None:
@@ -187,9 +189,9 @@ class Machine:
         first = step.state == SS.STEP_STATE_SCHEDULED
         if first:
             step.state = SS.STEP_STATE_RUNNING
-            step.start_time.CopyFrom(values.timestamp(self.now))
+            step.start_time.CopyFrom(self._stamp)
             self._event(ET.WORKFLOW_EVENT_TYPE_STEP_STARTED, step=step)
-        step.last_heartbeat_time.CopyFrom(values.timestamp(self.now))
+        step.last_heartbeat_time.CopyFrom(self._stamp)
         if beat.HasField("progress"):
             step.progress.CopyFrom(beat.progress)
             self._event(ET.WORKFLOW_EVENT_TYPE_STEP_HEARTBEAT, step=step, progress=beat.progress)
@@ -481,7 +483,7 @@ class Machine:
         """Start the step's current attempt."""
         step_def = self._step_def(step)
         step.state = SS.STEP_STATE_SCHEDULED
-        step.schedule_time.CopyFrom(values.timestamp(self.now))
+        step.schedule_time.CopyFrom(self._stamp)
         step.ClearField("start_time")
         step.ClearField("last_heartbeat_time")
         step.ClearField("next_attempt_time")
@@ -506,7 +508,7 @@ class Machine:
         params = step_def.params.render(self._step_ctx(step)) if step_def.params is not None else {}
         params = params if isinstance(params, dict) else {"value": params}
         step.state = SS.STEP_STATE_RUNNING
-        step.start_time.CopyFrom(values.timestamp(self.now))
+        step.start_time.CopyFrom(self._stamp)
         if step_def.builtin == "timer":
             try:
                 seconds = parser.parse_duration(params.get("duration", 0))
@@ -586,7 +588,7 @@ class Machine:
             parent_workflow_id=self.wf.workflow_id,
             parent_step_id=step.step_id,
             parent_attempt=step.attempt,
-            request_time=values.timestamp(self.now),
+            request_time=self._stamp,
         )
         start.input.CopyFrom(step.input)
         step.child_workflow_id = child_id
@@ -604,7 +606,7 @@ class Machine:
         step.output.Clear()
         step.output.update(dict(output))
         self._outputs[step.step_id] = dict(output)
-        step.close_time.CopyFrom(values.timestamp(self.now))
+        step.close_time.CopyFrom(self._stamp)
         self._ctx = None
         self._last_completed = step.step_id
         self._event(ET.WORKFLOW_EVENT_TYPE_STEP_COMPLETED, step=step, payload=dict(output))
@@ -629,7 +631,7 @@ class Machine:
     ) -> None:
         step.state = state  # type: ignore[assignment]
         step.error = error
-        step.close_time.CopyFrom(values.timestamp(self.now))
+        step.close_time.CopyFrom(self._stamp)
         event = (
             ET.WORKFLOW_EVENT_TYPE_STEP_TIMED_OUT
             if state == SS.STEP_STATE_TIMED_OUT
@@ -745,7 +747,7 @@ class Machine:
                 )
             step.state = SS.STEP_STATE_CANCELLED
             step.error = reason
-            step.close_time.CopyFrom(values.timestamp(self.now))
+            step.close_time.CopyFrom(self._stamp)
             self._event(ET.WORKFLOW_EVENT_TYPE_STEP_CANCELLED, step=step, error=reason)
 
     # ----------------------------------------------------------------- ending
@@ -785,7 +787,7 @@ class Machine:
         self._close(ET.WORKFLOW_EVENT_TYPE_WORKFLOW_FAILED, error=reason)
 
     def _close(self, event: int, *, payload: Mapping[str, Any] | None = None, error: str = "") -> None:
-        self.wf.close_time.CopyFrom(values.timestamp(self.now))
+        self.wf.close_time.CopyFrom(self._stamp)
         self.record.timers.clear()
         self._event(event, payload=payload, error=error)
         if self.wf.parent_workflow_id:
@@ -817,6 +819,7 @@ class Machine:
         error: str = "",
         rule: str = "",
         progress: Any = None,
+        payload_struct: struct_pb2.Struct | None = None,
     ) -> None:
         self.wf.last_sequence += 1
         seq = self.wf.last_sequence
@@ -825,7 +828,7 @@ class Machine:
             workflow_id=self.wf.workflow_id,
             sequence=seq,
             type=kind,  # type: ignore[arg-type]
-            event_time=values.timestamp(self.now),
+            event_time=self._stamp,
             error=error,
             rule=rule
             or (step.rule if step is not None and kind == ET.WORKFLOW_EVENT_TYPE_STEP_SCHEDULED else ""),
@@ -838,6 +841,8 @@ class Machine:
             event.attempt = step.attempt
         if payload:
             event.payload.update(dict(payload))
+        elif payload_struct is not None and payload_struct.fields:
+            event.payload.CopyFrom(payload_struct)  # as the dict round trip would, without it
         if progress is not None:
             event.progress.CopyFrom(progress)
         self._outbox(subjects.events(self.wf.workflow_id), event.SerializeToString(), msg_id=event.event_id)
