@@ -5,25 +5,26 @@ A 3-rendition ladder (1080p, 720p, 360p) of a synthetic 1080p clip (``make-test-
 - **ffmpeg (hand)**: ONE ffmpeg command that decodes the source once, ``split=3``, scales each branch
   exactly as the media tool does and encodes three mp4 renditions with the profiles' encoder options
   (libx264 veryfast High, CRF 23, maxrate/bufsize of the rung, closed 2 s GOP, no scene-cut keyframes,
-  ``+faststart`` like ``assemble``). Run before and after the platform; the mean is the baseline.
-- **platform**: Optimus on a freshly started embedded stack (NATS, Plato, Stratum, Optimus, one local
-  agent; start-up not timed): ``SubmitEncode`` until ``WatchEncode`` reports SUCCEEDED. The phases
-  (probe+split, chunk encodes, assemble, quality, package, publish) come from the workflow history
-  (Plato ``ListWorkflowEvents``; the encode id is the workflow id).
-- **ffmpeg + quality + package** (second baseline): the hand command, then one hand-written ffmpeg
-  command measuring VMAF (libvmaf, default model) and PSNR of all three renditions against the
-  source with the platform's settings, then the platform's ``dash`` packaging command (HLS + DASH
-  over fMP4 segments, audio to AAC once) and a copy of the package to an output directory.
+  ``+faststart`` like ``assemble``). Run before and after the platform runs; the mean is the baseline.
+- **platform**, once per quality mode (``--modes``, default ``off,sampled``): Optimus on a freshly
+  started embedded stack (NATS, Plato, Stratum, Optimus, one local agent; start-up not timed):
+  ``SubmitEncode`` until ``WatchEncode`` reports SUCCEEDED, i.e. probe, split, chunk encodes, assemble,
+  HLS + DASH packaging (audio encoded once) and publishing. With ``off`` the platform produces what the
+  hand command produces (plus the packaging); ``sampled`` (the default of a submit) also measures
+  VMAF + PSNR on about one frame a second, ``full`` on every frame. The phases come from the workflow
+  history (Plato ``ListWorkflowEvents``; the encode id is the workflow id).
+- **ffmpeg + quality + package** (``--quality-baseline``): the hand command, then one hand-written
+  ffmpeg command measuring VMAF (libvmaf, default model) and PSNR of all three renditions against the
+  source on every frame, then the platform's ``dash`` packaging command and a copy of the package;
+  the baseline for the ``full`` mode.
 
-The platform does more than the hand command (VMAF/PSNR of every chunk x rendition, HLS + DASH
-packaging, publishing), so the ratio is reported for the full pipeline, for the encode+assemble part
-alone (submit until the last rendition is assembled) and against the second baseline. The issue's
-goal is platform / hand-written ffmpeg <= 1.15.
+The issue's goal is platform / hand-written ffmpeg <= 1.15, for the platform producing the same
+renditions (mode ``off``); the other modes are reported against the same baseline.
 
 Run::
 
-    .venv/bin/python bench/encode_vs_ffmpeg.py            # 60 s clip: about 7 minutes on 2 cores
-    .venv/bin/python bench/encode_vs_ffmpeg.py --quick    # 10 s clip: under 2 minutes
+    .venv/bin/python bench/encode_vs_ffmpeg.py            # 60 s clip: about 4 minutes on 2 cores
+    .venv/bin/python bench/encode_vs_ffmpeg.py --quick    # 10 s clip: about a minute
     .venv/bin/python bench/encode_vs_ffmpeg.py --json     # one JSON object with every figure
 """
 
@@ -291,7 +292,12 @@ async def history(channel: grpc.aio.Channel, workflow_id: str) -> list[events_pb
             return events
 
 
-STEP_NAMES = ("probe", "split", "encode", "assemble", "quality", "package", "publish")
+STEP_NAMES = ("probe", "split", "encode", "assemble", "package", "publish")
+MODES = {
+    "off": encode_pb2.QUALITY_MODE_OFF,
+    "sampled": encode_pb2.QUALITY_MODE_SAMPLED,
+    "full": encode_pb2.QUALITY_MODE_FULL,
+}
 
 
 def phases(
@@ -312,16 +318,13 @@ def phases(
     split_done = max(last_done.get("probe", 0.0), last_done.get("split", 0.0))
     enc_done = last_done.get("encode", split_done)
     asm_done = last_done.get("assemble", enc_done)
-    # assemble and quality both start when the encodes are done; quality is what it adds after them.
-    q_end = max(last_done.get("quality", 0.0), asm_done)
-    pub_done = last_done.get("publish", q_end)
+    pub_done = last_done.get("publish", asm_done)
     durations = {
         "submit -> workflow started": wf_started or 0.0,
         "probe + split": split_done - (wf_started or 0.0),
-        "chunk encodes": enc_done - split_done,
+        "chunk encodes (+ quality)": enc_done - split_done,
         "assemble": asm_done - enc_done,
-        "quality (after the assembles)": q_end - asm_done,
-        "package + publish": pub_done - q_end,
+        "package + publish": pub_done - asm_done,
         "complete + observed by the client": seen - pub_done,
     }
     return {
@@ -373,16 +376,16 @@ async def step_jobs(plato: grpc.aio.Channel, stratum: grpc.aio.Channel, workflow
     }
 
 
-async def platform_run(source: Path, work: Path, timeout: float) -> dict[str, Any]:
+async def platform_run(source: Path, work: Path, mode: str, timeout: float) -> dict[str, Any]:
     cfg = StackConfig(
         optimus_port=free_port(), plato_port=free_port(), stratum_port=free_port(), nats_port=free_port(),
-        data_dir=work / "stack", log_level="warning",
+        data_dir=work / f"stack-{mode}", log_level="warning",
     )  # fmt: skip
     t0 = time.perf_counter()
     async with EmbeddedStack(cfg) as stack:
         stack_start = time.perf_counter() - t0
         await asyncio.sleep(1.0)  # let the start-up settle (definition registration, agent heartbeat)
-        out = work / "platform-out"
+        out = work / f"platform-out-{mode}"
         optimus = str(cfg.address(cfg.optimus_port))
         plato = str(cfg.address(cfg.plato_port))
         stratum = str(cfg.address(cfg.stratum_port))
@@ -397,6 +400,7 @@ async def platform_run(source: Path, work: Path, timeout: float) -> dict[str, An
                 source_uri=source.as_uri(),
                 profiles=list(LADDER),
                 output_uri=out.as_uri(),
+                quality=MODES[mode],
             )
             load = os.getloadavg()[0]
             cpu0 = stack_cpu(stack)
@@ -428,6 +432,7 @@ async def platform_run(source: Path, work: Path, timeout: float) -> dict[str, An
             jobs = await step_jobs(pch, sch, submitted.encode_id)
     cpu = {name: {k: round(cpu1[name][k] - cpu0[name][k], 3) for k in ("self", "children")} for name in cpu1}
     return {
+        "mode": mode,
         "encode_id": submitted.encode_id,
         "stack_start_s": round(stack_start, 3),
         "load_before": round(load, 2),
@@ -443,8 +448,9 @@ async def platform_run(source: Path, work: Path, timeout: float) -> dict[str, An
                 "height": r.height,
                 "bytes": r.size_bytes,
                 "bitrate": r.bitrate_bps,
-                "vmaf": round(r.vmaf, 3),
-                "psnr": round(r.psnr, 3),
+                "vmaf": round(r.vmaf, 3) if r.quality_frames else None,
+                "psnr": round(r.psnr, 3) if r.quality_frames else None,
+                "quality_frames": r.quality_frames,
             }
             for r in last.renditions
         },
@@ -507,55 +513,68 @@ def render(r: dict[str, Any]) -> str:
                          rnd["quality"]["load_before"]])  # fmt: skip
             rows.append([f"  + package + copy ({label})", rnd["package"]["wall_s"] + rnd["publish_s"],
                          rnd["package"]["cpu_s"], rnd["package"]["load_before"]])  # fmt: skip
-    p = r["platform"]
-    rows.append(["platform: submit -> SUCCEEDED", p["wall_s"], p["cpu_s_total"], p["load_before"]])
-    rows.append(["platform: submit -> renditions assembled", p["phases"]["encode_assemble_s"], None, None])
+    for mode, p in r["platform"].items():
+        rows.append([f"platform, quality {mode}: submit -> SUCCEEDED", p["wall_s"], p["cpu_s_total"],
+                     p["load_before"]])  # fmt: skip
+        rows.append([f"platform, quality {mode}: submit -> assembled", p["phases"]["encode_assemble_s"], None,
+                     None])  # fmt: skip
     out.append(table(["run", "wall s", "CPU s", "load avg before"], rows))
-    out.append("")
-    out.append("platform phases (from the workflow history):")
-    out.append(table(["phase", "seconds"], list(p["phases"]["durations_s"].items())))
-    out.append("")
-    steps = p["steps"]
-    out.append("Stratum jobs per step (means in seconds; dispatch: step scheduled -> job created, queue: ->")
-    out.append("placed, launch: -> process started, run: -> process ended, report: -> step completed):")
-    keys = ("dispatch", "queue", "launch", "run", "report")
-    out.append(
-        table(
-            ["step", "jobs", "run s (sum)", "CPU s (sum)", *keys],
-            [
-                [n, v["jobs"], v["run_s_total"], v["cpu_s_total"], *(v[f"{k}_s_mean"] for k in keys)]
-                for n, v in steps.items()
-            ],
-        )
-    )
-    jobs = sum(v["jobs"] for v in steps.values())
     t = r["tool_startup"]
-    out.append(
-        f"media-tool process start (no work): {t['wall_s']:.2f} s wall, {t['cpu_s']:.2f} s CPU; {jobs} jobs"
-    )
-    cpu = p["cpu_s"]
-    out.append(
-        "platform CPU s: "
-        + ", ".join(f"{n} {v['self']:.1f}" for n, v in cpu.items())
-        + f"; jobs (agent's children) {cpu.get('agent', {}).get('children', 0.0):.1f}"
-    )
+    for mode, p in r["platform"].items():
+        out.append("")
+        out.append(f"platform, quality {mode}: phases (from the workflow history):")
+        out.append(table(["phase", "seconds"], list(p["phases"]["durations_s"].items())))
+        out.append("")
+        steps = p["steps"]
+        out.append("Stratum jobs per step (means in seconds; dispatch: step scheduled -> job created, queue:")
+        out.append(
+            "-> placed, launch: -> process started, run: -> process ended, report: -> step completed):"
+        )
+        keys = ("dispatch", "queue", "launch", "run", "report")
+        out.append(
+            table(
+                ["step", "jobs", "run s (sum)", "CPU s (sum)", *keys],
+                [
+                    [n, v["jobs"], v["run_s_total"], v["cpu_s_total"], *(v[f"{k}_s_mean"] for k in keys)]
+                    for n, v in steps.items()
+                ],
+            )
+        )
+        jobs = sum(v["jobs"] for v in steps.values())
+        out.append(
+            f"media-tool process start (no work): {t['wall_s']:.2f} s wall, {t['cpu_s']:.2f} s CPU;"
+            f" {jobs} jobs"
+        )
+        cpu = p["cpu_s"]
+        out.append(
+            "platform CPU s: "
+            + ", ".join(f"{n} {v['self']:.1f}" for n, v in cpu.items())
+            + f"; jobs (agent's children) {cpu.get('agent', {}).get('children', 0.0):.1f}"
+        )
     out.append("")
     rend = []
     for name, h in r["hand_renditions"].items():
-        pr = p["renditions"].get(name, {})
-        vmaf = r["quality_hand"].get(name, {}).get("vmaf")
-        size = f"{h['width']}x{h['height']}"
-        rend.append([name, size, h["bitrate"] / 1e6, pr.get("bitrate", 0) / 1e6, vmaf, pr.get("vmaf")])
-    out.append(table(["rendition", "size", "hand Mb/s", "platform Mb/s", "hand VMAF", "platform VMAF"], rend))
+        row: list[object] = [name, f"{h['width']}x{h['height']}", h["bitrate"] / 1e6]
+        row += [p["renditions"].get(name, {}).get("bitrate", 0) / 1e6 for p in r["platform"].values()]
+        row += [r["quality_hand"].get(name, {}).get("vmaf")]
+        row += [p["renditions"].get(name, {}).get("vmaf") for p in r["platform"].values()]
+        rend.append(row)
+    modes = list(r["platform"])
+    out.append(
+        table(
+            ["rendition", "size", "hand Mb/s", *(f"{m} Mb/s" for m in modes), "hand VMAF (all frames)",
+             *(f"{m} VMAF" for m in modes)],
+            rend,
+        )
+    )  # fmt: skip
     out.append("")
     out.append(table(["ratio (platform / baseline)", "value"], list(r["ratios"].items())))
     out.append("")
-    g = r["goal"]
-    out.append(
-        f"goal: platform / hand-written ffmpeg <= {GOAL_RATIO}: full pipeline {g['full_pipeline']:.2f} "
-        f"({'met' if g['full_pipeline_met'] else 'NOT met'}); encode+assemble {g['encode_assemble']:.2f} "
-        f"({'met' if g['encode_assemble_met'] else 'NOT met'})"
-    )
+    for mode, g in r["goal"]["modes"].items():
+        out.append(
+            f"goal: platform / hand-written ffmpeg <= {GOAL_RATIO}, quality {mode}: "
+            f"{g['ratio']:.2f} ({'met' if g['met'] else 'NOT met'}); to assembled {g['encode_assemble']:.2f}"
+        )
     return "\n".join(out)
 
 
@@ -569,7 +588,10 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--size", default="1920x1080", help="clip size (default 1920x1080)")
     p.add_argument("--fps", type=float, default=24.0, help="clip frame rate (default 24)")
     p.add_argument(
-        "--no-quality-baseline", action="store_true", help="skip the ffmpeg + quality + package baseline"
+        "--modes", default="off,sampled", help="platform quality modes to run, in order (off,sampled,full)"
+    )
+    p.add_argument(
+        "--quality-baseline", action="store_true", help="also time ffmpeg + every-frame quality + package"
     )
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds the platform encode may take")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
@@ -593,35 +615,48 @@ def main(argv: Sequence[str] | None = None) -> int:
             check=True, capture_output=True,
         )  # fmt: skip
         info = probe(source, what="source")
-        with_rest = not args.no_quality_baseline
+        with_rest = args.quality_baseline
+        modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+        unknown = [m for m in modes if m not in MODES]
+        if unknown or not modes:
+            raise SystemExit(f"--modes: unknown mode(s) {unknown}; choose from {', '.join(MODES)}")
         say("ffmpeg hand command (before) ...")
         before = ffmpeg_round("before", source, info.fps, work, with_rest=with_rest)
-        say("platform (fresh embedded stack) ...")
-        plat = asyncio.run(platform_run(source, work, args.timeout))
+        plat: dict[str, dict[str, Any]] = {}
+        for mode in modes:
+            say(f"platform, quality {mode} (fresh embedded stack) ...")
+            plat[mode] = asyncio.run(platform_run(source, work, mode, args.timeout))
         say("ffmpeg hand command (after) ...")
         after = ffmpeg_round("after", source, info.fps, work, with_rest=False)
         say("media tool start-up ...")
         startup = tool_startup()
         hand = statistics.fmean([before["encode"]["wall_s"], after["encode"]["wall_s"]])
         hand_cpu = statistics.fmean([before["encode"]["cpu_s"], after["encode"]["cpu_s"]])
-        ratios: dict[str, float | None] = {
-            "full pipeline / ffmpeg hand command": round(plat["wall_s"] / hand, 3),
-            "encode+assemble / ffmpeg hand command": round(plat["phases"]["encode_assemble_s"] / hand, 3),
-            "platform CPU / ffmpeg hand command CPU": round(plat["cpu_s_total"] / hand_cpu, 3),
-        }
+        ratios: dict[str, float | None] = {}
+        goals: dict[str, dict[str, Any]] = {}
+        for mode, p in plat.items():
+            ratio = p["wall_s"] / hand
+            enc_asm = p["phases"]["encode_assemble_s"] / hand
+            ratios[f"quality {mode}: platform / ffmpeg hand command"] = round(ratio, 3)
+            ratios[f"quality {mode}: to assembled / ffmpeg hand command"] = round(enc_asm, 3)
+            ratios[f"quality {mode}: platform CPU / ffmpeg hand command CPU"] = round(
+                p["cpu_s_total"] / hand_cpu, 3
+            )
+            goals[mode] = {
+                "ratio": round(ratio, 3),
+                "met": ratio <= GOAL_RATIO,
+                "encode_assemble": round(enc_asm, 3),
+            }
         full_baseline = None
         if with_rest:
             # The hand command's mean plus the quality and packaging commands (run once, before).
             full_baseline = (
                 hand + before["quality"]["wall_s"] + before["package"]["wall_s"] + before["publish_s"]
             )
-            full_cpu = hand_cpu + before["quality"]["cpu_s"] + before["package"]["cpu_s"]
-            ratios["full pipeline / ffmpeg + quality + package"] = round(plat["wall_s"] / full_baseline, 3)
-            ratios["platform CPU / (ffmpeg + quality + package) CPU"] = round(
-                plat["cpu_s_total"] / full_cpu, 3
-            )
-        full = plat["wall_s"] / hand
-        enc_asm = plat["phases"]["encode_assemble_s"] / hand
+            if "full" in plat:
+                ratios["quality full: platform / ffmpeg + quality + package"] = round(
+                    plat["full"]["wall_s"] / full_baseline, 3
+                )
         result: dict[str, Any] = {
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "machine": {
@@ -641,13 +676,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "platform": plat,
             "tool_startup": startup,
             "ratios": ratios,
-            "goal": {
-                "ratio_max": GOAL_RATIO,
-                "full_pipeline": round(full, 3),
-                "full_pipeline_met": full <= GOAL_RATIO,
-                "encode_assemble": round(enc_asm, 3),
-                "encode_assemble_met": enc_asm <= GOAL_RATIO,
-            },
+            "goal": {"ratio_max": GOAL_RATIO, "modes": goals},
         }
         if args.json_file:
             args.json_file.write_text(json.dumps(result, indent=2) + "\n")

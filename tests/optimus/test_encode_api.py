@@ -88,6 +88,7 @@ async def test_bad_submits_name_the_field(
         ({"output_uri": "s3://bucket/out"}, bad, "output_uri", "ERROR_REASON_INVALID_ARGUMENT"),
         ({"source_uri": "ftp://host/x.mp4"}, bad, "source_uri", "ERROR_REASON_INVALID_ARGUMENT"),
         ({"output_uri": (clip / "out").as_uri()}, pre, "output_uri", "ERROR_REASON_OUTPUT_UNWRITABLE"),
+        ({"quality": 9}, bad, "quality", "ERROR_REASON_INVALID_ARGUMENT"),  # not a QualityMode
     ]
     if os.geteuid() != 0:  # root writes anywhere; the case only bites for other users
         cases.append(
@@ -116,10 +117,13 @@ async def test_a_ladder_encodes_dedupes_and_publishes_verified_manifests(
     done = await wait(encodes, first.encode_id)
     assert done.state == ES.ENCODE_STATE_SUCCEEDED, (done.failed_step, done.error_message)
     assert [r.profile for r in done.renditions] == ["360p", "540p"]
+    assert done.quality == encode_pb2.QUALITY_MODE_SAMPLED  # the default
     for rendition in done.renditions:
         assert rendition.state == ES.ENCODE_STATE_SUCCEEDED
         assert rendition.bitrate_bps > 0 and rendition.size_bytes > 0
         assert 30 < rendition.vmaf <= 100 and rendition.psnr > 20
+        # 6 s at 24 fps sampled every 25th frame (the title's frames 0, 25, ... 125).
+        assert rendition.quality_frames == 6
     assert done.manifests.hls_master_uri == (out / "master.m3u8").as_uri()
     assert done.progress.percent == 100
     verified = media(

@@ -66,6 +66,6 @@ async def test_one_encode_is_one_trace_across_every_hop(
     agent = {name for name, t in spans(logs / "agent.log") if t == trace}
     assert {"plato.advance", "/cosmos.plato.v1.WorkflowService/StartWorkflow"} <= plato
     # Each job step, as run by Plato's Stratum runner, is a span of the same trace.
-    assert {"step probe", "step split", "step encode", "step quality", "step package"} <= plato
+    assert {"step probe", "step split", "step encode", "step assemble", "step package"} <= plato
     assert "/cosmos.stratum.v1.JobService/SubmitJob" in stratum
     assert "agent.run" in agent

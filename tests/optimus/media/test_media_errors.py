@@ -45,7 +45,7 @@ def test_unknown_profile_lists_known_ones(tmp_path: Path) -> None:
     chunk = tmp_path / "chunk_00000.mp4"
     chunk.write_bytes(b"")
     code, err, _ = media(
-        tmp_path, "encode", "--chunk", str(chunk), "--profile", "4k", "--out", str(tmp_path / "o.mp4")
+        tmp_path, "encode", "--chunk", str(chunk), "--profiles", "360p,4k", "--out-dir", str(tmp_path / "o")
     )
     assert code == 2 and "unknown profile '4k'" in err
     for name in ("1080p", "720p", "540p", "360p", "720p-hevc", "720p-av1", "720p-nvenc"):
@@ -95,12 +95,10 @@ def test_ffmpeg_failure_carries_its_stderr(tmp_path: Path) -> None:
         "encode",
         "--chunk",
         str(broken),
-        "--profile",
+        "--profiles",
         "360p",
-        "--out",
-        str(tmp_path / "o.mp4"),
-        "--duration",
-        "1",
+        "--out-dir",
+        str(tmp_path / "o"),
     )
     assert code in (1, 2), err
     assert err.startswith("error: encode: ") and len(err.strip().splitlines()) == 1

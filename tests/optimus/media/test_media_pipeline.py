@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from cosmos.optimus.media.ffmpeg import ffmpeg_exe
+from cosmos.optimus.media.probe import probe
 
 SECONDS = 6.0
 FPS = 24.0
@@ -95,27 +96,27 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
     )
     probe = ok(root, "probe", "--source", str(src))
     split = ok(root, "split", "--source", str(src), "--work", str(root / "chunks"), "--chunk-seconds", "2")
-    encodes = []
-    for profile in PROFILES:
-        for chunk in split["chunks"]:
-            out = root / "encoded" / profile / Path(chunk["path"]).name
-            encodes.append(
-                ok(
-                    root,
-                    "encode",
-                    "--chunk",
-                    chunk["path"],
-                    "--profile",
-                    profile,
-                    "--out",
-                    str(out),
-                    "--duration",
-                    str(chunk["duration"]),
-                )
-            )
-    # The workflow passes every encode result of every profile; one without "index" must still work.
-    all_encodes = [dict(e) for e in encodes]
-    del all_encodes[1]["index"]
+    # One encode per chunk for every profile, measuring its output on the way (sampled, the default).
+    encodes = [
+        ok(
+            root,
+            "encode",
+            "--chunk",
+            chunk["path"],
+            "--profiles",
+            ",".join(PROFILES),
+            "--out-dir",
+            str(root / "encoded"),
+            "--start",
+            str(chunk["start"]),
+            "--threads",
+            "1",
+        )
+        for chunk in split["chunks"]
+    ]
+    # The workflow passes every chunk's encode result; a rendition without "index" must still work.
+    all_encodes = json.loads(json.dumps(encodes))
+    del all_encodes[1]["renditions"][0]["index"]
     renditions = [
         ok(
             root,
@@ -129,6 +130,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
         )
         for p in PROFILES
     ]
+    # The standalone measurement of every frame, for comparison with the encoder's own.
     qualities = [
         ok(
             root,
@@ -136,23 +138,27 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
             "--reference",
             e["chunk"],
             "--distorted",
-            e["path"],
+            r["path"],
             "--profile",
-            e["profile"],
+            r["profile"],
             "--index",
             str(e["index"]),
         )
         for e in encodes
+        for r in e["renditions"]
     ]
+    audio = ok(root, "audio", "--source", str(src), "--out", str(root / "audio" / "audio.mp4"))
     package = ok(
         root,
         "package",
         "--source",
         str(src),
+        "--audio",
+        audio["path"],
         "--renditions",
         json.dumps(renditions),
         "--qualities",
-        json.dumps(qualities),
+        json.dumps(encodes),
         "--out",
         str(root / "package"),
     )
@@ -193,13 +199,80 @@ def test_chunks_tile_the_source(pipeline: Pipeline) -> None:
         assert Path(c["path"]).is_absolute() and Path(c["path"]).is_file()
 
 
+def chunk_renditions(pipeline: Pipeline) -> list[dict[str, Any]]:
+    return [r for e in pipeline.encodes for r in e["renditions"]]
+
+
 def test_encodes_follow_the_profile(pipeline: Pipeline) -> None:
+    assert [e["index"] for e in pipeline.encodes] == [0, 1, 2]
     for e in pipeline.encodes:
-        assert e["height"] == {"360p": 360, "540p": 540}[e["profile"]]
-        assert e["width"] % 2 == 0 and e["bytes"] == Path(e["path"]).stat().st_size
-        assert e["duration"] == pytest.approx(2.0, abs=1 / FPS) and e["codec"] == "h264"
+        assert [r["profile"] for r in e["renditions"]] == list(PROFILES) and e["quality"] == "sampled"
+    for r in chunk_renditions(pipeline):
+        info = probe(r["path"])
+        assert info.height == {"360p": 360, "540p": 540}[r["profile"]] and info.width % 2 == 0
+        assert r["bytes"] == Path(r["path"]).stat().st_size and r["bitrate"] > 0
+        assert Path(r["path"]) == pipeline.root / "encoded" / r["profile"] / f"chunk_{r['index']:05d}.mp4"
+        assert info.duration == pytest.approx(2.0, abs=1 / FPS) and info.video_codec == "h264"
         # GOP = 2 s: a 2 s chunk holds exactly one keyframe, the first frame.
-        assert keyframe_times(Path(e["path"])) == [0.0]
+        assert keyframe_times(Path(r["path"])) == [0.0]
+
+
+def test_sampled_quality_follows_every_frame_quality(pipeline: Pipeline) -> None:
+    # Stride at 24 fps with a 48-frame GOP: the first stride from 24 up sharing no factor with 48.
+    stride = 25
+    full = {(q["index"], q["profile"]): q for q in pipeline.qualities}
+    for e, chunk in zip(pipeline.encodes, pipeline.split["chunks"], strict=True):
+        first = round(chunk["start"] * FPS)
+        sampled = [n for n in range(chunk["frames"]) if (n + first) % stride == 0]
+        for r in e["renditions"]:
+            q = full[(e["index"], r["profile"])]
+            assert r["quality_frames"] == len(sampled) > 0, r
+            assert 50 < r["vmaf"] <= 100 and r["psnr"] > 25, r
+            assert r["vmaf"] == pytest.approx(q["vmaf"], abs=6), (r, q)
+
+
+def test_measuring_in_the_encoder_equals_measuring_the_file(pipeline: Pipeline, tmp_path: Path) -> None:
+    # Same frames, paired the same way: the loopback-decoder measurement of every frame must agree
+    # with decoding the written file and measuring it separately.
+    chunk = pipeline.split["chunks"][1]
+    done = ok(
+        tmp_path,
+        "encode",
+        "--chunk",
+        chunk["path"],
+        "--profiles",
+        "360p",
+        "--out-dir",
+        str(tmp_path / "enc"),
+        "--quality",
+        "full",
+    )
+    (r,) = done["renditions"]
+    alone = ok(
+        tmp_path, "quality", "--reference", chunk["path"], "--distorted", r["path"], "--profile", "360p"
+    )
+    assert r["quality_frames"] == alone["quality_frames"] == chunk["frames"]
+    assert r["vmaf"] == pytest.approx(alone["vmaf"], abs=0.01)
+    assert r["psnr"] == pytest.approx(alone["psnr"], abs=0.01)
+
+
+def test_quality_off_measures_nothing(pipeline: Pipeline, tmp_path: Path) -> None:
+    chunk = pipeline.split["chunks"][0]
+    done = ok(
+        tmp_path,
+        "encode",
+        "--chunk",
+        chunk["path"],
+        "--profiles",
+        '["360p", "540p"]',
+        "--out-dir",
+        str(tmp_path / "enc"),
+        "--quality",
+        "off",
+    )
+    assert done["quality"] == "off"
+    for r in done["renditions"]:
+        assert "vmaf" not in r and "quality_frames" not in r and Path(r["path"]).is_file()
 
 
 def test_renditions_are_assembled_in_order(pipeline: Pipeline) -> None:
@@ -213,7 +286,7 @@ def test_quality_is_sane(pipeline: Pipeline) -> None:
     for q in pipeline.qualities:
         assert 50 < q["vmaf"] <= 100, q
         assert q["psnr"] > 25, q
-        assert q["frames"] == 48 and q["index"] in (0, 1, 2)
+        assert q["frames"] == q["quality_frames"] == 48 and q["index"] in (0, 1, 2)
 
 
 def test_package_layout_and_result(pipeline: Pipeline) -> None:
@@ -224,9 +297,14 @@ def test_package_layout_and_result(pipeline: Pipeline) -> None:
     for r in pkg["renditions"]:
         assert Path(r["playlist"]).is_file()
         assert 50 < r["vmaf"] <= 100 and r["psnr"] > 25 and r["quality_chunks"] == 3
-        mine = [q for q in pipeline.qualities if q["profile"] == r["profile"]]
-        assert r["vmaf"] == pytest.approx(sum(q["vmaf"] for q in mine) / 3, abs=0.01)
+        mine = [q for q in chunk_renditions(pipeline) if q["profile"] == r["profile"]]
+        frames = sum(q["quality_frames"] for q in mine)
+        assert r["quality_frames"] == frames
+        assert r["vmaf"] == pytest.approx(
+            sum(q["vmaf"] * q["quality_frames"] for q in mine) / frames, abs=0.01
+        )
     assert pkg["audio"] is not None and pkg["audio"]["codec"] == "aac"
+    assert pkg["audio"]["codecs"] == "mp4a.40.2"  # the audio step's AAC-LC, copied in
     assert not list(out.parent.glob(".package.*")), "temporary directories left behind"
 
 
@@ -284,8 +362,9 @@ def test_rerun_is_idempotent(pipeline: Pipeline) -> None:
     )
     assert again == pipeline.publish
     e = pipeline.encodes[0]
-    redo = ok(root, "encode", "--chunk", e["chunk"], "--profile", e["profile"], "--out", e["path"])
-    assert redo["path"] == e["path"] and redo["frames"] == e["frames"]
+    args = ["--chunk", e["chunk"], "--profiles", ",".join(PROFILES), "--out-dir", str(root / "encoded")]
+    redo = ok(root, "encode", *args, "--threads", "1")
+    assert redo == e  # same files, same bytes, same scores
 
 
 def test_progress_lines_on_the_channel(pipeline: Pipeline, tmp_path: Path) -> None:
@@ -297,10 +376,10 @@ def test_progress_lines_on_the_channel(pipeline: Pipeline, tmp_path: Path) -> No
             "encode",
             "--chunk",
             chunk,
-            "--profile",
+            "--profiles",
             "360p",
-            "--out",
-            str(tmp_path / "p.mp4"),
+            "--out-dir",
+            str(tmp_path / "enc"),
             env={"COSMOS_PROGRESS_FD": str(write_fd)},
             pass_fds=(write_fd,),
         )
@@ -357,3 +436,9 @@ def keyframe_times(path: Path) -> list[float]:
             if not flags or flags[0] & 1:
                 times.append(round(int(parts[2]) * tb, 6))
     return sorted(times)
+
+
+def test_audio_of_a_silent_source_is_none(pipeline: Pipeline, tmp_path: Path) -> None:
+    chunk = pipeline.split["chunks"][0]["path"]  # chunks are video only
+    assert ok(tmp_path, "audio", "--source", chunk, "--out", str(tmp_path / "a.mp4"))["path"] == ""
+    assert not (tmp_path / "a.mp4").exists()

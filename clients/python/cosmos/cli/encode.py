@@ -44,9 +44,22 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--priority", type=int, default=0, help="higher runs first on Stratum")
     p.add_argument("--request-id", default="", help="idempotency key (a repeat returns the same encode)")
     p.add_argument("--force", action="store_true", help="start anew even if the same encode exists")
+    p.add_argument(
+        "--quality",
+        choices=("sampled", "full", "off"),
+        default="sampled",
+        help="VMAF/PSNR on about one frame a second (default), every frame, or none",
+    )
     p.add_argument("--json", action="store_true", help="print the final encode as JSON (for scripts)")
     config.add_env_argument(p, PREFIX, "--optimus", default="127.0.0.1:50051", help="Optimus gRPC address")
     return p
+
+
+QUALITY = {
+    "sampled": encode_pb2.QUALITY_MODE_SAMPLED,
+    "full": encode_pb2.QUALITY_MODE_FULL,
+    "off": encode_pb2.QUALITY_MODE_OFF,
+}
 
 
 def _uri(text: str) -> str:
@@ -65,8 +78,8 @@ def results_table(encode: encode_pb2.Encode) -> Table:
             r.codec,
             f"{r.bitrate_bps / 1e6:.2f} Mb/s",
             f"{r.size_bytes / 1e6:.1f} MB",
-            f"{r.vmaf:.1f}",
-            f"{r.psnr:.1f} dB",
+            f"{r.vmaf:.1f}" if r.quality_frames else "-",
+            f"{r.psnr:.1f} dB" if r.quality_frames else "-",
         )
     return table
 
@@ -122,6 +135,7 @@ async def run_encode(args: argparse.Namespace, console: Console) -> int:
             output_uri=_uri(args.out),
             priority=args.priority,
             force=args.force,
+            quality=QUALITY[args.quality],
         )
         try:
             submitted = (await stub.SubmitEncode(request)).encode

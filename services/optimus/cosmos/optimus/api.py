@@ -23,7 +23,7 @@ from google.protobuf import json_format
 from cosmos import errors
 from cosmos.optimus import profiles as catalog
 from cosmos.optimus.v1 import encode_pb2, encode_service_pb2, encode_service_pb2_grpc
-from cosmos.optimus.view import encode_view
+from cosmos.optimus.view import QUALITY_MODES, encode_view
 from cosmos.plato.v1 import workflow_pb2, workflow_service_pb2, workflow_service_pb2_grpc
 from cosmos.runtime import paging
 
@@ -109,6 +109,8 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
                 raise _bad("source_uri", f"{source} does not exist or is not a readable file", reason)
         except errors.InvalidArgumentError as exc:
             violations.extend(exc.violations)
+        if request.quality and request.quality not in QUALITY_MODES:
+            violations.append(errors.FieldViolation("quality", f"unknown quality mode {request.quality}"))
         chosen: list[catalog.Profile] = []
         try:
             chosen = catalog.resolve(list(request.profiles), request.ladder)
@@ -152,7 +154,8 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
         source, chosen, output = self._validate(request)
         await self._ensure_registered()
         names = [p.name for p in chosen]
-        content_key = hashlib.sha256(f"{source}\n{','.join(names)}\n{output}".encode()).hexdigest()
+        quality = QUALITY_MODES[request.quality or encode_pb2.QUALITY_MODE_SAMPLED]
+        content_key = hashlib.sha256(f"{source}\n{','.join(names)}\n{output}\n{quality}".encode()).hexdigest()
         if request.request_id:
             key = request.request_id
         elif request.force:
@@ -163,20 +166,21 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
         start = workflow_service_pb2.StartWorkflowRequest(
             request_id=key, definition_id=DEFINITION_ID, workflow_id=encode_id
         )
-        start.input.update(
-            {
-                "source": str(source),
-                "source_uri": request.source_uri,
-                "output": output.as_uri(),
-                "profiles": [p.to_dict() for p in chosen],
-                "ladder": request.ladder,
-                "priority": request.priority,
-                "work_dir": str(self.work_root / encode_id),
-                "chunk_seconds": 4,
-                "request_id": request.request_id,
-                "content_key": content_key,
-            }
-        )
+        inp: dict[str, Any] = {
+            "source": str(source),
+            "source_uri": request.source_uri,
+            "output": output.as_uri(),
+            "profiles": [p.to_dict() for p in chosen],
+            "groups": catalog.groups(chosen),
+            "quality": quality,
+            "ladder": request.ladder,
+            "priority": request.priority,
+            "work_dir": str(self.work_root / encode_id),
+            "chunk_seconds": 4,
+            "request_id": request.request_id,
+            "content_key": content_key,
+        }
+        start.input.update(inp)
         try:
             reply = await self.workflows.StartWorkflow(start, **PLATO_CALL)
         except grpc.aio.AioRpcError as exc:
@@ -187,8 +191,10 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
                     metadata={"encode_id": encode_id},
                 ) from exc
             raise
+        # Plato refuses a start whose input differs from the stored workflow's, so the workflow's
+        # input is the one just sent: view it from the dict rather than converting the Struct back.
         return encode_service_pb2.SubmitEncodeResponse(
-            encode=encode_view(reply.workflow), deduplicated=reply.already_started
+            encode=encode_view(reply.workflow, inp), deduplicated=reply.already_started
         )
 
     # ------------------------------------------------------------------ reads

@@ -11,6 +11,13 @@ never exceeds the rung's documented bitrate. GOP structure (2 s, closed, no scen
 part of a profile: the media tool adds it per chunk from the chunk's frame rate so that every rendition
 of a title has keyframes at the same instants.
 
+Chunk jobs: the ladder encodes each chunk of the source once per *group* of profiles, not once per
+profile: :func:`groups` puts every software profile into one group (one job per chunk, decoding the
+chunk once for all of them and running each encoder single-threaded, as the hand-written ladder
+command does) and every NVENC profile into another (placed on a GPU agent). A software group reserves
+one core (:data:`CHUNK_CPU_MILLIS`; parallelism comes from running many chunks at once, which costs
+less CPU than encoder threads) and the sum of its profiles' memory; a GPU group one GPU.
+
 Names: ``1080p``, ``720p``, ``540p``, ``360p`` (H.264, libx264), plus ``<rung>-hevc`` (libx265),
 ``<rung>-av1`` (libsvtav1) and ``<rung>-nvenc`` (h264_nvenc, needs an NVIDIA GPU).
 """
@@ -22,17 +29,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "CHUNK_CPU_MILLIS",
     "LADDERS",
     "Profile",
     "UnknownLadderError",
     "UnknownProfileError",
     "catalog",
     "get",
+    "groups",
     "names",
     "resolve",
 ]
 
 _GIB = 1024**3
+CHUNK_CPU_MILLIS = 1000
+"""CPU a software chunk job reserves: one core (its encoders run one thread each)."""
 
 
 class UnknownProfileError(KeyError):
@@ -279,3 +290,25 @@ def resolve(profiles: list[str] | None = None, ladder: str = "default") -> list[
 def catalog() -> list[dict[str, Any]]:
     """The whole catalog as JSON-able dicts."""
     return [p.to_dict() for p in _CATALOG.values()]
+
+
+def groups(chosen: Iterable[Profile]) -> list[dict[str, Any]]:
+    """The chunk-job groups of a ladder (JSON-able, the workflow's fan-out input): software profiles
+    together, NVENC profiles together; each with its profile names, Stratum resources and the threads
+    per encoder the media tool uses (0: the encoder's own choice)."""
+    members: dict[str, list[Profile]] = {}
+    for p in chosen:
+        members.setdefault("gpu" if p.requires_gpu else "cpu", []).append(p)
+    result = []
+    for name, ps in members.items():
+        memory = sum(int(p.resources.get("memoryBytes") or 0) for p in ps)
+        if name == "gpu":
+            resources: dict[str, Any] = {"cpuMillis": 500, "memoryBytes": str(memory), "gpu": {"count": 1}}
+            threads = 0
+        else:
+            resources = {"cpuMillis": CHUNK_CPU_MILLIS, "memoryBytes": str(memory)}
+            threads = max(1, CHUNK_CPU_MILLIS // 1000)
+        result.append(
+            {"name": name, "profiles": [p.name for p in ps], "resources": resources, "threads": threads}
+        )
+    return result

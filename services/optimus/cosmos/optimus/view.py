@@ -1,13 +1,13 @@
 """An encode as the user sees it, derived from its Plato workflow (Optimus keeps no state of its own).
 
-Progress: each phase of the ladder weighs in (probe and split 5 %, chunk encodes 70 %, quality and
-assembly 15 %, packaging and publishing 10 %); a running step counts with its reported percent.
-Per rendition, progress is the mean over that profile's chunk encodes.
+Progress: each phase of the ladder weighs in (probe and split 5 %, chunk encodes with their quality
+measurement 85 %, assembly 5 %, packaging and publishing 5 %); a running step counts with its
+reported percent. Per rendition, progress is the mean over the chunk encodes of its profile's group.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from cosmos.common.v1 import progress_pb2
@@ -27,11 +27,18 @@ _STATES = {
     WS.WORKFLOW_STATE_CANCELLING: ES.ENCODE_STATE_CANCELLED,
     WS.WORKFLOW_STATE_CANCELLED: ES.ENCODE_STATE_CANCELLED,
 }
+QUALITY_MODES = {
+    encode_pb2.QUALITY_MODE_SAMPLED: "sampled",
+    encode_pb2.QUALITY_MODE_FULL: "full",
+    encode_pb2.QUALITY_MODE_OFF: "off",
+}
+"""QualityMode -> the workflow input's ``quality`` (the media tool's ``--quality``)."""
+_QUALITY_ENUMS = {v: k for k, v in QUALITY_MODES.items()}
 PHASES = (
     (("probe", "split"), 5.0),
-    (("encode",), 70.0),
-    (("quality", "assemble"), 15.0),
-    (("package", "publish"), 10.0),
+    (("encode",), 85.0),
+    (("assemble",), 5.0),
+    (("package", "publish"), 5.0),
 )
 
 
@@ -48,18 +55,27 @@ def _mean(numbers: Iterable[float]) -> float:
     return sum(items) / len(items) if items else 0.0
 
 
-def _profile_of(step: workflow_pb2.StepExecution) -> str:
-    profile = values.struct_to_dict(step.fanout_vars).get("profile")
-    return str(profile.get("name", "")) if isinstance(profile, dict) else ""
+def _profiles_of(step: workflow_pb2.StepExecution) -> list[str]:
+    """The profiles a chunk encode works on: its group's (older definitions: its one profile)."""
+    fanout = values.struct_to_dict(step.fanout_vars)
+    group, profile = fanout.get("group"), fanout.get("profile")
+    if isinstance(group, dict):
+        return [str(n) for n in group.get("profiles") or []]
+    return [str(profile.get("name", ""))] if isinstance(profile, dict) else []
 
 
-def _expected(name: str, chunks: int, profiles: int) -> int:
-    return {"encode": chunks * profiles, "quality": chunks * profiles, "assemble": profiles}.get(name, 1)
+def _expected(name: str, chunks: int, groups: int, profiles: int) -> int:
+    return {"encode": chunks * groups, "assemble": profiles}.get(name, 1)
 
 
-def encode_view(workflow: workflow_pb2.Workflow) -> encode_pb2.Encode:
-    """The :class:`Encode` of an encode-ladder workflow."""
-    inp = values.struct_to_dict(workflow.input)
+def encode_view(workflow: workflow_pb2.Workflow, inp: Mapping[str, Any] | None = None) -> encode_pb2.Encode:
+    """The :class:`Encode` of an encode-ladder workflow.
+
+    ``inp``: the workflow's input as a dict, when the caller has it already (the submit that just
+    sent it); converting the ``Struct`` back is most of the cost of viewing a new encode.
+    """
+    if inp is None:
+        inp = values.struct_to_dict(workflow.input)
     profiles: list[dict[str, Any]] = list(inp.get("profiles") or [])
     names = [str(p.get("name")) for p in profiles]
     encode = encode_pb2.Encode(
@@ -73,6 +89,8 @@ def encode_view(workflow: workflow_pb2.Workflow) -> encode_pb2.Encode:
         priority=int(inp.get("priority") or 0),
         request_id=str(inp.get("request_id", "")),
         content_key=str(inp.get("content_key", "")),
+        # Encodes started before quality modes existed measured every frame.
+        quality=_QUALITY_ENUMS.get(str(inp.get("quality", "full")), encode_pb2.QUALITY_MODE_FULL),
         create_time=workflow.create_time,
         update_time=workflow.update_time,
     )
@@ -89,7 +107,8 @@ def encode_view(workflow: workflow_pb2.Workflow) -> encode_pb2.Encode:
     }
     _source(encode, outputs.get("probe"))
     chunks = len((outputs.get("split") or {}).get("chunks") or []) or 1
-    _progress(encode, by_name, chunks, len(names), workflow)
+    groups = len(inp.get("groups") or []) or len(names)
+    _progress(encode, by_name, chunks, groups, len(names), workflow)
     _renditions(encode, profiles, by_name, outputs.get("package"))
     publish = outputs.get("publish") or {}
     encode.manifests.hls_master_uri = str(publish.get("hls_master_uri", ""))
@@ -119,6 +138,7 @@ def _progress(
     encode: encode_pb2.Encode,
     by_name: dict[str, list[workflow_pb2.StepExecution]],
     chunks: int,
+    groups: int,
     profiles: int,
     workflow: workflow_pb2.Workflow,
 ) -> None:
@@ -128,7 +148,7 @@ def _progress(
     total = 0.0
     for names, weight in PHASES:
         done = [_percent(s) for name in names for s in by_name.get(name, [])]
-        expected = sum(_expected(name, chunks, profiles) for name in names)
+        expected = sum(_expected(name, chunks, groups, profiles) for name in names)
         total += weight * sum(done) / 100.0 / max(expected, len(done), 1)
     encode.progress.percent = round(min(total, 99.9), 1)
     running = [s for s in by_name.get("encode", []) if s.state == SS.STEP_STATE_RUNNING]
@@ -144,7 +164,7 @@ def _renditions(
     packaged = {str(r.get("profile")): r for r in (package or {}).get("renditions") or []}
     for profile in profiles:
         name = str(profile.get("name"))
-        encodes = [s for s in by_name.get("encode", []) if _profile_of(s) == name]
+        encodes = [s for s in by_name.get("encode", []) if name in _profiles_of(s)]
         rendition = encode.renditions.add(
             profile=name,
             width=int(profile.get("width") or 0),
@@ -175,4 +195,5 @@ def _renditions(
             rendition.duration.FromNanoseconds(int(float(result.get("duration") or 0) * 1e9))
             rendition.vmaf = float(result.get("vmaf") or 0)
             rendition.psnr = float(result.get("psnr") or 0)
+            rendition.quality_frames = int(result.get("quality_frames") or 0)
             rendition.playlist_uri = str(result.get("playlist") or "")

@@ -18,6 +18,7 @@ from typing import Any
 
 from cosmos.optimus import profiles
 from cosmos.optimus.media.ffmpeg import MediaError, Progress
+from cosmos.optimus.media.quality import QualityMode
 
 __all__ = ["main", "parser"]
 
@@ -39,11 +40,14 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--work", required=True, help="directory for the chunks")
     c.add_argument("--chunk-seconds", type=float, default=10.0)
 
-    c = sub.add_parser("encode", help="encode one chunk with one profile")
+    c = sub.add_parser("encode", help="encode one chunk into several profiles and measure them")
     c.add_argument("--chunk", required=True)
-    c.add_argument("--profile", required=True)
-    c.add_argument("--out", required=True)
-    c.add_argument("--duration", type=float, default=None, help="chunk duration (for progress)")
+    c.add_argument("--profiles", required=True, help="profile names: a JSON list or comma-separated")
+    c.add_argument("--out-dir", required=True, help="writes <out-dir>/<profile>/chunk_NNNNN.mp4")
+    c.add_argument("--index", type=int, default=None, help="chunk number (default: from the file name)")
+    c.add_argument("--start", type=float, default=0.0, help="seconds into the title (frame numbering)")
+    c.add_argument("--quality", choices=[m.value for m in QualityMode], default=QualityMode.SAMPLED.value)
+    c.add_argument("--threads", type=int, default=0, help="threads per encoder and decoder (0: ffmpeg's)")
 
     c = sub.add_parser("assemble", help="concatenate a profile's encoded chunks into one rendition")
     c.add_argument("--profile", required=True)
@@ -55,11 +59,18 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--distorted", required=True)
     c.add_argument("--profile", required=True)
     c.add_argument("--index", type=int, default=None)
+    c.add_argument("--mode", choices=["full", "sampled"], default="full")
+    c.add_argument("--first-frame", type=int, default=0, help="frame number of the first frame (sampling)")
+
+    c = sub.add_parser("audio", help="encode the source's audio once (AAC), for packaging")
+    c.add_argument("--source", required=True)
+    c.add_argument("--out", required=True)
 
     c = sub.add_parser("package", help="package renditions as HLS and DASH (fMP4/CMAF)")
-    c.add_argument("--source", required=True, help="the source (its audio is encoded once)")
+    c.add_argument("--source", required=True, help="the source (its audio is encoded unless --audio)")
+    c.add_argument("--audio", default=None, help="the audio step's AAC file (copied); '' for no audio")
     c.add_argument("--renditions", required=True, help="JSON list of assemble results (or @file)")
-    c.add_argument("--qualities", default="[]", help="JSON list of quality results (or @file)")
+    c.add_argument("--qualities", default="[]", help="JSON list of encode or quality results (or @file)")
     c.add_argument("--out", required=True)
     c.add_argument("--segment-seconds", type=float, default=2.0)
 
@@ -91,6 +102,15 @@ def _json_list(value: str, flag: str) -> list[Any]:
     return data
 
 
+def _names(value: str) -> list[str]:
+    """Profile names given as a JSON list (what a workflow template renders) or ``a,b,c``."""
+    if value.lstrip().startswith("["):
+        names = _json_list(value, "--profiles")
+    else:
+        names = [n.strip() for n in value.split(",") if n.strip()]
+    return [str(n) for n in names]
+
+
 def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     """Execute one parsed command and return its result object."""
     cmd = args.command
@@ -103,9 +123,18 @@ def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
 
         return split(args.source, args.work, args.chunk_seconds, progress)
     if cmd == "encode":
-        from cosmos.optimus.media.encode import encode
+        from cosmos.optimus.media.encode import encode_chunk
 
-        return encode(args.chunk, args.profile, args.out, args.duration, progress)
+        return encode_chunk(
+            args.chunk,
+            _names(args.profiles),
+            args.out_dir,
+            progress,
+            index=args.index,
+            start=args.start,
+            quality=QualityMode(args.quality),
+            threads=args.threads,
+        )
     if cmd == "assemble":
         from cosmos.optimus.media.encode import assemble
 
@@ -113,7 +142,19 @@ def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     if cmd == "quality":
         from cosmos.optimus.media.quality import quality
 
-        return quality(args.reference, args.distorted, args.profile, args.index, progress)
+        return quality(
+            args.reference,
+            args.distorted,
+            args.profile,
+            args.index,
+            progress,
+            mode=QualityMode(args.mode),
+            first_frame=args.first_frame,
+        )
+    if cmd == "audio":
+        from cosmos.optimus.media.package import encode_audio
+
+        return encode_audio(args.source, args.out, progress)
     if cmd == "package":
         from cosmos.optimus.media.package import package
 
@@ -124,6 +165,7 @@ def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
             args.out,
             args.segment_seconds,
             progress,
+            audio_file=args.audio,
         )
     if cmd == "publish":
         from cosmos.optimus.media.publish import publish

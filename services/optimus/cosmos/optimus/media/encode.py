@@ -1,4 +1,4 @@
-"""Encoding one chunk with one profile, and assembling a rendition from its encoded chunks.
+"""Encoding one chunk into every rendition of a ladder, and assembling a rendition from its chunks.
 
 GOP alignment: every chunk starts with a keyframe (see :mod:`chunks`), and each encode restarts the
 GOP there with a fixed length of 2 s worth of frames, closed, with scene-cut keyframes disabled. All
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +19,15 @@ from cosmos.optimus import profiles
 from cosmos.optimus.media.chunks import chunk_index
 from cosmos.optimus.media.ffmpeg import MediaError, Progress, run_ffmpeg
 from cosmos.optimus.media.probe import probe, require_file
+from cosmos.optimus.media.quality import (
+    QualityMode,
+    measure_chains,
+    measure_outputs,
+    parse_measurements,
+    sample_stride,
+)
 
-__all__ = ["GOP_SECONDS", "assemble", "encode", "gop_args", "load_json_arg"]
+__all__ = ["GOP_SECONDS", "assemble", "chunk_output", "encode_chunk", "flatten", "gop_args", "load_json_arg"]
 
 GOP_SECONDS = 2.0
 
@@ -67,53 +76,128 @@ def _describe(path: Path, profile: str) -> dict[str, Any]:
     }
 
 
-def encode(
-    chunk: str, profile_name: str, out: str, duration: float | None, progress: Progress
+def chunk_output(out_dir: str | Path, profile: str, index: int) -> Path:
+    """Where chunk ``index`` of ``profile`` goes: ``<out_dir>/<profile>/chunk_NNNNN.mp4``."""
+    return Path(out_dir).absolute() / profile / f"chunk_{index:05d}.mp4"
+
+
+def encode_chunk(
+    chunk: str,
+    profile_names: Sequence[str],
+    out_dir: str,
+    progress: Progress,
+    *,
+    index: int | None = None,
+    start: float = 0.0,
+    quality: QualityMode = QualityMode.SAMPLED,
+    threads: int = 0,
 ) -> dict[str, Any]:
-    """Encode ``chunk`` with ``profile_name`` into ``out`` (mp4, video only)."""
-    profile = profiles.get(profile_name)
-    info = probe(chunk, what="chunk", count_frames=duration is None)
-    out_path = Path(out).absolute()
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_for(out_path)
-    what = f"encoding {info.path} with profile {profile.name}"
-    if profile.requires_gpu:
+    """Encode one chunk into every profile of ``profile_names`` and measure the results, in one ffmpeg.
+
+    The chunk is decoded once: a ``split`` feeds one scale + encoder chain per profile (as the
+    hand-written ladder command does). Unless ``quality`` is off, each encoder's output is decoded
+    again inside the same process (a loopback decoder, ``-dec``) and measured against the decoded
+    source frames (:mod:`quality`), so measuring adds no second decode of the source. ``threads`` > 0
+    caps each encoder and the decoder at that many threads (a chunk job reserves about one core:
+    parallelism comes from running many chunks, which costs less CPU than x264's frame threads);
+    0 lets ffmpeg decide. ``start`` (seconds into the title) numbers the frames for sampling.
+    """
+    chosen = [profiles.get(n) for n in dict.fromkeys(profile_names)]
+    if not chosen:
+        raise MediaError("--profiles is empty")
+    if index is None:
+        index = chunk_index(chunk)
+    if index is None:
+        raise MediaError(f"--index is required: {chunk!r} is not named chunk_NNNNN")
+    info = probe(chunk, what="chunk", count_frames=False)
+    path, duration, fps = info.path, info.duration, info.fps
+    outs = [chunk_output(out_dir, p.name, index) for p in chosen]
+    tmps = [_tmp_for(o) for o in outs]
+    for o in outs:
+        o.parent.mkdir(parents=True, exist_ok=True)
+    n = len(chosen)
+    graph = "[0:v:0]" + (f"split={n}" + "".join(f"[s{i}]" for i in range(n)) if n > 1 else "null[s0]")
+    chains = [graph] + [f"[s{i}]{scale_filter(p)}[v{i}]" for i, p in enumerate(chosen)]
+    thread_args = ["-threads", str(threads)] if threads > 0 else []
+    args = [*thread_args, "-i", path, "-filter_complex", ";".join(chains)]
+    for i, (p, tmp) in enumerate(zip(chosen, tmps, strict=True)):
+        args += ["-map", f"[v{i}]", "-an", "-sn", "-dn", "-pix_fmt", "yuv420p", *p.args]
+        args += [*gop_args(p, fps)]
+        if not p.requires_gpu:
+            args += thread_args
+        args += ["-f", "mp4", str(tmp)]
+    names = ", ".join(p.name for p in chosen)
+    what = f"encoding {path} with profile(s) {names}"
+    if any(p.requires_gpu for p in chosen):
         gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
         what += f" (needs an NVIDIA GPU with NVENC; CUDA_VISIBLE_DEVICES={gpus!r})"
-    try:
-        run_ffmpeg(
-            [
-                "-i",
-                info.path,
-                "-map",
-                "0:v:0",
-                "-an",
-                "-sn",
-                "-dn",
-                "-vf",
-                scale_filter(profile),
-                "-pix_fmt",
-                "yuv420p",
-                *profile.args,
-                *gop_args(profile, info.fps),
-                "-f",
-                "mp4",
-                str(tmp),
-            ],
-            what=what,
-            progress=progress,
-            duration=duration or info.duration,
-            message=f"encoding {profile.name}",
-        )
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    result = _describe(out_path, profile.name)
-    index = chunk_index(chunk)
-    if index is not None:
-        result["index"] = index
-    result["chunk"] = info.path
-    return result
+    with tempfile.TemporaryDirectory(prefix="cosmos-vmaf-") as tmp_dir:
+        logs = [Path(tmp_dir) / f"vmaf-{i}.json" for i in range(n)]
+        if quality is not QualityMode.OFF:
+            gop = round(GOP_SECONDS * (fps or 24.0))
+            measure, labels = measure_chains(
+                "[0:v:0]",
+                [f"[dec:{i}]" for i in range(n)],
+                width=info.width,
+                height=info.height,
+                stride=sample_stride(quality, fps, gop),
+                first_frame=round(start * (fps or 24.0)),
+                logs=logs,
+                threads=max(threads, 0),
+            )
+            for i in range(n):
+                args += [*thread_args, "-dec", f"{i}:0"]
+            args += ["-filter_complex", ";".join(measure), *measure_outputs(labels)]
+        try:
+            run = run_ffmpeg(
+                args,
+                what=what,
+                progress=progress,
+                duration=duration,
+                message=f"encoding {names}",
+                loglevel="info" if quality is not QualityMode.OFF else "warning",
+            )
+            for tmp, out in zip(tmps, outs, strict=True):
+                os.replace(tmp, out)
+        finally:
+            for tmp in tmps:
+                tmp.unlink(missing_ok=True)
+        measured = parse_measurements(run.stderr, logs) if quality is not QualityMode.OFF else []
+    renditions = []
+    for i, (p, out) in enumerate(zip(chosen, outs, strict=True)):
+        size = out.stat().st_size
+        rendition: dict[str, Any] = {
+            "profile": p.name,
+            "index": index,
+            "path": str(out),
+            "bytes": size,
+            "duration": duration,
+            "bitrate": int(size * 8 / duration) if duration else 0,
+        }
+        if measured:
+            rendition.update(measured[i].to_dict())
+        renditions.append(rendition)
+    return {
+        "index": index,
+        "chunk": path,
+        "duration": duration,
+        "quality": quality.value,
+        "renditions": renditions,
+    }
+
+
+def flatten(results: Sequence[Any], flag: str) -> list[dict[str, Any]]:
+    """Per-rendition results from a list of step results: chunk-encode results (``renditions`` inside)
+    are opened up, anything else with a ``profile`` is taken as it is."""
+    items: list[dict[str, Any]] = []
+    for item in results:
+        if isinstance(item, dict) and isinstance(item.get("renditions"), list):
+            items += [r for r in item["renditions"] if isinstance(r, dict)]
+        elif isinstance(item, dict):
+            items.append(item)
+        else:
+            raise MediaError(f"{flag}: not a result object: {item!r}")
+    return items
 
 
 def load_json_arg(value: str, flag: str) -> Any:
@@ -140,7 +224,7 @@ def assemble(profile_name: str, out: str, inputs: list[Any], progress: Progress)
         raise MediaError("--inputs must be a JSON list of encode results")
     by_index: dict[int, str] = {}
     seconds: dict[int, float] = {}
-    for item in inputs:
+    for item in flatten(inputs, "--inputs"):
         if not isinstance(item, dict) or "path" not in item:
             raise MediaError(f"--inputs: not an encode result: {item!r}")
         if item.get("profile", profile_name) != profile_name:

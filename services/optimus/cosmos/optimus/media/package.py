@@ -1,12 +1,13 @@
 """Packaging renditions as HLS and DASH over one set of fMP4 (CMAF-style) segments.
 
-One ffmpeg run with the ``dash`` muxer copies every rendition's video (no re-encode), encodes the
-source's audio to AAC **once**, cuts everything into ``segment_seconds`` segments at the (aligned)
-keyframes, and writes the DASH manifest (``manifest.mpd``: one video and one audio adaptation set,
-``SegmentTemplate`` + ``SegmentTimeline``) plus HLS media playlists (``media_<id>.m3u8``) over the same
-segment files. The HLS master playlist is then rewritten by :func:`write_master` with peak
-``BANDWIDTH`` (the largest segment bitrate, video + audio), ``AVERAGE-BANDWIDTH``, ``RESOLUTION``,
-``FRAME-RATE`` and ``CODECS`` taken from the MPD.
+One ffmpeg run with the ``dash`` muxer copies every rendition's video (no re-encode) and the audio,
+which is encoded to AAC **once** (by the ladder's ``audio`` step, :func:`encode_audio`, while the
+video chunks encode; or here when no ``--audio`` is given), cuts everything into ``segment_seconds``
+segments at the (aligned) keyframes, and writes the DASH manifest (``manifest.mpd``: one video and
+one audio adaptation set, ``SegmentTemplate`` + ``SegmentTimeline``) plus HLS media playlists
+(``media_<id>.m3u8``) over the same segment files. The HLS master playlist is then rewritten by
+:func:`write_master` with peak ``BANDWIDTH`` (the largest segment bitrate, video + audio),
+``AVERAGE-BANDWIDTH``, ``RESOLUTION``, ``FRAME-RATE`` and ``CODECS`` taken from the MPD.
 
 Layout of the output directory::
 
@@ -29,10 +30,19 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from cosmos.optimus.media.encode import flatten
 from cosmos.optimus.media.ffmpeg import MediaError, Progress, run_ffmpeg
 from cosmos.optimus.media.probe import probe, require_file
 
-__all__ = ["AUDIO_BITRATE", "MPD_NS", "Representation", "package", "parse_mpd", "write_master"]
+__all__ = [
+    "AUDIO_BITRATE",
+    "MPD_NS",
+    "Representation",
+    "encode_audio",
+    "package",
+    "parse_mpd",
+    "write_master",
+]
 
 MPD_NS = "{urn:mpeg:dash:schema:mpd:2011}"
 AUDIO_BITRATE = 128_000
@@ -176,12 +186,46 @@ def write_master(out_dir: Path, video: list[Representation], audio: Representati
 
 def _weighted(qualities: list[dict[str, Any]], key: str) -> float | None:
     pairs = [
-        (float(q[key]), float(q.get("frames") or q.get("duration") or 1.0))
+        (float(q[key]), float(q.get("quality_frames") or q.get("frames") or q.get("duration") or 1.0))
         for q in qualities
         if isinstance(q.get(key), int | float)
     ]
     weight = sum(w for _, w in pairs)
     return round(sum(v * w for v, w in pairs) / weight, 3) if weight else None
+
+
+AUDIO_ARGS = ("-c:a", "aac", "-b:a", str(AUDIO_BITRATE), "-ac", "2", "-ar", "48000")
+"""The one audio rendition: AAC-LC stereo, 48 kHz."""
+
+
+def encode_audio(source: str, out: str, progress: Progress) -> dict[str, Any]:
+    """Encode the source's first audio stream once (:data:`AUDIO_ARGS`) into ``out`` (mp4); a source
+    without audio gives ``{"path": ""}``."""
+    src = probe(source, count_frames=False)
+    if not src.has_audio:
+        return {"path": "", "source": src.path}
+    out_path = Path(out).absolute()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.stem}.tmp-{os.getpid()}{out_path.suffix}")
+    try:
+        run_ffmpeg(
+            ["-i", src.path, "-map", "0:a:0", "-vn", *AUDIO_ARGS, "-f", "mp4", str(tmp)],
+            what=f"encoding the audio of {src.path}",
+            progress=progress,
+            duration=src.duration,
+            message="encoding audio",
+        )
+        os.replace(tmp, out_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {
+        "path": str(out_path),
+        "codec": "aac",
+        "bitrate": AUDIO_BITRATE,
+        "bytes": out_path.stat().st_size,
+        "duration": src.duration,
+        "source": src.path,
+    }
 
 
 def _swap_in(tmp: Path, out: Path) -> None:
@@ -199,8 +243,12 @@ def package(
     out: str,
     segment_seconds: float,
     progress: Progress,
+    audio_file: str | None = None,
 ) -> dict[str, Any]:
-    """Package ``renditions`` (assemble results) and the source's audio into HLS + DASH under ``out``."""
+    """Package ``renditions`` (assemble results) and the audio into HLS + DASH under ``out``.
+
+    ``audio_file``: an AAC file from :func:`encode_audio` (copied), ``""`` for none, or ``None`` to encode
+    the source's audio here."""
     if segment_seconds <= 0:
         raise MediaError(f"--segment-seconds must be positive, got {segment_seconds}")
     rends: dict[str, dict[str, Any]] = {}
@@ -220,24 +268,15 @@ def package(
     args: list[str] = []
     for p in paths:
         args += ["-i", p]
-    if src.has_audio:
-        args += ["-i", src.path]
+    copy_audio = audio_file is not None
+    audio_in = audio_file if copy_audio else (src.path if src.has_audio else "")
+    if audio_in:
+        args += ["-i", str(require_file(audio_in, "--audio")) if copy_audio else audio_in]
     for i in range(len(paths)):
         args += ["-map", f"{i}:v:0"]
     sets = "id=0,streams=v"
-    if src.has_audio:
-        args += [
-            "-map",
-            f"{len(paths)}:a:0",
-            "-c:a",
-            "aac",
-            "-b:a",
-            str(AUDIO_BITRATE),
-            "-ac",
-            "2",
-            "-ar",
-            "48000",
-        ]
+    if audio_in:
+        args += ["-map", f"{len(paths)}:a:0", *(["-c:a", "copy"] if copy_audio else AUDIO_ARGS)]
         sets += " id=1,streams=a"
     durations = [float(r.get("duration") or 0.0) for r in rends.values()]
     try:
@@ -282,8 +321,8 @@ def package(
         shutil.rmtree(tmp, ignore_errors=True)
 
     by_profile: dict[str, list[dict[str, Any]]] = {}
-    for q in qualities:
-        if isinstance(q, dict) and "profile" in q:
+    for q in flatten(qualities, "--qualities"):
+        if "profile" in q and isinstance(q.get("vmaf"), int | float):
             by_profile.setdefault(str(q["profile"]), []).append(q)
     result_rends = []
     for (name, r), rep in zip(rends.items(), video, strict=True):
@@ -300,6 +339,7 @@ def package(
                 "vmaf": _weighted(qs, "vmaf"),
                 "psnr": _weighted(qs, "psnr"),
                 "quality_chunks": len(qs),
+                "quality_frames": sum(int(q.get("quality_frames") or q.get("frames") or 0) for q in qs),
                 "playlist": str(out_dir / f"media_{rep.id}.m3u8"),
                 "representation": rep.id,
             }

@@ -59,6 +59,40 @@ ENCODE_STATE_CANCELLED: EncodeState.ValueType  # 5
 """Cancelled by a CancelEncode call (terminal)."""
 Global___EncodeState: _TypeAlias = EncodeState  # noqa: Y015
 
+class _QualityMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _QualityModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_QualityMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    QUALITY_MODE_UNSPECIFIED: _QualityMode.ValueType  # 0
+    """Not set: the server default, QUALITY_MODE_SAMPLED."""
+    QUALITY_MODE_SAMPLED: _QualityMode.ValueType  # 1
+    """About one frame per second, at a stride coprime with the GOP length so that
+    every frame type is sampled; adds roughly a fifth to the encode's CPU.
+    """
+    QUALITY_MODE_FULL: _QualityMode.ValueType  # 2
+    """Every frame; VMAF then costs several times the encode itself."""
+    QUALITY_MODE_OFF: _QualityMode.ValueType  # 3
+    """No measurement: renditions report vmaf and psnr as 0."""
+
+class QualityMode(_QualityMode, metaclass=_QualityModeEnumTypeWrapper):
+    """QualityMode says how much of each rendition is measured (VMAF and PSNR
+    against the source).
+    """
+
+QUALITY_MODE_UNSPECIFIED: QualityMode.ValueType  # 0
+"""Not set: the server default, QUALITY_MODE_SAMPLED."""
+QUALITY_MODE_SAMPLED: QualityMode.ValueType  # 1
+"""About one frame per second, at a stride coprime with the GOP length so that
+every frame type is sampled; adds roughly a fifth to the encode's CPU.
+"""
+QUALITY_MODE_FULL: QualityMode.ValueType  # 2
+"""Every frame; VMAF then costs several times the encode itself."""
+QUALITY_MODE_OFF: QualityMode.ValueType  # 3
+"""No measurement: renditions report vmaf and psnr as 0."""
+Global___QualityMode: _TypeAlias = QualityMode  # noqa: Y015
+
 @_typing.final
 class Encode(_message.Message):
     """Encode is one request to turn a source into an adaptive-bitrate ladder: the
@@ -87,6 +121,7 @@ class Encode(_message.Message):
     ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
     CANCEL_REASON_FIELD_NUMBER: _builtins.int
+    QUALITY_FIELD_NUMBER: _builtins.int
     encode_id: _builtins.str
     """Server-assigned unique id of the encode."""
     state: Global___EncodeState.ValueType
@@ -118,6 +153,8 @@ class Encode(_message.Message):
     """On failure: human-readable error message."""
     cancel_reason: _builtins.str
     """On cancellation: the reason given to CancelEncode."""
+    quality: Global___QualityMode.ValueType
+    """How the renditions' quality is measured (never UNSPECIFIED once stored)."""
     @_builtins.property
     def profiles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Names of the resolved profiles, in ladder order (see ListProfiles)."""
@@ -173,10 +210,11 @@ class Encode(_message.Message):
         error_message: _builtins.str = ...,
         source: Global___SourceInfo | None = ...,
         cancel_reason: _builtins.str = ...,
+        quality: Global___QualityMode.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "create_time", b"create_time", "manifests", b"manifests", "progress", b"progress", "source", b"source", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_reason", b"cancel_reason", "complete_time", b"complete_time", "content_key", b"content_key", "create_time", b"create_time", "encode_id", b"encode_id", "error_message", b"error_message", "failed_step", b"failed_step", "ladder", b"ladder", "manifests", b"manifests", "output_uri", b"output_uri", "priority", b"priority", "profiles", b"profiles", "progress", b"progress", "renditions", b"renditions", "request_id", b"request_id", "source", b"source", "source_uri", b"source_uri", "state", b"state", "update_time", b"update_time", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_reason", b"cancel_reason", "complete_time", b"complete_time", "content_key", b"content_key", "create_time", b"create_time", "encode_id", b"encode_id", "error_message", b"error_message", "failed_step", b"failed_step", "ladder", b"ladder", "manifests", b"manifests", "output_uri", b"output_uri", "priority", b"priority", "profiles", b"profiles", "progress", b"progress", "quality", b"quality", "renditions", b"renditions", "request_id", b"request_id", "source", b"source", "source_uri", b"source_uri", "state", b"state", "update_time", b"update_time", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -280,6 +318,7 @@ class Rendition(_message.Message):
     PROGRESS_FIELD_NUMBER: _builtins.int
     URI_FIELD_NUMBER: _builtins.int
     SSIM_FIELD_NUMBER: _builtins.int
+    QUALITY_FRAMES_FIELD_NUMBER: _builtins.int
     profile: _builtins.str
     """Name of the profile this rendition was encoded with (e.g. "1080p")."""
     state: Global___EncodeState.ValueType
@@ -304,6 +343,8 @@ class Rendition(_message.Message):
     """URI of the assembled rendition media file."""
     ssim: _builtins.float
     """SSIM against the source, 0 to 1; 0 when not measured."""
+    quality_frames: _builtins.int
+    """Number of frames vmaf and psnr are the mean over; 0 when not measured."""
     @_builtins.property
     def duration(self) -> _duration_pb2.Duration:
         """Media duration of the rendition."""
@@ -329,10 +370,11 @@ class Rendition(_message.Message):
         progress: _progress_pb2.Progress | None = ...,
         uri: _builtins.str = ...,
         ssim: _builtins.float = ...,
+        quality_frames: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "progress", b"progress"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bitrate_bps", b"bitrate_bps", "codec", b"codec", "duration", b"duration", "height", b"height", "playlist_uri", b"playlist_uri", "profile", b"profile", "progress", b"progress", "psnr", b"psnr", "size_bytes", b"size_bytes", "ssim", b"ssim", "state", b"state", "uri", b"uri", "vmaf", b"vmaf", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bitrate_bps", b"bitrate_bps", "codec", b"codec", "duration", b"duration", "height", b"height", "playlist_uri", b"playlist_uri", "profile", b"profile", "progress", b"progress", "psnr", b"psnr", "quality_frames", b"quality_frames", "size_bytes", b"size_bytes", "ssim", b"ssim", "state", b"state", "uri", b"uri", "vmaf", b"vmaf", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

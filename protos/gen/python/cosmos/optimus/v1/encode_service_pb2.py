@@ -26,7 +26,7 @@ from cosmos.optimus.v1 import encode_pb2 as cosmos_dot_optimus_dot_v1_dot_encode
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&cosmos/optimus/v1/encode_service.proto\x12\x11\x63osmos.optimus.v1\x1a\x1e\x63osmos/optimus/v1/encode.proto\x1a\x1fgoogle/api/field_behavior.proto\"\xbe\x01\n\x13SubmitEncodeRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\nsource_uri\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08profiles\x18\x03 \x03(\tB\x04\xe2\x41\x01\x01\x12\x14\n\x06ladder\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12\x18\n\noutput_uri\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01\x12\x16\n\x08priority\x18\x06 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x13\n\x05\x66orce\x18\x07 \x01(\x08\x42\x04\xe2\x41\x01\x01\"W\n\x14SubmitEncodeResponse\x12)\n\x06\x65ncode\x18\x01 \x01(\x0b\x32\x19.cosmos.optimus.v1.Encode\x12\x14\n\x0c\x64\x65\x64uplicated\x18\x02 \x01(\x08\"+\n\x10GetEncodeRequest\x12\x17\n\tencode_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\">\n\x11GetEncodeResponse\x12)\n\x06\x65ncode\x18\x01 \x01(\x0b\x32\x19.cosmos.optimus.v1.Encode\"|\n\x12ListEncodesRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x33\n\x05state\x18\x03 \x01(\x0e\x32\x1e.cosmos.optimus.v1.EncodeStateB\x04\xe2\x41\x01\x01\"Z\n\x13ListEncodesResponse\x12*\n\x07\x65ncodes\x18\x01 \x03(\x0b\x32\x19.cosmos.optimus.v1.Encode\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"^\n\x13\x43\x61ncelEncodeRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\tencode_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06reason\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"A\n\x14\x43\x61ncelEncodeResponse\x12)\n\x06\x65ncode\x18\x01 \x01(\x0b\x32\x19.cosmos.optimus.v1.Encode\"-\n\x12WatchEncodeRequest\x12\x17\n\tencode_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"@\n\x13WatchEncodeResponse\x12)\n\x06\x65ncode\x18\x01 \x01(\x0b\x32\x19.cosmos.optimus.v1.Encode\"H\n\x13ListProfilesRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"]\n\x14ListProfilesResponse\x12,\n\x08profiles\x18\x01 \x03(\x0b\x32\x1a.cosmos.optimus.v1.Profile\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xc8\x04\n\rEncodeService\x12_\n\x0cSubmitEncode\x12&.cosmos.optimus.v1.SubmitEncodeRequest\x1a\'.cosmos.optimus.v1.SubmitEncodeResponse\x12V\n\tGetEncode\x12#.cosmos.optimus.v1.GetEncodeRequest\x1a$.cosmos.optimus.v1.GetEncodeResponse\x12\\\n\x0bListEncodes\x12%.cosmos.optimus.v1.ListEncodesRequest\x1a&.cosmos.optimus.v1.ListEncodesResponse\x12_\n\x0c\x43\x61ncelEncode\x12&.cosmos.optimus.v1.CancelEncodeRequest\x1a\'.cosmos.optimus.v1.CancelEncodeResponse\x12^\n\x0bWatchEncode\x12%.cosmos.optimus.v1.WatchEncodeRequest\x1a&.cosmos.optimus.v1.WatchEncodeResponse0\x01\x12_\n\x0cListProfiles\x12&.cosmos.optimus.v1.ListProfilesRequest\x1a\'.cosmos.optimus.v1.ListProfilesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&cosmos/optimus/v1/encode_service.proto\x12\x11\x63osmos.optimus.v1\x1a\x1e\x63osmos/optimus/v1/encode.proto\x1a\x1fgoogle/api/field_behavior.proto\"\xf5\x01\n\x13SubmitEncodeRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\nsource_uri\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08profiles\x18\x03 \x03(\tB\x04\xe2\x41\x01\x01\x12\x14\n\x06ladder\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12\x18\n\noutput_uri\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01\x12\x16\n\x08priority\x18\x06 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x13\n\x05\x66orce\x18\x07 \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x35\n\x07quality\x18\x08 \x01(\x0e\x32\x1e.cosmos.optimus.v1.QualityModeB\x04\xe2\x41\x01\x01\"W\n\x14SubmitEncodeResponse\x12)\n\x06\x65ncode\x18\x01 \x01(\x0b\x32\x19.cosmos.optimus.v1.Encode\x12\x14\n\x0c\x64\x65\x64uplicated\x18\x02 \x01(\x08\"+\n\x10GetEncodeRequest\x12\x17\n\tencode_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\">\n\x11GetEncodeResponse\x12)\n\x06\x65ncode\x18\x01 \x01(\x0b\x32\x19.cosmos.optimus.v1.Encode\"|\n\x12ListEncodesRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x33\n\x05state\x18\x03 \x01(\x0e\x32\x1e.cosmos.optimus.v1.EncodeStateB\x04\xe2\x41\x01\x01\"Z\n\x13ListEncodesResponse\x12*\n\x07\x65ncodes\x18\x01 \x03(\x0b\x32\x19.cosmos.optimus.v1.Encode\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"^\n\x13\x43\x61ncelEncodeRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\tencode_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06reason\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"A\n\x14\x43\x61ncelEncodeResponse\x12)\n\x06\x65ncode\x18\x01 \x01(\x0b\x32\x19.cosmos.optimus.v1.Encode\"-\n\x12WatchEncodeRequest\x12\x17\n\tencode_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"@\n\x13WatchEncodeResponse\x12)\n\x06\x65ncode\x18\x01 \x01(\x0b\x32\x19.cosmos.optimus.v1.Encode\"H\n\x13ListProfilesRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"]\n\x14ListProfilesResponse\x12,\n\x08profiles\x18\x01 \x03(\x0b\x32\x1a.cosmos.optimus.v1.Profile\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xc8\x04\n\rEncodeService\x12_\n\x0cSubmitEncode\x12&.cosmos.optimus.v1.SubmitEncodeRequest\x1a\'.cosmos.optimus.v1.SubmitEncodeResponse\x12V\n\tGetEncode\x12#.cosmos.optimus.v1.GetEncodeRequest\x1a$.cosmos.optimus.v1.GetEncodeResponse\x12\\\n\x0bListEncodes\x12%.cosmos.optimus.v1.ListEncodesRequest\x1a&.cosmos.optimus.v1.ListEncodesResponse\x12_\n\x0c\x43\x61ncelEncode\x12&.cosmos.optimus.v1.CancelEncodeRequest\x1a\'.cosmos.optimus.v1.CancelEncodeResponse\x12^\n\x0bWatchEncode\x12%.cosmos.optimus.v1.WatchEncodeRequest\x1a&.cosmos.optimus.v1.WatchEncodeResponse0\x01\x12_\n\x0cListProfiles\x12&.cosmos.optimus.v1.ListProfilesRequest\x1a\'.cosmos.optimus.v1.ListProfilesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,6 +47,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBMITENCODEREQUEST'].fields_by_name['priority']._serialized_options = b'\342A\001\001'
   _globals['_SUBMITENCODEREQUEST'].fields_by_name['force']._loaded_options = None
   _globals['_SUBMITENCODEREQUEST'].fields_by_name['force']._serialized_options = b'\342A\001\001'
+  _globals['_SUBMITENCODEREQUEST'].fields_by_name['quality']._loaded_options = None
+  _globals['_SUBMITENCODEREQUEST'].fields_by_name['quality']._serialized_options = b'\342A\001\001'
   _globals['_GETENCODEREQUEST'].fields_by_name['encode_id']._loaded_options = None
   _globals['_GETENCODEREQUEST'].fields_by_name['encode_id']._serialized_options = b'\342A\001\002'
   _globals['_LISTENCODESREQUEST'].fields_by_name['page_size']._loaded_options = None
@@ -68,29 +70,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTPROFILESREQUEST'].fields_by_name['page_token']._loaded_options = None
   _globals['_LISTPROFILESREQUEST'].fields_by_name['page_token']._serialized_options = b'\342A\001\001'
   _globals['_SUBMITENCODEREQUEST']._serialized_start=127
-  _globals['_SUBMITENCODEREQUEST']._serialized_end=317
-  _globals['_SUBMITENCODERESPONSE']._serialized_start=319
-  _globals['_SUBMITENCODERESPONSE']._serialized_end=406
-  _globals['_GETENCODEREQUEST']._serialized_start=408
-  _globals['_GETENCODEREQUEST']._serialized_end=451
-  _globals['_GETENCODERESPONSE']._serialized_start=453
-  _globals['_GETENCODERESPONSE']._serialized_end=515
-  _globals['_LISTENCODESREQUEST']._serialized_start=517
-  _globals['_LISTENCODESREQUEST']._serialized_end=641
-  _globals['_LISTENCODESRESPONSE']._serialized_start=643
-  _globals['_LISTENCODESRESPONSE']._serialized_end=733
-  _globals['_CANCELENCODEREQUEST']._serialized_start=735
-  _globals['_CANCELENCODEREQUEST']._serialized_end=829
-  _globals['_CANCELENCODERESPONSE']._serialized_start=831
-  _globals['_CANCELENCODERESPONSE']._serialized_end=896
-  _globals['_WATCHENCODEREQUEST']._serialized_start=898
-  _globals['_WATCHENCODEREQUEST']._serialized_end=943
-  _globals['_WATCHENCODERESPONSE']._serialized_start=945
-  _globals['_WATCHENCODERESPONSE']._serialized_end=1009
-  _globals['_LISTPROFILESREQUEST']._serialized_start=1011
-  _globals['_LISTPROFILESREQUEST']._serialized_end=1083
-  _globals['_LISTPROFILESRESPONSE']._serialized_start=1085
-  _globals['_LISTPROFILESRESPONSE']._serialized_end=1178
-  _globals['_ENCODESERVICE']._serialized_start=1181
-  _globals['_ENCODESERVICE']._serialized_end=1765
+  _globals['_SUBMITENCODEREQUEST']._serialized_end=372
+  _globals['_SUBMITENCODERESPONSE']._serialized_start=374
+  _globals['_SUBMITENCODERESPONSE']._serialized_end=461
+  _globals['_GETENCODEREQUEST']._serialized_start=463
+  _globals['_GETENCODEREQUEST']._serialized_end=506
+  _globals['_GETENCODERESPONSE']._serialized_start=508
+  _globals['_GETENCODERESPONSE']._serialized_end=570
+  _globals['_LISTENCODESREQUEST']._serialized_start=572
+  _globals['_LISTENCODESREQUEST']._serialized_end=696
+  _globals['_LISTENCODESRESPONSE']._serialized_start=698
+  _globals['_LISTENCODESRESPONSE']._serialized_end=788
+  _globals['_CANCELENCODEREQUEST']._serialized_start=790
+  _globals['_CANCELENCODEREQUEST']._serialized_end=884
+  _globals['_CANCELENCODERESPONSE']._serialized_start=886
+  _globals['_CANCELENCODERESPONSE']._serialized_end=951
+  _globals['_WATCHENCODEREQUEST']._serialized_start=953
+  _globals['_WATCHENCODEREQUEST']._serialized_end=998
+  _globals['_WATCHENCODERESPONSE']._serialized_start=1000
+  _globals['_WATCHENCODERESPONSE']._serialized_end=1064
+  _globals['_LISTPROFILESREQUEST']._serialized_start=1066
+  _globals['_LISTPROFILESREQUEST']._serialized_end=1138
+  _globals['_LISTPROFILESRESPONSE']._serialized_start=1140
+  _globals['_LISTPROFILESRESPONSE']._serialized_end=1233
+  _globals['_ENCODESERVICE']._serialized_start=1236
+  _globals['_ENCODESERVICE']._serialized_end=1820
 # @@protoc_insertion_point(module_scope)

@@ -32,6 +32,7 @@ class SubmitEncodeRequest(_message.Message):
     OUTPUT_URI_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
     FORCE_FIELD_NUMBER: _builtins.int
+    QUALITY_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotent retry key chosen by the client (a UUID is recommended); it is
     also reused as the JetStream Nats-Msg-Id of the resulting messages.
@@ -50,6 +51,10 @@ class SubmitEncodeRequest(_message.Message):
     """Scheduling priority; higher runs first. 0 is normal."""
     force: _builtins.bool
     """Encode again even when an encode with the same content_key exists."""
+    quality: _encode_pb2.QualityMode.ValueType
+    """How much of each rendition to measure; UNSPECIFIED means
+    QUALITY_MODE_SAMPLED. Part of the content_key.
+    """
     @_builtins.property
     def profiles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Profile names from the catalogue to encode, added after the ladder's
@@ -66,10 +71,11 @@ class SubmitEncodeRequest(_message.Message):
         output_uri: _builtins.str = ...,
         priority: _builtins.int = ...,
         force: _builtins.bool = ...,
+        quality: _encode_pb2.QualityMode.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["force", b"force", "ladder", b"ladder", "output_uri", b"output_uri", "priority", b"priority", "profiles", b"profiles", "request_id", b"request_id", "source_uri", b"source_uri"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["force", b"force", "ladder", b"ladder", "output_uri", b"output_uri", "priority", b"priority", "profiles", b"profiles", "quality", b"quality", "request_id", b"request_id", "source_uri", b"source_uri"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
