@@ -16,9 +16,10 @@ from pathlib import Path
 import grpc
 import psutil
 import pytest
+from google.protobuf import json_format
 
 from cosmos.optimus.v1 import encode_pb2, encode_service_pb2, encode_service_pb2_grpc
-from cosmos.plato.v1 import workflow_service_pb2, workflow_service_pb2_grpc
+from cosmos.plato.v1 import workflow_pb2, workflow_service_pb2, workflow_service_pb2_grpc
 from cosmos.runtime import rpc_errors
 from cosmos.runtime.config import free_port
 from cosmos.stack.embedded import EmbeddedStack, StackConfig
@@ -258,3 +259,48 @@ async def test_grpcurl_submits_an_encode_with_json_and_watches_it(
     assert len(snapshots) >= 2
     assert snapshots[-1]["encode"]["state"] == "ENCODE_STATE_SUCCEEDED"
     assert snapshots[-1]["encode"]["manifests"]["hls_master_uri"].endswith("master.m3u8")
+
+
+async def test_nvenc_profiles_get_a_gpu_and_fail_clearly_without_nvenc(clip: Path, tmp_path: Path) -> None:
+    # The local agent declares one T4: the NVENC group's chunk jobs must be placed on it with that GPU
+    # (CUDA_VISIBLE_DEVICES='0'), next to the software group's jobs. Without a usable NVENC encoder
+    # here they fail after their retries and the encode names the step and the cause.
+    cfg = StackConfig(
+        optimus_port=free_port(), plato_port=free_port(), stratum_port=free_port(), nats_port=free_port(),
+        data_dir=tmp_path / "data", agent_gpus="1xT4",
+    )  # fmt: skip
+    async with (
+        EmbeddedStack(cfg) as stack,
+        grpc.aio.insecure_channel(str(cfg.address(cfg.optimus_port))) as ch,
+    ):
+        stub = encode_service_pb2_grpc.EncodeServiceStub(ch)
+        request = encode_service_pb2.SubmitEncodeRequest(
+            request_id=uuid.uuid4().hex,
+            source_uri=clip.as_uri(),
+            profiles=["360p", "360p-nvenc"],
+            output_uri=(tmp_path / "out").as_uri(),
+            quality=encode_pb2.QUALITY_MODE_OFF,
+        )
+        encode = (await stub.SubmitEncode(request)).encode
+        done = await wait(stub, encode.encode_id)
+        async with grpc.aio.insecure_channel(str(cfg.address(stack.config.plato_port))) as pch:
+            workflow = (
+                await workflow_service_pb2_grpc.WorkflowServiceStub(pch).GetWorkflow(
+                    workflow_service_pb2.GetWorkflowRequest(workflow_id=encode.encode_id)
+                )
+            ).workflow
+    groups = {
+        s.step_id: json_format.MessageToDict(s.fanout_vars)["group"]["name"]
+        for s in workflow.steps
+        if s.step_name == "encode"
+    }
+    assert set(groups.values()) == {"cpu", "gpu"}
+    if done.state == ES.ENCODE_STATE_SUCCEEDED:  # a machine with a real NVENC-capable GPU 0
+        assert [r.state for r in done.renditions] == [ES.ENCODE_STATE_SUCCEEDED] * 2
+        return
+    assert done.state == ES.ENCODE_STATE_FAILED
+    assert groups[done.failed_step] == "gpu", done.failed_step
+    assert "needs an NVIDIA GPU with NVENC; CUDA_VISIBLE_DEVICES='0'" in done.error_message
+    # The software chunks were not held back by the failing GPU ones.
+    cpu_states = {s.state for s in workflow.steps if groups.get(s.step_id) == "cpu"}
+    assert cpu_states == {workflow_pb2.STEP_STATE_COMPLETED}

@@ -69,3 +69,17 @@ def test_hevc_codecs_string_from_hvcc(tmp_path: Path) -> None:
     assert hevc_codecs(init) == "hvc1.1.6.L93.B0"
     init.write_bytes(b"no box here")
     assert hevc_codecs(init) is None
+
+
+def test_groups_put_software_and_nvenc_profiles_in_separate_chunk_jobs() -> None:
+    chosen = profiles.resolve(["1080p", "720p-nvenc", "360p", "540p-hevc", "1080p-nvenc"])
+    cpu, gpu = profiles.groups(chosen)
+    assert cpu["name"] == "cpu" and cpu["profiles"] == ["1080p", "360p", "540p-hevc"]
+    # One core for the whole group (encoders single-threaded), the memory of every member.
+    memory = sum(int(profiles.get(n).resources["memoryBytes"]) for n in cpu["profiles"])
+    assert cpu["resources"] == {"cpuMillis": profiles.CHUNK_CPU_MILLIS, "memoryBytes": str(memory)}
+    assert cpu["threads"] == 1 and "gpu" not in cpu["resources"]
+    assert gpu["name"] == "gpu" and gpu["profiles"] == ["720p-nvenc", "1080p-nvenc"]
+    assert gpu["resources"]["gpu"] == {"count": 1} and gpu["threads"] == 0
+    assert json.loads(json.dumps(profiles.groups(chosen))) == [cpu, gpu]  # JSON-able workflow input
+    assert [g["name"] for g in profiles.groups(profiles.resolve([], "default"))] == ["cpu"]

@@ -69,7 +69,7 @@ class _QualityModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_QualityMo
     """Not set: the server default, QUALITY_MODE_SAMPLED."""
     QUALITY_MODE_SAMPLED: _QualityMode.ValueType  # 1
     """About one frame per second, at a stride coprime with the GOP length so that
-    every frame type is sampled; adds roughly a fifth to the encode's CPU.
+    every frame type is sampled; adds about a third to the encode's CPU.
     """
     QUALITY_MODE_FULL: _QualityMode.ValueType  # 2
     """Every frame; VMAF then costs several times the encode itself."""
@@ -85,7 +85,7 @@ QUALITY_MODE_UNSPECIFIED: QualityMode.ValueType  # 0
 """Not set: the server default, QUALITY_MODE_SAMPLED."""
 QUALITY_MODE_SAMPLED: QualityMode.ValueType  # 1
 """About one frame per second, at a stride coprime with the GOP length so that
-every frame type is sampled; adds roughly a fifth to the encode's CPU.
+every frame type is sampled; adds about a third to the encode's CPU.
 """
 QUALITY_MODE_FULL: QualityMode.ValueType  # 2
 """Every frame; VMAF then costs several times the encode itself."""
