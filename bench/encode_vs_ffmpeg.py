@@ -296,7 +296,7 @@ async def history(channel: grpc.aio.Channel, workflow_id: str) -> list[events_pb
             return events
 
 
-STEP_NAMES = ("probe", "split", "encode", "assemble", "package", "publish")
+STEP_NAMES = ("probe", "split", "audio", "encode", "assemble", "package", "publish")
 MODES = {
     "off": encode_pb2.QUALITY_MODE_OFF,
     "sampled": encode_pb2.QUALITY_MODE_SAMPLED,

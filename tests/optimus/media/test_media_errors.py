@@ -103,3 +103,13 @@ def test_ffmpeg_failure_carries_its_stderr(tmp_path: Path) -> None:
     assert code in (1, 2), err
     assert err.startswith("error: encode: ") and len(err.strip().splitlines()) == 1
     assert not result.exists()
+
+
+def test_encode_rejects_a_malformed_size(tmp_path: Path) -> None:
+    chunk = tmp_path / "chunk_00000.mp4"
+    chunk.write_bytes(b"")
+    code, err, _ = media(
+        tmp_path, "encode", "--chunk", str(chunk), "--profiles", "360p", "--out-dir", str(tmp_path / "o"),
+        "--duration", "2", "--fps", "24", "--size", "1920by1080",
+    )  # fmt: skip
+    assert code == 2 and "--size must be WIDTHxHEIGHT, got '1920by1080'" in err

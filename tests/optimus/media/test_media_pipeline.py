@@ -111,6 +111,13 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
             str(chunk["start"]),
             "--threads",
             "1",
+            # What split knows, as the workflow passes it: the chunk is not probed again.
+            "--duration",
+            str(chunk["duration"]),
+            "--fps",
+            str(split["fps"]),
+            "--size",
+            f"{split['width']}x{split['height']}",
         )
         for chunk in split["chunks"]
     ]
@@ -363,8 +370,8 @@ def test_rerun_is_idempotent(pipeline: Pipeline) -> None:
     assert again == pipeline.publish
     e = pipeline.encodes[0]
     args = ["--chunk", e["chunk"], "--profiles", ",".join(PROFILES), "--out-dir", str(root / "encoded")]
-    redo = ok(root, "encode", *args, "--threads", "1")
-    assert redo == e  # same files, same bytes, same scores
+    redo = ok(root, "encode", *args, "--threads", "1")  # this time probing the chunk
+    assert redo == e  # same files, same bytes, same scores, same facts
 
 
 def test_progress_lines_on_the_channel(pipeline: Pipeline, tmp_path: Path) -> None:

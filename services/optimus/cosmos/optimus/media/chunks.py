@@ -79,4 +79,11 @@ def split(source: str, work: str, chunk_seconds: float, progress: Progress) -> d
         start += timing.duration
         progress.span(90, 100).report(percent=100.0 * (i + 1) / len(files), message="measuring chunks")
     progress.flush()
-    return {"chunks": chunks, "duration": round(start, 6), "source": info.path, "fps": info.fps}
+    return {
+        "chunks": chunks,
+        "duration": round(start, 6),
+        "source": info.path,
+        "fps": info.fps,
+        "width": info.width,
+        "height": info.height,
+    }

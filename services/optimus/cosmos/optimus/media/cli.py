@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from cosmos.optimus import profiles
-from cosmos.optimus.media.ffmpeg import MediaError, Progress
+from cosmos.optimus.media.encode import ChunkFacts
+from cosmos.optimus.media.ffmpeg import InputError, MediaError, Progress
 from cosmos.optimus.media.quality import QualityMode
 
 __all__ = ["main", "parser"]
@@ -48,6 +49,10 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--start", type=float, default=0.0, help="seconds into the title (frame numbering)")
     c.add_argument("--quality", choices=[m.value for m in QualityMode], default=QualityMode.SAMPLED.value)
     c.add_argument("--threads", type=int, default=0, help="threads per encoder and decoder (0: ffmpeg's)")
+    # The chunk's facts from split; with all three the chunk is not probed again.
+    c.add_argument("--duration", type=float, default=None, help="the chunk's duration in seconds")
+    c.add_argument("--fps", type=float, default=None, help="the chunk's frame rate")
+    c.add_argument("--size", default=None, help="the chunk's frame size, WIDTHxHEIGHT")
 
     c = sub.add_parser("assemble", help="concatenate a profile's encoded chunks into one rendition")
     c.add_argument("--profile", required=True)
@@ -111,6 +116,16 @@ def _names(value: str) -> list[str]:
     return [str(n) for n in names]
 
 
+def _facts(args: argparse.Namespace) -> ChunkFacts | None:
+    """The chunk's facts when the caller passed all of them (the workflow does, from ``split``)."""
+    if args.duration is None or args.fps is None or not args.size:
+        return None
+    width, sep, height = str(args.size).partition("x")
+    if not sep or not width.isdigit() or not height.isdigit():
+        raise InputError(f"--size must be WIDTHxHEIGHT, got {args.size!r}")
+    return ChunkFacts(args.duration, args.fps, int(width), int(height))
+
+
 def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     """Execute one parsed command and return its result object."""
     cmd = args.command
@@ -134,6 +149,7 @@ def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
             start=args.start,
             quality=QualityMode(args.quality),
             threads=args.threads,
+            known=_facts(args),
         )
     if cmd == "assemble":
         from cosmos.optimus.media.encode import assemble

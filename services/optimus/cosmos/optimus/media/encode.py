@@ -12,13 +12,14 @@ import json
 import os
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cosmos.optimus import profiles
 from cosmos.optimus.media.chunks import chunk_index
 from cosmos.optimus.media.ffmpeg import MediaError, Progress, run_ffmpeg
-from cosmos.optimus.media.probe import probe, require_file
+from cosmos.optimus.media.probe import MediaInfo, probe, require_file
 from cosmos.optimus.media.quality import (
     QualityMode,
     measure_chains,
@@ -27,7 +28,16 @@ from cosmos.optimus.media.quality import (
     sample_stride,
 )
 
-__all__ = ["GOP_SECONDS", "assemble", "chunk_output", "encode_chunk", "flatten", "gop_args", "load_json_arg"]
+__all__ = [
+    "GOP_SECONDS",
+    "ChunkFacts",
+    "assemble",
+    "chunk_output",
+    "encode_chunk",
+    "flatten",
+    "gop_args",
+    "load_json_arg",
+]
 
 GOP_SECONDS = 2.0
 
@@ -76,6 +86,20 @@ def _describe(path: Path, profile: str) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class ChunkFacts:
+    """What the chunk encoder needs to know about its chunk (from ``split``, or a probe)."""
+
+    duration: float
+    fps: float
+    width: int
+    height: int
+
+    @classmethod
+    def of(cls, info: MediaInfo) -> ChunkFacts:
+        return cls(info.duration, info.fps, info.width, info.height)
+
+
 def chunk_output(out_dir: str | Path, profile: str, index: int) -> Path:
     """Where chunk ``index`` of ``profile`` goes: ``<out_dir>/<profile>/chunk_NNNNN.mp4``."""
     return Path(out_dir).absolute() / profile / f"chunk_{index:05d}.mp4"
@@ -91,6 +115,7 @@ def encode_chunk(
     start: float = 0.0,
     quality: QualityMode = QualityMode.SAMPLED,
     threads: int = 0,
+    known: ChunkFacts | None = None,
 ) -> dict[str, Any]:
     """Encode one chunk into every profile of ``profile_names`` and measure the results, in one ffmpeg.
 
@@ -101,6 +126,7 @@ def encode_chunk(
     caps each encoder and the decoder at that many threads (a chunk job reserves about one core:
     parallelism comes from running many chunks, which costs less CPU than x264's frame threads);
     0 lets ffmpeg decide. ``start`` (seconds into the title) numbers the frames for sampling.
+    ``known``: the chunk's facts from ``split`` (saves probing it again).
     """
     chosen = [profiles.get(n) for n in dict.fromkeys(profile_names)]
     if not chosen:
@@ -109,8 +135,12 @@ def encode_chunk(
         index = chunk_index(chunk)
     if index is None:
         raise MediaError(f"--index is required: {chunk!r} is not named chunk_NNNNN")
-    info = probe(chunk, what="chunk", count_frames=False)
-    path, duration, fps = info.path, info.duration, info.fps
+    if known is None:
+        info = probe(chunk, what="chunk", count_frames=False)
+        facts, path = ChunkFacts.of(info), info.path
+    else:
+        facts, path = known, str(require_file(chunk, "chunk"))
+    duration, fps = facts.duration, facts.fps
     outs = [chunk_output(out_dir, p.name, index) for p in chosen]
     tmps = [_tmp_for(o) for o in outs]
     for o in outs:
@@ -138,8 +168,8 @@ def encode_chunk(
             measure, labels = measure_chains(
                 "[0:v:0]",
                 [f"[dec:{i}]" for i in range(n)],
-                width=info.width,
-                height=info.height,
+                width=facts.width,
+                height=facts.height,
                 stride=sample_stride(quality, fps, gop),
                 first_frame=round(start * (fps or 24.0)),
                 logs=logs,
