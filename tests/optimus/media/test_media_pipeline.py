@@ -124,18 +124,31 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
     # The workflow passes every chunk's encode result; a rendition without "index" must still work.
     all_encodes = json.loads(json.dumps(encodes))
     del all_encodes[1]["renditions"][0]["index"]
+    # The workflow's way: the chunk results kept next to the encoded chunks (--encoded, --count); and
+    # the other way, every result passed in (--inputs).
     renditions = [
         ok(
             root,
             "assemble",
             "--profile",
-            p,
+            PROFILES[0],
             "--out",
-            str(root / "renditions" / f"{p}.mp4"),
+            str(root / "renditions" / f"{PROFILES[0]}.mp4"),
+            "--encoded",
+            str(root / "encoded"),
+            "--count",
+            str(split["count"]),
+        ),
+        ok(
+            root,
+            "assemble",
+            "--profile",
+            PROFILES[1],
+            "--out",
+            str(root / "renditions" / f"{PROFILES[1]}.mp4"),
             "--inputs",
             json.dumps(all_encodes),
-        )
-        for p in PROFILES
+        ),
     ]
     # The standalone measurement of every frame, for comparison with the encoder's own.
     qualities = [
@@ -164,8 +177,6 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
         audio["path"],
         "--renditions",
         json.dumps(renditions),
-        "--qualities",
-        json.dumps(encodes),
         "--out",
         str(root / "package"),
     )
@@ -284,6 +295,9 @@ def test_quality_off_measures_nothing(pipeline: Pipeline, tmp_path: Path) -> Non
 
 def test_renditions_are_assembled_in_order(pipeline: Pipeline) -> None:
     for r in pipeline.renditions:
+        mine = [c for c in chunk_renditions(pipeline) if c["profile"] == r["profile"]]
+        assert r["quality_chunks"] == 3 and r["quality_frames"] == sum(c["quality_frames"] for c in mine)
+        assert 50 < r["vmaf"] <= 100 and r["psnr"] > 25
         assert r["duration"] == pytest.approx(SECONDS, abs=1 / FPS)
         assert r["frames"] == int(SECONDS * FPS) and r["bitrate"] > 0
         assert keyframe_times(Path(r["path"])) == pytest.approx([0.0, 2.0, 4.0])
@@ -449,3 +463,12 @@ def test_audio_of_a_silent_source_is_none(pipeline: Pipeline, tmp_path: Path) ->
     chunk = pipeline.split["chunks"][0]["path"]  # chunks are video only
     assert ok(tmp_path, "audio", "--source", chunk, "--out", str(tmp_path / "a.mp4"))["path"] == ""
     assert not (tmp_path / "a.mp4").exists()
+
+
+def test_assemble_names_missing_chunk_results(pipeline: Pipeline, tmp_path: Path) -> None:
+    encoded = pipeline.root / "encoded"
+    args = ["--profile", "360p", "--out", str(tmp_path / "r.mp4"), "--encoded", str(encoded)]
+    done = media(tmp_path, "assemble", *args, "--count", "5")  # the split made 3
+    assert done.code == 1 and "profile '360p' is missing chunk(s) [3, 4]" in done.stderr
+    done = media(tmp_path, "assemble", *args)
+    assert done.code == 2 and "--encoded DIR with --count N" in done.stderr

@@ -81,6 +81,7 @@ def split(source: str, work: str, chunk_seconds: float, progress: Progress) -> d
     progress.flush()
     return {
         "chunks": chunks,
+        "count": len(chunks),
         "duration": round(start, 6),
         "source": info.path,
         "fps": info.fps,

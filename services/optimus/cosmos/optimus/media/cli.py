@@ -57,7 +57,9 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("assemble", help="concatenate a profile's encoded chunks into one rendition")
     c.add_argument("--profile", required=True)
     c.add_argument("--out", required=True)
-    c.add_argument("--inputs", required=True, help="JSON list of encode results (or @file)")
+    c.add_argument("--inputs", default=None, help="JSON list of encode results (or @file)")
+    c.add_argument("--encoded", default=None, help="or: the encode's --out-dir, read with --count")
+    c.add_argument("--count", type=int, default=None, help="number of chunks (with --encoded)")
 
     c = sub.add_parser("quality", help="VMAF and PSNR of an encoded chunk against its source chunk")
     c.add_argument("--reference", required=True)
@@ -152,9 +154,17 @@ def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
             known=_facts(args),
         )
     if cmd == "assemble":
-        from cosmos.optimus.media.encode import assemble
+        from cosmos.optimus.media.encode import assemble, chunk_results
 
-        return assemble(args.profile, args.out, _json_list(args.inputs, "--inputs"), progress)
+        if (args.inputs is None) == (args.encoded is None) or (
+            args.encoded is not None and args.count is None
+        ):
+            raise InputError("assemble takes --inputs JSON, or --encoded DIR with --count N")
+        if args.inputs is not None:
+            inputs = _json_list(args.inputs, "--inputs")
+        else:
+            inputs = chunk_results(args.encoded, args.profile, args.count)
+        return assemble(args.profile, args.out, inputs, progress)
     if cmd == "quality":
         from cosmos.optimus.media.quality import quality
 

@@ -22,6 +22,7 @@ from cosmos.optimus.media.ffmpeg import MediaError, Progress, run_ffmpeg
 from cosmos.optimus.media.probe import MediaInfo, probe, require_file
 from cosmos.optimus.media.quality import (
     QualityMode,
+    aggregate,
     measure_chains,
     measure_outputs,
     parse_measurements,
@@ -206,6 +207,7 @@ def encode_chunk(
         }
         if measured:
             rendition.update(measured[i].to_dict())
+        _write_json(result_path(out), rendition)
         renditions.append(rendition)
     return {
         "index": index,
@@ -214,6 +216,35 @@ def encode_chunk(
         "quality": quality.value,
         "renditions": renditions,
     }
+
+
+def result_path(chunk_file: Path) -> Path:
+    """The result kept next to an encoded chunk (``chunk_NNNNN.json``): what ``assemble --encoded`` reads,
+    so no step has to pass every chunk's result on its command line (a long title has thousands)."""
+    return chunk_file.with_suffix(".json")
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, separators=(",", ":")) + "\n")
+    os.replace(tmp, path)
+
+
+def chunk_results(encoded: str, profile: str, count: int) -> list[dict[str, Any]]:
+    """The results of chunks ``0..count-1`` of ``profile`` under ``encoded`` (see :func:`result_path`)."""
+    results: list[dict[str, Any]] = []
+    missing: list[int] = []
+    for i in range(count):
+        path = result_path(chunk_output(encoded, profile, i))
+        try:
+            results.append(json.loads(path.read_text()))
+        except FileNotFoundError:
+            missing.append(i)
+        except (OSError, ValueError) as exc:
+            raise MediaError(f"--encoded: unreadable chunk result {path}: {exc}") from None
+    if missing:
+        raise MediaError(f"--encoded: profile {profile!r} is missing chunk(s) {missing}")
+    return results
 
 
 def flatten(results: Sequence[Any], flag: str) -> list[dict[str, Any]]:
@@ -248,7 +279,8 @@ def _concat_line(path: str) -> str:
 
 
 def assemble(profile_name: str, out: str, inputs: list[Any], progress: Progress) -> dict[str, Any]:
-    """Concatenate the encoded chunks of ``profile_name`` in index order into one rendition (no re-encode)."""
+    """Concatenate the encoded chunks of ``profile_name`` in index order into one rendition (no
+    re-encode); the result carries the rendition's quality aggregated over its chunks."""
     profiles.get(profile_name)
     if not isinstance(inputs, list):
         raise MediaError("--inputs must be a JSON list of encode results")
@@ -309,4 +341,6 @@ def assemble(profile_name: str, out: str, inputs: list[Any], progress: Progress)
         listing.unlink(missing_ok=True)
     result = _describe(out_path, profile_name)
     result["chunks"] = len(paths)
+    mine = [i for i in flatten(inputs, "--inputs") if i.get("profile", profile_name) == profile_name]
+    result.update(aggregate(mine))
     return result

@@ -33,6 +33,7 @@ from typing import Any
 from cosmos.optimus.media.encode import flatten
 from cosmos.optimus.media.ffmpeg import MediaError, Progress, run_ffmpeg
 from cosmos.optimus.media.probe import probe, require_file
+from cosmos.optimus.media.quality import aggregate
 
 __all__ = [
     "AUDIO_BITRATE",
@@ -184,16 +185,6 @@ def write_master(out_dir: Path, video: list[Representation], audio: Representati
     return master
 
 
-def _weighted(qualities: list[dict[str, Any]], key: str) -> float | None:
-    pairs = [
-        (float(q[key]), float(q.get("quality_frames") or q.get("frames") or q.get("duration") or 1.0))
-        for q in qualities
-        if isinstance(q.get(key), int | float)
-    ]
-    weight = sum(w for _, w in pairs)
-    return round(sum(v * w for v, w in pairs) / weight, 3) if weight else None
-
-
 AUDIO_ARGS = ("-c:a", "aac", "-b:a", str(AUDIO_BITRATE), "-ac", "2", "-ar", "48000")
 """The one audio rendition: AAC-LC stereo, 48 kHz."""
 
@@ -320,13 +311,17 @@ def package(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
+    # Per chunk measurements (--qualities) when given; else what assemble aggregated per rendition.
     by_profile: dict[str, list[dict[str, Any]]] = {}
     for q in flatten(qualities, "--qualities"):
-        if "profile" in q and isinstance(q.get("vmaf"), int | float):
+        if "profile" in q:
             by_profile.setdefault(str(q["profile"]), []).append(q)
     result_rends = []
     for (name, r), rep in zip(rends.items(), video, strict=True):
-        qs = by_profile.get(name, [])
+        if name in by_profile:
+            scores = aggregate(by_profile[name])
+        else:
+            scores = {k: r.get(k) for k in ("vmaf", "psnr", "psnr_y", "quality_chunks", "quality_frames")}
         result_rends.append(
             {
                 "profile": name,
@@ -336,10 +331,7 @@ def package(
                 "bytes": r.get("bytes"),
                 "duration": r.get("duration"),
                 "codecs": rep.codecs,
-                "vmaf": _weighted(qs, "vmaf"),
-                "psnr": _weighted(qs, "psnr"),
-                "quality_chunks": len(qs),
-                "quality_frames": sum(int(q.get("quality_frames") or q.get("frames") or 0) for q in qs),
+                **scores,
                 "playlist": str(out_dir / f"media_{rep.id}.m3u8"),
                 "representation": rep.id,
             }

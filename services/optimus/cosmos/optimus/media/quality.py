@@ -38,6 +38,7 @@ from cosmos.optimus.media.probe import probe
 __all__ = [
     "Measurement",
     "QualityMode",
+    "aggregate",
     "measure_chains",
     "measure_outputs",
     "parse_measurements",
@@ -129,6 +130,30 @@ def measure_outputs(labels: Sequence[str]) -> list[str]:
     for label in labels:
         args += ["-map", label, "-fps_mode", "passthrough", "-f", "null", "-"]
     return args
+
+
+def aggregate(measured: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One rendition's quality from its chunks' measurements: means weighted by the frames each chunk
+    measured (``quality_frames``; older results: ``frames``), and how many chunks and frames went in.
+    Results without a ``vmaf`` (quality off) are skipped; none at all gives ``None`` scores."""
+
+    def weight(q: dict[str, Any]) -> float:
+        return float(q.get("quality_frames") or q.get("frames") or q.get("duration") or 1.0)
+
+    qs = [q for q in measured if isinstance(q.get("vmaf"), int | float)]
+    total = sum(weight(q) for q in qs)
+
+    def mean(key: str) -> float | None:
+        pairs = [(float(q[key]), weight(q)) for q in qs if isinstance(q.get(key), int | float)]
+        return round(sum(v * w for v, w in pairs) / total, 3) if pairs and total else None
+
+    return {
+        "vmaf": mean("vmaf"),
+        "psnr": mean("psnr"),
+        "psnr_y": mean("psnr_y"),
+        "quality_chunks": len(qs),
+        "quality_frames": sum(int(q.get("quality_frames") or q.get("frames") or 0) for q in qs),
+    }
 
 
 def _psnr_value(text: str) -> float:
