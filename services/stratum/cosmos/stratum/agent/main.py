@@ -18,7 +18,7 @@ import grpc
 
 from cosmos import errors
 from cosmos.runtime import channels, config, process, telemetry
-from cosmos.stratum.agent import inventory
+from cosmos.stratum.agent import inventory, orphans
 from cosmos.stratum.agent.supervisor import JobSupervisor
 from cosmos.stratum.v1 import agent_service_pb2, agent_service_pb2_grpc
 
@@ -75,6 +75,8 @@ class Agent:
     async def run(self) -> None:
         """Stay connected until :attr:`stopping` is set."""
         self.cfg.work_dir.mkdir(parents=True, exist_ok=True)
+        # Before taking work: stop what a previous agent on this work root left running.
+        await asyncio.to_thread(orphans.reap, self.cfg.work_dir)
         delay = 0.2
         while not self.stopping.is_set():
             try:

@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 import psutil
 
 from cosmos.common.v1 import progress_pb2, resources_pb2
-from cosmos.stratum.agent import containers, staging
+from cosmos.stratum.agent import containers, orphans, staging
 from cosmos.stratum.agent.progress import (
     ChannelParser,
     FfmpegProgressParser,
@@ -222,6 +222,8 @@ class JobRun:
             self._state = outcome.state
             if not self.keep_work_dir:
                 await asyncio.to_thread(self._remove_work_dir)
+            else:
+                orphans.forget(self.work_dir)
         finally:
             self._started.set()  # start() returns even when the attempt never started
         log.info(
@@ -485,6 +487,9 @@ class _Process:
         finally:
             self._close_fds()
         self.owner._pid = proc.pid
+        if self.engine is None:
+            # Outlives this agent if it is killed outright; a restarted agent stops it (orphans).
+            orphans.remember(self.owner.work_dir, self.owner.job_id, self.owner.attempt, proc.pid)
         self.owner._state = job_pb2.JOB_STATE_RUNNING
         self.owner._started.set()
         log.info(

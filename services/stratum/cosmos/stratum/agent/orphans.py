@@ -1,0 +1,113 @@
+"""Job processes left behind by an agent that died without stopping them, found and stopped.
+
+Every job process runs in its own session (so a cancel reaches all of it), which also means it
+outlives an agent killed with SIGKILL or lost with its container's init. Such a process keeps using
+the host's CPU and GPUs while Stratum, once the agent's lease expires, runs the job again elsewhere.
+
+When the agent starts a job process it writes a marker into the attempt's work dir (:data:`MARKER`):
+the job's pid and start time, and the agent's own. On start-up an agent reads the markers under its
+work root; a marker whose agent process is gone (no process with that pid and start time) belongs to
+a dead agent, and its job process, if still the same process, is killed with its process group. An
+agent still running (another agent sharing the work root) keeps its jobs. The dead attempt's work
+dir is removed: its job runs again elsewhere as a new attempt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+__all__ = ["MARKER", "Reaped", "forget", "reap", "remember"]
+
+log = logging.getLogger(__name__)
+
+MARKER = ".cosmos-job.json"
+"""The marker's file name in an attempt's work dir."""
+
+
+@dataclass(frozen=True)
+class Reaped:
+    """A job process of a dead agent that was stopped."""
+
+    job_id: str
+    attempt: int
+    pid: int
+
+
+def _started(pid: int) -> float | None:
+    """The start time of process ``pid``, or None when there is none."""
+    try:
+        return float(psutil.Process(pid).create_time())
+    except psutil.Error:
+        return None
+
+
+def _same(pid: int, started: float) -> bool:
+    # A pid is reused once its process is gone; the start time tells the two apart.
+    now = _started(pid)
+    return now is not None and abs(now - started) < 0.01
+
+
+def remember(work_dir: Path, job_id: str, attempt: int, pid: int) -> None:
+    """Write the marker of a job process this agent has just started."""
+    data = {
+        "job_id": job_id,
+        "attempt": attempt,
+        "pid": pid,
+        "started": _started(pid),
+        "agent_pid": os.getpid(),
+        "agent_started": _started(os.getpid()),
+    }
+    tmp = work_dir / f".{MARKER}.tmp"
+    tmp.write_text(json.dumps(data) + "\n")
+    os.replace(tmp, work_dir / MARKER)
+
+
+def forget(work_dir: Path) -> None:
+    """Remove the marker of a job process that has ended (its work dir is kept)."""
+    with contextlib.suppress(FileNotFoundError):
+        (work_dir / MARKER).unlink()
+
+
+def _kill_group(pid: int, started: float, wait_s: float) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)  # the job leads its own process group
+    deadline = time.monotonic() + wait_s
+    while _same(pid, started) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def reap(work_root: Path, wait_s: float = 5.0) -> list[Reaped]:
+    """Stop the job processes of dead agents found under ``work_root``; returns what was stopped."""
+    reaped: list[Reaped] = []
+    for marker in sorted(work_root.glob(f"*/*/{MARKER}")):
+        try:
+            data: dict[str, Any] = json.loads(marker.read_text())
+            pid, started = int(data["pid"]), data.get("started")
+            agent_pid, agent_started = int(data["agent_pid"]), data.get("agent_started")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("unreadable job marker", extra={"fields": {"path": str(marker), "error": repr(exc)}})
+            continue
+        if isinstance(agent_started, float) and _same(agent_pid, agent_started):
+            continue  # its agent is alive (another agent sharing this work root)
+        if isinstance(started, float) and _same(pid, started):
+            _kill_group(pid, started, wait_s)
+            reaped.append(Reaped(str(data.get("job_id", "")), int(data.get("attempt", 0)), pid))
+            log.warning(
+                "stopped a job process left by a dead agent",
+                extra={"fields": {"job_id": data.get("job_id"), "attempt": data.get("attempt"), "pid": pid}},
+            )
+        shutil.rmtree(marker.parent, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            marker.parent.parent.rmdir()  # only when no other attempt of the job is there
+    return reaped
