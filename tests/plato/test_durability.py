@@ -96,11 +96,27 @@ def counting_worker(nats_url: str, seen: Counter[str]) -> Worker:
     return worker
 
 
+async def complete_history(
+    client: PlatoClient, wf_id: str, timeout: float = 60
+) -> list[events_pb2.WorkflowEvent]:
+    """The history once it holds WORKFLOW_COMPLETED: a crash between saving the record and publishing
+    its events leaves the history behind the record until the inputs are redelivered (ack_wait)."""
+
+    async def poll() -> list[events_pb2.WorkflowEvent]:
+        while True:
+            events = await client.history(wf_id)
+            if any(e.type == ET.WORKFLOW_EVENT_TYPE_WORKFLOW_COMPLETED for e in events):
+                return events
+            await asyncio.sleep(0.2)
+
+    return await asyncio.wait_for(poll(), timeout)
+
+
 async def check_histories(client: PlatoClient, workflow_ids: list[str]) -> None:
     for wf_id in workflow_ids:
         wf = await client.get(wf_id)
         assert wf.state == workflow_pb2.WORKFLOW_STATE_COMPLETED, (wf_id, wf.failure_reason)
-        events = await client.history(wf_id)
+        events = await complete_history(client, wf_id)
         # History is consistent: every sequence number exactly once, in order, no gaps.
         assert [e.sequence for e in events] == list(range(1, len(events) + 1)), wf_id
         completions = Counter(e.step_id for e in events if e.type == ET.WORKFLOW_EVENT_TYPE_STEP_COMPLETED)

@@ -31,7 +31,7 @@ DEFINITION_ID = "encode-ladder"
 DEFINITION_FILE = Path(__file__).with_name("workflows") / "encode-ladder.yaml"
 ES = encode_pb2.EncodeState
 TERMINAL = (ES.ENCODE_STATE_SUCCEEDED, ES.ENCODE_STATE_FAILED, ES.ENCODE_STATE_CANCELLED)
-WATCH_INTERVAL = 0.25
+WATCH_INTERVAL = 0.5
 # Optimus and Plato start together: a call waits for the channel to connect (up to the timeout)
 # instead of failing fast while it backs off from an earlier refused connection.
 PLATO_CALL: dict[str, Any] = {"wait_for_ready": True, "timeout": 15.0}

@@ -22,6 +22,8 @@ from cosmos.stratum.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 
 JS = job_pb2.JobState
 TERMINAL = (JS.JOB_STATE_SUCCEEDED, JS.JOB_STATE_FAILED, JS.JOB_STATE_CANCELLED, JS.JOB_STATE_TIMED_OUT)
+PROGRESS_INTERVAL = 1.0
+"""Seconds between step heartbeats carrying a job's progress (the job's other reports are dropped)."""
 
 
 class StratumRunner:
@@ -82,10 +84,17 @@ class StratumRunner:
         }
 
     async def _follow(self, step: StepContext, job_id: str) -> None:
+        loop = asyncio.get_running_loop()
+        last = -PROGRESS_INTERVAL
         async for reply in self.jobs.WatchJob(job_service_pb2.WatchJobRequest(job_id=job_id)):
             event = reply.event
             kind = event.WhichOneof("event")
             if kind == "progress":
+                # Every heartbeat is a durable workflow input (an inbox message and a record save):
+                # one a second per step is plenty for progress, and Stratum's own stream has them all.
+                if loop.time() - last < PROGRESS_INTERVAL:
+                    continue
+                last = loop.time()
                 p = event.progress
                 await step.heartbeat(percent=p.percent, message=p.message, fps=p.fps, speed=p.speed)
             elif kind == "state" and event.state in TERMINAL:

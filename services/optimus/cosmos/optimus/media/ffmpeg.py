@@ -1,7 +1,7 @@
 """Running ffmpeg: locating the binary, progress on the Stratum channel, and clear failures.
 
 Every ffmpeg run gets ``-progress pipe:1 -nostats``; the ``key=value`` blocks on stdout are turned into
-JSON progress lines on ``COSMOS_PROGRESS_FD`` (or ``COSMOS_PROGRESS_FILE``), at most four a second.
+JSON progress lines on ``COSMOS_PROGRESS_FD`` (or ``COSMOS_PROGRESS_FILE``), at most two a second.
 stderr is collected; when ffmpeg fails, :class:`FfmpegError` carries its last meaningful lines.
 """
 
@@ -96,7 +96,7 @@ class Progress:
     several ffmpeg runs reports one monotonic percentage.
     """
 
-    MIN_INTERVAL = 0.25  # at most 4 reports a second
+    MIN_INTERVAL = 0.5  # at most 2 reports a second
 
     def __init__(self, fd: int | None = None, path: str | None = None) -> None:
         self._fd = fd
