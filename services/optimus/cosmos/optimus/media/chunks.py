@@ -16,10 +16,17 @@ from typing import Any
 from cosmos.optimus.media.ffmpeg import MediaError, Progress, run_ffmpeg
 from cosmos.optimus.media.probe import packet_timing, probe
 
-__all__ = ["CHUNK_PATTERN", "chunk_index", "split"]
+__all__ = ["CHUNK_PATTERN", "GOP_SECONDS", "chunk_index", "gop_frames", "split"]
 
 CHUNK_PATTERN = "chunk_%05d.mp4"
+GOP_SECONDS = 2.0
+"""Every rendition's (and the test clip's) fixed, closed GOP: keyframes every 2 s (see :mod:`encode`)."""
 _INDEX = re.compile(r"chunk_(\d+)")
+
+
+def gop_frames(fps: float) -> int:
+    """The GOP length in frames at ``fps`` (24 when unknown)."""
+    return max(1, round(GOP_SECONDS * (fps or 24.0)))
 
 
 def chunk_index(path: str) -> int | None:

@@ -19,6 +19,7 @@ from typing import Any
 from cosmos.optimus import profiles
 from cosmos.optimus.media.encode import ChunkFacts
 from cosmos.optimus.media.ffmpeg import InputError, MediaError, Progress
+from cosmos.optimus.media.files import replacing
 from cosmos.optimus.media.quality import QualityMode
 
 __all__ = ["main", "parser"]
@@ -217,9 +218,8 @@ def write_result(result: dict[str, Any]) -> None:
     if path:
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-        tmp.write_text(text + "\n")
-        os.replace(tmp, target)
+        with replacing(target) as tmp:
+            tmp.write_text(text + "\n")
     sys.stdout.write(RESULT_PREFIX + text + "\n")
     sys.stdout.flush()
 

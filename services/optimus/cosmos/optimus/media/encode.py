@@ -8,6 +8,7 @@ the same points (segment-aligned ABR).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -17,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from cosmos.optimus import profiles
-from cosmos.optimus.media.chunks import chunk_index
+from cosmos.optimus.media.chunks import chunk_index, gop_frames
 from cosmos.optimus.media.ffmpeg import MediaError, Progress, run_ffmpeg
+from cosmos.optimus.media.files import replacing, write_json
 from cosmos.optimus.media.probe import MediaInfo, probe, require_file
 from cosmos.optimus.media.quality import (
     QualityMode,
@@ -30,22 +32,21 @@ from cosmos.optimus.media.quality import (
 )
 
 __all__ = [
-    "GOP_SECONDS",
     "ChunkFacts",
     "assemble",
     "chunk_output",
+    "chunk_results",
     "encode_chunk",
     "flatten",
     "gop_args",
     "load_json_arg",
+    "result_path",
 ]
-
-GOP_SECONDS = 2.0
 
 
 def gop_args(profile: profiles.Profile, fps: float) -> list[str]:
-    """Encoder options for a fixed, closed GOP of ``GOP_SECONDS`` at ``fps`` without scene-cut keyframes."""
-    g = max(1, round(GOP_SECONDS * (fps or 24.0)))
+    """Encoder options for a fixed, closed GOP (:func:`chunks.gop_frames`) without scene-cut keyframes."""
+    g = gop_frames(fps)
     common = ["-g", str(g), "-keyint_min", str(g)]
     if profile.encoder == "libx264":
         return [*common, "-sc_threshold", "0", "-flags", "+cgop"]
@@ -64,10 +65,6 @@ def scale_filter(profile: profiles.Profile) -> str:
         f"scale=w={profile.width}:h={profile.height}:force_original_aspect_ratio=decrease"
         ":force_divisible_by=2:flags=bicubic,setsar=1,setpts=PTS-STARTPTS,format=yuv420p"
     )
-
-
-def _tmp_for(out: Path) -> Path:
-    return out.with_name(f".{out.stem}.tmp-{os.getpid()}{out.suffix}")
 
 
 def _describe(path: Path, profile: str) -> dict[str, Any]:
@@ -143,9 +140,10 @@ def encode_chunk(
         facts, path = known, str(require_file(chunk, "chunk"))
     duration, fps = facts.duration, facts.fps
     outs = [chunk_output(out_dir, p.name, index) for p in chosen]
-    tmps = [_tmp_for(o) for o in outs]
     for o in outs:
         o.parent.mkdir(parents=True, exist_ok=True)
+    files = contextlib.ExitStack()
+    tmps = [files.enter_context(replacing(o)) for o in outs]
     n = len(chosen)
     graph = "[0:v:0]" + (f"split={n}" + "".join(f"[s{i}]" for i in range(n)) if n > 1 else "null[s0]")
     chains = [graph] + [f"[s{i}]{scale_filter(p)}[v{i}]" for i, p in enumerate(chosen)]
@@ -165,21 +163,20 @@ def encode_chunk(
     with tempfile.TemporaryDirectory(prefix="cosmos-vmaf-") as tmp_dir:
         logs = [Path(tmp_dir) / f"vmaf-{i}.json" for i in range(n)]
         if quality is not QualityMode.OFF:
-            gop = round(GOP_SECONDS * (fps or 24.0))
             measure, labels = measure_chains(
                 "[0:v:0]",
                 [f"[dec:{i}]" for i in range(n)],
                 width=facts.width,
                 height=facts.height,
-                stride=sample_stride(quality, fps, gop),
+                stride=sample_stride(quality, fps),
                 first_frame=round(start * (fps or 24.0)),
                 logs=logs,
-                threads=max(threads, 0),
+                threads=threads,
             )
             for i in range(n):
                 args += [*thread_args, "-dec", f"{i}:0"]
             args += ["-filter_complex", ";".join(measure), *measure_outputs(labels)]
-        try:
+        with files:  # every output renamed into place only if ffmpeg succeeded
             run = run_ffmpeg(
                 args,
                 what=what,
@@ -188,11 +185,6 @@ def encode_chunk(
                 message=f"encoding {names}",
                 loglevel="info" if quality is not QualityMode.OFF else "warning",
             )
-            for tmp, out in zip(tmps, outs, strict=True):
-                os.replace(tmp, out)
-        finally:
-            for tmp in tmps:
-                tmp.unlink(missing_ok=True)
         measured = parse_measurements(run.stderr, logs) if quality is not QualityMode.OFF else []
     renditions = []
     for i, (p, out) in enumerate(zip(chosen, outs, strict=True)):
@@ -207,7 +199,7 @@ def encode_chunk(
         }
         if measured:
             rendition.update(measured[i].to_dict())
-        _write_json(result_path(out), rendition)
+        write_json(result_path(out), rendition)
         renditions.append(rendition)
     return {
         "index": index,
@@ -222,12 +214,6 @@ def result_path(chunk_file: Path) -> Path:
     """The result kept next to an encoded chunk (``chunk_NNNNN.json``): what ``assemble --encoded`` reads,
     so no step has to pass every chunk's result on its command line (a long title has thousands)."""
     return chunk_file.with_suffix(".json")
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, separators=(",", ":")) + "\n")
-    os.replace(tmp, path)
 
 
 def chunk_results(encoded: str, profile: str, count: int) -> list[dict[str, Any]]:
@@ -286,11 +272,10 @@ def assemble(profile_name: str, out: str, inputs: list[Any], progress: Progress)
         raise MediaError("--inputs must be a JSON list of encode results")
     by_index: dict[int, str] = {}
     seconds: dict[int, float] = {}
-    for item in flatten(inputs, "--inputs"):
-        if not isinstance(item, dict) or "path" not in item:
+    mine = [i for i in flatten(inputs, "--inputs") if i.get("profile", profile_name) == profile_name]
+    for item in mine:
+        if "path" not in item:
             raise MediaError(f"--inputs: not an encode result: {item!r}")
-        if item.get("profile", profile_name) != profile_name:
-            continue
         index = item.get("index")
         if index is None:
             index = chunk_index(str(item["path"]))
@@ -310,37 +295,34 @@ def assemble(profile_name: str, out: str, inputs: list[Any], progress: Progress)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     listing = out_path.with_name(f".{out_path.stem}.concat-{os.getpid()}.txt")
     listing.write_text("".join(_concat_line(p) for p in paths))
-    tmp = _tmp_for(out_path)
     try:
-        run_ffmpeg(
-            [
-                "-f",
-                "concat",
-                "-safe",
-                "0",
-                "-i",
-                str(listing),
-                "-map",
-                "0:v:0",
-                "-c",
-                "copy",
-                "-movflags",
-                "+faststart",
-                "-f",
-                "mp4",
-                str(tmp),
-            ],
-            what=f"assembling {profile_name}",
-            progress=progress,
-            duration=sum(seconds.values()) or None,
-            message=f"assembling {profile_name}",
-        )
-        os.replace(tmp, out_path)
+        with replacing(out_path) as tmp:
+            run_ffmpeg(
+                [
+                    "-f",
+                    "concat",
+                    "-safe",
+                    "0",
+                    "-i",
+                    str(listing),
+                    "-map",
+                    "0:v:0",
+                    "-c",
+                    "copy",
+                    "-movflags",
+                    "+faststart",
+                    "-f",
+                    "mp4",
+                    str(tmp),
+                ],
+                what=f"assembling {profile_name}",
+                progress=progress,
+                duration=sum(seconds.values()) or None,
+                message=f"assembling {profile_name}",
+            )
     finally:
-        tmp.unlink(missing_ok=True)
         listing.unlink(missing_ok=True)
     result = _describe(out_path, profile_name)
     result["chunks"] = len(paths)
-    mine = [i for i in flatten(inputs, "--inputs") if i.get("profile", profile_name) == profile_name]
     result.update(aggregate(mine))
     return result

@@ -32,6 +32,7 @@ from typing import Any
 
 from cosmos.optimus.media.encode import flatten
 from cosmos.optimus.media.ffmpeg import MediaError, Progress, run_ffmpeg
+from cosmos.optimus.media.files import replacing
 from cosmos.optimus.media.probe import probe, require_file
 from cosmos.optimus.media.quality import aggregate
 
@@ -197,8 +198,7 @@ def encode_audio(source: str, out: str, progress: Progress) -> dict[str, Any]:
         return {"path": "", "source": src.path}
     out_path = Path(out).absolute()
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.stem}.tmp-{os.getpid()}{out_path.suffix}")
-    try:
+    with replacing(out_path) as tmp:
         run_ffmpeg(
             ["-i", src.path, "-map", "0:a:0", "-vn", *AUDIO_ARGS, "-f", "mp4", str(tmp)],
             what=f"encoding the audio of {src.path}",
@@ -206,9 +206,6 @@ def encode_audio(source: str, out: str, progress: Progress) -> dict[str, Any]:
             duration=src.duration,
             message="encoding audio",
         )
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return {
         "path": str(out_path),
         "codec": "aac",

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from cosmos.optimus import profiles
-from cosmos.optimus.media.chunks import chunk_index
+from cosmos.optimus.media.chunks import chunk_index, gop_frames
 from cosmos.optimus.media.ffmpeg import MediaError, Progress, run_ffmpeg
 from cosmos.optimus.media.probe import probe
 
@@ -62,13 +62,13 @@ class QualityMode(enum.StrEnum):
     """Nothing: no VMAF or PSNR."""
 
 
-def sample_stride(mode: QualityMode, fps: float, gop: int) -> int:
+def sample_stride(mode: QualityMode, fps: float) -> int:
     """Measure every ``n``-th frame: 1 for ``full``; for ``sampled`` the smallest stride of at least one
-    second's worth of frames that shares no factor with ``gop`` (so samples walk through the GOP)."""
+    second's worth of frames that shares no factor with the GOP length (so samples walk through it)."""
     if mode is QualityMode.FULL:
         return 1
     stride = max(2, round(fps or 24.0))
-    while math.gcd(stride, max(gop, 1)) != 1:
+    while math.gcd(stride, gop_frames(fps)) != 1:
         stride += 1
     return stride
 
@@ -201,7 +201,6 @@ def quality(
         raise MediaError("--mode off measures nothing; use full or sampled")
     ref = probe(reference, what="reference", count_frames=False)
     dist = probe(distorted, what="distorted", count_frames=False)
-    gop = round(2.0 * (ref.fps or 24.0))
     with tempfile.TemporaryDirectory(prefix="cosmos-vmaf-") as tmp:
         logs = [Path(tmp) / "vmaf.json"]
         chains, outs = measure_chains(
@@ -209,7 +208,7 @@ def quality(
             ["[0:v:0]"],
             width=ref.width,
             height=ref.height,
-            stride=sample_stride(mode, ref.fps, gop),
+            stride=sample_stride(mode, ref.fps),
             first_frame=first_frame,
             logs=logs,
             threads=0,

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any
 
+from cosmos.optimus.media.chunks import gop_frames
 from cosmos.optimus.media.ffmpeg import MediaError, Progress, run_ffmpeg
+from cosmos.optimus.media.files import replacing
 from cosmos.optimus.media.probe import probe
 
 __all__ = ["make_test_clip"]
@@ -21,9 +22,8 @@ def make_test_clip(out: str, seconds: float, size: str, fps: float, progress: Pr
         raise MediaError("--seconds and --fps must be positive")
     out_path = Path(out).absolute()
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.stem}.tmp-{os.getpid()}.mp4")
-    gop = max(1, round(2 * fps))
-    try:
+    gop = gop_frames(fps)
+    with replacing(out_path) as tmp:
         run_ffmpeg(
             [
                 "-f",
@@ -69,7 +69,4 @@ def make_test_clip(out: str, seconds: float, size: str, fps: float, progress: Pr
             duration=seconds,
             message="making test clip",
         )
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return probe(out_path, what="test clip").to_dict()
