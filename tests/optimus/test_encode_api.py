@@ -105,6 +105,37 @@ async def test_bad_submits_name_the_field(
         assert field in [v.field for v in violations], change
 
 
+async def test_concurrent_submits_each_get_their_own_answer(
+    encodes: encode_service_pb2_grpc.EncodeServiceAsyncStub, clip: Path, tmp_path: Path
+) -> None:
+    # Concurrent submits share StartWorkflows calls to Plato; each still gets its own answer.
+    def submit(request_id: str, profiles: list[str]) -> encode_service_pb2.SubmitEncodeRequest:
+        return encode_service_pb2.SubmitEncodeRequest(
+            request_id=request_id, source_uri=clip.as_uri(), profiles=profiles,
+            output_uri=(tmp_path / request_id).as_uri(), quality=encode_pb2.QUALITY_MODE_OFF,
+        )  # fmt: skip
+
+    first = (await encodes.SubmitEncode(submit("c-0", ["360p"]))).encode
+    requests = [submit(f"c-{i}", ["360p"]) for i in range(1, 11)]
+    requests += [submit("c-0", ["360p"]), submit("c-0", ["540p"])]  # a retry; a reused request_id
+    replies = await asyncio.gather(*(encodes.SubmitEncode(r) for r in requests), return_exceptions=True)
+    started = replies[:10]
+    assert all(isinstance(r, encode_service_pb2.SubmitEncodeResponse) for r in started), started
+    ids = {r.encode.encode_id for r in started if isinstance(r, encode_service_pb2.SubmitEncodeResponse)}
+    assert len(ids) == 10 and first.encode_id not in ids
+    retry, reused = replies[10:]
+    assert isinstance(retry, encode_service_pb2.SubmitEncodeResponse)
+    assert retry.deduplicated and retry.encode.encode_id == first.encode_id
+    assert isinstance(reused, grpc.aio.AioRpcError) and reused.code() == grpc.StatusCode.ALREADY_EXISTS
+    info, _ = rpc_errors.details_of(reused)
+    assert info is not None and info.reason == "ERROR_REASON_REQUEST_ID_REUSED"
+    assert info.metadata["encode_id"] == first.encode_id
+    for encode_id in [*ids, first.encode_id]:
+        await encodes.CancelEncode(
+            encode_service_pb2.CancelEncodeRequest(request_id=f"stop-{encode_id}", encode_id=encode_id)
+        )
+
+
 async def test_a_ladder_encodes_dedupes_and_publishes_verified_manifests(
     encodes: encode_service_pb2_grpc.EncodeServiceAsyncStub, clip: Path, tmp_path: Path
 ) -> None:

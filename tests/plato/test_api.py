@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 import grpc
+import nats
 import pytest
+from nats.aio.msg import Msg
 from plato_harness import CARD_WORKFLOW, PlatoClient, event_names
 
 from cosmos.plato.engine import values
@@ -303,3 +306,84 @@ async def test_starts_use_a_version_registered_through_another_plato_process(
         assert (await second.get(await second.start("one-step"))).definition_version == 3
         pinned = await first.start("one-step", workflow_id="pinned-v1", definition_version=1)
         assert (await first.get(pinned)).definition_version == 1
+
+
+async def test_start_workflows_answers_each_entry_as_start_workflow_would(
+    plato: PlatoClient, run_worker: Callable[[Worker], None]
+) -> None:
+    await plato.register(ONE_STEP)
+    worker = Worker(plato.nats_url)
+
+    @worker.handler("work")
+    async def work(step: StepContext) -> dict[str, Any]:
+        return {}
+
+    run_worker(worker)
+    nc = await nats.connect(plato.nats_url)
+    headers: dict[str, list[dict[str, str]]] = {}
+
+    async def collect(msg: Msg) -> None:
+        headers.setdefault(msg.subject.rsplit(".", 1)[-1], []).append(dict(msg.headers or {}))
+
+    await nc.subscribe("cosmos.workflow.events.*", cb=collect)
+    first = workflow_service_pb2.StartWorkflowRequest(request_id="batch-a", definition_id="one-step")
+    first.input.update({"n": 1})
+    started = await plato.stub.StartWorkflow(first)
+    clash = workflow_service_pb2.StartWorkflowRequest(request_id="batch-a", definition_id="one-step")
+    clash.input.update({"n": 2})
+    trace_id = secrets.token_hex(16)
+    traceparent = f"00-{trace_id}-{secrets.token_hex(8)}-01"
+    entries = [
+        workflow_service_pb2.StartWorkflowsEntry(
+            request=workflow_service_pb2.StartWorkflowRequest(request_id="batch-b", definition_id="one-step"),
+            trace_context={"traceparent": traceparent},
+        ),
+        workflow_service_pb2.StartWorkflowsEntry(request=first),  # a retry: the same workflow
+        workflow_service_pb2.StartWorkflowsEntry(request=clash),  # same request_id, other input
+        workflow_service_pb2.StartWorkflowsEntry(
+            request=workflow_service_pb2.StartWorkflowRequest(request_id="batch-c", definition_id="nope")
+        ),
+        workflow_service_pb2.StartWorkflowsEntry(
+            request=workflow_service_pb2.StartWorkflowRequest(definition_id="one-step")
+        ),
+    ]
+    reply = await plato.stub.StartWorkflows(workflow_service_pb2.StartWorkflowsRequest(entries=entries))
+    kinds = [r.WhichOneof("result") for r in reply.results]
+    assert kinds == ["started", "started", "error", "error", "error"]
+    new, retry, reused, unknown, missing = reply.results
+    assert not new.started.already_started
+    assert retry.started.already_started
+    assert retry.started.workflow.workflow_id == started.workflow.workflow_id
+    # Each refusal is the status StartWorkflow would have failed with, details included.
+    for result, code, reason, field in [
+        (reused, grpc.StatusCode.ALREADY_EXISTS, "ERROR_REASON_REQUEST_ID_REUSED", None),
+        (unknown, grpc.StatusCode.NOT_FOUND, "ERROR_REASON_DEFINITION_NOT_FOUND", None),
+        (missing, grpc.StatusCode.INVALID_ARGUMENT, "ERROR_REASON_INVALID_ARGUMENT", "request_id"),
+    ]:
+        error = rpc_errors.from_status(result.error)
+        assert error.code == code, result.error
+        assert error.reason == reason
+        assert [v.field for v in error.violations] == ([field] if field else [])
+    # The refused entries changed nothing; the accepted ones run.
+    done = await plato.wait(new.started.workflow.workflow_id)
+    assert done.state == WS.WORKFLOW_STATE_COMPLETED
+    assert values.struct_to_dict((await plato.get(started.workflow.workflow_id)).input) == {"n": 1}
+    listed = await plato.stub.ListWorkflows(workflow_service_pb2.ListWorkflowsRequest())
+    assert len(listed.workflows) == 2
+    # Each entry continues its own caller's trace: the new workflow's events carry the entry's.
+    await asyncio.sleep(0.2)
+    await nc.close()
+    new_events = headers[new.started.workflow.workflow_id]
+    assert len(new_events) == 5  # started, rule fired, scheduled, completed, workflow completed
+    assert {h["traceparent"].split("-")[1] for h in new_events} == {trace_id}
+
+
+async def test_start_workflows_refuses_an_oversized_batch(plato: PlatoClient) -> None:
+    entry = workflow_service_pb2.StartWorkflowsEntry(
+        request=workflow_service_pb2.StartWorkflowRequest(request_id="x", definition_id="one-step")
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await plato.stub.StartWorkflows(workflow_service_pb2.StartWorkflowsRequest(entries=[entry] * 1001))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    _, violations = rpc_errors.details_of(caught.value)
+    assert [v.field for v in violations] == ["entries"]

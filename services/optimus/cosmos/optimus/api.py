@@ -12,7 +12,7 @@ import asyncio
 import hashlib
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -25,7 +25,7 @@ from cosmos.optimus import profiles as catalog
 from cosmos.optimus.v1 import encode_pb2, encode_service_pb2, encode_service_pb2_grpc
 from cosmos.optimus.view import QUALITY_MODES, encode_view
 from cosmos.plato.v1 import workflow_pb2, workflow_service_pb2, workflow_service_pb2_grpc
-from cosmos.runtime import paging
+from cosmos.runtime import batching, paging, rpc_errors, telemetry
 
 DEFINITION_ID = "encode-ladder"
 DEFINITION_FILE = Path(__file__).with_name("workflows") / "encode-ladder.yaml"
@@ -73,6 +73,11 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
         self.work_root = work_root.absolute()
         self.stopping = stopping
         self.registered = False
+        self.starts: batching.Coalescer[
+            workflow_service_pb2.StartWorkflowsEntry, workflow_service_pb2.StartWorkflowResponse
+        ] = batching.Coalescer(self._start_batch)
+        """Concurrent submits share ``StartWorkflows`` calls: under load most of a start's cost in
+        both services is the RPC itself."""
 
     async def register(self) -> int:
         """Register the shipped encode-ladder definition with Plato (idempotent); its version."""
@@ -91,6 +96,21 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
                 await self.register()
             except grpc.aio.AioRpcError as exc:
                 raise errors.UnavailableError(f"Plato is not reachable: {exc.details()}") from exc
+
+    async def _start_batch(
+        self, entries: Sequence[workflow_service_pb2.StartWorkflowsEntry]
+    ) -> list[workflow_service_pb2.StartWorkflowResponse | BaseException]:
+        request = workflow_service_pb2.StartWorkflowsRequest(entries=entries)
+        try:
+            reply = await self.workflows.StartWorkflows(request, **PLATO_CALL)
+        except grpc.aio.AioRpcError as exc:
+            raise errors.UnavailableError(
+                f"Plato did not start the workflow: {exc.code().name}: {exc.details()}"
+            ) from exc
+        return [
+            rpc_errors.from_status(result.error) if result.HasField("error") else result.started
+            for result in reply.results
+        ]
 
     # ------------------------------------------------------------------ submit
 
@@ -181,16 +201,17 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
             "content_key": content_key,
         }
         start.input.update(inp)
+        entry = workflow_service_pb2.StartWorkflowsEntry(
+            request=start, trace_context=telemetry.inject_headers()
+        )
         try:
-            reply = await self.workflows.StartWorkflow(start, **PLATO_CALL)
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.ALREADY_EXISTS:
-                raise errors.AlreadyExistsError(
-                    f"request_id {request.request_id!r} was used for a different encode",
-                    reason="ERROR_REASON_REQUEST_ID_REUSED",
-                    metadata={"encode_id": encode_id},
-                ) from exc
-            raise
+            reply = await self.starts.submit(entry)
+        except errors.AlreadyExistsError as exc:
+            raise errors.AlreadyExistsError(
+                f"request_id {request.request_id!r} was used for a different encode",
+                reason="ERROR_REASON_REQUEST_ID_REUSED",
+                metadata={"encode_id": encode_id},
+            ) from exc
         # Plato refuses a start whose input differs from the stored workflow's, so the workflow's
         # input is the one just sent: view it from the dict rather than converting the Struct back.
         return encode_service_pb2.SubmitEncodeResponse(

@@ -19,6 +19,7 @@ from typing import Any
 import nats.errors
 import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from opentelemetry import trace
 
 from cosmos import errors
 from cosmos.plato import inputs, subjects
@@ -35,13 +36,16 @@ from cosmos.plato.v1 import (
     workflow_service_pb2,
     workflow_service_pb2_grpc,
 )
-from cosmos.runtime import paging, telemetry
+from cosmos.runtime import paging, rpc_errors, telemetry
 
 Context = Any
 WS = workflow_pb2.WorkflowState
 SS = workflow_pb2.StepState
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_=-]{0,127}$")
 _NAMESPACE = uuid.UUID("5b0c7c53-7a1c-4b0e-9a55-0f6f7f2c1a11")
+MAX_BATCH = 1000
+"""Starts one ``StartWorkflows`` call may hold."""
+tracer = trace.get_tracer("cosmos.plato")
 _TERMINAL_EVENTS = (
     events_pb2.WORKFLOW_EVENT_TYPE_WORKFLOW_COMPLETED,
     events_pb2.WORKFLOW_EVENT_TYPE_WORKFLOW_FAILED,
@@ -135,6 +139,33 @@ class WorkflowApi(workflow_service_pb2_grpc.WorkflowServiceServicer):
 
     async def StartWorkflow(
         self, request: workflow_service_pb2.StartWorkflowRequest, context: Context
+    ) -> workflow_service_pb2.StartWorkflowResponse:
+        return await self._start(request)
+
+    async def StartWorkflows(
+        self, request: workflow_service_pb2.StartWorkflowsRequest, context: Context
+    ) -> workflow_service_pb2.StartWorkflowsResponse:
+        if len(request.entries) > MAX_BATCH:
+            raise _violation("entries", f"{len(request.entries)} starts; at most {MAX_BATCH} per call")
+        # Concurrently: their JetStream publishes and record creates share round trips on the wire.
+        results = await asyncio.gather(*(self._start_entry(entry) for entry in request.entries))
+        return workflow_service_pb2.StartWorkflowsResponse(results=results)
+
+    async def _start_entry(
+        self, entry: workflow_service_pb2.StartWorkflowsEntry
+    ) -> workflow_service_pb2.StartWorkflowResult:
+        # Each entry continues its own caller's trace (this runs in a task of its own, so the span
+        # is current for this start only).
+        context = telemetry.extract_context(entry.trace_context)
+        with tracer.start_as_current_span("plato.start", context=context):
+            try:
+                started = await self._start(entry.request)
+            except errors.RpcError as exc:
+                return workflow_service_pb2.StartWorkflowResult(error=rpc_errors.status_proto(exc))
+        return workflow_service_pb2.StartWorkflowResult(started=started)
+
+    async def _start(
+        self, request: workflow_service_pb2.StartWorkflowRequest
     ) -> workflow_service_pb2.StartWorkflowResponse:
         _require(request.request_id, "request_id")
         _require(request.definition_id, "definition_id")

@@ -22,8 +22,8 @@ DOMAIN = "cosmos.dev"
 log = logging.getLogger(__name__)
 
 
-def to_status(error: errors.RpcError) -> grpc.Status:
-    """The rich status answering ``error``."""
+def status_proto(error: errors.RpcError) -> status_pb2.Status:
+    """The ``google.rpc.Status`` answering ``error``: its code, message, ``ErrorInfo`` and ``BadRequest``."""
     details: list[any_pb2.Any] = []
     info = any_pb2.Any()
     info.Pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata))
@@ -40,26 +40,65 @@ def to_status(error: errors.RpcError) -> grpc.Status:
         )
         details.append(bad)
     code: int = error.code.value[0]
-    status = status_pb2.Status(code=code, message=error.message, details=details)
-    return rpc_status.to_status(status)
+    return status_pb2.Status(code=code, message=error.message, details=details)
+
+
+def to_status(error: errors.RpcError) -> grpc.Status:
+    """The rich status answering ``error`` (for ``context.abort_with_status``)."""
+    return rpc_status.to_status(status_proto(error))
+
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def _error_classes(cls: type[errors.RpcError]) -> dict[grpc.StatusCode, type[errors.RpcError]]:
+    found: dict[grpc.StatusCode, type[errors.RpcError]] = {}
+    for sub in cls.__subclasses__():
+        found.setdefault(sub.code, sub)
+        for code, deeper in _error_classes(sub).items():
+            found.setdefault(code, deeper)
+    return found
+
+
+def _details(
+    status: status_pb2.Status | None,
+) -> tuple[error_details_pb2.ErrorInfo | None, list[error_details_pb2.BadRequest.FieldViolation]]:
+    info: error_details_pb2.ErrorInfo | None = None
+    violations: list[error_details_pb2.BadRequest.FieldViolation] = []
+    for detail in status.details if status else []:
+        found = error_details_pb2.ErrorInfo()
+        if detail.Unpack(found):  # False when the detail is of another type
+            info = found
+            continue
+        bad = error_details_pb2.BadRequest()
+        if detail.Unpack(bad):
+            violations.extend(bad.field_violations)
+    return info, violations
+
+
+def from_status(status: status_pb2.Status) -> errors.RpcError:
+    """The error a ``google.rpc.Status`` (e.g. one result of a batch call) stands for, details included.
+
+    Raised by a handler, it answers with the same code, message, ``ErrorInfo`` and violations.
+    """
+    code = _CODES.get(status.code, grpc.StatusCode.UNKNOWN)
+    info, violations = _details(status)
+    cls = _error_classes(errors.RpcError).get(code, errors.RpcError)
+    error = cls(
+        status.message,
+        reason=info.reason if info is not None and info.reason else None,
+        metadata=dict(info.metadata) if info is not None else {},
+        violations=[errors.FieldViolation(v.field, v.description) for v in violations],
+    )
+    error.code = code
+    return error
 
 
 def details_of(
     err: grpc.aio.AioRpcError | grpc.RpcError,
 ) -> tuple[error_details_pb2.ErrorInfo | None, list[error_details_pb2.BadRequest.FieldViolation]]:
     """The ``ErrorInfo`` and field violations carried by a failed call, if any."""
-    status = rpc_status.from_call(err)  # type: ignore[arg-type]
-    info: error_details_pb2.ErrorInfo | None = None
-    violations: list[error_details_pb2.BadRequest.FieldViolation] = []
-    for detail in status.details if status else []:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            violations.extend(bad.field_violations)
-    return info, violations
+    return _details(rpc_status.from_call(err))  # type: ignore[arg-type]
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # grpc-stubs lags grpcio

@@ -27,9 +27,10 @@ from cosmos.plato.v1 import events_pb2 as cosmos_dot_plato_dot_v1_dot_events__pb
 from cosmos.plato.v1 import workflow_pb2 as cosmos_dot_plato_dot_v1_dot_workflow__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
+from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&cosmos/plato/v1/workflow_service.proto\x12\x0f\x63osmos.plato.v1\x1a cosmos/plato/v1/definition.proto\x1a\x1c\x63osmos/plato/v1/events.proto\x1a\x1e\x63osmos/plato/v1/workflow.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\"P\n\x19RegisterDefinitionRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0bsource_yaml\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"U\n\x1aRegisterDefinitionResponse\x12\x37\n\ndefinition\x18\x01 \x01(\x0b\x32#.cosmos.plato.v1.WorkflowDefinition\"J\n\x14GetDefinitionRequest\x12\x1b\n\rdefinition_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07version\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\"P\n\x15GetDefinitionResponse\x12\x37\n\ndefinition\x18\x01 \x01(\x0b\x32#.cosmos.plato.v1.WorkflowDefinition\"h\n\x16ListDefinitionsRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1b\n\rdefinition_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"l\n\x17ListDefinitionsResponse\x12\x38\n\x0b\x64\x65\x66initions\x18\x01 \x03(\x0b\x32#.cosmos.plato.v1.WorkflowDefinition\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xb8\x01\n\x14StartWorkflowRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\rdefinition_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12 \n\x12\x64\x65\x66inition_version\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x19\n\x0bworkflow_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12,\n\x05input\x18\x05 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x01\"]\n\x15StartWorkflowResponse\x12+\n\x08workflow\x18\x01 \x01(\x0b\x32\x19.cosmos.plato.v1.Workflow\x12\x17\n\x0f\x61lready_started\x18\x02 \x01(\x08\"/\n\x12GetWorkflowRequest\x12\x19\n\x0bworkflow_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"B\n\x13GetWorkflowResponse\x12+\n\x08workflow\x18\x01 \x01(\x0b\x32\x19.cosmos.plato.v1.Workflow\"\x9b\x01\n\x14ListWorkflowsRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1b\n\rdefinition_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x33\n\x05state\x18\x04 \x01(\x0e\x32\x1e.cosmos.plato.v1.WorkflowStateB\x04\xe2\x41\x01\x01\"^\n\x15ListWorkflowsResponse\x12,\n\tworkflows\x18\x01 \x03(\x0b\x32\x19.cosmos.plato.v1.Workflow\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"b\n\x15\x43\x61ncelWorkflowRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0bworkflow_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06reason\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"E\n\x16\x43\x61ncelWorkflowResponse\x12+\n\x08workflow\x18\x01 \x01(\x0b\x32\x19.cosmos.plato.v1.Workflow\"\x97\x01\n\x15SignalWorkflowRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0bworkflow_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0bsignal_name\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12.\n\x07payload\x18\x04 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x01\"E\n\x16SignalWorkflowResponse\x12+\n\x08workflow\x18\x01 \x01(\x0b\x32\x19.cosmos.plato.v1.Workflow\"i\n\x19ListWorkflowEventsRequest\x12\x19\n\x0bworkflow_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"e\n\x1aListWorkflowEventsResponse\x12.\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1e.cosmos.plato.v1.WorkflowEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"N\n\x14WatchWorkflowRequest\x12\x19\n\x0bworkflow_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\rfrom_sequence\x18\x02 \x01(\x04\x42\x04\xe2\x41\x01\x01\"F\n\x15WatchWorkflowResponse\x12-\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1e.cosmos.plato.v1.WorkflowEvent2\xf7\x07\n\x0fWorkflowService\x12m\n\x12RegisterDefinition\x12*.cosmos.plato.v1.RegisterDefinitionRequest\x1a+.cosmos.plato.v1.RegisterDefinitionResponse\x12^\n\rGetDefinition\x12%.cosmos.plato.v1.GetDefinitionRequest\x1a&.cosmos.plato.v1.GetDefinitionResponse\x12\x64\n\x0fListDefinitions\x12\'.cosmos.plato.v1.ListDefinitionsRequest\x1a(.cosmos.plato.v1.ListDefinitionsResponse\x12^\n\rStartWorkflow\x12%.cosmos.plato.v1.StartWorkflowRequest\x1a&.cosmos.plato.v1.StartWorkflowResponse\x12X\n\x0bGetWorkflow\x12#.cosmos.plato.v1.GetWorkflowRequest\x1a$.cosmos.plato.v1.GetWorkflowResponse\x12^\n\rListWorkflows\x12%.cosmos.plato.v1.ListWorkflowsRequest\x1a&.cosmos.plato.v1.ListWorkflowsResponse\x12\x61\n\x0e\x43\x61ncelWorkflow\x12&.cosmos.plato.v1.CancelWorkflowRequest\x1a\'.cosmos.plato.v1.CancelWorkflowResponse\x12\x61\n\x0eSignalWorkflow\x12&.cosmos.plato.v1.SignalWorkflowRequest\x1a\'.cosmos.plato.v1.SignalWorkflowResponse\x12m\n\x12ListWorkflowEvents\x12*.cosmos.plato.v1.ListWorkflowEventsRequest\x1a+.cosmos.plato.v1.ListWorkflowEventsResponse\x12`\n\rWatchWorkflow\x12%.cosmos.plato.v1.WatchWorkflowRequest\x1a&.cosmos.plato.v1.WatchWorkflowResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&cosmos/plato/v1/workflow_service.proto\x12\x0f\x63osmos.plato.v1\x1a cosmos/plato/v1/definition.proto\x1a\x1c\x63osmos/plato/v1/events.proto\x1a\x1e\x63osmos/plato/v1/workflow.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x17google/rpc/status.proto\"P\n\x19RegisterDefinitionRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0bsource_yaml\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"U\n\x1aRegisterDefinitionResponse\x12\x37\n\ndefinition\x18\x01 \x01(\x0b\x32#.cosmos.plato.v1.WorkflowDefinition\"J\n\x14GetDefinitionRequest\x12\x1b\n\rdefinition_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07version\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\"P\n\x15GetDefinitionResponse\x12\x37\n\ndefinition\x18\x01 \x01(\x0b\x32#.cosmos.plato.v1.WorkflowDefinition\"h\n\x16ListDefinitionsRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1b\n\rdefinition_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"l\n\x17ListDefinitionsResponse\x12\x38\n\x0b\x64\x65\x66initions\x18\x01 \x03(\x0b\x32#.cosmos.plato.v1.WorkflowDefinition\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xb8\x01\n\x14StartWorkflowRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\rdefinition_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12 \n\x12\x64\x65\x66inition_version\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x19\n\x0bworkflow_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12,\n\x05input\x18\x05 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x01\"]\n\x15StartWorkflowResponse\x12+\n\x08workflow\x18\x01 \x01(\x0b\x32\x19.cosmos.plato.v1.Workflow\x12\x17\n\x0f\x61lready_started\x18\x02 \x01(\x08\"N\n\x15StartWorkflowsRequest\x12\x35\n\x07\x65ntries\x18\x01 \x03(\x0b\x32$.cosmos.plato.v1.StartWorkflowsEntry\"\xd7\x01\n\x13StartWorkflowsEntry\x12<\n\x07request\x18\x01 \x01(\x0b\x32%.cosmos.plato.v1.StartWorkflowRequestB\x04\xe2\x41\x01\x02\x12M\n\rtrace_context\x18\x02 \x03(\x0b\x32\x36.cosmos.plato.v1.StartWorkflowsEntry.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"O\n\x16StartWorkflowsResponse\x12\x35\n\x07results\x18\x01 \x03(\x0b\x32$.cosmos.plato.v1.StartWorkflowResult\"\x7f\n\x13StartWorkflowResult\x12\x39\n\x07started\x18\x01 \x01(\x0b\x32&.cosmos.plato.v1.StartWorkflowResponseH\x00\x12#\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\x08\n\x06result\"/\n\x12GetWorkflowRequest\x12\x19\n\x0bworkflow_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"B\n\x13GetWorkflowResponse\x12+\n\x08workflow\x18\x01 \x01(\x0b\x32\x19.cosmos.plato.v1.Workflow\"\x9b\x01\n\x14ListWorkflowsRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1b\n\rdefinition_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x33\n\x05state\x18\x04 \x01(\x0e\x32\x1e.cosmos.plato.v1.WorkflowStateB\x04\xe2\x41\x01\x01\"^\n\x15ListWorkflowsResponse\x12,\n\tworkflows\x18\x01 \x03(\x0b\x32\x19.cosmos.plato.v1.Workflow\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"b\n\x15\x43\x61ncelWorkflowRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0bworkflow_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06reason\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"E\n\x16\x43\x61ncelWorkflowResponse\x12+\n\x08workflow\x18\x01 \x01(\x0b\x32\x19.cosmos.plato.v1.Workflow\"\x97\x01\n\x15SignalWorkflowRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0bworkflow_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0bsignal_name\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12.\n\x07payload\x18\x04 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x01\"E\n\x16SignalWorkflowResponse\x12+\n\x08workflow\x18\x01 \x01(\x0b\x32\x19.cosmos.plato.v1.Workflow\"i\n\x19ListWorkflowEventsRequest\x12\x19\n\x0bworkflow_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"e\n\x1aListWorkflowEventsResponse\x12.\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1e.cosmos.plato.v1.WorkflowEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"N\n\x14WatchWorkflowRequest\x12\x19\n\x0bworkflow_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\rfrom_sequence\x18\x02 \x01(\x04\x42\x04\xe2\x41\x01\x01\"F\n\x15WatchWorkflowResponse\x12-\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1e.cosmos.plato.v1.WorkflowEvent2\xda\x08\n\x0fWorkflowService\x12m\n\x12RegisterDefinition\x12*.cosmos.plato.v1.RegisterDefinitionRequest\x1a+.cosmos.plato.v1.RegisterDefinitionResponse\x12^\n\rGetDefinition\x12%.cosmos.plato.v1.GetDefinitionRequest\x1a&.cosmos.plato.v1.GetDefinitionResponse\x12\x64\n\x0fListDefinitions\x12\'.cosmos.plato.v1.ListDefinitionsRequest\x1a(.cosmos.plato.v1.ListDefinitionsResponse\x12^\n\rStartWorkflow\x12%.cosmos.plato.v1.StartWorkflowRequest\x1a&.cosmos.plato.v1.StartWorkflowResponse\x12\x61\n\x0eStartWorkflows\x12&.cosmos.plato.v1.StartWorkflowsRequest\x1a\'.cosmos.plato.v1.StartWorkflowsResponse\x12X\n\x0bGetWorkflow\x12#.cosmos.plato.v1.GetWorkflowRequest\x1a$.cosmos.plato.v1.GetWorkflowResponse\x12^\n\rListWorkflows\x12%.cosmos.plato.v1.ListWorkflowsRequest\x1a&.cosmos.plato.v1.ListWorkflowsResponse\x12\x61\n\x0e\x43\x61ncelWorkflow\x12&.cosmos.plato.v1.CancelWorkflowRequest\x1a\'.cosmos.plato.v1.CancelWorkflowResponse\x12\x61\n\x0eSignalWorkflow\x12&.cosmos.plato.v1.SignalWorkflowRequest\x1a\'.cosmos.plato.v1.SignalWorkflowResponse\x12m\n\x12ListWorkflowEvents\x12*.cosmos.plato.v1.ListWorkflowEventsRequest\x1a+.cosmos.plato.v1.ListWorkflowEventsResponse\x12`\n\rWatchWorkflow\x12%.cosmos.plato.v1.WatchWorkflowRequest\x1a&.cosmos.plato.v1.WatchWorkflowResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -60,6 +61,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STARTWORKFLOWREQUEST'].fields_by_name['workflow_id']._serialized_options = b'\342A\001\001'
   _globals['_STARTWORKFLOWREQUEST'].fields_by_name['input']._loaded_options = None
   _globals['_STARTWORKFLOWREQUEST'].fields_by_name['input']._serialized_options = b'\342A\001\001'
+  _globals['_STARTWORKFLOWSENTRY_TRACECONTEXTENTRY']._loaded_options = None
+  _globals['_STARTWORKFLOWSENTRY_TRACECONTEXTENTRY']._serialized_options = b'8\001'
+  _globals['_STARTWORKFLOWSENTRY'].fields_by_name['request']._loaded_options = None
+  _globals['_STARTWORKFLOWSENTRY'].fields_by_name['request']._serialized_options = b'\342A\001\002'
   _globals['_GETWORKFLOWREQUEST'].fields_by_name['workflow_id']._loaded_options = None
   _globals['_GETWORKFLOWREQUEST'].fields_by_name['workflow_id']._serialized_options = b'\342A\001\002'
   _globals['_LISTWORKFLOWSREQUEST'].fields_by_name['page_size']._loaded_options = None
@@ -94,46 +99,56 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WATCHWORKFLOWREQUEST'].fields_by_name['workflow_id']._serialized_options = b'\342A\001\002'
   _globals['_WATCHWORKFLOWREQUEST'].fields_by_name['from_sequence']._loaded_options = None
   _globals['_WATCHWORKFLOWREQUEST'].fields_by_name['from_sequence']._serialized_options = b'\342A\001\001'
-  _globals['_REGISTERDEFINITIONREQUEST']._serialized_start=218
-  _globals['_REGISTERDEFINITIONREQUEST']._serialized_end=298
-  _globals['_REGISTERDEFINITIONRESPONSE']._serialized_start=300
-  _globals['_REGISTERDEFINITIONRESPONSE']._serialized_end=385
-  _globals['_GETDEFINITIONREQUEST']._serialized_start=387
-  _globals['_GETDEFINITIONREQUEST']._serialized_end=461
-  _globals['_GETDEFINITIONRESPONSE']._serialized_start=463
-  _globals['_GETDEFINITIONRESPONSE']._serialized_end=543
-  _globals['_LISTDEFINITIONSREQUEST']._serialized_start=545
-  _globals['_LISTDEFINITIONSREQUEST']._serialized_end=649
-  _globals['_LISTDEFINITIONSRESPONSE']._serialized_start=651
-  _globals['_LISTDEFINITIONSRESPONSE']._serialized_end=759
-  _globals['_STARTWORKFLOWREQUEST']._serialized_start=762
-  _globals['_STARTWORKFLOWREQUEST']._serialized_end=946
-  _globals['_STARTWORKFLOWRESPONSE']._serialized_start=948
-  _globals['_STARTWORKFLOWRESPONSE']._serialized_end=1041
-  _globals['_GETWORKFLOWREQUEST']._serialized_start=1043
-  _globals['_GETWORKFLOWREQUEST']._serialized_end=1090
-  _globals['_GETWORKFLOWRESPONSE']._serialized_start=1092
-  _globals['_GETWORKFLOWRESPONSE']._serialized_end=1158
-  _globals['_LISTWORKFLOWSREQUEST']._serialized_start=1161
-  _globals['_LISTWORKFLOWSREQUEST']._serialized_end=1316
-  _globals['_LISTWORKFLOWSRESPONSE']._serialized_start=1318
-  _globals['_LISTWORKFLOWSRESPONSE']._serialized_end=1412
-  _globals['_CANCELWORKFLOWREQUEST']._serialized_start=1414
-  _globals['_CANCELWORKFLOWREQUEST']._serialized_end=1512
-  _globals['_CANCELWORKFLOWRESPONSE']._serialized_start=1514
-  _globals['_CANCELWORKFLOWRESPONSE']._serialized_end=1583
-  _globals['_SIGNALWORKFLOWREQUEST']._serialized_start=1586
-  _globals['_SIGNALWORKFLOWREQUEST']._serialized_end=1737
-  _globals['_SIGNALWORKFLOWRESPONSE']._serialized_start=1739
-  _globals['_SIGNALWORKFLOWRESPONSE']._serialized_end=1808
-  _globals['_LISTWORKFLOWEVENTSREQUEST']._serialized_start=1810
-  _globals['_LISTWORKFLOWEVENTSREQUEST']._serialized_end=1915
-  _globals['_LISTWORKFLOWEVENTSRESPONSE']._serialized_start=1917
-  _globals['_LISTWORKFLOWEVENTSRESPONSE']._serialized_end=2018
-  _globals['_WATCHWORKFLOWREQUEST']._serialized_start=2020
-  _globals['_WATCHWORKFLOWREQUEST']._serialized_end=2098
-  _globals['_WATCHWORKFLOWRESPONSE']._serialized_start=2100
-  _globals['_WATCHWORKFLOWRESPONSE']._serialized_end=2170
-  _globals['_WORKFLOWSERVICE']._serialized_start=2173
-  _globals['_WORKFLOWSERVICE']._serialized_end=3188
+  _globals['_REGISTERDEFINITIONREQUEST']._serialized_start=243
+  _globals['_REGISTERDEFINITIONREQUEST']._serialized_end=323
+  _globals['_REGISTERDEFINITIONRESPONSE']._serialized_start=325
+  _globals['_REGISTERDEFINITIONRESPONSE']._serialized_end=410
+  _globals['_GETDEFINITIONREQUEST']._serialized_start=412
+  _globals['_GETDEFINITIONREQUEST']._serialized_end=486
+  _globals['_GETDEFINITIONRESPONSE']._serialized_start=488
+  _globals['_GETDEFINITIONRESPONSE']._serialized_end=568
+  _globals['_LISTDEFINITIONSREQUEST']._serialized_start=570
+  _globals['_LISTDEFINITIONSREQUEST']._serialized_end=674
+  _globals['_LISTDEFINITIONSRESPONSE']._serialized_start=676
+  _globals['_LISTDEFINITIONSRESPONSE']._serialized_end=784
+  _globals['_STARTWORKFLOWREQUEST']._serialized_start=787
+  _globals['_STARTWORKFLOWREQUEST']._serialized_end=971
+  _globals['_STARTWORKFLOWRESPONSE']._serialized_start=973
+  _globals['_STARTWORKFLOWRESPONSE']._serialized_end=1066
+  _globals['_STARTWORKFLOWSREQUEST']._serialized_start=1068
+  _globals['_STARTWORKFLOWSREQUEST']._serialized_end=1146
+  _globals['_STARTWORKFLOWSENTRY']._serialized_start=1149
+  _globals['_STARTWORKFLOWSENTRY']._serialized_end=1364
+  _globals['_STARTWORKFLOWSENTRY_TRACECONTEXTENTRY']._serialized_start=1313
+  _globals['_STARTWORKFLOWSENTRY_TRACECONTEXTENTRY']._serialized_end=1364
+  _globals['_STARTWORKFLOWSRESPONSE']._serialized_start=1366
+  _globals['_STARTWORKFLOWSRESPONSE']._serialized_end=1445
+  _globals['_STARTWORKFLOWRESULT']._serialized_start=1447
+  _globals['_STARTWORKFLOWRESULT']._serialized_end=1574
+  _globals['_GETWORKFLOWREQUEST']._serialized_start=1576
+  _globals['_GETWORKFLOWREQUEST']._serialized_end=1623
+  _globals['_GETWORKFLOWRESPONSE']._serialized_start=1625
+  _globals['_GETWORKFLOWRESPONSE']._serialized_end=1691
+  _globals['_LISTWORKFLOWSREQUEST']._serialized_start=1694
+  _globals['_LISTWORKFLOWSREQUEST']._serialized_end=1849
+  _globals['_LISTWORKFLOWSRESPONSE']._serialized_start=1851
+  _globals['_LISTWORKFLOWSRESPONSE']._serialized_end=1945
+  _globals['_CANCELWORKFLOWREQUEST']._serialized_start=1947
+  _globals['_CANCELWORKFLOWREQUEST']._serialized_end=2045
+  _globals['_CANCELWORKFLOWRESPONSE']._serialized_start=2047
+  _globals['_CANCELWORKFLOWRESPONSE']._serialized_end=2116
+  _globals['_SIGNALWORKFLOWREQUEST']._serialized_start=2119
+  _globals['_SIGNALWORKFLOWREQUEST']._serialized_end=2270
+  _globals['_SIGNALWORKFLOWRESPONSE']._serialized_start=2272
+  _globals['_SIGNALWORKFLOWRESPONSE']._serialized_end=2341
+  _globals['_LISTWORKFLOWEVENTSREQUEST']._serialized_start=2343
+  _globals['_LISTWORKFLOWEVENTSREQUEST']._serialized_end=2448
+  _globals['_LISTWORKFLOWEVENTSRESPONSE']._serialized_start=2450
+  _globals['_LISTWORKFLOWEVENTSRESPONSE']._serialized_end=2551
+  _globals['_WATCHWORKFLOWREQUEST']._serialized_start=2553
+  _globals['_WATCHWORKFLOWREQUEST']._serialized_end=2631
+  _globals['_WATCHWORKFLOWRESPONSE']._serialized_start=2633
+  _globals['_WATCHWORKFLOWRESPONSE']._serialized_end=2703
+  _globals['_WORKFLOWSERVICE']._serialized_start=2706
+  _globals['_WORKFLOWSERVICE']._serialized_end=3820
 # @@protoc_insertion_point(module_scope)

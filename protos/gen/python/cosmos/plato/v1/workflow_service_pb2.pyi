@@ -11,6 +11,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
+from google.rpc import status_pb2 as _status_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -266,6 +267,141 @@ class StartWorkflowResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StartWorkflowResponse: _TypeAlias = StartWorkflowResponse  # noqa: Y015
+
+@_typing.final
+class StartWorkflowsRequest(_message.Message):
+    """StartWorkflowsRequest is the request of WorkflowService.StartWorkflows."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___StartWorkflowsEntry]:
+        """The starts, at most 1000."""
+
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[Global___StartWorkflowsEntry] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartWorkflowsRequest: _TypeAlias = StartWorkflowsRequest  # noqa: Y015
+
+@_typing.final
+class StartWorkflowsEntry(_message.Message):
+    """StartWorkflowsEntry is one start of a StartWorkflowsRequest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class TraceContextEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    REQUEST_FIELD_NUMBER: _builtins.int
+    TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def request(self) -> Global___StartWorkflowRequest:
+        """The start, as StartWorkflow takes it."""
+
+    @_builtins.property
+    def trace_context(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The W3C trace context (traceparent, tracestate) this start continues: the
+        entries of one batch come from different callers' traces, so the call's
+        own metadata cannot carry it.
+        """
+
+    def __init__(
+        self,
+        *,
+        request: Global___StartWorkflowRequest | None = ...,
+        trace_context: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request", "trace_context", b"trace_context"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartWorkflowsEntry: _TypeAlias = StartWorkflowsEntry  # noqa: Y015
+
+@_typing.final
+class StartWorkflowsResponse(_message.Message):
+    """StartWorkflowsResponse is the response of WorkflowService.StartWorkflows."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___StartWorkflowResult]:
+        """One result per entry, in the order of the entries."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___StartWorkflowResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartWorkflowsResponse: _TypeAlias = StartWorkflowsResponse  # noqa: Y015
+
+@_typing.final
+class StartWorkflowResult(_message.Message):
+    """StartWorkflowResult is the outcome of one StartWorkflowsEntry."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STARTED_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def started(self) -> Global___StartWorkflowResponse:
+        """The start succeeded (or found its workflow already started)."""
+
+    @_builtins.property
+    def error(self) -> _status_pb2.Status:
+        """The start was refused: the status StartWorkflow would have failed with,
+        with the same google.rpc details (ErrorInfo, BadRequest).
+        """
+
+    def __init__(
+        self,
+        *,
+        started: Global___StartWorkflowResponse | None = ...,
+        error: _status_pb2.Status | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "result", b"result", "started", b"started"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "result", b"result", "started", b"started"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["started", "error"]  # noqa: Y015
+    _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
+
+Global___StartWorkflowResult: _TypeAlias = StartWorkflowResult  # noqa: Y015
 
 @_typing.final
 class GetWorkflowRequest(_message.Message):

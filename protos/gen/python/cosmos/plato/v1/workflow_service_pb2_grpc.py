@@ -56,6 +56,11 @@ class WorkflowServiceStub:
                 request_serializer=cosmos_dot_plato_dot_v1_dot_workflow__service__pb2.StartWorkflowRequest.SerializeToString,
                 response_deserializer=cosmos_dot_plato_dot_v1_dot_workflow__service__pb2.StartWorkflowResponse.FromString,
                 _registered_method=True)
+        self.StartWorkflows = channel.unary_unary(
+                '/cosmos.plato.v1.WorkflowService/StartWorkflows',
+                request_serializer=cosmos_dot_plato_dot_v1_dot_workflow__service__pb2.StartWorkflowsRequest.SerializeToString,
+                response_deserializer=cosmos_dot_plato_dot_v1_dot_workflow__service__pb2.StartWorkflowsResponse.FromString,
+                _registered_method=True)
         self.GetWorkflow = channel.unary_unary(
                 '/cosmos.plato.v1.WorkflowService/GetWorkflow',
                 request_serializer=cosmos_dot_plato_dot_v1_dot_workflow__service__pb2.GetWorkflowRequest.SerializeToString,
@@ -118,6 +123,16 @@ class WorkflowServiceServicer:
     def StartWorkflow(self, request, context):
         """Starts a workflow run. Idempotent by request_id and by a caller-chosen
         workflow_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartWorkflows(self, request, context):
+        """Starts several workflow runs in one call, each exactly as StartWorkflow
+        would, with a result of its own: one refused start does not affect the
+        others. For callers starting many workflows at once (Optimus batches the
+        submits that arrive while an earlier batch is in flight).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -189,6 +204,11 @@ def add_WorkflowServiceServicer_to_server(servicer, server):
                     servicer.StartWorkflow,
                     request_deserializer=cosmos_dot_plato_dot_v1_dot_workflow__service__pb2.StartWorkflowRequest.FromString,
                     response_serializer=cosmos_dot_plato_dot_v1_dot_workflow__service__pb2.StartWorkflowResponse.SerializeToString,
+            ),
+            'StartWorkflows': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartWorkflows,
+                    request_deserializer=cosmos_dot_plato_dot_v1_dot_workflow__service__pb2.StartWorkflowsRequest.FromString,
+                    response_serializer=cosmos_dot_plato_dot_v1_dot_workflow__service__pb2.StartWorkflowsResponse.SerializeToString,
             ),
             'GetWorkflow': grpc.unary_unary_rpc_method_handler(
                     servicer.GetWorkflow,
@@ -331,6 +351,33 @@ class WorkflowService:
             '/cosmos.plato.v1.WorkflowService/StartWorkflow',
             cosmos_dot_plato_dot_v1_dot_workflow__service__pb2.StartWorkflowRequest.SerializeToString,
             cosmos_dot_plato_dot_v1_dot_workflow__service__pb2.StartWorkflowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartWorkflows(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cosmos.plato.v1.WorkflowService/StartWorkflows',
+            cosmos_dot_plato_dot_v1_dot_workflow__service__pb2.StartWorkflowsRequest.SerializeToString,
+            cosmos_dot_plato_dot_v1_dot_workflow__service__pb2.StartWorkflowsResponse.FromString,
             options,
             channel_credentials,
             insecure,

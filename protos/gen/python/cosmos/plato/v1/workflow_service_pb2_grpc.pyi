@@ -47,6 +47,12 @@ class WorkflowServiceStub:
     """Starts a workflow run. Idempotent by request_id and by a caller-chosen
     workflow_id.
     """
+    StartWorkflows: _grpc.UnaryUnaryMultiCallable[_workflow_service_pb2.StartWorkflowsRequest, _workflow_service_pb2.StartWorkflowsResponse]
+    """Starts several workflow runs in one call, each exactly as StartWorkflow
+    would, with a result of its own: one refused start does not affect the
+    others. For callers starting many workflows at once (Optimus batches the
+    submits that arrive while an earlier batch is in flight).
+    """
     GetWorkflow: _grpc.UnaryUnaryMultiCallable[_workflow_service_pb2.GetWorkflowRequest, _workflow_service_pb2.GetWorkflowResponse]
     """Returns one workflow run with its step executions."""
     ListWorkflows: _grpc.UnaryUnaryMultiCallable[_workflow_service_pb2.ListWorkflowsRequest, _workflow_service_pb2.ListWorkflowsResponse]
@@ -82,6 +88,12 @@ class WorkflowServiceAsyncStub(WorkflowServiceStub):
     StartWorkflow: _aio.UnaryUnaryMultiCallable[_workflow_service_pb2.StartWorkflowRequest, _workflow_service_pb2.StartWorkflowResponse]  # type: ignore[assignment]
     """Starts a workflow run. Idempotent by request_id and by a caller-chosen
     workflow_id.
+    """
+    StartWorkflows: _aio.UnaryUnaryMultiCallable[_workflow_service_pb2.StartWorkflowsRequest, _workflow_service_pb2.StartWorkflowsResponse]  # type: ignore[assignment]
+    """Starts several workflow runs in one call, each exactly as StartWorkflow
+    would, with a result of its own: one refused start does not affect the
+    others. For callers starting many workflows at once (Optimus batches the
+    submits that arrive while an earlier batch is in flight).
     """
     GetWorkflow: _aio.UnaryUnaryMultiCallable[_workflow_service_pb2.GetWorkflowRequest, _workflow_service_pb2.GetWorkflowResponse]  # type: ignore[assignment]
     """Returns one workflow run with its step executions."""
@@ -139,6 +151,18 @@ class WorkflowServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_workflow_service_pb2.StartWorkflowResponse, _abc.Awaitable[_workflow_service_pb2.StartWorkflowResponse]]:
         """Starts a workflow run. Idempotent by request_id and by a caller-chosen
         workflow_id.
+        """
+
+    @_abc_1.abstractmethod
+    def StartWorkflows(
+        self,
+        request: _workflow_service_pb2.StartWorkflowsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workflow_service_pb2.StartWorkflowsResponse, _abc.Awaitable[_workflow_service_pb2.StartWorkflowsResponse]]:
+        """Starts several workflow runs in one call, each exactly as StartWorkflow
+        would, with a result of its own: one refused start does not affect the
+        others. For callers starting many workflows at once (Optimus batches the
+        submits that arrive while an earlier batch is in flight).
         """
 
     @_abc_1.abstractmethod
