@@ -183,15 +183,14 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
         else:
             key = content_key  # the card's idempotency: same source, profiles and output = same encode
         encode_id = "enc-" + hashlib.sha256(key.encode()).hexdigest()[:24]
-        start = workflow_service_pb2.StartWorkflowRequest(
-            request_id=key, definition_id=DEFINITION_ID, workflow_id=encode_id
-        )
+        # Built in place: the entry's request is the start (no copy).
+        entry = workflow_service_pb2.StartWorkflowsEntry(trace_context=telemetry.inject_headers())
+        start = entry.request
+        start.request_id, start.definition_id, start.workflow_id = key, DEFINITION_ID, encode_id
         inp: dict[str, Any] = {
             "source": str(source),
             "source_uri": request.source_uri,
             "output": output.as_uri(),
-            "profiles": [p.to_dict() for p in chosen],
-            "groups": catalog.groups(chosen),
             "quality": quality,
             "ladder": request.ladder,
             "priority": request.priority,
@@ -200,10 +199,10 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
             "request_id": request.request_id,
             "content_key": content_key,
         }
+        ladder, ladder_struct = catalog.ladder_input(tuple(names))
+        start.input.MergeFrom(ladder_struct)
         start.input.update(inp)
-        entry = workflow_service_pb2.StartWorkflowsEntry(
-            request=start, trace_context=telemetry.inject_headers()
-        )
+        inp.update(ladder)
         try:
             reply = await self.starts.submit(entry)
         except errors.AlreadyExistsError as exc:

@@ -24,9 +24,12 @@ Names: ``1080p``, ``720p``, ``540p``, ``360p`` (H.264, libx264), plus ``<rung>-h
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+from google.protobuf import struct_pb2
 
 __all__ = [
     "CHUNK_CPU_MILLIS",
@@ -37,6 +40,7 @@ __all__ = [
     "catalog",
     "get",
     "groups",
+    "ladder_input",
     "names",
     "resolve",
 ]
@@ -312,3 +316,15 @@ def groups(chosen: Iterable[Profile]) -> list[dict[str, Any]]:
             {"name": name, "profiles": [p.name for p in ps], "resources": resources, "threads": threads}
         )
     return result
+
+
+@functools.lru_cache(maxsize=1024)
+def ladder_input(names: tuple[str, ...]) -> tuple[dict[str, Any], struct_pb2.Struct]:
+    """The ``profiles`` and ``groups`` of the workflow input for these (resolved) profile names, as a
+    dict and as a ``Struct``, built once per ladder: the catalog is fixed, and converting the profile
+    dicts is most of what building a submit's input costs. Shared: callers copy, never change them."""
+    chosen = [get(name) for name in names]
+    fields = {"profiles": [p.to_dict() for p in chosen], "groups": groups(chosen)}
+    struct = struct_pb2.Struct()
+    struct.update(fields)
+    return fields, struct

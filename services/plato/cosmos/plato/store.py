@@ -12,7 +12,6 @@ There is no other store.
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import logging
 from collections.abc import Iterable, Mapping
@@ -23,6 +22,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.api import (
     DiscardPolicy,
+    Header,
     KeyValueConfig,
     RetentionPolicy,
     StorageType,
@@ -35,7 +35,7 @@ from cosmos.plato import subjects
 from cosmos.plato.language import model, parser
 from cosmos.plato.latest import LatestVersions
 from cosmos.plato.v1 import definition_pb2, engine_pb2
-from cosmos.runtime import jetstream
+from cosmos.runtime import jetstream, publisher
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,12 @@ class StoreConfig:
     """How long workflow histories are kept."""
     duplicate_window: float = 600.0
     """Seconds within which a re-published message with the same Nats-Msg-Id is dropped."""
+    ack_timeout: float = 5.0
+    """Seconds to wait for JetStream to confirm a write before giving up on it."""
+
+
+# JetStream's answers to a compare-and-set whose expected last sequence is not the subject's.
+_WRONG_LAST_SEQUENCE = (10071, 10164)
 
 
 class Conflict(Exception):
@@ -74,6 +80,8 @@ class PlatoStore:
         self.nc = nc
         self.js = js
         self.config = config or StoreConfig()
+        self.publisher = publisher.Publisher(nc, timeout=self.config.ack_timeout)
+        """Every write of the hot path (inputs, records, outboxes) goes through it, pipelined."""
         self._definitions: KeyValue | None = None
         self._workflows: KeyValue | None = None
         self._compiled: dict[tuple[str, int], model.Definition] = {}
@@ -299,13 +307,18 @@ class PlatoStore:
     ) -> int:
         """Write ``record`` if the stored revision is still ``revision`` (None = must not exist yet)."""
         record.workflow.revision = (revision or 0) + 1
-        data = record.SerializeToString()
+        # The compare-and-set KeyValue.create/update send (expected last sequence of the key's
+        # subject; 0 = none), through the pipelined publisher rather than a request per save.
+        # Records are never deleted, so no tombstone can stand in for "does not exist".
+        headers = {Header.EXPECTED_LAST_SUBJECT_SEQUENCE.value: str(revision or 0)}
+        subject = f"$KV.{subjects.WORKFLOWS_BUCKET}.{workflow_id}"
         try:
-            if revision is None:
-                return await self.workflows.create(workflow_id, data)
-            return await self.workflows.update(workflow_id, data, last=revision)
-        except nats.js.errors.KeyWrongLastSequenceError as exc:
-            raise Conflict(workflow_id) from exc
+            ack = await self.publisher.stored(subject, record.SerializeToString(), headers)
+        except publisher.PublishError as exc:
+            if exc.err_code in _WRONG_LAST_SEQUENCE:
+                raise Conflict(workflow_id) from exc
+            raise
+        return ack.seq
 
     async def workflow_ids(self) -> list[str]:
         """Every workflow id, sorted."""
@@ -322,9 +335,8 @@ class PlatoStore:
         for message in messages:
             headers: dict[str, str] = dict(message.headers)
             headers[subjects.Header.MSG_ID] = message.msg_id
-            futures.append(await self.js.publish_async(message.subject, message.data, headers=headers))
-        if futures:
-            await asyncio.gather(*futures)
+            futures.append(await self.publisher.publish(message.subject, message.data, headers))
+        await self.publisher.all_stored(futures)
 
     async def publish_input(
         self, inp: engine_pb2.EngineInput, msg_id: str, headers: Mapping[str, str] | None = None
@@ -335,7 +347,7 @@ class PlatoStore:
         dropped this one.
         """
         all_headers = {**(headers or {}), subjects.Header.MSG_ID: msg_id}
-        ack = await self.js.publish(
-            subjects.inbox(inp.workflow_id), inp.SerializeToString(), headers=all_headers
+        ack = await self.publisher.stored(
+            subjects.inbox(inp.workflow_id), inp.SerializeToString(), all_headers
         )
-        return bool(ack.duplicate)
+        return ack.duplicate

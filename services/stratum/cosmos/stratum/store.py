@@ -20,7 +20,7 @@ from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
 from nats.js.kv import KeyValue
 
-from cosmos.runtime import jetstream
+from cosmos.runtime import jetstream, publisher
 from cosmos.stratum.v1 import job_pb2
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ class JobStore:
         self.js = js
         self.replicas = replicas
         self.storage = StorageType.MEMORY if memory else StorageType.FILE
+        self.publisher = publisher.Publisher(nc)
         self._jobs: KeyValue | None = None
 
     async def ensure(self) -> None:
@@ -108,14 +109,12 @@ class JobStore:
 
     async def publish(self, events: Iterable[job_pb2.JobEvent]) -> None:
         """Publish events, pipelined, de-duplicated by ``<job>:<sequence>``."""
-        futures = []
-        for event in events:
-            futures.append(
-                await self.js.publish_async(
-                    events_subject(event.job_id),
-                    event.SerializeToString(),
-                    headers={MSG_ID: f"{event.job_id}:{event.sequence}"},
-                )
+        futures = [
+            await self.publisher.publish(
+                events_subject(event.job_id),
+                event.SerializeToString(),
+                {MSG_ID: f"{event.job_id}:{event.sequence}"},
             )
-        if futures:
-            await asyncio.gather(*futures)
+            for event in events
+        ]
+        await self.publisher.all_stored(futures)

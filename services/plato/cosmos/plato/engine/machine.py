@@ -459,15 +459,15 @@ class Machine:
         index = len(self._by_name.get(name, ()))
         step_id = _step_id(name, index, fanout)
         step_def = self.definition.steps[name]
+        step = self.wf.steps.add(step_id=step_id, step_name=name, attempt=1, rule=rule.name)
         if step_def.input is not None:
             rendered = step_def.input.render({**self._context(), **vars})
+            step.input.update(rendered if isinstance(rendered, dict) else {"value": rendered})
         else:
-            rendered = {"input": self._input_dict(), **vars}
-        step = self.wf.steps.add(step_id=step_id, step_name=name, attempt=1, rule=rule.name)
-        if isinstance(rendered, dict):
-            step.input.update(rendered)
-        else:
-            step.input.update({"value": rendered})
+            # The workflow input as it is: a message copy, not a round trip through dicts.
+            step.input.fields["input"].struct_value.CopyFrom(self.wf.input)
+            if vars:
+                step.input.update(dict(vars))
         if vars:
             step.fanout_vars.update(dict(vars))
         runtime = self.record.step_runtimes.add(
