@@ -6,7 +6,8 @@ The rules (on top of buf lint) are checked on the descriptors of the generated
 * every RPC has its own ``<Rpc>Request`` / ``<Rpc>Response`` and every service
   name ends with ``Service``;
 * every mutating RPC (anything not Get/List/Watch) takes ``string request_id = 1``,
-  marked REQUIRED;
+  marked REQUIRED; a batch RPC (``<Rpc>s``, whose request's only field is a repeated
+  ``entries``) instead carries one ``<Rpc>Request`` per entry;
 * every List RPC takes ``int32 page_size`` and ``string page_token`` and returns
   ``string next_page_token``;
 * Watch RPCs are server-streaming;
@@ -98,6 +99,14 @@ def _expect_field(
     return field
 
 
+def _batch_of(request: Descriptor) -> FieldDescriptor | None:
+    """The ``entries`` of a batch request (its only field, repeated messages), else None."""
+    fields = list(request.fields)
+    if len(fields) == 1 and fields[0].name == "entries" and fields[0].is_repeated:
+        return fields[0]
+    return None
+
+
 def method_violations(method: MethodDescriptor) -> list[str]:
     """Rule violations of one RPC."""
     where = method.full_name
@@ -107,7 +116,15 @@ def method_violations(method: MethodDescriptor) -> list[str]:
         problems.append(f"{where}: request is {request.name}, want {method.name}Request")
     if response.name != f"{method.name}Response":
         problems.append(f"{where}: response is {response.name}, want {method.name}Response")
-    if not method.name.startswith(READ_ONLY_PREFIXES):
+    batch = _batch_of(request)
+    if batch is not None:
+        # A batch call is idempotent entry by entry: each carries a request the rules hold for.
+        if batch.message_type is None or not any(
+            f.message_type is not None and f.message_type.name == f"{method.name.removesuffix('s')}Request"
+            for f in batch.message_type.fields
+        ):
+            problems.append(f"{where}: {request.full_name}.{batch.name} entries must carry a single request")
+    elif not method.name.startswith(READ_ONLY_PREFIXES):
         field = _expect_field(problems, where, request, "request_id", FieldDescriptor.TYPE_STRING)
         if field is not None:
             if field.number != 1:
