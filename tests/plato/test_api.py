@@ -387,3 +387,34 @@ async def test_start_workflows_refuses_an_oversized_batch(plato: PlatoClient) ->
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     _, violations = rpc_errors.details_of(caught.value)
     assert [v.field for v in violations] == ["entries"]
+
+
+FAN_OUT = """\
+workflow:
+  id: big-fan-out
+  rules:
+    - when: workflow.started
+      do:
+        - fanout: {for: each item in input.items, run: work}
+"""
+
+
+async def test_a_workflow_whose_state_outgrows_a_nats_message_fails_saying_so(plato: PlatoClient) -> None:
+    # Each instance of a step without `input:` gets the workflow's input: 5 x 300 kB is past the
+    # 1 MB a record (one NATS message) may hold. Before, every redelivery failed the same way, for ever.
+    await plato.register(FAN_OUT)
+    workflow_id = await plato.start("big-fan-out", {"blob": "x" * 300_000, "items": [1, 2, 3, 4, 5]})
+    done = await plato.wait(workflow_id, timeout=30)
+    assert done.state == WS.WORKFLOW_STATE_FAILED
+    assert "past the" in done.failure_reason and "max_payload 1,048,576" in done.failure_reason
+    assert "fan-out" in done.failure_reason
+    assert not done.steps  # failed from the last state that fit: nothing was scheduled
+    assert event_names(await plato.history(workflow_id)) == ["WORKFLOW_FAILED"]
+    # A workflow of the same shape that fits runs as usual.
+    small = await plato.start("big-fan-out", {"blob": "x", "items": [1, 2]})
+    for _ in range(200):
+        running = await plato.get(small)
+        if len(running.steps) == 2:
+            break
+        await asyncio.sleep(0.05)
+    assert running.state == WS.WORKFLOW_STATE_RUNNING and len(running.steps) == 2

@@ -33,6 +33,8 @@ from cosmos.runtime import telemetry
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("cosmos.plato")
+RECORD_HEADROOM = 4096
+"""Bytes of a NATS message left for the record's subject and headers."""
 
 
 @dataclass
@@ -56,6 +58,9 @@ class EvaluatorConfig:
     """Workflow records kept in memory."""
     max_conflicts: int = 20
     """Compare-and-set retries before an input is left for redelivery."""
+    max_record_bytes: int | None = None
+    """Largest workflow record saved: a transition that would grow one past it fails its workflow
+    instead (a record is one NATS message). None: the NATS server's ``max_payload`` less 4 KiB."""
 
 
 class Evaluator:
@@ -143,10 +148,35 @@ class Evaluator:
             definition = await self.store.compiled(
                 record.workflow.definition_id, record.workflow.definition_version
             )
-            engine = machine.Machine(record, definition, datetime.now(UTC), self._rand.random, trace_headers)
+            now = datetime.now(UTC)
+            engine = machine.Machine(record, definition, now, self._rand.random, trace_headers)
             engine.begin()
             for inp in inputs:
                 engine.apply(inp)
+            size, limit = record.ByteSize(), self._record_limit()
+            if size > limit:
+                # Saving it would fail every time the inputs are redelivered. Fail the workflow from
+                # its stored state instead (which fit), saying why.
+                self._cache.pop(workflow_id, None)
+                stored = await self._load(workflow_id, inputs[0])
+                if stored is None:
+                    return True
+                if not stored.published:
+                    await self.store.publish(stored.record.outbox)
+                    stored.published = True
+                cached, record = stored, stored.record
+                engine = machine.Machine(record, definition, now, self._rand.random, trace_headers)
+                engine.begin()
+                engine.fail(
+                    f"the workflow's state would grow to {size:,} bytes, past the {limit:,}-byte limit "
+                    f"of one NATS message (max_payload {self.store.nc.max_payload:,}); fewer fan-out "
+                    "items or smaller step inputs and outputs keep it under, or split the work into "
+                    "child workflows"
+                )
+                log.error(
+                    "workflow state too large; failed",
+                    extra={"fields": {"workflow_id": workflow_id, "bytes": size, "limit": limit}},
+                )
             if not record.outbox and cached.revision:
                 # Nothing changed: a duplicate or a stale result, unless our copy is behind another
                 # process's (the input may be news to the current record). Check before dropping it.
@@ -201,6 +231,11 @@ class Evaluator:
             return None
         record = machine.new_record(workflow_id, first.start, datetime.now(UTC))
         return _Cached(record, 0, published=True)
+
+    def _record_limit(self) -> int:
+        if self.config.max_record_bytes is not None:
+            return self.config.max_record_bytes
+        return self.store.nc.max_payload - RECORD_HEADROOM
 
     def created(self, workflow_id: str, record: engine_pb2.WorkflowRecord, revision: int) -> None:
         """A record ``StartWorkflow`` just created: its start input needs no read of the bucket.

@@ -133,6 +133,12 @@ class Machine:
         """Start a transition: the previous transition's effects are already published."""
         del self.record.outbox[:]
 
+    def fail(self, reason: str) -> None:
+        """Fail the workflow for a reason outside its rules (e.g. its state outgrowing the store):
+        running steps are stopped, as for any failure."""
+        self._fail_workflow(reason)
+        self.wf.update_time.CopyFrom(self._stamp)
+
     def apply(self, inp: engine_pb2.EngineInput) -> None:
         """Apply one input; effects go to ``record.outbox``."""
         kind = inp.WhichOneof("kind")
