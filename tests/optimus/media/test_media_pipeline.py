@@ -217,6 +217,16 @@ def test_chunks_tile_the_source(pipeline: Pipeline) -> None:
         assert Path(c["path"]).is_absolute() and Path(c["path"]).is_file()
 
 
+def test_max_chunks_lengthens_the_chunks_of_a_long_source(pipeline: Pipeline, tmp_path: Path) -> None:
+    source = pipeline.probe["path"]
+    split = ok(tmp_path, "split", "--source", source, "--work", str(tmp_path / "c"), "--chunk-seconds", "2",
+               "--max-chunks", "2")  # fmt: skip
+    # 6 s into at most 2 chunks: whole 2 s GOPs, so 4 s + 2 s.
+    assert split["chunk_seconds"] == 4 and split["count"] == 2
+    assert [c["duration"] for c in split["chunks"]] == pytest.approx([4, 2], abs=1 / FPS)
+    assert split["duration"] == pytest.approx(SECONDS, abs=1 / FPS)
+
+
 def chunk_renditions(pipeline: Pipeline) -> list[dict[str, Any]]:
     return [r for e in pipeline.encodes for r in e["renditions"]]
 

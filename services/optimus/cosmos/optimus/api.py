@@ -32,6 +32,22 @@ DEFINITION_FILE = Path(__file__).with_name("workflows") / "encode-ladder.yaml"
 ES = encode_pb2.EncodeState
 TERMINAL = (ES.ENCODE_STATE_SUCCEEDED, ES.ENCODE_STATE_FAILED, ES.ENCODE_STATE_CANCELLED)
 WATCH_INTERVAL = 0.5
+CHUNK_SECONDS = 4
+"""Length the source is cut into for the parallel encodes (at the source's next keyframe)."""
+MAX_CHUNKS = 100
+"""Chunks of one encode at most: a longer source gets longer chunks (2 h: 72 s)."""
+MAX_CHUNK_RENDITIONS = 400
+"""Chunks x renditions of one encode at most (a wide ladder gets fewer, longer chunks). Every chunk
+job is a step of the encode's workflow, its result (one entry per rendition) part of the workflow's
+state, which Plato keeps in one NATS message (1 MB): at these limits the state stays under half of
+that for any ladder of the catalog (tests/optimus/test_ladder_state.py)."""
+
+
+def max_chunks(renditions: int) -> int:
+    """The most chunks an encode into ``renditions`` renditions is cut into."""
+    return max(1, min(MAX_CHUNKS, MAX_CHUNK_RENDITIONS // max(1, renditions)))
+
+
 # Optimus and Plato start together: a call waits for the channel to connect (up to the timeout)
 # instead of failing fast while it backs off from an earlier refused connection.
 PLATO_CALL: dict[str, Any] = {"wait_for_ready": True, "timeout": 15.0}
@@ -195,7 +211,8 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
             "ladder": request.ladder,
             "priority": request.priority,
             "work_dir": str(self.work_root / encode_id),
-            "chunk_seconds": 4,
+            "chunk_seconds": CHUNK_SECONDS,
+            "max_chunks": max_chunks(len(names)),
             "request_id": request.request_id,
             "content_key": content_key,
         }

@@ -9,6 +9,7 @@ source exactly.
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 from cosmos.optimus.media.ffmpeg import MediaError, Progress, run_ffmpeg
 from cosmos.optimus.media.probe import packet_timing, probe
 
-__all__ = ["CHUNK_PATTERN", "GOP_SECONDS", "chunk_index", "gop_frames", "split"]
+__all__ = ["CHUNK_PATTERN", "GOP_SECONDS", "chunk_index", "chunk_length", "gop_frames", "split"]
 
 CHUNK_PATTERN = "chunk_%05d.mp4"
 GOP_SECONDS = 2.0
@@ -35,11 +36,28 @@ def chunk_index(path: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def split(source: str, work: str, chunk_seconds: float, progress: Progress) -> dict[str, Any]:
-    """Split ``source`` into chunks under ``work``; returns ``{"chunks": [...], "duration": total}``."""
+def chunk_length(duration: float, chunk_seconds: float, max_chunks: int) -> float:
+    """The chunk length to cut at: ``chunk_seconds``, or for a source longer than ``max_chunks`` of
+    them, the whole number of GOPs that keeps it to at most ``max_chunks`` chunks (0: no limit)."""
+    if max_chunks <= 0 or duration <= chunk_seconds * max_chunks:
+        return chunk_seconds
+    return math.ceil(duration / max_chunks / GOP_SECONDS) * GOP_SECONDS
+
+
+def split(
+    source: str, work: str, chunk_seconds: float, progress: Progress, max_chunks: int = 0
+) -> dict[str, Any]:
+    """Split ``source`` into chunks under ``work``; returns ``{"chunks": [...], "duration": total}``.
+
+    ``max_chunks`` (0: no limit) lengthens the chunks of a long source: each chunk is a step of the
+    encode workflow, whose whole state must fit in one NATS message (see docs/encoding.md).
+    """
     if chunk_seconds <= 0:
         raise MediaError(f"--chunk-seconds must be positive, got {chunk_seconds}")
+    if max_chunks < 0:
+        raise MediaError(f"--max-chunks must be 0 (no limit) or positive, got {max_chunks}")
     info = probe(source, count_frames=False)
+    chunk_seconds = chunk_length(info.duration, chunk_seconds, max_chunks)
     work_dir = Path(work).absolute()
     work_dir.mkdir(parents=True, exist_ok=True)
     for old in work_dir.glob("chunk_*.mp4"):  # idempotent: a re-run replaces the whole set
@@ -91,6 +109,7 @@ def split(source: str, work: str, chunk_seconds: float, progress: Progress) -> d
         "count": len(chunks),
         "duration": round(start, 6),
         "source": info.path,
+        "chunk_seconds": chunk_seconds,
         "fps": info.fps,
         "width": info.width,
         "height": info.height,

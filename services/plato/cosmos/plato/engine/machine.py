@@ -469,11 +469,14 @@ class Machine:
         if step_def.input is not None:
             rendered = step_def.input.render({**self._context(), **vars})
             step.input.update(rendered if isinstance(rendered, dict) else {"value": rendered})
-        else:
+        elif step_def.kind is not model.StepKind.JOB:
             # The workflow input as it is: a message copy, not a round trip through dicts.
             step.input.fields["input"].struct_value.CopyFrom(self.wf.input)
             if vars:
                 step.input.update(dict(vars))
+        # A job step has no input: its template reads the workflow context and its loop variables
+        # (kept in fanout_vars) itself. A copy of the workflow input in each of a fan-out's K
+        # instances (and their tasks) grew the record, one NATS message, by K x the input.
         if vars:
             step.fanout_vars.update(dict(vars))
         runtime = self.record.step_runtimes.add(
