@@ -418,3 +418,20 @@ async def test_a_workflow_whose_state_outgrows_a_nats_message_fails_saying_so(pl
             break
         await asyncio.sleep(0.05)
     assert running.state == WS.WORKFLOW_STATE_RUNNING and len(running.steps) == 2
+
+
+async def test_workflows_are_listed_newest_first_page_by_page(plato: PlatoClient) -> None:
+    await plato.register(ONE_STEP)
+    started = []
+    for i in range(3):
+        started.append(await plato.start("one-step", {"i": i}))
+        await asyncio.sleep(0.01)
+    request = workflow_service_pb2.ListWorkflowsRequest(page_size=2, definition_id="one-step")
+    first = await plato.stub.ListWorkflows(request)
+    assert [w.workflow_id for w in first.workflows] == [started[2], started[1]]
+    newer = await plato.start("one-step", {"i": 3})  # arrives between the pages: on neither
+    request.page_token = first.next_page_token
+    second = await plato.stub.ListWorkflows(request)
+    assert [w.workflow_id for w in second.workflows] == [started[0]] and not second.next_page_token
+    everything = await plato.stub.ListWorkflows(workflow_service_pb2.ListWorkflowsRequest())
+    assert [w.workflow_id for w in everything.workflows] == [newer, *reversed(started)]

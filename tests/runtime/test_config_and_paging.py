@@ -77,3 +77,20 @@ def test_page_token_is_bound_to_its_query_and_size_validated() -> None:
     assert negative.value.violations[0].field == "page_size"
     assert paging.parse(10_000, "", "").size == paging.MAX_PAGE_SIZE
     assert paging.parse(0, "", "").size == paging.DEFAULT_PAGE_SIZE
+
+
+def test_newest_first_pages_neither_repeat_nor_skip_items_created_meanwhile() -> None:
+    def key(item: tuple[int, str]) -> tuple[int, str]:
+        return item
+
+    items = [(t, f"w{t}") for t in (5, 1, 4, 2, 3)] + [(3, "w3b")]  # two created at the same instant
+    page = paging.parse(2, "", "q")
+    first, token = paging.newest_first(items, key, page, "q")
+    assert first == [(5, "w5"), (4, "w4")]
+    items.append((9, "w9"))  # created while the client pages: it belongs before page 1, not in page 2
+    second, token = paging.newest_first(items, key, paging.parse(2, token, "q"), "q")
+    assert second == [(3, "w3b"), (3, "w3")]
+    third, token = paging.newest_first(items, key, paging.parse(2, token, "q"), "q")
+    assert third == [(2, "w2"), (1, "w1")] and token == ""
+    with pytest.raises(errors.InvalidArgumentError):
+        paging.parse(2, paging.newest_first(items, key, page, "q")[1], "other query")

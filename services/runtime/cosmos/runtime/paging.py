@@ -1,14 +1,17 @@
 """``page_size`` / ``page_token`` handling shared by every List RPC.
 
 Tokens are opaque to callers: URL-safe base64 of the position after the last item returned, bound to
-the list's filter so a token cannot be replayed against another query.
+the list's filter so a token cannot be replayed against another query. Lists in a fixed order use an
+offset (:func:`slice_page`); lists of things being created while a client pages through them, newest
+first, use the last item's sort key as a cursor (:func:`newest_first`), so new items neither repeat
+nor shift the following pages.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -28,6 +31,8 @@ class Page:
     """Index of the first item of the page in the full, ordered listing."""
     size: int
     """Number of items on the page."""
+    after: tuple[int, str] | None = None
+    """For :func:`newest_first`: the sort key of the previous page's last item (None: first page)."""
 
 
 def parse(page_size: int, page_token: str, query: str = "") -> Page:
@@ -44,8 +49,11 @@ def parse(page_size: int, page_token: str, query: str = "") -> Page:
         return Page(0, size)
     try:
         decoded = json.loads(base64.urlsafe_b64decode(page_token.encode()))
-        offset, token_query = int(decoded["o"]), str(decoded["q"])
-    except (ValueError, KeyError, TypeError) as exc:
+        token_query = str(decoded["q"])
+        cursor = decoded.get("c")
+        offset = 0 if cursor is not None else int(decoded["o"])
+        after = (int(cursor[0]), str(cursor[1])) if cursor is not None else None
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
         raise errors.InvalidArgumentError(
             "page_token is not a token this service issued",
             reason="ERROR_REASON_INVALID_PAGE_TOKEN",
@@ -59,7 +67,7 @@ def parse(page_size: int, page_token: str, query: str = "") -> Page:
                 errors.FieldViolation("page_token", "issued for other filters; keep the filters unchanged")
             ],
         )
-    return Page(offset, size)
+    return Page(offset, size, after)
 
 
 def token(offset: int, query: str = "") -> str:
@@ -72,3 +80,19 @@ def slice_page(items: Sequence[T], page: Page, query: str = "") -> tuple[list[T]
     end = page.offset + page.size
     chunk = list(items[page.offset : end])
     return chunk, token(end, query) if end < len(items) else ""
+
+
+def newest_first(
+    items: Iterable[T], key: Callable[[T], tuple[int, str]], page: Page, query: str = ""
+) -> tuple[list[T], str]:
+    """The page of ``items`` ordered newest first by ``key`` (creation time in ns, then id, both
+    descending) after the token's cursor, and the next page's token (empty on the last page)."""
+    ordered = sorted(items, key=key, reverse=True)
+    if page.after is not None:
+        ordered = [item for item in ordered if key(item) < page.after]
+    chunk = ordered[: page.size]
+    if len(ordered) <= page.size:
+        return chunk, ""
+    last = key(chunk[-1])
+    cursor = base64.urlsafe_b64encode(json.dumps({"c": [last[0], last[1]], "q": query}).encode()).decode()
+    return chunk, cursor

@@ -52,14 +52,14 @@ class JobApi(job_service_pb2_grpc.JobServiceServicer):
         stored.update(self.dispatcher.jobs)  # live state is fresher than the bucket (progress)
         jobs = [
             job
-            for _, job in sorted(
-                stored.items(), key=lambda item: (item[1].create_time.ToNanoseconds(), item[0])
-            )
+            for job in stored.values()
             if (not request.state or job.state == request.state)
             and (not request.tenant or job.spec.tenant == request.tenant)
             and (not request.agent_id or job.agent_id == request.agent_id)
         ]
-        chunk, next_token = paging.slice_page(jobs, page, query)
+        chunk, next_token = paging.newest_first(
+            jobs, lambda job: (job.create_time.ToNanoseconds(), job.job_id), page, query
+        )
         return job_service_pb2.ListJobsResponse(jobs=chunk, next_page_token=next_token)
 
     async def CancelJob(
