@@ -435,3 +435,24 @@ async def test_workflows_are_listed_newest_first_page_by_page(plato: PlatoClient
     assert [w.workflow_id for w in second.workflows] == [started[0]] and not second.next_page_token
     everything = await plato.stub.ListWorkflows(workflow_service_pb2.ListWorkflowsRequest())
     assert [w.workflow_id for w in everything.workflows] == [newer, *reversed(started)]
+
+
+async def test_a_retried_start_past_the_duplicate_window_is_still_already_started(
+    start_service: Callable[..., Any], nats_url: str
+) -> None:
+    # Past JetStream's duplicate window the start's publish is not dropped as a duplicate; the
+    # record, created well before this request, is what tells it apart from a first start.
+    service = start_service("plato", "--nats", nats_url, "--duplicate-window", "1")
+    async with grpc.aio.insecure_channel(service.target) as channel:
+        plato = PlatoClient(
+            service.target, nats_url, channel, workflow_service_pb2_grpc.WorkflowServiceStub(channel)
+        )
+        await plato.register(ONE_STEP)
+        request = workflow_service_pb2.StartWorkflowRequest(request_id="late-retry", definition_id="one-step")
+        first = await plato.stub.StartWorkflow(request)
+        assert not first.already_started
+        await asyncio.sleep(1.5)
+        again = await plato.stub.StartWorkflow(request)
+        assert again.already_started and again.workflow.workflow_id == first.workflow.workflow_id
+        events = await plato.history(first.workflow.workflow_id)
+        assert event_names(events).count("WORKFLOW_STARTED") == 1

@@ -58,6 +58,7 @@ async def serve(args: argparse.Namespace) -> None:
     stratum = channels.insecure_channel(str(config.Address.parse(args.stratum, setting="--stratum")))
 
     async def close_channels() -> None:
+        await api.starts.aclose()  # starts already sent to Plato get their answers first
         await plato.close(None)
         await stratum.close(None)
 

@@ -36,6 +36,14 @@ def parser() -> argparse.ArgumentParser:
     config.add_env_argument(
         p,
         PREFIX,
+        "--duplicate-window",
+        default=StoreConfig.duplicate_window,
+        type=float,
+        help="seconds JetStream drops a re-published message with the same id",
+    )
+    config.add_env_argument(
+        p,
+        PREFIX,
         "--stratum",
         default="",
         help="Stratum gRPC address for job steps (empty: no job steps run here)",
@@ -48,7 +56,15 @@ async def serve(args: argparse.Namespace) -> None:
     if args.storage not in ("file", "memory"):
         raise errors.ConfigError(f"--storage {args.storage!r}: expected file or memory")
     nc, js = await jetstream.connect(args.nats, "cosmos-plato")
-    store = PlatoStore(nc, js, StoreConfig(storage=Storage(args.storage), replicas=args.replicas))
+    if args.duplicate_window <= 0:
+        raise errors.ConfigError(f"--duplicate-window {args.duplicate_window:g}: expected seconds > 0")
+    store = PlatoStore(
+        nc,
+        js,
+        StoreConfig(
+            storage=Storage(args.storage), replicas=args.replicas, duplicate_window=args.duplicate_window
+        ),
+    )
     await store.ensure()
     await store.watch_definitions()
     evaluator = Evaluator(store, EvaluatorConfig(batch=args.batch))
