@@ -311,8 +311,8 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
     async def WatchEncode(
         self, request: encode_service_pb2.WatchEncodeRequest, context: Any
     ) -> AsyncIterator[encode_service_pb2.WatchEncodeResponse]:
-        # A snapshot whenever the encode changed, looked at 4 times a second: cheap (one key-value
-        # read) and bounded however many chunk events a big ladder produces.
+        # A snapshot whenever the encode changed, looked at twice a second (WATCH_INTERVAL): one record
+        # read per look, however many chunk events a big ladder produces.
         previous = b""
         while not self.stopping.is_set():
             current = encode_view(await self._workflow(request.encode_id))
