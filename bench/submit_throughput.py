@@ -5,12 +5,13 @@ One client harness (this process: C concurrent lanes on one grpc.aio channel, ea
 drives, one after the other:
 
 - **cosmos**: Optimus on a freshly started embedded stack (NATS, Plato, Stratum, Optimus): every
-  submit is validated, then started on Plato (``StartWorkflow``: inbox publish and record create on
-  JetStream; definitions come from Plato's cache). Each has its own ``request_id``, a small real source
-  clip and ``profiles: ["360p"]``. The encodes are started for real; the local agent is stopped
-  before the run (``--keep-agent`` keeps it), so their first jobs queue up on Stratum instead of
-  running on the same 2 cores. Plato's evaluator works through the started workflows meanwhile, as it
-  would in production. Only the submit RPC is timed.
+  submit is validated, then started on Plato (``StartWorkflows``, concurrent submits sharing a call:
+  per start an inbox publish and a record create on JetStream; definitions come from Plato's cache).
+  Each has its own ``request_id``, a small real source clip and ``profiles: ["360p"]``. The encodes
+  are started for real; the local agent is stopped before the run (``--keep-agent`` keeps it), so
+  their first jobs queue up on Stratum instead of running on the same 2 cores. Plato's evaluator
+  works through the started workflows meanwhile, as it would in production. Only the submit RPC is
+  timed.
 - **echo (own process)**: a bare ``grpc.aio`` server with the generated ``EncodeService`` whose
   ``SubmitEncode`` answers at once, in a separate process like Optimus.
 - **echo (in-process)**: the same servicer in this process, sharing the client's event loop.
