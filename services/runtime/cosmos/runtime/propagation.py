@@ -28,6 +28,8 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
+from cosmos.runtime import handlers
+
 _installed = False
 _rand = random.Random()
 
@@ -90,20 +92,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Any:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
         ctx = incoming(handler_call_details.invocation_metadata)
-        # RpcMethodHandler is a namedtuple; exactly one of the four behaviours is set.
-        if handler.unary_unary is not None:
-            return handler._replace(unary_unary=_unary(handler.unary_unary, ctx))
-        if handler.stream_unary is not None:
-            return handler._replace(stream_unary=_unary(handler.stream_unary, ctx))
-        if handler.unary_stream is not None:
-            return handler._replace(unary_stream=_stream(handler.unary_stream, ctx))
-        if handler.stream_stream is not None:
-            return handler._replace(stream_stream=_stream(handler.stream_stream, ctx))
-        return handler
+        return handlers.wrap(
+            await continuation(handler_call_details), lambda fn: _unary(fn, ctx), lambda fn: _stream(fn, ctx)
+        )
 
 
 def _unary(fn: Callable[..., Any], ctx: otel_context.Context) -> Callable[..., Awaitable[Any]]:

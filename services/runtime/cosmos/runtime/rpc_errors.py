@@ -17,6 +17,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from cosmos import errors
+from cosmos.runtime import handlers
 
 DOMAIN = "cosmos.dev"
 log = logging.getLogger(__name__)
@@ -109,19 +110,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  #
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Any:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        # RpcMethodHandler is a namedtuple; exactly one of the four behaviours is set.
-        if handler.unary_unary is not None:
-            return handler._replace(unary_unary=_wrap_unary(handler.unary_unary))
-        if handler.stream_unary is not None:
-            return handler._replace(stream_unary=_wrap_unary(handler.stream_unary))
-        if handler.unary_stream is not None:
-            return handler._replace(unary_stream=_wrap_stream(handler.unary_stream))
-        if handler.stream_stream is not None:
-            return handler._replace(stream_stream=_wrap_stream(handler.stream_stream))
-        return handler
+        return handlers.wrap(await continuation(handler_call_details), _wrap_unary, _wrap_stream)
 
 
 def _wrap_unary(fn: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
