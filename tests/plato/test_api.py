@@ -37,6 +37,17 @@ workflow:
 """
 
 
+def doing_nothing(nats_url: str) -> Worker:
+    """A worker whose ``work`` steps complete at once with an empty output."""
+    worker = Worker(nats_url)
+
+    @worker.handler("work")
+    async def work(step: StepContext) -> dict[str, Any]:
+        return {}
+
+    return worker
+
+
 async def test_bad_definitions_name_the_field_and_line(plato: PlatoClient) -> None:
     bad = CARD_WORKFLOW.replace("all encode-segment.completed", "all encode-segmnt.completed").replace(
         "- when: workflow.started", "- when: workflow.started and input.x >"
@@ -224,13 +235,7 @@ async def test_a_retry_long_after_the_start_is_deduplicated_by_the_stored_workfl
     # There is no lookup before the start: the record's create (compare-and-set) is the check, and
     # the start's own inbox message has long been consumed by the time the retry comes.
     await plato.register(ONE_STEP)
-    worker = Worker(plato.nats_url)
-
-    @worker.handler("work")
-    async def work(step: StepContext) -> dict[str, Any]:
-        return {}
-
-    run_worker(worker)
+    run_worker(doing_nothing(plato.nats_url))
     request = workflow_service_pb2.StartWorkflowRequest(request_id="req-late", definition_id="one-step")
     request.input.update({"n": 1})
     first = await plato.stub.StartWorkflow(request)
@@ -312,13 +317,7 @@ async def test_start_workflows_answers_each_entry_as_start_workflow_would(
     plato: PlatoClient, run_worker: Callable[[Worker], None]
 ) -> None:
     await plato.register(ONE_STEP)
-    worker = Worker(plato.nats_url)
-
-    @worker.handler("work")
-    async def work(step: StepContext) -> dict[str, Any]:
-        return {}
-
-    run_worker(worker)
+    run_worker(doing_nothing(plato.nats_url))
     nc = await nats.connect(plato.nats_url)
     headers: dict[str, list[dict[str, str]]] = {}
 
