@@ -56,6 +56,7 @@ from typing import Any
 
 import grpc
 import psutil
+import report  # bench/report.py, next to this script
 from google.protobuf import json_format, timestamp_pb2
 
 from cosmos.optimus import profiles
@@ -478,16 +479,7 @@ def tool_startup(samples: int = 5) -> dict[str, float]:
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    cells = [[str(h) for h in headers]] + [[_fmt(c) for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = [
-        "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
-        )
-        for r in cells
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return report.table(headers, rows, _fmt)
 
 
 def _fmt(value: object) -> str:

@@ -54,6 +54,7 @@ from typing import Any
 
 import grpc
 import psutil
+import report  # bench/report.py, next to this script
 
 from cosmos.optimus.v1 import encode_pb2, encode_service_pb2, encode_service_pb2_grpc
 from cosmos.runtime.config import free_port
@@ -369,19 +370,6 @@ async def echo_inprocess_run(args: argparse.Namespace, source: Path, work: Path)
 # --------------------------------------------------------------------------- report
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    cells = [[str(h) for h in headers]] + [["-" if c is None else str(c) for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = [
-        "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
-        )
-        for r in cells
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
 def render(result: dict[str, Any]) -> str:
     s = result["settings"]
     out = [
@@ -410,7 +398,7 @@ def render(result: dict[str, Any]) -> str:
         "errors",
         "CPU ms/submit",
     ]
-    out.append(table(headers, rows))
+    out.append(report.table(headers, rows))
     tail = result["runs"]["cosmos"].get("after_the_run")
     if tail:
         cpu = ", ".join(f"{k} {v:.2f}" for k, v in tail["tail_cpu_ms_per_submit"].items())
@@ -422,7 +410,7 @@ def render(result: dict[str, Any]) -> str:
             f"encodes (CPU ms/submit: {cpu}); stack CPU per encode, run + tail: {total:.2f} ms"
         )
     out.append("")
-    out.append(table(["ratio", "value"], [[k, v] for k, v in result["ratios"].items()]))
+    out.append(report.table(["ratio", "value"], [[k, v] for k, v in result["ratios"].items()]))
     out.append("")
     g = result["goal"]
     rate_met = "met" if g["rate_met"] else "NOT met"
