@@ -138,12 +138,9 @@ class Evaluator:
         self, workflow_id: str, inputs: list[engine_pb2.EngineInput], trace_headers: dict[str, str]
     ) -> bool:
         for _ in range(self.config.max_conflicts):
-            cached = await self._load(workflow_id, inputs[0])
+            cached = await self._current(workflow_id, inputs[0])
             if cached is None:
                 return True  # nothing to advance (e.g. a result for a workflow that never started)
-            if not cached.published:
-                await self.store.publish(cached.record.outbox)
-                cached.published = True
             record = cached.record
             definition = await self.store.compiled(
                 record.workflow.definition_id, record.workflow.definition_version
@@ -158,12 +155,9 @@ class Evaluator:
                 # Saving it would fail every time the inputs are redelivered. Fail the workflow from
                 # its stored state instead (which fit), saying why.
                 self._cache.pop(workflow_id, None)
-                stored = await self._load(workflow_id, inputs[0])
+                stored = await self._current(workflow_id, inputs[0])
                 if stored is None:
                     return True
-                if not stored.published:
-                    await self.store.publish(stored.record.outbox)
-                    stored.published = True
                 cached, record = stored, stored.record
                 engine = machine.Machine(record, definition, now, self._rand.random, trace_headers)
                 engine.begin()
@@ -213,6 +207,14 @@ class Evaluator:
             extra={"fields": {"workflow_id": workflow_id}},
         )
         return False
+
+    async def _current(self, workflow_id: str, first: engine_pb2.EngineInput) -> _Cached | None:
+        """The workflow's record (see :meth:`_load`) with its last transition's effects published."""
+        cached = await self._load(workflow_id, first)
+        if cached is not None and not cached.published:
+            await self.store.publish(cached.record.outbox)
+            cached.published = True
+        return cached
 
     async def _load(self, workflow_id: str, first: engine_pb2.EngineInput) -> _Cached | None:
         cached = self._cache.get(workflow_id)
