@@ -61,7 +61,6 @@ def output(
     """An output shaped like the media tool's result for ``step`` (plus the runner's ``job``)."""
     duration = 7200.0
     seconds = duration / chunks
-    vars = {k: v.string_value or v.number_value for k, v in step.fanout_vars.fields.items()}
     name = step.step_name
     if name == "probe":
         return {
@@ -161,7 +160,7 @@ def output(
             "files": 4000,
             "job": job(rng),
         }
-    return {"vars": vars}
+    raise AssertionError(f"no output shaped for step {name!r}: the workflow has a new job step")
 
 
 def run_ladder(chunks: int, names: list[str]) -> tuple[int, workflow_pb2.Workflow]:
@@ -188,28 +187,19 @@ def run_ladder(chunks: int, names: list[str]) -> tuple[int, workflow_pb2.Workflo
     rng = random.Random(7)
     record = machine.new_record(ENCODE_ID, start, datetime.now(UTC))
     largest = 0
-    pending = [engine_pb2.EngineInput(workflow_id=ENCODE_ID, start=start)]
-    while pending:
+    queue = [engine_pb2.EngineInput(workflow_id=ENCODE_ID, start=start)]
+    while queue:
+        # One input per transition, as results arrive one at a time.
         engine = machine.Machine(record, definition, datetime.now(UTC), rng.random)
         engine.begin()
-        for inp in pending:
-            engine.apply(inp)
+        engine.apply(queue.pop(0))
         largest = max(largest, record.ByteSize())
-        # Every scheduled step answers, one transition each (as results arrive one at a time).
-        pending = []
         for step in record.workflow.steps:
             if step.state == SS.STEP_STATE_SCHEDULED:
+                step.state = SS.STEP_STATE_RUNNING  # as its first heartbeat would; answered once
                 result = engine_pb2.StepResultInput(step_id=step.step_id, attempt=step.attempt, success=True)
                 result.output.update(output(step, chunks, names, rng))
-                pending.append(engine_pb2.EngineInput(workflow_id=ENCODE_ID, result=result))
-                step.state = SS.STEP_STATE_RUNNING  # answered below, not again
-        if len(pending) > 1:
-            for one in pending[:-1]:
-                engine = machine.Machine(record, definition, datetime.now(UTC), rng.random)
-                engine.begin()
-                engine.apply(one)
-                largest = max(largest, record.ByteSize())
-            pending = pending[-1:]
+                queue.append(engine_pb2.EngineInput(workflow_id=ENCODE_ID, result=result))
     return largest, record.workflow
 
 
