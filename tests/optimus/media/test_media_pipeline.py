@@ -259,22 +259,17 @@ def test_sampled_quality_follows_every_frame_quality(pipeline: Pipeline) -> None
             assert r["vmaf"] == pytest.approx(q["vmaf"], abs=6), (r, q)
 
 
+def encode_alone(tmp: Path, chunk: str, profiles: str, quality: str) -> dict[str, Any]:
+    """``encode`` of one chunk into ``tmp/enc``, probing it itself (no facts from split)."""
+    return ok(tmp, "encode", "--chunk", chunk, "--profiles", profiles, "--out-dir", str(tmp / "enc"),
+              "--quality", quality)  # fmt: skip
+
+
 def test_measuring_in_the_encoder_equals_measuring_the_file(pipeline: Pipeline, tmp_path: Path) -> None:
     # Same frames, paired the same way: the loopback-decoder measurement of every frame must agree
     # with decoding the written file and measuring it separately.
     chunk = pipeline.split["chunks"][1]
-    done = ok(
-        tmp_path,
-        "encode",
-        "--chunk",
-        chunk["path"],
-        "--profiles",
-        "360p",
-        "--out-dir",
-        str(tmp_path / "enc"),
-        "--quality",
-        "full",
-    )
+    done = encode_alone(tmp_path, chunk["path"], "360p", "full")
     (r,) = done["renditions"]
     alone = ok(
         tmp_path, "quality", "--reference", chunk["path"], "--distorted", r["path"], "--profile", "360p"
@@ -286,18 +281,7 @@ def test_measuring_in_the_encoder_equals_measuring_the_file(pipeline: Pipeline, 
 
 def test_quality_off_measures_nothing(pipeline: Pipeline, tmp_path: Path) -> None:
     chunk = pipeline.split["chunks"][0]
-    done = ok(
-        tmp_path,
-        "encode",
-        "--chunk",
-        chunk["path"],
-        "--profiles",
-        '["360p", "540p"]',
-        "--out-dir",
-        str(tmp_path / "enc"),
-        "--quality",
-        "off",
-    )
+    done = encode_alone(tmp_path, chunk["path"], '["360p", "540p"]', "off")
     assert done["quality"] == "off"
     for r in done["renditions"]:
         assert "vmaf" not in r and "quality_frames" not in r and Path(r["path"]).is_file()
