@@ -33,8 +33,6 @@ class Coalescer(Generic[T, R]):
         self._pending: deque[tuple[T, asyncio.Future[R]]] = deque()
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
-        self.batches = 0
-        """Batch calls made so far."""
 
     async def submit(self, item: T) -> R:
         """Send ``item`` in the next batch; its result, or raise its exception."""
@@ -59,7 +57,6 @@ class Coalescer(Generic[T, R]):
             self._in_flight -= 1
 
     async def _send_batch(self, live: list[tuple[T, asyncio.Future[R]]]) -> None:
-        self.batches += 1
         results: Sequence[R | BaseException]
         try:
             results = await self._send([item for item, _ in live])
