@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -94,3 +95,14 @@ def test_newest_first_pages_neither_repeat_nor_skip_items_created_meanwhile() ->
     assert third == [(2, "w2"), (1, "w1")] and token == ""
     with pytest.raises(errors.InvalidArgumentError):
         paging.parse(2, paging.newest_first(items, key, page, "q")[1], "other query")
+
+
+def test_free_ports_are_distinct_bindable_and_outside_the_ephemeral_range() -> None:
+    # An outgoing connection is given a port from the ephemeral range; a "free" port from there
+    # could be taken by one before the server binds it (it happened in a clean-clone .ci/run).
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = [config.free_port() for _ in range(100)]
+    assert len(set(ports)) == 100
+    assert all(p < low for p in ports)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", ports[-1]))

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 
 from cosmos import errors
 
@@ -80,9 +82,47 @@ def ensure_port_free(address: Address, owner: str, setting: str = "") -> None:
             raise errors.PortInUseError(address.host, address.port, owner, setting) from exc
 
 
+_EPHEMERAL = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_LOWEST_PORT = 10_000
+_handed_out: set[int] = set()
+_rand = random.SystemRandom()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(_EPHEMERAL.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port the kernel considers free now (for tests and ``--port 0`` style launches)."""
+    """A port free now (for tests and ``--port 0`` style launches), not handed out before by this
+    process.
+
+    Chosen below the kernel's ephemeral range: a port from ``bind(0)`` is one the kernel also gives to
+    outgoing connections, and one of those (any client socket on the machine) could take it before
+    the server binds it.
+    """
+    high = _ephemeral_low()
+    if high - _LOWEST_PORT < 1000:  # an unusual range: fall back to the kernel's choice
+        return _kernel_port(host)
+    for _ in range(200):
+        port = _rand.randrange(_LOWEST_PORT, high)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    return _kernel_port(host)
+
+
+def _kernel_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
+        _handed_out.add(port)
         return port
