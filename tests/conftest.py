@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import security_harness
 from servers import ServiceProcess, stop_process, wait_serving
 
 from cosmos.runtime.config import Address, free_port
@@ -40,7 +41,8 @@ def start_service(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
 
     def start(name: str, *args: str, wait: bool = True) -> ServiceProcess:
         target = f"127.0.0.1:{free_port()}"
-        argv = [sys.executable, "-m", "cosmos.cli", name, "--listen", target, *args]
+        argv = [sys.executable, "-m", "cosmos.cli", name, "--listen", target,
+                *security_harness.service_args(name), *args]  # fmt: skip
         service = ServiceProcess(argv, target, tmp_path / f"{name}-{len(started)}.log")
         started.append(service)
         if wait:

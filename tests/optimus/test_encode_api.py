@@ -49,7 +49,7 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 async def stack(tmp_path: Path) -> AsyncIterator[EmbeddedStack]:
     cfg = StackConfig(
         optimus_port=free_port(), plato_port=free_port(), stratum_port=free_port(), nats_port=free_port(),
-        data_dir=tmp_path / "data",
+        data_dir=tmp_path / "data", token_port_offset=0,
     )  # fmt: skip
     async with EmbeddedStack(cfg) as running:
         yield running
@@ -57,8 +57,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[EmbeddedStack]:
 
 @pytest.fixture
 async def encodes(stack: EmbeddedStack) -> AsyncIterator[encode_service_pb2_grpc.EncodeServiceAsyncStub]:
-    cfg = stack.config
-    async with grpc.aio.insecure_channel(str(cfg.address(cfg.optimus_port))) as channel:
+    async with stack.context().channel("optimus") as channel:
         yield encode_service_pb2_grpc.EncodeServiceStub(channel)
 
 
@@ -225,8 +224,7 @@ async def test_a_killed_chunk_retries_alone_and_cancel_leaves_no_ffmpeg(
     victim[0].send_signal(signal.SIGKILL)
     done = await wait(encodes, encode.encode_id)
     assert done.state == ES.ENCODE_STATE_SUCCEEDED, done.error_message
-    plato = str(stack.config.address(stack.config.plato_port))
-    async with grpc.aio.insecure_channel(plato) as channel:
+    async with stack.context().channel("plato") as channel:
         workflow = (
             await workflow_service_pb2_grpc.WorkflowServiceStub(channel).GetWorkflow(
                 workflow_service_pb2.GetWorkflowRequest(workflow_id=encode.encode_id)
@@ -258,9 +256,11 @@ async def test_a_killed_chunk_retries_alone_and_cancel_leaves_no_ffmpeg(
     assert ffmpeg_processes(running.encode_id) == []
 
 
-def grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
+def grpcurl(stack: EmbeddedStack, *args: str) -> subprocess.CompletedProcess[str]:
     binary = str(Path(sys.executable).parent / "grpcurl")
-    return subprocess.run([binary, "-plaintext", *args], capture_output=True, text=True, timeout=180)
+    ctx = stack.context()
+    tls = ["-cacert", ctx.ca, "-cert", ctx.cert, "-key", ctx.key]
+    return subprocess.run([binary, *tls, *args], capture_output=True, text=True, timeout=180)
 
 
 async def test_grpcurl_submits_an_encode_with_json_and_watches_it(
@@ -274,12 +274,13 @@ async def test_grpcurl_submits_an_encode_with_json_and_watches_it(
         "output_uri": (tmp_path / "g").as_uri(),
     }
     submitted = await asyncio.to_thread(
-        grpcurl, "-d", json.dumps(body), target, "cosmos.optimus.v1.EncodeService/SubmitEncode"
+        grpcurl, stack, "-d", json.dumps(body), target, "cosmos.optimus.v1.EncodeService/SubmitEncode"
     )
     assert submitted.returncode == 0, submitted.stderr
     encode_id = json.loads(submitted.stdout)["encode"]["encode_id"]
     watched = await asyncio.to_thread(
         grpcurl,
+        stack,
         "-d",
         json.dumps({"encode_id": encode_id}),
         target,
@@ -298,12 +299,9 @@ async def test_nvenc_profiles_get_a_gpu_and_fail_clearly_without_nvenc(clip: Pat
     # here they fail after their retries and the encode names the step and the cause.
     cfg = StackConfig(
         optimus_port=free_port(), plato_port=free_port(), stratum_port=free_port(), nats_port=free_port(),
-        data_dir=tmp_path / "data", agent_gpus="1xT4",
+        data_dir=tmp_path / "data", agent_gpus="1xT4", token_port_offset=0,
     )  # fmt: skip
-    async with (
-        EmbeddedStack(cfg) as stack,
-        grpc.aio.insecure_channel(str(cfg.address(cfg.optimus_port))) as ch,
-    ):
+    async with EmbeddedStack(cfg) as stack, stack.context().channel("optimus") as ch:
         stub = encode_service_pb2_grpc.EncodeServiceStub(ch)
         request = encode_service_pb2.SubmitEncodeRequest(
             request_id=uuid.uuid4().hex,
@@ -314,7 +312,7 @@ async def test_nvenc_profiles_get_a_gpu_and_fail_clearly_without_nvenc(clip: Pat
         )
         encode = (await stub.SubmitEncode(request)).encode
         done = await wait(stub, encode.encode_id)
-        async with grpc.aio.insecure_channel(str(cfg.address(stack.config.plato_port))) as pch:
+        async with stack.context().channel("plato") as pch:
             workflow = (
                 await workflow_service_pb2_grpc.WorkflowServiceStub(pch).GetWorkflow(
                     workflow_service_pb2.GetWorkflowRequest(workflow_id=encode.encode_id)

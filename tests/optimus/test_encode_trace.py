@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import grpc
 import pytest
 
 from cosmos.optimus.v1 import encode_pb2, encode_service_pb2, encode_service_pb2_grpc
@@ -37,10 +36,10 @@ async def test_one_encode_is_one_trace_across_every_hop(
     assert made.returncode == 0, made.stderr
     cfg = StackConfig(
         optimus_port=free_port(), plato_port=free_port(), stratum_port=free_port(), nats_port=free_port(),
-        data_dir=tmp_path / "data",
+        data_dir=tmp_path / "data", token_port_offset=0,
     )  # fmt: skip
     async with EmbeddedStack(cfg) as stack:
-        async with grpc.aio.insecure_channel(str(cfg.address(cfg.optimus_port))) as channel:
+        async with stack.context().channel("optimus") as channel:
             stub = encode_service_pb2_grpc.EncodeServiceStub(channel)
             request = encode_service_pb2.SubmitEncodeRequest(
                 request_id="traced",

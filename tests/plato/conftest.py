@@ -6,8 +6,8 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import grpc
 import pytest
+import security_harness
 from plato_harness import PlatoClient
 
 from cosmos.plato.v1 import workflow_service_pb2_grpc
@@ -17,7 +17,7 @@ from cosmos.sdk import Worker
 @pytest.fixture
 async def plato(start_service: Callable[..., Any], nats_url: str) -> AsyncIterator[PlatoClient]:
     service = start_service("plato", "--nats", nats_url)
-    async with grpc.aio.insecure_channel(service.target) as channel:
+    async with security_harness.channel(service.target) as channel:
         yield PlatoClient(
             service.target, nats_url, channel, workflow_service_pb2_grpc.WorkflowServiceStub(channel)
         )

@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 import nats
 import pytest
+import security_harness
 from nats.aio.msg import Msg
 from plato_harness import CARD_WORKFLOW, PlatoClient, event_names
 
@@ -292,7 +293,7 @@ async def test_starts_use_a_version_registered_through_another_plato_process(
 ) -> None:
     # Each process caches definitions and follows the latest versions with a watch on the bucket.
     targets = [start_service("plato", "--nats", nats_url).target for _ in range(2)]
-    async with grpc.aio.insecure_channel(targets[0]) as a, grpc.aio.insecure_channel(targets[1]) as b:
+    async with security_harness.channel(targets[0]) as a, security_harness.channel(targets[1]) as b:
         first = PlatoClient(targets[0], nats_url, a, workflow_service_pb2_grpc.WorkflowServiceStub(a))
         second = PlatoClient(targets[1], nats_url, b, workflow_service_pb2_grpc.WorkflowServiceStub(b))
         assert await first.register(ONE_STEP) == 1
@@ -442,7 +443,7 @@ async def test_a_retried_start_past_the_duplicate_window_is_still_already_starte
     # Past JetStream's duplicate window the start's publish is not dropped as a duplicate; the
     # record, created well before this request, is what tells it apart from a first start.
     service = start_service("plato", "--nats", nats_url, "--duplicate-window", "1")
-    async with grpc.aio.insecure_channel(service.target) as channel:
+    async with security_harness.channel(service.target) as channel:
         plato = PlatoClient(
             service.target, nats_url, channel, workflow_service_pb2_grpc.WorkflowServiceStub(channel)
         )

@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
-import grpc
 import pytest
+import security_harness
 from plato_harness import PlatoClient
 from servers import wait_serving
 
@@ -45,7 +45,17 @@ class PlatoProcess:
         self.log = log
         self._out = log.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cosmos.cli", "plato", "--listen", self.target, "--nats", nats_url],
+            [
+                sys.executable,
+                "-m",
+                "cosmos.cli",
+                "plato",
+                "--listen",
+                self.target,
+                "--nats",
+                nats_url,
+                *security_harness.service_args("plato"),
+            ],
             stdout=self._out,
             stderr=subprocess.STDOUT,
         )
@@ -133,7 +143,7 @@ async def test_fifty_workflows_survive_repeated_kill_9_of_plato(
     plato = PlatoProcess(nats_url, tmp_path / "plato-0.log")
     await plato.ready()
     seen: Counter[str] = Counter()
-    async with grpc.aio.insecure_channel(plato.target) as channel:
+    async with security_harness.channel(plato.target) as channel:
         client = PlatoClient(
             plato.target, nats_url, channel, workflow_service_pb2_grpc.WorkflowServiceStub(channel)
         )
@@ -147,7 +157,7 @@ async def test_fifty_workflows_survive_repeated_kill_9_of_plato(
         plato = PlatoProcess(nats_url, tmp_path / f"plato-{round_}.log")
         await plato.ready()
 
-    async with grpc.aio.insecure_channel(plato.target) as channel:
+    async with security_harness.channel(plato.target) as channel:
         client = PlatoClient(
             plato.target, nats_url, channel, workflow_service_pb2_grpc.WorkflowServiceStub(channel)
         )
@@ -168,7 +178,7 @@ async def test_two_plato_processes_share_the_work_and_never_double_advance(
     await second.ready()
     seen: Counter[str] = Counter()
     run_worker(counting_worker(nats_url, seen))
-    async with grpc.aio.insecure_channel(first.target) as a, grpc.aio.insecure_channel(second.target) as b:
+    async with security_harness.channel(first.target) as a, security_harness.channel(second.target) as b:
         clients = [
             PlatoClient(first.target, nats_url, a, workflow_service_pb2_grpc.WorkflowServiceStub(a)),
             PlatoClient(second.target, nats_url, b, workflow_service_pb2_grpc.WorkflowServiceStub(b)),

@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
+import security_harness
 from plato_harness import PlatoClient
 from stratum_harness import Agents, wait_agents
 
@@ -55,7 +55,7 @@ async def test_job_steps_run_on_stratum_and_report_results_and_failures(
     plato = start_service("plato", "--nats", nats_url, "--stratum", stratum.target)
     agents.start(stratum.target, "runner-host")
     await wait_agents(stratum.target, 1)
-    async with grpc.aio.insecure_channel(plato.target) as channel:
+    async with security_harness.channel(plato.target) as channel:
         client = PlatoClient(
             plato.target, nats_url, channel, workflow_service_pb2_grpc.WorkflowServiceStub(channel)
         )

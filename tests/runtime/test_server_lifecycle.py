@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 import pytest
+import security_harness
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cosmos.plato.v1 import workflow_service_pb2, workflow_service_pb2_grpc
@@ -23,7 +24,7 @@ SLOW_SERVER = Path(__file__).with_name("slow_server.py")
 
 def start_slow(delay: float, grace: float) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
-        [sys.executable, str(SLOW_SERVER), str(delay), str(grace)],
+        [sys.executable, str(SLOW_SERVER), str(delay), str(grace), str(security_harness.pki_dir())],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -37,7 +38,7 @@ def start_slow(delay: float, grace: float) -> tuple[subprocess.Popen[str], str]:
 def test_sigterm_lets_in_flight_call_finish_turns_not_serving_and_exits_0() -> None:
     proc, target = start_slow(delay=2.0, grace=10.0)
     try:
-        with grpc.insecure_channel(target) as channel:
+        with security_harness.sync_channel(target) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             assert (
                 health.Check(health_pb2.HealthCheckRequest(service="")).status
@@ -79,7 +80,7 @@ def test_sigterm_lets_in_flight_call_finish_turns_not_serving_and_exits_0() -> N
 def test_unimplemented_methods_answer_unimplemented() -> None:
     proc, target = start_slow(delay=0.0, grace=1.0)
     try:
-        with grpc.insecure_channel(target) as channel:
+        with security_harness.sync_channel(target) as channel:
             stub = workflow_service_pb2_grpc.WorkflowServiceStub(channel)
             with pytest.raises(grpc.RpcError) as caught:
                 stub.ListWorkflows(workflow_service_pb2.ListWorkflowsRequest(), timeout=5)
@@ -99,7 +100,15 @@ def test_unimplemented_methods_answer_unimplemented() -> None:
 def test_port_in_use_is_a_clear_error(start_service: Callable[..., Any]) -> None:
     first = start_service("optimus")
     second = subprocess.run(
-        [sys.executable, "-m", "cosmos.cli", "optimus", "--listen", first.target],
+        [
+            sys.executable,
+            "-m",
+            "cosmos.cli",
+            "optimus",
+            "--listen",
+            first.target,
+            *security_harness.service_args("optimus"),
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -112,7 +121,7 @@ def test_port_in_use_is_a_clear_error(start_service: Callable[..., Any]) -> None
 def test_tracing_follows_the_standard_otel_variables() -> None:
     env = {**os.environ, "OTEL_TRACES_EXPORTER": "console", "OTEL_SERVICE_NAME": "slow-under-test"}
     proc = subprocess.Popen(
-        [sys.executable, str(SLOW_SERVER), "0", "1"],
+        [sys.executable, str(SLOW_SERVER), "0", "1", str(security_harness.pki_dir())],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -120,7 +129,7 @@ def test_tracing_follows_the_standard_otel_variables() -> None:
     )
     assert proc.stdout is not None
     target = f"127.0.0.1:{proc.stdout.readline().split()[1]}"
-    with grpc.insecure_channel(target) as channel:
+    with security_harness.sync_channel(target) as channel:
         stub = workflow_service_pb2_grpc.WorkflowServiceStub(channel)
         stub.GetWorkflow(workflow_service_pb2.GetWorkflowRequest(workflow_id="traced"), timeout=5)
     proc.send_signal(signal.SIGTERM)

@@ -41,9 +41,18 @@ class Stack:
     def target(self, name: str) -> str:
         return f"127.0.0.1:{self.ports[name]}"
 
-
-def grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([GRPCURL, "-plaintext", *args], capture_output=True, text=True, timeout=30)
+    def grpcurl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """grpcurl as the local admin, with the credentials `cosmos up` wrote (the README's command)."""
+        pki = self.data_dir / "pki"
+        tls = [
+            "-cacert",
+            str(pki / "ca.pem"),
+            "-cert",
+            str(pki / "admin.pem"),
+            "-key",
+            str(pki / "admin-key.pem"),
+        ]
+        return subprocess.run([GRPCURL, *tls, *args], capture_output=True, text=True, timeout=30)
 
 
 def wait_agent_ready(stack: Stack, timeout: float = 90) -> dict[str, object]:
@@ -53,7 +62,7 @@ def wait_agent_ready(stack: Stack, timeout: float = 90) -> dict[str, object]:
         if stack.proc.poll() is not None:
             out = stack.proc.stdout.read() if stack.proc.stdout else ""
             raise AssertionError(f"cosmos up exited {stack.proc.returncode}: {out}")
-        done = grpcurl(stack.target("stratum"), "cosmos.stratum.v1.PoolService/ListAgents")
+        done = stack.grpcurl(stack.target("stratum"), "cosmos.stratum.v1.PoolService/ListAgents")
         last = done.stdout + done.stderr
         if done.returncode == 0:
             agents = json.loads(done.stdout).get("agents", [])
@@ -66,7 +75,8 @@ def wait_agent_ready(stack: Stack, timeout: float = 90) -> dict[str, object]:
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
     ports = {name: free_port() for name in ("optimus", "plato", "stratum", "nats")}
-    env = {**os.environ, "COSMOS_NATS_PORT": str(ports["nats"]), "COSMOS_DATA_DIR": str(tmp_path / "data")}
+    env = {**os.environ, "COSMOS_NATS_PORT": str(ports["nats"]), "COSMOS_DATA_DIR": str(tmp_path / "data"),
+           "COSMOS_CONFIG": str(tmp_path / "config.yaml"), "COSMOS_TOKEN_PORT_OFFSET": "0"}  # fmt: skip
     proc = subprocess.Popen(
         [
             sys.executable, "-m", "cosmos.cli", "up",
@@ -101,31 +111,33 @@ def test_up_serves_every_contract_with_health_and_reflection_then_stops_cleanly(
     assert [g["model"] for g in agent["inventory"]["gpus"]] == ["A100", "A100"]  # type: ignore[index]
 
     for name, services in SERVICES.items():
-        listed = grpcurl(stack.target(name), "list")
+        listed = stack.grpcurl(stack.target(name), "list")
         assert listed.returncode == 0, listed.stderr
         names = listed.stdout.split()
         assert names == sorted(
             [*services, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"]
         )
         for service in [*services, ""]:
-            check = grpcurl(
+            check = stack.grpcurl(
                 "-d", json.dumps({"service": service}), stack.target(name), "grpc.health.v1.Health/Check"
             )
             assert check.returncode == 0, check.stderr
             assert json.loads(check.stdout) == {"status": "SERVING"}
 
-    described = grpcurl(stack.target("plato"), "describe", "cosmos.plato.v1.StartWorkflowRequest")
+    described = stack.grpcurl(stack.target("plato"), "describe", "cosmos.plato.v1.StartWorkflowRequest")
     assert described.returncode == 0, described.stderr
     assert "string request_id = 1" in described.stdout
     assert ".google.protobuf.Struct input" in described.stdout
-    agent_service = grpcurl(stack.target("stratum"), "describe", "cosmos.stratum.v1.AgentService")
+    agent_service = stack.grpcurl(stack.target("stratum"), "describe", "cosmos.stratum.v1.AgentService")
     connect = "rpc Connect ( stream .cosmos.stratum.v1.ConnectRequest ) returns ( stream .cosmos.stratum.v1.ConnectResponse )"  # noqa: E501
     assert connect in agent_service.stdout, agent_service.stdout
 
     # Bad requests are refused with the offending field, and the services stay up.
-    submit = grpcurl("-d", "{}", stack.target("optimus"), "cosmos.optimus.v1.EncodeService/SubmitEncode")
+    submit = stack.grpcurl(
+        "-d", "{}", stack.target("optimus"), "cosmos.optimus.v1.EncodeService/SubmitEncode"
+    )
     assert submit.returncode != 0 and "InvalidArgument" in submit.stderr and "source_uri" in submit.stderr
-    bad_page = grpcurl(
+    bad_page = stack.grpcurl(
         "-d", '{"page_size": -1}', stack.target("stratum"), "cosmos.stratum.v1.PoolService/ListAgents"
     )
     assert "InvalidArgument" in bad_page.stderr and "page_size" in bad_page.stderr
@@ -158,7 +170,7 @@ def test_up_refuses_a_port_in_use_naming_it(tmp_path: Path) -> None:
             text=True,
             timeout=60,
             env={**os.environ, "COSMOS_NATS_PORT": str(free_port()), "COSMOS_OPTIMUS_PORT": str(free_port()),
-                 "COSMOS_STRATUM_PORT": str(free_port())},
+                 "COSMOS_STRATUM_PORT": str(free_port()), "COSMOS_CONFIG": str(tmp_path / "config.yaml")},
         )  # fmt: skip
     assert done.returncode == 2
     assert f"plato: 127.0.0.1:{port} is already in use" in done.stderr

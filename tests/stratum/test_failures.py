@@ -8,8 +8,8 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import grpc
 import pytest
+import security_harness
 from servers import stop_process, wait_serving
 from stratum_harness import JS, Agents, JobsClient, python_job, wait_agents
 
@@ -37,7 +37,8 @@ class Stratum:
         out = self.log.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cosmos.cli", "stratum", "--listen", self.target, "--nats", self.nats_url,
-             "--lease-seconds", "2", "--heartbeat-interval", "0.3"],
+             "--lease-seconds", "2", "--heartbeat-interval", "0.3",
+             *security_harness.service_args("stratum")],
             stdout=out,
             stderr=subprocess.STDOUT,
         )  # fmt: skip
@@ -81,7 +82,8 @@ async def test_killed_agent_job_completes_elsewhere_and_its_stale_attempt_is_ref
     assert (done.agent_id, done.attempt) == ("survivor", 2)
 
     # The old host comes back claiming the first attempt and reporting its result: both are refused.
-    async with grpc.aio.insecure_channel(stratum.target) as channel:
+    doomed = security_harness.workload("agent", "doomed")
+    async with security_harness.channel(stratum.target, doomed) as channel:
         outbox: asyncio.Queue[agent_service_pb2.ConnectRequest] = asyncio.Queue()
         hello = agent_service_pb2.AgentHello(
             agent_id="doomed", inventory=agent_pb2.Inventory(cpu_millis=2000)

@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 import pytest
+import security_harness
 
 from cosmos.runtime import rpc_errors
 from cosmos.stratum.v1 import agent_pb2, pool_service_pb2, pool_service_pb2_grpc
@@ -31,7 +32,7 @@ def agents(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
     def start(stratum: str, agent_id: str, *args: str) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
             [sys.executable, "-m", "cosmos.cli", "agent", "--stratum", stratum, "--agent-id", agent_id,
-             "--work-dir", str(tmp_path / agent_id), *args],
+             *security_harness.agent_args(agent_id), "--work-dir", str(tmp_path / agent_id), *args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
@@ -66,7 +67,7 @@ def wait_state(
 
 
 def test_agents_register_with_inventory_and_a_killed_agent_loses_its_lease(stratum: Any, agents: Any) -> None:
-    with grpc.insecure_channel(stratum.target) as channel:
+    with security_harness.sync_channel(stratum.target) as channel:
         pool = pool_service_pb2_grpc.PoolServiceStub(channel)
         gpu_host = agents(stratum.target, "gpu-host", "--gpus", "2xA100:80G", "--label", "zone=a")
         agents(stratum.target, "t4-host", "--gpus", "T4")
@@ -101,7 +102,7 @@ def test_agents_register_with_inventory_and_a_killed_agent_loses_its_lease(strat
 
 
 def test_cordon_and_drain_survive_reconnects(stratum: Any, agents: Any) -> None:
-    with grpc.insecure_channel(stratum.target) as channel:
+    with security_harness.sync_channel(stratum.target) as channel:
         pool = pool_service_pb2_grpc.PoolServiceStub(channel)
         first = agents(stratum.target, "host-c")
         wait_state(pool, "host-c", State.AGENT_STATE_READY)
@@ -128,7 +129,7 @@ def test_cordon_and_drain_survive_reconnects(stratum: Any, agents: Any) -> None:
 
 
 def test_errors_carry_status_code_reason_and_field(stratum: Any) -> None:
-    with grpc.insecure_channel(stratum.target) as channel:
+    with security_harness.sync_channel(stratum.target) as channel:
         pool = pool_service_pb2_grpc.PoolServiceStub(channel)
         with pytest.raises(grpc.RpcError) as missing:
             pool.GetAgent(pool_service_pb2.GetAgentRequest(agent_id="nobody"))

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import grpc
+import security_harness
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 
@@ -17,7 +18,7 @@ def wait_serving(
 ) -> None:
     """Block until ``service`` at ``target`` answers SERVING (fail early if ``proc`` exits)."""
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(target) as channel:
+    with security_harness.sync_channel(target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if proc is not None and proc.poll() is not None:

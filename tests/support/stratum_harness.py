@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import security_harness
 from google.protobuf import duration_pb2
 
 from cosmos.stratum.v1 import (
@@ -29,7 +30,7 @@ TERMINAL = (JS.JOB_STATE_SUCCEEDED, JS.JOB_STATE_FAILED, JS.JOB_STATE_CANCELLED,
 
 async def wait_agents(target: str, count: int) -> None:
     """Until at least ``count`` agents are READY in Stratum at ``target``."""
-    async with grpc.aio.insecure_channel(target) as channel:
+    async with security_harness.channel(target) as channel:
         pool = pool_service_pb2_grpc.PoolServiceStub(channel)
         for _ in range(300):
             reply = await pool.ListAgents(pool_service_pb2.ListAgentsRequest())
@@ -65,7 +66,8 @@ class Agents:
         log = (self.work_root / f"{agent_id}.log").open("ab")
         proc = subprocess.Popen(
             [sys.executable, "-m", "cosmos.cli", "agent", "--stratum", stratum, "--agent-id", agent_id,
-             "--work-dir", str(self.work_root / agent_id), "--log-format", "text", *args],
+             "--work-dir", str(self.work_root / agent_id), "--log-format", "text",
+             *security_harness.agent_args(agent_id), *args],
             stdout=log,
             stderr=subprocess.STDOUT,
         )  # fmt: skip
@@ -99,7 +101,7 @@ class JobsClient:
 
     @classmethod
     def connect(cls, target: str) -> JobsClient:
-        channel = grpc.aio.insecure_channel(target)
+        channel = security_harness.channel(target)
         return cls(channel, job_service_pb2_grpc.JobServiceStub(channel))
 
     async def submit(self, spec: job_pb2.JobSpec, request_id: str = "") -> job_pb2.Job:

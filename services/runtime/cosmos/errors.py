@@ -108,6 +108,20 @@ class AbortedError(RpcError):
     code = grpc.StatusCode.ABORTED
 
 
+class UnauthenticatedError(RpcError):
+    """The call carries no valid credentials (missing, expired, malformed, not the platform's)."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+    reason = "ERROR_REASON_UNAUTHENTICATED"
+
+
+class PermissionDeniedError(RpcError):
+    """The caller is known but may not do this; ``metadata`` names the missing permission."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+    reason = "ERROR_REASON_PERMISSION_DENIED"
+
+
 class UnavailableError(RpcError):
     """A dependency (NATS, another service) cannot be reached right now; retrying later may succeed."""
 

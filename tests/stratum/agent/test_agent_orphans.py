@@ -11,6 +11,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import security_harness
 from servers import wait_serving
 from stratum_harness import JS, Agents, JobsClient, python_job, wait_agents
 
@@ -71,7 +72,8 @@ def stratum(nats_url: str, tmp_path: Path) -> Iterator[str]:
     with (tmp_path / "stratum.log").open("ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "cosmos.cli", "stratum", "--listen", target, "--nats", nats_url,
-             "--lease-seconds", "2", "--heartbeat-interval", "0.3"],
+             "--lease-seconds", "2", "--heartbeat-interval", "0.3",
+             *security_harness.service_args("stratum")],
             stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
     wait_serving(target, proc=proc)

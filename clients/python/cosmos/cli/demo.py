@@ -57,10 +57,9 @@ async def run_demo(cfg: StackConfig, console: Console) -> int:
     try:
         console.print(up.endpoints_table(stack))
         args = encode.parser().parse_args(
-            [str(clip), "--profiles", PROFILES, "--out", str(out), "--force",
-             "--optimus", str(cfg.address(cfg.optimus_port))]
+            [str(clip), "--profiles", PROFILES, "--out", str(out), "--force"]
         )  # fmt: skip
-        code = await encode.run_encode(args, console)
+        code = await encode.run_encode(args, console, stack.context())
         verified = code == process.EXIT_OK and await asyncio.to_thread(_verify, console, out)
     finally:
         codes = await stack.stop()

@@ -23,9 +23,12 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemaining
 from rich.prompt import Confirm
 from rich.table import Table
 
+from cosmos import errors
+from cosmos.cli import target
 from cosmos.cli.console import make_console
 from cosmos.optimus.v1 import encode_pb2, encode_service_pb2, encode_service_pb2_grpc
-from cosmos.runtime import config, process, rpc_errors
+from cosmos.runtime import process, rpc_errors
+from cosmos.security.context import Context
 
 PREFIX = "COSMOS"
 ES = encode_pb2.EncodeState
@@ -51,7 +54,7 @@ def parser() -> argparse.ArgumentParser:
         help="VMAF/PSNR on about one frame a second (default), every frame, or none",
     )
     p.add_argument("--json", action="store_true", help="print the final encode as JSON (for scripts)")
-    config.add_env_argument(p, PREFIX, "--optimus", default="127.0.0.1:50051", help="Optimus gRPC address")
+    target.add_arguments(p, "optimus")
     return p
 
 
@@ -123,9 +126,10 @@ async def follow(
     return last
 
 
-async def run_encode(args: argparse.Namespace, console: Console) -> int:
-    """Submit, follow, report."""
-    async with grpc.aio.insecure_channel(args.optimus) as channel:
+async def run_encode(args: argparse.Namespace, console: Console, ctx: Context | None = None) -> int:
+    """Submit, follow, report (with the context ``ctx``, else the one the flags name)."""
+    ctx = ctx or target.resolve(args, "optimus")
+    async with ctx.channel("optimus") as channel:
         stub = encode_service_pb2_grpc.EncodeServiceStub(channel)
         request = encode_service_pb2.SubmitEncodeRequest(
             request_id=args.request_id,
@@ -203,6 +207,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return asyncio.run(run_encode(args, make_console()))
+    except errors.ConfigError as exc:
+        print(f"cosmos encode: {exc}", file=sys.stderr)
+        return process.EXIT_CONFIG
     except grpc.aio.AioRpcError as exc:
         print(f"cosmos encode: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return process.EXIT_FAILED

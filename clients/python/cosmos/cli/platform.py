@@ -12,9 +12,12 @@ from collections.abc import Sequence
 import grpc
 from rich.table import Table
 
+from cosmos import errors
+from cosmos.cli import target
 from cosmos.cli.console import make_console
 from cosmos.plato.v1 import events_pb2, workflow_pb2, workflow_service_pb2, workflow_service_pb2_grpc
-from cosmos.runtime import config, process
+from cosmos.runtime import process
+from cosmos.security.context import Context
 from cosmos.stratum.v1 import (
     agent_pb2,
     job_pb2,
@@ -36,8 +39,8 @@ def _time(stamp: object) -> str:
     return stamp.ToDatetime().strftime("%Y-%m-%d %H:%M:%S") if seconds else "-"  # type: ignore[attr-defined]
 
 
-async def workflows_list(target: str, limit: int) -> Table:
-    async with grpc.aio.insecure_channel(target) as channel:
+async def workflows_list(ctx: Context, limit: int) -> Table:
+    async with ctx.channel("plato") as channel:
         stub = workflow_service_pb2_grpc.WorkflowServiceStub(channel)
         reply = await stub.ListWorkflows(workflow_service_pb2.ListWorkflowsRequest(page_size=limit))
     table = Table(title="workflows", title_justify="left")
@@ -55,8 +58,8 @@ async def workflows_list(target: str, limit: int) -> Table:
     return table
 
 
-async def workflows_show(target: str, workflow_id: str) -> list[Table]:
-    async with grpc.aio.insecure_channel(target) as channel:
+async def workflows_show(ctx: Context, workflow_id: str) -> list[Table]:
+    async with ctx.channel("plato") as channel:
         stub = workflow_service_pb2_grpc.WorkflowServiceStub(channel)
         wf = (
             await stub.GetWorkflow(workflow_service_pb2.GetWorkflowRequest(workflow_id=workflow_id))
@@ -91,8 +94,8 @@ async def workflows_show(target: str, workflow_id: str) -> list[Table]:
     return [steps, events]
 
 
-async def workflows_cancel(target: str, workflow_id: str) -> str:
-    async with grpc.aio.insecure_channel(target) as channel:
+async def workflows_cancel(ctx: Context, workflow_id: str) -> str:
+    async with ctx.channel("plato") as channel:
         stub = workflow_service_pb2_grpc.WorkflowServiceStub(channel)
         await stub.CancelWorkflow(
             workflow_service_pb2.CancelWorkflowRequest(
@@ -102,8 +105,8 @@ async def workflows_cancel(target: str, workflow_id: str) -> str:
     return f"cancellation of {workflow_id} requested"
 
 
-async def jobs_list(target: str, limit: int) -> Table:
-    async with grpc.aio.insecure_channel(target) as channel:
+async def jobs_list(ctx: Context, limit: int) -> Table:
+    async with ctx.channel("stratum") as channel:
         reply = await job_service_pb2_grpc.JobServiceStub(channel).ListJobs(
             job_service_pb2.ListJobsRequest(page_size=limit)
         )
@@ -123,8 +126,18 @@ async def jobs_list(target: str, limit: int) -> Table:
     return table
 
 
-async def agents_list(target: str) -> Table:
-    async with grpc.aio.insecure_channel(target) as channel:
+async def agents_revoke(ctx: Context, agent_id: str) -> str:
+    async with ctx.channel("stratum") as channel:
+        await pool_service_pb2_grpc.PoolServiceStub(channel).RevokeAgent(
+            pool_service_pb2.RevokeAgentRequest(
+                request_id=uuid.uuid4().hex, agent_id=agent_id, reason="revoked from the CLI"
+            )
+        )
+    return f"agent {agent_id} revoked: its stream is closed and it may not connect again"
+
+
+async def agents_list(ctx: Context) -> Table:
+    async with ctx.channel("stratum") as channel:
         reply = await pool_service_pb2_grpc.PoolServiceStub(channel).ListAgents(
             pool_service_pb2.ListAgentsRequest()
         )
@@ -148,28 +161,33 @@ async def agents_list(target: str) -> Table:
 def main(argv: Sequence[str] | None = None, *, noun: str = "") -> int:
     """Entry point of ``cosmos workflows|jobs|agents``."""
     p = argparse.ArgumentParser(prog=f"cosmos {noun}", description=f"Show the platform's {noun}.")
-    verbs = {"workflows": ["list", "show", "cancel"], "jobs": ["list"], "agents": ["list"]}[noun]
+    verbs = {"workflows": ["list", "show", "cancel"], "jobs": ["list"], "agents": ["list", "revoke"]}[noun]
     p.add_argument("verb", choices=verbs, nargs="?", default="list")
-    p.add_argument("id", nargs="?", default="", help="workflow id (show, cancel)")
+    p.add_argument("id", nargs="?", default="", help="workflow id (show, cancel) or agent id (revoke)")
     p.add_argument("--limit", type=int, default=50, help="rows at most")
-    config.add_env_argument(p, PREFIX, "--plato", default="127.0.0.1:50052", help="Plato gRPC address")
-    config.add_env_argument(p, PREFIX, "--stratum", default="127.0.0.1:50053", help="Stratum gRPC address")
+    target.add_arguments(p, "plato", "stratum")
     args = p.parse_args(argv)
     console = make_console()
     try:
-        if noun == "workflows" and args.verb in ("show", "cancel") and not args.id:
-            p.error(f"{args.verb} needs a workflow id")
+        ctx = target.resolve(args, "plato", "stratum")
+        if args.verb in ("show", "cancel", "revoke") and not args.id:
+            p.error(f"{args.verb} needs an id")
         if noun == "workflows" and args.verb == "list":
-            console.print(asyncio.run(workflows_list(args.plato, args.limit)))
+            console.print(asyncio.run(workflows_list(ctx, args.limit)))
         elif noun == "workflows" and args.verb == "show":
-            for table in asyncio.run(workflows_show(args.plato, args.id)):
+            for table in asyncio.run(workflows_show(ctx, args.id)):
                 console.print(table)
         elif noun == "workflows":
-            console.print(asyncio.run(workflows_cancel(args.plato, args.id)))
+            console.print(asyncio.run(workflows_cancel(ctx, args.id)))
         elif noun == "jobs":
-            console.print(asyncio.run(jobs_list(args.stratum, args.limit)))
+            console.print(asyncio.run(jobs_list(ctx, args.limit)))
+        elif args.verb == "revoke":
+            console.print(asyncio.run(agents_revoke(ctx, args.id)))
         else:
-            console.print(asyncio.run(agents_list(args.stratum)))
+            console.print(asyncio.run(agents_list(ctx)))
+    except errors.ConfigError as exc:
+        print(f"cosmos {noun}: {exc}", file=sys.stderr)
+        return process.EXIT_CONFIG
     except grpc.aio.AioRpcError as exc:
         print(f"cosmos {noun}: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return process.EXIT_FAILED

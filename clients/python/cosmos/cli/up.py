@@ -15,6 +15,7 @@ from rich.table import Table
 from cosmos import errors
 from cosmos.cli.console import make_console
 from cosmos.runtime import config, logs, process
+from cosmos.security import context
 from cosmos.stack.embedded import EmbeddedStack, StackConfig
 
 PREFIX = "COSMOS"
@@ -39,6 +40,20 @@ def add_stack_arguments(p: argparse.ArgumentParser) -> None:
         p, PREFIX, "--agent-gpus", default="", help="GPUs the local agent declares (2xA100)"
     )
     config.add_env_argument(p, PREFIX, "--log-level", default="info", help="log level of the services")
+    config.add_env_argument(
+        p,
+        PREFIX,
+        "--token-port-offset",
+        default=d.token_port_offset,
+        type=int,
+        help="each service takes platform tokens on its port plus this (0: none)",
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        default=config.env_flag(PREFIX, "--insecure"),
+        help="development only, loopback only: plaintext, no certificates, no authentication",
+    )
 
 
 def stack_config(args: argparse.Namespace) -> StackConfig:
@@ -52,6 +67,8 @@ def stack_config(args: argparse.Namespace) -> StackConfig:
         data_dir=Path(args.data_dir),
         agent_gpus=args.agent_gpus,
         log_level=args.log_level,
+        insecure=args.insecure,
+        token_port_offset=args.token_port_offset,
     )
 
 
@@ -75,6 +92,13 @@ async def run_up(cfg: StackConfig, console: Console) -> int:
         stack = EmbeddedStack(cfg)
         await stack.start()
     console.print(endpoints_table(stack))
+    saved = context.save(stack.context())
+    if stack.credentials is not None:
+        pki_dir = stack.credentials.directory
+        console.print(
+            f"credentials: {pki_dir}/ca.pem, {pki_dir}/admin.pem, {pki_dir}/admin-key.pem "
+            f"(context 'local' in {saved})"
+        )
     console.print(f"logs: {cfg.data_dir / 'logs'}   data: {cfg.data_dir}   press Ctrl-C to stop")
     crashed = None
     while not stop.is_set() and crashed is None:

@@ -9,6 +9,7 @@ profiles known, output writable), de-duplicated by ``request_id`` or, without on
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import os
 import uuid
@@ -26,6 +27,7 @@ from cosmos.optimus.v1 import encode_pb2, encode_service_pb2, encode_service_pb2
 from cosmos.optimus.view import QUALITY_MODES, encode_view
 from cosmos.plato.v1 import workflow_pb2, workflow_service_pb2, workflow_service_pb2_grpc
 from cosmos.runtime import batching, paging, rpc_errors, telemetry
+from cosmos.security import auth, principals
 
 DEFINITION_ID = "encode-ladder"
 DEFINITION_FILE = Path(__file__).with_name("workflows") / "encode-ladder.yaml"
@@ -51,6 +53,17 @@ def max_chunks(renditions: int) -> int:
 # Optimus and Plato start together: a call waits for the channel to connect (up to the timeout)
 # instead of failing fast while it backs off from an earlier refused connection.
 PLATO_CALL: dict[str, Any] = {"wait_for_ready": True, "timeout": 15.0}
+
+
+def _for_caller() -> dict[str, Any]:
+    """:data:`PLATO_CALL` acting for the caller of the RPC being handled: Plato authorizes *them*
+    (their tenant and roles), not Optimus."""
+    caller = auth.current()
+    if not caller.is_person:
+        return PLATO_CALL
+    return {**PLATO_CALL, "metadata": ((principals.ON_BEHALF_OF, caller.delegation()),)}
+
+
 _STATE_FILTER = {
     ES.ENCODE_STATE_PENDING: workflow_pb2.WORKFLOW_STATE_PENDING,
     ES.ENCODE_STATE_RUNNING: workflow_pb2.WORKFLOW_STATE_RUNNING,
@@ -89,11 +102,31 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
         self.work_root = work_root.absolute()
         self.stopping = stopping
         self.registered = False
-        self.starts: batching.Coalescer[
-            workflow_service_pb2.StartWorkflowsEntry, workflow_service_pb2.StartWorkflowResponse
-        ] = batching.Coalescer(self._start_batch)
-        """Concurrent submits share ``StartWorkflows`` calls: under load most of a start's cost in
-        both services is the RPC itself."""
+        self._starts: dict[
+            str,
+            batching.Coalescer[
+                workflow_service_pb2.StartWorkflowsEntry, workflow_service_pb2.StartWorkflowResponse
+            ],
+        ] = {}
+        """Concurrent submits of one caller share ``StartWorkflows`` calls (under load most of a
+        start's cost in both services is the RPC itself); a batch acts for one caller only."""
+
+    def _coalescer(
+        self,
+    ) -> batching.Coalescer[
+        workflow_service_pb2.StartWorkflowsEntry, workflow_service_pb2.StartWorkflowResponse
+    ]:
+        call = _for_caller()
+        key = dict(call.get("metadata", ())).get(principals.ON_BEHALF_OF, "")
+        found = self._starts.get(key)
+        if found is None:
+            found = batching.Coalescer(functools.partial(self._start_batch, call))
+            self._starts[key] = found
+        return found
+
+    async def aclose(self) -> None:
+        """Wait for the start batches in flight (their callers are waiting for them too)."""
+        await asyncio.gather(*(c.aclose() for c in self._starts.values()))
 
     async def register(self) -> int:
         """Register the shipped encode-ladder definition with Plato (idempotent); its version."""
@@ -114,11 +147,11 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
                 raise errors.UnavailableError(f"Plato is not reachable: {exc.details()}") from exc
 
     async def _start_batch(
-        self, entries: Sequence[workflow_service_pb2.StartWorkflowsEntry]
+        self, call: dict[str, Any], entries: Sequence[workflow_service_pb2.StartWorkflowsEntry]
     ) -> list[workflow_service_pb2.StartWorkflowResponse | BaseException]:
         request = workflow_service_pb2.StartWorkflowsRequest(entries=entries)
         try:
-            reply = await self.workflows.StartWorkflows(request, **PLATO_CALL)
+            reply = await self.workflows.StartWorkflows(request, **call)
         except grpc.aio.AioRpcError as exc:
             raise errors.UnavailableError(
                 f"Plato did not start the workflow: {exc.code().name}: {exc.details()}"
@@ -198,7 +231,9 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
             key = uuid.uuid4().hex
         else:
             key = content_key  # the card's idempotency: same source, profiles and output = same encode
-        encode_id = "enc-" + hashlib.sha256(key.encode()).hexdigest()[:24]
+        # Two tenants' request ids (or identical content) never name the same encode.
+        tenant = auth.current().tenant or "default"
+        encode_id = "enc-" + hashlib.sha256(f"{tenant}\n{key}".encode()).hexdigest()[:24]
         # Built in place: the entry's request is the start (no copy).
         entry = workflow_service_pb2.StartWorkflowsEntry(trace_context=telemetry.inject_headers())
         start = entry.request
@@ -221,7 +256,7 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
         start.input.update(inp)
         inp.update(ladder)
         try:
-            reply = await self.starts.submit(entry)
+            reply = await self._coalescer().submit(entry)
         except errors.AlreadyExistsError as exc:
             raise errors.AlreadyExistsError(
                 f"request_id {request.request_id!r} was used for a different encode",
@@ -241,7 +276,7 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
             raise _bad("encode_id", "is required")
         try:
             reply = await self.workflows.GetWorkflow(
-                workflow_service_pb2.GetWorkflowRequest(workflow_id=encode_id), **PLATO_CALL
+                workflow_service_pb2.GetWorkflowRequest(workflow_id=encode_id), **_for_caller()
             )
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
@@ -277,7 +312,7 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
                 definition_id=DEFINITION_ID,
                 state=_STATE_FILTER.get(request.state, workflow_pb2.WORKFLOW_STATE_UNSPECIFIED),
             ),
-            **PLATO_CALL,
+            **_for_caller(),
         )
         return encode_service_pb2.ListEncodesResponse(
             encodes=[encode_view(wf) for wf in listed.workflows], next_page_token=listed.next_page_token
@@ -296,7 +331,7 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
                     workflow_id=request.encode_id,
                     reason=request.reason or "cancelled",
                 ),
-                **PLATO_CALL,
+                **_for_caller(),
             )
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:

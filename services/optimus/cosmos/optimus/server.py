@@ -14,7 +14,7 @@ import grpc
 from cosmos.optimus.api import EncodeApi
 from cosmos.optimus.v1 import encode_service_pb2_grpc
 from cosmos.runtime import channels, config, process
-from cosmos.runtime.server import Server, ServerConfig, ServiceBinding
+from cosmos.runtime.server import Server, ServiceBinding
 
 PREFIX = "COSMOS_OPTIMUS"
 DEFAULT_LISTEN = "127.0.0.1:50051"
@@ -24,9 +24,8 @@ log = logging.getLogger(__name__)
 def parser() -> argparse.ArgumentParser:
     """Flags of ``cosmos optimus``."""
     p = argparse.ArgumentParser(prog="cosmos optimus", description="Run the Optimus encode API server.")
-    process.add_server_arguments(p, PREFIX, DEFAULT_LISTEN)
+    process.add_server_arguments(p, PREFIX, DEFAULT_LISTEN, "optimus")
     config.add_env_argument(p, PREFIX, "--plato", default="127.0.0.1:50052", help="Plato gRPC address")
-    config.add_env_argument(p, PREFIX, "--stratum", default="127.0.0.1:50053", help="Stratum gRPC address")
     config.add_env_argument(
         p,
         PREFIX,
@@ -54,18 +53,16 @@ async def register_definition(api: EncodeApi, stopping: asyncio.Event) -> None:
 
 async def serve(args: argparse.Namespace) -> None:
     """Serve until SIGTERM/SIGINT, registering the encode workflow with Plato meanwhile."""
-    plato = channels.insecure_channel(str(config.Address.parse(args.plato, setting="--plato")))
-    stratum = channels.insecure_channel(str(config.Address.parse(args.stratum, setting="--stratum")))
+    server_config = process.server_config("optimus", args)
+    plato = channels.connect(
+        str(config.Address.parse(args.plato, setting="--plato")), "plato", server_config.security
+    )
 
     async def close_channels() -> None:
-        await api.starts.aclose()  # starts already sent to Plato get their answers first
+        await api.aclose()  # starts already sent to Plato get their answers first
         await plato.close(None)
-        await stratum.close(None)
 
-    server = Server(
-        ServerConfig("optimus", config.Address.parse(args.listen, setting="--listen"), args.grace_period),
-        on_stop=close_channels,
-    )
+    server = Server(server_config, on_stop=close_channels)
     api = EncodeApi(plato, Path(args.work_root), server.stopping)
     server.add(
         ServiceBinding(

@@ -37,12 +37,15 @@ from cosmos.plato.v1 import (
     workflow_service_pb2_grpc,
 )
 from cosmos.runtime import paging, rpc_errors, telemetry
+from cosmos.security import auth
 
 Context = Any
 WS = workflow_pb2.WorkflowState
 SS = workflow_pb2.StepState
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_=-]{0,127}$")
 _NAMESPACE = uuid.UUID("5b0c7c53-7a1c-4b0e-9a55-0f6f7f2c1a11")
+DEFAULT_TENANT = "default"
+"""Tenant of workloads that start workflows in their own name."""
 MAX_BATCH = 1000
 """Starts one ``StartWorkflows`` call may hold."""
 tracer = trace.get_tracer("cosmos.plato")
@@ -174,13 +177,17 @@ class WorkflowApi(workflow_service_pb2_grpc.WorkflowServiceServicer):
         if request.definition_version < 0:
             raise _violation("definition_version", "must be 0 (latest) or a positive version")
         definition = await self.store.start_definition(request.definition_id, request.definition_version)
-        # A retried start (same request_id) lands on the same workflow id, so it finds the first one.
-        workflow_id = request.workflow_id or "wf-" + uuid.uuid5(_NAMESPACE, request.request_id).hex
+        tenant = auth.current().tenant or DEFAULT_TENANT
+        # A retried start (same request_id, same tenant) lands on the same workflow id, so it finds the
+        # first one; two tenants' request ids never meet.
+        derived = "wf-" + uuid.uuid5(_NAMESPACE, f"{tenant}\n{request.request_id}").hex
+        workflow_id = request.workflow_id or derived
         start = engine_pb2.StartInput(
             definition_id=definition.definition_id,
             definition_version=definition.version,
             input=request.input,
             request_id=request.request_id,
+            tenant=tenant,
         )
         now = datetime.now(UTC)
         start.request_time.FromDatetime(now)
@@ -234,6 +241,7 @@ class WorkflowApi(workflow_service_pb2_grpc.WorkflowServiceServicer):
             workflow.request_id == request.request_id
             and workflow.definition_id == request.definition_id
             and workflow.input == request.input
+            and workflow.tenant == (auth.current().tenant or DEFAULT_TENANT)
         )
         if not same:
             field = "workflow_id" if request.workflow_id else "request_id"
@@ -248,7 +256,8 @@ class WorkflowApi(workflow_service_pb2_grpc.WorkflowServiceServicer):
     async def _record(self, workflow_id: str) -> engine_pb2.WorkflowRecord:
         _require(workflow_id, "workflow_id")
         loaded = await self.store.get_record(workflow_id)
-        if loaded is None:
+        # Another tenant's workflow does not exist for this caller.
+        if loaded is None or not auth.current().sees(loaded[0].workflow.tenant):
             raise _workflow_not_found(workflow_id)
         return loaded[0]
 
@@ -272,10 +281,12 @@ class WorkflowApi(workflow_service_pb2_grpc.WorkflowServiceServicer):
             return None if loaded is None else loaded[0].workflow
 
         loaded = await asyncio.gather(*(load(i) for i in await self.store.workflow_ids()))
+        caller = auth.current()
         matching = [
             wf
             for wf in loaded
             if wf is not None
+            and caller.sees(wf.tenant)
             and (not request.definition_id or wf.definition_id == request.definition_id)
             and (not request.state or wf.state == request.state)
         ]
@@ -430,7 +441,7 @@ class StepApi(step_service_pb2_grpc.StepServiceServicer):
         if attempt < 1:
             raise _violation("attempt", "must be the attempt number of the task (1 or more)")
         loaded = await self.store.get_record(workflow_id)
-        if loaded is None:
+        if loaded is None or not auth.current().sees(loaded[0].workflow.tenant):
             raise _workflow_not_found(workflow_id)
         record = loaded[0]
         step = next((s for s in record.workflow.steps if s.step_id == step_id), None)

@@ -14,7 +14,7 @@ from cosmos.plato.store import PlatoStore, Storage, StoreConfig
 from cosmos.plato.stratum_runner import StratumRunner
 from cosmos.plato.v1 import step_service_pb2_grpc, workflow_service_pb2_grpc
 from cosmos.runtime import config, jetstream, process
-from cosmos.runtime.server import Server, ServerConfig, ServiceBinding
+from cosmos.runtime.server import Server, ServiceBinding
 from cosmos.sdk import Worker
 
 PREFIX = "COSMOS_PLATO"
@@ -24,7 +24,7 @@ DEFAULT_LISTEN = "127.0.0.1:50052"
 def parser() -> argparse.ArgumentParser:
     """Flags of ``cosmos plato``."""
     p = argparse.ArgumentParser(prog="cosmos plato", description="Run the Plato workflow engine server.")
-    process.add_server_arguments(p, PREFIX, DEFAULT_LISTEN)
+    process.add_server_arguments(p, PREFIX, DEFAULT_LISTEN, "plato")
     config.add_env_argument(p, PREFIX, "--nats", default=jetstream.DEFAULT_URL, help="NATS URL (JetStream)")
     config.add_env_argument(p, PREFIX, "--storage", default="file", help="JetStream storage: file or memory")
     config.add_env_argument(
@@ -78,10 +78,8 @@ async def serve(args: argparse.Namespace) -> None:
         await store.close()
         await nc.close()
 
-    server = Server(
-        ServerConfig("plato", config.Address.parse(args.listen, setting="--listen"), args.grace_period),
-        on_stop=finish,
-    )
+    server_config = process.server_config("plato", args)
+    server = Server(server_config, on_stop=finish)
     server.add(
         ServiceBinding(
             "cosmos.plato.v1.WorkflowService",
@@ -99,7 +97,9 @@ async def serve(args: argparse.Namespace) -> None:
     evaluating = asyncio.create_task(evaluator.run(server.stopping))
     background = [evaluating]
     if args.stratum:
-        runner = StratumRunner(str(config.Address.parse(args.stratum, setting="--stratum")))
+        runner = StratumRunner(
+            str(config.Address.parse(args.stratum, setting="--stratum")), server_config.security
+        )
         worker = Worker(args.nats)
         runner.register(worker)
         background.append(asyncio.create_task(worker.run(server.stopping, finish_running=False)))

@@ -18,6 +18,8 @@ from cosmos.plato import subjects
 from cosmos.plato.engine import values
 from cosmos.runtime import channels
 from cosmos.sdk import StepContext, StepError, Worker
+from cosmos.security import principals
+from cosmos.security.config import Security
 from cosmos.stratum.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 
 JS = job_pb2.JobState
@@ -29,8 +31,9 @@ PROGRESS_INTERVAL = 1.0
 class StratumRunner:
     """Runs job steps on Stratum at ``target`` (``HOST:PORT``)."""
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, security: Security) -> None:
         self.target = target
+        self.security = security
         self._channel: grpc.aio.Channel | None = None
 
     def register(self, worker: Worker) -> None:
@@ -40,20 +43,30 @@ class StratumRunner:
     @property
     def jobs(self) -> job_service_pb2_grpc.JobServiceAsyncStub:
         if self._channel is None:
-            self._channel = channels.insecure_channel(self.target)
+            self._channel = channels.connect(self.target, "stratum", self.security)
         return job_service_pb2_grpc.JobServiceStub(self._channel)
 
     async def run(self, step: StepContext) -> dict[str, Any]:
         """Submit, follow and report one job attempt."""
         request = job_service_pb2.SubmitJobRequest(request_id=step.idempotency_key, spec=step.task.job_spec)
+        # The job belongs to the workflow's tenant: Plato submits it on the tenant's behalf.
+        acting = principals.Principal(
+            "user",
+            f"workflow:{step.task.workflow_id}",
+            step.task.tenant or "default",
+            frozenset({"submitter"}),
+        )
+        metadata = ((principals.ON_BEHALF_OF, acting.delegation()),)
         try:
             # Plato and Stratum may start together: wait for the channel rather than fail fast.
-            job = (await self.jobs.SubmitJob(request, wait_for_ready=True, timeout=30.0)).job
+            job = (
+                await self.jobs.SubmitJob(request, wait_for_ready=True, timeout=30.0, metadata=metadata)
+            ).job
         except grpc.aio.AioRpcError as exc:
             retryable = exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
             raise StepError(f"Stratum refused the job: {exc.details()}", non_retryable=not retryable) from exc
         try:
-            await self._follow(step, job.job_id)
+            await self._follow(step, job.job_id, metadata)
         except asyncio.CancelledError:
             if not step.cancelled.is_set():
                 raise  # Plato is stopping: the task is redelivered and finds this job again
@@ -62,9 +75,10 @@ class StratumRunner:
                 job_id=job.job_id,
                 reason="workflow step cancelled",
             )
-            await asyncio.shield(self.jobs.CancelJob(cancel))
+            await asyncio.shield(self.jobs.CancelJob(cancel, metadata=metadata))
             raise
-        done = (await self.jobs.GetJob(job_service_pb2.GetJobRequest(job_id=job.job_id))).job
+        get = job_service_pb2.GetJobRequest(job_id=job.job_id)
+        done = (await self.jobs.GetJob(get, metadata=metadata)).job
         if done.state != JS.JOB_STATE_SUCCEEDED:
             state = JS.Name(done.state).removeprefix("JOB_STATE_").lower()
             raise StepError(f"job {done.job_id} {state}: {done.failure_reason or done.result.error}")
@@ -83,10 +97,11 @@ class StratumRunner:
             },
         }
 
-    async def _follow(self, step: StepContext, job_id: str) -> None:
+    async def _follow(self, step: StepContext, job_id: str, metadata: tuple[tuple[str, str], ...]) -> None:
         loop = asyncio.get_running_loop()
         last = -PROGRESS_INTERVAL
-        async for reply in self.jobs.WatchJob(job_service_pb2.WatchJobRequest(job_id=job_id)):
+        watch = job_service_pb2.WatchJobRequest(job_id=job_id)
+        async for reply in self.jobs.WatchJob(watch, metadata=metadata):
             event = reply.event
             kind = event.WhichOneof("event")
             if kind == "progress":

@@ -43,6 +43,11 @@ def add_env_argument(
     parser.add_argument(flag, default=value, type=type, help=f"{help} (env {var}; default {default})")
 
 
+def env_flag(prefix: str, flag: str) -> bool:
+    """A boolean flag's default from its environment variable (``1``, ``true``, ``yes`` are true)."""
+    return os.environ.get(env_name(prefix, flag), "").strip().lower() in ("1", "true", "yes")
+
+
 @dataclass(frozen=True)
 class Address:
     """A TCP host and port to listen on or dial."""

@@ -11,6 +11,9 @@ from typing import Any
 
 from cosmos import errors
 from cosmos.runtime import config, logs
+from cosmos.runtime.config import Address
+from cosmos.runtime.server import ServerConfig
+from cosmos.security import config as security_config
 
 log = logging.getLogger(__name__)
 
@@ -19,11 +22,29 @@ EXIT_FAILED = 1
 EXIT_CONFIG = 2
 
 
-def add_server_arguments(parser: argparse.ArgumentParser, prefix: str, default_listen: str) -> None:
-    """Flags every server has: ``--listen``, ``--grace-period``, ``--log-level``, ``--log-format``."""
+def add_server_arguments(
+    parser: argparse.ArgumentParser, prefix: str, default_listen: str, name: str = ""
+) -> None:
+    """Flags every server has: ``--listen`` (mutual TLS), ``--token-listen``, ``--health-listen``, the
+    security flags (:mod:`cosmos.security.config`), ``--grace-period``, ``--log-level``, ``--log-format``."""
     config.add_env_argument(
-        parser, prefix, "--listen", default=default_listen, help="address to serve gRPC on"
+        parser, prefix, "--listen", default=default_listen, help="address to serve gRPC on (mutual TLS)"
     )
+    config.add_env_argument(
+        parser,
+        prefix,
+        "--token-listen",
+        default="",
+        help="address to serve gRPC to callers with a platform token (TLS; empty: none)",
+    )
+    config.add_env_argument(
+        parser,
+        prefix,
+        "--health-listen",
+        default="",
+        help="plaintext address serving only grpc.health.v1 for probes (empty: none)",
+    )
+    security_config.add_arguments(parser, prefix, name or prefix.rsplit("_", 1)[-1].lower())
     config.add_env_argument(
         parser,
         prefix,
@@ -33,6 +54,22 @@ def add_server_arguments(parser: argparse.ArgumentParser, prefix: str, default_l
         help="seconds in-flight calls get to finish on SIGTERM",
     )
     add_logging_arguments(parser, prefix)
+
+
+def server_config(name: str, args: argparse.Namespace) -> ServerConfig:
+    """The :class:`ServerConfig` of a server's flags (:func:`add_server_arguments`)."""
+    return ServerConfig(
+        name,
+        Address.parse(args.listen, setting="--listen"),
+        args.grace_period,
+        security=security_config.from_args(args),
+        token_listen=Address.parse(args.token_listen, setting="--token-listen")
+        if args.token_listen
+        else None,
+        health_listen=Address.parse(args.health_listen, setting="--health-listen")
+        if args.health_listen
+        else None,
+    )
 
 
 def add_logging_arguments(parser: argparse.ArgumentParser, prefix: str) -> None:

@@ -1,10 +1,13 @@
 """The one way every Cosmos gRPC server starts, serves and stops.
 
 A :class:`Server` mounts the service implementations next to the standard health service (a status
-per service name and the overall ``""``) and server reflection, with tracing and rich-error
-interceptors. On SIGTERM/SIGINT it turns health NOT_SERVING, lets in-flight calls finish within the
-grace period, signals long-lived streams through :attr:`Server.stopping`, and returns so the process
-exits 0.
+per service name and the overall ``""``) and server reflection, with tracing, authentication and
+rich-error interceptors. Its main port is mutual TLS (a client certificate from the platform CA is
+required); optionally a token port (TLS, callers present a platform token) and a health-only plaintext
+port for probes (nothing but ``grpc.health.v1.Health`` is served there). Plaintext on the main port
+exists only with ``--insecure``, on loopback. On SIGTERM/SIGINT it turns health NOT_SERVING, lets
+in-flight calls finish within the grace period, signals long-lived streams through
+:attr:`Server.stopping`, and returns so the process exits 0.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from grpc_reflection.v1alpha import reflection
 from cosmos import errors
 from cosmos.runtime import rpc_errors, telemetry
 from cosmos.runtime.config import Address
+from cosmos.security import auth, tls
+from cosmos.security.config import Security
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +72,12 @@ class ServerConfig:
     """Seconds in-flight calls get to finish after a stop is requested."""
     extra_options: list[tuple[str, Any]] = field(default_factory=list)
     """Additional grpc channel arguments for the server."""
+    security: Security = field(default_factory=Security)
+    """Credentials of the main port (mutual TLS) or ``insecure`` (loopback development only)."""
+    token_listen: Address | None = None
+    """Optional second port: TLS without client certificates, every caller presents a platform token."""
+    health_listen: Address | None = None
+    """Optional plaintext port serving only the health service, for probes."""
 
 
 class Server:
@@ -86,7 +97,10 @@ class Server:
         self.stopping = asyncio.Event()
         """Set when a stop begins; long-lived streaming handlers should end when they see it."""
         self.port = 0
+        self.token_port = 0
+        self.health_port = 0
         self._server: grpc.aio.Server | None = None
+        self._health_server: grpc.aio.Server | None = None
 
     def add(self, binding: ServiceBinding) -> None:
         """Mount one more service; only before :meth:`start`."""
@@ -95,37 +109,69 @@ class Server:
 
     async def start(self) -> None:
         """Bind, start serving and mark every service SERVING."""
+        security = self.config.security
+        listen = self.config.listen
+        security.check_listen(listen.host, self.config.name)
         telemetry.configure_tracing(f"cosmos-{self.config.name}")
+        names = [b.name for b in self.services]
+        authenticator = auth.Authenticator(insecure=security.insecure, verifier=security.verifier())
         server = grpc.aio.server(
-            interceptors=[*telemetry.server_interceptors(), rpc_errors.ErrorInterceptor()],
+            interceptors=[
+                *telemetry.server_interceptors(),
+                auth.AuthInterceptor(auth.access_rules(names), authenticator),
+                rpc_errors.ErrorInterceptor(),
+            ],
             options=SERVER_OPTIONS + self.config.extra_options,
         )
         for binding in self.services:
             binding.add_to_server(binding.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            [b.name for b in self.services] + [health.SERVICE_NAME, reflection.SERVICE_NAME], server
-        )
-        listen = self.config.listen
-        try:
-            self.port = server.add_insecure_port(str(listen))
-        except RuntimeError as exc:
-            raise errors.PortInUseError(listen.host, listen.port, self.config.name, "--listen") from exc
-        if self.port == 0:
-            raise errors.PortInUseError(listen.host, listen.port, self.config.name, "--listen")
+        reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+        if security.tls is None:
+            self.port = _bind(lambda a: server.add_insecure_port(a), listen, self.config.name, "--listen")
+        else:
+            creds = tls.server_credentials(security.tls, require_client_cert=True)
+            self.port = _bind(
+                lambda a: server.add_secure_port(a, creds), listen, self.config.name, "--listen"
+            )
+            if self.config.token_listen is not None:
+                if security.token_public_key is None:
+                    raise errors.ConfigError(f"{self.config.name}: --token-listen needs --token-public-key")
+                token_creds = tls.server_credentials(security.tls, require_client_cert=False)
+                self.token_port = _bind(
+                    lambda a: server.add_secure_port(a, token_creds),
+                    self.config.token_listen,
+                    self.config.name,
+                    "--token-listen",
+                )
         await server.start()
         self._server = server
-        for name in [b.name for b in self.services] + [""]:
+        if self.config.health_listen is not None:
+            await self._start_health(self.config.health_listen)
+        for name in [*names, ""]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "serving",
             extra={
                 "fields": {
                     "address": f"{listen.host}:{self.port}",
-                    "services": [b.name for b in self.services],
+                    "tls": security.tls is not None,
+                    "token_port": self.token_port,
+                    "health_port": self.health_port,
+                    "services": names,
                 }
             },
         )
+
+    async def _start_health(self, address: Address) -> None:
+        # A server of its own: this plaintext port answers health checks and nothing else.
+        server = grpc.aio.server(options=SERVER_OPTIONS)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        self.health_port = _bind(
+            lambda a: server.add_insecure_port(a), address, self.config.name, "--health-listen"
+        )
+        await server.start()
+        self._health_server = server
 
     async def stop(self) -> None:
         """Go NOT_SERVING, let in-flight calls finish within the grace period, then close."""
@@ -135,6 +181,8 @@ class Server:
         await self.health.enter_graceful_shutdown()
         log.info("stopping", extra={"fields": {"grace_period_s": self.config.grace_period}})
         await self._server.stop(self.config.grace_period)
+        if self._health_server is not None:
+            await self._health_server.stop(0)
         if self._on_stop is not None:
             await self._on_stop()
         log.info("stopped")
@@ -148,3 +196,13 @@ class Server:
         await self.start()
         await stop_requested.wait()
         await self.stop()
+
+
+def _bind(add: Callable[[str], int], address: Address, owner: str, setting: str) -> int:
+    try:
+        port = add(str(address))
+    except RuntimeError as exc:
+        raise errors.PortInUseError(address.host, address.port, owner, setting) from exc
+    if port == 0:
+        raise errors.PortInUseError(address.host, address.port, owner, setting)
+    return port

@@ -17,10 +17,13 @@ from pathlib import Path
 import grpc
 
 from cosmos import errors
-from cosmos.runtime import config, jetstream
+from cosmos.runtime import channels, config, jetstream
 from cosmos.runtime.config import Address
-from cosmos.stack import natsd, readiness
+from cosmos.security.config import Security
+from cosmos.security.context import Context
+from cosmos.stack import credentials, natsd, readiness
 from cosmos.stack.children import Child
+from cosmos.stack.credentials import StackCredentials
 from cosmos.stratum.v1 import agent_pb2, pool_service_pb2, pool_service_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -56,10 +59,23 @@ class StackConfig:
     """Seconds each component gets to become ready."""
     log_level: str = "info"
     """Log level of the child processes."""
+    insecure: bool = False
+    """Plaintext and no authentication (loopback only, development): no PKI is made or used."""
+    token_port_offset: int = 10
+    """Each service also takes platform tokens on its port plus this (0: no token ports)."""
 
     def address(self, port: int) -> Address:
         """``host`` with ``port``."""
         return Address(self.host, port)
+
+    def token_port(self, port: int) -> int:
+        """The token port of the service on ``port`` (0 when token ports are off)."""
+        return port + self.token_port_offset if self.token_port_offset else 0
+
+    @property
+    def agent_id(self) -> str:
+        """Id of the local agent."""
+        return f"local-{self.stratum_port}"
 
     @property
     def nats_url(self) -> str:
@@ -91,6 +107,13 @@ class EmbeddedStack:
     """Started components, in start order."""
     endpoints: list[Endpoint] = field(default_factory=list)
     """What is reachable where, once started."""
+    credentials: StackCredentials | None = None
+    """The dev CA and certificates (None with ``insecure``)."""
+
+    @property
+    def admin(self) -> Security:
+        """The local admin's credentials (what the CLI and readiness checks call with)."""
+        return Security(insecure=True) if self.credentials is None else self.credentials.admin
 
     async def __aenter__(self) -> EmbeddedStack:
         await self.start()
@@ -108,12 +131,23 @@ class EmbeddedStack:
             ("optimus", c.optimus_port, "--optimus-port / COSMOS_OPTIMUS_PORT"),
         ):
             config.ensure_port_free(c.address(port), owner, setting)
+            if owner != "nats" and not c.insecure and c.token_port(port):
+                config.ensure_port_free(c.address(c.token_port(port)), owner, "--token-port-offset")
 
     def _child(self, name: str, argv: Sequence[str]) -> Child:
         return Child(name, list(argv), self.config.data_dir / "logs" / f"{name}.log")
 
+    def _security_args(self, name: str) -> list[str]:
+        if self.credentials is None:
+            return ["--insecure"]
+        return ["--pki-dir", str(self.credentials.directory), "--pki-name", name]
+
     def _service(self, name: str, port: int, *extra: str) -> Child:
         argv = [sys.executable, "-m", "cosmos.cli", name, "--listen", str(self.config.address(port)), *extra]
+        argv += self._security_args(name)
+        token_port = self.config.token_port(port)
+        if self.credentials is not None and token_port:
+            argv += ["--token-listen", str(self.config.address(token_port))]
         child = self._child(name, argv)
         child.env["COSMOS_LOG_LEVEL"] = self.config.log_level
         return child
@@ -123,6 +157,8 @@ class EmbeddedStack:
         c = self.config
         self._check_ports()
         c.data_dir.mkdir(parents=True, exist_ok=True)
+        if not c.insecure:
+            self.credentials = credentials.prepare(c.data_dir, c.agent_id)
         try:
             await self._start_nats()
             services = [
@@ -149,8 +185,6 @@ class EmbeddedStack:
                         c.optimus_port,
                         "--plato",
                         str(c.address(c.plato_port)),
-                        "--stratum",
-                        str(c.address(c.stratum_port)),
                         "--work-root",
                         str((c.data_dir / "work").absolute()),
                     ),
@@ -190,7 +224,12 @@ class EmbeddedStack:
 
         try:
             await readiness.wait_serving(
-                child.name, target, names, timeout=self.config.start_timeout, gave_up=gave_up
+                child.name,
+                target,
+                names,
+                timeout=self.config.start_timeout,
+                gave_up=gave_up,
+                security=self.admin,
             )
         except errors.ProcessStartError as exc:
             raise child.failure(exc.reason) from exc
@@ -199,7 +238,7 @@ class EmbeddedStack:
     async def _start_agent(self) -> None:
         c = self.config
         stratum = str(c.address(c.stratum_port))
-        agent_id = f"local-{c.stratum_port}"
+        agent_id = c.agent_id
         argv = [
             sys.executable,
             "-m",
@@ -211,6 +250,7 @@ class EmbeddedStack:
             agent_id,
             "--work-dir",
             str(c.data_dir / "agents" / agent_id),
+            *self._security_args("agent"),
         ]
         if c.agent_gpus:
             argv += ["--gpus", c.agent_gpus]
@@ -224,7 +264,7 @@ class EmbeddedStack:
     async def _await_agent_ready(self, child: Child, stratum: str, agent_id: str) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.start_timeout
-        async with grpc.aio.insecure_channel(stratum) as channel:
+        async with channels.connect(stratum, "stratum", self.admin) as channel:
             pool = pool_service_pb2_grpc.PoolServiceStub(channel)
             while loop.time() < deadline:
                 if child.exited() is not None:
@@ -249,6 +289,22 @@ class EmbeddedStack:
             codes[child.name] = await child.stop()
         self.endpoints.clear()
         return codes
+
+    def context(self) -> Context:
+        """The client context of this stack: its endpoints and the local admin's credentials."""
+        c = self.config
+        endpoints = {
+            "optimus": str(c.address(c.optimus_port)),
+            "plato": str(c.address(c.plato_port)),
+            "stratum": str(c.address(c.stratum_port)),
+            "nats": c.nats_url,
+        }
+        if self.credentials is None:
+            return Context(name="local", endpoints=endpoints, insecure=True)
+        files = self.credentials.files(credentials.ADMIN)
+        return Context(
+            name="local", endpoints=endpoints, ca=str(files.ca), cert=str(files.cert), key=str(files.key)
+        )
 
     def first_exited(self) -> Child | None:
         """A component that ended on its own while the stack was up, if any."""

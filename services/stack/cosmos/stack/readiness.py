@@ -9,11 +9,15 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cosmos import errors
+from cosmos.runtime import channels
+from cosmos.security.config import Security
 
 
-async def health_status(target: str, service: str = "", timeout: float = 2.0) -> str:
+async def health_status(
+    target: str, service: str = "", timeout: float = 2.0, *, role: str = "", security: Security | None = None
+) -> str:
     """The health status name of ``service`` at ``target`` (``SERVING``, ``NOT_SERVING``, ...)."""
-    async with grpc.aio.insecure_channel(target) as channel:
+    async with channels.connect(target, role or "plato", security or Security(insecure=True)) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
@@ -26,6 +30,7 @@ async def wait_serving(
     *,
     timeout: float,
     gave_up: Callable[[], str | None] = lambda: None,
+    security: Security | None = None,
 ) -> None:
     """Poll until every service in ``services`` (and ``""``) is SERVING at ``target``.
 
@@ -42,7 +47,7 @@ async def wait_serving(
         if loop.time() > deadline:
             raise errors.ProcessStartError(name, f"not SERVING at {target} after {timeout:.0f}s ({last})")
         try:
-            status = await health_status(target, pending[0])
+            status = await health_status(target, pending[0], role=name, security=security)
         except grpc.aio.AioRpcError as exc:
             last = f"{exc.code().name}: {exc.details()}"
             await asyncio.sleep(0.1)

@@ -15,6 +15,7 @@ from typing import Any
 
 from cosmos import errors
 from cosmos.runtime import wellknown
+from cosmos.security import auth
 from cosmos.stratum.dispatcher import Dispatcher
 from cosmos.stratum.registry import AgentRegistry
 from cosmos.stratum.v1 import agent_pb2, agent_service_pb2, agent_service_pb2_grpc
@@ -52,6 +53,18 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
                 "hello.agent_id is empty",
                 violations=[errors.FieldViolation("hello.agent_id", "must name the agent")],
             )
+        caller = auth.current()
+        if caller.kind != "agent" and caller.via != "insecure":
+            raise errors.PermissionDeniedError(
+                f"{caller.identity} is not an agent", metadata={"identity": caller.identity}
+            )
+        if caller.kind == "agent" and caller.name != hello.agent_id:
+            # The certificate is the identity: an agent cannot register as another.
+            raise errors.PermissionDeniedError(
+                f"hello.agent_id {hello.agent_id!r} is not the certificate's agent id {caller.name!r}",
+                metadata={"agent_id": hello.agent_id, "identity": caller.identity},
+            )
+        self.registry.admit(hello.agent_id)
         record = self.registry.connect(
             agent_pb2.Agent(
                 agent_id=hello.agent_id,
@@ -72,21 +85,26 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
         )
         reader = asyncio.ensure_future(self._read(agent_id, request_iterator))
         stopping = asyncio.ensure_future(self.stopping.wait())
+        assert record.closing is not None
+        closing = asyncio.ensure_future(record.closing.wait())
         try:
             while True:
                 nxt = asyncio.ensure_future(outbox.get())
-                done, _ = await asyncio.wait([nxt, reader, stopping], return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    [nxt, reader, stopping, closing], return_when=asyncio.FIRST_COMPLETED
+                )
                 if nxt not in done:
                     nxt.cancel()
                     break
                 yield nxt.result()
         finally:
-            for task in (reader, stopping):
+            for task in (reader, stopping, closing):
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
             self.dispatcher.agent_disconnected(agent_id, outbox)
-            self.registry.disconnect(agent_id)
+            if self.registry.agents[agent_id].closing is record.closing:
+                self.registry.disconnect(agent_id)
 
     async def _read(self, agent_id: str, requests: AsyncIterator[agent_service_pb2.ConnectRequest]) -> None:
         seen: set[str] = set()

@@ -91,7 +91,8 @@ class Dispatcher:
         spec = job_pb2.JobSpec()
         spec.CopyFrom(spec_in)
         spec.tenant = spec.tenant or "default"
-        job_id = "job-" + uuid.uuid5(_NAMESPACE, request_id).hex
+        # Two tenants' request ids never name the same job.
+        job_id = "job-" + uuid.uuid5(_NAMESPACE, f"{spec.tenant}\n{request_id}").hex
         existing = self.jobs.get(job_id) or await self.store.get(job_id)
         if existing is not None:
             if existing.spec != spec:
@@ -113,12 +114,15 @@ class Dispatcher:
         """A job, live or finished, or NOT_FOUND."""
         job = self.jobs.get(job_id) or await self.store.get(job_id)
         if job is None:
-            raise errors.NotFoundError(
-                f"job {job_id!r} does not exist",
-                reason="ERROR_REASON_JOB_NOT_FOUND",
-                metadata={"job_id": job_id},
-            )
+            raise self.not_found(job_id)
         return job
+
+    @staticmethod
+    def not_found(job_id: str) -> errors.NotFoundError:
+        """The answer for a job that does not exist (or is another tenant's)."""
+        return errors.NotFoundError(
+            f"job {job_id!r} does not exist", reason="ERROR_REASON_JOB_NOT_FOUND", metadata={"job_id": job_id}
+        )
 
     async def cancel(self, job_id: str, reason: str) -> job_pb2.Job:
         """Cancel a job: at once if queued, through its agent if running."""
@@ -251,6 +255,16 @@ class Dispatcher:
         for job in list(self.jobs.values()):
             if job.agent_id == agent_id and job.state in ON_AGENT:
                 await self._requeue(job, f"agent {agent_id} lost (lease expired)")
+
+    async def revoke_agent(self, agent_id: str, reason: str) -> agent_pb2.Agent:
+        """Refuse ``agent_id`` for good: persist it, end its stream, requeue its jobs elsewhere."""
+        await self.store.revoke(agent_id, reason)
+        agent = self.registry.revoke(agent_id)
+        log.warning("agent revoked", extra={"fields": {"agent_id": agent_id, "reason": reason}})
+        self.outboxes.pop(agent_id, None)
+        await self._agent_lost(agent_id)
+        self._kick.set()
+        return agent
 
     async def _requeue(self, job: job_pb2.Job, why: str) -> None:
         self.placer.release(job.job_id)

@@ -11,9 +11,13 @@ from nats.js.api import DeliverPolicy
 
 from cosmos import errors
 from cosmos.runtime import paging
+from cosmos.security import auth
 from cosmos.stratum.dispatcher import TERMINAL, Dispatcher
 from cosmos.stratum.store import EVENTS_STREAM, events_subject
 from cosmos.stratum.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
+
+DEFAULT_TENANT = "default"
+"""Tenant of callers that have none (workloads acting in their own name)."""
 
 
 def _require(value: str, field: str) -> None:
@@ -30,18 +34,34 @@ class JobApi(job_service_pb2_grpc.JobServiceServicer):
         self.dispatcher = dispatcher
         self.stopping = stopping
 
+    async def _visible(self, job_id: str) -> job_pb2.Job:
+        """The job, or NOT_FOUND when it does not exist *for this caller* (another tenant's)."""
+        job = await self.dispatcher.get(job_id)
+        if not auth.current().sees(job.spec.tenant):
+            raise self.dispatcher.not_found(job_id)
+        return job
+
     async def SubmitJob(
         self, request: job_service_pb2.SubmitJobRequest, context: Any
     ) -> job_service_pb2.SubmitJobResponse:
         _require(request.request_id, "request_id")
-        job, deduplicated = await self.dispatcher.submit(request.request_id, request.spec)
+        tenant = auth.current().tenant or DEFAULT_TENANT
+        if request.spec.tenant and request.spec.tenant != tenant:
+            raise errors.InvalidArgumentError(
+                f"spec.tenant {request.spec.tenant!r}: the tenant comes from your identity ({tenant!r})",
+                violations=[errors.FieldViolation("spec.tenant", f"leave empty or set {tenant!r}")],
+            )
+        spec = job_pb2.JobSpec()
+        spec.CopyFrom(request.spec)
+        spec.tenant = tenant
+        job, deduplicated = await self.dispatcher.submit(request.request_id, spec)
         return job_service_pb2.SubmitJobResponse(job=job, deduplicated=deduplicated)
 
     async def GetJob(
         self, request: job_service_pb2.GetJobRequest, context: Any
     ) -> job_service_pb2.GetJobResponse:
         _require(request.job_id, "job_id")
-        return job_service_pb2.GetJobResponse(job=await self.dispatcher.get(request.job_id))
+        return job_service_pb2.GetJobResponse(job=await self._visible(request.job_id))
 
     async def ListJobs(
         self, request: job_service_pb2.ListJobsRequest, context: Any
@@ -50,10 +70,12 @@ class JobApi(job_service_pb2_grpc.JobServiceServicer):
         page = paging.parse(request.page_size, request.page_token, query)
         stored = {job.job_id: job for job in await self.dispatcher.store.load_all()}
         stored.update(self.dispatcher.jobs)  # live state is fresher than the bucket (progress)
+        caller = auth.current()
         jobs = [
             job
             for job in stored.values()
-            if (not request.state or job.state == request.state)
+            if caller.sees(job.spec.tenant)
+            and (not request.state or job.state == request.state)
             and (not request.tenant or job.spec.tenant == request.tenant)
             and (not request.agent_id or job.agent_id == request.agent_id)
         ]
@@ -67,6 +89,7 @@ class JobApi(job_service_pb2_grpc.JobServiceServicer):
     ) -> job_service_pb2.CancelJobResponse:
         _require(request.request_id, "request_id")
         _require(request.job_id, "job_id")
+        await self._visible(request.job_id)
         return job_service_pb2.CancelJobResponse(
             job=await self.dispatcher.cancel(request.job_id, request.reason)
         )
@@ -75,7 +98,7 @@ class JobApi(job_service_pb2_grpc.JobServiceServicer):
         self, request: job_service_pb2.WatchJobRequest, context: Any
     ) -> AsyncIterator[job_service_pb2.WatchJobResponse]:
         _require(request.job_id, "job_id")
-        await self.dispatcher.get(request.job_id)
+        await self._visible(request.job_id)
         js = self.dispatcher.store.js
         sub = await js.subscribe(
             events_subject(request.job_id),

@@ -65,6 +65,13 @@ class PoolServicer(pool_service_pb2_grpc.PoolServiceServicer):
         self.dispatcher.schedulable_changed(agent)
         return pool_service_pb2.DrainAgentResponse(agent=agent)
 
+    async def RevokeAgent(
+        self, request: pool_service_pb2.RevokeAgentRequest, context: Context
+    ) -> pool_service_pb2.RevokeAgentResponse:
+        _require_agent_id(request.agent_id)
+        agent = await self.dispatcher.revoke_agent(request.agent_id, request.reason or "revoked")
+        return pool_service_pb2.RevokeAgentResponse(agent=agent)
+
     async def GetPoolStats(
         self, request: pool_service_pb2.GetPoolStatsRequest, context: Context
     ) -> pool_service_pb2.GetPoolStatsResponse:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Iterator
@@ -26,6 +27,8 @@ class AgentRecord:
     """Monotonic time after which a silent agent is LOST."""
     connected: bool = False
     """Whether its stream is open right now."""
+    closing: asyncio.Event | None = None
+    """Set to end the agent's open stream (revocation)."""
 
 
 @dataclass
@@ -36,6 +39,36 @@ class AgentRegistry:
     """How long an agent stays READY without a heartbeat."""
     agents: dict[str, AgentRecord] = field(default_factory=dict)
     """Every agent ever seen since this process started, by id."""
+    revoked: set[str] = field(default_factory=set)
+    """Agent ids an operator revoked (loaded from the store at start-up)."""
+
+    def admit(self, agent_id: str) -> None:
+        """Refuse a revoked agent, or a second stream for an agent whose stream is open."""
+        if agent_id in self.revoked:
+            raise errors.PermissionDeniedError(
+                f"agent {agent_id!r} is revoked",
+                reason="ERROR_REASON_AGENT_REVOKED",
+                metadata={"agent_id": agent_id},
+            )
+        record = self.agents.get(agent_id)
+        if record is not None and record.connected:
+            raise errors.AlreadyExistsError(
+                f"agent {agent_id!r} already has an open stream; one stream per agent identity",
+                reason="ERROR_REASON_AGENT_ID_CONFLICT",
+                metadata={"agent_id": agent_id},
+            )
+
+    def revoke(self, agent_id: str) -> agent_pb2.Agent:
+        """Mark ``agent_id`` revoked and end its stream; its jobs are the dispatcher's to requeue."""
+        self.revoked.add(agent_id)
+        record = self.agents.get(agent_id)
+        if record is None:
+            record = AgentRecord(agent=agent_pb2.Agent(agent_id=agent_id))
+            self.agents[agent_id] = record
+        record.agent.state = State.AGENT_STATE_REVOKED
+        if record.closing is not None:
+            record.closing.set()
+        return record.agent
 
     def connect(self, hello: agent_pb2.Agent) -> AgentRecord:
         """Register (or re-register) an agent whose stream just opened."""
@@ -56,6 +89,7 @@ class AgentRegistry:
         if agent.state not in (State.AGENT_STATE_CORDONED, State.AGENT_STATE_DRAINING):
             agent.state = State.AGENT_STATE_READY
         record.connected = True
+        record.closing = asyncio.Event()
         record.lease_deadline = time.monotonic() + self.lease_seconds
         log.info(
             "agent connected",
@@ -85,6 +119,7 @@ class AgentRegistry:
         record = self.agents.get(agent_id)
         if record is not None:
             record.connected = False
+            record.closing = None
             if record.agent.state == State.AGENT_STATE_READY:
                 record.agent.state = State.AGENT_STATE_DISCONNECTED
             log.info("agent disconnected", extra={"fields": {"agent_id": agent_id}})
@@ -94,7 +129,9 @@ class AgentRegistry:
         now = time.monotonic()
         lost = []
         for record in self.agents.values():
-            if record.agent.state != State.AGENT_STATE_LOST and record.lease_deadline < now:
+            if record.agent.state in (State.AGENT_STATE_LOST, State.AGENT_STATE_REVOKED):
+                continue
+            if record.lease_deadline < now:
                 record.agent.state = State.AGENT_STATE_LOST
                 record.connected = False
                 lost.append(record.agent.agent_id)

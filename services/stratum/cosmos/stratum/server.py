@@ -8,7 +8,7 @@ import contextlib
 from collections.abc import Sequence
 
 from cosmos.runtime import config, jetstream, process
-from cosmos.runtime.server import Server, ServerConfig, ServiceBinding
+from cosmos.runtime.server import Server, ServiceBinding
 from cosmos.stratum.agent_stream import AgentServicer
 from cosmos.stratum.dispatcher import Dispatcher
 from cosmos.stratum.job_api import JobApi
@@ -25,7 +25,7 @@ DEFAULT_LISTEN = "127.0.0.1:50053"
 def parser() -> argparse.ArgumentParser:
     """Flags of ``cosmos stratum``."""
     p = argparse.ArgumentParser(prog="cosmos stratum", description="Run the Stratum compute-pool server.")
-    process.add_server_arguments(p, PREFIX, DEFAULT_LISTEN)
+    process.add_server_arguments(p, PREFIX, DEFAULT_LISTEN, "stratum")
     config.add_env_argument(p, PREFIX, "--nats", default=jetstream.DEFAULT_URL, help="NATS URL (JetStream)")
     config.add_env_argument(
         p, PREFIX, "--lease-seconds", default=10.0, type=float, help="agent lease without heartbeats"
@@ -47,13 +47,10 @@ async def serve(args: argparse.Namespace) -> None:
     nc, js = await jetstream.connect(args.nats, "cosmos-stratum")
     store = JobStore(nc, js, replicas=args.replicas)
     await store.ensure()
-    registry = AgentRegistry(lease_seconds=args.lease_seconds)
+    registry = AgentRegistry(lease_seconds=args.lease_seconds, revoked=await store.revoked())
     dispatcher = Dispatcher(store, registry, SchedulerPlacer(policy=args.policy))
     await dispatcher.recover()
-    server = Server(
-        ServerConfig("stratum", config.Address.parse(args.listen, setting="--listen"), args.grace_period),
-        on_stop=nc.close,
-    )
+    server = Server(process.server_config("stratum", args), on_stop=nc.close)
     server.add(
         ServiceBinding(
             "cosmos.stratum.v1.JobService",

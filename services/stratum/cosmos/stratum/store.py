@@ -26,6 +26,7 @@ from cosmos.stratum.v1 import job_pb2
 log = logging.getLogger(__name__)
 
 JOBS_BUCKET = "stratum-jobs"
+REVOKED_BUCKET = "stratum-revoked-agents"
 EVENTS_STREAM = "STRATUM_EVENTS"
 EVENTS_ALL = "cosmos.job.events.>"
 MSG_ID = "Nats-Msg-Id"
@@ -48,6 +49,7 @@ class JobStore:
         self.storage = StorageType.MEMORY if memory else StorageType.FILE
         self.publisher = publisher.Publisher(nc)
         self._jobs: KeyValue | None = None
+        self._revoked: KeyValue | None = None
 
     async def ensure(self) -> None:
         """Create the bucket and stream if missing (retrying while a JetStream cluster forms)."""
@@ -71,12 +73,28 @@ class JobStore:
         self._jobs = await self.js.create_key_value(
             KeyValueConfig(bucket=JOBS_BUCKET, history=1, storage=self.storage, replicas=self.replicas)
         )
+        self._revoked = await self.js.create_key_value(
+            KeyValueConfig(bucket=REVOKED_BUCKET, history=1, storage=self.storage, replicas=self.replicas)
+        )
 
     @property
     def jobs(self) -> KeyValue:
         """The jobs bucket."""
         assert self._jobs is not None, "call ensure() first"
         return self._jobs
+
+    async def revoke(self, agent_id: str, reason: str) -> None:
+        """Remember for good that ``agent_id`` is revoked."""
+        assert self._revoked is not None, "call ensure() first"
+        await self._revoked.put(agent_id, reason.encode())
+
+    async def revoked(self) -> set[str]:
+        """Every revoked agent id."""
+        assert self._revoked is not None, "call ensure() first"
+        try:
+            return set(await self._revoked.keys())
+        except nats.js.errors.NoKeysError:
+            return set()
 
     async def save(self, job: job_pb2.Job) -> None:
         """Persist a job record."""

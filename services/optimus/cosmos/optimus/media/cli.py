@@ -41,9 +41,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--source", required=True)
     c.add_argument("--work", required=True, help="directory for the chunks")
     c.add_argument("--chunk-seconds", type=float, default=10.0)
-    c.add_argument(
-        "--max-chunks", type=int, default=0, help="longer chunks past this many (0: no limit)"
-    )
+    c.add_argument("--max-chunks", type=int, default=0, help="longer chunks past this many (0: no limit)")
 
     c = sub.add_parser("encode", help="encode one chunk into several profiles and measure them")
     c.add_argument("--chunk", required=True)

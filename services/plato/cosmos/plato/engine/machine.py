@@ -87,6 +87,7 @@ def new_record(workflow_id: str, start: engine_pb2.StartInput, now: datetime) ->
     wf.request_id = start.request_id
     wf.parent_workflow_id = start.parent_workflow_id
     wf.parent_step_id = start.parent_step_id
+    wf.tenant = start.tenant
     record.parent_attempt = start.parent_attempt
     wf.create_time.CopyFrom(values.timestamp(now))
     wf.update_time.CopyFrom(values.timestamp(now))
@@ -559,6 +560,7 @@ class Machine:
             definition_id=self.wf.definition_id,
             definition_version=self.wf.definition_version,
             schedule_time=step.schedule_time,
+            tenant=self.wf.tenant,
         )
         if step_def.timeouts.start_to_close:
             task.start_to_close_timeout.FromNanoseconds(int(step_def.timeouts.start_to_close * 1e9))
@@ -598,6 +600,7 @@ class Machine:
             parent_step_id=step.step_id,
             parent_attempt=step.attempt,
             request_time=self._stamp,
+            tenant=self.wf.tenant,
         )
         start.input.CopyFrom(step.input)
         step.child_workflow_id = child_id

@@ -10,7 +10,7 @@ import signal
 import socket
 import uuid
 from collections.abc import AsyncIterator, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,9 @@ import grpc
 
 from cosmos import errors
 from cosmos.runtime import channels, config, process, telemetry
+from cosmos.security import config as security_config
+from cosmos.security import pki
+from cosmos.security.config import Security
 from cosmos.stratum.agent import inventory, orphans
 from cosmos.stratum.agent.supervisor import JobSupervisor
 from cosmos.stratum.v1 import agent_service_pb2, agent_service_pb2_grpc
@@ -46,6 +49,8 @@ class AgentConfig:
     """Longest wait between reconnect attempts, in seconds."""
     stop_grace: float = 5.0
     """On SIGTERM, seconds running jobs get between SIGTERM and SIGKILL."""
+    security: Security = field(default_factory=Security)
+    """The agent's certificate (its identity: ``spiffe://cosmos/agent/<agent_id>``) and CA."""
 
 
 class Agent:
@@ -113,7 +118,7 @@ class Agent:
             while (message := await outbox.get()) is not None:
                 yield message
 
-        async with channels.insecure_channel(self.cfg.stratum) as channel:
+        async with channels.connect(self.cfg.stratum, "stratum", self.cfg.security) as channel:
             call = agent_service_pb2_grpc.AgentServiceStub(channel).Connect(requests())
             heartbeats: asyncio.Task[None] | None = None
             stop_wait = asyncio.ensure_future(self.stopping.wait())
@@ -189,7 +194,11 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cosmos agent", description="Run a Stratum agent on this host.")
     config.add_env_argument(p, PREFIX, "--stratum", default="127.0.0.1:50053", help="Stratum gRPC address")
     config.add_env_argument(
-        p, PREFIX, "--agent-id", default=socket.gethostname(), help="identity of this host"
+        p,
+        PREFIX,
+        "--agent-id",
+        default="",
+        help="identity of this host (default: the name in its certificate, else the host name)",
     )
     config.add_env_argument(
         p, PREFIX, "--work-dir", default=".cosmos/agent", help="per-job work dirs go here"
@@ -198,8 +207,26 @@ def parser() -> argparse.ArgumentParser:
         p, PREFIX, "--gpus", default="", help="declared GPUs, e.g. 2xA100:80G,T4 (else NVML)"
     )
     p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="label for placement")
+    security_config.add_arguments(p, PREFIX, "agent")
     process.add_logging_arguments(p, PREFIX)
     return p
+
+
+def agent_identity(requested: str, security: Security) -> str:
+    """The agent id: the one its certificate names (a different ``--agent-id`` is refused)."""
+    if security.tls is None:
+        return requested or socket.gethostname()
+    subject = pki.subject_of(pki.load_cert(security.tls.cert))
+    if subject.role != "agent":
+        raise errors.ConfigError(
+            f"{security.tls.cert} is a {subject.role} certificate; an agent needs an agent certificate "
+            "(cosmos pki issue --role agent --name ID)"
+        )
+    if requested and requested != subject.name:
+        raise errors.ConfigError(
+            f"--agent-id {requested!r} differs from the certificate's agent id {subject.name!r}"
+        )
+    return subject.name
 
 
 async def serve(args: argparse.Namespace) -> None:
@@ -211,10 +238,17 @@ async def serve(args: argparse.Namespace) -> None:
         if not sep or not key:
             raise errors.ConfigError(f"--label {item!r}: expected KEY=VALUE")
         labels.append((key, value))
+    security = security_config.from_args(args)
+    if not security.insecure and security.tls is None:
+        raise errors.ConfigError(
+            "no agent certificate: give --pki-dir/--pki-name or --tls-cert/--tls-key/--tls-ca "
+            "(cosmos pki issue --role agent), or --insecure for a loopback development Stratum"
+        )
     agent = Agent(
         AgentConfig(
             stratum=str(config.Address.parse(args.stratum, setting="--stratum")),
-            agent_id=args.agent_id,
+            agent_id=agent_identity(args.agent_id, security),
+            security=security,
             work_dir=Path(args.work_dir),
             gpus=args.gpus,
             labels=tuple(labels),

@@ -110,6 +110,30 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The agent is cordoned or draining and accepts no new work
     (FAILED_PRECONDITION).
     """
+    ERROR_REASON_UNAUTHENTICATED: _ErrorReason.ValueType  # 24
+    """The call carries no credentials, or credentials that are expired,
+    malformed or not signed by the platform (UNAUTHENTICATED).
+    """
+    ERROR_REASON_PERMISSION_DENIED: _ErrorReason.ValueType  # 25
+    """The caller's roles do not grant the permission the RPC needs, or the
+    workload may not do this (PERMISSION_DENIED); metadata names the
+    permission.
+    """
+    ERROR_REASON_AGENT_REVOKED: _ErrorReason.ValueType  # 26
+    """The agent was revoked by an operator and may not connect (PERMISSION_DENIED)."""
+    ERROR_REASON_OUTSIDE_STORAGE_ROOT: _ErrorReason.ValueType  # 27
+    """A URI lies outside the caller's storage roots, escapes them through ".."
+    or a symbolic link, names a device, or has an unknown scheme
+    (INVALID_ARGUMENT).
+    """
+    ERROR_REASON_OUTPUT_EXISTS: _ErrorReason.ValueType  # 28
+    """The output destination holds files Cosmos did not publish; pass overwrite
+    to replace an earlier Cosmos publish (FAILED_PRECONDITION).
+    """
+    ERROR_REASON_FORBIDDEN_EXECUTABLE: _ErrorReason.ValueType  # 29
+    """The job's executable or image is not on its tenant's allow-list
+    (PERMISSION_DENIED).
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason is the machine-readable cause of a failed Cosmos RPC, sent as
@@ -197,5 +221,29 @@ ERROR_REASON_AGENT_ID_CONFLICT: ErrorReason.ValueType  # 22
 ERROR_REASON_AGENT_UNSCHEDULABLE: ErrorReason.ValueType  # 23
 """The agent is cordoned or draining and accepts no new work
 (FAILED_PRECONDITION).
+"""
+ERROR_REASON_UNAUTHENTICATED: ErrorReason.ValueType  # 24
+"""The call carries no credentials, or credentials that are expired,
+malformed or not signed by the platform (UNAUTHENTICATED).
+"""
+ERROR_REASON_PERMISSION_DENIED: ErrorReason.ValueType  # 25
+"""The caller's roles do not grant the permission the RPC needs, or the
+workload may not do this (PERMISSION_DENIED); metadata names the
+permission.
+"""
+ERROR_REASON_AGENT_REVOKED: ErrorReason.ValueType  # 26
+"""The agent was revoked by an operator and may not connect (PERMISSION_DENIED)."""
+ERROR_REASON_OUTSIDE_STORAGE_ROOT: ErrorReason.ValueType  # 27
+"""A URI lies outside the caller's storage roots, escapes them through ".."
+or a symbolic link, names a device, or has an unknown scheme
+(INVALID_ARGUMENT).
+"""
+ERROR_REASON_OUTPUT_EXISTS: ErrorReason.ValueType  # 28
+"""The output destination holds files Cosmos did not publish; pass overwrite
+to replace an earlier Cosmos publish (FAILED_PRECONDITION).
+"""
+ERROR_REASON_FORBIDDEN_EXECUTABLE: ErrorReason.ValueType  # 29
+"""The job's executable or image is not on its tenant's allow-list
+(PERMISSION_DENIED).
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

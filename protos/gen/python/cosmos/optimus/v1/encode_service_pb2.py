@@ -22,11 +22,12 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from cosmos.common.v1 import access_pb2 as cosmos_dot_common_dot_v1_dot_access__pb2
 from cosmos.optimus.v1 import encode_pb2 as cosmos_dot_optimus_dot_v1_dot_encode__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&cosmos/optimus/v1/encode_service.proto\x12\x11\x63osmos.optimus.v1\x1a\x1e\x63osmos/optimus/v1/encode.proto\x1a\x1fgoogle/api/field_behavior.proto\"\xf5\x01\n\x13SubmitEncodeRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\nsource_uri\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08profiles\x18\x03 \x03(\tB\x04\xe2\x41\x01\x01\x12\x14\n\x06ladder\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12\x18\n\noutput_uri\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01\x12\x16\n\x08priority\x18\x06 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x13\n\x05\x66orce\x18\x07 \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x35\n\x07quality\x18\x08 \x01(\x0e\x32\x1e.cosmos.optimus.v1.QualityModeB\x04\xe2\x41\x01\x01\"W\n\x14SubmitEncodeResponse\x12)\n\x06\x65ncode\x18\x01 \x01(\x0b\x32\x19.cosmos.optimus.v1.Encode\x12\x14\n\x0c\x64\x65\x64uplicated\x18\x02 \x01(\x08\"+\n\x10GetEncodeRequest\x12\x17\n\tencode_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\">\n\x11GetEncodeResponse\x12)\n\x06\x65ncode\x18\x01 \x01(\x0b\x32\x19.cosmos.optimus.v1.Encode\"|\n\x12ListEncodesRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x33\n\x05state\x18\x03 \x01(\x0e\x32\x1e.cosmos.optimus.v1.EncodeStateB\x04\xe2\x41\x01\x01\"Z\n\x13ListEncodesResponse\x12*\n\x07\x65ncodes\x18\x01 \x03(\x0b\x32\x19.cosmos.optimus.v1.Encode\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"^\n\x13\x43\x61ncelEncodeRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\tencode_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06reason\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"A\n\x14\x43\x61ncelEncodeResponse\x12)\n\x06\x65ncode\x18\x01 \x01(\x0b\x32\x19.cosmos.optimus.v1.Encode\"-\n\x12WatchEncodeRequest\x12\x17\n\tencode_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"@\n\x13WatchEncodeResponse\x12)\n\x06\x65ncode\x18\x01 \x01(\x0b\x32\x19.cosmos.optimus.v1.Encode\"H\n\x13ListProfilesRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"]\n\x14ListProfilesResponse\x12,\n\x08profiles\x18\x01 \x03(\x0b\x32\x1a.cosmos.optimus.v1.Profile\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xc8\x04\n\rEncodeService\x12_\n\x0cSubmitEncode\x12&.cosmos.optimus.v1.SubmitEncodeRequest\x1a\'.cosmos.optimus.v1.SubmitEncodeResponse\x12V\n\tGetEncode\x12#.cosmos.optimus.v1.GetEncodeRequest\x1a$.cosmos.optimus.v1.GetEncodeResponse\x12\\\n\x0bListEncodes\x12%.cosmos.optimus.v1.ListEncodesRequest\x1a&.cosmos.optimus.v1.ListEncodesResponse\x12_\n\x0c\x43\x61ncelEncode\x12&.cosmos.optimus.v1.CancelEncodeRequest\x1a\'.cosmos.optimus.v1.CancelEncodeResponse\x12^\n\x0bWatchEncode\x12%.cosmos.optimus.v1.WatchEncodeRequest\x1a&.cosmos.optimus.v1.WatchEncodeResponse0\x01\x12_\n\x0cListProfiles\x12&.cosmos.optimus.v1.ListProfilesRequest\x1a\'.cosmos.optimus.v1.ListProfilesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&cosmos/optimus/v1/encode_service.proto\x12\x11\x63osmos.optimus.v1\x1a\x1d\x63osmos/common/v1/access.proto\x1a\x1e\x63osmos/optimus/v1/encode.proto\x1a\x1fgoogle/api/field_behavior.proto\"\xf5\x01\n\x13SubmitEncodeRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\nsource_uri\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08profiles\x18\x03 \x03(\tB\x04\xe2\x41\x01\x01\x12\x14\n\x06ladder\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12\x18\n\noutput_uri\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01\x12\x16\n\x08priority\x18\x06 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x13\n\x05\x66orce\x18\x07 \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x35\n\x07quality\x18\x08 \x01(\x0e\x32\x1e.cosmos.optimus.v1.QualityModeB\x04\xe2\x41\x01\x01\"W\n\x14SubmitEncodeResponse\x12)\n\x06\x65ncode\x18\x01 \x01(\x0b\x32\x19.cosmos.optimus.v1.Encode\x12\x14\n\x0c\x64\x65\x64uplicated\x18\x02 \x01(\x08\"+\n\x10GetEncodeRequest\x12\x17\n\tencode_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\">\n\x11GetEncodeResponse\x12)\n\x06\x65ncode\x18\x01 \x01(\x0b\x32\x19.cosmos.optimus.v1.Encode\"|\n\x12ListEncodesRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x33\n\x05state\x18\x03 \x01(\x0e\x32\x1e.cosmos.optimus.v1.EncodeStateB\x04\xe2\x41\x01\x01\"Z\n\x13ListEncodesResponse\x12*\n\x07\x65ncodes\x18\x01 \x03(\x0b\x32\x19.cosmos.optimus.v1.Encode\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"^\n\x13\x43\x61ncelEncodeRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\tencode_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06reason\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"A\n\x14\x43\x61ncelEncodeResponse\x12)\n\x06\x65ncode\x18\x01 \x01(\x0b\x32\x19.cosmos.optimus.v1.Encode\"-\n\x12WatchEncodeRequest\x12\x17\n\tencode_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"@\n\x13WatchEncodeResponse\x12)\n\x06\x65ncode\x18\x01 \x01(\x0b\x32\x19.cosmos.optimus.v1.Encode\"H\n\x13ListProfilesRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"]\n\x14ListProfilesResponse\x12,\n\x08profiles\x18\x01 \x03(\x0b\x32\x1a.cosmos.optimus.v1.Profile\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xfc\x04\n\rEncodeService\x12i\n\x0cSubmitEncode\x12&.cosmos.optimus.v1.SubmitEncodeRequest\x1a\'.cosmos.optimus.v1.SubmitEncodeResponse\"\x08\xc2\xf3\x18\x04\x08\x02\x10\x01\x12^\n\tGetEncode\x12#.cosmos.optimus.v1.GetEncodeRequest\x1a$.cosmos.optimus.v1.GetEncodeResponse\"\x06\xc2\xf3\x18\x02\x08\x01\x12\x64\n\x0bListEncodes\x12%.cosmos.optimus.v1.ListEncodesRequest\x1a&.cosmos.optimus.v1.ListEncodesResponse\"\x06\xc2\xf3\x18\x02\x08\x01\x12i\n\x0c\x43\x61ncelEncode\x12&.cosmos.optimus.v1.CancelEncodeRequest\x1a\'.cosmos.optimus.v1.CancelEncodeResponse\"\x08\xc2\xf3\x18\x04\x08\x02\x10\x01\x12\x66\n\x0bWatchEncode\x12%.cosmos.optimus.v1.WatchEncodeRequest\x1a&.cosmos.optimus.v1.WatchEncodeResponse\"\x06\xc2\xf3\x18\x02\x08\x01\x30\x01\x12g\n\x0cListProfiles\x12&.cosmos.optimus.v1.ListProfilesRequest\x1a\'.cosmos.optimus.v1.ListProfilesResponse\"\x06\xc2\xf3\x18\x02\x08\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -69,30 +70,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTPROFILESREQUEST'].fields_by_name['page_size']._serialized_options = b'\342A\001\001'
   _globals['_LISTPROFILESREQUEST'].fields_by_name['page_token']._loaded_options = None
   _globals['_LISTPROFILESREQUEST'].fields_by_name['page_token']._serialized_options = b'\342A\001\001'
-  _globals['_SUBMITENCODEREQUEST']._serialized_start=127
-  _globals['_SUBMITENCODEREQUEST']._serialized_end=372
-  _globals['_SUBMITENCODERESPONSE']._serialized_start=374
-  _globals['_SUBMITENCODERESPONSE']._serialized_end=461
-  _globals['_GETENCODEREQUEST']._serialized_start=463
-  _globals['_GETENCODEREQUEST']._serialized_end=506
-  _globals['_GETENCODERESPONSE']._serialized_start=508
-  _globals['_GETENCODERESPONSE']._serialized_end=570
-  _globals['_LISTENCODESREQUEST']._serialized_start=572
-  _globals['_LISTENCODESREQUEST']._serialized_end=696
-  _globals['_LISTENCODESRESPONSE']._serialized_start=698
-  _globals['_LISTENCODESRESPONSE']._serialized_end=788
-  _globals['_CANCELENCODEREQUEST']._serialized_start=790
-  _globals['_CANCELENCODEREQUEST']._serialized_end=884
-  _globals['_CANCELENCODERESPONSE']._serialized_start=886
-  _globals['_CANCELENCODERESPONSE']._serialized_end=951
-  _globals['_WATCHENCODEREQUEST']._serialized_start=953
-  _globals['_WATCHENCODEREQUEST']._serialized_end=998
-  _globals['_WATCHENCODERESPONSE']._serialized_start=1000
-  _globals['_WATCHENCODERESPONSE']._serialized_end=1064
-  _globals['_LISTPROFILESREQUEST']._serialized_start=1066
-  _globals['_LISTPROFILESREQUEST']._serialized_end=1138
-  _globals['_LISTPROFILESRESPONSE']._serialized_start=1140
-  _globals['_LISTPROFILESRESPONSE']._serialized_end=1233
-  _globals['_ENCODESERVICE']._serialized_start=1236
-  _globals['_ENCODESERVICE']._serialized_end=1820
+  _globals['_ENCODESERVICE'].methods_by_name['SubmitEncode']._loaded_options = None
+  _globals['_ENCODESERVICE'].methods_by_name['SubmitEncode']._serialized_options = b'\302\363\030\004\010\002\020\001'
+  _globals['_ENCODESERVICE'].methods_by_name['GetEncode']._loaded_options = None
+  _globals['_ENCODESERVICE'].methods_by_name['GetEncode']._serialized_options = b'\302\363\030\002\010\001'
+  _globals['_ENCODESERVICE'].methods_by_name['ListEncodes']._loaded_options = None
+  _globals['_ENCODESERVICE'].methods_by_name['ListEncodes']._serialized_options = b'\302\363\030\002\010\001'
+  _globals['_ENCODESERVICE'].methods_by_name['CancelEncode']._loaded_options = None
+  _globals['_ENCODESERVICE'].methods_by_name['CancelEncode']._serialized_options = b'\302\363\030\004\010\002\020\001'
+  _globals['_ENCODESERVICE'].methods_by_name['WatchEncode']._loaded_options = None
+  _globals['_ENCODESERVICE'].methods_by_name['WatchEncode']._serialized_options = b'\302\363\030\002\010\001'
+  _globals['_ENCODESERVICE'].methods_by_name['ListProfiles']._loaded_options = None
+  _globals['_ENCODESERVICE'].methods_by_name['ListProfiles']._serialized_options = b'\302\363\030\002\010\001'
+  _globals['_SUBMITENCODEREQUEST']._serialized_start=158
+  _globals['_SUBMITENCODEREQUEST']._serialized_end=403
+  _globals['_SUBMITENCODERESPONSE']._serialized_start=405
+  _globals['_SUBMITENCODERESPONSE']._serialized_end=492
+  _globals['_GETENCODEREQUEST']._serialized_start=494
+  _globals['_GETENCODEREQUEST']._serialized_end=537
+  _globals['_GETENCODERESPONSE']._serialized_start=539
+  _globals['_GETENCODERESPONSE']._serialized_end=601
+  _globals['_LISTENCODESREQUEST']._serialized_start=603
+  _globals['_LISTENCODESREQUEST']._serialized_end=727
+  _globals['_LISTENCODESRESPONSE']._serialized_start=729
+  _globals['_LISTENCODESRESPONSE']._serialized_end=819
+  _globals['_CANCELENCODEREQUEST']._serialized_start=821
+  _globals['_CANCELENCODEREQUEST']._serialized_end=915
+  _globals['_CANCELENCODERESPONSE']._serialized_start=917
+  _globals['_CANCELENCODERESPONSE']._serialized_end=982
+  _globals['_WATCHENCODEREQUEST']._serialized_start=984
+  _globals['_WATCHENCODEREQUEST']._serialized_end=1029
+  _globals['_WATCHENCODERESPONSE']._serialized_start=1031
+  _globals['_WATCHENCODERESPONSE']._serialized_end=1095
+  _globals['_LISTPROFILESREQUEST']._serialized_start=1097
+  _globals['_LISTPROFILESREQUEST']._serialized_end=1169
+  _globals['_LISTPROFILESRESPONSE']._serialized_start=1171
+  _globals['_LISTPROFILESRESPONSE']._serialized_end=1264
+  _globals['_ENCODESERVICE']._serialized_start=1267
+  _globals['_ENCODESERVICE']._serialized_end=1903
 # @@protoc_insertion_point(module_scope)

@@ -209,6 +209,7 @@ class StartInput(_message.Message):
     PARENT_STEP_ID_FIELD_NUMBER: _builtins.int
     REQUEST_TIME_FIELD_NUMBER: _builtins.int
     PARENT_ATTEMPT_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
     definition_id: _builtins.str
     """Definition to run."""
     definition_version: _builtins.int
@@ -221,6 +222,8 @@ class StartInput(_message.Message):
     """Step of the parent that started this child."""
     parent_attempt: _builtins.int
     """Attempt of the parent step, echoed back in the child's result (fencing)."""
+    tenant: _builtins.str
+    """Tenant of the caller that started it (a child inherits its parent's)."""
     @_builtins.property
     def input(self) -> _struct_pb2.Struct:
         """Workflow input."""
@@ -240,10 +243,11 @@ class StartInput(_message.Message):
         parent_step_id: _builtins.str = ...,
         request_time: _timestamp_pb2.Timestamp | None = ...,
         parent_attempt: _builtins.int = ...,
+        tenant: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "request_time", b"request_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition_id", b"definition_id", "definition_version", b"definition_version", "input", b"input", "parent_attempt", b"parent_attempt", "parent_step_id", b"parent_step_id", "parent_workflow_id", b"parent_workflow_id", "request_id", b"request_id", "request_time", b"request_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition_id", b"definition_id", "definition_version", b"definition_version", "input", b"input", "parent_attempt", b"parent_attempt", "parent_step_id", b"parent_step_id", "parent_workflow_id", b"parent_workflow_id", "request_id", b"request_id", "request_time", b"request_time", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

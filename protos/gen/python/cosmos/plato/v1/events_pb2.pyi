@@ -221,6 +221,7 @@ class StepTask(_message.Message):
     SCHEDULE_TIME_FIELD_NUMBER: _builtins.int
     JOB_SPEC_FIELD_NUMBER: _builtins.int
     MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
     workflow_id: _builtins.str
     """Id of the workflow the step belongs to."""
     step_id: _builtins.str
@@ -241,6 +242,8 @@ class StepTask(_message.Message):
     """Maximum attempts allowed for this step by its retry policy (0 = unknown);
     attempt == max_attempts means this is the last try.
     """
+    tenant: _builtins.str
+    """Tenant of the workflow: a job step's job is submitted for this tenant."""
     @_builtins.property
     def input(self) -> _struct_pb2.Struct:
         """Rendered step input (templates resolved)."""
@@ -283,10 +286,11 @@ class StepTask(_message.Message):
         schedule_time: _timestamp_pb2.Timestamp | None = ...,
         job_spec: _job_pb2.JobSpec | None = ...,
         max_attempts: _builtins.int = ...,
+        tenant: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_timeout", b"heartbeat_timeout", "input", b"input", "job_spec", b"job_spec", "schedule_time", b"schedule_time", "start_to_close_timeout", b"start_to_close_timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "definition_id", b"definition_id", "definition_version", b"definition_version", "heartbeat_timeout", b"heartbeat_timeout", "idempotency_key", b"idempotency_key", "input", b"input", "job_spec", b"job_spec", "max_attempts", b"max_attempts", "schedule_time", b"schedule_time", "start_to_close_timeout", b"start_to_close_timeout", "step_id", b"step_id", "step_name", b"step_name", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "definition_id", b"definition_id", "definition_version", b"definition_version", "heartbeat_timeout", b"heartbeat_timeout", "idempotency_key", b"idempotency_key", "input", b"input", "job_spec", b"job_spec", "max_attempts", b"max_attempts", "schedule_time", b"schedule_time", "start_to_close_timeout", b"start_to_close_timeout", "step_id", b"step_id", "step_name", b"step_name", "tenant", b"tenant", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -145,6 +145,7 @@ class Workflow(_message.Message):
     LAST_SEQUENCE_FIELD_NUMBER: _builtins.int
     RULE_FIRINGS_FIELD_NUMBER: _builtins.int
     STEPS_SCHEDULED_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
     workflow_id: _builtins.str
     """Unique id of the run: caller-chosen or server-assigned."""
     definition_id: _builtins.str
@@ -180,6 +181,10 @@ class Workflow(_message.Message):
     steps_scheduled: _builtins.int
     """Number of step executions scheduled so far, retries included (checked by
     the runaway guard).
+    """
+    tenant: _builtins.str
+    """Tenant the workflow belongs to: the tenant of the identity that started
+    it. Callers of other tenants cannot see it.
     """
     @_builtins.property
     def input(self) -> _struct_pb2.Struct:
@@ -233,10 +238,11 @@ class Workflow(_message.Message):
         last_sequence: _builtins.int = ...,
         rule_firings: _builtins.int = ...,
         steps_scheduled: _builtins.int = ...,
+        tenant: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["close_time", b"close_time", "create_time", b"create_time", "input", b"input", "output", b"output", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["close_time", b"close_time", "create_time", b"create_time", "definition_id", b"definition_id", "definition_version", b"definition_version", "failure_reason", b"failure_reason", "input", b"input", "last_sequence", b"last_sequence", "output", b"output", "parent_step_id", b"parent_step_id", "parent_workflow_id", b"parent_workflow_id", "request_id", b"request_id", "revision", b"revision", "rule_firings", b"rule_firings", "start_time", b"start_time", "state", b"state", "steps", b"steps", "steps_scheduled", b"steps_scheduled", "update_time", b"update_time", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["close_time", b"close_time", "create_time", b"create_time", "definition_id", b"definition_id", "definition_version", b"definition_version", "failure_reason", b"failure_reason", "input", b"input", "last_sequence", b"last_sequence", "output", b"output", "parent_step_id", b"parent_step_id", "parent_workflow_id", b"parent_workflow_id", "request_id", b"request_id", "revision", b"revision", "rule_firings", b"rule_firings", "start_time", b"start_time", "state", b"state", "steps", b"steps", "steps_scheduled", b"steps_scheduled", "tenant", b"tenant", "update_time", b"update_time", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

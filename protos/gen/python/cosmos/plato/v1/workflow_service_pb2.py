@@ -22,6 +22,7 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from cosmos.common.v1 import access_pb2 as cosmos_dot_common_dot_v1_dot_access__pb2
 from cosmos.plato.v1 import definition_pb2 as cosmos_dot_plato_dot_v1_dot_definition__pb2
 from cosmos.plato.v1 import events_pb2 as cosmos_dot_plato_dot_v1_dot_events__pb2
 from cosmos.plato.v1 import workflow_pb2 as cosmos_dot_plato_dot_v1_dot_workflow__pb2
@@ -30,7 +31,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&cosmos/plato/v1/workflow_service.proto\x12\x0f\x63osmos.plato.v1\x1a cosmos/plato/v1/definition.proto\x1a\x1c\x63osmos/plato/v1/events.proto\x1a\x1e\x63osmos/plato/v1/workflow.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x17google/rpc/status.proto\"P\n\x19RegisterDefinitionRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0bsource_yaml\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"U\n\x1aRegisterDefinitionResponse\x12\x37\n\ndefinition\x18\x01 \x01(\x0b\x32#.cosmos.plato.v1.WorkflowDefinition\"J\n\x14GetDefinitionRequest\x12\x1b\n\rdefinition_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07version\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\"P\n\x15GetDefinitionResponse\x12\x37\n\ndefinition\x18\x01 \x01(\x0b\x32#.cosmos.plato.v1.WorkflowDefinition\"h\n\x16ListDefinitionsRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1b\n\rdefinition_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"l\n\x17ListDefinitionsResponse\x12\x38\n\x0b\x64\x65\x66initions\x18\x01 \x03(\x0b\x32#.cosmos.plato.v1.WorkflowDefinition\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xb8\x01\n\x14StartWorkflowRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\rdefinition_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12 \n\x12\x64\x65\x66inition_version\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x19\n\x0bworkflow_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12,\n\x05input\x18\x05 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x01\"]\n\x15StartWorkflowResponse\x12+\n\x08workflow\x18\x01 \x01(\x0b\x32\x19.cosmos.plato.v1.Workflow\x12\x17\n\x0f\x61lready_started\x18\x02 \x01(\x08\"N\n\x15StartWorkflowsRequest\x12\x35\n\x07\x65ntries\x18\x01 \x03(\x0b\x32$.cosmos.plato.v1.StartWorkflowsEntry\"\xd7\x01\n\x13StartWorkflowsEntry\x12<\n\x07request\x18\x01 \x01(\x0b\x32%.cosmos.plato.v1.StartWorkflowRequestB\x04\xe2\x41\x01\x02\x12M\n\rtrace_context\x18\x02 \x03(\x0b\x32\x36.cosmos.plato.v1.StartWorkflowsEntry.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"O\n\x16StartWorkflowsResponse\x12\x35\n\x07results\x18\x01 \x03(\x0b\x32$.cosmos.plato.v1.StartWorkflowResult\"\x7f\n\x13StartWorkflowResult\x12\x39\n\x07started\x18\x01 \x01(\x0b\x32&.cosmos.plato.v1.StartWorkflowResponseH\x00\x12#\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\x08\n\x06result\"/\n\x12GetWorkflowRequest\x12\x19\n\x0bworkflow_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"B\n\x13GetWorkflowResponse\x12+\n\x08workflow\x18\x01 \x01(\x0b\x32\x19.cosmos.plato.v1.Workflow\"\x9b\x01\n\x14ListWorkflowsRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1b\n\rdefinition_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x33\n\x05state\x18\x04 \x01(\x0e\x32\x1e.cosmos.plato.v1.WorkflowStateB\x04\xe2\x41\x01\x01\"^\n\x15ListWorkflowsResponse\x12,\n\tworkflows\x18\x01 \x03(\x0b\x32\x19.cosmos.plato.v1.Workflow\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"b\n\x15\x43\x61ncelWorkflowRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0bworkflow_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06reason\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"E\n\x16\x43\x61ncelWorkflowResponse\x12+\n\x08workflow\x18\x01 \x01(\x0b\x32\x19.cosmos.plato.v1.Workflow\"\x97\x01\n\x15SignalWorkflowRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0bworkflow_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0bsignal_name\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12.\n\x07payload\x18\x04 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x01\"E\n\x16SignalWorkflowResponse\x12+\n\x08workflow\x18\x01 \x01(\x0b\x32\x19.cosmos.plato.v1.Workflow\"i\n\x19ListWorkflowEventsRequest\x12\x19\n\x0bworkflow_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"e\n\x1aListWorkflowEventsResponse\x12.\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1e.cosmos.plato.v1.WorkflowEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"N\n\x14WatchWorkflowRequest\x12\x19\n\x0bworkflow_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\rfrom_sequence\x18\x02 \x01(\x04\x42\x04\xe2\x41\x01\x01\"F\n\x15WatchWorkflowResponse\x12-\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1e.cosmos.plato.v1.WorkflowEvent2\xda\x08\n\x0fWorkflowService\x12m\n\x12RegisterDefinition\x12*.cosmos.plato.v1.RegisterDefinitionRequest\x1a+.cosmos.plato.v1.RegisterDefinitionResponse\x12^\n\rGetDefinition\x12%.cosmos.plato.v1.GetDefinitionRequest\x1a&.cosmos.plato.v1.GetDefinitionResponse\x12\x64\n\x0fListDefinitions\x12\'.cosmos.plato.v1.ListDefinitionsRequest\x1a(.cosmos.plato.v1.ListDefinitionsResponse\x12^\n\rStartWorkflow\x12%.cosmos.plato.v1.StartWorkflowRequest\x1a&.cosmos.plato.v1.StartWorkflowResponse\x12\x61\n\x0eStartWorkflows\x12&.cosmos.plato.v1.StartWorkflowsRequest\x1a\'.cosmos.plato.v1.StartWorkflowsResponse\x12X\n\x0bGetWorkflow\x12#.cosmos.plato.v1.GetWorkflowRequest\x1a$.cosmos.plato.v1.GetWorkflowResponse\x12^\n\rListWorkflows\x12%.cosmos.plato.v1.ListWorkflowsRequest\x1a&.cosmos.plato.v1.ListWorkflowsResponse\x12\x61\n\x0e\x43\x61ncelWorkflow\x12&.cosmos.plato.v1.CancelWorkflowRequest\x1a\'.cosmos.plato.v1.CancelWorkflowResponse\x12\x61\n\x0eSignalWorkflow\x12&.cosmos.plato.v1.SignalWorkflowRequest\x1a\'.cosmos.plato.v1.SignalWorkflowResponse\x12m\n\x12ListWorkflowEvents\x12*.cosmos.plato.v1.ListWorkflowEventsRequest\x1a+.cosmos.plato.v1.ListWorkflowEventsResponse\x12`\n\rWatchWorkflow\x12%.cosmos.plato.v1.WatchWorkflowRequest\x1a&.cosmos.plato.v1.WatchWorkflowResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&cosmos/plato/v1/workflow_service.proto\x12\x0f\x63osmos.plato.v1\x1a\x1d\x63osmos/common/v1/access.proto\x1a cosmos/plato/v1/definition.proto\x1a\x1c\x63osmos/plato/v1/events.proto\x1a\x1e\x63osmos/plato/v1/workflow.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x17google/rpc/status.proto\"P\n\x19RegisterDefinitionRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0bsource_yaml\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"U\n\x1aRegisterDefinitionResponse\x12\x37\n\ndefinition\x18\x01 \x01(\x0b\x32#.cosmos.plato.v1.WorkflowDefinition\"J\n\x14GetDefinitionRequest\x12\x1b\n\rdefinition_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07version\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\"P\n\x15GetDefinitionResponse\x12\x37\n\ndefinition\x18\x01 \x01(\x0b\x32#.cosmos.plato.v1.WorkflowDefinition\"h\n\x16ListDefinitionsRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1b\n\rdefinition_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"l\n\x17ListDefinitionsResponse\x12\x38\n\x0b\x64\x65\x66initions\x18\x01 \x03(\x0b\x32#.cosmos.plato.v1.WorkflowDefinition\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xb8\x01\n\x14StartWorkflowRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\rdefinition_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12 \n\x12\x64\x65\x66inition_version\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x19\n\x0bworkflow_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12,\n\x05input\x18\x05 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x01\"]\n\x15StartWorkflowResponse\x12+\n\x08workflow\x18\x01 \x01(\x0b\x32\x19.cosmos.plato.v1.Workflow\x12\x17\n\x0f\x61lready_started\x18\x02 \x01(\x08\"N\n\x15StartWorkflowsRequest\x12\x35\n\x07\x65ntries\x18\x01 \x03(\x0b\x32$.cosmos.plato.v1.StartWorkflowsEntry\"\xd7\x01\n\x13StartWorkflowsEntry\x12<\n\x07request\x18\x01 \x01(\x0b\x32%.cosmos.plato.v1.StartWorkflowRequestB\x04\xe2\x41\x01\x02\x12M\n\rtrace_context\x18\x02 \x03(\x0b\x32\x36.cosmos.plato.v1.StartWorkflowsEntry.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"O\n\x16StartWorkflowsResponse\x12\x35\n\x07results\x18\x01 \x03(\x0b\x32$.cosmos.plato.v1.StartWorkflowResult\"\x7f\n\x13StartWorkflowResult\x12\x39\n\x07started\x18\x01 \x01(\x0b\x32&.cosmos.plato.v1.StartWorkflowResponseH\x00\x12#\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\x08\n\x06result\"/\n\x12GetWorkflowRequest\x12\x19\n\x0bworkflow_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"B\n\x13GetWorkflowResponse\x12+\n\x08workflow\x18\x01 \x01(\x0b\x32\x19.cosmos.plato.v1.Workflow\"\x9b\x01\n\x14ListWorkflowsRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1b\n\rdefinition_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x33\n\x05state\x18\x04 \x01(\x0e\x32\x1e.cosmos.plato.v1.WorkflowStateB\x04\xe2\x41\x01\x01\"^\n\x15ListWorkflowsResponse\x12,\n\tworkflows\x18\x01 \x03(\x0b\x32\x19.cosmos.plato.v1.Workflow\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"b\n\x15\x43\x61ncelWorkflowRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0bworkflow_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06reason\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"E\n\x16\x43\x61ncelWorkflowResponse\x12+\n\x08workflow\x18\x01 \x01(\x0b\x32\x19.cosmos.plato.v1.Workflow\"\x97\x01\n\x15SignalWorkflowRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0bworkflow_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0bsignal_name\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12.\n\x07payload\x18\x04 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x01\"E\n\x16SignalWorkflowResponse\x12+\n\x08workflow\x18\x01 \x01(\x0b\x32\x19.cosmos.plato.v1.Workflow\"i\n\x19ListWorkflowEventsRequest\x12\x19\n\x0bworkflow_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"e\n\x1aListWorkflowEventsResponse\x12.\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1e.cosmos.plato.v1.WorkflowEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"N\n\x14WatchWorkflowRequest\x12\x19\n\x0bworkflow_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\rfrom_sequence\x18\x02 \x01(\x04\x42\x04\xe2\x41\x01\x01\"F\n\x15WatchWorkflowResponse\x12-\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1e.cosmos.plato.v1.WorkflowEvent2\xbc\t\n\x0fWorkflowService\x12w\n\x12RegisterDefinition\x12*.cosmos.plato.v1.RegisterDefinitionRequest\x1a+.cosmos.plato.v1.RegisterDefinitionResponse\"\x08\xc2\xf3\x18\x04\x08\x04\x10\x01\x12\x66\n\rGetDefinition\x12%.cosmos.plato.v1.GetDefinitionRequest\x1a&.cosmos.plato.v1.GetDefinitionResponse\"\x06\xc2\xf3\x18\x02\x08\x03\x12l\n\x0fListDefinitions\x12\'.cosmos.plato.v1.ListDefinitionsRequest\x1a(.cosmos.plato.v1.ListDefinitionsResponse\"\x06\xc2\xf3\x18\x02\x08\x03\x12h\n\rStartWorkflow\x12%.cosmos.plato.v1.StartWorkflowRequest\x1a&.cosmos.plato.v1.StartWorkflowResponse\"\x08\xc2\xf3\x18\x04\x08\x06\x10\x01\x12k\n\x0eStartWorkflows\x12&.cosmos.plato.v1.StartWorkflowsRequest\x1a\'.cosmos.plato.v1.StartWorkflowsResponse\"\x08\xc2\xf3\x18\x04\x08\x06\x10\x01\x12`\n\x0bGetWorkflow\x12#.cosmos.plato.v1.GetWorkflowRequest\x1a$.cosmos.plato.v1.GetWorkflowResponse\"\x06\xc2\xf3\x18\x02\x08\x05\x12\x66\n\rListWorkflows\x12%.cosmos.plato.v1.ListWorkflowsRequest\x1a&.cosmos.plato.v1.ListWorkflowsResponse\"\x06\xc2\xf3\x18\x02\x08\x05\x12k\n\x0e\x43\x61ncelWorkflow\x12&.cosmos.plato.v1.CancelWorkflowRequest\x1a\'.cosmos.plato.v1.CancelWorkflowResponse\"\x08\xc2\xf3\x18\x04\x08\x06\x10\x01\x12k\n\x0eSignalWorkflow\x12&.cosmos.plato.v1.SignalWorkflowRequest\x1a\'.cosmos.plato.v1.SignalWorkflowResponse\"\x08\xc2\xf3\x18\x04\x08\x06\x10\x01\x12u\n\x12ListWorkflowEvents\x12*.cosmos.plato.v1.ListWorkflowEventsRequest\x1a+.cosmos.plato.v1.ListWorkflowEventsResponse\"\x06\xc2\xf3\x18\x02\x08\x05\x12h\n\rWatchWorkflow\x12%.cosmos.plato.v1.WatchWorkflowRequest\x1a&.cosmos.plato.v1.WatchWorkflowResponse\"\x06\xc2\xf3\x18\x02\x08\x05\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -99,56 +100,78 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WATCHWORKFLOWREQUEST'].fields_by_name['workflow_id']._serialized_options = b'\342A\001\002'
   _globals['_WATCHWORKFLOWREQUEST'].fields_by_name['from_sequence']._loaded_options = None
   _globals['_WATCHWORKFLOWREQUEST'].fields_by_name['from_sequence']._serialized_options = b'\342A\001\001'
-  _globals['_REGISTERDEFINITIONREQUEST']._serialized_start=243
-  _globals['_REGISTERDEFINITIONREQUEST']._serialized_end=323
-  _globals['_REGISTERDEFINITIONRESPONSE']._serialized_start=325
-  _globals['_REGISTERDEFINITIONRESPONSE']._serialized_end=410
-  _globals['_GETDEFINITIONREQUEST']._serialized_start=412
-  _globals['_GETDEFINITIONREQUEST']._serialized_end=486
-  _globals['_GETDEFINITIONRESPONSE']._serialized_start=488
-  _globals['_GETDEFINITIONRESPONSE']._serialized_end=568
-  _globals['_LISTDEFINITIONSREQUEST']._serialized_start=570
-  _globals['_LISTDEFINITIONSREQUEST']._serialized_end=674
-  _globals['_LISTDEFINITIONSRESPONSE']._serialized_start=676
-  _globals['_LISTDEFINITIONSRESPONSE']._serialized_end=784
-  _globals['_STARTWORKFLOWREQUEST']._serialized_start=787
-  _globals['_STARTWORKFLOWREQUEST']._serialized_end=971
-  _globals['_STARTWORKFLOWRESPONSE']._serialized_start=973
-  _globals['_STARTWORKFLOWRESPONSE']._serialized_end=1066
-  _globals['_STARTWORKFLOWSREQUEST']._serialized_start=1068
-  _globals['_STARTWORKFLOWSREQUEST']._serialized_end=1146
-  _globals['_STARTWORKFLOWSENTRY']._serialized_start=1149
-  _globals['_STARTWORKFLOWSENTRY']._serialized_end=1364
-  _globals['_STARTWORKFLOWSENTRY_TRACECONTEXTENTRY']._serialized_start=1313
-  _globals['_STARTWORKFLOWSENTRY_TRACECONTEXTENTRY']._serialized_end=1364
-  _globals['_STARTWORKFLOWSRESPONSE']._serialized_start=1366
-  _globals['_STARTWORKFLOWSRESPONSE']._serialized_end=1445
-  _globals['_STARTWORKFLOWRESULT']._serialized_start=1447
-  _globals['_STARTWORKFLOWRESULT']._serialized_end=1574
-  _globals['_GETWORKFLOWREQUEST']._serialized_start=1576
-  _globals['_GETWORKFLOWREQUEST']._serialized_end=1623
-  _globals['_GETWORKFLOWRESPONSE']._serialized_start=1625
-  _globals['_GETWORKFLOWRESPONSE']._serialized_end=1691
-  _globals['_LISTWORKFLOWSREQUEST']._serialized_start=1694
-  _globals['_LISTWORKFLOWSREQUEST']._serialized_end=1849
-  _globals['_LISTWORKFLOWSRESPONSE']._serialized_start=1851
-  _globals['_LISTWORKFLOWSRESPONSE']._serialized_end=1945
-  _globals['_CANCELWORKFLOWREQUEST']._serialized_start=1947
-  _globals['_CANCELWORKFLOWREQUEST']._serialized_end=2045
-  _globals['_CANCELWORKFLOWRESPONSE']._serialized_start=2047
-  _globals['_CANCELWORKFLOWRESPONSE']._serialized_end=2116
-  _globals['_SIGNALWORKFLOWREQUEST']._serialized_start=2119
-  _globals['_SIGNALWORKFLOWREQUEST']._serialized_end=2270
-  _globals['_SIGNALWORKFLOWRESPONSE']._serialized_start=2272
-  _globals['_SIGNALWORKFLOWRESPONSE']._serialized_end=2341
-  _globals['_LISTWORKFLOWEVENTSREQUEST']._serialized_start=2343
-  _globals['_LISTWORKFLOWEVENTSREQUEST']._serialized_end=2448
-  _globals['_LISTWORKFLOWEVENTSRESPONSE']._serialized_start=2450
-  _globals['_LISTWORKFLOWEVENTSRESPONSE']._serialized_end=2551
-  _globals['_WATCHWORKFLOWREQUEST']._serialized_start=2553
-  _globals['_WATCHWORKFLOWREQUEST']._serialized_end=2631
-  _globals['_WATCHWORKFLOWRESPONSE']._serialized_start=2633
-  _globals['_WATCHWORKFLOWRESPONSE']._serialized_end=2703
-  _globals['_WORKFLOWSERVICE']._serialized_start=2706
-  _globals['_WORKFLOWSERVICE']._serialized_end=3820
+  _globals['_WORKFLOWSERVICE'].methods_by_name['RegisterDefinition']._loaded_options = None
+  _globals['_WORKFLOWSERVICE'].methods_by_name['RegisterDefinition']._serialized_options = b'\302\363\030\004\010\004\020\001'
+  _globals['_WORKFLOWSERVICE'].methods_by_name['GetDefinition']._loaded_options = None
+  _globals['_WORKFLOWSERVICE'].methods_by_name['GetDefinition']._serialized_options = b'\302\363\030\002\010\003'
+  _globals['_WORKFLOWSERVICE'].methods_by_name['ListDefinitions']._loaded_options = None
+  _globals['_WORKFLOWSERVICE'].methods_by_name['ListDefinitions']._serialized_options = b'\302\363\030\002\010\003'
+  _globals['_WORKFLOWSERVICE'].methods_by_name['StartWorkflow']._loaded_options = None
+  _globals['_WORKFLOWSERVICE'].methods_by_name['StartWorkflow']._serialized_options = b'\302\363\030\004\010\006\020\001'
+  _globals['_WORKFLOWSERVICE'].methods_by_name['StartWorkflows']._loaded_options = None
+  _globals['_WORKFLOWSERVICE'].methods_by_name['StartWorkflows']._serialized_options = b'\302\363\030\004\010\006\020\001'
+  _globals['_WORKFLOWSERVICE'].methods_by_name['GetWorkflow']._loaded_options = None
+  _globals['_WORKFLOWSERVICE'].methods_by_name['GetWorkflow']._serialized_options = b'\302\363\030\002\010\005'
+  _globals['_WORKFLOWSERVICE'].methods_by_name['ListWorkflows']._loaded_options = None
+  _globals['_WORKFLOWSERVICE'].methods_by_name['ListWorkflows']._serialized_options = b'\302\363\030\002\010\005'
+  _globals['_WORKFLOWSERVICE'].methods_by_name['CancelWorkflow']._loaded_options = None
+  _globals['_WORKFLOWSERVICE'].methods_by_name['CancelWorkflow']._serialized_options = b'\302\363\030\004\010\006\020\001'
+  _globals['_WORKFLOWSERVICE'].methods_by_name['SignalWorkflow']._loaded_options = None
+  _globals['_WORKFLOWSERVICE'].methods_by_name['SignalWorkflow']._serialized_options = b'\302\363\030\004\010\006\020\001'
+  _globals['_WORKFLOWSERVICE'].methods_by_name['ListWorkflowEvents']._loaded_options = None
+  _globals['_WORKFLOWSERVICE'].methods_by_name['ListWorkflowEvents']._serialized_options = b'\302\363\030\002\010\005'
+  _globals['_WORKFLOWSERVICE'].methods_by_name['WatchWorkflow']._loaded_options = None
+  _globals['_WORKFLOWSERVICE'].methods_by_name['WatchWorkflow']._serialized_options = b'\302\363\030\002\010\005'
+  _globals['_REGISTERDEFINITIONREQUEST']._serialized_start=274
+  _globals['_REGISTERDEFINITIONREQUEST']._serialized_end=354
+  _globals['_REGISTERDEFINITIONRESPONSE']._serialized_start=356
+  _globals['_REGISTERDEFINITIONRESPONSE']._serialized_end=441
+  _globals['_GETDEFINITIONREQUEST']._serialized_start=443
+  _globals['_GETDEFINITIONREQUEST']._serialized_end=517
+  _globals['_GETDEFINITIONRESPONSE']._serialized_start=519
+  _globals['_GETDEFINITIONRESPONSE']._serialized_end=599
+  _globals['_LISTDEFINITIONSREQUEST']._serialized_start=601
+  _globals['_LISTDEFINITIONSREQUEST']._serialized_end=705
+  _globals['_LISTDEFINITIONSRESPONSE']._serialized_start=707
+  _globals['_LISTDEFINITIONSRESPONSE']._serialized_end=815
+  _globals['_STARTWORKFLOWREQUEST']._serialized_start=818
+  _globals['_STARTWORKFLOWREQUEST']._serialized_end=1002
+  _globals['_STARTWORKFLOWRESPONSE']._serialized_start=1004
+  _globals['_STARTWORKFLOWRESPONSE']._serialized_end=1097
+  _globals['_STARTWORKFLOWSREQUEST']._serialized_start=1099
+  _globals['_STARTWORKFLOWSREQUEST']._serialized_end=1177
+  _globals['_STARTWORKFLOWSENTRY']._serialized_start=1180
+  _globals['_STARTWORKFLOWSENTRY']._serialized_end=1395
+  _globals['_STARTWORKFLOWSENTRY_TRACECONTEXTENTRY']._serialized_start=1344
+  _globals['_STARTWORKFLOWSENTRY_TRACECONTEXTENTRY']._serialized_end=1395
+  _globals['_STARTWORKFLOWSRESPONSE']._serialized_start=1397
+  _globals['_STARTWORKFLOWSRESPONSE']._serialized_end=1476
+  _globals['_STARTWORKFLOWRESULT']._serialized_start=1478
+  _globals['_STARTWORKFLOWRESULT']._serialized_end=1605
+  _globals['_GETWORKFLOWREQUEST']._serialized_start=1607
+  _globals['_GETWORKFLOWREQUEST']._serialized_end=1654
+  _globals['_GETWORKFLOWRESPONSE']._serialized_start=1656
+  _globals['_GETWORKFLOWRESPONSE']._serialized_end=1722
+  _globals['_LISTWORKFLOWSREQUEST']._serialized_start=1725
+  _globals['_LISTWORKFLOWSREQUEST']._serialized_end=1880
+  _globals['_LISTWORKFLOWSRESPONSE']._serialized_start=1882
+  _globals['_LISTWORKFLOWSRESPONSE']._serialized_end=1976
+  _globals['_CANCELWORKFLOWREQUEST']._serialized_start=1978
+  _globals['_CANCELWORKFLOWREQUEST']._serialized_end=2076
+  _globals['_CANCELWORKFLOWRESPONSE']._serialized_start=2078
+  _globals['_CANCELWORKFLOWRESPONSE']._serialized_end=2147
+  _globals['_SIGNALWORKFLOWREQUEST']._serialized_start=2150
+  _globals['_SIGNALWORKFLOWREQUEST']._serialized_end=2301
+  _globals['_SIGNALWORKFLOWRESPONSE']._serialized_start=2303
+  _globals['_SIGNALWORKFLOWRESPONSE']._serialized_end=2372
+  _globals['_LISTWORKFLOWEVENTSREQUEST']._serialized_start=2374
+  _globals['_LISTWORKFLOWEVENTSREQUEST']._serialized_end=2479
+  _globals['_LISTWORKFLOWEVENTSRESPONSE']._serialized_start=2481
+  _globals['_LISTWORKFLOWEVENTSRESPONSE']._serialized_end=2582
+  _globals['_WATCHWORKFLOWREQUEST']._serialized_start=2584
+  _globals['_WATCHWORKFLOWREQUEST']._serialized_end=2662
+  _globals['_WATCHWORKFLOWRESPONSE']._serialized_start=2664
+  _globals['_WATCHWORKFLOWRESPONSE']._serialized_end=2734
+  _globals['_WORKFLOWSERVICE']._serialized_start=2737
+  _globals['_WORKFLOWSERVICE']._serialized_end=3949
 # @@protoc_insertion_point(module_scope)

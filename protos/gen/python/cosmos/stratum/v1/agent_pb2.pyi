@@ -45,6 +45,10 @@ class _AgentStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AgentState
     """Its stream closed cleanly (e.g. shutdown); its lease may still be running
     out.
     """
+    AGENT_STATE_REVOKED: _AgentState.ValueType  # 6
+    """An operator revoked it (PoolService.RevokeAgent): its stream was closed
+    and it may not connect again; its jobs were requeued.
+    """
 
 class AgentState(_AgentState, metaclass=_AgentStateEnumTypeWrapper):
     """AgentState is the scheduling state of an agent."""
@@ -66,6 +70,10 @@ attempt and any late reports from them are fenced.
 AGENT_STATE_DISCONNECTED: AgentState.ValueType  # 5
 """Its stream closed cleanly (e.g. shutdown); its lease may still be running
 out.
+"""
+AGENT_STATE_REVOKED: AgentState.ValueType  # 6
+"""An operator revoked it (PoolService.RevokeAgent): its stream was closed
+and it may not connect again; its jobs were requeued.
 """
 Global___AgentState: _TypeAlias = AgentState  # noqa: Y015
 

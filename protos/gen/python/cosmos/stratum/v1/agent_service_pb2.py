@@ -22,6 +22,7 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from cosmos.common.v1 import access_pb2 as cosmos_dot_common_dot_v1_dot_access__pb2
 from cosmos.common.v1 import progress_pb2 as cosmos_dot_common_dot_v1_dot_progress__pb2
 from cosmos.common.v1 import resources_pb2 as cosmos_dot_common_dot_v1_dot_resources__pb2
 from cosmos.stratum.v1 import agent_pb2 as cosmos_dot_stratum_dot_v1_dot_agent__pb2
@@ -31,7 +32,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%cosmos/stratum/v1/agent_service.proto\x12\x11\x63osmos.stratum.v1\x1a\x1f\x63osmos/common/v1/progress.proto\x1a cosmos/common/v1/resources.proto\x1a\x1d\x63osmos/stratum/v1/agent.proto\x1a\x1b\x63osmos/stratum/v1/job.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xed\x02\n\x0e\x43onnectRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12.\n\x05hello\x18\x02 \x01(\x0b\x32\x1d.cosmos.stratum.v1.AgentHelloH\x00\x12\x36\n\theartbeat\x18\x03 \x01(\x0b\x32!.cosmos.stratum.v1.AgentHeartbeatH\x00\x12\x30\n\x07started\x18\x04 \x01(\x0b\x32\x1d.cosmos.stratum.v1.JobStartedH\x00\x12\x38\n\x08progress\x18\x05 \x01(\x0b\x32$.cosmos.stratum.v1.JobProgressUpdateH\x00\x12.\n\x04logs\x18\x06 \x01(\x0b\x32\x1e.cosmos.stratum.v1.JobLogBatchH\x00\x12\x32\n\x08\x66inished\x18\x07 \x01(\x0b\x32\x1e.cosmos.stratum.v1.JobFinishedH\x00\x42\t\n\x07message\"\x9c\x02\n\x0f\x43onnectResponse\x12\x32\n\x07welcome\x18\x01 \x01(\x0b\x32\x1f.cosmos.stratum.v1.AgentWelcomeH\x00\x12\x32\n\x06\x61ssign\x18\x02 \x01(\x0b\x32 .cosmos.stratum.v1.JobAssignmentH\x00\x12.\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x1c.cosmos.stratum.v1.JobCancelH\x00\x12\x39\n\nkill_stale\x18\x04 \x01(\x0b\x32#.cosmos.stratum.v1.StaleAttemptKillH\x00\x12+\n\x03\x61\x63k\x18\x05 \x01(\x0b\x32\x1c.cosmos.stratum.v1.FinishAckH\x00\x42\t\n\x07message\"1\n\x0eRunningAttempt\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\"\x90\x02\n\nAgentHello\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12/\n\tinventory\x18\x03 \x01(\x0b\x32\x1c.cosmos.stratum.v1.Inventory\x12\x39\n\x06labels\x18\x04 \x03(\x0b\x32).cosmos.stratum.v1.AgentHello.LabelsEntry\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\x32\n\x07running\x18\x06 \x03(\x0b\x32!.cosmos.stratum.v1.RunningAttempt\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xce\x01\n\x0e\x41gentHeartbeat\x12-\n\tsend_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x04\x66ree\x18\x02 \x01(\x0b\x32\x1b.cosmos.common.v1.Resources\x12\x32\n\x07running\x18\x03 \x03(\x0b\x32!.cosmos.stratum.v1.RunningAttempt\x12.\n\x05usage\x18\x04 \x01(\x0b\x32\x1f.cosmos.common.v1.ResourceUsage\"j\n\nJobStarted\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0b\n\x03pid\x18\x03 \x01(\x03\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"b\n\x11JobProgressUpdate\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12,\n\x08progress\x18\x03 \x01(\x0b\x32\x1a.cosmos.common.v1.Progress\"Y\n\x0bJobLogBatch\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12)\n\x05lines\x18\x03 \x03(\x0b\x32\x1a.cosmos.stratum.v1.LogLine\"\x8e\x01\n\x0bJobFinished\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x30\n\x0b\x66inal_state\x18\x03 \x01(\x0e\x32\x1b.cosmos.stratum.v1.JobState\x12,\n\x06result\x18\x04 \x01(\x0b\x32\x1c.cosmos.stratum.v1.JobResult\"\x8a\x01\n\x0c\x41gentWelcome\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x31\n\x0elease_duration\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x35\n\x12heartbeat_interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x82\x02\n\rJobAssignment\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12(\n\x04spec\x18\x03 \x01(\x0b\x32\x1a.cosmos.stratum.v1.JobSpec\x12\x13\n\x0bgpu_indices\x18\x04 \x03(\r\x12\x11\n\tgpu_uuids\x18\x05 \x03(\t\x12I\n\rtrace_context\x18\x06 \x03(\x0b\x32\x32.cosmos.stratum.v1.JobAssignment.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"m\n\tJobCancel\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12/\n\x0cgrace_period\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06reason\x18\x04 \x01(\t\"C\n\x10StaleAttemptKill\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0e\n\x06reason\x18\x03 \x01(\t\"N\n\tFinishAck\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t2d\n\x0c\x41gentService\x12T\n\x07\x43onnect\x12!.cosmos.stratum.v1.ConnectRequest\x1a\".cosmos.stratum.v1.ConnectResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%cosmos/stratum/v1/agent_service.proto\x12\x11\x63osmos.stratum.v1\x1a\x1d\x63osmos/common/v1/access.proto\x1a\x1f\x63osmos/common/v1/progress.proto\x1a cosmos/common/v1/resources.proto\x1a\x1d\x63osmos/stratum/v1/agent.proto\x1a\x1b\x63osmos/stratum/v1/job.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xed\x02\n\x0e\x43onnectRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12.\n\x05hello\x18\x02 \x01(\x0b\x32\x1d.cosmos.stratum.v1.AgentHelloH\x00\x12\x36\n\theartbeat\x18\x03 \x01(\x0b\x32!.cosmos.stratum.v1.AgentHeartbeatH\x00\x12\x30\n\x07started\x18\x04 \x01(\x0b\x32\x1d.cosmos.stratum.v1.JobStartedH\x00\x12\x38\n\x08progress\x18\x05 \x01(\x0b\x32$.cosmos.stratum.v1.JobProgressUpdateH\x00\x12.\n\x04logs\x18\x06 \x01(\x0b\x32\x1e.cosmos.stratum.v1.JobLogBatchH\x00\x12\x32\n\x08\x66inished\x18\x07 \x01(\x0b\x32\x1e.cosmos.stratum.v1.JobFinishedH\x00\x42\t\n\x07message\"\x9c\x02\n\x0f\x43onnectResponse\x12\x32\n\x07welcome\x18\x01 \x01(\x0b\x32\x1f.cosmos.stratum.v1.AgentWelcomeH\x00\x12\x32\n\x06\x61ssign\x18\x02 \x01(\x0b\x32 .cosmos.stratum.v1.JobAssignmentH\x00\x12.\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x1c.cosmos.stratum.v1.JobCancelH\x00\x12\x39\n\nkill_stale\x18\x04 \x01(\x0b\x32#.cosmos.stratum.v1.StaleAttemptKillH\x00\x12+\n\x03\x61\x63k\x18\x05 \x01(\x0b\x32\x1c.cosmos.stratum.v1.FinishAckH\x00\x42\t\n\x07message\"1\n\x0eRunningAttempt\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\"\x90\x02\n\nAgentHello\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12/\n\tinventory\x18\x03 \x01(\x0b\x32\x1c.cosmos.stratum.v1.Inventory\x12\x39\n\x06labels\x18\x04 \x03(\x0b\x32).cosmos.stratum.v1.AgentHello.LabelsEntry\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\x32\n\x07running\x18\x06 \x03(\x0b\x32!.cosmos.stratum.v1.RunningAttempt\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xce\x01\n\x0e\x41gentHeartbeat\x12-\n\tsend_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x04\x66ree\x18\x02 \x01(\x0b\x32\x1b.cosmos.common.v1.Resources\x12\x32\n\x07running\x18\x03 \x03(\x0b\x32!.cosmos.stratum.v1.RunningAttempt\x12.\n\x05usage\x18\x04 \x01(\x0b\x32\x1f.cosmos.common.v1.ResourceUsage\"j\n\nJobStarted\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0b\n\x03pid\x18\x03 \x01(\x03\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"b\n\x11JobProgressUpdate\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12,\n\x08progress\x18\x03 \x01(\x0b\x32\x1a.cosmos.common.v1.Progress\"Y\n\x0bJobLogBatch\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12)\n\x05lines\x18\x03 \x03(\x0b\x32\x1a.cosmos.stratum.v1.LogLine\"\x8e\x01\n\x0bJobFinished\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x30\n\x0b\x66inal_state\x18\x03 \x01(\x0e\x32\x1b.cosmos.stratum.v1.JobState\x12,\n\x06result\x18\x04 \x01(\x0b\x32\x1c.cosmos.stratum.v1.JobResult\"\x8a\x01\n\x0c\x41gentWelcome\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x31\n\x0elease_duration\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x35\n\x12heartbeat_interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x82\x02\n\rJobAssignment\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12(\n\x04spec\x18\x03 \x01(\x0b\x32\x1a.cosmos.stratum.v1.JobSpec\x12\x13\n\x0bgpu_indices\x18\x04 \x03(\r\x12\x11\n\tgpu_uuids\x18\x05 \x03(\t\x12I\n\rtrace_context\x18\x06 \x03(\x0b\x32\x32.cosmos.stratum.v1.JobAssignment.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"m\n\tJobCancel\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12/\n\x0cgrace_period\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06reason\x18\x04 \x01(\t\"C\n\x10StaleAttemptKill\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0e\n\x06reason\x18\x03 \x01(\t\"N\n\tFinishAck\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t2l\n\x0c\x41gentService\x12\\\n\x07\x43onnect\x12!.cosmos.stratum.v1.ConnectRequest\x1a\".cosmos.stratum.v1.ConnectResponse\"\x06\xc2\xf3\x18\x02\x08\x0c(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,38 +45,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AGENTHELLO_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_JOBASSIGNMENT_TRACECONTEXTENTRY']._loaded_options = None
   _globals['_JOBASSIGNMENT_TRACECONTEXTENTRY']._serialized_options = b'8\001'
-  _globals['_CONNECTREQUEST']._serialized_start=286
-  _globals['_CONNECTREQUEST']._serialized_end=651
-  _globals['_CONNECTRESPONSE']._serialized_start=654
-  _globals['_CONNECTRESPONSE']._serialized_end=938
-  _globals['_RUNNINGATTEMPT']._serialized_start=940
-  _globals['_RUNNINGATTEMPT']._serialized_end=989
-  _globals['_AGENTHELLO']._serialized_start=992
-  _globals['_AGENTHELLO']._serialized_end=1264
-  _globals['_AGENTHELLO_LABELSENTRY']._serialized_start=1219
-  _globals['_AGENTHELLO_LABELSENTRY']._serialized_end=1264
-  _globals['_AGENTHEARTBEAT']._serialized_start=1267
-  _globals['_AGENTHEARTBEAT']._serialized_end=1473
-  _globals['_JOBSTARTED']._serialized_start=1475
-  _globals['_JOBSTARTED']._serialized_end=1581
-  _globals['_JOBPROGRESSUPDATE']._serialized_start=1583
-  _globals['_JOBPROGRESSUPDATE']._serialized_end=1681
-  _globals['_JOBLOGBATCH']._serialized_start=1683
-  _globals['_JOBLOGBATCH']._serialized_end=1772
-  _globals['_JOBFINISHED']._serialized_start=1775
-  _globals['_JOBFINISHED']._serialized_end=1917
-  _globals['_AGENTWELCOME']._serialized_start=1920
-  _globals['_AGENTWELCOME']._serialized_end=2058
-  _globals['_JOBASSIGNMENT']._serialized_start=2061
-  _globals['_JOBASSIGNMENT']._serialized_end=2319
-  _globals['_JOBASSIGNMENT_TRACECONTEXTENTRY']._serialized_start=2268
-  _globals['_JOBASSIGNMENT_TRACECONTEXTENTRY']._serialized_end=2319
-  _globals['_JOBCANCEL']._serialized_start=2321
-  _globals['_JOBCANCEL']._serialized_end=2430
-  _globals['_STALEATTEMPTKILL']._serialized_start=2432
-  _globals['_STALEATTEMPTKILL']._serialized_end=2499
-  _globals['_FINISHACK']._serialized_start=2501
-  _globals['_FINISHACK']._serialized_end=2579
-  _globals['_AGENTSERVICE']._serialized_start=2581
-  _globals['_AGENTSERVICE']._serialized_end=2681
+  _globals['_AGENTSERVICE'].methods_by_name['Connect']._loaded_options = None
+  _globals['_AGENTSERVICE'].methods_by_name['Connect']._serialized_options = b'\302\363\030\002\010\014'
+  _globals['_CONNECTREQUEST']._serialized_start=317
+  _globals['_CONNECTREQUEST']._serialized_end=682
+  _globals['_CONNECTRESPONSE']._serialized_start=685
+  _globals['_CONNECTRESPONSE']._serialized_end=969
+  _globals['_RUNNINGATTEMPT']._serialized_start=971
+  _globals['_RUNNINGATTEMPT']._serialized_end=1020
+  _globals['_AGENTHELLO']._serialized_start=1023
+  _globals['_AGENTHELLO']._serialized_end=1295
+  _globals['_AGENTHELLO_LABELSENTRY']._serialized_start=1250
+  _globals['_AGENTHELLO_LABELSENTRY']._serialized_end=1295
+  _globals['_AGENTHEARTBEAT']._serialized_start=1298
+  _globals['_AGENTHEARTBEAT']._serialized_end=1504
+  _globals['_JOBSTARTED']._serialized_start=1506
+  _globals['_JOBSTARTED']._serialized_end=1612
+  _globals['_JOBPROGRESSUPDATE']._serialized_start=1614
+  _globals['_JOBPROGRESSUPDATE']._serialized_end=1712
+  _globals['_JOBLOGBATCH']._serialized_start=1714
+  _globals['_JOBLOGBATCH']._serialized_end=1803
+  _globals['_JOBFINISHED']._serialized_start=1806
+  _globals['_JOBFINISHED']._serialized_end=1948
+  _globals['_AGENTWELCOME']._serialized_start=1951
+  _globals['_AGENTWELCOME']._serialized_end=2089
+  _globals['_JOBASSIGNMENT']._serialized_start=2092
+  _globals['_JOBASSIGNMENT']._serialized_end=2350
+  _globals['_JOBASSIGNMENT_TRACECONTEXTENTRY']._serialized_start=2299
+  _globals['_JOBASSIGNMENT_TRACECONTEXTENTRY']._serialized_end=2350
+  _globals['_JOBCANCEL']._serialized_start=2352
+  _globals['_JOBCANCEL']._serialized_end=2461
+  _globals['_STALEATTEMPTKILL']._serialized_start=2463
+  _globals['_STALEATTEMPTKILL']._serialized_end=2530
+  _globals['_FINISHACK']._serialized_start=2532
+  _globals['_FINISHACK']._serialized_end=2610
+  _globals['_AGENTSERVICE']._serialized_start=2612
+  _globals['_AGENTSERVICE']._serialized_end=2720
 # @@protoc_insertion_point(module_scope)

@@ -31,7 +31,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63osmos/stratum/v1/job.proto\x12\x11\x63osmos.stratum.v1\x1a\x1f\x63osmos/common/v1/progress.proto\x1a cosmos/common/v1/resources.proto\x1a\x1c\x63osmos/common/v1/retry.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"%\n\x08\x41rtifact\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"\xad\x05\n\x07JobSpec\x12\x12\n\x04\x61rgv\x18\x01 \x03(\tB\x04\xe2\x41\x01\x02\x12\r\n\x05image\x18\x02 \x01(\t\x12\x30\n\x03\x65nv\x18\x03 \x03(\x0b\x32#.cosmos.stratum.v1.JobSpec.EnvEntry\x12+\n\x06inputs\x18\x04 \x03(\x0b\x32\x1b.cosmos.stratum.v1.Artifact\x12,\n\x07outputs\x18\x05 \x03(\x0b\x32\x1b.cosmos.stratum.v1.Artifact\x12.\n\tresources\x18\x06 \x01(\x0b\x32\x1b.cosmos.common.v1.Resources\x12*\n\x07timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08priority\x18\x08 \x01(\x05\x12\x0e\n\x06tenant\x18\t \x01(\t\x12\x36\n\x06labels\x18\n \x03(\x0b\x32&.cosmos.stratum.v1.JobSpec.LabelsEntry\x12\x32\n\x0binfra_retry\x18\x0b \x01(\x0b\x32\x1d.cosmos.common.v1.RetryPolicy\x12\x17\n\x0fidempotency_key\x18\x0c \x01(\t\x12:\n\x0fprogress_format\x18\r \x01(\x0e\x32!.cosmos.stratum.v1.ProgressFormat\x12\x31\n\x0emedia_duration\x18\x0e \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07runtime\x18\x0f \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x10 \x01(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xd9\x01\n\tJobResult\x12\x11\n\texit_code\x18\x01 \x01(\x05\x12\x0e\n\x06signal\x18\x02 \x01(\x05\x12,\n\x07outputs\x18\x03 \x03(\x0b\x32\x1b.cosmos.stratum.v1.Artifact\x12.\n\x05usage\x18\x04 \x01(\x0b\x32\x1f.cosmos.common.v1.ResourceUsage\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x13\n\x0bstderr_tail\x18\x06 \x01(\t\x12\'\n\x06output\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xa2\x06\n\x03Job\x12\x14\n\x06job_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12(\n\x04spec\x18\x02 \x01(\x0b\x32\x1a.cosmos.stratum.v1.JobSpec\x12\x30\n\x05state\x18\x03 \x01(\x0e\x32\x1b.cosmos.stratum.v1.JobStateB\x04\xe2\x41\x01\x03\x12\x15\n\x07\x61ttempt\x18\x04 \x01(\rB\x04\xe2\x41\x01\x03\x12\x16\n\x08\x61gent_id\x18\x05 \x01(\tB\x04\xe2\x41\x01\x03\x12\x19\n\x0bgpu_indices\x18\x06 \x03(\rB\x04\xe2\x41\x01\x03\x12\x32\n\x08progress\x18\x07 \x01(\x0b\x32\x1a.cosmos.common.v1.ProgressB\x04\xe2\x41\x01\x03\x12\x32\n\x06result\x18\x08 \x01(\x0b\x32\x1c.cosmos.stratum.v1.JobResultB\x04\xe2\x41\x01\x03\x12\x1c\n\x0e\x66\x61ilure_reason\x18\t \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\nrequest_id\x18\n \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x34\n\nstart_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x32\n\x08\x65nd_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x17\n\tgpu_uuids\x18\x0f \x03(\tB\x04\xe2\x41\x01\x03\x12\x1b\n\rlast_sequence\x18\x10 \x01(\x04\x42\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x61ssign_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x45\n\rtrace_context\x18\x12 \x03(\x0b\x32(.cosmos.stratum.v1.Job.TraceContextEntryB\x04\xe2\x41\x01\x03\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"o\n\x07LogLine\x12,\n\x06stream\x18\x01 \x01(\x0e\x32\x1c.cosmos.stratum.v1.LogStream\x12\x0c\n\x04text\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xaf\x02\n\x08JobEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12.\n\nevent_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06job_id\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\r\x12,\n\x05state\x18\x05 \x01(\x0e\x32\x1b.cosmos.stratum.v1.JobStateH\x00\x12.\n\x08progress\x18\x06 \x01(\x0b\x32\x1a.cosmos.common.v1.ProgressH\x00\x12)\n\x03log\x18\x07 \x01(\x0b\x32\x1a.cosmos.stratum.v1.LogLineH\x00\x12.\n\x06result\x18\x08 \x01(\x0b\x32\x1c.cosmos.stratum.v1.JobResultH\x00\x42\x07\n\x05\x65vent*\xcb\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x16\n\x12JOB_STATE_ASSIGNED\x10\x02\x12\x15\n\x11JOB_STATE_RUNNING\x10\x03\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x04\x12\x14\n\x10JOB_STATE_FAILED\x10\x05\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x06\x12\x17\n\x13JOB_STATE_TIMED_OUT\x10\x07*\x84\x01\n\x0eProgressFormat\x12\x1f\n\x1bPROGRESS_FORMAT_UNSPECIFIED\x10\x00\x12\x18\n\x14PROGRESS_FORMAT_NONE\x10\x01\x12\x1a\n\x16PROGRESS_FORMAT_FFMPEG\x10\x02\x12\x1b\n\x17PROGRESS_FORMAT_CHANNEL\x10\x03*U\n\tLogStream\x12\x1a\n\x16LOG_STREAM_UNSPECIFIED\x10\x00\x12\x15\n\x11LOG_STREAM_STDOUT\x10\x01\x12\x15\n\x11LOG_STREAM_STDERR\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63osmos/stratum/v1/job.proto\x12\x11\x63osmos.stratum.v1\x1a\x1f\x63osmos/common/v1/progress.proto\x1a cosmos/common/v1/resources.proto\x1a\x1c\x63osmos/common/v1/retry.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"%\n\x08\x41rtifact\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"\x9d\x06\n\x07JobSpec\x12\x12\n\x04\x61rgv\x18\x01 \x03(\tB\x04\xe2\x41\x01\x02\x12\r\n\x05image\x18\x02 \x01(\t\x12\x30\n\x03\x65nv\x18\x03 \x03(\x0b\x32#.cosmos.stratum.v1.JobSpec.EnvEntry\x12+\n\x06inputs\x18\x04 \x03(\x0b\x32\x1b.cosmos.stratum.v1.Artifact\x12,\n\x07outputs\x18\x05 \x03(\x0b\x32\x1b.cosmos.stratum.v1.Artifact\x12.\n\tresources\x18\x06 \x01(\x0b\x32\x1b.cosmos.common.v1.Resources\x12*\n\x07timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08priority\x18\x08 \x01(\x05\x12\x0e\n\x06tenant\x18\t \x01(\t\x12\x36\n\x06labels\x18\n \x03(\x0b\x32&.cosmos.stratum.v1.JobSpec.LabelsEntry\x12\x32\n\x0binfra_retry\x18\x0b \x01(\x0b\x32\x1d.cosmos.common.v1.RetryPolicy\x12\x17\n\x0fidempotency_key\x18\x0c \x01(\t\x12:\n\x0fprogress_format\x18\r \x01(\x0e\x32!.cosmos.stratum.v1.ProgressFormat\x12\x31\n\x0emedia_duration\x18\x0e \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07runtime\x18\x0f \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x10 \x01(\t\x12>\n\x07secrets\x18\x11 \x03(\x0b\x32\'.cosmos.stratum.v1.JobSpec.SecretsEntryB\x04\xe2\x41\x01\x04\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a.\n\x0cSecretsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xd9\x01\n\tJobResult\x12\x11\n\texit_code\x18\x01 \x01(\x05\x12\x0e\n\x06signal\x18\x02 \x01(\x05\x12,\n\x07outputs\x18\x03 \x03(\x0b\x32\x1b.cosmos.stratum.v1.Artifact\x12.\n\x05usage\x18\x04 \x01(\x0b\x32\x1f.cosmos.common.v1.ResourceUsage\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x13\n\x0bstderr_tail\x18\x06 \x01(\t\x12\'\n\x06output\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xe2\x06\n\x03Job\x12\x14\n\x06job_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12(\n\x04spec\x18\x02 \x01(\x0b\x32\x1a.cosmos.stratum.v1.JobSpec\x12\x30\n\x05state\x18\x03 \x01(\x0e\x32\x1b.cosmos.stratum.v1.JobStateB\x04\xe2\x41\x01\x03\x12\x15\n\x07\x61ttempt\x18\x04 \x01(\rB\x04\xe2\x41\x01\x03\x12\x16\n\x08\x61gent_id\x18\x05 \x01(\tB\x04\xe2\x41\x01\x03\x12\x19\n\x0bgpu_indices\x18\x06 \x03(\rB\x04\xe2\x41\x01\x03\x12\x32\n\x08progress\x18\x07 \x01(\x0b\x32\x1a.cosmos.common.v1.ProgressB\x04\xe2\x41\x01\x03\x12\x32\n\x06result\x18\x08 \x01(\x0b\x32\x1c.cosmos.stratum.v1.JobResultB\x04\xe2\x41\x01\x03\x12\x1c\n\x0e\x66\x61ilure_reason\x18\t \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\nrequest_id\x18\n \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x34\n\nstart_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x32\n\x08\x65nd_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x17\n\tgpu_uuids\x18\x0f \x03(\tB\x04\xe2\x41\x01\x03\x12\x1b\n\rlast_sequence\x18\x10 \x01(\x04\x42\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x61ssign_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x45\n\rtrace_context\x18\x12 \x03(\x0b\x32(.cosmos.stratum.v1.Job.TraceContextEntryB\x04\xe2\x41\x01\x03\x12>\n\x0esealed_secrets\x18\x13 \x01(\x0b\x32 .cosmos.stratum.v1.SealedSecretsB\x04\xe2\x41\x01\x03\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"H\n\rSealedSecrets\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x13\n\x0bwrapped_key\x18\x02 \x01(\x0c\x12\x12\n\nciphertext\x18\x03 \x01(\x0c\"z\n\x0cSecretValues\x12;\n\x06values\x18\x01 \x03(\x0b\x32+.cosmos.stratum.v1.SecretValues.ValuesEntry\x1a-\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"o\n\x07LogLine\x12,\n\x06stream\x18\x01 \x01(\x0e\x32\x1c.cosmos.stratum.v1.LogStream\x12\x0c\n\x04text\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xaf\x02\n\x08JobEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12.\n\nevent_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06job_id\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\r\x12,\n\x05state\x18\x05 \x01(\x0e\x32\x1b.cosmos.stratum.v1.JobStateH\x00\x12.\n\x08progress\x18\x06 \x01(\x0b\x32\x1a.cosmos.common.v1.ProgressH\x00\x12)\n\x03log\x18\x07 \x01(\x0b\x32\x1a.cosmos.stratum.v1.LogLineH\x00\x12.\n\x06result\x18\x08 \x01(\x0b\x32\x1c.cosmos.stratum.v1.JobResultH\x00\x42\x07\n\x05\x65vent*\xcb\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x16\n\x12JOB_STATE_ASSIGNED\x10\x02\x12\x15\n\x11JOB_STATE_RUNNING\x10\x03\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x04\x12\x14\n\x10JOB_STATE_FAILED\x10\x05\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x06\x12\x17\n\x13JOB_STATE_TIMED_OUT\x10\x07*\x84\x01\n\x0eProgressFormat\x12\x1f\n\x1bPROGRESS_FORMAT_UNSPECIFIED\x10\x00\x12\x18\n\x14PROGRESS_FORMAT_NONE\x10\x01\x12\x1a\n\x16PROGRESS_FORMAT_FFMPEG\x10\x02\x12\x1b\n\x17PROGRESS_FORMAT_CHANNEL\x10\x03*U\n\tLogStream\x12\x1a\n\x16LOG_STREAM_UNSPECIFIED\x10\x00\x12\x15\n\x11LOG_STREAM_STDOUT\x10\x01\x12\x15\n\x11LOG_STREAM_STDERR\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,8 +42,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOBSPEC_ENVENTRY']._serialized_options = b'8\001'
   _globals['_JOBSPEC_LABELSENTRY']._loaded_options = None
   _globals['_JOBSPEC_LABELSENTRY']._serialized_options = b'8\001'
+  _globals['_JOBSPEC_SECRETSENTRY']._loaded_options = None
+  _globals['_JOBSPEC_SECRETSENTRY']._serialized_options = b'8\001'
   _globals['_JOBSPEC'].fields_by_name['argv']._loaded_options = None
   _globals['_JOBSPEC'].fields_by_name['argv']._serialized_options = b'\342A\001\002'
+  _globals['_JOBSPEC'].fields_by_name['secrets']._loaded_options = None
+  _globals['_JOBSPEC'].fields_by_name['secrets']._serialized_options = b'\342A\001\004'
   _globals['_JOB_TRACECONTEXTENTRY']._loaded_options = None
   _globals['_JOB_TRACECONTEXTENTRY']._serialized_options = b'8\001'
   _globals['_JOB'].fields_by_name['job_id']._loaded_options = None
@@ -80,28 +84,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOB'].fields_by_name['assign_time']._serialized_options = b'\342A\001\003'
   _globals['_JOB'].fields_by_name['trace_context']._loaded_options = None
   _globals['_JOB'].fields_by_name['trace_context']._serialized_options = b'\342A\001\003'
-  _globals['_JOBSTATE']._serialized_start=2447
-  _globals['_JOBSTATE']._serialized_end=2650
-  _globals['_PROGRESSFORMAT']._serialized_start=2653
-  _globals['_PROGRESSFORMAT']._serialized_end=2785
-  _globals['_LOGSTREAM']._serialized_start=2787
-  _globals['_LOGSTREAM']._serialized_end=2872
+  _globals['_JOB'].fields_by_name['sealed_secrets']._loaded_options = None
+  _globals['_JOB'].fields_by_name['sealed_secrets']._serialized_options = b'\342A\001\003'
+  _globals['_SECRETVALUES_VALUESENTRY']._loaded_options = None
+  _globals['_SECRETVALUES_VALUESENTRY']._serialized_options = b'8\001'
+  _globals['_JOBSTATE']._serialized_start=2821
+  _globals['_JOBSTATE']._serialized_end=3024
+  _globals['_PROGRESSFORMAT']._serialized_start=3027
+  _globals['_PROGRESSFORMAT']._serialized_end=3159
+  _globals['_LOGSTREAM']._serialized_start=3161
+  _globals['_LOGSTREAM']._serialized_end=3246
   _globals['_ARTIFACT']._serialized_start=275
   _globals['_ARTIFACT']._serialized_end=312
   _globals['_JOBSPEC']._serialized_start=315
-  _globals['_JOBSPEC']._serialized_end=1000
-  _globals['_JOBSPEC_ENVENTRY']._serialized_start=911
-  _globals['_JOBSPEC_ENVENTRY']._serialized_end=953
-  _globals['_JOBSPEC_LABELSENTRY']._serialized_start=955
-  _globals['_JOBSPEC_LABELSENTRY']._serialized_end=1000
-  _globals['_JOBRESULT']._serialized_start=1003
-  _globals['_JOBRESULT']._serialized_end=1220
-  _globals['_JOB']._serialized_start=1223
-  _globals['_JOB']._serialized_end=2025
-  _globals['_JOB_TRACECONTEXTENTRY']._serialized_start=1974
-  _globals['_JOB_TRACECONTEXTENTRY']._serialized_end=2025
-  _globals['_LOGLINE']._serialized_start=2027
-  _globals['_LOGLINE']._serialized_end=2138
-  _globals['_JOBEVENT']._serialized_start=2141
-  _globals['_JOBEVENT']._serialized_end=2444
+  _globals['_JOBSPEC']._serialized_end=1112
+  _globals['_JOBSPEC_ENVENTRY']._serialized_start=975
+  _globals['_JOBSPEC_ENVENTRY']._serialized_end=1017
+  _globals['_JOBSPEC_LABELSENTRY']._serialized_start=1019
+  _globals['_JOBSPEC_LABELSENTRY']._serialized_end=1064
+  _globals['_JOBSPEC_SECRETSENTRY']._serialized_start=1066
+  _globals['_JOBSPEC_SECRETSENTRY']._serialized_end=1112
+  _globals['_JOBRESULT']._serialized_start=1115
+  _globals['_JOBRESULT']._serialized_end=1332
+  _globals['_JOB']._serialized_start=1335
+  _globals['_JOB']._serialized_end=2201
+  _globals['_JOB_TRACECONTEXTENTRY']._serialized_start=2150
+  _globals['_JOB_TRACECONTEXTENTRY']._serialized_end=2201
+  _globals['_SEALEDSECRETS']._serialized_start=2203
+  _globals['_SEALEDSECRETS']._serialized_end=2275
+  _globals['_SECRETVALUES']._serialized_start=2277
+  _globals['_SECRETVALUES']._serialized_end=2399
+  _globals['_SECRETVALUES_VALUESENTRY']._serialized_start=2354
+  _globals['_SECRETVALUES_VALUESENTRY']._serialized_end=2399
+  _globals['_LOGLINE']._serialized_start=2401
+  _globals['_LOGLINE']._serialized_end=2512
+  _globals['_JOBEVENT']._serialized_start=2515
+  _globals['_JOBEVENT']._serialized_end=2818
 # @@protoc_insertion_point(module_scope)

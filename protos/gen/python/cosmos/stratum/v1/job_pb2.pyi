@@ -208,6 +208,26 @@ class JobSpec(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class SecretsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ARGV_FIELD_NUMBER: _builtins.int
     IMAGE_FIELD_NUMBER: _builtins.int
     ENV_FIELD_NUMBER: _builtins.int
@@ -224,6 +244,7 @@ class JobSpec(_message.Message):
     MEDIA_DURATION_FIELD_NUMBER: _builtins.int
     RUNTIME_FIELD_NUMBER: _builtins.int
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    SECRETS_FIELD_NUMBER: _builtins.int
     image: _builtins.str
     """Container image; empty means run argv as a host process."""
     priority: _builtins.int
@@ -289,6 +310,14 @@ class JobSpec(_message.Message):
         time into percent and eta.
         """
 
+    @_builtins.property
+    def secrets(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Secret environment variables: set in the job's environment like env, but
+        never returned (Get, List and Watch show the names with the value
+        "[REDACTED]"), never logged, encrypted at rest, and sent only to the
+        agent running the attempt.
+        """
+
     def __init__(
         self,
         *,
@@ -308,10 +337,11 @@ class JobSpec(_message.Message):
         media_duration: _duration_pb2.Duration | None = ...,
         runtime: _builtins.str = ...,
         display_name: _builtins.str = ...,
+        secrets: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["infra_retry", b"infra_retry", "media_duration", b"media_duration", "resources", b"resources", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["argv", b"argv", "display_name", b"display_name", "env", b"env", "idempotency_key", b"idempotency_key", "image", b"image", "infra_retry", b"infra_retry", "inputs", b"inputs", "labels", b"labels", "media_duration", b"media_duration", "outputs", b"outputs", "priority", b"priority", "progress_format", b"progress_format", "resources", b"resources", "runtime", b"runtime", "tenant", b"tenant", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["argv", b"argv", "display_name", b"display_name", "env", b"env", "idempotency_key", b"idempotency_key", "image", b"image", "infra_retry", b"infra_retry", "inputs", b"inputs", "labels", b"labels", "media_duration", b"media_duration", "outputs", b"outputs", "priority", b"priority", "progress_format", b"progress_format", "resources", b"resources", "runtime", b"runtime", "secrets", b"secrets", "tenant", b"tenant", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -419,6 +449,7 @@ class Job(_message.Message):
     LAST_SEQUENCE_FIELD_NUMBER: _builtins.int
     ASSIGN_TIME_FIELD_NUMBER: _builtins.int
     TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
+    SEALED_SECRETS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """Server-assigned unique id of the job."""
     state: Global___JobState.ValueType
@@ -483,6 +514,12 @@ class Job(_message.Message):
         agent's run of the job joins the submitter's trace.
         """
 
+    @_builtins.property
+    def sealed_secrets(self) -> Global___SealedSecrets:
+        """The spec's secrets, encrypted under the platform's secret key (envelope
+        encryption); stored, never returned.
+        """
+
     def __init__(
         self,
         *,
@@ -504,14 +541,92 @@ class Job(_message.Message):
         last_sequence: _builtins.int = ...,
         assign_time: _timestamp_pb2.Timestamp | None = ...,
         trace_context: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        sealed_secrets: Global___SealedSecrets | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["assign_time", b"assign_time", "create_time", b"create_time", "end_time", b"end_time", "progress", b"progress", "result", b"result", "spec", b"spec", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["assign_time", b"assign_time", "create_time", b"create_time", "end_time", b"end_time", "progress", b"progress", "result", b"result", "sealed_secrets", b"sealed_secrets", "spec", b"spec", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "assign_time", b"assign_time", "attempt", b"attempt", "create_time", b"create_time", "end_time", b"end_time", "failure_reason", b"failure_reason", "gpu_indices", b"gpu_indices", "gpu_uuids", b"gpu_uuids", "job_id", b"job_id", "last_sequence", b"last_sequence", "progress", b"progress", "request_id", b"request_id", "result", b"result", "spec", b"spec", "start_time", b"start_time", "state", b"state", "trace_context", b"trace_context", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "assign_time", b"assign_time", "attempt", b"attempt", "create_time", b"create_time", "end_time", b"end_time", "failure_reason", b"failure_reason", "gpu_indices", b"gpu_indices", "gpu_uuids", b"gpu_uuids", "job_id", b"job_id", "last_sequence", b"last_sequence", "progress", b"progress", "request_id", b"request_id", "result", b"result", "sealed_secrets", b"sealed_secrets", "spec", b"spec", "start_time", b"start_time", "state", b"state", "trace_context", b"trace_context", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Job: _TypeAlias = Job  # noqa: Y015
+
+@_typing.final
+class SealedSecrets(_message.Message):
+    """SealedSecrets is a job's secrets encrypted for storage: a data key wrapped
+    by the platform key named key_id, and the secrets (a JobSpec.SecretsEntry
+    map as a serialized SecretValues) encrypted with the data key (AES-256-GCM).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    WRAPPED_KEY_FIELD_NUMBER: _builtins.int
+    CIPHERTEXT_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    """Id of the platform key that wrapped the data key (rotation)."""
+    wrapped_key: _builtins.bytes
+    """The data key, encrypted with the platform key (nonce + ciphertext)."""
+    ciphertext: _builtins.bytes
+    """The secrets, encrypted with the data key (nonce + ciphertext)."""
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        wrapped_key: _builtins.bytes = ...,
+        ciphertext: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ciphertext", b"ciphertext", "key_id", b"key_id", "wrapped_key", b"wrapped_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SealedSecrets: _TypeAlias = SealedSecrets  # noqa: Y015
+
+@_typing.final
+class SecretValues(_message.Message):
+    """SecretValues is the plaintext SealedSecrets protects."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ValuesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    VALUES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def values(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Secret name to value."""
+
+    def __init__(
+        self,
+        *,
+        values: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecretValues: _TypeAlias = SecretValues  # noqa: Y015
 
 @_typing.final
 class LogLine(_message.Message):

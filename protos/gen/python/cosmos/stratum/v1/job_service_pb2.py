@@ -22,11 +22,12 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from cosmos.common.v1 import access_pb2 as cosmos_dot_common_dot_v1_dot_access__pb2
 from cosmos.stratum.v1 import job_pb2 as cosmos_dot_stratum_dot_v1_dot_job__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#cosmos/stratum/v1/job_service.proto\x12\x11\x63osmos.stratum.v1\x1a\x1b\x63osmos/stratum/v1/job.proto\x1a\x1fgoogle/api/field_behavior.proto\"\\\n\x10SubmitJobRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12.\n\x04spec\x18\x02 \x01(\x0b\x32\x1a.cosmos.stratum.v1.JobSpecB\x04\xe2\x41\x01\x02\"N\n\x11SubmitJobResponse\x12#\n\x03job\x18\x01 \x01(\x0b\x32\x16.cosmos.stratum.v1.Job\x12\x14\n\x0c\x64\x65\x64uplicated\x18\x02 \x01(\x08\"%\n\rGetJobRequest\x12\x14\n\x06job_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"5\n\x0eGetJobResponse\x12#\n\x03job\x18\x01 \x01(\x0b\x32\x16.cosmos.stratum.v1.Job\"\xa4\x01\n\x0fListJobsRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x30\n\x05state\x18\x03 \x01(\x0e\x32\x1b.cosmos.stratum.v1.JobStateB\x04\xe2\x41\x01\x01\x12\x14\n\x06tenant\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12\x16\n\x08\x61gent_id\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01\"Q\n\x10ListJobsResponse\x12$\n\x04jobs\x18\x01 \x03(\x0b\x32\x16.cosmos.stratum.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"X\n\x10\x43\x61ncelJobRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06job_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06reason\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"8\n\x11\x43\x61ncelJobResponse\x12#\n\x03job\x18\x01 \x01(\x0b\x32\x16.cosmos.stratum.v1.Job\"D\n\x0fWatchJobRequest\x12\x14\n\x06job_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\rfrom_sequence\x18\x02 \x01(\x04\x42\x04\xe2\x41\x01\x01\">\n\x10WatchJobResponse\x12*\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1b.cosmos.stratum.v1.JobEvent2\xb7\x03\n\nJobService\x12V\n\tSubmitJob\x12#.cosmos.stratum.v1.SubmitJobRequest\x1a$.cosmos.stratum.v1.SubmitJobResponse\x12M\n\x06GetJob\x12 .cosmos.stratum.v1.GetJobRequest\x1a!.cosmos.stratum.v1.GetJobResponse\x12S\n\x08ListJobs\x12\".cosmos.stratum.v1.ListJobsRequest\x1a#.cosmos.stratum.v1.ListJobsResponse\x12V\n\tCancelJob\x12#.cosmos.stratum.v1.CancelJobRequest\x1a$.cosmos.stratum.v1.CancelJobResponse\x12U\n\x08WatchJob\x12\".cosmos.stratum.v1.WatchJobRequest\x1a#.cosmos.stratum.v1.WatchJobResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#cosmos/stratum/v1/job_service.proto\x12\x11\x63osmos.stratum.v1\x1a\x1d\x63osmos/common/v1/access.proto\x1a\x1b\x63osmos/stratum/v1/job.proto\x1a\x1fgoogle/api/field_behavior.proto\"\\\n\x10SubmitJobRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12.\n\x04spec\x18\x02 \x01(\x0b\x32\x1a.cosmos.stratum.v1.JobSpecB\x04\xe2\x41\x01\x02\"N\n\x11SubmitJobResponse\x12#\n\x03job\x18\x01 \x01(\x0b\x32\x16.cosmos.stratum.v1.Job\x12\x14\n\x0c\x64\x65\x64uplicated\x18\x02 \x01(\x08\"%\n\rGetJobRequest\x12\x14\n\x06job_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"5\n\x0eGetJobResponse\x12#\n\x03job\x18\x01 \x01(\x0b\x32\x16.cosmos.stratum.v1.Job\"\xa4\x01\n\x0fListJobsRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x30\n\x05state\x18\x03 \x01(\x0e\x32\x1b.cosmos.stratum.v1.JobStateB\x04\xe2\x41\x01\x01\x12\x14\n\x06tenant\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12\x16\n\x08\x61gent_id\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01\"Q\n\x10ListJobsResponse\x12$\n\x04jobs\x18\x01 \x03(\x0b\x32\x16.cosmos.stratum.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"X\n\x10\x43\x61ncelJobRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06job_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06reason\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"8\n\x11\x43\x61ncelJobResponse\x12#\n\x03job\x18\x01 \x01(\x0b\x32\x16.cosmos.stratum.v1.Job\"D\n\x0fWatchJobRequest\x12\x14\n\x06job_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\rfrom_sequence\x18\x02 \x01(\x04\x42\x04\xe2\x41\x01\x01\">\n\x10WatchJobResponse\x12*\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1b.cosmos.stratum.v1.JobEvent2\xe3\x03\n\nJobService\x12`\n\tSubmitJob\x12#.cosmos.stratum.v1.SubmitJobRequest\x1a$.cosmos.stratum.v1.SubmitJobResponse\"\x08\xc2\xf3\x18\x04\x08\t\x10\x01\x12U\n\x06GetJob\x12 .cosmos.stratum.v1.GetJobRequest\x1a!.cosmos.stratum.v1.GetJobResponse\"\x06\xc2\xf3\x18\x02\x08\x08\x12[\n\x08ListJobs\x12\".cosmos.stratum.v1.ListJobsRequest\x1a#.cosmos.stratum.v1.ListJobsResponse\"\x06\xc2\xf3\x18\x02\x08\x08\x12`\n\tCancelJob\x12#.cosmos.stratum.v1.CancelJobRequest\x1a$.cosmos.stratum.v1.CancelJobResponse\"\x08\xc2\xf3\x18\x04\x08\t\x10\x01\x12]\n\x08WatchJob\x12\".cosmos.stratum.v1.WatchJobRequest\x1a#.cosmos.stratum.v1.WatchJobResponse\"\x06\xc2\xf3\x18\x02\x08\x08\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -59,26 +60,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WATCHJOBREQUEST'].fields_by_name['job_id']._serialized_options = b'\342A\001\002'
   _globals['_WATCHJOBREQUEST'].fields_by_name['from_sequence']._loaded_options = None
   _globals['_WATCHJOBREQUEST'].fields_by_name['from_sequence']._serialized_options = b'\342A\001\001'
-  _globals['_SUBMITJOBREQUEST']._serialized_start=120
-  _globals['_SUBMITJOBREQUEST']._serialized_end=212
-  _globals['_SUBMITJOBRESPONSE']._serialized_start=214
-  _globals['_SUBMITJOBRESPONSE']._serialized_end=292
-  _globals['_GETJOBREQUEST']._serialized_start=294
-  _globals['_GETJOBREQUEST']._serialized_end=331
-  _globals['_GETJOBRESPONSE']._serialized_start=333
-  _globals['_GETJOBRESPONSE']._serialized_end=386
-  _globals['_LISTJOBSREQUEST']._serialized_start=389
-  _globals['_LISTJOBSREQUEST']._serialized_end=553
-  _globals['_LISTJOBSRESPONSE']._serialized_start=555
-  _globals['_LISTJOBSRESPONSE']._serialized_end=636
-  _globals['_CANCELJOBREQUEST']._serialized_start=638
-  _globals['_CANCELJOBREQUEST']._serialized_end=726
-  _globals['_CANCELJOBRESPONSE']._serialized_start=728
-  _globals['_CANCELJOBRESPONSE']._serialized_end=784
-  _globals['_WATCHJOBREQUEST']._serialized_start=786
-  _globals['_WATCHJOBREQUEST']._serialized_end=854
-  _globals['_WATCHJOBRESPONSE']._serialized_start=856
-  _globals['_WATCHJOBRESPONSE']._serialized_end=918
-  _globals['_JOBSERVICE']._serialized_start=921
-  _globals['_JOBSERVICE']._serialized_end=1360
+  _globals['_JOBSERVICE'].methods_by_name['SubmitJob']._loaded_options = None
+  _globals['_JOBSERVICE'].methods_by_name['SubmitJob']._serialized_options = b'\302\363\030\004\010\t\020\001'
+  _globals['_JOBSERVICE'].methods_by_name['GetJob']._loaded_options = None
+  _globals['_JOBSERVICE'].methods_by_name['GetJob']._serialized_options = b'\302\363\030\002\010\010'
+  _globals['_JOBSERVICE'].methods_by_name['ListJobs']._loaded_options = None
+  _globals['_JOBSERVICE'].methods_by_name['ListJobs']._serialized_options = b'\302\363\030\002\010\010'
+  _globals['_JOBSERVICE'].methods_by_name['CancelJob']._loaded_options = None
+  _globals['_JOBSERVICE'].methods_by_name['CancelJob']._serialized_options = b'\302\363\030\004\010\t\020\001'
+  _globals['_JOBSERVICE'].methods_by_name['WatchJob']._loaded_options = None
+  _globals['_JOBSERVICE'].methods_by_name['WatchJob']._serialized_options = b'\302\363\030\002\010\010'
+  _globals['_SUBMITJOBREQUEST']._serialized_start=151
+  _globals['_SUBMITJOBREQUEST']._serialized_end=243
+  _globals['_SUBMITJOBRESPONSE']._serialized_start=245
+  _globals['_SUBMITJOBRESPONSE']._serialized_end=323
+  _globals['_GETJOBREQUEST']._serialized_start=325
+  _globals['_GETJOBREQUEST']._serialized_end=362
+  _globals['_GETJOBRESPONSE']._serialized_start=364
+  _globals['_GETJOBRESPONSE']._serialized_end=417
+  _globals['_LISTJOBSREQUEST']._serialized_start=420
+  _globals['_LISTJOBSREQUEST']._serialized_end=584
+  _globals['_LISTJOBSRESPONSE']._serialized_start=586
+  _globals['_LISTJOBSRESPONSE']._serialized_end=667
+  _globals['_CANCELJOBREQUEST']._serialized_start=669
+  _globals['_CANCELJOBREQUEST']._serialized_end=757
+  _globals['_CANCELJOBRESPONSE']._serialized_start=759
+  _globals['_CANCELJOBRESPONSE']._serialized_end=815
+  _globals['_WATCHJOBREQUEST']._serialized_start=817
+  _globals['_WATCHJOBREQUEST']._serialized_end=885
+  _globals['_WATCHJOBRESPONSE']._serialized_start=887
+  _globals['_WATCHJOBRESPONSE']._serialized_end=949
+  _globals['_JOBSERVICE']._serialized_start=952
+  _globals['_JOBSERVICE']._serialized_end=1435
 # @@protoc_insertion_point(module_scope)

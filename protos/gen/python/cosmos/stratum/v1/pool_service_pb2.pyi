@@ -293,6 +293,60 @@ class DrainAgentResponse(_message.Message):
 Global___DrainAgentResponse: _TypeAlias = DrainAgentResponse  # noqa: Y015
 
 @_typing.final
+class RevokeAgentRequest(_message.Message):
+    """RevokeAgentRequest is the request of PoolService.RevokeAgent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Idempotent retry key."""
+    agent_id: _builtins.str
+    """Id of the agent to revoke."""
+    reason: _builtins.str
+    """Why, for the audit log."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        agent_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeAgentRequest: _TypeAlias = RevokeAgentRequest  # noqa: Y015
+
+@_typing.final
+class RevokeAgentResponse(_message.Message):
+    """RevokeAgentResponse is the response of PoolService.RevokeAgent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def agent(self) -> _agent_pb2.Agent:
+        """The agent, now REVOKED."""
+
+    def __init__(
+        self,
+        *,
+        agent: _agent_pb2.Agent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeAgentResponse: _TypeAlias = RevokeAgentResponse  # noqa: Y015
+
+@_typing.final
 class GetPoolStatsRequest(_message.Message):
     """GetPoolStatsRequest is the request of PoolService.GetPoolStats."""
 

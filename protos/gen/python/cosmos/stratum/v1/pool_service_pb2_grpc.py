@@ -61,6 +61,11 @@ class PoolServiceStub:
                 request_serializer=cosmos_dot_stratum_dot_v1_dot_pool__service__pb2.DrainAgentRequest.SerializeToString,
                 response_deserializer=cosmos_dot_stratum_dot_v1_dot_pool__service__pb2.DrainAgentResponse.FromString,
                 _registered_method=True)
+        self.RevokeAgent = channel.unary_unary(
+                '/cosmos.stratum.v1.PoolService/RevokeAgent',
+                request_serializer=cosmos_dot_stratum_dot_v1_dot_pool__service__pb2.RevokeAgentRequest.SerializeToString,
+                response_deserializer=cosmos_dot_stratum_dot_v1_dot_pool__service__pb2.RevokeAgentResponse.FromString,
+                _registered_method=True)
         self.GetPoolStats = channel.unary_unary(
                 '/cosmos.stratum.v1.PoolService/GetPoolStats',
                 request_serializer=cosmos_dot_stratum_dot_v1_dot_pool__service__pb2.GetPoolStatsRequest.SerializeToString,
@@ -109,6 +114,14 @@ class PoolServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RevokeAgent(self, request, context):
+        """Revokes an agent: closes its stream, requeues its jobs and refuses it from
+        then on (its certificate is no longer accepted for this agent id).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetPoolStats(self, request, context):
         """Returns pool-wide capacity, allocation and queue statistics.
         """
@@ -143,6 +156,11 @@ def add_PoolServiceServicer_to_server(servicer, server):
                     servicer.DrainAgent,
                     request_deserializer=cosmos_dot_stratum_dot_v1_dot_pool__service__pb2.DrainAgentRequest.FromString,
                     response_serializer=cosmos_dot_stratum_dot_v1_dot_pool__service__pb2.DrainAgentResponse.SerializeToString,
+            ),
+            'RevokeAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeAgent,
+                    request_deserializer=cosmos_dot_stratum_dot_v1_dot_pool__service__pb2.RevokeAgentRequest.FromString,
+                    response_serializer=cosmos_dot_stratum_dot_v1_dot_pool__service__pb2.RevokeAgentResponse.SerializeToString,
             ),
             'GetPoolStats': grpc.unary_unary_rpc_method_handler(
                     servicer.GetPoolStats,
@@ -287,6 +305,33 @@ class PoolService:
             '/cosmos.stratum.v1.PoolService/DrainAgent',
             cosmos_dot_stratum_dot_v1_dot_pool__service__pb2.DrainAgentRequest.SerializeToString,
             cosmos_dot_stratum_dot_v1_dot_pool__service__pb2.DrainAgentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cosmos.stratum.v1.PoolService/RevokeAgent',
+            cosmos_dot_stratum_dot_v1_dot_pool__service__pb2.RevokeAgentRequest.SerializeToString,
+            cosmos_dot_stratum_dot_v1_dot_pool__service__pb2.RevokeAgentResponse.FromString,
             options,
             channel_credentials,
             insecure,

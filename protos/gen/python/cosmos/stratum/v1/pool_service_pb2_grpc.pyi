@@ -47,6 +47,10 @@ class PoolServiceStub:
     """Cordons an agent and lets its running jobs finish, so the host can be
     removed.
     """
+    RevokeAgent: _grpc.UnaryUnaryMultiCallable[_pool_service_pb2.RevokeAgentRequest, _pool_service_pb2.RevokeAgentResponse]
+    """Revokes an agent: closes its stream, requeues its jobs and refuses it from
+    then on (its certificate is no longer accepted for this agent id).
+    """
     GetPoolStats: _grpc.UnaryUnaryMultiCallable[_pool_service_pb2.GetPoolStatsRequest, _pool_service_pb2.GetPoolStatsResponse]
     """Returns pool-wide capacity, allocation and queue statistics."""
 
@@ -68,6 +72,10 @@ class PoolServiceAsyncStub(PoolServiceStub):
     DrainAgent: _aio.UnaryUnaryMultiCallable[_pool_service_pb2.DrainAgentRequest, _pool_service_pb2.DrainAgentResponse]  # type: ignore[assignment]
     """Cordons an agent and lets its running jobs finish, so the host can be
     removed.
+    """
+    RevokeAgent: _aio.UnaryUnaryMultiCallable[_pool_service_pb2.RevokeAgentRequest, _pool_service_pb2.RevokeAgentResponse]  # type: ignore[assignment]
+    """Revokes an agent: closes its stream, requeues its jobs and refuses it from
+    then on (its certificate is no longer accepted for this agent id).
     """
     GetPoolStats: _aio.UnaryUnaryMultiCallable[_pool_service_pb2.GetPoolStatsRequest, _pool_service_pb2.GetPoolStatsResponse]  # type: ignore[assignment]
     """Returns pool-wide capacity, allocation and queue statistics."""
@@ -117,6 +125,16 @@ class PoolServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_pool_service_pb2.DrainAgentResponse, _abc.Awaitable[_pool_service_pb2.DrainAgentResponse]]:
         """Cordons an agent and lets its running jobs finish, so the host can be
         removed.
+        """
+
+    @_abc_1.abstractmethod
+    def RevokeAgent(
+        self,
+        request: _pool_service_pb2.RevokeAgentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_pool_service_pb2.RevokeAgentResponse, _abc.Awaitable[_pool_service_pb2.RevokeAgentResponse]]:
+        """Revokes an agent: closes its stream, requeues its jobs and refuses it from
+        then on (its certificate is no longer accepted for this agent id).
         """
 
     @_abc_1.abstractmethod
