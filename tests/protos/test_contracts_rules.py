@@ -12,7 +12,9 @@ The rules (on top of buf lint) are checked on the descriptors of the generated
   ``string next_page_token``;
 * Watch RPCs are server-streaming;
 * every enum's zero value is ``<ENUM>_UNSPECIFIED``;
-* Timestamp fields are named ``*_time`` (or just ``time``).
+* Timestamp fields are named ``*_time`` (or just ``time``);
+* every RPC declares who may call it: a ``(cosmos.common.v1.access)`` option with a permission (or
+  ``anonymous``), and every mutating RPC is audited.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ from google.protobuf.descriptor import (
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GEN_ROOT = REPO_ROOT / "protos" / "gen" / "python"
 READ_ONLY_PREFIXES = ("Get", "List", "Watch")
+ACCESS_OPTION = "cosmos.common.v1.access"
+UNAUDITED = {"HeartbeatStep", "Connect"}
+"""Mutating RPCs too frequent to audit line by line: liveness and progress, and the agent stream."""
 EXPECTED_SERVICES = {
     "cosmos.optimus.v1.EncodeService",
     "cosmos.plato.v1.WorkflowService",
@@ -137,6 +142,25 @@ def method_violations(method: MethodDescriptor) -> list[str]:
         _expect_field(problems, where, response, "next_page_token", FieldDescriptor.TYPE_STRING)
     if method.name.startswith("Watch") and not method.server_streaming:
         problems.append(f"{where}: Watch RPCs must be server-streaming")
+    problems.extend(access_violations(method))
+    return problems
+
+
+def access_violations(method: MethodDescriptor) -> list[str]:
+    """An RPC without an access rule, with neither permission nor ``anonymous``, or mutating unaudited."""
+    where = method.full_name
+    rule = next(
+        (value for option, value in method.GetOptions().ListFields() if option.full_name == ACCESS_OPTION),
+        None,
+    )
+    if rule is None:
+        return [f"{where}: declares no ({ACCESS_OPTION}) rule"]
+    problems = []
+    if not rule.permission and not rule.anonymous:
+        problems.append(f"{where}: its access rule names no permission")
+    mutating = not method.name.startswith(READ_ONLY_PREFIXES) and method.name not in UNAUDITED
+    if mutating and not rule.audited:
+        problems.append(f"{where}: a mutating RPC must be audited")
     return problems
 
 
@@ -252,6 +276,7 @@ def test_checks_detect_violations() -> None:
         "lacks field next_page_token",
         "must be server-streaming",
         "used by bad.v1.Things.DeleteThing and bad.v1.Things.UpdateThing",
+        "bad.v1.Things.DeleteThing: declares no (cosmos.common.v1.access) rule",
     ]:
         assert expected in problems, f"{expected!r} not reported in:\n{problems}"
     assert enum_violations(bad) == ["bad.v1.Color: first value must be X_UNSPECIFIED = 0"]

@@ -55,6 +55,7 @@ async def serve(args: argparse.Namespace) -> None:
     """Connect to NATS, set up streams and buckets, evaluate and serve until SIGTERM/SIGINT."""
     if args.storage not in ("file", "memory"):
         raise errors.ConfigError(f"--storage {args.storage!r}: expected file or memory")
+    server_config = process.server_config("plato", args)
     nc, js = await jetstream.connect(args.nats, "cosmos-plato")
     if args.duplicate_window <= 0:
         raise errors.ConfigError(f"--duplicate-window {args.duplicate_window:g}: expected seconds > 0")
@@ -78,7 +79,6 @@ async def serve(args: argparse.Namespace) -> None:
         await store.close()
         await nc.close()
 
-    server_config = process.server_config("plato", args)
     server = Server(server_config, on_stop=finish)
     server.add(
         ServiceBinding(

@@ -57,12 +57,16 @@ def add_server_arguments(
 
 
 def server_config(name: str, args: argparse.Namespace) -> ServerConfig:
-    """The :class:`ServerConfig` of a server's flags (:func:`add_server_arguments`)."""
+    """The :class:`ServerConfig` of a server's flags (:func:`add_server_arguments`); refuses plaintext
+    beyond loopback, or no credentials at all, before anything else starts."""
+    listen = Address.parse(args.listen, setting="--listen")
+    security = security_config.from_args(args)
+    security.check_listen(listen.host, name)
     return ServerConfig(
         name,
-        Address.parse(args.listen, setting="--listen"),
+        listen,
         args.grace_period,
-        security=security_config.from_args(args),
+        security=security,
         token_listen=Address.parse(args.token_listen, setting="--token-listen")
         if args.token_listen
         else None,

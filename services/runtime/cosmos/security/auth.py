@@ -182,7 +182,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # 
             try:
                 principal = self._admit(context, rule)
             except errors.RpcError as exc:
-                _refusal(method, exc)
+                self._refuse(method, rule, request, exc)
                 await context.abort_with_status(rpc_errors.to_status(exc))
                 return None
             token = _current.set(principal)
@@ -205,7 +205,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # 
             try:
                 principal = self._admit(context, rule)
             except errors.RpcError as exc:
-                _refusal(method, exc)
+                self._refuse(method, rule, request, exc)
                 await context.abort_with_status(rpc_errors.to_status(exc))
                 return
             _current.set(principal)  # this generator runs in its own context: nothing to undo
@@ -218,20 +218,29 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # 
 
         return call
 
-
-def _refusal(method: str, exc: errors.RpcError) -> None:
-    log.warning(
-        "call refused",
-        extra={"fields": {"method": method, "code": exc.code.name, "reason": exc.reason, "why": exc.message}},
-    )
+    def _refuse(
+        self, method: str, rule: access_pb2.Access | None, request: Any, exc: errors.RpcError
+    ) -> None:
+        """Log a refused call; a refused mutating call is an audit line too (who was refused is told by
+        the identity in the error's metadata, when the caller was known)."""
+        log.warning(
+            "call refused",
+            extra={
+                "fields": {"method": method, "code": exc.code.name, "reason": exc.reason, "why": exc.message}
+            },
+        )
+        if rule is not None and rule.audited:
+            identity = exc.metadata.get("identity", "anonymous")
+            _write_audit(identity, "", "", method, _resource(request, None), exc.code.name)
 
 
 _ID_FIELDS = ("encode_id", "workflow_id", "job_id", "agent_id", "definition_id")
 
 
 def _resource(request: Any, response: Any) -> str:
-    """The id a mutating call acted on: from the request, else from the response's resource."""
-    for message in (request, response):
+    """The id a mutating call acted on: the response's resource (what was created or changed), else
+    the id the request named."""
+    for message in (response, request):
         if not isinstance(message, Message):
             continue
         for name in _ID_FIELDS:
@@ -261,14 +270,19 @@ def _audit(principal: Principal | None, method: str, request: Any, response: Any
     if reported is not None:
         code = reported if isinstance(reported, grpc.StatusCode) else _CODES.get(int(reported), code)
     name = code.name if code is not None else "UNKNOWN"
-    fields = {
-        "identity": principal.identity if principal else "anonymous",
-        "tenant": principal.tenant if principal else "",
-        "via": principal.via if principal else "",
-        "method": method,
-        "resource": _resource(request, response),
-        "code": name,
-    }
+    _write_audit(
+        principal.identity if principal else "anonymous",
+        principal.tenant if principal else "",
+        principal.via if principal else "",
+        method,
+        _resource(request, response),
+        name,
+    )
+
+
+def _write_audit(identity: str, tenant: str, via: str, method: str, resource: str, code: str) -> None:
+    fields = {"identity": identity, "tenant": tenant, "via": via, "method": method, "resource": resource,
+              "code": code}  # fmt: skip
     audit_log.info("audit", extra={"fields": fields})
     span = trace.get_current_span()
     if span.is_recording():

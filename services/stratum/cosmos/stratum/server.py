@@ -44,13 +44,14 @@ def parser() -> argparse.ArgumentParser:
 
 async def serve(args: argparse.Namespace) -> None:
     """Connect to NATS, recover jobs, serve until SIGTERM/SIGINT, then close everything."""
+    server_config = process.server_config("stratum", args)
     nc, js = await jetstream.connect(args.nats, "cosmos-stratum")
     store = JobStore(nc, js, replicas=args.replicas)
     await store.ensure()
     registry = AgentRegistry(lease_seconds=args.lease_seconds, revoked=await store.revoked())
     dispatcher = Dispatcher(store, registry, SchedulerPlacer(policy=args.policy))
     await dispatcher.recover()
-    server = Server(process.server_config("stratum", args), on_stop=nc.close)
+    server = Server(server_config, on_stop=nc.close)
     server.add(
         ServiceBinding(
             "cosmos.stratum.v1.JobService",
