@@ -19,6 +19,7 @@ from cosmos.security import context
 from cosmos.stack.embedded import EmbeddedStack, StackConfig
 
 PREFIX = "COSMOS"
+RENEW_CHECK_S = 600.0
 
 
 def add_stack_arguments(p: argparse.ArgumentParser) -> None:
@@ -101,9 +102,14 @@ async def run_up(cfg: StackConfig, console: Console) -> int:
         )
     console.print(f"logs: {cfg.data_dir / 'logs'}   data: {cfg.data_dir}   press Ctrl-C to stop")
     crashed = None
+    renewed = loop.time()
     while not stop.is_set() and crashed is None:
         await asyncio.sleep(0.5)
         crashed = stack.first_exited()
+        if loop.time() - renewed > RENEW_CHECK_S:
+            # Certificates live 24 h: renew what is near its end; every process reloads the files.
+            renewed = loop.time()
+            await asyncio.to_thread(stack.renew_credentials)
     if crashed is not None:
         console.print(f"[red]{crashed.name} exited with code {crashed.exited()}[/red]\n{crashed.log_tail()}")
     console.print("stopping...")

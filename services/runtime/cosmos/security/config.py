@@ -56,7 +56,7 @@ class Security:
             if not is_loopback(host):
                 raise errors.ConfigError(
                     f"{what}: refusing to serve plaintext without authentication on {host}: --insecure is "
-                    "for loopback development only; give --tls-cert/--tls-key/--tls-ca (or --pki-dir) instead"
+                    "for loopback development only; without it TLS and authentication are on"
                 )
             return
         if self.tls is None:

@@ -155,6 +155,9 @@ class EmbeddedStack:
     async def start(self) -> None:
         """Start every component and wait until each is ready; on failure stop what started."""
         c = self.config
+        if c.insecure:
+            # Before anything starts: plaintext beyond loopback is refused with the reason.
+            Security(insecure=True).check_listen(c.host, "the embedded stack")
         self._check_ports()
         c.data_dir.mkdir(parents=True, exist_ok=True)
         if not c.insecure:
@@ -289,6 +292,11 @@ class EmbeddedStack:
             codes[child.name] = await child.stop()
         self.endpoints.clear()
         return codes
+
+    def renew_credentials(self) -> None:
+        """Re-issue the stack's certificates that are near their end (running processes reload them)."""
+        if self.credentials is not None:
+            credentials.prepare(self.config.data_dir, self.config.agent_id)
 
     def context(self) -> Context:
         """The client context of this stack: its endpoints and the local admin's credentials."""
