@@ -208,7 +208,8 @@ def pki_without_secrets_key(tmp_path: Path) -> Path:
 async def test_secrets_are_refused_without_a_key(
     start_service: Callable[..., Any], nats_url: str, tmp_path: Path, agents: Agents
 ) -> None:
-    stratum = start_service("stratum", "--nats", nats_url, "--pki-dir", str(pki_without_secrets_key(tmp_path)))
+    pki_dir = pki_without_secrets_key(tmp_path)
+    stratum = start_service("stratum", "--nats", nats_url, "--pki-dir", str(pki_dir))
     agents.start(stratum.target, "agent-n")
     await wait_agents(stratum.target, 1)
     client = JobsClient.connect(stratum.target)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from cosmos import errors
+from cosmos.cli import security as cli
 from cosmos.security import secrets
 
 VALUES = {"API_TOKEN": "s3cr3t-value-1", "DB_PASSWORD": "hunter2 with spaces\nand a newline"}
@@ -148,3 +149,17 @@ def test_comments_and_blank_lines_are_ignored(tmp_path: Path) -> None:
 def test_empty_values_round_trip(key_file: Path) -> None:
     keyring = secrets.Keyring.load(key_file)
     assert keyring.unseal(keyring.seal({}, job_id="j"), job_id="j") == {}
+
+
+def test_cli_creates_and_rotates_the_key_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.pki_main(["secrets-key", "--dir", str(tmp_path)]) == 0
+    path = tmp_path / secrets.KEY_FILE
+    first = secrets.Keyring.load(path).primary
+    assert cli.pki_main(["secrets-key", "--dir", str(tmp_path)]) == 2  # never overwritten
+    assert "exists" in capsys.readouterr().err
+    assert cli.pki_main(["secrets-key", "--file", str(path), "--rotate"]) == 0
+    keyring = secrets.Keyring.load(path)
+    assert keyring.key_ids[1:] == [first] and keyring.primary != first
+    printed = capsys.readouterr().out
+    assert keyring.primary in printed
+    assert not [line for line in path.read_text().splitlines() if line.split()[1] in printed]
