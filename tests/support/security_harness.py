@@ -15,7 +15,7 @@ from pathlib import Path
 
 import grpc
 
-from cosmos.security import pki, tokens
+from cosmos.security import pki, secrets, tokens
 from cosmos.security.tls import TlsFiles
 
 _dir: Path | None = None
@@ -23,7 +23,8 @@ SERVICES = ("plato", "stratum", "optimus", "console", "nats")
 
 
 def pki_dir() -> Path:
-    """The session's PKI: a CA, a certificate per service, the admin's, and the token key pair."""
+    """The session's PKI: a CA, a certificate per service, the admin's, the token key pair and the
+    secrets key (Stratum finds ``secrets.key`` through ``--pki-dir``)."""
     global _dir
     if _dir is None:
         directory = Path(tempfile.mkdtemp(prefix="cosmos-test-pki-"))
@@ -35,6 +36,7 @@ def pki_dir() -> Path:
             pki.Paths.named(directory, "admin"), pki.Subject("user", "admin", "default", ("admin",))
         )
         tokens.create_keypair(directory)
+        secrets.create_key_file(directory / secrets.KEY_FILE)
         _dir = directory
     return _dir
 

@@ -333,6 +333,40 @@ async def test_progress_channel_from_a_shell_script(tmp_path: Path) -> None:
     assert [(p.percent, p.message) for p in rec.progress] == [(25, ""), (75, "muxing")]
 
 
+# ------------------------------------------------------------------------------------------ secrets
+
+SECRET_JOB = """
+import os, sys
+token, pem = os.environ["TOKEN"], os.environ["PEM"]
+with os.fdopen(int(os.environ["COSMOS_PROGRESS_FD"]), "w", buffering=1) as channel:
+    channel.write('{"percent": 50, "message": "using %s"}\\n' % token)
+print("token is " + token + " and again " + token)
+print(pem)
+print("plain " + os.environ["PLAIN"])
+print("err " + token, file=sys.stderr)
+sys.exit(4)
+"""
+
+
+async def test_secrets_reach_the_env_and_are_masked_in_all_it_reports(tmp_path: Path) -> None:
+    rec = Recorder()
+    token, pem = "tok-5f1e9c", "-----BEGIN KEY-----\nline-two-7c3a\n-----END KEY-----"
+    spec = job_pb2.JobSpec(
+        argv=[PY, "-c", SECRET_JOB], progress_format=job_pb2.PROGRESS_FORMAT_CHANNEL, env={"PLAIN": "p"}
+    )
+    spec.secrets.update(TOKEN=token, PEM=pem)
+    outcome = await run_to_end(new_run(tmp_path, rec, spec))
+
+    assert outcome.state == job_pb2.JOB_STATE_FAILED and outcome.result.exit_code == 4
+    # The job had the values (it printed them); every line of the multi-line one is masked.
+    assert rec.lines() == ["token is *** and again ***", "***", "***", "***", "plain p"]
+    assert rec.lines(job_pb2.LOG_STREAM_STDERR) == ["err ***"]
+    assert [p.message for p in rec.progress] == ["using ***"]
+    assert outcome.result.stderr_tail == "err ***" and outcome.result.error.endswith("err ***")
+    reported = b"".join(m.SerializeToString() for m in [*rec.logs, *rec.progress, outcome.result])
+    assert token.encode() not in reported and b"line-two-7c3a" not in reported
+
+
 # ----------------------------------------------------------------------------- failures and logs
 
 

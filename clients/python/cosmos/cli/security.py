@@ -7,6 +7,7 @@
     cosmos pki issue --dir pki --role user --name alice --tenant acme --user-role submitter
     cosmos pki renew --dir pki                                  # re-issue what ends within 8 h
     cosmos pki show pki/alice.pem
+    cosmos pki secrets-key --dir pki [--rotate]                 # pki/secrets.key: seals job secrets
     cosmos token create --tenant acme --role viewer --ttl 1h   # signed by <data-dir>/pki/token-key.pem
 """
 
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from cosmos import errors
 from cosmos.runtime import process
-from cosmos.security import pki, tokens
+from cosmos.security import pki, secrets, tokens
 
 DEFAULT_DIR = ".cosmos/pki"
 
@@ -46,6 +47,10 @@ def _pki_parser() -> argparse.ArgumentParser:
     renew.add_argument("--ttl", default="24h", help="lifetime of the new certificates")
     show = verbs.add_parser("show", help="print who a certificate names and until when")
     show.add_argument("file", help="a PEM certificate")
+    key = verbs.add_parser("secrets-key", help="create (or rotate) the key file that seals job secrets")
+    key.add_argument("--dir", default=DEFAULT_DIR, help="directory of secrets.key (Stratum's --pki-dir)")
+    key.add_argument("--file", default="", help="the key file (default: <dir>/secrets.key)")
+    key.add_argument("--rotate", action="store_true", help="add a new primary key, keep the old ones")
     return p
 
 
@@ -87,6 +92,14 @@ def pki_main(argv: Sequence[str] | None = None) -> int:
                 paths = pki.Paths(cert_path, cert_path.with_name(f"{cert_path.stem}-key.pem"))
                 if pki.renew(authority, paths, ttl=ttl, before=before):
                     print(f"renewed {cert_path}")
+        elif args.verb == "secrets-key":
+            path = Path(args.file) if args.file else Path(args.dir) / secrets.KEY_FILE
+            if args.rotate:
+                key_id = secrets.rotate_key_file(path)
+                print(f"{path}: new primary key {key_id}; restart Stratum, drop old lines once unused")
+            else:
+                key_id = secrets.create_key_file(path)
+                print(f"{path}: created key {key_id} (0600)")
         else:
             cert = pki.load_cert(Path(args.file))
             subject = pki.subject_of(cert)

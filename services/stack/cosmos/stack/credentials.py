@@ -13,7 +13,7 @@ import dataclasses
 import os
 from pathlib import Path
 
-from cosmos.security import pki, tokens
+from cosmos.security import pki, secrets, tokens
 from cosmos.security.config import Security
 from cosmos.security.tls import TlsFiles
 
@@ -61,4 +61,5 @@ def prepare(data_dir: Path, agent_id: str, *, ttl: str = "24h") -> StackCredenti
         lifetime,
     )
     tokens.ensure_keypair(directory)
+    secrets.ensure_key_file(directory / secrets.KEY_FILE)
     return StackCredentials(directory, "agent")

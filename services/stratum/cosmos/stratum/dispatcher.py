@@ -19,6 +19,7 @@ from typing import Any
 from cosmos import errors
 from cosmos.common.v1 import progress_pb2
 from cosmos.runtime import telemetry, wellknown
+from cosmos.security import secrets
 from cosmos.stratum import validation
 from cosmos.stratum.placement import Placement, Placer
 from cosmos.stratum.registry import AgentRegistry
@@ -52,6 +53,8 @@ class Dispatcher:
     registry: AgentRegistry
     placer: Placer
     config: DispatcherConfig = field(default_factory=DispatcherConfig)
+    keyring: secrets.Keyring | None = None
+    """Seals job secrets at submit and unseals them for the assigned agent; None: secrets refused."""
     jobs: dict[str, job_pb2.Job] = field(default_factory=dict)
     """Every job that is not finished, by id."""
     outboxes: dict[str, asyncio.Queue[agent_service_pb2.ConnectResponse]] = field(default_factory=dict)
@@ -91,10 +94,22 @@ class Dispatcher:
         spec = job_pb2.JobSpec()
         spec.CopyFrom(spec_in)
         spec.tenant = spec.tenant or "default"
+        # From here on the spec holds only the secrets' names: it is stored, returned and compared.
+        values = dict(spec.secrets)
+        for name in values:
+            spec.secrets[name] = secrets.REDACTED
+        if values and self.keyring is None:
+            raise errors.FailedPreconditionError(
+                "this job has secrets, but Stratum has no secrets key to encrypt them at rest: start it "
+                "with --secrets-key-file (or --pki-dir holding secrets.key)",
+                reason="ERROR_REASON_SECRETS_NOT_CONFIGURED",
+                metadata={"setting": "--secrets-key-file"},
+            )
         # Two tenants' request ids never name the same job.
         job_id = "job-" + uuid.uuid5(_NAMESPACE, f"{spec.tenant}\n{request_id}").hex
         existing = self.jobs.get(job_id) or await self.store.get(job_id)
         if existing is not None:
+            # Compared with the secrets redacted: a retry is recognised by the secrets' names.
             if existing.spec != spec:
                 raise errors.AlreadyExistsError(
                     f"request_id {request_id!r} was used for a different job",
@@ -103,6 +118,9 @@ class Dispatcher:
                 )
             return existing, True
         job = job_pb2.Job(job_id=job_id, spec=spec, state=JS.JOB_STATE_QUEUED, request_id=request_id)
+        if values:
+            assert self.keyring is not None
+            job.sealed_secrets.CopyFrom(self.keyring.seal(values, job_id=job_id))
         job.trace_context.update(telemetry.inject_headers())
         job.create_time.CopyFrom(wellknown.now())
         self.jobs[job_id] = job
@@ -178,6 +196,11 @@ class Dispatcher:
                 await self._assign(self.jobs[placement.job_id], placement)
 
     async def _assign(self, job: job_pb2.Job, placement: Placement) -> None:
+        spec = self._spec_for_agent(job)
+        if spec is None:
+            self.placer.release(job.job_id)
+            await self._finish(job, JS.JOB_STATE_FAILED)
+            return
         job.attempt += 1
         job.agent_id = placement.agent_id
         del job.gpu_indices[:]
@@ -193,13 +216,31 @@ class Dispatcher:
                 assign=agent_service_pb2.JobAssignment(
                     job_id=job.job_id,
                     attempt=job.attempt,
-                    spec=job.spec,
+                    spec=spec,
                     gpu_indices=placement.gpu_indices,
                     gpu_uuids=placement.gpu_uuids,
                     trace_context=job.trace_context,
                 )
             ),
         )
+
+    def _spec_for_agent(self, job: job_pb2.Job) -> job_pb2.JobSpec | None:
+        """The spec with its secrets' values, for the assignment message only; None if they do not open."""
+        if not job.spec.secrets:
+            return job.spec
+        try:
+            if self.keyring is None:
+                raise secrets.SecretsError("Stratum has no secrets key (--secrets-key-file)")
+            values = self.keyring.unseal(job.sealed_secrets, job_id=job.job_id)
+        except secrets.SecretsError as exc:
+            # The key was removed or replaced: the job can never run; say so instead of retrying.
+            job.failure_reason = f"cannot unseal the job's secrets: {exc}"
+            log.error("cannot unseal job secrets", extra={"fields": {"job_id": job.job_id}})
+            return None
+        spec = job_pb2.JobSpec()
+        spec.CopyFrom(job.spec)
+        spec.secrets.update(values)
+        return spec
 
     # ------------------------------------------------------------------ agents
 
@@ -372,6 +413,8 @@ class Dispatcher:
 
     async def _finish(self, job: job_pb2.Job, state: job_pb2.JobState.ValueType) -> None:
         job.end_time.CopyFrom(wellknown.now())
+        # A finished job never runs again: its secrets need not outlive it, even encrypted.
+        job.ClearField("sealed_secrets")
         await self._transition(job, state)
         self.jobs.pop(job.job_id, None)
         self._progress_saved.pop(job.job_id, None)

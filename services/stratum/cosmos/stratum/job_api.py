@@ -20,6 +20,16 @@ DEFAULT_TENANT = "default"
 """Tenant of callers that have none (workloads acting in their own name)."""
 
 
+def shown(job: job_pb2.Job) -> job_pb2.Job:
+    """The job as a response carries it: without its sealed secrets (the spec names them, redacted)."""
+    if not job.HasField("sealed_secrets"):
+        return job
+    out = job_pb2.Job()
+    out.CopyFrom(job)
+    out.ClearField("sealed_secrets")
+    return out
+
+
 def _require(value: str, field: str) -> None:
     if not value:
         raise errors.InvalidArgumentError(
@@ -55,13 +65,13 @@ class JobApi(job_service_pb2_grpc.JobServiceServicer):
         spec.CopyFrom(request.spec)
         spec.tenant = tenant
         job, deduplicated = await self.dispatcher.submit(request.request_id, spec)
-        return job_service_pb2.SubmitJobResponse(job=job, deduplicated=deduplicated)
+        return job_service_pb2.SubmitJobResponse(job=shown(job), deduplicated=deduplicated)
 
     async def GetJob(
         self, request: job_service_pb2.GetJobRequest, context: Any
     ) -> job_service_pb2.GetJobResponse:
         _require(request.job_id, "job_id")
-        return job_service_pb2.GetJobResponse(job=await self._visible(request.job_id))
+        return job_service_pb2.GetJobResponse(job=shown(await self._visible(request.job_id)))
 
     async def ListJobs(
         self, request: job_service_pb2.ListJobsRequest, context: Any
@@ -82,7 +92,9 @@ class JobApi(job_service_pb2_grpc.JobServiceServicer):
         chunk, next_token = paging.newest_first(
             jobs, lambda job: (job.create_time.ToNanoseconds(), job.job_id), page, query
         )
-        return job_service_pb2.ListJobsResponse(jobs=chunk, next_page_token=next_token)
+        return job_service_pb2.ListJobsResponse(
+            jobs=[shown(job) for job in chunk], next_page_token=next_token
+        )
 
     async def CancelJob(
         self, request: job_service_pb2.CancelJobRequest, context: Any
@@ -91,7 +103,7 @@ class JobApi(job_service_pb2_grpc.JobServiceServicer):
         _require(request.job_id, "job_id")
         await self._visible(request.job_id)
         return job_service_pb2.CancelJobResponse(
-            job=await self.dispatcher.cancel(request.job_id, request.reason)
+            job=shown(await self.dispatcher.cancel(request.job_id, request.reason))
         )
 
     async def WatchJob(

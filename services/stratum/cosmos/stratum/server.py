@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 from cosmos.runtime import config, jetstream, process
 from cosmos.runtime.server import Server, ServiceBinding
+from cosmos.security import secrets
 from cosmos.stratum.agent_stream import AgentServicer
 from cosmos.stratum.dispatcher import Dispatcher
 from cosmos.stratum.job_api import JobApi
@@ -17,6 +20,8 @@ from cosmos.stratum.pool import PoolServicer
 from cosmos.stratum.registry import AgentRegistry
 from cosmos.stratum.store import JobStore
 from cosmos.stratum.v1 import agent_service_pb2_grpc, job_service_pb2_grpc, pool_service_pb2_grpc
+
+log = logging.getLogger(__name__)
 
 PREFIX = "COSMOS_STRATUM"
 DEFAULT_LISTEN = "127.0.0.1:50053"
@@ -39,17 +44,36 @@ def parser() -> argparse.ArgumentParser:
     config.add_env_argument(
         p, PREFIX, "--replicas", default=1, type=int, help="stream replicas (3 in a cluster)"
     )
+    config.add_env_argument(
+        p,
+        PREFIX,
+        "--secrets-key-file",
+        default="",
+        help="key file that encrypts job secrets at rest (default: <--pki-dir>/secrets.key if it exists; "
+        "without one, jobs with secrets are refused)",
+    )
     return p
+
+
+def keyring(args: argparse.Namespace) -> secrets.Keyring | None:
+    """The secrets keyring of ``--secrets-key-file``, else of ``<--pki-dir>/secrets.key`` if present."""
+    if args.secrets_key_file:
+        return secrets.Keyring.load(Path(args.secrets_key_file))
+    if args.pki_dir and (Path(args.pki_dir) / secrets.KEY_FILE).exists():
+        return secrets.Keyring.load(Path(args.pki_dir) / secrets.KEY_FILE)
+    log.warning("no secrets key (--secrets-key-file): jobs with secrets will be refused")
+    return None
 
 
 async def serve(args: argparse.Namespace) -> None:
     """Connect to NATS, recover jobs, serve until SIGTERM/SIGINT, then close everything."""
     server_config = process.server_config("stratum", args)
+    keys = keyring(args)  # a bad key file stops the start, before anything connects
     nc, js = await jetstream.connect(args.nats, "cosmos-stratum")
     store = JobStore(nc, js, replicas=args.replicas)
     await store.ensure()
     registry = AgentRegistry(lease_seconds=args.lease_seconds, revoked=await store.revoked())
-    dispatcher = Dispatcher(store, registry, SchedulerPlacer(policy=args.policy))
+    dispatcher = Dispatcher(store, registry, SchedulerPlacer(policy=args.policy), keyring=keys)
     await dispatcher.recover()
     server = Server(server_config, on_stop=nc.close)
     server.add(

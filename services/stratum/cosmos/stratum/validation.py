@@ -6,6 +6,7 @@ big for every agent, a GPU model nobody has, an image without a container runtim
 
 from __future__ import annotations
 
+import re
 from typing import Protocol
 from urllib.parse import urlparse
 
@@ -14,6 +15,7 @@ from cosmos.stratum.registry import AgentRegistry
 from cosmos.stratum.v1 import job_pb2
 
 SCHEMES = ("file",)
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # GPU models a job may name even when no agent of the pool has one right now (it then cannot be
 # placed and is refused as unsatisfiable); any other name is a typo and refused as unknown.
 KNOWN_GPU_MODELS = frozenset(
@@ -111,6 +113,17 @@ def check_spec(spec: job_pb2.JobSpec, registry: AgentRegistry, placer: CapacityO
                         f"spec.{field}[{i}].path", "must be a relative path inside the job's work dir"
                     )
                 )
+    for name in sorted(spec.secrets):
+        # The name is shown and logged like an env name; never the value (so it is not echoed here).
+        if not _ENV_NAME.match(name) or name.upper().startswith("COSMOS_"):
+            bad.append(
+                errors.FieldViolation(
+                    f"spec.secrets[{name!r}]",
+                    "must be an environment variable name that does not start with COSMOS_",
+                )
+            )
+        elif name in spec.env:
+            bad.append(errors.FieldViolation(f"spec.secrets[{name!r}]", "is also in spec.env; set it once"))
     if bad:
         raise errors.InvalidArgumentError(
             f"invalid job: {bad[0].field}: {bad[0].description}", violations=bad

@@ -15,7 +15,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -103,6 +103,31 @@ class LineSplitter:
         self._buf.clear()
         self._overflow = False
         return Line(data, truncated)
+
+
+# ------------------------------------------------------------------------------------------- secrets
+
+SECRET_MASK = "***"
+
+
+class SecretMask:
+    """Replaces a job's secret values with ``***`` in text it reports (log lines, stderr tail, errors).
+
+    A job may print its secrets, by mistake or not: what leaves the agent must not carry them. A value
+    of several lines is masked line by line too, since output is reported a line at a time; the longest
+    values are replaced first so that one secret containing another is masked whole.
+    """
+
+    def __init__(self, values: Iterable[str]) -> None:
+        parts = {part for value in values for part in (value, *value.splitlines()) if part.strip()}
+        self._values = sorted(parts, key=len, reverse=True)
+        self._pattern = re.compile("|".join(map(re.escape, self._values))) if self._values else None
+
+    def __call__(self, text: str) -> str:
+        """``text`` with every secret value masked."""
+        if self._pattern is None:
+            return text
+        return self._pattern.sub(SECRET_MASK, text)
 
 
 # -------------------------------------------------------------------------------------------- ffmpeg

@@ -44,6 +44,7 @@ from cosmos.stratum.agent.progress import (
     LogsCallback,
     ProgressCallback,
     ProgressThrottle,
+    SecretMask,
     duration,
 )
 from cosmos.stratum.v1 import job_pb2
@@ -162,6 +163,8 @@ class JobRun:
         self._stop = asyncio.Event()
         self._cancel_grace = self.limits.kill_grace_s
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
+        self.mask = SecretMask(spec.secrets.values())
+        """Masks the job's secret values in everything the attempt reports."""
 
     # ---------------------------------------------------------------------------------- public API
 
@@ -297,8 +300,8 @@ class JobRun:
         malformed: int = 0,
     ) -> RunOutcome:
         result = result or job_pb2.JobResult()
-        result.error = error
-        result.stderr_tail = self.stderr_tail()
+        result.error = self.mask(error)
+        result.stderr_tail = self.mask(self.stderr_tail())
         return RunOutcome(state, result, reason, dropped, malformed)
 
     def stderr_tail(self) -> str:
@@ -365,7 +368,7 @@ class _Process:
     ) -> None:
         def log_line(stream: job_pb2.LogStream.ValueType) -> Callable[[Line], None]:
             def on_line(line: Line) -> None:
-                text = line.text()
+                text = self.owner.mask(line.text())
                 if stream == job_pb2.LOG_STREAM_STDERR:
                     self.owner._stderr_tail.append(text)
                 batcher.add(stream, text)
@@ -382,7 +385,7 @@ class _Process:
             )
         elif self.progress_format == job_pb2.PROGRESS_FORMAT_CHANNEL:
             self.progress_target = await self._progress_channel(
-                lambda line: _offer(throttle, channel.feed(line.text()))
+                lambda line: _offer(throttle, _masked(self.owner.mask, channel.feed(line.text())))
             )
 
     async def _pipe(self, on_line: Callable[[Line], None]) -> int:
@@ -447,6 +450,8 @@ class _Process:
         run = self.owner
         env = {} if self.engine else inherited_env(os.environ)
         env.update(self.spec.env)
+        # Secrets reach the job like env; container runs forward them by name, never on a command line.
+        env.update(self.spec.secrets)
         # Set last: a job cannot override its GPU isolation or its identity.
         work_dir = containers.CONTAINER_WORK_DIR if self.engine else str(run.work_dir)
         env.update(COSMOS_JOB_ID=run.job_id, COSMOS_ATTEMPT=str(run.attempt), COSMOS_WORK_DIR=work_dir)
@@ -787,6 +792,15 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
 def _offer(throttle: ProgressThrottle, progress: progress_pb2.Progress | None) -> None:
     if progress is not None:
         throttle.update(progress)
+
+
+def _masked(
+    mask: Callable[[str], str], progress: progress_pb2.Progress | None
+) -> progress_pb2.Progress | None:
+    """Progress with its free-text message masked (the only field a job writes text into)."""
+    if progress is not None and progress.message:
+        progress.message = mask(progress.message)
+    return progress
 
 
 def _signal_name(number: int) -> str:

@@ -119,7 +119,7 @@ class JobSupervisor:
         except Exception as exc:
             log.exception("job run failed", extra={"fields": {"job_id": job_id, "attempt": attempt}})
             final_state = job_pb2.JOB_STATE_FAILED
-            result = job_pb2.JobResult(error=f"agent could not run the job: {exc}")
+            result = job_pb2.JobResult(error=run.mask(f"agent could not run the job: {exc}"))
         attempt_state = self.attempts.pop(key, None)
         if attempt_state is not None and attempt_state.stale:
             return  # Stratum already gave this attempt to someone else; its result is worthless.

@@ -134,6 +134,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The job's executable or image is not on its tenant's allow-list
     (PERMISSION_DENIED).
     """
+    ERROR_REASON_SECRETS_NOT_CONFIGURED: _ErrorReason.ValueType  # 30
+    """The job has secrets but Stratum has no secrets key to encrypt them with
+    (--secrets-key-file) (FAILED_PRECONDITION).
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason is the machine-readable cause of a failed Cosmos RPC, sent as
@@ -245,5 +249,9 @@ to replace an earlier Cosmos publish (FAILED_PRECONDITION).
 ERROR_REASON_FORBIDDEN_EXECUTABLE: ErrorReason.ValueType  # 29
 """The job's executable or image is not on its tenant's allow-list
 (PERMISSION_DENIED).
+"""
+ERROR_REASON_SECRETS_NOT_CONFIGURED: ErrorReason.ValueType  # 30
+"""The job has secrets but Stratum has no secrets key to encrypt them with
+(--secrets-key-file) (FAILED_PRECONDITION).
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
