@@ -153,3 +153,15 @@ async def test_every_mutating_call_is_one_audit_line(
     assert start["resource"] == started.workflow.workflow_id
     refused = audits[2]
     assert (refused["identity"], refused["code"]) == ("user/alice", "PERMISSION_DENIED")
+
+
+async def test_an_insecure_stack_runs_on_loopback(tmp_path: Path) -> None:
+    from cosmos.stack.embedded import EmbeddedStack, StackConfig
+
+    cfg = StackConfig(
+        optimus_port=free_port(), plato_port=free_port(), stratum_port=free_port(), nats_port=free_port(),
+        data_dir=tmp_path / "data", insecure=True, token_port_offset=0,
+    )  # fmt: skip
+    async with EmbeddedStack(cfg) as stack:  # start() waits until the agent is READY
+        assert stack.credentials is None and not (tmp_path / "data" / "pki").exists()
+        assert stack.context().insecure
