@@ -12,7 +12,11 @@ A 3-rendition ladder (1080p, 720p, 360p) of a synthetic 1080p clip (``make-test-
   HLS + DASH packaging (audio encoded once) and publishing. With ``off`` the platform produces what the
   hand command produces (plus the packaging); ``sampled`` (the default of a submit) also measures
   VMAF + PSNR on about one frame a second, ``full`` on every frame. The phases come from the workflow
-  history (Plato ``ListWorkflowEvents``; the encode id is the workflow id).
+  history (Plato ``ListWorkflowEvents``; the encode id is the workflow id). Security is on as
+  ``cosmos up`` runs it (the stack's own CA, mutual TLS on every hop, this harness calling as the
+  local admin through ``stack.context()``; ``--insecure``: ``StackConfig(insecure=True)``); the source
+  and the output lie under the stack's storage root for tenant ``default``
+  (``<data-dir>/storage/default/``).
 - **ffmpeg + quality + package** (``--quality-baseline``): the hand command, then one hand-written
   ffmpeg command measuring VMAF (libvmaf, default model) and PSNR of all three renditions against the
   source on every frame, then the platform's ``dash`` packaging command and a copy of the package;
@@ -381,28 +385,34 @@ async def step_jobs(plato: grpc.aio.Channel, stratum: grpc.aio.Channel, workflow
     }
 
 
-async def platform_run(source: Path, work: Path, mode: str, tag: str, timeout: float) -> dict[str, Any]:
+async def platform_run(
+    source: Path, work: Path, mode: str, tag: str, timeout: float, insecure: bool = False
+) -> dict[str, Any]:
     cfg = StackConfig(
         optimus_port=free_port(), plato_port=free_port(), stratum_port=free_port(), nats_port=free_port(),
-        data_dir=work / f"stack-{tag}", log_level="warning",
+        data_dir=work / f"stack-{tag}", log_level="warning", insecure=insecure,
     )  # fmt: skip
+    # Optimus takes only files under its storage root, per tenant: <data-dir>/storage/<tenant>/. A hard
+    # link puts the (large) source there without a copy.
+    storage = cfg.data_dir / "storage" / "default"
+    storage.mkdir(parents=True)
+    clip = storage / source.name
+    os.link(source, clip)
     t0 = time.perf_counter()
     async with EmbeddedStack(cfg) as stack:
         stack_start = time.perf_counter() - t0
         await asyncio.sleep(1.0)  # let the start-up settle (definition registration, agent heartbeat)
-        out = work / f"platform-out-{tag}"
-        optimus = str(cfg.address(cfg.optimus_port))
-        plato = str(cfg.address(cfg.plato_port))
-        stratum = str(cfg.address(cfg.stratum_port))
+        out = storage / f"platform-out-{tag}"
+        context = stack.context()
         async with (
-            grpc.aio.insecure_channel(optimus) as ch,
-            grpc.aio.insecure_channel(plato) as pch,
-            grpc.aio.insecure_channel(stratum) as sch,
+            context.channel("optimus") as ch,
+            context.channel("plato") as pch,
+            context.channel("stratum") as sch,
         ):
             stub = encode_service_pb2_grpc.EncodeServiceStub(ch)
             request = encode_service_pb2.SubmitEncodeRequest(
                 request_id=f"bench-{uuid.uuid4().hex}",
-                source_uri=source.as_uri(),
+                source_uri=clip.as_uri(),
                 profiles=list(LADDER),
                 output_uri=out.as_uri(),
                 quality=MODES[mode],
@@ -605,6 +615,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
     p.add_argument("--json-file", type=Path, help="also write the JSON object to this file")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (printed)")
+    p.add_argument(
+        "--insecure", action="store_true", help="the stack without security (StackConfig(insecure=True))"
+    )
     return p.parse_args(argv)
 
 
@@ -642,7 +655,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for i in range(1, args.rounds + 1):
             for mode in modes:
                 say(f"platform, quality {mode}, round {i} (fresh embedded stack) ...")
-                run = asyncio.run(platform_run(source, work, mode, f"{mode}-{i}", args.timeout))
+                run = asyncio.run(
+                    platform_run(source, work, mode, f"{mode}-{i}", args.timeout, args.insecure)
+                )
                 run["round"] = i
                 runs[mode].append(run)
             say(f"ffmpeg hand command (round {i}) ...")
@@ -697,7 +712,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "platform": platform.platform(),
                 "ffmpeg": ffmpeg_exe(),
             },
-            "settings": {"seconds": seconds, "size": args.size, "fps": args.fps, "ladder": list(LADDER)},
+            "settings": {
+                "seconds": seconds,
+                "size": args.size,
+                "fps": args.fps,
+                "ladder": list(LADDER),
+                "security": "off (--insecure)" if args.insecure else "on (mutual TLS)",
+            },
             "source": info.to_dict(),
             "ffmpeg_rounds": {f"round {i}": h for i, h in enumerate(hands)},
             "ffmpeg_hand_wall_s_mean": round(hand, 3),

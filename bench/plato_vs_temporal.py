@@ -19,6 +19,11 @@ Configurations (durability):
 - ``temporal-file``: ``temporal server start-dev --db-filename`` (SQLite file, CLI default pragmas:
   rollback journal, an fsync per commit).
 
+Plato runs secure by default, as in production: a throwaway CA per server start (bench_security.py),
+Plato with its certificate, this process calling it as the admin over mutual TLS (``--insecure``:
+Plato with ``--insecure``, plaintext on loopback). Temporal's dev server has no TLS either way.
+bench/security_cost.py reuses :class:`PlatoEngine` to compare Plato with security on and off.
+
 The headline pairing is plato-file vs temporal-memory. Temporal's dev server has its task-queue read
 rate limits lifted (``TEMPORAL_TUNING``; ``--temporal-stock`` keeps them). Usage::
 
@@ -26,6 +31,7 @@ rate limits lifted (``TEMPORAL_TUNING``; ``--temporal-stock`` keeps them). Usage
     .venv/bin/python bench/plato_vs_temporal.py            # full run, a few minutes on 2 cores
     .venv/bin/python bench/plato_vs_temporal.py --quick    # smoke run, under a minute
     .venv/bin/python bench/plato_vs_temporal.py --json     # one JSON object with every figure
+    .venv/bin/python bench/plato_vs_temporal.py --insecure # Plato without security
 """
 
 from __future__ import annotations
@@ -54,6 +60,7 @@ import grpc
 import nats
 import nats.errors
 import psutil
+from bench_security import BenchPki, connect, server_args
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
@@ -295,7 +302,12 @@ class PlatoEngine:
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def running(cls, config: Config, workdir: Path) -> AsyncIterator[PlatoEngine]:
+    async def running(
+        cls, config: Config, workdir: Path, *, secure: bool = True
+    ) -> AsyncIterator[PlatoEngine]:
+        """NATS, Plato (with a certificate of a fresh CA in ``workdir``, or ``--insecure`` unless
+        ``secure``), the worker and the watcher, until the block ends."""
+        mesh = BenchPki.create(workdir / "pki") if secure else None
         nats_port, plato_port = free_port(HOST), free_port(HOST)
         nats_url = f"nats://{HOST}:{nats_port}"
         target = f"{HOST}:{plato_port}"
@@ -312,9 +324,9 @@ class PlatoEngine:
             servers.append(ServerProcess("nats-server", nats_argv, workdir / "nats.log"))
             engine._nc = await _connect_nats(nats_url, servers)
             plato_argv = [sys.executable, "-m", "cosmos.cli", "plato", "--listen", target]
-            plato_argv += ["--nats", nats_url, "--storage", config.storage]
+            plato_argv += ["--nats", nats_url, "--storage", config.storage, *server_args(mesh, "plato")]
             servers.append(ServerProcess("plato", plato_argv, workdir / "plato.log"))
-            engine._channel = grpc.aio.insecure_channel(target)
+            engine._channel = connect(mesh, target, "plato")
             health = health_pb2_grpc.HealthStub(engine._channel)
 
             async def serving() -> bool:
@@ -619,6 +631,8 @@ class Plan:
     temporal_tuned: bool
     fresh_per_phase: bool
     profile_dir: Path | None
+    secure: bool = True
+    """Plato with its certificate and mutual TLS (False: ``--insecure``)."""
 
 
 def default_workflows(k: int, quick: bool) -> int:
@@ -639,7 +653,7 @@ async def fresh_engine(
         started = time.perf_counter()
         engine_cm: contextlib.AbstractAsyncContextManager[Engine]
         if config.engine == "plato":
-            engine_cm = PlatoEngine.running(config, Path(tmp))
+            engine_cm = PlatoEngine.running(config, Path(tmp), secure=plan.secure)
         else:
             engine_cm = TemporalEngine.running(
                 config, Path(tmp), sandboxed=plan.temporal_sandboxed, tuned=plan.temporal_tuned
@@ -805,6 +819,7 @@ def render(report: dict[str, Any]) -> str:
         f"Plato vs Temporal — {meta['date']}, {meta['cpus']} CPUs, {meta['machine']}",
         f"nats-server {meta['versions']['nats-server']}; {meta['versions']['temporal']}; "
         f"temporalio {meta['versions']['temporalio']} (sandboxed workflows: {meta['temporal_sandboxed']})",
+        f"Plato security: {meta['plato_security']}",
         "Temporal dynamic config: "
         + (", ".join(f"{k}={v}" for k, v in tuning.items()) if tuning else "as shipped"),
         "",
@@ -941,6 +956,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="keep the dev server's task-queue read rate limits (default: lifted, see TEMPORAL_TUNING)",
     )
     p.add_argument(
+        "--insecure", action="store_true", help="Plato with --insecure (default: mutual TLS, a fresh CA)"
+    )
+    p.add_argument(
         "--profile",
         type=Path,
         default=None,
@@ -979,6 +997,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         temporal_tuned=not args.temporal_stock,
         fresh_per_phase=not args.quick,
         profile_dir=args.profile,
+        secure=not args.insecure,
     )
 
 
@@ -1013,6 +1032,7 @@ async def bench(plan: Plan, say: Callable[[str], None]) -> dict[str, Any]:
         "six_step_k": SIX_STEP_K,
         "temporal_sandboxed": plan.temporal_sandboxed,
         "fresh_server_per_phase": plan.fresh_per_phase,
+        "plato_security": "on (mutual TLS)" if plan.secure else "off (--insecure)",
         "temporal_dynamic_config": TEMPORAL_TUNING if plan.temporal_tuned else {},
         "versions": {
             "nats-server": version_of([str(nats_server_binary()), "--version"]),

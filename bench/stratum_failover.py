@@ -9,7 +9,11 @@ and two agents. Two measurements:
   300 ms (longer than the agent's 250 ms coalescing, so each line is sent at once), carrying its
   wall-clock write time; a ``WatchJob`` client records receive time - write time. p50 / p99.
 
-Run: ``.venv/bin/python bench/stratum_failover.py [--rounds 3] [--samples 100] [--json]``.
+Security is on as in production: a throwaway CA (bench_security.py), Stratum and each agent with
+their certificates, the benchmark calling as the admin over mutual TLS; ``--insecure`` runs every
+process with ``--insecure`` instead (plaintext on loopback, the baseline).
+
+Run: ``.venv/bin/python bench/stratum_failover.py [--rounds 3] [--samples 100] [--insecure] [--json]``.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from bench_security import BenchPki, agent_args, connect, server_args
 
 from cosmos.runtime.config import Address, free_port
 from cosmos.stack import natsd
@@ -82,10 +87,14 @@ async def wait_running(jobs: job_service_pb2_grpc.JobServiceAsyncStub, job_id: s
 
 
 async def recovery(
-    target: str, agents: dict[str, subprocess.Popen[bytes]], start_agent: Any, rounds: int
+    mesh: BenchPki | None,
+    target: str,
+    agents: dict[str, subprocess.Popen[bytes]],
+    start_agent: Any,
+    rounds: int,
 ) -> list[float]:
     times = []
-    async with grpc.aio.insecure_channel(target) as channel:
+    async with connect(mesh, target, "stratum") as channel:
         jobs = job_service_pb2_grpc.JobServiceStub(channel)
         pool = pool_service_pb2_grpc.PoolServiceStub(channel)
         for agent_id in agents:
@@ -110,9 +119,9 @@ async def recovery(
     return times
 
 
-async def progress_latency(target: str, samples: int) -> list[float]:
+async def progress_latency(mesh: BenchPki | None, target: str, samples: int) -> list[float]:
     latencies = []
-    async with grpc.aio.insecure_channel(target) as channel:
+    async with connect(mesh, target, "stratum") as channel:
         jobs = job_service_pb2_grpc.JobServiceStub(channel)
         spec = job_pb2.JobSpec(
             argv=[sys.executable, "-c", PROGRESS_PROGRAM.format(samples=samples)],
@@ -137,6 +146,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     procs: list[subprocess.Popen[bytes]] = []
     agents: dict[str, subprocess.Popen[bytes]] = {}
     try:
+        mesh = None if args.insecure else BenchPki.create(root / "pki")
         nats_port = free_port()
         procs.append(
             spawn(natsd.nats_server_argv(Address("127.0.0.1", nats_port), root / "nats"), root / "nats.log")
@@ -144,22 +154,30 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         target = f"127.0.0.1:{free_port()}"
         procs.append(
             spawn(
-                cosmos("stratum", "--listen", target, "--nats", f"nats://127.0.0.1:{nats_port}"),
+                cosmos(
+                    "stratum",
+                    "--listen",
+                    target,
+                    "--nats",
+                    f"nats://127.0.0.1:{nats_port}",
+                    *server_args(mesh, "stratum"),
+                ),
                 root / "s.log",
             )
         )
 
         def start_agent(agent_id: str) -> subprocess.Popen[bytes]:
             argv = cosmos(
-                "agent", "--stratum", target, "--agent-id", agent_id, "--work-dir", str(root / agent_id)
-            )
+                "agent", "--stratum", target, "--agent-id", agent_id, "--work-dir", str(root / agent_id),
+                *agent_args(mesh, agent_id),
+            )  # fmt: skip
             return spawn(argv, root / f"{agent_id}.log")
 
         for agent_id in ("agent-a", "agent-b"):
             agents[agent_id] = start_agent(agent_id)
         await asyncio.sleep(1.0)
-        recovered = await recovery(target, agents, start_agent, args.rounds)
-        latencies = await progress_latency(target, args.samples)
+        recovered = await recovery(mesh, target, agents, start_agent, args.rounds)
+        latencies = await progress_latency(mesh, target, args.samples)
     finally:
         for proc in [*agents.values(), *reversed(procs)]:
             if proc.poll() is None:
@@ -175,6 +193,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "heartbeat_interval": 2.0,
             "rounds": args.rounds,
             "samples": args.samples,
+            "security": "off (--insecure)" if args.insecure else "on (mutual TLS)",
         },
         "agent_loss_recovery_s": {
             "samples": [round(t, 3) for t in recovered],
@@ -197,6 +216,9 @@ if __name__ == "__main__":
     )
     parser.add_argument("--rounds", type=int, default=3, help="agent kills to time")
     parser.add_argument("--samples", type=int, default=100, help="progress updates to time")
+    parser.add_argument(
+        "--insecure", action="store_true", help="every process with --insecure (the plaintext baseline)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     options = parser.parse_args()
     figures = asyncio.run(main(options))

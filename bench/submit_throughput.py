@@ -11,7 +11,11 @@ drives, one after the other:
   are started for real; the local agent is stopped before the run (``--keep-agent`` keeps it), so
   their first jobs queue up on Stratum instead of running on the same 2 cores. Plato's evaluator
   works through the started workflows meanwhile, as it would in production. Only the submit RPC is
-  timed.
+  timed. Security is on as ``cosmos up`` runs it: the stack makes its own CA, every hop is mutual TLS,
+  and this harness calls as the stack's local admin (``channels.connect`` with ``stack.admin``);
+  ``--insecure`` runs the stack with ``StackConfig(insecure=True)`` instead (plaintext on loopback).
+  Sources and outputs lie under the stack's storage root for tenant ``default``
+  (``<data-dir>/storage/default/``).
 - **echo (own process)**: a bare ``grpc.aio`` server with the generated ``EncodeService`` whose
   ``SubmitEncode`` answers at once, in a separate process like Optimus.
 - **echo (in-process)**: the same servicer in this process, sharing the client's event loop.
@@ -25,6 +29,9 @@ Run::
     .venv/bin/python bench/submit_throughput.py            # 2,000 submits, 32 clients
     .venv/bin/python bench/submit_throughput.py --quick    # 300 submits, 16 clients
     .venv/bin/python bench/submit_throughput.py --json     # one JSON object with every figure
+    .venv/bin/python bench/submit_throughput.py --insecure # the stack without security
+
+bench/security_cost.py runs :func:`cosmos_run` with security on and off, round after round.
 """
 
 from __future__ import annotations
@@ -57,7 +64,9 @@ import psutil
 import report  # bench/report.py, next to this script
 
 from cosmos.optimus.v1 import encode_pb2, encode_service_pb2, encode_service_pb2_grpc
+from cosmos.runtime import channels
 from cosmos.runtime.config import free_port
+from cosmos.security.config import Security
 from cosmos.stack.embedded import EmbeddedStack, StackConfig
 
 GOAL_RATE = 1000.0
@@ -209,11 +218,19 @@ async def measure(
     make: Callable[[int, str], list[encode_service_pb2.SubmitEncodeRequest]],
     args: argparse.Namespace,
     during: Callable[[], Awaitable[None]] | None = None,
+    security: Security | None = None,
 ) -> dict[str, Run]:
     """Warm up; ``args.unloaded`` submits one at a time (the latency floor); then the measured
-    closed-loop run at ``args.concurrency``. CPU of the client and of ``pids`` over each."""
+    closed-loop run at ``args.concurrency``. CPU of the client and of ``pids`` over each.
+
+    ``security``: how to dial Optimus (``channels.connect``, as the CLI does); None: a bare plaintext
+    grpc.aio channel (the echo servers)."""
     runs: dict[str, Run] = {}
-    async with grpc.aio.insecure_channel(target) as channel:
+    if security is None:
+        opened = grpc.aio.insecure_channel(target)
+    else:
+        opened = channels.connect(target, "optimus", security)
+    async with opened as channel:
         await asyncio.wait_for(channel.channel_ready(), 30)
         stub = encode_service_pb2_grpc.EncodeServiceStub(channel)
         await drive(stub, make(args.warmup, f"{name}-warm"), args.concurrency, None)
@@ -242,19 +259,26 @@ async def measure(
 
 
 async def cosmos_run(
-    args: argparse.Namespace, source: Path, work: Path, say: Callable[[str], None]
+    args: argparse.Namespace,
+    source: Path,
+    work: Path,
+    say: Callable[[str], None],
+    *,
+    insecure: bool = False,
+    tag: str = "stack",
 ) -> dict[str, Run]:
+    """A freshly started embedded stack in ``work/<tag>``, security on (or ``insecure``), measured."""
     cfg = StackConfig(
         optimus_port=free_port(), plato_port=free_port(), stratum_port=free_port(), nats_port=free_port(),
-        data_dir=work / "stack", log_level=args.log_level,
+        data_dir=work / tag, log_level=args.log_level, insecure=insecure,
     )  # fmt: skip
-    out_root = work / "out"
-    out_root.mkdir()
-    async with EmbeddedStack(cfg) as stack:
-        if not args.keep_agent:
-            for child in stack.children:
-                if child.name == "agent":
-                    await child.stop()
+    # Optimus takes only files under its storage root, per tenant: <data-dir>/storage/<tenant>/.
+    storage = cfg.data_dir / "storage" / "default"
+    out_root = storage / "out"
+    out_root.mkdir(parents=True)
+    clip = storage / source.name
+    shutil.copyfile(source, clip)
+    async with (EmbeddedStack if args.keep_agent else StackWithoutAgent)(cfg) as stack:
         await asyncio.sleep(1.0)
         pids = {c.name: c.pid for c in stack.children if c.exited() is None}
         during = None
@@ -266,20 +290,35 @@ async def cosmos_run(
                 args.profile_seconds,
                 args.profile_native,
             )
-        say(f"cosmos: {args.submits} submits, {args.concurrency} clients ...")
+        security = "off" if insecure else "on"
+        say(f"cosmos (security {security}): {args.submits} submits, {args.concurrency} clients ...")
         run = await measure(
             str(cfg.address(cfg.optimus_port)),
             "cosmos",
             pids,
-            lambda n, tag: make_requests(n, tag, source, out_root),
+            lambda n, tag: make_requests(n, tag, clip, out_root),
             args,
             during,
+            stack.admin,
         )
         say("waiting for the stack to finish starting the encodes ...")
         loaded = run["loaded"]
         loaded.drain = await settle({k: v for k, v in pids.items()}, loaded.submits, args.drain_timeout)
         say("stopping the stack ...")
     return run
+
+
+class StackWithoutAgent(EmbeddedStack):
+    """The embedded stack without its local agent: the encodes' first jobs queue up on Stratum instead
+    of running on the same cores as the servers being measured.
+
+    Starting the agent and stopping it would do the same, but an agent of an ``insecure`` stack is
+    refused today (the ``--insecure`` caller lacks PERMISSION_AGENT_CONNECT), so the stack would never
+    start; and this saves the agent's start-up on both sides of an on/off comparison.
+    """
+
+    async def _start_agent(self) -> None:
+        return None
 
 
 async def settle(pids: dict[str, int], submits: int, timeout: float) -> dict[str, Any]:
@@ -375,7 +414,7 @@ def render(result: dict[str, Any]) -> str:
     out = [
         f"SubmitEncode: {s['submits']:,} submits with {s['concurrency']} concurrent clients "
         f"(after {s['warmup']} warm-up and {s['unloaded']} one at a time); {result['machine']['cpus']} CPUs, "
-        f"Python {result['machine']['python']}, {result['date']}",
+        f"Python {result['machine']['python']}, {result['date']}; security {s['security']}",
         "",
     ]
     rows = []
@@ -431,6 +470,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="300 submits, 16 clients, 30 warm-up")
     p.add_argument("--keep-agent", action="store_true", help="keep the local agent: the encodes' jobs run")
     p.add_argument(
+        "--insecure", action="store_true", help="the stack without security (StackConfig(insecure=True))"
+    )
+    p.add_argument(
         "--drain-timeout", type=float, default=300.0, help="how long to wait for the stack to settle"
     )
     p.add_argument(
@@ -470,7 +512,7 @@ async def amain(args: argparse.Namespace) -> int:
             say("echo server (in-process) ...")
             keep("echo_inprocess", await echo_inprocess_run(args, source, work))
         say("embedded stack ...")
-        keep("cosmos", await cosmos_run(args, source, work, say))
+        keep("cosmos", await cosmos_run(args, source, work, say, insecure=args.insecure))
         summaries = {k: r.summary() for k, r in runs.items()}
         c = summaries["cosmos"]
         ratios: dict[str, float | None] = {}
@@ -499,6 +541,7 @@ async def amain(args: argparse.Namespace) -> int:
                 "keep_agent": args.keep_agent,
                 "log_level": args.log_level,
                 "profiles": ["360p"],
+                "security": "off (--insecure)" if args.insecure else "on (mutual TLS)",
             },
             "runs": summaries,
             "ratios": ratios,
