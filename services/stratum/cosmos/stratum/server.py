@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 from collections.abc import Sequence
+from pathlib import Path
 
 from cosmos.runtime import config, jetstream, process
 from cosmos.runtime.server import Server, ServiceBinding
@@ -17,6 +18,7 @@ from cosmos.stratum.pool import PoolServicer
 from cosmos.stratum.registry import AgentRegistry
 from cosmos.stratum.store import JobStore
 from cosmos.stratum.v1 import agent_service_pb2_grpc, job_service_pb2_grpc, pool_service_pb2_grpc
+from cosmos.stratum.validation import JobPolicy
 
 PREFIX = "COSMOS_STRATUM"
 DEFAULT_LISTEN = "127.0.0.1:50053"
@@ -39,6 +41,13 @@ def parser() -> argparse.ArgumentParser:
     config.add_env_argument(
         p, PREFIX, "--replicas", default=1, type=int, help="stream replicas (3 in a cluster)"
     )
+    config.add_env_argument(
+        p,
+        PREFIX,
+        "--job-policy",
+        default="",
+        help="YAML file of the executables and images each tenant's jobs may use (none: no restriction)",
+    )
     return p
 
 
@@ -48,7 +57,8 @@ async def serve(args: argparse.Namespace) -> None:
     store = JobStore(nc, js, replicas=args.replicas)
     await store.ensure()
     registry = AgentRegistry(lease_seconds=args.lease_seconds, revoked=await store.revoked())
-    dispatcher = Dispatcher(store, registry, SchedulerPlacer(policy=args.policy))
+    policy = JobPolicy.load(Path(args.job_policy)) if args.job_policy else None
+    dispatcher = Dispatcher(store, registry, SchedulerPlacer(policy=args.policy), policy=policy)
     await dispatcher.recover()
     server = Server(process.server_config("stratum", args), on_stop=nc.close)
     server.add(
