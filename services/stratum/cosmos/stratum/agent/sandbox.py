@@ -273,6 +273,8 @@ class Sandbox:
                 raise SandboxError(f"{mine} is not a directory")
             if (info.st_uid, info.st_gid) != (ident.uid, ident.gid):
                 os.chown(mine, ident.uid, ident.gid, follow_symlinks=False)
+            if info.st_mode & 0o007:
+                os.chmod(mine, stat.S_IMODE(info.st_mode) & ~0o007)  # other tenants stay out
             own.append(mine)
         mounts: list[_Cover] = []
         hidden: list[str] = []
