@@ -16,9 +16,9 @@ paths, bind-mounted back. Everything else under such a directory (the rest of ``
 from the job's view, and the agent's PKI directory is covered too. Where no namespace can be made
 (the agent is not root, or the kernel refuses), the job runs without one and this is logged once.
 
-The child side (:meth:`Plan.apply`, a ``preexec_fn``) runs between ``fork`` and ``exec``: it only
-makes system calls the parent has planned, in this order: unshare, mounts, rlimits, setgroups,
-setresgid, setresuid, no-new-privs, umask, chdir.
+The agent plans everything here (:meth:`Sandbox.prepare` gives a :class:`Plan`); the job's first
+process, ``sandbox_exec.py``, only carries the plan out as root and then execs the job in place:
+unshare, mounts, rlimits, setgroups, setresgid, setresuid, no-new-privs, umask, chdir, exec.
 """
 
 from __future__ import annotations
