@@ -6,11 +6,13 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
@@ -39,10 +41,32 @@ def media(*args: str) -> dict[str, object]:
 
 
 @pytest.fixture(scope="module")
-def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("clip") / "source.mp4"
+def clips() -> Iterator[Path]:
+    """A media library every uid can read: jobs run as their tenant's uid, not as this test's root
+    (pytest's own temporary directories are 0700)."""
+    directory = Path(tempfile.mkdtemp(prefix="cosmos-test-clips-"))
+    directory.chmod(0o755)
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def clip(clips: Path) -> Path:
+    path = clips / "source.mp4"
     media("make-test-clip", "--out", str(path), "--seconds", "6", "--size", "640x360", "--fps", "24")
     return path
+
+
+def tenant_files(stack: EmbeddedStack) -> Path:
+    """The default tenant's directory of the stack (its jobs own it): outputs go there."""
+    directory = stack.config.storage_dir / "default"
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+@pytest.fixture
+def files(stack: EmbeddedStack) -> Path:
+    return tenant_files(stack)
 
 
 @pytest.fixture
@@ -105,13 +129,13 @@ async def test_bad_submits_name_the_field(
 
 
 async def test_concurrent_submits_each_get_their_own_answer(
-    encodes: encode_service_pb2_grpc.EncodeServiceAsyncStub, clip: Path, tmp_path: Path
+    encodes: encode_service_pb2_grpc.EncodeServiceAsyncStub, clip: Path, files: Path
 ) -> None:
     # Concurrent submits share StartWorkflows calls to Plato; each still gets its own answer.
     def submit(request_id: str, profiles: list[str]) -> encode_service_pb2.SubmitEncodeRequest:
         return encode_service_pb2.SubmitEncodeRequest(
             request_id=request_id, source_uri=clip.as_uri(), profiles=profiles,
-            output_uri=(tmp_path / request_id).as_uri(), quality=encode_pb2.QUALITY_MODE_OFF,
+            output_uri=(files / request_id).as_uri(), quality=encode_pb2.QUALITY_MODE_OFF,
         )  # fmt: skip
 
     first = (await encodes.SubmitEncode(submit("c-0", ["360p"]))).encode
@@ -136,9 +160,9 @@ async def test_concurrent_submits_each_get_their_own_answer(
 
 
 async def test_a_ladder_encodes_dedupes_and_publishes_verified_manifests(
-    encodes: encode_service_pb2_grpc.EncodeServiceAsyncStub, clip: Path, tmp_path: Path
+    encodes: encode_service_pb2_grpc.EncodeServiceAsyncStub, clip: Path, files: Path
 ) -> None:
-    out = tmp_path / "ladder"
+    out = files / "ladder"
     request = encode_service_pb2.SubmitEncodeRequest(
         request_id="ladder-1", source_uri=clip.as_uri(), profiles=["360p", "540p"], output_uri=out.as_uri()
     )
@@ -178,9 +202,9 @@ async def test_a_ladder_encodes_dedupes_and_publishes_verified_manifests(
 
 
 @pytest.fixture(scope="module")
-def longer_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def longer_clip(clips: Path) -> Path:
     # Long enough that chunk encodes are still running when the test looks for one.
-    path = tmp_path_factory.mktemp("clip") / "longer.mp4"
+    path = clips / "longer.mp4"
     media("make-test-clip", "--out", str(path), "--seconds", "16", "--size", "1280x720", "--fps", "24")
     return path
 
@@ -205,13 +229,13 @@ def ffmpeg_processes(fragment: str, step: str = "") -> list[psutil.Process]:
 
 
 async def test_a_killed_chunk_retries_alone_and_cancel_leaves_no_ffmpeg(
-    stack: EmbeddedStack, encodes: encode_service_pb2_grpc.EncodeServiceAsyncStub, clip: Path, tmp_path: Path
+    stack: EmbeddedStack, encodes: encode_service_pb2_grpc.EncodeServiceAsyncStub, clip: Path, files: Path
 ) -> None:
     request = encode_service_pb2.SubmitEncodeRequest(
         request_id=uuid.uuid4().hex,
         source_uri=clip.as_uri(),
         profiles=["360p"],
-        output_uri=(tmp_path / "k").as_uri(),
+        output_uri=(files / "k").as_uri(),
     )
     encode = (await encodes.SubmitEncode(request)).encode
     victim: list[psutil.Process] = []
@@ -237,7 +261,7 @@ async def test_a_killed_chunk_retries_alone_and_cancel_leaves_no_ffmpeg(
         request_id=uuid.uuid4().hex,
         source_uri=clip.as_uri(),
         profiles=["540p", "360p"],
-        output_uri=(tmp_path / "c").as_uri(),
+        output_uri=(files / "c").as_uri(),
     )
     running = (await encodes.SubmitEncode(second)).encode
     for _ in range(600):
@@ -264,14 +288,14 @@ def grpcurl(stack: EmbeddedStack, *args: str) -> subprocess.CompletedProcess[str
 
 
 async def test_grpcurl_submits_an_encode_with_json_and_watches_it(
-    stack: EmbeddedStack, clip: Path, tmp_path: Path
+    stack: EmbeddedStack, clip: Path, files: Path
 ) -> None:
     target = str(stack.config.address(stack.config.optimus_port))
     body = {
         "request_id": "curl-1",
         "source_uri": clip.as_uri(),
         "profiles": ["360p"],
-        "output_uri": (tmp_path / "g").as_uri(),
+        "output_uri": (files / "g").as_uri(),
     }
     submitted = await asyncio.to_thread(
         grpcurl, stack, "-d", json.dumps(body), target, "cosmos.optimus.v1.EncodeService/SubmitEncode"
@@ -307,7 +331,7 @@ async def test_nvenc_profiles_get_a_gpu_and_fail_clearly_without_nvenc(clip: Pat
             request_id=uuid.uuid4().hex,
             source_uri=clip.as_uri(),
             profiles=["360p", "360p-nvenc"],
-            output_uri=(tmp_path / "out").as_uri(),
+            output_uri=(tenant_files(stack) / "out").as_uri(),
             quality=encode_pb2.QUALITY_MODE_OFF,
         )
         encode = (await stub.SubmitEncode(request)).encode

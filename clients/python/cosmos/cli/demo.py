@@ -22,6 +22,7 @@ from cosmos import errors
 from cosmos.cli import encode, up
 from cosmos.cli.console import make_console
 from cosmos.runtime import logs, process
+from cosmos.stack import credentials
 from cosmos.stack.embedded import EmbeddedStack, StackConfig
 
 PROFILES = "1080p,720p,360p"
@@ -42,9 +43,11 @@ def media(*args: str) -> dict[str, object]:
 
 async def run_demo(cfg: StackConfig, console: Console) -> int:
     """Clip, stack, encode, verify, stop; non-zero if any of it failed."""
-    work = (cfg.data_dir / "demo").absolute()
-    clip = work / "source.mp4"
-    out = work / "out"
+    # The local admin's tenant directory: the agent gives it to the tenant's job uid, so the encode's
+    # jobs (never root) can read the clip and publish beside it.
+    work = (cfg.storage_dir / credentials.ADMIN_TENANT).absolute()
+    clip = work / "demo-source.mp4"
+    out = work / "demo"
     work.mkdir(parents=True, exist_ok=True)
     with console.status(f"generating a {CLIP_SECONDS}-second 1080p test clip with audio..."):
         await asyncio.to_thread(

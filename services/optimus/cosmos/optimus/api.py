@@ -245,7 +245,8 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
             "quality": quality,
             "ladder": request.ladder,
             "priority": request.priority,
-            "work_dir": str(self.work_root / encode_id),
+            # Per tenant: the agent gives <work-root>/<tenant> to the tenant's job uid (sandbox).
+            "work_dir": str(self.work_root / tenant / encode_id),
             "chunk_seconds": CHUNK_SECONDS,
             "max_chunks": max_chunks(len(names)),
             "request_id": request.request_id,

@@ -73,6 +73,11 @@ class StackConfig:
         return port + self.token_port_offset if self.token_port_offset else 0
 
     @property
+    def storage_dir(self) -> Path:
+        """``<data-dir>/storage``: ``storage/<tenant>`` belongs to the tenant's jobs (sources, outputs)."""
+        return self.data_dir / "storage"
+
+    @property
     def agent_id(self) -> str:
         """Id of the local agent."""
         return f"local-{self.stratum_port}"
@@ -254,6 +259,10 @@ class EmbeddedStack:
             "--work-dir",
             str(c.data_dir / "agents" / agent_id),
             *self._security_args("agent"),
+            # Each tenant's jobs (their own uid when the agent is root) own <dir>/<tenant> here:
+            # Optimus's scratch, and the tenant's files (sources, outputs) under storage/.
+            "--job-tenant-roots",
+            f"{(c.data_dir / 'work').absolute()},{c.storage_dir.absolute()}",
         ]
         if c.agent_gpus:
             argv += ["--gpus", c.agent_gpus]

@@ -55,6 +55,8 @@ class Dispatcher:
     config: DispatcherConfig = field(default_factory=DispatcherConfig)
     keyring: secrets.Keyring | None = None
     """Seals job secrets at submit and unseals them for the assigned agent; None: secrets refused."""
+    policy: validation.JobPolicy | None = None
+    """Per-tenant allow-list of executables and images (``--job-policy``); None: no restriction."""
     jobs: dict[str, job_pb2.Job] = field(default_factory=dict)
     """Every job that is not finished, by id."""
     outboxes: dict[str, asyncio.Queue[agent_service_pb2.ConnectResponse]] = field(default_factory=dict)
@@ -90,7 +92,7 @@ class Dispatcher:
 
     async def submit(self, request_id: str, spec_in: job_pb2.JobSpec) -> tuple[job_pb2.Job, bool]:
         """Queue a job (or return the one this ``request_id`` already made); True if deduplicated."""
-        validation.check_spec(spec_in, self.registry, self.placer)
+        validation.check_spec(spec_in, self.registry, self.placer, self.policy)
         spec = job_pb2.JobSpec()
         spec.CopyFrom(spec_in)
         spec.tenant = spec.tenant or "default"

@@ -20,6 +20,7 @@ from cosmos.stratum.pool import PoolServicer
 from cosmos.stratum.registry import AgentRegistry
 from cosmos.stratum.store import JobStore
 from cosmos.stratum.v1 import agent_service_pb2_grpc, job_service_pb2_grpc, pool_service_pb2_grpc
+from cosmos.stratum.validation import JobPolicy
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,13 @@ def parser() -> argparse.ArgumentParser:
         help="key file that encrypts job secrets at rest (default: <--pki-dir>/secrets.key if it exists; "
         "without one, jobs with secrets are refused)",
     )
+    config.add_env_argument(
+        p,
+        PREFIX,
+        "--job-policy",
+        default="",
+        help="YAML file of the executables and images each tenant's jobs may use (none: no restriction)",
+    )
     return p
 
 
@@ -73,7 +81,8 @@ async def serve(args: argparse.Namespace) -> None:
     store = JobStore(nc, js, replicas=args.replicas)
     await store.ensure()
     registry = AgentRegistry(lease_seconds=args.lease_seconds, revoked=await store.revoked())
-    dispatcher = Dispatcher(store, registry, SchedulerPlacer(policy=args.policy), keyring=keys)
+    policy = JobPolicy.load(Path(args.job_policy)) if args.job_policy else None
+    dispatcher = Dispatcher(store, registry, SchedulerPlacer(policy=args.policy), keyring=keys, policy=policy)
     await dispatcher.recover()
     server = Server(server_config, on_stop=nc.close)
     server.add(

@@ -21,7 +21,7 @@ from cosmos.runtime import channels, config, process, telemetry
 from cosmos.security import config as security_config
 from cosmos.security import pki
 from cosmos.security.config import Security
-from cosmos.stratum.agent import inventory, orphans
+from cosmos.stratum.agent import inventory, orphans, sandbox
 from cosmos.stratum.agent.supervisor import JobSupervisor
 from cosmos.stratum.v1 import agent_service_pb2, agent_service_pb2_grpc
 
@@ -51,6 +51,8 @@ class AgentConfig:
     """On SIGTERM, seconds running jobs get between SIGTERM and SIGKILL."""
     security: Security = field(default_factory=Security)
     """The agent's certificate (its identity: ``spiffe://cosmos/agent/<agent_id>``) and CA."""
+    jail: sandbox.Sandbox | None = None
+    """How jobs are confined (default: one uid per tenant from the default range when root)."""
 
 
 class Agent:
@@ -62,7 +64,7 @@ class Agent:
         self.stopping = asyncio.Event()
         self.connected = asyncio.Event()
         self._outbox: asyncio.Queue[agent_service_pb2.ConnectRequest | None] | None = None
-        self.jobs = JobSupervisor(cfg.work_dir, self._send)
+        self.jobs = JobSupervisor(cfg.work_dir, self._send, cfg.jail)
         self._tasks: set[asyncio.Task[None]] = set()
 
     def hello(self) -> agent_service_pb2.ConnectRequest:
@@ -207,9 +209,77 @@ def parser() -> argparse.ArgumentParser:
         p, PREFIX, "--gpus", default="", help="declared GPUs, e.g. 2xA100:80G,T4 (else NVML)"
     )
     p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="label for placement")
+    add_sandbox_arguments(p)
     security_config.add_arguments(p, PREFIX, "agent")
     process.add_logging_arguments(p, PREFIX)
     return p
+
+
+def add_sandbox_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags of the job sandbox (see docs/stratum-jobs.md, "What a job can reach")."""
+    d = sandbox.Limits()
+    first, last = sandbox.DEFAULT_UID_RANGE
+    config.add_env_argument(
+        p,
+        PREFIX,
+        "--job-uid-range",
+        default=f"{first}-{last}",
+        help="when root, each tenant's jobs run as their own uid (and gid) from this range, remembered in "
+        "the work dir",
+    )
+    config.add_env_argument(
+        p, PREFIX, "--job-user", default="", help="run every job as this user (NAME or UID) instead"
+    )
+    config.add_env_argument(
+        p,
+        PREFIX,
+        "--job-tenant-roots",
+        default="",
+        help="comma-separated directories under which each tenant gets <dir>/<tenant>, owned by its job "
+        "uid (shared scratch such as Optimus --work-root, output roots)",
+    )
+    limits = (
+        ("--job-memory-floor", d.memory_floor_bytes, "smallest memory (RLIMIT_DATA) limit of a job"),
+        ("--job-default-memory", d.default_memory_bytes, "memory limit of jobs declaring none (0: none)"),
+        ("--job-max-file-size", d.file_size_bytes, "RLIMIT_FSIZE of jobs (0: none)"),
+    )
+    for flag, default, text in limits:
+        config.add_env_argument(p, PREFIX, flag, default=str(default), type=sandbox.ByteSize, help=text)
+    config.add_env_argument(
+        p,
+        PREFIX,
+        "--job-memory-headroom",
+        default=d.memory_headroom,
+        type=float,
+        help="a job's memory limit is its resources.memory_bytes times this",
+    )
+    config.add_env_argument(
+        p, PREFIX, "--job-max-processes", default=d.processes, type=int, help="RLIMIT_NPROC per tenant uid"
+    )
+    config.add_env_argument(
+        p, PREFIX, "--job-max-open-files", default=d.open_files, type=int, help="RLIMIT_NOFILE of jobs"
+    )
+
+
+def job_sandbox(args: argparse.Namespace, work_dir: Path, security: Security) -> sandbox.Sandbox:
+    """The sandbox the flags describe; the agent's own key directory is hidden from jobs."""
+    tls = security.tls
+    hidden = sorted({f.parent.absolute() for f in (tls.key, tls.cert)}) if tls else []
+    return sandbox.Sandbox(
+        work_root=work_dir.absolute(),
+        limits=sandbox.Limits(
+            memory_floor_bytes=args.job_memory_floor,
+            memory_headroom=args.job_memory_headroom,
+            default_memory_bytes=args.job_default_memory,
+            processes=args.job_max_processes,
+            file_size_bytes=args.job_max_file_size,
+            open_files=args.job_max_open_files,
+        ),
+        uid_range=sandbox.parse_uid_range(args.job_uid_range),
+        job_user=sandbox.resolve_user(args.job_user) if args.job_user else None,
+        tenant_roots=[Path(p.strip()).absolute() for p in args.job_tenant_roots.split(",") if p.strip()],
+        hidden=hidden,
+    )
 
 
 def agent_identity(requested: str, security: Security) -> str:
@@ -250,6 +320,7 @@ async def serve(args: argparse.Namespace) -> None:
             agent_id=agent_identity(args.agent_id, security),
             security=security,
             work_dir=Path(args.work_dir),
+            jail=job_sandbox(args, Path(args.work_dir), security),
             gpus=args.gpus,
             labels=tuple(labels),
         )

@@ -18,8 +18,10 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,8 +70,11 @@ def remember(work_dir: Path, job_id: str, attempt: int, pid: int) -> None:
         "agent_pid": os.getpid(),
         "agent_started": _started(os.getpid()),
     }
-    tmp = work_dir / f".{MARKER}.tmp"
-    tmp.write_text(json.dumps(data) + "\n")
+    # The work dir belongs to the (running) job: never write through a name it may have planted.
+    tmp = work_dir / f".{MARKER}.{secrets.token_hex(8)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(json.dumps(data) + "\n")
     os.replace(tmp, work_dir / MARKER)
 
 
@@ -92,6 +97,11 @@ def reap(work_root: Path, wait_s: float = 5.0) -> list[Reaped]:
     reaped: list[Reaped] = []
     for marker in sorted(work_root.glob(f"*/*/{MARKER}")):
         try:
+            info = marker.lstat()
+            if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+                # Only this agent's user writes markers; a sandboxed job could forge one naming
+                # any process (pid 1) for the next agent to kill.
+                raise ValueError(f"not a marker written by the agent (owner uid {info.st_uid})")
             data: dict[str, Any] = json.loads(marker.read_text())
             pid, started = int(data["pid"]), data.get("started")
             agent_pid, agent_started = int(data["agent_pid"]), data.get("agent_started")

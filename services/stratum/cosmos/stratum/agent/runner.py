@@ -23,6 +23,7 @@ import logging
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -34,7 +35,7 @@ from typing import Any, TypeVar
 import psutil
 
 from cosmos.common.v1 import progress_pb2, resources_pb2
-from cosmos.stratum.agent import containers, orphans, staging
+from cosmos.stratum.agent import containers, orphans, sandbox, staging
 from cosmos.stratum.agent.progress import (
     ChannelParser,
     FfmpegProgressParser,
@@ -94,7 +95,7 @@ class RunOutcome:
     reason: str = ""
     """Stable code of why it did not succeed: ``EXIT_CODE``, ``SIGNAL``, ``CANCELLED``, ``TIMED_OUT``,
     ``INVALID_SPEC``, ``UNSUPPORTED_RUNTIME``, ``UNSUPPORTED_SCHEME``, ``INPUT_FAILED``,
-    ``OUTPUT_FAILED``, ``SPAWN_FAILED``, ``AGENT_ERROR``; empty on success."""
+    ``OUTPUT_FAILED``, ``SANDBOX_FAILED``, ``SPAWN_FAILED``, ``AGENT_ERROR``; empty on success."""
     dropped_log_lines: int = 0
     """Log lines dropped over the rate limit."""
     malformed_progress_lines: int = 0
@@ -144,6 +145,7 @@ class JobRun:
         stores: staging.StoreRegistry | None = None,
         limits: RunLimits | None = None,
         keep_work_dir: bool = False,
+        jail: sandbox.Sandbox | None = None,
     ) -> None:
         self.spec = spec
         self.job_id = job_id
@@ -154,6 +156,10 @@ class JobRun:
         self.limits = limits or RunLimits()
         self.stores = stores or staging.default_registry()
         self.keep_work_dir = keep_work_dir
+        self.jail = jail
+        """Who the process runs as and what it reaches (the agent always gives one); None runs it as
+        the agent's own user, unconfined."""
+        self._plan: sandbox.Plan | None = None
         self._on_progress = on_progress or _ignore
         self._on_logs = on_logs or _ignore
         self._state: job_pb2.JobState.ValueType = job_pb2.JOB_STATE_ASSIGNED
@@ -259,6 +265,14 @@ class JobRun:
         engine = await containers.resolve(self.spec)
         await asyncio.to_thread(self._fresh_work_dir)
         await staging.stage_inputs(self.stores, self.spec.inputs, self.work_dir)
+        if self.jail is not None and engine is None:
+            # After staging: the staged inputs become the job's too.
+            try:
+                self._plan = await asyncio.to_thread(
+                    self.jail.prepare, self.spec.tenant, self.work_dir, self.spec.resources.memory_bytes
+                )
+            except (sandbox.SandboxError, OSError) as exc:
+                raise _Refused("SANDBOX_FAILED", f"cannot sandbox the job: {exc}") from exc
         return engine
 
     async def _interruptible(self, work: Coroutine[Any, Any, T]) -> T:
@@ -449,6 +463,9 @@ class _Process:
         """What the job itself sees (inside the container, for container jobs)."""
         run = self.owner
         env = {} if self.engine else inherited_env(os.environ)
+        if self.engine is None:
+            # The agent's home and temp dir are not the job's (nor, sandboxed, reachable).
+            env["HOME"] = env["TMPDIR"] = str(run.work_dir)
         env.update(self.spec.env)
         # Secrets reach the job like env; container runs forward them by name, never on a command line.
         env.update(self.spec.secrets)
@@ -476,6 +493,14 @@ class _Process:
             # The CLI runs on the host: it needs PATH and its engine settings, and forwards the
             # job's variables by name.
             env = {**inherited_env(os.environ), **containers.client_env(os.environ), **env}
+        plan = self.owner._plan
+        plan_fd = -1
+        if plan is not None:
+            if shutil.which(argv[0], path=env.get("PATH", os.defpath)) is None:
+                raise _Refused("SPAWN_FAILED", f"cannot start {argv[0]!r}: no such program")
+            # The helper sets the sandbox up as root, then execs argv (same pid) with env.
+            argv, plan_fd = plan.command(argv, env)
+            self._child_fds.append(plan_fd)
         try:
             proc = subprocess.Popen(
                 argv,
@@ -833,10 +858,16 @@ MAX_RESULT_BYTES = 1 << 20
 def read_result(path: Path) -> dict[str, Any] | None:
     """The JSON object a job wrote as its result, None if it wrote none; ValueError if malformed."""
     try:
-        with path.open("rb") as handle:
-            data = handle.read(MAX_RESULT_BYTES + 1)
+        # The job owns its work dir: never follow a link it put there to a file only the agent may read.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        raise ValueError(f"result file cannot be read: {exc.strerror or exc}") from exc
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("result file is not a regular file")
+        data = handle.read(MAX_RESULT_BYTES + 1)
     if len(data) > MAX_RESULT_BYTES:
         raise ValueError(f"result file is larger than {MAX_RESULT_BYTES} bytes")
     try:
