@@ -33,6 +33,7 @@ __all__ = [
     "add_argument",
     "check_uri",
     "parse_roots",
+    "roots_from_args",
     "tenant_area",
 ]
 

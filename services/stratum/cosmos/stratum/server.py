@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from cosmos.runtime import config, jetstream, process
 from cosmos.runtime.server import Server, ServiceBinding
+from cosmos.security import storage
 from cosmos.stratum.agent_stream import AgentServicer
 from cosmos.stratum.dispatcher import Dispatcher
 from cosmos.stratum.job_api import JobApi
@@ -39,11 +40,13 @@ def parser() -> argparse.ArgumentParser:
     config.add_env_argument(
         p, PREFIX, "--replicas", default=1, type=int, help="stream replicas (3 in a cluster)"
     )
+    storage.add_argument(p, PREFIX)
     return p
 
 
 async def serve(args: argparse.Namespace) -> None:
     """Connect to NATS, recover jobs, serve until SIGTERM/SIGINT, then close everything."""
+    roots = storage.roots_from_args(args)
     nc, js = await jetstream.connect(args.nats, "cosmos-stratum")
     store = JobStore(nc, js, replicas=args.replicas)
     await store.ensure()
@@ -54,7 +57,7 @@ async def serve(args: argparse.Namespace) -> None:
     server.add(
         ServiceBinding(
             "cosmos.stratum.v1.JobService",
-            JobApi(dispatcher, server.stopping),
+            JobApi(dispatcher, server.stopping, roots),
             job_service_pb2_grpc.add_JobServiceServicer_to_server,
         )
     )

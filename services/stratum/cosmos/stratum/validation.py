@@ -6,10 +6,13 @@ big for every agent, a GPU model nobody has, an image without a container runtim
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlparse
 
 from cosmos import errors
+from cosmos.security import storage
 from cosmos.stratum.registry import AgentRegistry
 from cosmos.stratum.v1 import job_pb2
 
@@ -128,3 +131,22 @@ def check_spec(spec: job_pb2.JobSpec, registry: AgentRegistry, placer: CapacityO
             reason="ERROR_REASON_UNSUPPORTED_RUNTIME",
             metadata={"image": spec.image},
         )
+
+
+def check_storage(spec: job_pb2.JobSpec, roots: Sequence[Path]) -> None:
+    """:class:`~cosmos.security.storage.OutsideStorageRoot` naming every artifact URI outside
+    ``<root>/<spec.tenant>``. Whether an input exists is the agent's to find out when it stages it: a
+    submit retried with its idempotency key must not fail because a finished job's input is gone.
+
+    A job reads and writes its own tenant's area only, whoever submitted it: the agent checks again
+    at staging time against ``spec.tenant`` and knows nothing else about the submitter.
+    """
+    bad: list[errors.FieldViolation] = []
+    for field, artifacts in (("inputs", spec.inputs), ("outputs", spec.outputs)):
+        for i, artifact in enumerate(artifacts):
+            try:
+                storage.check_uri(artifact.uri, roots, spec.tenant, f"spec.{field}[{i}].uri")
+            except storage.OutsideStorageRoot as exc:
+                bad.extend(exc.violations)
+    if bad:
+        raise storage.OutsideStorageRoot(f"invalid job: {bad[0].field}: {bad[0].description}", violations=bad)

@@ -19,9 +19,9 @@ import grpc
 from cosmos import errors
 from cosmos.runtime import channels, config, process, telemetry
 from cosmos.security import config as security_config
-from cosmos.security import pki
+from cosmos.security import pki, storage
 from cosmos.security.config import Security
-from cosmos.stratum.agent import inventory, orphans
+from cosmos.stratum.agent import inventory, orphans, staging
 from cosmos.stratum.agent.supervisor import JobSupervisor
 from cosmos.stratum.v1 import agent_service_pb2, agent_service_pb2_grpc
 
@@ -51,6 +51,8 @@ class AgentConfig:
     """On SIGTERM, seconds running jobs get between SIGTERM and SIGKILL."""
     security: Security = field(default_factory=Security)
     """The agent's certificate (its identity: ``spiffe://cosmos/agent/<agent_id>``) and CA."""
+    storage_roots: tuple[Path, ...] = ()
+    """Where jobs' ``file://`` artifacts may lie (``<root>/<tenant>/...``); none: refused."""
 
 
 class Agent:
@@ -62,7 +64,7 @@ class Agent:
         self.stopping = asyncio.Event()
         self.connected = asyncio.Event()
         self._outbox: asyncio.Queue[agent_service_pb2.ConnectRequest | None] | None = None
-        self.jobs = JobSupervisor(cfg.work_dir, self._send)
+        self.jobs = JobSupervisor(cfg.work_dir, self._send, staging.default_registry(cfg.storage_roots))
         self._tasks: set[asyncio.Task[None]] = set()
 
     def hello(self) -> agent_service_pb2.ConnectRequest:
@@ -207,6 +209,7 @@ def parser() -> argparse.ArgumentParser:
         p, PREFIX, "--gpus", default="", help="declared GPUs, e.g. 2xA100:80G,T4 (else NVML)"
     )
     p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="label for placement")
+    storage.add_argument(p, PREFIX)
     security_config.add_arguments(p, PREFIX, "agent")
     process.add_logging_arguments(p, PREFIX)
     return p
@@ -252,6 +255,7 @@ async def serve(args: argparse.Namespace) -> None:
             work_dir=Path(args.work_dir),
             gpus=args.gpus,
             labels=tuple(labels),
+            storage_roots=storage.roots_from_args(args),
         )
     )
     loop = asyncio.get_running_loop()

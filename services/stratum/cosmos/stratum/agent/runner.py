@@ -255,7 +255,9 @@ class JobRun:
         staging.check(self.stores, [*self.spec.inputs, *self.spec.outputs], self.work_dir)
         engine = await containers.resolve(self.spec)
         await asyncio.to_thread(self._fresh_work_dir)
-        await staging.stage_inputs(self.stores, self.spec.inputs, self.work_dir)
+        await staging.stage_inputs(
+            self.stores, self.spec.inputs, self.work_dir, self.spec.tenant or "default"
+        )
         return engine
 
     async def _interruptible(self, work: Coroutine[Any, Any, T]) -> T:
@@ -585,7 +587,9 @@ class _Process:
         if self.spec.outputs:
             try:
                 stored = await run._interruptible(
-                    staging.stage_outputs(run.stores, self.spec.outputs, run.work_dir)
+                    staging.stage_outputs(
+                        run.stores, self.spec.outputs, run.work_dir, self.spec.tenant or "default"
+                    )
                 )
             except _Stopped:
                 return outcome(job_pb2.JOB_STATE_CANCELLED, "CANCELLED", "cancelled while storing outputs")

@@ -19,6 +19,7 @@ from opentelemetry import trace
 
 from cosmos.common.v1 import progress_pb2
 from cosmos.runtime import telemetry
+from cosmos.stratum.agent import staging
 from cosmos.stratum.agent.runner import JobRun
 from cosmos.stratum.v1 import agent_service_pb2, job_pb2
 
@@ -45,8 +46,9 @@ def _message(**kwargs: object) -> agent_service_pb2.ConnectRequest:
 class JobSupervisor:
     """Every job attempt running on this agent."""
 
-    def __init__(self, work_root: Path, send: Send) -> None:
+    def __init__(self, work_root: Path, send: Send, stores: staging.StoreRegistry | None = None) -> None:
         self.work_root = work_root
+        self.stores = stores
         self.send = send
         self.attempts: dict[Key, _Attempt] = {}
         self.unacked: dict[Key, agent_service_pb2.ConnectRequest] = {}
@@ -93,6 +95,7 @@ class JobSupervisor:
             gpu_indices=list(assignment.gpu_indices),
             on_progress=on_progress,
             on_logs=on_logs,
+            stores=self.stores,
         )
         trace = dict(assignment.trace_context)
         self.attempts[key] = _Attempt(run, asyncio.create_task(self._drive(key, run, trace)))
