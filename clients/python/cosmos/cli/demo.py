@@ -4,6 +4,9 @@ Generates a 20-second 1080p test clip with audio, starts the stack (same ports, 
 settings as ``cosmos up``), encodes a 3-rendition ladder (1080p, 720p, 360p) with live progress,
 prints the renditions with their VMAF and PSNR, verifies the published HLS and DASH manifests
 (every rendition listed, both decode, durations match the source), and stops the stack.
+
+Clip and output lie in the local admin's storage area (``<data-dir>/storage/default/demo/``): the
+services accept files there only. Every run republishes the output, so it asks for overwrite.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from cosmos import errors
 from cosmos.cli import encode, up
 from cosmos.cli.console import make_console
 from cosmos.runtime import logs, process
+from cosmos.security import storage
 from cosmos.stack.embedded import EmbeddedStack, StackConfig
 
 PROFILES = "1080p,720p,360p"
@@ -42,7 +46,7 @@ def media(*args: str) -> dict[str, object]:
 
 async def run_demo(cfg: StackConfig, console: Console) -> int:
     """Clip, stack, encode, verify, stop; non-zero if any of it failed."""
-    work = (cfg.data_dir / "demo").absolute()
+    work = storage.tenant_area(cfg.storage_dir, storage.DEFAULT_TENANT) / "demo"
     clip = work / "source.mp4"
     out = work / "out"
     work.mkdir(parents=True, exist_ok=True)
@@ -57,7 +61,7 @@ async def run_demo(cfg: StackConfig, console: Console) -> int:
     try:
         console.print(up.endpoints_table(stack))
         args = encode.parser().parse_args(
-            [str(clip), "--profiles", PROFILES, "--out", str(out), "--force"]
+            [str(clip), "--profiles", PROFILES, "--out", str(out), "--force", "--overwrite"]
         )  # fmt: skip
         code = await encode.run_encode(args, console, stack.context())
         verified = code == process.EXIT_OK and await asyncio.to_thread(_verify, console, out)
