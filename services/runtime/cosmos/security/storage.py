@@ -178,7 +178,7 @@ def check_uri(
         raise _refuse(field, uri, f"leaves {area} through a symbolic link (it resolves to {real})")
     try:
         mode = os.stat(real).st_mode
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # not there (yet), or below a file: nothing to judge
         if must_exist:
             raise _refuse(field, uri, "does not exist") from None
         return real

@@ -121,12 +121,13 @@ class StoreRegistry:
 
     def guard(self, uri: str, tenant: str, field: str, *, is_input: bool) -> str:
         """The URI to touch for ``uri``: a ``file://`` URI is checked against :attr:`roots` for
-        ``tenant`` (an input must exist; every file of an input directory is checked too) and
-        replaced by its real path's URI; :class:`OutsideStorageRoot` when it may not be used."""
+        ``tenant`` (every entry of an input directory too) and replaced by its real path's URI;
+        :class:`OutsideStorageRoot` when it may not be used. A missing input is the store's to
+        report (:class:`InputFailed`)."""
         if urllib.parse.urlsplit(uri).scheme.lower() != "file" and not uri.startswith("/"):
             return uri  # another store (object stores) governs its own URIs
         try:
-            real = storage.check_uri(uri, self.roots, tenant, field, must_exist=is_input)
+            real = storage.check_uri(uri, self.roots, tenant, field)
             if is_input and real.is_dir():
                 _check_tree(real, self.roots, tenant, field)
         except errors.InvalidArgumentError as exc:
