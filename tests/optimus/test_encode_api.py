@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import filecmp
 import json
 import os
 import re
@@ -351,3 +352,30 @@ async def test_nvenc_profiles_get_a_gpu_and_fail_clearly_without_nvenc(
     # The software chunks were not held back by the failing GPU ones.
     cpu_states = {s.state for s in workflow.steps if groups.get(s.step_id) == "cpu"}
     assert cpu_states == {workflow_pb2.STEP_STATE_COMPLETED}
+
+
+async def test_cli_encode_puts_a_local_source_and_a_relative_out_in_the_storage_area(
+    stack: EmbeddedStack, clip_file: Path, area: Path
+) -> None:
+    # Right after `cosmos up`: the source lies outside the storage root, --out is relative.
+    from rich.console import Console
+
+    from cosmos.cli import encode as cli
+
+    console = Console(record=True, width=300)
+    argv = [str(clip_file), "--profiles", "360p", "--out", "ladder", "--quality", "off"]
+    assert await cli.run_encode(cli.parser().parse_args(argv), console, stack.context()) == 0
+    printed = console.export_text()
+    upload = area / "uploads" / clip_file.name
+    assert f"copied {clip_file} into your storage area: {upload}" in printed, printed
+    assert filecmp.cmp(upload, clip_file, shallow=False)
+    published = area / "ladder"
+    assert (published / "master.m3u8").is_file() and (published / ".cosmos-publish.json").is_file()
+    # A new encode to the same place fails at publishing without --overwrite and leaves the ladder;
+    # with --overwrite it replaces it.
+    first = (published / "master.m3u8").stat().st_mtime_ns
+    assert await cli.run_encode(cli.parser().parse_args([*argv, "--force"]), console, stack.context()) != 0
+    assert (published / "master.m3u8").stat().st_mtime_ns == first
+    again = cli.parser().parse_args([*argv, "--force", "--overwrite"])
+    assert await cli.run_encode(again, console, stack.context()) == 0
+    assert (published / "master.m3u8").stat().st_mtime_ns != first

@@ -139,8 +139,8 @@ async def test_sources_outputs_and_job_artifacts_stay_in_the_callers_area(
             (job([(umbrella / "clip.mp4").as_uri()]), "spec.inputs[0].uri"),
             (job([(acme / "clip.mp4").as_uri()], [(outside / "x").as_uri()]), "spec.outputs[0].uri"),
         ]
-        for request, field in cases_jobs:
-            await refused(jobs.SubmitJob, request, INVALID, OUTSIDE, field)
+        for job_request, field in cases_jobs:
+            await refused(jobs.SubmitJob, job_request, INVALID, OUTSIDE, field)
         assert list((await jobs.ListJobs(job_service_pb2.ListJobsRequest())).jobs) == []
     async with security_harness.channel(stratum.target) as channel:  # the admin sees every tenant
         all_jobs = await job_service_pb2_grpc.JobServiceStub(channel).ListJobs(
