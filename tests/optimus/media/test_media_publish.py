@@ -115,3 +115,18 @@ def test_an_empty_directory_is_published_into(tmp_path: Path) -> None:
     dest.mkdir()
     assert publish(tree, dest) == (0, "")
     assert files(dest) == files(tree)
+
+
+def test_within_refuses_a_destination_that_a_link_leads_out_of_the_area(tmp_path: Path) -> None:
+    # Optimus accepted <area>/shows/title; since then "shows" became a link to a directory elsewhere.
+    tree = package(tmp_path / "pkg", "one", {"v0/seg1.m4s": "a"})
+    area, elsewhere = tmp_path / "storage" / "acme", tmp_path / "elsewhere"
+    area.mkdir(parents=True)
+    elsewhere.mkdir()
+    (area / "shows").symlink_to(elsewhere)
+    code, err = publish(tree, area / "shows" / "title", "--within", str(area))
+    assert code == 2 and "outside its storage area" in err
+    assert list(elsewhere.iterdir()) == []
+    code, err = publish(tree, tmp_path / "title", "--within", str(area))
+    assert code == 2 and not (tmp_path / "title").exists()
+    assert publish(tree, area / "title", "--within", str(area)) == (0, "")

@@ -258,6 +258,8 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
             "source_uri": request.source_uri,
             "output": output.as_uri(),
             "overwrite": request.overwrite,
+            # The publish step checks again, when it writes, that the output is still in this area.
+            "output_area": str(storage.area_of(output, self.storage_roots) or output.parent),
             "quality": quality,
             "ladder": request.ladder,
             "priority": request.priority,

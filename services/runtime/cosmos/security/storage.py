@@ -31,6 +31,7 @@ __all__ = [
     "DEFAULT_TENANT",
     "OutsideStorageRoot",
     "add_argument",
+    "area_of",
     "check_uri",
     "parse_roots",
     "roots_from_args",
@@ -203,3 +204,9 @@ def _area(pure: PurePosixPath, roots: Sequence[Path], tenant: str, all_tenants: 
         elif len(rest) >= 2 and rest[0] == tenant:
             return root / tenant
     return None
+
+
+def area_of(path: Path, roots: Sequence[Path]) -> Path | None:
+    """The tenant area (``<root>/<tenant>``) a path :func:`check_uri` accepted lies in, or None."""
+    area = _area(PurePosixPath(path), roots, "", all_tenants=True)
+    return Path(area) if area is not None else None

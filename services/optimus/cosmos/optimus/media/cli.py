@@ -94,6 +94,9 @@ def parser() -> argparse.ArgumentParser:
         type=_boolean,
         help="replace an earlier Cosmos publish there (--overwrite, or --overwrite=true|false)",
     )
+    c.add_argument(
+        "--within", default="", help="refuse a destination that is not (or no longer) inside this directory"
+    )
 
     c = sub.add_parser("verify", help="check the HLS and DASH manifests and decode them fully")
     c.add_argument("--hls", required=True)
@@ -216,7 +219,7 @@ def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     if cmd == "publish":
         from cosmos.optimus.media.publish import publish
 
-        return publish(args.src, args.to, progress, overwrite=args.overwrite)
+        return publish(args.src, args.to, progress, overwrite=args.overwrite, within=args.within or None)
     if cmd == "verify":
         from cosmos.optimus.media.verify import verify
 

@@ -100,9 +100,25 @@ def _digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def publish(src: str, to: str, progress: Progress, *, overwrite: bool = False) -> dict[str, Any]:
-    """Copy the packaged directory ``src`` to the directory named by ``to`` (see the module doc)."""
+def _check_within(dest: Path, within: str | None) -> None:
+    """:class:`InputError` unless ``dest`` lies inside ``within``, also after following links (the
+    storage area Optimus accepted the output in: a link made since then must not lead out of it)."""
+    if within is None:
+        return
+    area = Path(within)
+    real = Path(os.path.realpath(dest))
+    real_area = Path(os.path.realpath(area))
+    if not dest.is_relative_to(area) or not real.is_relative_to(real_area) or real == real_area:
+        raise InputError(f"destination {dest} is outside its storage area {area} (it resolves to {real})")
+
+
+def publish(
+    src: str, to: str, progress: Progress, *, overwrite: bool = False, within: str | None = None
+) -> dict[str, Any]:
+    """Copy the packaged directory ``src`` to the directory named by ``to`` (see the module doc),
+    which must lie inside ``within`` when given."""
     dest = destination_path(to)
+    _check_within(dest, within)
     source = Path(src).absolute()
     if not source.is_dir():
         raise InputError(f"packaged directory not found: {source}")
@@ -144,6 +160,7 @@ def publish(src: str, to: str, progress: Progress, *, overwrite: bool = False) -
             done += f.stat().st_size
             progress.report(percent=100.0 * done / total if total else 100.0, message="publishing")
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+        _check_within(dest, within)  # again, right before the rename
         if replacing == "publish":
             dest.rename(old)
             moved_aside = True
