@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import filecmp
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -41,18 +40,8 @@ def media(*args: str) -> dict[str, object]:
 
 
 @pytest.fixture(scope="module")
-def clips() -> Iterator[Path]:
-    """A media library every uid can read: jobs run as their tenant's uid, not as this test's root
-    (pytest's own temporary directories are 0700)."""
-    directory = Path(tempfile.mkdtemp(prefix="cosmos-test-clips-"))
-    directory.chmod(0o755)
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def clip(clips: Path) -> Path:
-    path = clips / "source.mp4"
+def clip_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("clip") / "source.mp4"
     media("make-test-clip", "--out", str(path), "--seconds", "6", "--size", "640x360", "--fps", "24")
     return path
 
@@ -67,6 +56,22 @@ def tenant_files(stack: EmbeddedStack) -> Path:
 @pytest.fixture
 def files(stack: EmbeddedStack) -> Path:
     return tenant_files(stack)
+
+
+@pytest.fixture
+def area(tmp_path: Path) -> Path:
+    """The local admin's storage area of the stack (its default root, tenant default)."""
+    path = tmp_path / "data" / "storage" / "default"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture
+def clip(clip_file: Path, area: Path) -> Path:
+    """The clip inside the storage area (the services accept files there only)."""
+    path = area / "source.mp4"
+    os.link(clip_file, path)
+    return path
 
 
 @pytest.fixture
@@ -98,19 +103,19 @@ async def wait(
 
 
 async def test_bad_submits_name_the_field(
-    encodes: encode_service_pb2_grpc.EncodeServiceAsyncStub, clip: Path, tmp_path: Path
+    encodes: encode_service_pb2_grpc.EncodeServiceAsyncStub, clip: Path, area: Path
 ) -> None:
-    good = {"source_uri": clip.as_uri(), "profiles": ["360p"], "output_uri": (tmp_path / "out").as_uri()}
-    read_only = tmp_path / "ro"
+    good = {"source_uri": clip.as_uri(), "profiles": ["360p"], "output_uri": (area / "out").as_uri()}
+    read_only = area / "ro"
     read_only.mkdir()
     read_only.chmod(0o500)
     bad, pre = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION
-    missing = (tmp_path / "missing.mp4").as_uri()
+    missing = (area / "missing.mp4").as_uri()
     cases: list[tuple[dict[str, object], grpc.StatusCode, str, str]] = [
         ({"source_uri": missing}, bad, "source_uri", "ERROR_REASON_SOURCE_UNREADABLE"),
         ({"profiles": ["4320p"]}, bad, "profiles[0]", "ERROR_REASON_UNKNOWN_PROFILE"),
-        ({"output_uri": "s3://bucket/out"}, bad, "output_uri", "ERROR_REASON_INVALID_ARGUMENT"),
-        ({"source_uri": "ftp://host/x.mp4"}, bad, "source_uri", "ERROR_REASON_INVALID_ARGUMENT"),
+        ({"output_uri": "s3://bucket/out"}, bad, "output_uri", "ERROR_REASON_OUTSIDE_STORAGE_ROOT"),
+        ({"source_uri": "ftp://host/x.mp4"}, bad, "source_uri", "ERROR_REASON_OUTSIDE_STORAGE_ROOT"),
         ({"output_uri": (clip / "out").as_uri()}, pre, "output_uri", "ERROR_REASON_OUTPUT_UNWRITABLE"),
         ({"quality": 9}, bad, "quality", "ERROR_REASON_INVALID_ARGUMENT"),  # not a QualityMode
     ]
@@ -129,13 +134,13 @@ async def test_bad_submits_name_the_field(
 
 
 async def test_concurrent_submits_each_get_their_own_answer(
-    encodes: encode_service_pb2_grpc.EncodeServiceAsyncStub, clip: Path, files: Path
+    encodes: encode_service_pb2_grpc.EncodeServiceAsyncStub, clip: Path, area: Path
 ) -> None:
     # Concurrent submits share StartWorkflows calls to Plato; each still gets its own answer.
     def submit(request_id: str, profiles: list[str]) -> encode_service_pb2.SubmitEncodeRequest:
         return encode_service_pb2.SubmitEncodeRequest(
             request_id=request_id, source_uri=clip.as_uri(), profiles=profiles,
-            output_uri=(files / request_id).as_uri(), quality=encode_pb2.QUALITY_MODE_OFF,
+            output_uri=(area / request_id).as_uri(), quality=encode_pb2.QUALITY_MODE_OFF,
         )  # fmt: skip
 
     first = (await encodes.SubmitEncode(submit("c-0", ["360p"]))).encode
@@ -160,9 +165,9 @@ async def test_concurrent_submits_each_get_their_own_answer(
 
 
 async def test_a_ladder_encodes_dedupes_and_publishes_verified_manifests(
-    encodes: encode_service_pb2_grpc.EncodeServiceAsyncStub, clip: Path, files: Path
+    encodes: encode_service_pb2_grpc.EncodeServiceAsyncStub, clip: Path, area: Path
 ) -> None:
-    out = files / "ladder"
+    out = area / "ladder"
     request = encode_service_pb2.SubmitEncodeRequest(
         request_id="ladder-1", source_uri=clip.as_uri(), profiles=["360p", "540p"], output_uri=out.as_uri()
     )
@@ -229,13 +234,13 @@ def ffmpeg_processes(fragment: str, step: str = "") -> list[psutil.Process]:
 
 
 async def test_a_killed_chunk_retries_alone_and_cancel_leaves_no_ffmpeg(
-    stack: EmbeddedStack, encodes: encode_service_pb2_grpc.EncodeServiceAsyncStub, clip: Path, files: Path
+    stack: EmbeddedStack, encodes: encode_service_pb2_grpc.EncodeServiceAsyncStub, clip: Path, area: Path
 ) -> None:
     request = encode_service_pb2.SubmitEncodeRequest(
         request_id=uuid.uuid4().hex,
         source_uri=clip.as_uri(),
         profiles=["360p"],
-        output_uri=(files / "k").as_uri(),
+        output_uri=(area / "k").as_uri(),
     )
     encode = (await encodes.SubmitEncode(request)).encode
     victim: list[psutil.Process] = []
@@ -261,7 +266,7 @@ async def test_a_killed_chunk_retries_alone_and_cancel_leaves_no_ffmpeg(
         request_id=uuid.uuid4().hex,
         source_uri=clip.as_uri(),
         profiles=["540p", "360p"],
-        output_uri=(files / "c").as_uri(),
+        output_uri=(area / "c").as_uri(),
     )
     running = (await encodes.SubmitEncode(second)).encode
     for _ in range(600):
@@ -288,14 +293,14 @@ def grpcurl(stack: EmbeddedStack, *args: str) -> subprocess.CompletedProcess[str
 
 
 async def test_grpcurl_submits_an_encode_with_json_and_watches_it(
-    stack: EmbeddedStack, clip: Path, files: Path
+    stack: EmbeddedStack, clip: Path, area: Path
 ) -> None:
     target = str(stack.config.address(stack.config.optimus_port))
     body = {
         "request_id": "curl-1",
         "source_uri": clip.as_uri(),
         "profiles": ["360p"],
-        "output_uri": (files / "g").as_uri(),
+        "output_uri": (area / "g").as_uri(),
     }
     submitted = await asyncio.to_thread(
         grpcurl, stack, "-d", json.dumps(body), target, "cosmos.optimus.v1.EncodeService/SubmitEncode"
@@ -317,7 +322,9 @@ async def test_grpcurl_submits_an_encode_with_json_and_watches_it(
     assert snapshots[-1]["encode"]["manifests"]["hls_master_uri"].endswith("master.m3u8")
 
 
-async def test_nvenc_profiles_get_a_gpu_and_fail_clearly_without_nvenc(clip: Path, tmp_path: Path) -> None:
+async def test_nvenc_profiles_get_a_gpu_and_fail_clearly_without_nvenc(
+    clip: Path, area: Path, tmp_path: Path
+) -> None:
     # The local agent declares one T4: the NVENC group's chunk jobs must be placed on it with that GPU
     # (CUDA_VISIBLE_DEVICES='0'), next to the software group's jobs. Without a usable NVENC encoder
     # here they fail after their retries and the encode names the step and the cause.
@@ -331,7 +338,7 @@ async def test_nvenc_profiles_get_a_gpu_and_fail_clearly_without_nvenc(clip: Pat
             request_id=uuid.uuid4().hex,
             source_uri=clip.as_uri(),
             profiles=["360p", "360p-nvenc"],
-            output_uri=(tenant_files(stack) / "out").as_uri(),
+            output_uri=(area / "out").as_uri(),
             quality=encode_pb2.QUALITY_MODE_OFF,
         )
         encode = (await stub.SubmitEncode(request)).encode
@@ -357,3 +364,30 @@ async def test_nvenc_profiles_get_a_gpu_and_fail_clearly_without_nvenc(clip: Pat
     # The software chunks were not held back by the failing GPU ones.
     cpu_states = {s.state for s in workflow.steps if groups.get(s.step_id) == "cpu"}
     assert cpu_states == {workflow_pb2.STEP_STATE_COMPLETED}
+
+
+async def test_cli_encode_puts_a_local_source_and_a_relative_out_in_the_storage_area(
+    stack: EmbeddedStack, clip_file: Path, area: Path
+) -> None:
+    # Right after `cosmos up`: the source lies outside the storage root, --out is relative.
+    from rich.console import Console
+
+    from cosmos.cli import encode as cli
+
+    console = Console(record=True, width=300)
+    argv = [str(clip_file), "--profiles", "360p", "--out", "ladder", "--quality", "off"]
+    assert await cli.run_encode(cli.parser().parse_args(argv), console, stack.context()) == 0
+    printed = console.export_text()
+    upload = area / "uploads" / clip_file.name
+    assert f"copied {clip_file} into your storage area: {upload}" in printed, printed
+    assert filecmp.cmp(upload, clip_file, shallow=False)
+    published = area / "ladder"
+    assert (published / "master.m3u8").is_file() and (published / ".cosmos-publish.json").is_file()
+    # A new encode to the same place fails at publishing without --overwrite and leaves the ladder;
+    # with --overwrite it replaces it.
+    first = (published / "master.m3u8").stat().st_mtime_ns
+    assert await cli.run_encode(cli.parser().parse_args([*argv, "--force"]), console, stack.context()) != 0
+    assert (published / "master.m3u8").stat().st_mtime_ns == first
+    again = cli.parser().parse_args([*argv, "--force", "--overwrite"])
+    assert await cli.run_encode(again, console, stack.context()) == 0
+    assert (published / "master.m3u8").stat().st_mtime_ns != first

@@ -26,10 +26,9 @@ async def test_one_encode_is_one_trace_across_every_hop(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
-    # The default tenant's files in the stack: its jobs (its own uid) read and write there.
-    files = tmp_path / "data" / "storage" / "default"
-    files.mkdir(parents=True)
-    clip = files / "clip.mp4"
+    area = tmp_path / "data" / "storage" / "default"  # the stack's storage area for the local admin
+    area.mkdir(parents=True)
+    clip = area / "clip.mp4"
     made = await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-m", "cosmos.optimus.media", "make-test-clip", "--out", str(clip), "--seconds", "4",
@@ -48,7 +47,7 @@ async def test_one_encode_is_one_trace_across_every_hop(
                 request_id="traced",
                 source_uri=clip.as_uri(),
                 profiles=["360p"],
-                output_uri=(files / "o").as_uri(),
+                output_uri=(area / "o").as_uri(),
             )
             encode = (await stub.SubmitEncode(request)).encode
             last = encode

@@ -173,6 +173,8 @@ def run_ladder(chunks: int, names: list[str]) -> tuple[int, workflow_pb2.Workflo
             "source": "/media/in/title.mov",
             "source_uri": "file:///media/in/title.mov",
             "output": "file:///media/out/title",
+            "overwrite": False,
+            "output_area": "/media/out",
             "quality": "sampled",
             "ladder": "",
             "priority": 0,

@@ -51,16 +51,18 @@ def agents(tmp_path: Path) -> Iterator[Agents]:
 async def test_job_steps_run_on_stratum_and_report_results_and_failures(
     start_service: Callable[..., Any], nats_url: str, agents: Agents, tmp_path: Path
 ) -> None:
-    stratum = start_service("stratum", "--nats", nats_url, "--heartbeat-interval", "0.3")
+    # tmp_path is the storage root; the workflow's tenant (the admin's, default) writes in tmp_path/default.
+    roots = ("--storage-root", str(tmp_path))
+    stratum = start_service("stratum", "--nats", nats_url, "--heartbeat-interval", "0.3", *roots)
     plato = start_service("plato", "--nats", nats_url, "--stratum", stratum.target)
-    agents.start(stratum.target, "runner-host")
+    agents.start(stratum.target, "runner-host", *roots)
     await wait_agents(stratum.target, 1)
     async with security_harness.channel(plato.target) as channel:
         client = PlatoClient(
             plato.target, nats_url, channel, workflow_service_pb2_grpc.WorkflowServiceStub(channel)
         )
         await client.register(JOBS)
-        out = tmp_path / "result.txt"
+        out = tmp_path / "default" / "result.txt"
         wf = await client.wait(
             await client.start("job-steps", {"word": "hello", "out": f"file://{out}", "fail": False})
         )
@@ -73,7 +75,7 @@ async def test_job_steps_run_on_stratum_and_report_results_and_failures(
 
         failed = await client.wait(
             await client.start(
-                "job-steps", {"word": "x", "out": f"file://{tmp_path / 'x.txt'}", "fail": True}
+                "job-steps", {"word": "x", "out": f"file://{tmp_path / 'default' / 'x.txt'}", "fail": True}
             )
         )
         assert failed.state == WS.WORKFLOW_STATE_FAILED

@@ -25,8 +25,12 @@ def agents(tmp_path: Path) -> Iterator[Agents]:
 
 
 @pytest.fixture
-def stratum(start_service: Callable[..., Any], nats_url: str) -> Any:
-    return start_service("stratum", "--nats", nats_url, "--lease-seconds", "2", "--heartbeat-interval", "0.3")
+def stratum(start_service: Callable[..., Any], nats_url: str, tmp_path: Path) -> Any:
+    # tmp_path is the storage root: jobs' files lie in tmp_path/default (the admin's tenant).
+    return start_service(
+        "stratum", "--nats", nats_url, "--lease-seconds", "2", "--heartbeat-interval", "0.3",
+        "--storage-root", str(tmp_path),
+    )  # fmt: skip
 
 
 @pytest.fixture
@@ -103,7 +107,7 @@ async def test_impossible_jobs_are_refused_and_big_jobs_wait_for_capacity(
 
 
 def ffmpeg_job(tmp_path: Path, seconds_of_media: int, name: str) -> job_pb2.JobSpec:
-    out = tmp_path / f"{name}.mp4"
+    out = tmp_path / "default" / f"{name}.mp4"
     spec = job_pb2.JobSpec(
         argv=[
             imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-y", "-re",
@@ -129,7 +133,7 @@ def processes_named(fragment: str) -> list[psutil.Process]:
 async def test_ffmpeg_progress_rises_and_cancel_kills_the_whole_process_group(
     stratum: Any, jobs: JobsClient, agents: Agents, tmp_path: Path
 ) -> None:
-    agents.start(stratum.target, "cpu-a")
+    agents.start(stratum.target, "cpu-a", "--storage-root", str(tmp_path))
     await wait_agents(stratum.target, 1)
     encode = await jobs.submit(ffmpeg_job(tmp_path, 3, "progress-run"))
     done = await jobs.wait(encode.job_id, timeout=60)
@@ -138,7 +142,7 @@ async def test_ffmpeg_progress_rises_and_cancel_kills_the_whole_process_group(
         e.progress.percent for e in await jobs.events(encode.job_id) if e.WhichOneof("event") == "progress"
     ]
     assert len(percents) >= 3 and percents == sorted(percents) and percents[-1] >= 99
-    assert (tmp_path / "progress-run.mp4").stat().st_size > 0
+    assert (tmp_path / "default" / "progress-run.mp4").stat().st_size > 0
 
     victim = await jobs.submit(ffmpeg_job(tmp_path, 60, "cancel-run"))
     await jobs.wait(victim.job_id, [JS.JOB_STATE_RUNNING])

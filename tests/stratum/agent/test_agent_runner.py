@@ -78,6 +78,8 @@ def new_run(
         on_progress=rec.on_progress,
         on_logs=rec.on_logs,
         limits=kwargs.pop("limits", FAST),
+        # tmp_path is the storage root: the jobs (tenant default) use files in tmp_path/default.
+        stores=kwargs.pop("stores", staging.default_registry([tmp_path])),
         **kwargs,
     )
 
@@ -125,7 +127,7 @@ def uri(path: Path) -> str:
 
 async def test_real_ffmpeg_encode_reports_rising_progress_and_stores_its_output(tmp_path: Path) -> None:
     rec = Recorder()
-    store = tmp_path / "store" / "renditions" / "out.mp4"
+    store = tmp_path / "default" / "store" / "renditions" / "out.mp4"
     spec = job_pb2.JobSpec(
         # -readrate 2: 6 s of media in about 3 s, so there is progress to watch.
         argv=[FFMPEG, "-hide_banner", "-y", "-readrate", "2", *lavfi_testsrc(6), *X264, "out.mp4"],
@@ -243,7 +245,7 @@ async def test_cancel_before_start_and_during_staging(tmp_path: Path) -> None:
         async def store(self, src: Path, uri: str) -> str:
             return uri
 
-    stores = staging.default_registry()
+    stores = staging.default_registry([tmp_path])
     stores.register("slow", SlowStore())
     spec = job_pb2.JobSpec(argv=["true"], inputs=[job_pb2.Artifact(uri="slow://x", path="x")])
     run = new_run(tmp_path, Recorder(), spec, stores=stores)
@@ -411,9 +413,10 @@ async def test_logs_are_bounded_and_long_lines_truncated(tmp_path: Path) -> None
 
 
 async def test_inputs_are_staged_and_outputs_stored(tmp_path: Path) -> None:
-    src = tmp_path / "data.txt"
+    src = tmp_path / "default" / "data.txt"
+    src.parent.mkdir()
     src.write_text("hello stratum\n")
-    dest = tmp_path / "results" / "upper.txt"
+    dest = tmp_path / "default" / "results" / "upper.txt"
     spec = job_pb2.JobSpec(
         argv=["sh", "-c", "mkdir out && tr a-z A-Z < in/data.txt > out/upper.txt"],
         inputs=[job_pb2.Artifact(uri=uri(src), path="in/data.txt")],
@@ -426,7 +429,7 @@ async def test_inputs_are_staged_and_outputs_stored(tmp_path: Path) -> None:
 
 async def test_output_not_produced_fails_the_job(tmp_path: Path) -> None:
     spec = job_pb2.JobSpec(
-        argv=["true"], outputs=[job_pb2.Artifact(uri=uri(tmp_path / "o.mp4"), path="o.mp4")]
+        argv=["true"], outputs=[job_pb2.Artifact(uri=uri(tmp_path / "default" / "o.mp4"), path="o.mp4")]
     )
     outcome = await run_to_end(new_run(tmp_path, Recorder(), spec))
     assert outcome.state == job_pb2.JOB_STATE_FAILED and outcome.reason == "OUTPUT_FAILED"
@@ -441,8 +444,8 @@ async def test_output_not_produced_fails_the_job(tmp_path: Path) -> None:
             job_pb2.JobSpec(
                 argv=["true"], inputs=[job_pb2.Artifact(uri="file:///no/such/input.mp4", path="in.mp4")]
             ),
-            "INPUT_FAILED",
-            "'file:///no/such/input.mp4' does not exist",
+            "OUTSIDE_STORAGE_ROOT",
+            "'file:///no/such/input.mp4' is outside tenant 'default''s area",
         ),
         (
             job_pb2.JobSpec(
@@ -460,7 +463,7 @@ async def test_output_not_produced_fails_the_job(tmp_path: Path) -> None:
         (job_pb2.JobSpec(argv=["/no/such/program"]), "SPAWN_FAILED", "cannot start '/no/such/program'"),
         (job_pb2.JobSpec(argv=["true"], runtime="firecracker"), "UNSUPPORTED_RUNTIME", "unknown runtime"),
     ],
-    ids=["missing-input", "unknown-scheme", "bad-path", "empty-argv", "no-program", "unknown-runtime"],
+    ids=["outside-root", "unknown-scheme", "bad-path", "empty-argv", "no-program", "unknown-runtime"],
 )
 async def test_refused_before_start(tmp_path: Path, spec: job_pb2.JobSpec, reason: str, message: str) -> None:
     run = new_run(tmp_path, Recorder(), spec)
@@ -472,6 +475,94 @@ async def test_refused_before_start(tmp_path: Path, spec: job_pb2.JobSpec, reaso
     if reason != "SPAWN_FAILED":
         assert run.pid is None
     assert not run.work_dir.exists()
+
+
+async def test_staging_rechecks_storage_roots_for_the_jobs_tenant(tmp_path: Path) -> None:
+    # Stratum checked these URIs at submit; what the agent finds at staging is what counts: a link
+    # made since then must not lead out of the area, a device is never read, another tenant's area
+    # is not this job's, and without any root no file URI is used at all.
+    area = tmp_path / "default"
+    area.mkdir()
+    secret = tmp_path / "elsewhere" / "secret.txt"
+    secret.parent.mkdir()
+    secret.write_text("not yours\n")
+    (area / "innocent.txt").symlink_to(secret)
+    (area / "zero").symlink_to("/dev/zero")
+    os.mkfifo(area / "pipe")
+    (tmp_path / "acme").mkdir()
+    (tmp_path / "acme" / "theirs.txt").write_text("acme's\n")
+    marker = area / "ran"
+    job = ["sh", "-c", f"touch {marker}"]
+    cases = [
+        (
+            job_pb2.JobSpec(argv=job, inputs=[job_pb2.Artifact(uri=uri(area / "innocent.txt"), path="i")]),
+            "link",
+        ),
+        (job_pb2.JobSpec(argv=job, inputs=[job_pb2.Artifact(uri=uri(area / "zero"), path="i")]), "link"),
+        (job_pb2.JobSpec(argv=job, inputs=[job_pb2.Artifact(uri=uri(area / "pipe"), path="i")]), "FIFO"),
+        (
+            job_pb2.JobSpec(
+                argv=job, inputs=[job_pb2.Artifact(uri=uri(tmp_path / "acme" / "theirs.txt"), path="i")]
+            ),
+            "outside tenant 'default'",
+        ),
+    ]
+    for spec, message in cases:
+        run = new_run(tmp_path, Recorder(), spec)
+        assert not await run.start()
+        outcome = await run.wait()
+        assert outcome.state == job_pb2.JOB_STATE_FAILED and outcome.reason == "OUTSIDE_STORAGE_ROOT", outcome
+        assert "spec.inputs[0].uri" in outcome.result.error and message in outcome.result.error
+        assert run.pid is None and not marker.exists()
+    # An input directory holding a link out of the area is refused as a whole.
+    tree = area / "tree"
+    tree.mkdir()
+    (tree / "ok.txt").write_text("fine\n")
+    (tree / "peek").symlink_to(secret)
+    spec = job_pb2.JobSpec(argv=job, inputs=[job_pb2.Artifact(uri=uri(tree), path="t")])
+    outcome = await run_to_end(new_run(tmp_path, Recorder(), spec))
+    assert outcome.reason == "OUTSIDE_STORAGE_ROOT" and not marker.exists()
+    # An output link made to point outside is not written through.
+    (area / "out-link").symlink_to(tmp_path / "elsewhere")
+    spec = job_pb2.JobSpec(
+        argv=["sh", "-c", "echo x > o.txt"],
+        outputs=[job_pb2.Artifact(uri=uri(area / "out-link" / "o.txt"), path="o.txt")],
+    )
+    outcome = await run_to_end(new_run(tmp_path, Recorder(), spec))
+    assert outcome.reason == "OUTSIDE_STORAGE_ROOT" and "spec.outputs[0].uri" in outcome.result.error
+    assert sorted(p.name for p in secret.parent.iterdir()) == ["secret.txt"]
+    # A missing input inside the area is an input failure, as before.
+    spec = job_pb2.JobSpec(argv=job, inputs=[job_pb2.Artifact(uri=uri(area / "nope.mp4"), path="i")])
+    outcome = await run_to_end(new_run(tmp_path, Recorder(), spec))
+    assert outcome.reason == "INPUT_FAILED" and "does not exist" in outcome.result.error
+    # No root configured: no file URI at all.
+    (area / "fine.txt").write_text("fine\n")
+    spec = job_pb2.JobSpec(argv=job, inputs=[job_pb2.Artifact(uri=uri(area / "fine.txt"), path="i")])
+    outcome = await run_to_end(new_run(tmp_path, Recorder(), spec, stores=staging.default_registry()))
+    assert (
+        outcome.reason == "OUTSIDE_STORAGE_ROOT" and "no storage root is configured" in outcome.result.error
+    )
+    assert not marker.exists()
+
+
+async def test_a_directory_output_never_replaces_a_directory_it_did_not_write(tmp_path: Path) -> None:
+    dest = tmp_path / "default" / "results"
+    dest.mkdir(parents=True)
+    (dest / "keep.txt").write_text("someone else's\n")
+    spec = job_pb2.JobSpec(
+        argv=["sh", "-c", "mkdir out && echo new > out/new.txt"],
+        outputs=[job_pb2.Artifact(uri=uri(dest), path="out")],
+    )
+    outcome = await run_to_end(new_run(tmp_path, Recorder(), spec))
+    assert outcome.state == job_pb2.JOB_STATE_FAILED and outcome.reason == "OUTPUT_EXISTS", outcome
+    assert sorted(p.name for p in dest.iterdir()) == ["keep.txt"]
+    assert (dest / "keep.txt").read_text() == "someone else's\n"
+    assert [p.name for p in dest.parent.iterdir()] == ["results"]  # no temporary copy left behind
+    # An empty directory there is taken over.
+    (dest / "keep.txt").unlink()
+    outcome = await run_to_end(new_run(tmp_path, Recorder(), spec))
+    assert outcome.state == job_pb2.JOB_STATE_SUCCEEDED, outcome
+    assert (dest / "new.txt").read_text() == "new\n"
 
 
 async def test_image_job_without_a_container_engine_is_refused(

@@ -1,4 +1,8 @@
-"""The agent's staging layer: file:// inputs and outputs, path safety, the scheme registry."""
+"""The agent's staging layer: file:// inputs and outputs, path safety, the scheme registry.
+
+``tmp_path`` is the storage root of these tests: file URIs lie in ``tmp_path/default`` (tenant
+default), the only place the agent's file store reads or writes.
+"""
 
 from __future__ import annotations
 
@@ -17,10 +21,10 @@ def uri(path: Path) -> str:
 
 
 async def test_inputs_are_hard_linked_or_copied_into_the_work_dir(tmp_path: Path) -> None:
-    src = tmp_path / "media" / "in put.mp4"  # a space: URIs are percent-encoded
-    src.parent.mkdir()
+    src = tmp_path / "default" / "media" / "in put.mp4"  # a space: URIs are percent-encoded
+    src.parent.mkdir(parents=True)
     src.write_bytes(b"movie")
-    folder = tmp_path / "media" / "subs"
+    folder = tmp_path / "default" / "media" / "subs"
     folder.mkdir()
     (folder / "en.vtt").write_text("WEBVTT")
     work = tmp_path / "work"
@@ -30,7 +34,7 @@ async def test_inputs_are_hard_linked_or_copied_into_the_work_dir(tmp_path: Path
         job_pb2.Artifact(uri=uri(src), path="in/source.mp4"),
         job_pb2.Artifact(uri=uri(folder), path="subs"),
     ]
-    await staging.stage_inputs(staging.default_registry(), inputs, work)
+    await staging.stage_inputs(staging.default_registry([tmp_path]), inputs, work)
 
     staged = work / "in" / "source.mp4"
     assert staged.read_bytes() == b"movie"
@@ -39,18 +43,19 @@ async def test_inputs_are_hard_linked_or_copied_into_the_work_dir(tmp_path: Path
 
 
 async def test_copy_mode_never_links(tmp_path: Path) -> None:
-    src = tmp_path / "a.bin"
+    src = tmp_path / "default" / "a.bin"
+    src.parent.mkdir()
     src.write_bytes(b"x")
-    registry = staging.StoreRegistry()
+    registry = staging.StoreRegistry([tmp_path])
     registry.register("file", staging.FileStore(link=False))
     await staging.stage_inputs(registry, [job_pb2.Artifact(uri=uri(src), path="a.bin")], tmp_path / "w")
     assert os.stat(tmp_path / "w" / "a.bin").st_ino != os.stat(src).st_ino
 
 
 async def test_missing_input_is_a_clear_input_failure(tmp_path: Path) -> None:
-    missing = job_pb2.Artifact(uri=uri(tmp_path / "nope.mp4"), path="in.mp4")
+    missing = job_pb2.Artifact(uri=uri(tmp_path / "default" / "nope.mp4"), path="in.mp4")
     with pytest.raises(staging.InputFailed, match=r"nope\.mp4.*does not exist") as exc:
-        await staging.stage_inputs(staging.default_registry(), [missing], tmp_path / "w")
+        await staging.stage_inputs(staging.default_registry([tmp_path]), [missing], tmp_path / "w")
     assert exc.value.reason == "INPUT_FAILED"
 
 
@@ -59,16 +64,18 @@ async def test_outputs_are_published_atomically_and_returned(tmp_path: Path) -> 
     (work / "hls").mkdir(parents=True)
     (work / "out.mp4").write_bytes(b"encoded")
     (work / "hls" / "index.m3u8").write_text("#EXTM3U")
-    dest = tmp_path / "store" / "deep" / "out.mp4"
-    dest_dir = tmp_path / "store" / "hls"
-    dest_dir.mkdir(parents=True)
-    (dest_dir / "stale.ts").write_text("from an earlier attempt")
+    dest = tmp_path / "default" / "store" / "deep" / "out.mp4"
+    dest_dir = tmp_path / "default" / "store" / "hls"
+    dest_dir.mkdir(parents=True)  # empty: taken over
+    dest.parent.mkdir()
+    dest.write_bytes(b"an earlier attempt's")  # a file is replaced (a retried attempt)
 
     outputs = [
         job_pb2.Artifact(uri=uri(dest), path="out.mp4"),
         job_pb2.Artifact(uri=uri(dest_dir), path="hls"),
     ]
-    stored = await staging.stage_outputs(staging.default_registry(), outputs, work)
+    registry = staging.default_registry([tmp_path])
+    stored = await staging.stage_outputs(registry, outputs, work)
 
     assert [(a.uri, a.path) for a in stored] == [(o.uri, o.path) for o in outputs]
     assert dest.read_bytes() == b"encoded"
@@ -76,12 +83,20 @@ async def test_outputs_are_published_atomically_and_returned(tmp_path: Path) -> 
     # No temporary files are left next to the outputs.
     assert sorted(p.name for p in dest.parent.iterdir()) == ["out.mp4"]
 
+    # A directory holding files is never replaced: the agent did not write them.
+    (dest_dir / "stale.ts").write_text("someone's")
+    with pytest.raises(staging.OutputExists, match="left as it is") as refused:
+        await staging.stage_outputs(registry, outputs[1:], work)
+    assert refused.value.reason == "OUTPUT_EXISTS"
+    assert sorted(p.name for p in dest_dir.iterdir()) == ["index.m3u8", "stale.ts"]
+    assert sorted(p.name for p in dest_dir.parent.iterdir()) == ["deep", "hls"]
+
 
 async def test_missing_or_escaping_outputs_fail(tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()
-    registry = staging.default_registry()
-    target = job_pb2.Artifact(uri=uri(tmp_path / "o"), path="out.mp4")
+    registry = staging.default_registry([tmp_path])
+    target = job_pb2.Artifact(uri=uri(tmp_path / "default" / "o"), path="out.mp4")
     with pytest.raises(staging.OutputFailed, match=r"'out\.mp4' was not produced"):
         await staging.stage_outputs(registry, [target], work)
 

@@ -4,6 +4,9 @@ Generates a 20-second 1080p test clip with audio, starts the stack (same ports, 
 settings as ``cosmos up``), encodes a 3-rendition ladder (1080p, 720p, 360p) with live progress,
 prints the renditions with their VMAF and PSNR, verifies the published HLS and DASH manifests
 (every rendition listed, both decode, durations match the source), and stops the stack.
+
+Clip and output lie in the local admin's storage area (``<data-dir>/storage/default/demo/``): the
+services accept files there only. Every run republishes the output, so it asks for overwrite.
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ async def run_demo(cfg: StackConfig, console: Console) -> int:
     try:
         console.print(up.endpoints_table(stack))
         args = encode.parser().parse_args(
-            [str(clip), "--profiles", PROFILES, "--out", str(out), "--force"]
+            [str(clip), "--profiles", PROFILES, "--out", str(out), "--force", "--overwrite"]
         )  # fmt: skip
         code = await encode.run_encode(args, console, stack.context())
         verified = code == process.EXIT_OK and await asyncio.to_thread(_verify, console, out)

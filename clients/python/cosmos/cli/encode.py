@@ -3,6 +3,11 @@
 Submits to Optimus, follows the encode with progress bars (overall and per rendition, with fps and
 ETA), then prints the renditions (resolution, bitrate, size, VMAF, PSNR) and the manifest paths.
 ``--json`` prints the final encode as JSON instead. Ctrl-C asks whether to cancel the encode.
+
+Files must lie in the caller's storage area, ``<root>/<tenant>/`` (see README, "Encoding a video").
+When the context knows the root as a local directory (``cosmos up`` records it), a relative ``--out``
+lands in that area, and a local source outside it is first copied to ``<root>/<tenant>/uploads/``;
+the CLI prints both. ``--overwrite`` replaces an earlier Cosmos publish at ``--out``.
 """
 
 from __future__ import annotations
@@ -10,13 +15,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import filecmp
+import shutil
 import signal
 import sys
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import grpc
+import jwt
 from google.protobuf import json_format
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
@@ -28,6 +37,7 @@ from cosmos.cli import target
 from cosmos.cli.console import make_console
 from cosmos.optimus.v1 import encode_pb2, encode_service_pb2, encode_service_pb2_grpc
 from cosmos.runtime import process, rpc_errors
+from cosmos.security import pki, storage
 from cosmos.security.context import Context
 
 PREFIX = "COSMOS"
@@ -48,6 +58,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--request-id", default="", help="idempotency key (a repeat returns the same encode)")
     p.add_argument("--force", action="store_true", help="start anew even if the same encode exists")
     p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier Cosmos publish at --out (never files Cosmos did not write)",
+    )
+    p.add_argument(
         "--quality",
         choices=("sampled", "full", "off"),
         default="sampled",
@@ -67,6 +82,50 @@ QUALITY = {
 
 def _uri(text: str) -> str:
     return text if "://" in text else Path(text).absolute().as_uri()
+
+
+def tenant_of(ctx: Context) -> str:
+    """The tenant the context's credentials name (a certificate's O, a token's ``tenant`` claim)."""
+    try:
+        if ctx.cert:
+            return pki.subject_of(pki.load_cert(Path(ctx.cert))).tenant or storage.DEFAULT_TENANT
+        if ctx.token:
+            claims = jwt.decode(ctx.token, options={"verify_signature": False})
+            return str(claims.get("tenant") or storage.DEFAULT_TENANT)
+    except (OSError, ValueError, errors.ConfigError, jwt.PyJWTError) as exc:
+        raise errors.ConfigError(f"cannot tell the tenant of context {ctx.name!r}: {exc}") from exc
+    return storage.DEFAULT_TENANT
+
+
+def _local(text: str) -> Path | None:
+    """The local path ``text`` names (a path or a file:// URI), or None for another scheme."""
+    if "://" not in text:
+        return Path(text)
+    parts = urlsplit(text)
+    return Path(unquote(parts.path)) if parts.scheme == "file" else None
+
+
+def place_files(source: str, out: str, ctx: Context) -> tuple[str, str, list[str]]:
+    """The source and output URIs to submit, and what was done to get them: with a local storage
+    root in the context, a relative ``out`` lies in ``<root>/<tenant>/`` and a local source outside
+    that area is copied to ``<root>/<tenant>/uploads/<name>`` first (unless the same file is there)."""
+    root = Path(ctx.storage_root) if ctx.storage_root else None
+    if root is None or not root.is_dir():
+        return _uri(source), _uri(out), []
+    notes = []
+    area = storage.tenant_area(root, tenant_of(ctx))
+    if "://" not in out and not Path(out).is_absolute():
+        out = str(area / out)
+        notes.append(f"output: {out} (in your storage area)")
+    local = _local(source)
+    if local is not None and local.is_file() and not local.resolve().is_relative_to(area.resolve()):
+        upload = area / "uploads" / local.name
+        upload.parent.mkdir(parents=True, exist_ok=True)
+        if not (upload.is_file() and filecmp.cmp(local, upload)):
+            shutil.copy2(local, upload)
+        notes.append(f"copied {local} into your storage area: {upload}")
+        source = str(upload)
+    return _uri(source), _uri(out), notes
 
 
 def results_table(encode: encode_pb2.Encode) -> Table:
@@ -129,17 +188,24 @@ async def follow(
 async def run_encode(args: argparse.Namespace, console: Console, ctx: Context | None = None) -> int:
     """Submit, follow, report (with the context ``ctx``, else the one the flags name)."""
     ctx = ctx or target.resolve(args, "optimus")
+    source_uri, output_uri, notes = await asyncio.to_thread(place_files, args.source, args.out, ctx)
+    for note in notes:
+        if args.json:
+            print(note, file=sys.stderr)  # stdout is the encode alone
+        else:
+            console.print(note)
     async with ctx.channel("optimus") as channel:
         stub = encode_service_pb2_grpc.EncodeServiceStub(channel)
         request = encode_service_pb2.SubmitEncodeRequest(
             request_id=args.request_id,
-            source_uri=_uri(args.source),
+            source_uri=source_uri,
             profiles=[p for p in args.profiles.split(",") if p],
             ladder=args.ladder,
-            output_uri=_uri(args.out),
+            output_uri=output_uri,
             priority=args.priority,
             force=args.force,
             quality=QUALITY[args.quality],
+            overwrite=args.overwrite,
         )
         try:
             submitted = (await stub.SubmitEncode(request)).encode

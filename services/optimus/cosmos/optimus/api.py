@@ -1,9 +1,11 @@
 """``cosmos.optimus.v1.EncodeService``: the encode API, stateless in front of Plato.
 
 An encode *is* an ``encode-ladder`` workflow: its id is the workflow id, everything shown is derived
-from the workflow (:mod:`cosmos.optimus.view`). Submissions are validated here (source readable,
-profiles known, output writable), de-duplicated by ``request_id`` or, without one, by the content key
-(hash of source, profiles and output) unless ``force``, and started on Plato.
+from the workflow (:mod:`cosmos.optimus.view`). Submissions are validated here (source and output
+inside the caller's storage area, :mod:`cosmos.security.storage`; source readable, profiles known,
+output writable and not holding files Cosmos did not publish), de-duplicated by ``request_id`` or,
+without one, by the content key (hash of source, profiles and output) unless ``force``, and started
+on Plato.
 """
 
 from __future__ import annotations
@@ -16,18 +18,18 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 import grpc
 from google.protobuf import json_format
 
 from cosmos import errors
 from cosmos.optimus import profiles as catalog
+from cosmos.optimus.media import publish
 from cosmos.optimus.v1 import encode_pb2, encode_service_pb2, encode_service_pb2_grpc
 from cosmos.optimus.view import QUALITY_MODES, encode_view
 from cosmos.plato.v1 import workflow_pb2, workflow_service_pb2, workflow_service_pb2_grpc
 from cosmos.runtime import batching, paging, rpc_errors, telemetry
-from cosmos.security import auth, principals
+from cosmos.security import auth, principals, storage
 
 DEFINITION_ID = "encode-ladder"
 DEFINITION_FILE = Path(__file__).with_name("workflows") / "encode-ladder.yaml"
@@ -73,19 +75,6 @@ _STATE_FILTER = {
 }
 
 
-def local_path(uri: str, field: str) -> Path:
-    """The local path of a ``file://`` URI (or a plain absolute path); INVALID_ARGUMENT otherwise."""
-    parsed = urlparse(uri)
-    if parsed.scheme in ("", "file"):
-        path = Path(unquote(parsed.path) if parsed.scheme else uri)
-        if path.is_absolute():
-            return path
-        raise _bad(field, f"{uri!r} must be an absolute path or file:// URI")
-    raise _bad(
-        field, f"scheme {parsed.scheme!r} is not supported; use file:// (object stores are not wired yet)"
-    )
-
-
 def _bad(
     field: str, description: str, reason: str = "ERROR_REASON_INVALID_ARGUMENT"
 ) -> errors.InvalidArgumentError:
@@ -97,9 +86,17 @@ def _bad(
 class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
     """Answers from Plato; holds nothing but a channel."""
 
-    def __init__(self, plato: grpc.aio.Channel, work_root: Path, stopping: asyncio.Event) -> None:
+    def __init__(
+        self,
+        plato: grpc.aio.Channel,
+        work_root: Path,
+        stopping: asyncio.Event,
+        storage_roots: Sequence[Path] = (),
+    ) -> None:
         self.workflows = workflow_service_pb2_grpc.WorkflowServiceStub(plato)
         self.work_root = work_root.absolute()
+        self.storage_roots = tuple(storage_roots)
+        """Where callers' sources and outputs may lie (``<root>/<tenant>/...``); none: no file URI."""
         self.stopping = stopping
         self.registered = False
         self._starts: dict[
@@ -169,13 +166,23 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
         violations: list[errors.FieldViolation] = []
         reason = "ERROR_REASON_INVALID_ARGUMENT"
         source = output = Path()
+        caller = auth.current()
+
+        def inside_roots(uri: str, field: str) -> Path:
+            return storage.check_uri(
+                uri, self.storage_roots, caller.tenant, field, all_tenants=caller.all_tenants
+            )
+
         try:
             if not request.source_uri:
                 raise _bad("source_uri", "is required")
-            source = local_path(request.source_uri, "source_uri")
+            source = inside_roots(request.source_uri, "source_uri")
             if not source.is_file() or not os.access(source, os.R_OK):
                 reason = "ERROR_REASON_SOURCE_UNREADABLE"
                 raise _bad("source_uri", f"{source} does not exist or is not a readable file", reason)
+        except storage.OutsideStorageRoot as exc:
+            reason = storage.REASON
+            violations.extend(exc.violations)
         except errors.InvalidArgumentError as exc:
             violations.extend(exc.violations)
         if request.quality and request.quality not in QUALITY_MODES:
@@ -195,7 +202,10 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
         try:
             if not request.output_uri:
                 raise _bad("output_uri", "is required")
-            output = local_path(request.output_uri, "output_uri")
+            output = inside_roots(request.output_uri, "output_uri")
+        except storage.OutsideStorageRoot as exc:
+            reason = storage.REASON
+            violations.extend(exc.violations)
         except errors.InvalidArgumentError as exc:
             violations.extend(exc.violations)
         if request.priority < 0:
@@ -215,6 +225,7 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
                     errors.FieldViolation("output_uri", f"{parent or output} is not a writable directory")
                 ],
             )
+        _refuse_foreign_output(output)
         return source, chosen, output
 
     async def SubmitEncode(
@@ -224,7 +235,11 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
         await self._ensure_registered()
         names = [p.name for p in chosen]
         quality = QUALITY_MODES[request.quality or encode_pb2.QUALITY_MODE_SAMPLED]
-        content_key = hashlib.sha256(f"{source}\n{','.join(names)}\n{output}\n{quality}".encode()).hexdigest()
+        # An overwrite is another encode than the publish it replaces (the same one twice is one).
+        replace = "\noverwrite" if request.overwrite else ""
+        content_key = hashlib.sha256(
+            f"{source}\n{','.join(names)}\n{output}\n{quality}{replace}".encode()
+        ).hexdigest()
         if request.request_id:
             key = request.request_id
         elif request.force:
@@ -242,6 +257,9 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
             "source": str(source),
             "source_uri": request.source_uri,
             "output": output.as_uri(),
+            "overwrite": request.overwrite,
+            # The publish step checks again, when it writes, that the output is still in this area.
+            "output_area": str(storage.area_of(output, self.storage_roots) or output.parent),
             "quality": quality,
             "ladder": request.ladder,
             "priority": request.priority,
@@ -369,6 +387,25 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
             [_profile_proto(catalog.get(n)) for n in catalog.names()], page, "profiles"
         )
         return encode_service_pb2.ListProfilesResponse(profiles=chunk, next_page_token=next_token)
+
+
+def _refuse_foreign_output(output: Path) -> None:
+    """FAILED_PRECONDITION (OUTPUT_EXISTS) when ``output`` holds anything but an earlier Cosmos publish.
+
+    Publishing never replaces what Cosmos did not write, even with ``overwrite``: refusing here saves
+    an encode that would fail at its last step. An earlier Cosmos publish passes (this very encode
+    submitted again is deduplicated; another one publishes only with ``overwrite``).
+    """
+    if output.is_dir() and (not any(output.iterdir()) or publish.holds_only_a_publish(output)):
+        return
+    if not output.exists() and not output.is_symlink():
+        return
+    what = "is not a directory" if not output.is_dir() else "holds files Cosmos did not publish"
+    raise errors.FailedPreconditionError(
+        f"output_uri: {output} {what}; choose another output (overwrite replaces only a Cosmos publish)",
+        reason="ERROR_REASON_OUTPUT_EXISTS",
+        violations=[errors.FieldViolation("output_uri", f"{output} {what}")],
+    )
 
 
 def _profile_proto(profile: catalog.Profile) -> encode_pb2.Profile:

@@ -15,6 +15,7 @@ from cosmos.optimus.api import EncodeApi
 from cosmos.optimus.v1 import encode_service_pb2_grpc
 from cosmos.runtime import channels, config, process
 from cosmos.runtime.server import Server, ServiceBinding
+from cosmos.security import storage
 
 PREFIX = "COSMOS_OPTIMUS"
 DEFAULT_LISTEN = "127.0.0.1:50051"
@@ -33,6 +34,7 @@ def parser() -> argparse.ArgumentParser:
         default=".cosmos/work",
         help="scratch space of encodes (shared with the agents)",
     )
+    storage.add_argument(p, PREFIX)
     return p
 
 
@@ -63,7 +65,7 @@ async def serve(args: argparse.Namespace) -> None:
         await plato.close(None)
 
     server = Server(server_config, on_stop=close_channels)
-    api = EncodeApi(plato, Path(args.work_root), server.stopping)
+    api = EncodeApi(plato, Path(args.work_root), server.stopping, storage.roots_from_args(args))
     server.add(
         ServiceBinding(
             "cosmos.optimus.v1.EncodeService",

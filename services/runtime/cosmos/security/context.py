@@ -56,6 +56,9 @@ class Context:
     """A platform token, when there is no certificate (then ``endpoints`` are token ports)."""
     insecure: bool = False
     """Plaintext to a ``--insecure`` development stack."""
+    storage_root: str = ""
+    """The platform's storage root as a local directory (``cosmos up`` records its own), where the CLI
+    puts files for the caller's tenant (``<root>/<tenant>/...``); empty: unknown here."""
 
     def security(self) -> Security:
         """The credentials as a :class:`Security`."""

@@ -19,6 +19,7 @@ import grpc
 from cosmos import errors
 from cosmos.runtime import channels, config, jetstream
 from cosmos.runtime.config import Address
+from cosmos.security import storage
 from cosmos.security.config import Security
 from cosmos.security.context import Context
 from cosmos.stack import credentials, natsd, readiness
@@ -63,6 +64,15 @@ class StackConfig:
     """Plaintext and no authentication (loopback only, development): no PKI is made or used."""
     token_port_offset: int = 10
     """Each service also takes platform tokens on its port plus this (0: no token ports)."""
+    storage_root: Path | None = None
+    """The storage root of Optimus, Stratum and the agent (tenants' files lie in ``<root>/<tenant>/``);
+    None: ``<data-dir>/storage``."""
+
+    @property
+    def storage_dir(self) -> Path:
+        """The storage root in effect, absolute: ``<root>/<tenant>`` belongs to the tenant's jobs
+        (sources, outputs)."""
+        return (self.storage_root or self.data_dir / "storage").absolute()
 
     def address(self, port: int) -> Address:
         """``host`` with ``port``."""
@@ -71,11 +81,6 @@ class StackConfig:
     def token_port(self, port: int) -> int:
         """The token port of the service on ``port`` (0 when token ports are off)."""
         return port + self.token_port_offset if self.token_port_offset else 0
-
-    @property
-    def storage_dir(self) -> Path:
-        """``<data-dir>/storage``: ``storage/<tenant>`` belongs to the tenant's jobs (sources, outputs)."""
-        return self.data_dir / "storage"
 
     @property
     def agent_id(self) -> str:
@@ -165,6 +170,9 @@ class EmbeddedStack:
             Security(insecure=True).check_listen(c.host, "the embedded stack")
         self._check_ports()
         c.data_dir.mkdir(parents=True, exist_ok=True)
+        # The local admin's tenant area, so that `cosmos encode` has somewhere to put files at once.
+        storage.tenant_area(c.storage_dir, storage.DEFAULT_TENANT).mkdir(parents=True, exist_ok=True)
+        roots = ("--storage-root", str(c.storage_dir))
         if not c.insecure:
             self.credentials = credentials.prepare(c.data_dir, c.agent_id)
         try:
@@ -183,7 +191,7 @@ class EmbeddedStack:
                     PLATO_SERVICES,
                 ),
                 (
-                    self._service("stratum", c.stratum_port, "--nats", c.nats_url),
+                    self._service("stratum", c.stratum_port, "--nats", c.nats_url, *roots),
                     c.stratum_port,
                     STRATUM_SERVICES,
                 ),
@@ -195,6 +203,7 @@ class EmbeddedStack:
                         str(c.address(c.plato_port)),
                         "--work-root",
                         str((c.data_dir / "work").absolute()),
+                        *roots,
                     ),
                     c.optimus_port,
                     OPTIMUS_SERVICES,
@@ -258,6 +267,8 @@ class EmbeddedStack:
             agent_id,
             "--work-dir",
             str(c.data_dir / "agents" / agent_id),
+            "--storage-root",
+            str(c.storage_dir),
             *self._security_args("agent"),
             # Each tenant's jobs (their own uid when the agent is root) own <dir>/<tenant> here:
             # Optimus's scratch, and the tenant's files (sources, outputs) under storage/.
@@ -316,11 +327,17 @@ class EmbeddedStack:
             "stratum": str(c.address(c.stratum_port)),
             "nats": c.nats_url,
         }
+        root = str(c.storage_dir)
         if self.credentials is None:
-            return Context(name="local", endpoints=endpoints, insecure=True)
+            return Context(name="local", endpoints=endpoints, insecure=True, storage_root=root)
         files = self.credentials.files(credentials.ADMIN)
         return Context(
-            name="local", endpoints=endpoints, ca=str(files.ca), cert=str(files.cert), key=str(files.key)
+            name="local",
+            endpoints=endpoints,
+            ca=str(files.ca),
+            cert=str(files.cert),
+            key=str(files.key),
+            storage_root=root,
         )
 
     def first_exited(self) -> Child | None:

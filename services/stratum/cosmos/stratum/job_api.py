@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import nats.errors
@@ -12,6 +13,7 @@ from nats.js.api import DeliverPolicy
 from cosmos import errors
 from cosmos.runtime import paging
 from cosmos.security import auth
+from cosmos.stratum import validation
 from cosmos.stratum.dispatcher import TERMINAL, Dispatcher
 from cosmos.stratum.store import EVENTS_STREAM, events_subject
 from cosmos.stratum.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
@@ -40,9 +42,13 @@ def _require(value: str, field: str) -> None:
 class JobApi(job_service_pb2_grpc.JobServiceServicer):
     """Answers from the dispatcher (live jobs) and the jobs bucket (finished ones)."""
 
-    def __init__(self, dispatcher: Dispatcher, stopping: asyncio.Event) -> None:
+    def __init__(
+        self, dispatcher: Dispatcher, stopping: asyncio.Event, storage_roots: Sequence[Path] = ()
+    ) -> None:
         self.dispatcher = dispatcher
         self.stopping = stopping
+        self.storage_roots = tuple(storage_roots)
+        """Where jobs' artifact URIs may lie (``<root>/<tenant>/...``); none: no file URI."""
 
     async def _visible(self, job_id: str) -> job_pb2.Job:
         """The job, or NOT_FOUND when it does not exist *for this caller* (another tenant's)."""
@@ -64,6 +70,7 @@ class JobApi(job_service_pb2_grpc.JobServiceServicer):
         spec = job_pb2.JobSpec()
         spec.CopyFrom(request.spec)
         spec.tenant = tenant
+        validation.check_storage(spec, self.storage_roots)
         job, deduplicated = await self.dispatcher.submit(request.request_id, spec)
         return job_service_pb2.SubmitJobResponse(job=shown(job), deduplicated=deduplicated)
 

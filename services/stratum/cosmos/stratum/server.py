@@ -11,7 +11,7 @@ from pathlib import Path
 
 from cosmos.runtime import config, jetstream, process
 from cosmos.runtime.server import Server, ServiceBinding
-from cosmos.security import secrets
+from cosmos.security import secrets, storage
 from cosmos.stratum.agent_stream import AgentServicer
 from cosmos.stratum.dispatcher import Dispatcher
 from cosmos.stratum.job_api import JobApi
@@ -60,6 +60,7 @@ def parser() -> argparse.ArgumentParser:
         default="",
         help="YAML file of the executables and images each tenant's jobs may use (none: no restriction)",
     )
+    storage.add_argument(p, PREFIX)
     return p
 
 
@@ -77,6 +78,7 @@ async def serve(args: argparse.Namespace) -> None:
     """Connect to NATS, recover jobs, serve until SIGTERM/SIGINT, then close everything."""
     server_config = process.server_config("stratum", args)
     keys = keyring(args)  # a bad key file stops the start, before anything connects
+    roots = storage.roots_from_args(args)
     nc, js = await jetstream.connect(args.nats, "cosmos-stratum")
     store = JobStore(nc, js, replicas=args.replicas)
     await store.ensure()
@@ -88,7 +90,7 @@ async def serve(args: argparse.Namespace) -> None:
     server.add(
         ServiceBinding(
             "cosmos.stratum.v1.JobService",
-            JobApi(dispatcher, server.stopping),
+            JobApi(dispatcher, server.stopping, roots),
             job_service_pb2_grpc.add_JobServiceServicer_to_server,
         )
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import fnmatch
 import posixpath
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 import yaml
 
 from cosmos import errors
+from cosmos.security import storage
 from cosmos.stratum.registry import AgentRegistry
 from cosmos.stratum.v1 import job_pb2
 
@@ -262,3 +263,22 @@ def check_spec(
             reason="ERROR_REASON_UNSUPPORTED_RUNTIME",
             metadata={"image": spec.image},
         )
+
+
+def check_storage(spec: job_pb2.JobSpec, roots: Sequence[Path]) -> None:
+    """:class:`~cosmos.security.storage.OutsideStorageRoot` naming every artifact URI outside
+    ``<root>/<spec.tenant>``. Whether an input exists is the agent's to find out when it stages it: a
+    submit retried with its idempotency key must not fail because a finished job's input is gone.
+
+    A job reads and writes its own tenant's area only, whoever submitted it: the agent checks again
+    at staging time against ``spec.tenant`` and knows nothing else about the submitter.
+    """
+    bad: list[errors.FieldViolation] = []
+    for field, artifacts in (("inputs", spec.inputs), ("outputs", spec.outputs)):
+        for i, artifact in enumerate(artifacts):
+            try:
+                storage.check_uri(artifact.uri, roots, spec.tenant, f"spec.{field}[{i}].uri")
+            except storage.OutsideStorageRoot as exc:
+                bad.extend(exc.violations)
+    if bad:
+        raise storage.OutsideStorageRoot(f"invalid job: {bad[0].field}: {bad[0].description}", violations=bad)

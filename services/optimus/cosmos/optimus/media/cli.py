@@ -86,6 +86,17 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("publish", help="copy a packaged tree to its destination (file:// only)")
     c.add_argument("--from", dest="src", required=True)
     c.add_argument("--to", required=True)
+    c.add_argument(
+        "--overwrite",
+        nargs="?",
+        const="true",
+        default="false",
+        type=_boolean,
+        help="replace an earlier Cosmos publish there (--overwrite, or --overwrite=true|false)",
+    )
+    c.add_argument(
+        "--within", default="", help="refuse a destination that is not (or no longer) inside this directory"
+    )
 
     c = sub.add_parser("verify", help="check the HLS and DASH manifests and decode them fully")
     c.add_argument("--hls", required=True)
@@ -100,6 +111,16 @@ def parser() -> argparse.ArgumentParser:
 
     sub.add_parser("profiles", help="list the profile catalog")
     return p
+
+
+def _boolean(value: str) -> bool:
+    """``true``/``false`` as a workflow template renders a boolean (also 1/0, yes/no)."""
+    text = value.strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no", ""):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
 def _json_list(value: str, flag: str) -> list[Any]:
@@ -198,7 +219,7 @@ def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     if cmd == "publish":
         from cosmos.optimus.media.publish import publish
 
-        return publish(args.src, args.to, progress)
+        return publish(args.src, args.to, progress, overwrite=args.overwrite, within=args.within or None)
     if cmd == "verify":
         from cosmos.optimus.media.verify import verify
 

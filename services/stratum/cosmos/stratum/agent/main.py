@@ -19,9 +19,9 @@ import grpc
 from cosmos import errors
 from cosmos.runtime import channels, config, process, telemetry
 from cosmos.security import config as security_config
-from cosmos.security import pki
+from cosmos.security import pki, storage
 from cosmos.security.config import Security
-from cosmos.stratum.agent import inventory, orphans, sandbox
+from cosmos.stratum.agent import inventory, orphans, sandbox, staging
 from cosmos.stratum.agent.supervisor import JobSupervisor
 from cosmos.stratum.v1 import agent_service_pb2, agent_service_pb2_grpc
 
@@ -53,6 +53,8 @@ class AgentConfig:
     """The agent's certificate (its identity: ``spiffe://cosmos/agent/<agent_id>``) and CA."""
     jail: sandbox.Sandbox | None = None
     """How jobs are confined (default: one uid per tenant from the default range when root)."""
+    storage_roots: tuple[Path, ...] = ()
+    """Where jobs' ``file://`` artifacts may lie (``<root>/<tenant>/...``); none: refused."""
 
 
 class Agent:
@@ -64,7 +66,9 @@ class Agent:
         self.stopping = asyncio.Event()
         self.connected = asyncio.Event()
         self._outbox: asyncio.Queue[agent_service_pb2.ConnectRequest | None] | None = None
-        self.jobs = JobSupervisor(cfg.work_dir, self._send, cfg.jail)
+        self.jobs = JobSupervisor(
+            cfg.work_dir, self._send, cfg.jail, staging.default_registry(cfg.storage_roots)
+        )
         self._tasks: set[asyncio.Task[None]] = set()
 
     def hello(self) -> agent_service_pb2.ConnectRequest:
@@ -210,6 +214,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="label for placement")
     add_sandbox_arguments(p)
+    storage.add_argument(p, PREFIX)
     security_config.add_arguments(p, PREFIX, "agent")
     process.add_logging_arguments(p, PREFIX)
     return p
@@ -323,6 +328,7 @@ async def serve(args: argparse.Namespace) -> None:
             jail=job_sandbox(args, Path(args.work_dir), security),
             gpus=args.gpus,
             labels=tuple(labels),
+            storage_roots=storage.roots_from_args(args),
         )
     )
     loop = asyncio.get_running_loop()

@@ -264,7 +264,9 @@ class JobRun:
         staging.check(self.stores, [*self.spec.inputs, *self.spec.outputs], self.work_dir)
         engine = await containers.resolve(self.spec)
         await asyncio.to_thread(self._fresh_work_dir)
-        await staging.stage_inputs(self.stores, self.spec.inputs, self.work_dir)
+        await staging.stage_inputs(
+            self.stores, self.spec.inputs, self.work_dir, self.spec.tenant or "default"
+        )
         if self.jail is not None and engine is None:
             # After staging: the staged inputs become the job's too.
             try:
@@ -615,7 +617,9 @@ class _Process:
         if self.spec.outputs:
             try:
                 stored = await run._interruptible(
-                    staging.stage_outputs(run.stores, self.spec.outputs, run.work_dir)
+                    staging.stage_outputs(
+                        run.stores, self.spec.outputs, run.work_dir, self.spec.tenant or "default"
+                    )
                 )
             except _Stopped:
                 return outcome(job_pb2.JOB_STATE_CANCELLED, "CANCELLED", "cancelled while storing outputs")

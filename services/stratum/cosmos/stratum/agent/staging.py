@@ -4,6 +4,12 @@ A job names its files as :class:`~cosmos.stratum.v1.job_pb2.Artifact` ``{uri, pa
 the file lives outside the agent, ``path`` is where the job sees it, relative to its work dir. A
 :class:`StoreRegistry` maps each URI scheme to a :class:`Store`; ``file://`` is built in, object stores
 (``s3://``, ``gs://``, ``http(s)://``) plug in by registering another :class:`Store`.
+
+``file://`` URIs are checked against the agent's storage roots (:mod:`cosmos.security.storage`) with
+the job's tenant right before each file is touched: Stratum checked them at submit, but a link made
+since then must not lead out of the tenant's area, and a device must not be read. An output is
+stored beside its destination and renamed into place; a destination directory that already holds
+files is never replaced (the agent does not delete what it did not write).
 """
 
 from __future__ import annotations
@@ -12,12 +18,15 @@ import abc
 import asyncio
 import os
 import shutil
+import stat
 import tempfile
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath
 
+from cosmos import errors
+from cosmos.security import storage
 from cosmos.stratum.v1 import job_pb2
 
 
@@ -51,6 +60,18 @@ class OutputFailed(StagingError):
     reason = "OUTPUT_FAILED"
 
 
+class OutsideStorageRoot(StagingError):
+    """A ``file://`` URI lies outside the tenant's storage area (or names a device); never touched."""
+
+    reason = "OUTSIDE_STORAGE_ROOT"
+
+
+class OutputExists(OutputFailed):
+    """The destination directory already holds files; the agent never replaces it."""
+
+    reason = "OUTPUT_EXISTS"
+
+
 class Store(abc.ABC):
     """Fetches and stores files for the URI schemes it is registered for."""
 
@@ -72,8 +93,10 @@ class Store(abc.ABC):
 class StoreRegistry:
     """Stores by URI scheme (lower case, without ``://``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, roots: Sequence[Path] = ()) -> None:
         self._stores: dict[str, Store] = {}
+        self.roots = tuple(roots)
+        """Storage roots ``file://`` URIs must lie under (``<root>/<tenant>/...``); none: refused."""
 
     def register(self, scheme: str, store: Store) -> None:
         """Serve ``scheme`` URIs with ``store`` (replacing an earlier registration)."""
@@ -96,10 +119,37 @@ class StoreRegistry:
             )
         return store
 
+    def guard(self, uri: str, tenant: str, field: str, *, is_input: bool) -> str:
+        """The URI to touch for ``uri``: a ``file://`` URI is checked against :attr:`roots` for
+        ``tenant`` (every entry of an input directory too) and replaced by its real path's URI;
+        :class:`OutsideStorageRoot` when it may not be used. A missing input is the store's to
+        report (:class:`InputFailed`)."""
+        if urllib.parse.urlsplit(uri).scheme.lower() != "file" and not uri.startswith("/"):
+            return uri  # another store (object stores) governs its own URIs
+        try:
+            real = storage.check_uri(uri, self.roots, tenant, field)
+            if is_input and real.is_dir():
+                _check_tree(real, self.roots, tenant, field)
+        except errors.InvalidArgumentError as exc:
+            raise OutsideStorageRoot(exc.message) from exc
+        return real.as_uri()
 
-def default_registry() -> StoreRegistry:
-    """A registry with the stores every agent has: ``file://``."""
-    registry = StoreRegistry()
+
+def _check_tree(top: Path, roots: Sequence[Path], tenant: str, field: str) -> None:
+    """Every entry of an input directory: links must stay in the area, no devices, FIFOs, sockets."""
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=False):
+        for name in [*dirnames, *filenames]:
+            path = Path(dirpath) / name
+            mode = os.lstat(path).st_mode
+            if stat.S_ISLNK(mode):
+                storage.check_uri(path.as_uri(), roots, tenant, field)
+            elif not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                raise storage.OutsideStorageRoot(f"{field}: {path} is a device, FIFO or socket")
+
+
+def default_registry(roots: Sequence[Path] = ()) -> StoreRegistry:
+    """A registry with the stores every agent has: ``file://`` under ``roots``."""
+    registry = StoreRegistry(roots)
     registry.register("file", FileStore())
     return registry
 
@@ -164,21 +214,27 @@ def _copy(src: Path, dest: Path, link: bool) -> None:
 
 
 def _publish(src: Path, dest: Path) -> None:
-    # Copy next to the destination, then rename: a reader never sees a half-written output, and a
-    # retried attempt simply replaces it.
+    # Copy next to the destination, then rename: a reader never sees a half-written output. A file
+    # replaces the file there (a retried attempt); a directory takes the place of nothing or of an
+    # empty directory only: one holding files was not written by this attempt and is never removed.
     dest.parent.mkdir(parents=True, exist_ok=True)
+    if src.is_dir() and (dest.is_symlink() or (dest.exists() and (not dest.is_dir() or any(dest.iterdir())))):
+        raise OutputExists(f"{dest} already exists and is not an empty directory; it is left as it is")
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
         staged = tmp / dest.name
         if src.is_dir():
             shutil.copytree(src, staged)
-            if dest.is_dir():
-                shutil.rmtree(dest)
         else:
             shutil.copy2(src, staged)
-        os.replace(staged, dest)
+        try:
+            os.replace(staged, dest)  # onto a directory that gained files meanwhile: refused (ENOTEMPTY)
+        except OSError as exc:
+            if src.is_dir() and dest.is_dir():
+                raise OutputExists(f"{dest} gained files while the output was copied; left as it is") from exc
+            raise
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # only the copy made here
 
 
 def artifact_path(work_dir: Path, path: str) -> Path:
@@ -197,22 +253,39 @@ def check(registry: StoreRegistry, artifacts: Iterable[job_pb2.Artifact], work_d
         registry.store_for(artifact.uri)
 
 
-async def stage_inputs(registry: StoreRegistry, inputs: Sequence[job_pb2.Artifact], work_dir: Path) -> None:
-    """Fetch every input to ``work_dir/<path>``, one after another."""
-    for artifact in inputs:
+async def stage_inputs(
+    registry: StoreRegistry,
+    inputs: Sequence[job_pb2.Artifact],
+    work_dir: Path,
+    tenant: str = storage.DEFAULT_TENANT,
+) -> None:
+    """Fetch every input to ``work_dir/<path>``, one after another, each checked for ``tenant``."""
+    for i, artifact in enumerate(inputs):
         dest = artifact_path(work_dir, artifact.path)
+        store = registry.store_for(artifact.uri)
+        uri = await asyncio.to_thread(
+            registry.guard, artifact.uri, tenant, f"spec.inputs[{i}].uri", is_input=True
+        )
         await asyncio.to_thread(dest.parent.mkdir, parents=True, exist_ok=True)
-        await registry.store_for(artifact.uri).fetch(artifact.uri, dest)
+        await store.fetch(uri, dest)
 
 
 async def stage_outputs(
-    registry: StoreRegistry, outputs: Sequence[job_pb2.Artifact], work_dir: Path
+    registry: StoreRegistry,
+    outputs: Sequence[job_pb2.Artifact],
+    work_dir: Path,
+    tenant: str = storage.DEFAULT_TENANT,
 ) -> list[job_pb2.Artifact]:
-    """Store every ``work_dir/<path>`` to its URI; returns the stored artifacts with their final URIs."""
+    """Store every ``work_dir/<path>`` to its URI (checked for ``tenant``); returns the stored
+    artifacts with their final URIs."""
     stored = []
-    for artifact in outputs:
+    for i, artifact in enumerate(outputs):
         src = await asyncio.to_thread(_output_source, work_dir, artifact.path)
-        uri = await registry.store_for(artifact.uri).store(src, artifact.uri)
+        store = registry.store_for(artifact.uri)
+        target = await asyncio.to_thread(
+            registry.guard, artifact.uri, tenant, f"spec.outputs[{i}].uri", is_input=False
+        )
+        uri = await store.store(src, target)
         stored.append(job_pb2.Artifact(uri=uri, path=artifact.path))
     return stored
 

@@ -19,7 +19,7 @@ from opentelemetry import trace
 
 from cosmos.common.v1 import progress_pb2
 from cosmos.runtime import telemetry
-from cosmos.stratum.agent import sandbox
+from cosmos.stratum.agent import sandbox, staging
 from cosmos.stratum.agent.runner import JobRun
 from cosmos.stratum.v1 import agent_service_pb2, job_pb2
 
@@ -46,10 +46,17 @@ def _message(**kwargs: object) -> agent_service_pb2.ConnectRequest:
 class JobSupervisor:
     """Every job attempt running on this agent."""
 
-    def __init__(self, work_root: Path, send: Send, jail: sandbox.Sandbox | None = None) -> None:
+    def __init__(
+        self,
+        work_root: Path,
+        send: Send,
+        jail: sandbox.Sandbox | None = None,
+        stores: staging.StoreRegistry | None = None,
+    ) -> None:
         self.work_root = work_root
         self.jail = jail or sandbox.Sandbox(work_root)
         """Every job runs in it (by default: one uid per tenant when the agent is root)."""
+        self.stores = stores
         self.send = send
         self.attempts: dict[Key, _Attempt] = {}
         self.unacked: dict[Key, agent_service_pb2.ConnectRequest] = {}
@@ -97,6 +104,7 @@ class JobSupervisor:
             on_progress=on_progress,
             on_logs=on_logs,
             jail=self.jail,
+            stores=self.stores,
         )
         trace = dict(assignment.trace_context)
         self.attempts[key] = _Attempt(run, asyncio.create_task(self._drive(key, run, trace)))

@@ -33,6 +33,7 @@ class SubmitEncodeRequest(_message.Message):
     PRIORITY_FIELD_NUMBER: _builtins.int
     FORCE_FIELD_NUMBER: _builtins.int
     QUALITY_FIELD_NUMBER: _builtins.int
+    OVERWRITE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotent retry key chosen by the client (a UUID is recommended); it is
     also reused as the JetStream Nats-Msg-Id of the resulting messages.
@@ -55,6 +56,12 @@ class SubmitEncodeRequest(_message.Message):
     """How much of each rendition to measure; UNSPECIFIED means
     QUALITY_MODE_SAMPLED. Part of the content_key.
     """
+    overwrite: _builtins.bool
+    """Replace an earlier Cosmos publish at output_uri (a directory holding its
+    .cosmos-publish.json manifest and nothing else). Without it a non-empty
+    output directory is refused; with it, files Cosmos did not write are
+    never deleted: such a directory is refused all the same.
+    """
     @_builtins.property
     def profiles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Profile names from the catalogue to encode, added after the ladder's
@@ -72,10 +79,11 @@ class SubmitEncodeRequest(_message.Message):
         priority: _builtins.int = ...,
         force: _builtins.bool = ...,
         quality: _encode_pb2.QualityMode.ValueType = ...,
+        overwrite: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["force", b"force", "ladder", b"ladder", "output_uri", b"output_uri", "priority", b"priority", "profiles", b"profiles", "quality", b"quality", "request_id", b"request_id", "source_uri", b"source_uri"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["force", b"force", "ladder", b"ladder", "output_uri", b"output_uri", "overwrite", b"overwrite", "priority", b"priority", "profiles", b"profiles", "quality", b"quality", "request_id", b"request_id", "source_uri", b"source_uri"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
