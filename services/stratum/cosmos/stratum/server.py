@@ -44,13 +44,15 @@ def parser() -> argparse.ArgumentParser:
 
 async def serve(args: argparse.Namespace) -> None:
     """Connect to NATS, recover jobs, serve until SIGTERM/SIGINT, then close everything."""
-    nc, js = await jetstream.connect(args.nats, "cosmos-stratum")
+    server_config = process.server_config("stratum", args)
+    # Stratum presents its own service certificate to NATS, which maps it to the stratum user.
+    nc, js = await jetstream.connect(args.nats, "cosmos-stratum", tls=server_config.security.tls)
     store = JobStore(nc, js, replicas=args.replicas)
     await store.ensure()
     registry = AgentRegistry(lease_seconds=args.lease_seconds, revoked=await store.revoked())
     dispatcher = Dispatcher(store, registry, SchedulerPlacer(policy=args.policy))
     await dispatcher.recover()
-    server = Server(process.server_config("stratum", args), on_stop=nc.close)
+    server = Server(server_config, on_stop=nc.close)
     server.add(
         ServiceBinding(
             "cosmos.stratum.v1.JobService",
