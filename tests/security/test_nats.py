@@ -310,7 +310,10 @@ async def test_a_garbage_key_does_not_break_list_workflows(plato: Plato) -> None
     nc, _ = await connect_as(plato.client.nats_url, None)
     kv = await nc.jetstream().key_value(subjects.WORKFLOWS_BUCKET)
     await kv.put("garbage", b"\xff\xfe this is not a workflow record")
-    await kv.put("impostor", engine_pb2.WorkflowRecord(workflow={"workflow_id": "other"}).SerializeToString())
+    await kv.put(
+        "impostor",
+        engine_pb2.WorkflowRecord(workflow=workflow_pb2.Workflow(workflow_id="other")).SerializeToString(),
+    )
     await nc.close()
     listed = await plato.client.stub.ListWorkflows(workflow_service_pb2.ListWorkflowsRequest())
     assert [wf.workflow_id for wf in listed.workflows] == [wf_id]
