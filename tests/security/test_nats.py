@@ -14,6 +14,7 @@ import socket
 import ssl
 import uuid
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -35,8 +36,11 @@ from cosmos.plato.v1 import (
     workflow_service_pb2,
     workflow_service_pb2_grpc,
 )
-from cosmos.runtime import rpc_errors
+from cosmos.runtime import jetstream, rpc_errors
+from cosmos.runtime.config import free_port
 from cosmos.security.tls import TlsFiles
+from cosmos.stack import credentials
+from cosmos.stack.embedded import EmbeddedStack, StackConfig
 from cosmos.stratum.v1 import job_service_pb2, job_service_pb2_grpc
 
 WS = workflow_pb2.WorkflowState
@@ -333,3 +337,36 @@ async def test_a_garbage_key_does_not_break_list_jobs(
         listed: Any = await jobs.ListJobs(job_service_pb2.ListJobsRequest())
     assert list(listed.jobs) == []
     assert "unreadable job record skipped" in stratum.output()
+
+
+async def test_the_embedded_stack_runs_the_locked_down_nats(tmp_path: Path) -> None:
+    cfg = StackConfig(
+        optimus_port=free_port(), plato_port=free_port(), stratum_port=free_port(), nats_port=free_port(),
+        data_dir=tmp_path / "data", token_port_offset=0,
+    )  # fmt: skip
+    async with EmbeddedStack(cfg) as stack:
+        assert stack.credentials is not None
+        with pytest.raises((OSError, nats.errors.Error, TimeoutError)):
+            await nats.connect(cfg.nats_url, connect_timeout=2, allow_reconnect=False)
+        with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+            await connect_as(cfg.nats_url, stack.credentials.files(credentials.ADMIN))
+        nc, seen = await connect_as(cfg.nats_url, stack.credentials.files(credentials.WORKER))
+        with pytest.raises(nats.errors.TimeoutError):
+            await nc.jetstream(timeout=1).delete_stream(subjects.INBOX_STREAM)
+        await nc.close()
+        assert f'publish to "$js.api.stream.delete.{subjects.INBOX_STREAM.lower()}"' in "".join(
+            violations(seen)
+        )
+        plato, _ = await connect_as(cfg.nats_url, stack.credentials.files("plato"))
+        assert (
+            await plato.jetstream().stream_info(subjects.INBOX_STREAM)
+        ).config.name == subjects.INBOX_STREAM
+        await plato.close()
+        assert (stack.credentials.directory / "task.key").stat().st_mode & 0o077 == 0
+
+
+async def test_insecure_setups_keep_a_plain_nats(insecure_nats_url: str) -> None:
+    # What --insecure Plato and Stratum do: no credentials, plaintext, on loopback.
+    nc, js = await jetstream.connect(insecure_nats_url, "insecure-dev", tls=None, timeout=10)
+    await js.add_stream(StreamConfig(name=subjects.INBOX_STREAM, subjects=[subjects.INBOX_ALL]))
+    await nc.close()
