@@ -17,11 +17,7 @@ from cosmos.runtime.config import Address, free_port
 from cosmos.stack import natsd
 
 
-@pytest.fixture
-def nats_url(tmp_path: Path) -> Iterator[str]:
-    """A real NATS server with JetStream in a temporary store dir."""
-    port = free_port()
-    argv = natsd.nats_server_argv(Address("127.0.0.1", port), tmp_path / "nats")
+def _start_nats(argv: list[str], port: int) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
@@ -30,6 +26,25 @@ def nats_url(tmp_path: Path) -> Iterator[str]:
             break
         except OSError:
             time.sleep(0.05)
+    return proc
+
+
+@pytest.fixture
+def nats_url(tmp_path: Path) -> Iterator[str]:
+    """A real, locked-down NATS server with JetStream in a temporary store dir (see
+    :func:`security_harness.nats_argv`: clients connect with :func:`security_harness.nats_options`)."""
+    port = free_port()
+    proc = _start_nats(security_harness.nats_argv(Address("127.0.0.1", port), tmp_path / "nats"), port)
+    yield f"nats://127.0.0.1:{port}"
+    stop_process(proc)
+
+
+@pytest.fixture
+def insecure_nats_url(tmp_path: Path) -> Iterator[str]:
+    """The open NATS server of ``--insecure`` stacks (plaintext, anonymous), for tests of NATS clients
+    that are not about security."""
+    port = free_port()
+    proc = _start_nats(natsd.nats_server_argv(Address("127.0.0.1", port), tmp_path / "nats-open"), port)
     yield f"nats://127.0.0.1:{port}"
     stop_process(proc)
 

@@ -40,7 +40,7 @@ workflow:
 
 def doing_nothing(nats_url: str) -> Worker:
     """A worker whose ``work`` steps complete at once with an empty output."""
-    worker = Worker(nats_url)
+    worker = Worker(nats_url, tls=security_harness.worker_tls())
 
     @worker.handler("work")
     async def work(step: StepContext) -> dict[str, Any]:
@@ -131,7 +131,7 @@ async def test_stale_attempts_are_refused_and_cancel_reaches_a_running_handler(
     plato: PlatoClient, run_worker: Callable[[Worker], None]
 ) -> None:
     await plato.register(ONE_STEP)
-    worker = Worker(plato.nats_url)
+    worker = Worker(plato.nats_url, tls=security_harness.worker_tls())
     started = asyncio.Event()
     saw_cancel = asyncio.Event()
 
@@ -152,13 +152,25 @@ async def test_stale_attempts_are_refused_and_cancel_reaches_a_running_handler(
     steps = step_service_pb2_grpc.StepServiceStub(plato.channel)
     with pytest.raises(grpc.aio.AioRpcError) as stale:
         await steps.CompleteStep(
-            step_service_pb2.CompleteStepRequest(request_id="x", workflow_id=wf_id, step_id="work", attempt=2)
+            step_service_pb2.CompleteStepRequest(
+                request_id="x",
+                workflow_id=wf_id,
+                step_id="work",
+                attempt=2,
+                task_token=security_harness.task_token(wf_id, "work", 2),
+            )
         )
     assert stale.value.code() == grpc.StatusCode.ABORTED
     info, _ = rpc_errors.details_of(stale.value)
     assert info is not None and info.reason == "ERROR_REASON_STALE_ATTEMPT"
     beat = await steps.HeartbeatStep(
-        step_service_pb2.HeartbeatStepRequest(request_id="hb1", workflow_id=wf_id, step_id="work", attempt=1)
+        step_service_pb2.HeartbeatStepRequest(
+            request_id="hb1",
+            workflow_id=wf_id,
+            step_id="work",
+            attempt=1,
+            task_token=security_harness.task_token(wf_id, "work", 1),
+        )
     )
     assert not beat.cancel_requested
 
@@ -172,7 +184,13 @@ async def test_stale_attempts_are_refused_and_cancel_reaches_a_running_handler(
     await asyncio.wait_for(saw_cancel.wait(), 10)
     assert wf.steps[0].state == workflow_pb2.STEP_STATE_CANCELLED
     beat = await steps.HeartbeatStep(
-        step_service_pb2.HeartbeatStepRequest(request_id="hb2", workflow_id=wf_id, step_id="work", attempt=1)
+        step_service_pb2.HeartbeatStepRequest(
+            request_id="hb2",
+            workflow_id=wf_id,
+            step_id="work",
+            attempt=1,
+            task_token=security_harness.task_token(wf_id, "work", 1),
+        )
     )
     assert beat.cancel_requested
 
@@ -187,7 +205,11 @@ async def test_grpc_handlers_complete_steps_and_watch_streams_every_event(plato:
         seen.append(reply.event.step_id)
         if reply.event.type == events_pb2.WORKFLOW_EVENT_TYPE_STEP_SCHEDULED:  # as a gRPC handler would
             request = step_service_pb2.CompleteStepRequest(
-                request_id="done-1", workflow_id=wf_id, step_id="work", attempt=1
+                request_id="done-1",
+                workflow_id=wf_id,
+                step_id="work",
+                attempt=1,
+                task_token=security_harness.task_token(wf_id, "work", 1),
             )
             request.output.update({"answer": 42})
             await steps.CompleteStep(request)
@@ -319,7 +341,7 @@ async def test_start_workflows_answers_each_entry_as_start_workflow_would(
 ) -> None:
     await plato.register(ONE_STEP)
     run_worker(doing_nothing(plato.nats_url))
-    nc = await nats.connect(plato.nats_url)
+    nc = await nats.connect(plato.nats_url, **security_harness.nats_options())
     headers: dict[str, list[dict[str, str]]] = {}
 
     async def collect(msg: Msg) -> None:

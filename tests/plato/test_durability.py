@@ -94,7 +94,7 @@ def no_leftover_plato() -> Iterator[None]:
 
 
 def counting_worker(nats_url: str, seen: Counter[str]) -> Worker:
-    worker = Worker(nats_url)
+    worker = Worker(nats_url, tls=security_harness.worker_tls())
 
     async def handle(step: StepContext) -> dict[str, Any]:
         seen[step.idempotency_key] += 1

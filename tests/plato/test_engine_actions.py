@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import nats
+import security_harness
 from nats.aio.msg import Msg
 from plato_harness import PlatoClient, event_names
 
@@ -44,7 +45,7 @@ workflow:
 
 
 def recording_worker(nats_url: str, queues: list[str], log: list[str]) -> Worker:
-    worker = Worker(nats_url)
+    worker = Worker(nats_url, tls=security_harness.worker_tls())
     for queue in queues:
 
         def make(name: str) -> Callable[[StepContext], Any]:
@@ -162,7 +163,7 @@ async def test_child_workflows_run_and_report_to_their_parent(
 ) -> None:
     await plato.register(CHILD)
     await plato.register(PARENT)
-    worker = Worker(plato.nats_url)
+    worker = Worker(plato.nats_url, tls=security_harness.worker_tls())
 
     @worker.handler("double")
     async def double(step: StepContext) -> dict[str, Any]:
@@ -240,7 +241,7 @@ workflow:
 
 async def test_builtin_timer_log_and_notify_run_inside_plato(plato: PlatoClient) -> None:
     await plato.register(BUILTINS)
-    nc = await nats.connect(plato.nats_url)
+    nc = await nats.connect(plato.nats_url, **security_harness.nats_options())
     received: list[dict[str, Any]] = []
 
     async def collect(msg: Msg) -> None:
@@ -273,7 +274,10 @@ async def test_many_handler_processes_share_one_queue(
     plato: PlatoClient, run_worker: Callable[[Worker], None]
 ) -> None:
     await plato.register(SHARED)
-    workers = [Worker(plato.nats_url), Worker(plato.nats_url)]
+    workers = [
+        Worker(plato.nats_url, tls=security_harness.worker_tls()),
+        Worker(plato.nats_url, tls=security_harness.worker_tls()),
+    ]
     keys: list[str] = []
     for worker in workers:
 

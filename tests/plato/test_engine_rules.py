@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import security_harness
 from plato_harness import CARD_WORKFLOW, PlatoClient, event_names
 
 from cosmos.plato.engine import values
@@ -19,7 +20,7 @@ ET = events_pb2.WorkflowEventType
 def card_worker(
     plato: PlatoClient, *, fail_profile: str = "", encode_delay: dict[str, float] | None = None
 ) -> Worker:
-    worker = Worker(plato.nats_url)
+    worker = Worker(plato.nats_url, tls=security_harness.worker_tls())
     calls: dict[str, list[str]] = {}
     worker.calls = calls  # type: ignore[attr-defined]
 
@@ -132,7 +133,7 @@ async def test_runaway_guard_fails_the_workflow_naming_the_rule(
     plato: PlatoClient, run_worker: Callable[[Worker], None]
 ) -> None:
     await plato.register(RUNAWAY)
-    worker = Worker(plato.nats_url)
+    worker = Worker(plato.nats_url, tls=security_harness.worker_tls())
 
     @worker.handler("tick")
     async def tick(step: StepContext) -> dict[str, Any]:
@@ -163,7 +164,7 @@ async def test_start_to_close_and_heartbeat_timeouts_fire_and_cancel_the_handler
 ) -> None:
     await plato.register(TIMEOUT.format(kind_id="starttoclose", kind="startToClose", limit="500ms"))
     await plato.register(TIMEOUT.format(kind_id="heartbeat", kind="heartbeat", limit="400ms"))
-    worker = Worker(plato.nats_url)
+    worker = Worker(plato.nats_url, tls=security_harness.worker_tls())
     cancelled: list[str] = []
 
     @worker.handler("hang")

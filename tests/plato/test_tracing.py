@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import nats
+import security_harness
 from nats.aio.msg import Msg
 from opentelemetry import trace
 from plato_harness import PlatoClient
@@ -32,7 +33,7 @@ async def test_events_and_handlers_continue_the_callers_trace(
     await plato.register(ONE_STEP)
     trace_id = secrets.token_hex(16)
     handler_traces: list[str] = []
-    worker = Worker(plato.nats_url)
+    worker = Worker(plato.nats_url, tls=security_harness.worker_tls())
 
     @worker.handler("work")
     async def work(step: StepContext) -> dict[str, Any]:
@@ -40,7 +41,7 @@ async def test_events_and_handlers_continue_the_callers_trace(
         return {}
 
     run_worker(worker)
-    nc = await nats.connect(plato.nats_url)
+    nc = await nats.connect(plato.nats_url, **security_harness.nats_options())
     headers: list[dict[str, str]] = []
 
     async def collect(msg: Msg) -> None:

@@ -15,8 +15,10 @@ from cosmos.runtime.publisher import Publisher, PublishError
 
 
 @pytest.fixture
-async def nc(nats_url: str) -> AsyncIterator[NatsClient]:
-    client = await nats.connect(nats_url)
+async def nc(insecure_nats_url: str) -> AsyncIterator[NatsClient]:
+    # The publisher is tested on its own, on the open server of --insecure stacks (its streams are
+    # nobody's in the locked-down server's permissions).
+    client = await nats.connect(insecure_nats_url)
     js = client.jetstream()
     await js.add_stream(StreamConfig(name="T", subjects=["t.>"], duplicate_window=60.0))
     await js.create_key_value(KeyValueConfig(bucket="b", history=1))

@@ -155,6 +155,9 @@ def test_up_serves_every_contract_with_health_and_reflection_then_stops_cleanly(
     assert (stack.data_dir / "nats" / "jetstream").is_dir()
     for port in stack.ports.values():
         with socket.socket() as sock:
+            # As ensure_port_free checks: a listener makes the bind fail, a TIME_WAIT does not (a TLS
+            # client's close leaves one on NATS's port: nats-server answers close_notify by closing first).
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(("127.0.0.1", port))  # every port is released
 
 

@@ -12,11 +12,16 @@ import datetime
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import grpc
 
+from cosmos.plato import task_tokens
+from cosmos.runtime import jetstream
+from cosmos.runtime.config import Address
 from cosmos.security import pki, secrets, tokens
 from cosmos.security.tls import TlsFiles
+from cosmos.stack import natsd
 
 _dir: Path | None = None
 SERVICES = ("plato", "stratum", "optimus", "console", "nats")
@@ -127,3 +132,32 @@ def grpcurl_args(files: TlsFiles | None = None) -> list[str]:
     """grpcurl's TLS flags for ``files`` (default: the admin)."""
     files = files or admin()
     return ["-cacert", str(files.ca), "-cert", str(files.cert), "-key", str(files.key)]
+
+
+WORKER = "worker"
+"""User name of the step workers' certificate tests run SDK workers with (tenant default, role worker)."""
+
+
+def worker_tls() -> TlsFiles:
+    """The step workers' certificate: NATS maps it to the worker user (pull tasks, report, nothing more)."""
+    return user(WORKER, "default", "worker")
+
+
+def nats_argv(listen: Address, store_dir: Path) -> list[str]:
+    """The locked-down nats-server of the stack: TLS with the session CA, users plato, stratum, worker."""
+    worker_tls()
+    users = natsd.default_users([pki.spiffe_id("user", WORKER)])
+    return natsd.nats_server_argv(listen, store_dir, tls=TlsFiles.in_dir(pki_dir(), "nats"), users=users)
+
+
+def nats_options(files: TlsFiles | None = None) -> dict[str, Any]:
+    """``nats.connect`` keyword arguments connecting as ``files`` (default: Plato, which may read its
+    streams and buckets)."""
+    return jetstream.tls_options(files or TlsFiles.in_dir(pki_dir(), "plato"))
+
+
+def task_token(workflow_id: str, step_id: str, attempt: int) -> bytes:
+    """The task token Plato gives that attempt (Plato started with :func:`service_args` keeps its key in
+    the session's PKI dir): for tests that play a gRPC step handler, or replay an old attempt."""
+    key = task_tokens.load_or_create(pki_dir() / task_tokens.KEY_FILE)
+    return key.token(workflow_id, step_id, attempt)

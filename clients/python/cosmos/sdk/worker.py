@@ -5,6 +5,10 @@ Each queue is one durable pull consumer on ``PLATO_TASKS`` shared by every worke
 the typed :class:`StepTask` and its idempotency key, may heartbeat with progress, and returns its
 output (a JSON-like dict) or raises. The result is posted to the workflow's inbox and stored by
 JetStream *before* the task is acknowledged, so a crash re-runs the task rather than losing it.
+
+A worker connects with its certificate (``tls``: a user certificate with the ``worker`` role, which
+the locked-down NATS maps to a worker user), and every result and heartbeat carries the task's token:
+Plato applies only those whose token is right for the current attempt.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ from cosmos.common.v1 import progress_pb2
 from cosmos.plato import inputs, subjects
 from cosmos.plato.engine import values
 from cosmos.plato.v1 import engine_pb2, events_pb2
-from cosmos.runtime import telemetry
+from cosmos.runtime import jetstream, telemetry
+from cosmos.security.tls import TlsFiles
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("cosmos.sdk")
@@ -89,7 +94,12 @@ class StepContext:
         if percent is not None or message or fps or speed:
             progress = progress_pb2.Progress(percent=percent or 0.0, message=message, fps=fps, speed=speed)
         inp, msg_id = inputs.heartbeat(
-            self.task.workflow_id, self.task.step_id, self.task.attempt, progress, self._beats
+            self.task.workflow_id,
+            self.task.step_id,
+            self.task.attempt,
+            progress,
+            self._beats,
+            task_token=self.task.task_token,
         )
         await self._worker._post(inp, msg_id)
         with contextlib.suppress(nats.errors.Error):
@@ -107,6 +117,8 @@ class Worker:
     """NATS server URL."""
     config: WorkerConfig = field(default_factory=WorkerConfig)
     """Concurrency and leases."""
+    tls: TlsFiles | None = None
+    """This worker's certificate, key and CA for NATS; None only against an ``--insecure`` stack."""
     handlers: dict[str, Handler] = field(default_factory=dict)
     """Handler per queue."""
     completed: int = 0
@@ -131,7 +143,12 @@ class Worker:
         Running tasks are then finished first, or, with ``finish_running=False``, abandoned: they are
         not acknowledged, so JetStream hands them to another worker after ``ack_wait``.
         """
-        self._nc = await nats.connect(self.nats_url, name="cosmos-worker", max_reconnect_attempts=-1)
+        self._nc = await nats.connect(
+            self.nats_url,
+            name="cosmos-worker",
+            max_reconnect_attempts=-1,
+            **jetstream.tls_options(self.tls),
+        )
         self._js = self._nc.jetstream()
         slots = asyncio.Semaphore(self.config.concurrency)
         cancels = await self._nc.subscribe(subjects.CANCELS_ALL, cb=self._on_cancel)
@@ -204,7 +221,11 @@ class Worker:
             try:
                 output = await self.handlers[queue](ctx)
                 inp, msg_id = inputs.result(
-                    task.workflow_id, task.step_id, task.attempt, output=dict(output or {})
+                    task.workflow_id,
+                    task.step_id,
+                    task.attempt,
+                    output=dict(output or {}),
+                    task_token=task.task_token,
                 )
             except asyncio.CancelledError:
                 if not ctx.cancelled.is_set():
@@ -218,11 +239,16 @@ class Worker:
                     task.attempt,
                     error=str(exc),
                     non_retryable=exc.non_retryable,
+                    task_token=task.task_token,
                 )
             except Exception as exc:
                 log.exception("handler raised", extra={"fields": {"key": task.idempotency_key}})
                 inp, msg_id = inputs.result(
-                    task.workflow_id, task.step_id, task.attempt, error=f"{type(exc).__name__}: {exc}"
+                    task.workflow_id,
+                    task.step_id,
+                    task.attempt,
+                    error=f"{type(exc).__name__}: {exc}",
+                    task_token=task.task_token,
                 )
             finally:
                 self._cancellable.pop(task.idempotency_key, None)
@@ -233,7 +259,7 @@ class Worker:
     async def _post(self, inp: engine_pb2.EngineInput, msg_id: str) -> None:
         assert self._js is not None
         headers = telemetry.inject_headers({subjects.Header.MSG_ID: msg_id})
-        await self._js.publish(subjects.inbox(inp.workflow_id), inp.SerializeToString(), headers=headers)
+        await self._js.publish(subjects.report(inp.workflow_id), inp.SerializeToString(), headers=headers)
 
     async def _on_cancel(self, msg: Msg) -> None:
         ctx = self._cancellable.get(msg.data.decode())

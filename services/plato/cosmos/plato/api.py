@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import logging
 import re
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -18,6 +19,7 @@ from typing import Any
 
 import nats.errors
 import nats.js.errors
+from google.protobuf.message import DecodeError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry import trace
 
@@ -26,6 +28,7 @@ from cosmos.plato import inputs, subjects
 from cosmos.plato.engine import machine, values
 from cosmos.plato.language import parser
 from cosmos.plato.store import Conflict, PlatoStore
+from cosmos.plato.task_tokens import TaskKey
 from cosmos.plato.v1 import (
     definition_pb2,
     engine_pb2,
@@ -49,6 +52,7 @@ DEFAULT_TENANT = "default"
 MAX_BATCH = 1000
 """Starts one ``StartWorkflows`` call may hold."""
 tracer = trace.get_tracer("cosmos.plato")
+log = logging.getLogger(__name__)
 _TERMINAL_EVENTS = (
     events_pb2.WORKFLOW_EVENT_TYPE_WORKFLOW_COMPLETED,
     events_pb2.WORKFLOW_EVENT_TYPE_WORKFLOW_FAILED,
@@ -277,8 +281,16 @@ class WorkflowApi(workflow_service_pb2_grpc.WorkflowServiceServicer):
 
         async def load(workflow_id: str) -> workflow_pb2.Workflow | None:
             async with limit:
-                loaded = await self.store.get_record(workflow_id)
-            return None if loaded is None else loaded[0].workflow
+                try:
+                    loaded = await self.store.get_record(workflow_id)
+                except DecodeError:
+                    loaded = None
+                else:
+                    if loaded is None or loaded[0].workflow.workflow_id == workflow_id:
+                        return None if loaded is None else loaded[0].workflow
+            # One bad entry (garbage put into the bucket) must not break the listing for everyone.
+            log.warning("unreadable workflow record skipped", extra={"fields": {"key": workflow_id}})
+            return None
 
         loaded = await asyncio.gather(*(load(i) for i in await self.store.workflow_ids()))
         caller = auth.current()
@@ -427,19 +439,34 @@ def _decode_cursor(token: str) -> int:
 
 
 class StepApi(step_service_pb2_grpc.StepServiceServicer):
-    """``cosmos.plato.v1.StepService``: results and heartbeats from handlers that speak gRPC."""
+    """``cosmos.plato.v1.StepService``: results and heartbeats from handlers that speak gRPC.
 
-    def __init__(self, store: PlatoStore) -> None:
+    Each request carries the task token of its attempt (see :mod:`cosmos.plato.task_tokens`): without
+    the right one it is refused before anything is looked up, so a caller learns nothing of workflows
+    whose tasks it was not given.
+    """
+
+    def __init__(self, store: PlatoStore, task_key: TaskKey) -> None:
         self.store = store
+        self.task_key = task_key
 
     async def _fenced(
-        self, request_id: str, workflow_id: str, step_id: str, attempt: int
+        self, request_id: str, workflow_id: str, step_id: str, attempt: int, token: bytes
     ) -> tuple[engine_pb2.WorkflowRecord, workflow_pb2.StepExecution]:
         _require(request_id, "request_id")
         _require(workflow_id, "workflow_id")
         _require(step_id, "step_id")
         if attempt < 1:
             raise _violation("attempt", "must be the attempt number of the task (1 or more)")
+        if not self.task_key.verify(workflow_id, step_id, attempt, token):
+            log.warning(
+                "step report with a missing or wrong task token refused",
+                extra={"fields": {"workflow_id": workflow_id, "step_id": step_id, "attempt": attempt}},
+            )
+            raise errors.PermissionDeniedError(
+                "task_token: missing or not the token of this step attempt (echo the StepTask's task_token)",
+                metadata={"field": "task_token", "workflow_id": workflow_id, "step_id": step_id},
+            )
         loaded = await self.store.get_record(workflow_id)
         if loaded is None or not auth.current().sees(loaded[0].workflow.tenant):
             raise _workflow_not_found(workflow_id)
@@ -472,7 +499,11 @@ class StepApi(step_service_pb2_grpc.StepServiceServicer):
         self, request: step_service_pb2.CompleteStepRequest, context: Context
     ) -> step_service_pb2.CompleteStepResponse:
         _, step = await self._fenced(
-            request.request_id, request.workflow_id, request.step_id, request.attempt
+            request.request_id,
+            request.workflow_id,
+            request.step_id,
+            request.attempt,
+            request.task_token,
         )
         if not (step.attempt == request.attempt and step.state == SS.STEP_STATE_COMPLETED):
             self._refuse_stale(step, request.attempt)
@@ -481,6 +512,7 @@ class StepApi(step_service_pb2_grpc.StepServiceServicer):
                 request.step_id,
                 request.attempt,
                 output=values.struct_to_dict(request.output),
+                task_token=request.task_token,
             )
             await self.store.publish_input(inp, msg_id, telemetry.inject_headers())
         return step_service_pb2.CompleteStepResponse()
@@ -490,7 +522,11 @@ class StepApi(step_service_pb2_grpc.StepServiceServicer):
     ) -> step_service_pb2.FailStepResponse:
         _require(request.error, "error")
         _, step = await self._fenced(
-            request.request_id, request.workflow_id, request.step_id, request.attempt
+            request.request_id,
+            request.workflow_id,
+            request.step_id,
+            request.attempt,
+            request.task_token,
         )
         self._refuse_stale(step, request.attempt)
         inp, msg_id = inputs.result(
@@ -499,6 +535,7 @@ class StepApi(step_service_pb2_grpc.StepServiceServicer):
             request.attempt,
             error=request.error,
             non_retryable=request.non_retryable,
+            task_token=request.task_token,
         )
         await self.store.publish_input(inp, msg_id, telemetry.inject_headers())
         return step_service_pb2.FailStepResponse()
@@ -507,7 +544,11 @@ class StepApi(step_service_pb2_grpc.StepServiceServicer):
         self, request: step_service_pb2.HeartbeatStepRequest, context: Context
     ) -> step_service_pb2.HeartbeatStepResponse:
         record, step = await self._fenced(
-            request.request_id, request.workflow_id, request.step_id, request.attempt
+            request.request_id,
+            request.workflow_id,
+            request.step_id,
+            request.attempt,
+            request.task_token,
         )
         cancelled = record.workflow.state in (WS.WORKFLOW_STATE_CANCELLING, WS.WORKFLOW_STATE_CANCELLED) or (
             step.state == SS.STEP_STATE_CANCELLED
@@ -517,7 +558,12 @@ class StepApi(step_service_pb2_grpc.StepServiceServicer):
         self._refuse_stale(step, request.attempt)
         progress = request.progress if request.HasField("progress") else None
         inp, msg_id = inputs.heartbeat(
-            request.workflow_id, request.step_id, request.attempt, progress, request.request_id
+            request.workflow_id,
+            request.step_id,
+            request.attempt,
+            progress,
+            request.request_id,
+            task_token=request.task_token,
         )
         await self.store.publish_input(inp, msg_id, telemetry.inject_headers())
         return step_service_pb2.HeartbeatStepResponse(cancel_requested=False)

@@ -27,6 +27,7 @@ def result(
     output: Mapping[str, Any] | None = None,
     error: str = "",
     non_retryable: bool = False,
+    task_token: bytes = b"",
 ) -> tuple[engine_pb2.EngineInput, str]:
     """The result of one attempt (success when ``error`` is empty) and its message id."""
     inp = engine_pb2.EngineInput(
@@ -38,18 +39,25 @@ def result(
             output=values.dict_to_struct(output),
             error=error,
             non_retryable=non_retryable,
+            task_token=task_token,
         ),
     )
     return inp, f"{workflow_id}/{step_id}/{attempt}:result"
 
 
 def heartbeat(
-    workflow_id: str, step_id: str, attempt: int, progress: progress_pb2.Progress | None, beat: str | int
+    workflow_id: str,
+    step_id: str,
+    attempt: int,
+    progress: progress_pb2.Progress | None,
+    beat: str | int,
+    *,
+    task_token: bytes = b"",
 ) -> tuple[engine_pb2.EngineInput, str]:
     """Heartbeat number ``beat`` of one attempt and its message id."""
     inp = engine_pb2.EngineInput(
         workflow_id=workflow_id,
-        heartbeat=engine_pb2.StepHeartbeatInput(step_id=step_id, attempt=attempt),
+        heartbeat=engine_pb2.StepHeartbeatInput(step_id=step_id, attempt=attempt, task_token=task_token),
     )
     inp.heartbeat.send_time.GetCurrentTime()
     if progress is not None:

@@ -6,8 +6,10 @@ import argparse
 import asyncio
 import contextlib
 from collections.abc import Sequence
+from pathlib import Path
 
 from cosmos import errors
+from cosmos.plato import task_tokens
 from cosmos.plato.api import StepApi, WorkflowApi
 from cosmos.plato.engine.evaluator import Evaluator, EvaluatorConfig
 from cosmos.plato.store import PlatoStore, Storage, StoreConfig
@@ -16,6 +18,7 @@ from cosmos.plato.v1 import step_service_pb2_grpc, workflow_service_pb2_grpc
 from cosmos.runtime import config, jetstream, process
 from cosmos.runtime.server import Server, ServiceBinding
 from cosmos.sdk import Worker
+from cosmos.security.config import Security
 
 PREFIX = "COSMOS_PLATO"
 DEFAULT_LISTEN = "127.0.0.1:50052"
@@ -48,7 +51,26 @@ def parser() -> argparse.ArgumentParser:
         default="",
         help="Stratum gRPC address for job steps (empty: no job steps run here)",
     )
+    config.add_env_argument(
+        p,
+        PREFIX,
+        "--task-key",
+        default="",
+        help="file of the key signing step task tokens, shared by every Plato replica; created 0600 if "
+        f"missing (default: {task_tokens.KEY_FILE} in --pki-dir)",
+    )
     return p
+
+
+def task_key(args: argparse.Namespace, security: Security) -> task_tokens.TaskKey:
+    """The task-token key ``--task-key`` (or ``--pki-dir``) names; a random one only when insecure."""
+    if args.task_key:
+        return task_tokens.load_or_create(Path(args.task_key))
+    if args.pki_dir:
+        return task_tokens.load_or_create(Path(args.pki_dir) / task_tokens.KEY_FILE)
+    if security.insecure:
+        return task_tokens.ephemeral()
+    raise errors.ConfigError("no task key: give --task-key (a file every Plato replica shares) or --pki-dir")
 
 
 async def serve(args: argparse.Namespace) -> None:
@@ -56,7 +78,10 @@ async def serve(args: argparse.Namespace) -> None:
     if args.storage not in ("file", "memory"):
         raise errors.ConfigError(f"--storage {args.storage!r}: expected file or memory")
     server_config = process.server_config("plato", args)
-    nc, js = await jetstream.connect(args.nats, "cosmos-plato")
+    key = task_key(args, server_config.security)
+    # Plato presents its own service certificate to NATS, which maps it to the plato user.
+    nats_tls = server_config.security.tls
+    nc, js = await jetstream.connect(args.nats, "cosmos-plato", tls=nats_tls)
     if args.duplicate_window <= 0:
         raise errors.ConfigError(f"--duplicate-window {args.duplicate_window:g}: expected seconds > 0")
     store = PlatoStore(
@@ -68,7 +93,7 @@ async def serve(args: argparse.Namespace) -> None:
     )
     await store.ensure()
     await store.watch_definitions()
-    evaluator = Evaluator(store, EvaluatorConfig(batch=args.batch))
+    evaluator = Evaluator(store, EvaluatorConfig(batch=args.batch), task_key=key)
     evaluating: asyncio.Task[None] | None = None
 
     async def finish() -> None:
@@ -90,7 +115,7 @@ async def serve(args: argparse.Namespace) -> None:
     server.add(
         ServiceBinding(
             "cosmos.plato.v1.StepService",
-            StepApi(store),
+            StepApi(store, key),
             step_service_pb2_grpc.add_StepServiceServicer_to_server,
         )
     )
@@ -100,7 +125,7 @@ async def serve(args: argparse.Namespace) -> None:
         runner = StratumRunner(
             str(config.Address.parse(args.stratum, setting="--stratum")), server_config.security
         )
-        worker = Worker(args.nats)
+        worker = Worker(args.nats, tls=nats_tls)
         runner.register(worker)
         background.append(asyncio.create_task(worker.run(server.stopping, finish_running=False)))
     try:

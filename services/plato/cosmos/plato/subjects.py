@@ -42,6 +42,21 @@ def inbox(workflow_id: str) -> str:
 
 INBOX_ALL = "cosmos.plato.inbox.>"
 
+REPORT_TOKEN = "report"
+REPORTS_ALL = f"cosmos.plato.inbox.*.{REPORT_TOKEN}"
+"""The only inbox subjects step workers may publish to (NATS permissions); Plato's own are the rest."""
+
+
+def report(workflow_id: str) -> str:
+    """Results and heartbeats posted by step workers for one workflow (in the inbox stream)."""
+    return f"{inbox(workflow_id)}.{REPORT_TOKEN}"
+
+
+def is_report(subject: str) -> bool:
+    """Whether ``subject`` is a worker's report subject (``cosmos.plato.inbox.<wf>.report``)."""
+    parts = subject.split(".")
+    return len(parts) == 5 and subject.startswith("cosmos.plato.inbox.") and parts[4] == REPORT_TOKEN
+
 
 def timer(workflow_id: str, timer_id: str) -> str:
     """Subject holding a scheduled timer until it fires into the workflow's inbox."""

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import nats
 import nats.errors
@@ -14,6 +15,8 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
 from cosmos import errors
+from cosmos.security import pki
+from cosmos.security.tls import TlsFiles
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -26,33 +29,69 @@ async def _log_error(exc: Exception) -> None:
     log.debug("nats client error", extra={"fields": {"error": repr(exc)}})
 
 
-async def connect(url: str, name: str, *, timeout: float = 10.0) -> tuple[NatsClient, JetStreamContext]:
-    """Connect to ``url`` and check JetStream answers; raise :class:`UnavailableError` naming the URL."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    last: Exception | None = None
-    while asyncio.get_running_loop().time() < deadline:
-        try:
-            nc = await nats.connect(
+def tls_context(files: TlsFiles) -> ssl.SSLContext:
+    """A client TLS context presenting ``files``' certificate and trusting only its CA.
+
+    NATS maps the certificate's SPIFFE id to a user (see :mod:`cosmos.stack.natsd`), so the certificate
+    is the whole of a client's NATS credentials.
+    """
+    files.read()  # a ConfigError naming the unreadable file, rather than ssl's bare errno
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(files.ca))
+    context.load_cert_chain(str(files.cert), str(files.key))
+    return context
+
+
+def tls_options(files: TlsFiles | None) -> dict[str, Any]:
+    """``nats.connect`` keyword arguments for ``files`` (none for a plaintext, ``--insecure`` setup).
+
+    The server must present the certificate of the ``nats`` role (``nats.cosmos``), whatever address
+    the URL names.
+    """
+    if files is None:
+        return {}
+    return {"tls": tls_context(files), "tls_hostname": pki.server_name("nats")}
+
+
+async def connect(
+    url: str, name: str, *, tls: TlsFiles | None = None, timeout: float = 10.0
+) -> tuple[NatsClient, JetStreamContext]:
+    """Connect to ``url`` (as ``tls``' certificate, when given) and check JetStream answers.
+
+    Raises :class:`UnavailableError` naming the URL.
+    """
+    options = tls_options(tls)
+    last: list[Exception] = []
+
+    async def error_cb(exc: Exception) -> None:
+        # nats-py retries the first connect forever (max_reconnect_attempts=-1) and reports each
+        # failure here; the last one (e.g. an authorization violation) is what the timeout names.
+        last[:] = [exc]
+        await _log_error(exc)
+
+    try:
+        nc = await asyncio.wait_for(
+            nats.connect(
                 url,
                 name=name,
                 connect_timeout=2,
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
-                error_cb=_log_error,
-            )
-        except (OSError, nats.errors.Error) as exc:
-            last = exc
-            await asyncio.sleep(0.2)
-            continue
-        js = nc.jetstream()
-        try:
-            await js.account_info()
-        except nats.errors.Error as exc:
-            await nc.close()
-            raise errors.UnavailableError(f"NATS at {url} has no JetStream: {exc}") from exc
-        log.info("connected to NATS", extra={"fields": {"url": url}})
-        return nc, js
-    raise errors.UnavailableError(f"cannot reach NATS at {url} within {timeout:.0f}s: {last}")
+                error_cb=error_cb,
+                **options,
+            ),
+            timeout,
+        )
+    except (TimeoutError, OSError, nats.errors.Error) as exc:
+        cause = last[0] if last else exc
+        raise errors.UnavailableError(f"cannot reach NATS at {url} within {timeout:.0f}s: {cause!r}") from exc
+    js = nc.jetstream()
+    try:
+        await js.account_info()
+    except nats.errors.Error as exc:
+        await nc.close()
+        raise errors.UnavailableError(f"NATS at {url} has no JetStream: {exc}") from exc
+    log.info("connected to NATS", extra={"fields": {"url": url}})
+    return nc, js
 
 
 # JetStream answers "no suitable peers for placement" (10005) or a 503 while a cluster is still

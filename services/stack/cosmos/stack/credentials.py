@@ -2,7 +2,8 @@
 
 ``ca.pem`` (+ ``ca-key.pem``) is the dev CA; ``plato``, ``stratum``, ``optimus`` and ``nats`` get server
 certificates, the local agent an agent certificate, and the local admin a user certificate (tenant
-``default``, role ``admin``): ``admin.pem`` and ``admin-key.pem``. ``token-key.pem`` signs platform tokens
+``default``, role ``admin``): ``admin.pem`` and ``admin-key.pem``; local step workers (SDK handlers)
+connect to NATS with ``worker.pem`` (role ``worker``). ``token-key.pem`` signs platform tokens
 (``cosmos token create``), ``secrets.key`` encrypts job secrets at rest. Certificates near their end
 are renewed at every start.
 """
@@ -19,6 +20,10 @@ from cosmos.security.tls import TlsFiles
 
 ADMIN = "admin"
 ADMIN_TENANT = "default"
+WORKER = "worker"
+"""File name of the local step workers' certificate (a user with the worker role): NATS maps it to the
+worker user, which may only pull step tasks and report on them."""
+WORKER_IDENTITY = pki.spiffe_id("user", WORKER)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +62,7 @@ def prepare(data_dir: Path, agent_id: str, *, ttl: str = "24h") -> StackCredenti
             ("nats", pki.Subject("nats", "nats")),
             ("agent", pki.Subject("agent", agent_id)),
             (ADMIN, pki.Subject("user", ADMIN, tenant=ADMIN_TENANT, user_roles=("admin",))),
+            (WORKER, pki.Subject("user", WORKER, tenant=ADMIN_TENANT, user_roles=("worker",))),
         ],
         lifetime,
     )

@@ -186,6 +186,13 @@ class EmbeddedStack:
                         c.nats_url,
                         "--stratum",
                         str(c.address(c.stratum_port)),
+                        # With credentials the key lives in the PKI dir; an insecure stack keeps one too,
+                        # so tasks outstanding across a restart still complete.
+                        *(
+                            []
+                            if self.credentials
+                            else ["--task-key", str((c.data_dir / "plato-task.key").absolute())]
+                        ),
                     ),
                     c.plato_port,
                     PLATO_SERVICES,
@@ -222,11 +229,16 @@ class EmbeddedStack:
 
     async def _start_nats(self) -> None:
         c = self.config
-        child = self._child("nats", natsd.nats_server_argv(c.address(c.nats_port), c.data_dir / "nats"))
+        tls = None if self.credentials is None else self.credentials.files("nats")
+        users = natsd.default_users([credentials.WORKER_IDENTITY])
+        argv = natsd.nats_server_argv(c.address(c.nats_port), c.data_dir / "nats", tls=tls, users=users)
+        child = self._child("nats", argv)
         await child.start()
         self.children.append(child)
+        # The readiness check connects as Plato: NATS has no user for the admin or for cosmos up.
+        plato = None if self.credentials is None else self.credentials.files("plato")
         try:
-            nc, _ = await jetstream.connect(c.nats_url, "cosmos-up", timeout=c.start_timeout)
+            nc, _ = await jetstream.connect(c.nats_url, "cosmos-up", tls=plato, timeout=c.start_timeout)
         except errors.UnavailableError as exc:
             raise child.failure(str(exc)) from exc
         await nc.close()

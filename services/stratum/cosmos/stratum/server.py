@@ -79,7 +79,8 @@ async def serve(args: argparse.Namespace) -> None:
     server_config = process.server_config("stratum", args)
     keys = keyring(args)  # a bad key file stops the start, before anything connects
     roots = storage.roots_from_args(args)
-    nc, js = await jetstream.connect(args.nats, "cosmos-stratum")
+    # Stratum presents its own service certificate to NATS, which maps it to the stratum user.
+    nc, js = await jetstream.connect(args.nats, "cosmos-stratum", tls=server_config.security.tls)
     store = JobStore(nc, js, replicas=args.replicas)
     await store.ensure()
     registry = AgentRegistry(lease_seconds=args.lease_seconds, revoked=await store.revoked())

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Iterable
 
 import nats.js.errors
+from google.protobuf.message import DecodeError
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
@@ -114,8 +115,21 @@ class JobStore:
             keys = await self.jobs.keys()
         except nats.js.errors.NoKeysError:
             return []
-        jobs = await asyncio.gather(*(self.get(key) for key in keys))
+        jobs = await asyncio.gather(*(self._readable(key) for key in keys))
         return [job for job in jobs if job is not None]
+
+    async def _readable(self, job_id: str) -> job_pb2.Job | None:
+        """The job under ``job_id``, or None (logged) for an entry that is not a job record of that id:
+        one garbage key must not keep Stratum from starting or break listings for everyone."""
+        try:
+            job = await self.get(job_id)
+        except DecodeError:
+            job = None
+        else:
+            if job is None or job.job_id == job_id:
+                return job
+        log.warning("unreadable job record skipped", extra={"fields": {"key": job_id}})
+        return None
 
     async def last_sequence(self, job_id: str) -> int:
         """Sequence of the job's newest event (0 if none), to continue numbering after a restart."""

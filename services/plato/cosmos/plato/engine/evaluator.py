@@ -28,6 +28,7 @@ from opentelemetry import trace
 from cosmos.plato import subjects
 from cosmos.plato.engine import machine
 from cosmos.plato.store import Conflict, PlatoStore
+from cosmos.plato.task_tokens import TaskKey
 from cosmos.plato.v1 import engine_pb2, workflow_pb2
 from cosmos.runtime import telemetry
 
@@ -66,9 +67,12 @@ class EvaluatorConfig:
 class Evaluator:
     """One per Plato process."""
 
-    def __init__(self, store: PlatoStore, config: EvaluatorConfig | None = None) -> None:
+    def __init__(
+        self, store: PlatoStore, config: EvaluatorConfig | None = None, *, task_key: TaskKey
+    ) -> None:
         self.store = store
         self.config = config or EvaluatorConfig()
+        self.task_key = task_key
         self._cache: OrderedDict[str, _Cached] = OrderedDict()
         self._rand = random.Random()
         self.transitions = 0
@@ -109,8 +113,48 @@ class Evaluator:
                 log.error("undecodable engine input dropped", extra={"fields": {"subject": msg.subject}})
                 await msg.term()
                 continue
+            refusal = self._refusal(msg.subject, inp)
+            if refusal:
+                log.warning(
+                    "engine input refused",
+                    extra={
+                        "fields": {
+                            "reason": refusal,
+                            "subject": msg.subject,
+                            "workflow_id": inp.workflow_id,
+                            "kind": inp.WhichOneof("kind"),
+                        }
+                    },
+                )
+                await msg.term()
+                continue
             groups.setdefault(inp.workflow_id, []).append((msg, inp))
         await asyncio.gather(*(self._advance(wf_id, items) for wf_id, items in groups.items()))
+
+    def _refusal(self, subject: str, inp: engine_pb2.EngineInput) -> str:
+        """Why ``inp`` must not be applied ('' when it may).
+
+        Workers may publish only to report subjects (see :mod:`cosmos.stack.natsd`), and there only a
+        result or heartbeat of the workflow the subject names; every result and heartbeat, wherever it
+        comes from, must carry the task token of the attempt it names. Whether that attempt is still
+        the current one is the state machine's check.
+        """
+        kind = inp.WhichOneof("kind")
+        if subjects.is_report(subject):
+            if kind not in ("result", "heartbeat"):
+                return f"a report subject carries only results and heartbeats, not {kind}"
+            if subject != subjects.report(inp.workflow_id):
+                return "the workflow id does not match the report subject"
+        if kind == "result":
+            report = (inp.result.step_id, inp.result.attempt, inp.result.task_token)
+        elif kind == "heartbeat":
+            report = (inp.heartbeat.step_id, inp.heartbeat.attempt, inp.heartbeat.task_token)
+        else:
+            return ""
+        step_id, attempt, token = report
+        if not self.task_key.verify(inp.workflow_id, step_id, attempt, token):
+            return "missing or wrong task token"
+        return ""
 
     async def _advance(self, workflow_id: str, items: list[tuple[Msg, engine_pb2.EngineInput]]) -> None:
         headers = items[0][0].headers or {}
@@ -146,7 +190,7 @@ class Evaluator:
                 record.workflow.definition_id, record.workflow.definition_version
             )
             now = datetime.now(UTC)
-            engine = machine.Machine(record, definition, now, self._rand.random, trace_headers)
+            engine = machine.Machine(record, definition, now, self._rand.random, trace_headers, self.task_key)
             engine.begin()
             for inp in inputs:
                 engine.apply(inp)
@@ -159,7 +203,9 @@ class Evaluator:
                 if stored is None:
                     return True
                 cached, record = stored, stored.record
-                engine = machine.Machine(record, definition, now, self._rand.random, trace_headers)
+                engine = machine.Machine(
+                    record, definition, now, self._rand.random, trace_headers, self.task_key
+                )
                 engine.begin()
                 engine.fail(
                     f"the workflow's state would grow to {size:,} bytes, past the {limit:,}-byte limit "

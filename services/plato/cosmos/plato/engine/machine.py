@@ -22,6 +22,7 @@ from google.protobuf import json_format, struct_pb2
 from cosmos.plato import subjects
 from cosmos.plato.engine import values
 from cosmos.plato.language import model, parser
+from cosmos.plato.task_tokens import TaskKey
 from cosmos.plato.v1 import engine_pb2, events_pb2, workflow_pb2
 from cosmos.stratum.v1 import job_pb2
 
@@ -104,8 +105,11 @@ class Machine:
         now: datetime,
         rand: Callable[[], float],
         trace_headers: Mapping[str, str] | None = None,
+        task_key: TaskKey | None = None,
     ) -> None:
         self.record = record
+        # Signs each task's token (see cosmos.plato.task_tokens); None leaves tokens empty (unit tests).
+        self.task_key = task_key
         self.wf = record.workflow
         self.definition = definition
         self.now = now
@@ -442,9 +446,12 @@ class Machine:
             or step.attempt != attempt
             or step.state not in (SS.STEP_STATE_SCHEDULED, SS.STEP_STATE_RUNNING)
         ):
-            log.debug(
+            # A late report of a timed-out attempt, or a replay: refused, and worth an operator's look.
+            log.warning(
                 "stale or unknown step attempt refused",
-                extra={"fields": {"step_id": step_id, "attempt": attempt}},
+                extra={
+                    "fields": {"workflow_id": self.wf.workflow_id, "step_id": step_id, "attempt": attempt}
+                },
             )
             return None
         return step
@@ -568,6 +575,8 @@ class Machine:
             task.heartbeat_timeout.FromNanoseconds(int(step_def.timeouts.heartbeat * 1e9))
         if job is not None:
             task.job_spec.CopyFrom(job)
+        if self.task_key is not None:
+            task.task_token = self.task_key.token(self.wf.workflow_id, step.step_id, step.attempt)
         self._outbox(subjects.tasks(queue), task.SerializeToString(), msg_id=task.idempotency_key)
 
     def _job_spec(self, step: workflow_pb2.StepExecution, step_def: model.StepDef) -> job_pb2.JobSpec:

@@ -265,6 +265,7 @@ class StepResultInput(_message.Message):
     OUTPUT_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     NON_RETRYABLE_FIELD_NUMBER: _builtins.int
+    TASK_TOKEN_FIELD_NUMBER: _builtins.int
     step_id: _builtins.str
     """Step instance."""
     attempt: _builtins.int
@@ -275,6 +276,10 @@ class StepResultInput(_message.Message):
     """Error on failure."""
     non_retryable: _builtins.bool
     """A failure that retrying cannot fix."""
+    task_token: _builtins.bytes
+    """The StepTask's task_token for this attempt; a result without the right
+    one is refused and logged, not applied.
+    """
     @_builtins.property
     def output(self) -> _struct_pb2.Struct:
         """Output on success."""
@@ -288,10 +293,11 @@ class StepResultInput(_message.Message):
         output: _struct_pb2.Struct | None = ...,
         error: _builtins.str = ...,
         non_retryable: _builtins.bool = ...,
+        task_token: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["output", b"output"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "error", b"error", "non_retryable", b"non_retryable", "output", b"output", "step_id", b"step_id", "success", b"success"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "error", b"error", "non_retryable", b"non_retryable", "output", b"output", "step_id", b"step_id", "success", b"success", "task_token", b"task_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -307,10 +313,15 @@ class StepHeartbeatInput(_message.Message):
     ATTEMPT_FIELD_NUMBER: _builtins.int
     PROGRESS_FIELD_NUMBER: _builtins.int
     SEND_TIME_FIELD_NUMBER: _builtins.int
+    TASK_TOKEN_FIELD_NUMBER: _builtins.int
     step_id: _builtins.str
     """Step instance."""
     attempt: _builtins.int
     """Attempt that is alive."""
+    task_token: _builtins.bytes
+    """The StepTask's task_token for this attempt; a heartbeat without the right
+    one is refused and logged, not applied.
+    """
     @_builtins.property
     def progress(self) -> _progress_pb2.Progress:
         """Progress, if the handler reports it."""
@@ -326,10 +337,11 @@ class StepHeartbeatInput(_message.Message):
         attempt: _builtins.int = ...,
         progress: _progress_pb2.Progress | None = ...,
         send_time: _timestamp_pb2.Timestamp | None = ...,
+        task_token: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["progress", b"progress", "send_time", b"send_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "progress", b"progress", "send_time", b"send_time", "step_id", b"step_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "progress", b"progress", "send_time", b"send_time", "step_id", b"step_id", "task_token", b"task_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

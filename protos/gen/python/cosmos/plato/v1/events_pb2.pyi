@@ -222,6 +222,7 @@ class StepTask(_message.Message):
     JOB_SPEC_FIELD_NUMBER: _builtins.int
     MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
     TENANT_FIELD_NUMBER: _builtins.int
+    TASK_TOKEN_FIELD_NUMBER: _builtins.int
     workflow_id: _builtins.str
     """Id of the workflow the step belongs to."""
     step_id: _builtins.str
@@ -244,6 +245,11 @@ class StepTask(_message.Message):
     """
     tenant: _builtins.str
     """Tenant of the workflow: a job step's job is submitted for this tenant."""
+    task_token: _builtins.bytes
+    """Proof that a report comes from whoever received this task: an HMAC-SHA256
+    by Plato's task key over workflow_id, step_id and attempt. Results and
+    heartbeats must echo it; Plato refuses them without the right one.
+    """
     @_builtins.property
     def input(self) -> _struct_pb2.Struct:
         """Rendered step input (templates resolved)."""
@@ -287,10 +293,11 @@ class StepTask(_message.Message):
         job_spec: _job_pb2.JobSpec | None = ...,
         max_attempts: _builtins.int = ...,
         tenant: _builtins.str = ...,
+        task_token: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_timeout", b"heartbeat_timeout", "input", b"input", "job_spec", b"job_spec", "schedule_time", b"schedule_time", "start_to_close_timeout", b"start_to_close_timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "definition_id", b"definition_id", "definition_version", b"definition_version", "heartbeat_timeout", b"heartbeat_timeout", "idempotency_key", b"idempotency_key", "input", b"input", "job_spec", b"job_spec", "max_attempts", b"max_attempts", "schedule_time", b"schedule_time", "start_to_close_timeout", b"start_to_close_timeout", "step_id", b"step_id", "step_name", b"step_name", "tenant", b"tenant", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "definition_id", b"definition_id", "definition_version", b"definition_version", "heartbeat_timeout", b"heartbeat_timeout", "idempotency_key", b"idempotency_key", "input", b"input", "job_spec", b"job_spec", "max_attempts", b"max_attempts", "schedule_time", b"schedule_time", "start_to_close_timeout", b"start_to_close_timeout", "step_id", b"step_id", "step_name", b"step_name", "task_token", b"task_token", "tenant", b"tenant", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

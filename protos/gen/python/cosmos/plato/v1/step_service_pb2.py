@@ -28,7 +28,7 @@ from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior_
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"cosmos/plato/v1/step_service.proto\x12\x0f\x63osmos.plato.v1\x1a\x1d\x63osmos/common/v1/access.proto\x1a\x1f\x63osmos/common/v1/progress.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\"\xa7\x01\n\x13\x43ompleteStepRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0bworkflow_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07step_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x61ttempt\x18\x04 \x01(\rB\x04\xe2\x41\x01\x02\x12-\n\x06output\x18\x05 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x01\"\x16\n\x14\x43ompleteStepResponse\"\xd6\x01\n\x0f\x46\x61ilStepRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0bworkflow_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07step_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x61ttempt\x18\x04 \x01(\rB\x04\xe2\x41\x01\x02\x12\x13\n\x05\x65rror\x18\x05 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\rnon_retryable\x18\x06 \x01(\x08\x42\x04\xe2\x41\x01\x01\x12.\n\x07\x64\x65tails\x18\x07 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x01\"\x12\n\x10\x46\x61ilStepResponse\"\xdd\x01\n\x14HeartbeatStepRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0bworkflow_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07step_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x61ttempt\x18\x04 \x01(\rB\x04\xe2\x41\x01\x02\x12\x32\n\x08progress\x18\x05 \x01(\x0b\x32\x1a.cosmos.common.v1.ProgressB\x04\xe2\x41\x01\x01\x12.\n\x07\x64\x65tails\x18\x06 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x01\"1\n\x15HeartbeatStepResponse\x12\x18\n\x10\x63\x61ncel_requested\x18\x01 \x01(\x08\x32\xb7\x02\n\x0bStepService\x12\x65\n\x0c\x43ompleteStep\x12$.cosmos.plato.v1.CompleteStepRequest\x1a%.cosmos.plato.v1.CompleteStepResponse\"\x08\xc2\xf3\x18\x04\x08\x07\x10\x01\x12Y\n\x08\x46\x61ilStep\x12 .cosmos.plato.v1.FailStepRequest\x1a!.cosmos.plato.v1.FailStepResponse\"\x08\xc2\xf3\x18\x04\x08\x07\x10\x01\x12\x66\n\rHeartbeatStep\x12%.cosmos.plato.v1.HeartbeatStepRequest\x1a&.cosmos.plato.v1.HeartbeatStepResponse\"\x06\xc2\xf3\x18\x02\x08\x07\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"cosmos/plato/v1/step_service.proto\x12\x0f\x63osmos.plato.v1\x1a\x1d\x63osmos/common/v1/access.proto\x1a\x1f\x63osmos/common/v1/progress.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\"\xc1\x01\n\x13\x43ompleteStepRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0bworkflow_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07step_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x61ttempt\x18\x04 \x01(\rB\x04\xe2\x41\x01\x02\x12-\n\x06output\x18\x05 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x01\x12\x18\n\ntask_token\x18\x06 \x01(\x0c\x42\x04\xe2\x41\x01\x02\"\x16\n\x14\x43ompleteStepResponse\"\xf0\x01\n\x0f\x46\x61ilStepRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0bworkflow_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07step_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x61ttempt\x18\x04 \x01(\rB\x04\xe2\x41\x01\x02\x12\x13\n\x05\x65rror\x18\x05 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\rnon_retryable\x18\x06 \x01(\x08\x42\x04\xe2\x41\x01\x01\x12.\n\x07\x64\x65tails\x18\x07 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x01\x12\x18\n\ntask_token\x18\x08 \x01(\x0c\x42\x04\xe2\x41\x01\x02\"\x12\n\x10\x46\x61ilStepResponse\"\xf7\x01\n\x14HeartbeatStepRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0bworkflow_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07step_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x61ttempt\x18\x04 \x01(\rB\x04\xe2\x41\x01\x02\x12\x32\n\x08progress\x18\x05 \x01(\x0b\x32\x1a.cosmos.common.v1.ProgressB\x04\xe2\x41\x01\x01\x12.\n\x07\x64\x65tails\x18\x06 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x01\x12\x18\n\ntask_token\x18\x07 \x01(\x0c\x42\x04\xe2\x41\x01\x02\"1\n\x15HeartbeatStepResponse\x12\x18\n\x10\x63\x61ncel_requested\x18\x01 \x01(\x08\x32\xb7\x02\n\x0bStepService\x12\x65\n\x0c\x43ompleteStep\x12$.cosmos.plato.v1.CompleteStepRequest\x1a%.cosmos.plato.v1.CompleteStepResponse\"\x08\xc2\xf3\x18\x04\x08\x07\x10\x01\x12Y\n\x08\x46\x61ilStep\x12 .cosmos.plato.v1.FailStepRequest\x1a!.cosmos.plato.v1.FailStepResponse\"\x08\xc2\xf3\x18\x04\x08\x07\x10\x01\x12\x66\n\rHeartbeatStep\x12%.cosmos.plato.v1.HeartbeatStepRequest\x1a&.cosmos.plato.v1.HeartbeatStepResponse\"\x06\xc2\xf3\x18\x02\x08\x07\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,6 +45,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COMPLETESTEPREQUEST'].fields_by_name['attempt']._serialized_options = b'\342A\001\002'
   _globals['_COMPLETESTEPREQUEST'].fields_by_name['output']._loaded_options = None
   _globals['_COMPLETESTEPREQUEST'].fields_by_name['output']._serialized_options = b'\342A\001\001'
+  _globals['_COMPLETESTEPREQUEST'].fields_by_name['task_token']._loaded_options = None
+  _globals['_COMPLETESTEPREQUEST'].fields_by_name['task_token']._serialized_options = b'\342A\001\002'
   _globals['_FAILSTEPREQUEST'].fields_by_name['request_id']._loaded_options = None
   _globals['_FAILSTEPREQUEST'].fields_by_name['request_id']._serialized_options = b'\342A\001\002'
   _globals['_FAILSTEPREQUEST'].fields_by_name['workflow_id']._loaded_options = None
@@ -59,6 +61,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FAILSTEPREQUEST'].fields_by_name['non_retryable']._serialized_options = b'\342A\001\001'
   _globals['_FAILSTEPREQUEST'].fields_by_name['details']._loaded_options = None
   _globals['_FAILSTEPREQUEST'].fields_by_name['details']._serialized_options = b'\342A\001\001'
+  _globals['_FAILSTEPREQUEST'].fields_by_name['task_token']._loaded_options = None
+  _globals['_FAILSTEPREQUEST'].fields_by_name['task_token']._serialized_options = b'\342A\001\002'
   _globals['_HEARTBEATSTEPREQUEST'].fields_by_name['request_id']._loaded_options = None
   _globals['_HEARTBEATSTEPREQUEST'].fields_by_name['request_id']._serialized_options = b'\342A\001\002'
   _globals['_HEARTBEATSTEPREQUEST'].fields_by_name['workflow_id']._loaded_options = None
@@ -71,6 +75,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HEARTBEATSTEPREQUEST'].fields_by_name['progress']._serialized_options = b'\342A\001\001'
   _globals['_HEARTBEATSTEPREQUEST'].fields_by_name['details']._loaded_options = None
   _globals['_HEARTBEATSTEPREQUEST'].fields_by_name['details']._serialized_options = b'\342A\001\001'
+  _globals['_HEARTBEATSTEPREQUEST'].fields_by_name['task_token']._loaded_options = None
+  _globals['_HEARTBEATSTEPREQUEST'].fields_by_name['task_token']._serialized_options = b'\342A\001\002'
   _globals['_STEPSERVICE'].methods_by_name['CompleteStep']._loaded_options = None
   _globals['_STEPSERVICE'].methods_by_name['CompleteStep']._serialized_options = b'\302\363\030\004\010\007\020\001'
   _globals['_STEPSERVICE'].methods_by_name['FailStep']._loaded_options = None
@@ -78,17 +84,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STEPSERVICE'].methods_by_name['HeartbeatStep']._loaded_options = None
   _globals['_STEPSERVICE'].methods_by_name['HeartbeatStep']._serialized_options = b'\302\363\030\002\010\007'
   _globals['_COMPLETESTEPREQUEST']._serialized_start=183
-  _globals['_COMPLETESTEPREQUEST']._serialized_end=350
-  _globals['_COMPLETESTEPRESPONSE']._serialized_start=352
-  _globals['_COMPLETESTEPRESPONSE']._serialized_end=374
-  _globals['_FAILSTEPREQUEST']._serialized_start=377
-  _globals['_FAILSTEPREQUEST']._serialized_end=591
-  _globals['_FAILSTEPRESPONSE']._serialized_start=593
-  _globals['_FAILSTEPRESPONSE']._serialized_end=611
-  _globals['_HEARTBEATSTEPREQUEST']._serialized_start=614
-  _globals['_HEARTBEATSTEPREQUEST']._serialized_end=835
-  _globals['_HEARTBEATSTEPRESPONSE']._serialized_start=837
-  _globals['_HEARTBEATSTEPRESPONSE']._serialized_end=886
-  _globals['_STEPSERVICE']._serialized_start=889
-  _globals['_STEPSERVICE']._serialized_end=1200
+  _globals['_COMPLETESTEPREQUEST']._serialized_end=376
+  _globals['_COMPLETESTEPRESPONSE']._serialized_start=378
+  _globals['_COMPLETESTEPRESPONSE']._serialized_end=400
+  _globals['_FAILSTEPREQUEST']._serialized_start=403
+  _globals['_FAILSTEPREQUEST']._serialized_end=643
+  _globals['_FAILSTEPRESPONSE']._serialized_start=645
+  _globals['_FAILSTEPRESPONSE']._serialized_end=663
+  _globals['_HEARTBEATSTEPREQUEST']._serialized_start=666
+  _globals['_HEARTBEATSTEPREQUEST']._serialized_end=913
+  _globals['_HEARTBEATSTEPRESPONSE']._serialized_start=915
+  _globals['_HEARTBEATSTEPRESPONSE']._serialized_end=964
+  _globals['_STEPSERVICE']._serialized_start=967
+  _globals['_STEPSERVICE']._serialized_end=1278
 # @@protoc_insertion_point(module_scope)

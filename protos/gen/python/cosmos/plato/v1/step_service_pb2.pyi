@@ -29,6 +29,7 @@ class CompleteStepRequest(_message.Message):
     STEP_ID_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
     OUTPUT_FIELD_NUMBER: _builtins.int
+    TASK_TOKEN_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotent retry key chosen by the handler; also reused as the JetStream
     Nats-Msg-Id of the resulting messages.
@@ -39,6 +40,10 @@ class CompleteStepRequest(_message.Message):
     """Step instance id, from the StepTask."""
     attempt: _builtins.int
     """Attempt number, from the StepTask."""
+    task_token: _builtins.bytes
+    """The StepTask's task_token, proving the caller received this attempt's
+    task; a wrong or missing one is refused with PERMISSION_DENIED.
+    """
     @_builtins.property
     def output(self) -> _struct_pb2.Struct:
         """The step's output, readable by later rules as `<step>.output.*`."""
@@ -51,10 +56,11 @@ class CompleteStepRequest(_message.Message):
         step_id: _builtins.str = ...,
         attempt: _builtins.int = ...,
         output: _struct_pb2.Struct | None = ...,
+        task_token: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["output", b"output"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "output", b"output", "request_id", b"request_id", "step_id", b"step_id", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "output", b"output", "request_id", b"request_id", "step_id", b"step_id", "task_token", b"task_token", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -90,6 +96,7 @@ class FailStepRequest(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     NON_RETRYABLE_FIELD_NUMBER: _builtins.int
     DETAILS_FIELD_NUMBER: _builtins.int
+    TASK_TOKEN_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotent retry key chosen by the handler; also reused as the JetStream
     Nats-Msg-Id of the resulting messages.
@@ -106,6 +113,10 @@ class FailStepRequest(_message.Message):
     """True when retrying cannot help (e.g. invalid input): the step fails
     without further attempts and onExhausted actions run.
     """
+    task_token: _builtins.bytes
+    """The StepTask's task_token, proving the caller received this attempt's
+    task; a wrong or missing one is refused with PERMISSION_DENIED.
+    """
     @_builtins.property
     def details(self) -> _struct_pb2.Struct:
         """Structured failure details, readable by rules as `<step>.error.*`."""
@@ -120,10 +131,11 @@ class FailStepRequest(_message.Message):
         error: _builtins.str = ...,
         non_retryable: _builtins.bool = ...,
         details: _struct_pb2.Struct | None = ...,
+        task_token: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["details", b"details"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "details", b"details", "error", b"error", "non_retryable", b"non_retryable", "request_id", b"request_id", "step_id", b"step_id", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "details", b"details", "error", b"error", "non_retryable", b"non_retryable", "request_id", b"request_id", "step_id", b"step_id", "task_token", b"task_token", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -158,6 +170,7 @@ class HeartbeatStepRequest(_message.Message):
     ATTEMPT_FIELD_NUMBER: _builtins.int
     PROGRESS_FIELD_NUMBER: _builtins.int
     DETAILS_FIELD_NUMBER: _builtins.int
+    TASK_TOKEN_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotent retry key chosen by the handler, unique per heartbeat."""
     workflow_id: _builtins.str
@@ -166,6 +179,10 @@ class HeartbeatStepRequest(_message.Message):
     """Step instance id, from the StepTask."""
     attempt: _builtins.int
     """Attempt number, from the StepTask."""
+    task_token: _builtins.bytes
+    """The StepTask's task_token, proving the caller received this attempt's
+    task; a wrong or missing one is refused with PERMISSION_DENIED.
+    """
     @_builtins.property
     def progress(self) -> _progress_pb2.Progress:
         """Current progress of the attempt."""
@@ -183,10 +200,11 @@ class HeartbeatStepRequest(_message.Message):
         attempt: _builtins.int = ...,
         progress: _progress_pb2.Progress | None = ...,
         details: _struct_pb2.Struct | None = ...,
+        task_token: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["details", b"details", "progress", b"progress"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "details", b"details", "progress", b"progress", "request_id", b"request_id", "step_id", b"step_id", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "details", b"details", "progress", b"progress", "request_id", b"request_id", "step_id", b"step_id", "task_token", b"task_token", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
