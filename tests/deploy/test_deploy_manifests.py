@@ -267,6 +267,18 @@ def test_every_kubernetes_document_parses_and_is_well_formed() -> None:
     assert ("Namespace", NAMESPACE) in seen
 
 
+def test_manifests_validate_against_the_kubernetes_schemas() -> None:
+    """``kubernetes-validate --strict`` (not a project dependency: skipped where it is not installed).
+
+    cert-manager's Issuer and Certificate have no schema there; they are checked by the tests below."""
+    pytest.importorskip("kubernetes_validate")
+    result = subprocess.run(
+        [sys.executable, "-m", "kubernetes_validate", "--strict", *map(str, yaml_files())],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_kustomization_lists_exactly_the_files_present() -> None:
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     assert kustomization["kind"] == "Kustomization"
