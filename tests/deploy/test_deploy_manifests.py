@@ -4,9 +4,13 @@
 - every ``cosmos`` container uses only flags and ``COSMOS_*`` variables its subcommand has, with values
   the CLI accepts, and overrides every loopback default (a pod must not dial 127.0.0.1);
 - probes, Services and address wiring point at ports the containers really listen on;
-- the NATS cluster configs form a real 3-node JetStream cluster that holds an R3 stream;
+- every workload's certificate comes from a cert-manager Certificate (or, for agents, the csi-driver)
+  naming it as Cosmos checks it, and the NetworkPolicies allow exactly the mesh's edges;
+- the NATS cluster configs form a real 3-node JetStream cluster that holds an R3 stream, with TLS and
+  users mapped from certificates: nothing anonymous connects and each role writes only its own;
 - the Cosmos servers, started from their manifests' own args and env (Kubernetes addresses mapped to
-  loopback), become SERVING on their probes' ports against that cluster, and the agent registers.
+  loopback, certificates from the session CA standing in for the cert-manager Secrets), become SERVING
+  on their probes' health ports against that cluster, and the agent registers under its certificate.
 """
 
 from __future__ import annotations
@@ -14,11 +18,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import inspect
 import json
 import os
 import re
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -34,10 +40,15 @@ from typing import Any
 import grpc
 import nats
 import pytest
+import security_harness
 import yaml
-from servers import wait_serving
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from nats.aio.client import Client as NatsClient
 
+from cosmos.optimus.v1 import encode_service_pb2, encode_service_pb2_grpc
+from cosmos.runtime import jetstream
 from cosmos.runtime.config import free_port
+from cosmos.security import pki, tokens
 from cosmos.stratum.v1 import agent_pb2, pool_service_pb2, pool_service_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[2]
@@ -50,10 +61,14 @@ SUBCOMMANDS = {"optimus", "plato", "stratum", "agent"}
 SERVERS = {"optimus", "plato", "stratum"}
 COSMOS_IMAGES = {"cosmos", "cosmos-gpu"}
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet"}
-CLUSTER_SCOPED = {"Namespace", "RuntimeClass", "ClusterRole", "ClusterRoleBinding", "StorageClass"}
+CLUSTER_SCOPED = {
+    "Namespace", "RuntimeClass", "ClusterRole", "ClusterRoleBinding", "StorageClass", "ClusterIssuer"
+}  # fmt: skip
 NAMESPACE = "cosmos"
 DEFAULT_GRACE_PERIOD = 10.0
 PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
+TLS_FLAGS = ("--tls-cert", "--tls-key", "--tls-ca")
+CSI_DRIVER = "csi.cert-manager.io"
 
 Doc = dict[str, Any]
 
@@ -252,6 +267,18 @@ def test_every_kubernetes_document_parses_and_is_well_formed() -> None:
     assert ("Namespace", NAMESPACE) in seen
 
 
+def test_manifests_validate_against_the_kubernetes_schemas() -> None:
+    """``kubernetes-validate --strict`` (not a project dependency: skipped where it is not installed).
+
+    cert-manager's Issuer and Certificate have no schema there; they are checked by the tests below."""
+    pytest.importorskip("kubernetes_validate")
+    result = subprocess.run(
+        [sys.executable, "-m", "kubernetes_validate", "--strict", *map(str, yaml_files())],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_kustomization_lists_exactly_the_files_present() -> None:
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     assert kustomization["kind"] == "Kustomization"
@@ -336,7 +363,6 @@ def test_addresses_are_wired_to_services_that_expose_them() -> None:
     assert wired["COSMOS_PLATO_NATS"] == "nats://nats:4222"
     assert wired["COSMOS_STRATUM_NATS"] == "nats://nats:4222"
     assert wired["COSMOS_OPTIMUS_PLATO"] == "plato:50052"
-    assert wired["COSMOS_OPTIMUS_STRATUM"] == "stratum:50053"
     assert wired["COSMOS_AGENT_STRATUM"] == "stratum:50053"
 
 
@@ -357,23 +383,122 @@ def test_variable_references_are_defined_before_use() -> None:
 # (c) probes, Services and grace periods agree with what the containers do
 
 
+def listen_port(container: Container, flag: str) -> int:
+    """The port of ``flag`` (an address on every interface, declared by the container)."""
+    listen = container.option(flag)
+    assert listen is not None, f"{container.id}: no {flag}"
+    host, _, port_text = listen.rpartition(":")
+    assert host in {"0.0.0.0", "[::]"}, f"{container.id}: {flag} {listen} is unreachable from other pods"
+    port = int(port_text)
+    assert container.port_number(port) == port
+    return port
+
+
 @pytest.mark.parametrize("container", COSMOS_CONTAINERS, ids=cosmos_ids)
-def test_servers_listen_on_all_interfaces_and_probes_use_that_port(container: Container) -> None:
+def test_servers_listen_on_all_interfaces_and_probes_use_the_health_port(container: Container) -> None:
+    """The main port wants a client certificate, which the kubelet has not: probes go to --health-listen."""
     probes = {k: container.spec[k] for k in PROBES if k in container.spec}
     if container.subcommand not in SERVERS:
         assert not probes, f"{container.id}: the agent serves no port to probe"
         return
-    listen = container.option("--listen")
-    assert listen is not None, f"{container.id}: no --listen"
-    host, _, port_text = listen.rpartition(":")
-    assert host in {"0.0.0.0", "[::]"}, f"{container.id}: listens on {listen}, unreachable from other pods"
-    port = int(port_text)
-    assert container.port_number(port) == port
+    main = listen_port(container, "--listen")
+    health = listen_port(container, "--health-listen")
+    assert health != main
     assert {"readinessProbe", "livenessProbe"} <= probes.keys(), f"{container.id}: missing probes"
     for kind, probe in probes.items():
         assert "grpc" in probe, f"{container.id}: {kind} is not a gRPC health probe"
-        assert container.port_number(probe["grpc"]["port"]) == port, f"{container.id}: {kind} port"
+        # The kubelet's gRPC probe takes a port number only (no names) and speaks plaintext.
+        assert probe["grpc"]["port"] == health, f"{container.id}: {kind} is not on the health port"
         assert probe["grpc"].get("service") == "", f"{container.id}: {kind} must check the overall status"
+
+
+@pytest.mark.parametrize("container", COSMOS_CONTAINERS, ids=cosmos_ids)
+def test_every_cosmos_process_has_its_certificate_from_a_mounted_volume(container: Container) -> None:
+    """``--tls-cert/--tls-key/--tls-ca`` are tls.crt, tls.key and ca.crt of one read-only volume."""
+    assert container.option("--insecure") is None and "--insecure" not in container.tokens, container.id
+    paths = [container.option(flag) for flag in TLS_FLAGS]
+    assert all(paths), f"{container.id}: {dict(zip(TLS_FLAGS, paths, strict=True))}"
+    directories = {str(Path(str(path)).parent) for path in paths}
+    assert len(directories) == 1, f"{container.id}: TLS files from several places {paths}"
+    assert [Path(str(path)).name for path in paths] == ["tls.crt", "tls.key", "ca.crt"]
+    mount = tls_mount(container)
+    assert mount["mountPath"] == directories.pop() and mount.get("readOnly") is True, container.id
+
+
+def tls_mount(container: Container) -> Doc:
+    """The volume mount the container's --tls-cert lies in."""
+    cert = str(container.option("--tls-cert"))
+    (mount,) = [m for m in container.spec.get("volumeMounts", []) if cert.startswith(m["mountPath"] + "/")]
+    return dict(mount)
+
+
+def tls_volume(container: Container) -> Doc:
+    (volume,) = [v for v in container.pod["volumes"] if v["name"] == tls_mount(container)["name"]]
+    return dict(volume)
+
+
+def certificates() -> dict[str, Doc]:
+    """cert-manager Certificates by the Secret they fill."""
+    return {d["spec"]["secretName"]: d for _, d in DOCS if d["kind"] == "Certificate"}
+
+
+def issuer_with_ca(ref: Doc) -> Doc:
+    kind = ref.get("kind", "Issuer")
+    issuer = find(DOCS, kind, ref["name"])
+    assert issuer["apiVersion"] == "cert-manager.io/v1"
+    assert issuer["spec"]["ca"]["secretName"], f"{kind}/{ref['name']} does not sign with a CA Secret"
+    return issuer
+
+
+def test_server_certificates_come_from_cert_manager_and_name_the_workload() -> None:
+    """One Certificate per server (and NATS) with the identity Cosmos checks: the SPIFFE URI SAN, the
+    ``<role>.cosmos`` name its clients ask for, the Service names; short-lived ECDSA P-256, both usages."""
+    certs = certificates()
+    svcs = services(DOCS)
+    mounted = {}
+    for container in COSMOS_CONTAINERS:
+        if container.subcommand in SERVERS:
+            secret = tls_volume(container)["secret"]["secretName"]
+            mounted[container.subcommand] = certs[secret]
+    (nats_sts,) = [d for _, d in workloads(DOCS) if d["metadata"]["name"] == "nats"]
+    nats_volumes = nats_sts["spec"]["template"]["spec"]["volumes"]
+    mounted["nats"] = certs[next(v["secret"]["secretName"] for v in nats_volumes if "secret" in v)]
+    assert set(mounted) == {*SERVERS, "nats"}
+    assert len(certs) == len(mounted), f"Certificates nothing mounts: {set(certs) - set(mounted)}"
+    for role, cert in mounted.items():
+        spec = cert["spec"]
+        assert spec["uris"] == [pki.spiffe_id(role, role)], f"Certificate/{role}: uris {spec['uris']}"
+        dns = spec["dnsNames"]
+        assert pki.server_name(role) in dns, f"Certificate/{role}: clients ask for {pki.server_name(role)}"
+        for svc in svcs:
+            headless = svcs[svc]["spec"].get("clusterIP") == "None"  # routes: the wildcard below
+            if selected_workload(DOCS, svcs[svc])["metadata"]["name"] == role and not headless:
+                assert {svc, f"{svc}.{NAMESPACE}.svc"} <= set(dns), f"Certificate/{role}: Service {svc}"
+        assert set(spec["usages"]) >= {"server auth", "client auth"}, f"Certificate/{role}: usages"
+        assert (spec["duration"], spec["renewBefore"]) == ("24h", "8h"), f"Certificate/{role}"
+        assert (spec["privateKey"]["algorithm"], spec["privateKey"]["size"]) == ("ECDSA", 256)
+        issuer_with_ca(spec["issuerRef"])
+    # The routes dial nats-N.<headless service>: the NATS certificate must name those hosts too.
+    assert f"*.{nats_sts['spec']['serviceName']}" in mounted["nats"]["spec"]["dnsNames"]
+
+
+def test_agent_certificates_are_issued_per_pod_by_the_csi_driver() -> None:
+    """A DaemonSet cannot list a Certificate per node: each agent pod gets its own from the csi-driver,
+    named after the pod, and that name is its agent id (no --agent-id to disagree with it)."""
+    for container in COSMOS_CONTAINERS:
+        if container.subcommand != "agent":
+            continue
+        assert container.option("--agent-id") is None, f"{container.id}: the id comes from the certificate"
+        csi = tls_volume(container)["csi"]
+        attributes = csi["volumeAttributes"]
+        assert csi["driver"] == CSI_DRIVER and csi.get("readOnly") is True
+        assert attributes[f"{CSI_DRIVER}/uri-sans"] == pki.spiffe_id("agent", "${POD_NAME}")
+        assert "server auth" not in attributes.get(f"{CSI_DRIVER}/key-usages", ""), "agents serve nothing"
+        assert "client auth" in attributes[f"{CSI_DRIVER}/key-usages"]
+        assert attributes[f"{CSI_DRIVER}/duration"] == "24h"
+        issuer_with_ca(
+            {"name": attributes[f"{CSI_DRIVER}/issuer-name"], "kind": attributes[f"{CSI_DRIVER}/issuer-kind"]}
+        )
 
 
 def test_every_probe_targets_a_declared_port() -> None:
@@ -440,14 +565,24 @@ def test_nats_statefulset_headless_service_and_cluster_routes() -> None:
     service = sts["spec"]["serviceName"]
     assert routes == [(f"nats-{i}.{service}", str(cluster_port)) for i in range(replicas)]
     # Operators are told which stream replication the topology is built for.
-    for text in [(K8S / "nats.yaml").read_text(), *(p.read_text() for p in NATS_CONFIGS.glob("*.conf"))]:
+    node_configs = [p for p in NATS_CONFIGS.glob("*.conf") if p.name != NATS_PERMISSIONS]
+    for text in [(K8S / "nats.yaml").read_text(), *(p.read_text() for p in node_configs)]:
         assert "replicas=3" in text
 
 
 def test_nats_kubernetes_config_is_accepted_by_nats_server(tmp_path: Path) -> None:
     """``nats-server -t`` is strict: unknown keys, bad units and unset variables fail."""
+    # The ConfigMap's files side by side as mounted, the certificate Secret's files from the session CA.
+    data = find(DOCS, "ConfigMap", "nats-config")["data"]
+    tls = tmp_path / "nats-tls"
+    tls.mkdir()
+    authority = pki.Authority.load(security_harness.pki_dir())
+    authority.issue(pki.Paths(tls / "tls.crt", tls / "tls.key"), pki.Subject("nats", "nats"))
+    shutil.copy(security_harness.pki_dir() / "ca.pem", tls / "ca.crt")
+    for name, text in data.items():
+        (tmp_path / name).write_text(text.replace(K8S_NATS_TLS, f"{tls}/"))
     conf = tmp_path / "nats.conf"
-    conf.write_text(find(DOCS, "ConfigMap", "nats-config")["data"]["nats.conf"])
+    assert K8S_NATS_TLS in data["nats.conf"], "the NATS certificate Secret is not where the config reads it"
     env = {**os.environ, "SERVER_NAME": "nats-0"}
     result = subprocess.run(
         [str(NATS_SERVER), "-t", "-c", str(conf)],
@@ -463,14 +598,15 @@ def test_nats_kubernetes_config_is_accepted_by_nats_server(tmp_path: Path) -> No
     assert "SERVER_NAME" in env_names
 
 
-def test_agents_are_daemonsets_on_labelled_nodes_named_after_the_node() -> None:
+def test_agents_are_daemonsets_on_labelled_nodes_labelled_with_the_node() -> None:
     agents = [c for c in COSMOS_CONTAINERS if c.subcommand == "agent"]
     assert {c.workload["metadata"]["name"] for c in agents} == {"cosmos-agent-cpu", "cosmos-agent-gpu"}
     for agent in agents:
         assert agent.workload["kind"] == "DaemonSet"
         assert agent.pod["nodeSelector"], f"{agent.id}: runs on every node"
-        ref = re.fullmatch(r"\$\((\w+)\)", agent.option("--agent-id") or "")
-        assert ref is not None, f"{agent.id}: --agent-id is not taken from the downward API"
+        labels = [agent.tokens[i + 1] for i, token in enumerate(agent.tokens) if token == "--label"]
+        ref = re.fullmatch(r"node=\$\((\w+)\)", next(x for x in labels if x.startswith("node=")))
+        assert ref is not None, f"{agent.id}: the node label is not taken from the downward API"
         source = agent.env()[ref.group(1)]["valueFrom"]["fieldRef"]["fieldPath"]
         assert source == "spec.nodeName"
         work_dir = agent.option("--work-dir") or ""
@@ -482,6 +618,144 @@ def test_agents_are_daemonsets_on_labelled_nodes_named_after_the_node() -> None:
     assert "video" in gpu.literal_env()["NVIDIA_DRIVER_CAPABILITIES"], "NVENC needs the video capability"
     cpu = next(a for a in agents if a.workload["metadata"]["name"] == "cosmos-agent-cpu")
     assert "nvidia.com/gpu" not in str(cpu.spec["resources"]) and "runtimeClassName" not in cpu.pod
+
+
+# --------------------------------------------------------------------------------------------------
+# NetworkPolicies: exactly the mesh's edges
+
+OUTSIDE = "outside"
+"""Anything not a pod of this namespace: clients, the kubelet, other namespaces."""
+
+MESH_EDGES = {
+    (OUTSIDE, "optimus", 50051),  # clients, mutual TLS
+    (OUTSIDE, "optimus", 50061),  # clients with platform tokens
+    ("optimus", "plato", 50052),
+    ("plato", "stratum", 50053),
+    ("cosmos-agent-cpu", "stratum", 50053),
+    ("cosmos-agent-gpu", "stratum", 50053),
+    ("plato", "nats", 4222),
+    ("stratum", "nats", 4222),
+    ("nats", "nats", 6222),  # cluster routes
+    # kubelet probes: the servers' health-only ports and the NATS monitoring port
+    (OUTSIDE, "optimus", 8081),
+    (OUTSIDE, "plato", 8081),
+    (OUTSIDE, "stratum", 8081),
+    (OUTSIDE, "nats", 8222),
+}
+
+
+def policies() -> list[Doc]:
+    return [d for _, d in DOCS if d["kind"] == "NetworkPolicy"]
+
+
+def selects(selector: Doc, labels: dict[str, str]) -> bool:
+    """A Kubernetes label selector (matchLabels and In/NotIn/Exists/DoesNotExist) against ``labels``."""
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expr in selector.get("matchExpressions", []):
+        key, op, values = expr["key"], expr["operator"], expr.get("values", [])
+        ok = {
+            "In": labels.get(key) in values,
+            "NotIn": labels.get(key) not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[op]
+        if not ok:
+            return False
+    return True
+
+
+def pod_labels(name: str) -> dict[str, str]:
+    (workload,) = [d for _, d in workloads(DOCS) if d["metadata"]["name"] == name]
+    return dict(workload["spec"]["template"]["metadata"]["labels"])
+
+
+def container_ports(name: str) -> dict[int | str, int]:
+    """``{number or name: number}`` of every port the pods of workload ``name`` declare."""
+    ports: dict[int | str, int] = {}
+    for container in CONTAINERS:
+        if container.workload["metadata"]["name"] == name:
+            for port in container.spec.get("ports", []):
+                ports[int(port["containerPort"])] = int(port["containerPort"])
+                if "name" in port:
+                    ports[str(port["name"])] = int(port["containerPort"])
+    return ports
+
+
+def peer_matches(peers: list[Doc] | None, other: str) -> bool:
+    """Whether a rule's from/to list admits ``other`` (a workload of the namespace, or OUTSIDE)."""
+    if not peers:
+        return True  # no from/to: every source or destination
+    for peer in peers:
+        if "ipBlock" in peer or "namespaceSelector" in peer:
+            if other == OUTSIDE:
+                return True  # other namespaces and addresses: never this namespace's pods here
+        elif other != OUTSIDE and selects(peer["podSelector"], pod_labels(other)):
+            return True
+    return False
+
+
+def port_matches(rule_ports: list[Doc] | None, port: int, destination: str) -> bool:
+    if not rule_ports:
+        return True
+    for rule_port in rule_ports:
+        wanted = rule_port.get("port")
+        if wanted is None:
+            return True
+        if destination != OUTSIDE and container_ports(destination).get(wanted) == port:
+            return True
+        if isinstance(wanted, int) and wanted == port:
+            return True
+    return False
+
+
+def allowed(direction: str, pod: str, other: str, port: int, destination: str) -> bool:
+    """Whether the policies let ``pod`` send (Egress) to / receive (Ingress) from ``other`` on ``port``."""
+    if pod == OUTSIDE:
+        return True  # what leaves or reaches things outside the namespace is not ours to police
+    selecting = [
+        p for p in policies() if selects(p["spec"]["podSelector"], pod_labels(pod))
+        and direction in p["spec"].get("policyTypes", ["Ingress"])
+    ]  # fmt: skip
+    if not selecting:
+        return True
+    key, peers_key = ("egress", "to") if direction == "Egress" else ("ingress", "from")
+    return any(
+        peer_matches(rule.get(peers_key), other) and port_matches(rule.get("ports"), port, destination)
+        for policy in selecting
+        for rule in policy["spec"].get(key, [])
+    )
+
+
+def test_network_policies_deny_by_default() -> None:
+    deny = [p for p in policies() if p["spec"]["podSelector"] == {} and not p["spec"].get("ingress")]
+    assert any(
+        set(p["spec"]["policyTypes"]) == {"Ingress", "Egress"} and not p["spec"].get("egress") for p in deny
+    ), "no default-deny policy for the whole namespace"
+
+
+def test_network_policies_allow_exactly_the_mesh_edges() -> None:
+    """Every (source, destination pod, port) the policies let through, pod to pod and from outside."""
+    pods = sorted({d["metadata"]["name"] for _, d in workloads(DOCS)})
+    edges = set()
+    for destination in pods:
+        for port in sorted(set(container_ports(destination).values())):
+            for source in [OUTSIDE, *pods]:
+                if allowed("Egress", source, destination, port, destination) and allowed(
+                    "Ingress", destination, source, port, destination
+                ):
+                    edges.add((source, destination, port))
+    assert edges == MESH_EDGES, (
+        f"allowed but not in the mesh: {sorted(edges - MESH_EDGES)}; "
+        f"in the mesh but denied: {sorted(MESH_EDGES - edges)}"
+    )
+
+
+def test_pods_reach_nothing_outside_but_the_cluster_dns() -> None:
+    for pod in sorted({d["metadata"]["name"] for _, d in workloads(DOCS)}):
+        for port in (53, 80, 443, 4222, 50051):
+            reachable = allowed("Egress", pod, OUTSIDE, port, OUTSIDE)
+            assert reachable == (port == 53), f"{pod} -> outside :{port} is {'open' if reachable else 'shut'}"
 
 
 def test_tracing_is_an_optional_configmap_entry() -> None:
@@ -640,8 +914,24 @@ def cluster_formed(cluster: NatsCluster) -> bool:
     )
 
 
-def localize_nats_configs(work: Path) -> dict[str, str]:
-    """Copy deploy/nats to ``work`` with every port moved to a free loopback port; node config texts."""
+PKI_IN_CONFIGS = "../../.cosmos/pki/"
+"""Where deploy/nats expects the files ``cosmos up`` writes; the tests point it at the session CA."""
+K8S_NATS_TLS = "/etc/nats-tls/"
+NATS_PERMISSIONS = "permissions.conf"
+
+NATS_CLIENT_TLS = bool(set(inspect.signature(jetstream.connect).parameters) - {"url", "name", "timeout"})
+"""Whether Plato and Stratum can present a certificate to NATS yet.
+
+The NATS lockdown (issue 11, point 5) gives ``jetstream.connect`` credentials; until it is merged the
+servers only speak plaintext to NATS, and the manifest stack runs against the same cluster configs
+without their client TLS and users (routes keep theirs). Once it is, the stack runs against the real
+configs, and nothing here needs to change."""
+
+
+def localize_nats_configs(work: Path, *, client_security: bool = True) -> dict[str, str]:
+    """Copy deploy/nats to ``work`` with every port moved to a free loopback port and the certificates
+    those of the session CA; node config texts. ``client_security=False`` drops the client TLS block
+    and the users (see :data:`NATS_CLIENT_TLS`)."""
     texts = {p.name: p.read_text() for p in sorted(NATS_CONFIGS.glob("*.conf"))}
     addresses = {m for text in texts.values() for m in re.findall(r"([\w.-]+):(\d{2,5})\b", text)}
     assert {host for host, _ in addresses} == {"127.0.0.1"}, f"non-loopback addresses: {addresses}"
@@ -652,22 +942,27 @@ def localize_nats_configs(work: Path) -> dict[str, str]:
         if candidate not in mapping.values() and candidate not in ports:
             mapping[ports[len(mapping)]] = candidate
     work.mkdir(parents=True)
+    pki_dir = str(security_harness.pki_dir()) + "/"
     nodes = {}
     for name, text in texts.items():
         moved = re.sub(r"127\.0\.0\.1:(\d+)\b", lambda m: f"127.0.0.1:{mapping[int(m.group(1))]}", text)
-        (work / name).write_text(moved)
+        moved = moved.replace(PKI_IN_CONFIGS, pki_dir)
         if name.startswith("nats-"):
+            assert pki_dir in moved, f"{name}: no TLS files from {PKI_IN_CONFIGS}"
+            if not client_security:
+                moved = re.sub(r"^tls \{.*?^\}\n", "", moved, count=1, flags=re.M | re.S)
+                moved = moved.replace(f"include ./{NATS_PERMISSIONS}\n", "")
             nodes[name] = moved
+        (work / name).write_text(moved)
     return nodes
 
 
-@pytest.fixture(scope="module")
-def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
-    """The three deploy/nats node configs, on free loopback ports, store dirs under a temp dir."""
-    work = tmp_path_factory.mktemp("nats") / "conf"
-    node_configs = localize_nats_configs(work)
+def start_nats_cluster(work: Path, *, client_security: bool = True) -> NatsCluster:
+    """The three deploy/nats node configs, on free loopback ports, store dirs under ``work``."""
+    node_configs = localize_nats_configs(work, client_security=client_security)
     assert sorted(node_configs) == ["nats-0.conf", "nats-1.conf", "nats-2.conf"]
     nodes: list[NatsNode] = []
+    cluster = NatsCluster(nodes)
     try:
         for file, text in node_configs.items():
             client = re.search(r"^listen:\s*127\.0\.0\.1:(\d+)", text, re.M)
@@ -681,31 +976,91 @@ def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsClust
                     [str(NATS_SERVER), "-c", file], cwd=work, stdout=out, stderr=subprocess.STDOUT
                 )
             nodes.append(NatsNode(file.removesuffix(".conf"), int(client[1]), int(http[1]), proc, log))
-        cluster = NatsCluster(nodes)
         deadline = time.monotonic() + 20
         while not cluster_formed(cluster):
             exited = [n.name for n in nodes if n.proc.poll() is not None]
             assert not exited, f"nats-server exited: {exited}\n{cluster.logs()}"
             assert time.monotonic() < deadline, f"no JetStream cluster after 20 s\n{cluster.logs()}"
             time.sleep(0.2)
+        return cluster
+    except BaseException:
+        stop_nats_cluster(cluster)
+        raise
+
+
+def stop_nats_cluster(cluster: NatsCluster) -> None:
+    for node in cluster.nodes:
+        if node.proc.poll() is None:
+            node.proc.kill()
+    for node in cluster.nodes:
+        node.proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
+    """The deploy/nats cluster as configured: TLS and certificate-mapped users on clients and routes."""
+    cluster = start_nats_cluster(tmp_path_factory.mktemp("nats") / "conf")
+    try:
         yield cluster
     finally:
-        for node in nodes:
-            if node.proc.poll() is None:
-                node.proc.kill()
-        for node in nodes:
-            node.proc.wait(10)
+        stop_nats_cluster(cluster)
+
+
+def nats_tls(name: str | None) -> ssl.SSLContext:
+    """A client TLS context trusting the session CA, presenting ``<pki>/<name>.pem`` unless None."""
+    directory = security_harness.pki_dir()
+    context = ssl.create_default_context(cafile=str(directory / "ca.pem"))
+    if name is not None:
+        paths = pki.Paths.named(directory, name)
+        context.load_cert_chain(str(paths.cert), str(paths.key))
+    return context
+
+
+def nats_worker() -> str:
+    """The shared SDK-worker identity of permissions.conf (spiffe://cosmos/user/worker), issued once."""
+    directory = security_harness.pki_dir()
+    paths = pki.Paths.named(directory, "nats-worker")
+    if not paths.cert.exists():
+        subject = pki.Subject("user", "worker", "default", ("worker",))
+        pki.Authority.load(directory).issue(paths, subject)
+    return "nats-worker"
+
+
+async def nats_connect(cluster: NatsCluster, name: str | None) -> NatsClient:
+    return await nats.connect(
+        servers=cluster.urls, tls=nats_tls(name), connect_timeout=2, allow_reconnect=False
+    )
+
+
+def test_nats_configs_share_one_permissions_file() -> None:
+    """The Kubernetes ConfigMap carries the same users and permissions as deploy/nats, TLS on both ports."""
+    config = find(DOCS, "ConfigMap", "nats-config")["data"]
+    assert config[NATS_PERMISSIONS] == (NATS_CONFIGS / NATS_PERMISSIONS).read_text()
+    permissions = config[NATS_PERMISSIONS]
+    settings = "\n".join(line.split("#", 1)[0] for line in permissions.splitlines())
+    assert "no_auth_user" not in settings and "password" not in settings, "a way in without a certificate"
+    users = re.findall(r'user: "([^"]+)"', permissions)
+    assert users == [pki.spiffe_id("plato", "plato"), pki.spiffe_id("stratum", "stratum"),
+                     pki.spiffe_id("user", "worker")]  # fmt: skip
+    for text in [config["nats.conf"], *(p.read_text() for p in NATS_CONFIGS.glob("nats-*.conf"))]:
+        assert f"include ./{NATS_PERMISSIONS}" in text
+        blocks = re.findall(r"tls \{(.*?)\}", text, re.S)
+        assert len(blocks) == 2, "TLS on client and route connections"
+        assert all("verify_and_map: true" in block for block in blocks)
+        assert f'user: "{pki.spiffe_id("nats", "nats")}"' in text, "routes only from the NATS certificate"
 
 
 @pytest.mark.timeout(60)
 async def test_nats_cluster_configs_hold_a_stream_with_three_replicas(nats_cluster: NatsCluster) -> None:
-    nc = await nats.connect(servers=nats_cluster.urls, connect_timeout=2, max_reconnect_attempts=3)
+    nc = await nats_connect(nats_cluster, "plato")
     try:
         js = nc.jetstream()
         deadline = time.monotonic() + 10
         while True:
             try:
-                created = await js.add_stream(name="DEPLOY_R3", subjects=["deploy.r3.>"], num_replicas=3)
+                created = await js.add_stream(
+                    name="PLATO_EVENTS", subjects=["cosmos.workflow.events.>"], num_replicas=3
+                )
                 break
             except (nats.errors.TimeoutError, nats.js.errors.APIError) as exc:
                 # A just-formed cluster may still answer "insufficient resources" for an R3 placement.
@@ -714,13 +1069,13 @@ async def test_nats_cluster_configs_hold_a_stream_with_three_replicas(nats_clust
                 )
                 await asyncio.sleep(0.2)
         assert created.config.num_replicas == 3
-        ack = await js.publish("deploy.r3.hello", b"hello", timeout=5)
-        assert ack.stream == "DEPLOY_R3" and ack.seq == 1
+        ack = await js.publish("cosmos.workflow.events.deploy", b"hello", timeout=5)
+        assert ack.stream == "PLATO_EVENTS" and ack.seq == 1
 
         names = {node.name for node in nats_cluster.nodes}
         deadline = time.monotonic() + 15
         while True:
-            info = await js.stream_info("DEPLOY_R3")
+            info = await js.stream_info("PLATO_EVENTS")
             cluster = info.cluster
             assert cluster is not None
             replicas = cluster.replicas or []
@@ -731,10 +1086,80 @@ async def test_nats_cluster_configs_hold_a_stream_with_three_replicas(nats_clust
         assert cluster.name == "cosmos"
         assert {cluster.leader, *(r.name for r in replicas)} == names
         assert info.state.messages == 1
-        message = await js.get_msg("DEPLOY_R3", 1)
+        message = await js.get_msg("PLATO_EVENTS", 1)
         assert message.data == b"hello"
     finally:
         await nc.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("who", [None, "optimus", "admin"], ids=["no-certificate", "optimus", "a-user"])
+async def test_nats_cluster_refuses_clients_it_has_no_user_for(
+    nats_cluster: NatsCluster, who: str | None
+) -> None:
+    """TLS without a certificate fails the handshake; a platform certificate of no NATS user is refused."""
+    with pytest.raises((nats.errors.Error, ssl.SSLError, OSError)) as refused:
+        nc = await nats_connect(nats_cluster, who)
+        await nc.close()
+    if who is not None:
+        assert "Authorization Violation" in str(refused.value)
+    # Plaintext is not spoken at all.
+    with pytest.raises((nats.errors.Error, OSError)):
+        nc = await nats.connect(servers=nats_cluster.urls, connect_timeout=2, allow_reconnect=False)
+        await nc.close()
+
+
+def stream_names(cluster: NatsCluster) -> set[str]:
+    """Every stream of the cluster, read from the monitoring port (which needs no NATS user)."""
+    _, jsz = monitor(cluster.nodes[0].monitor_port, "/jsz?accounts=true&streams=true")
+    return {
+        stream["name"]
+        for account in (jsz or {}).get("account_details", [])
+        for stream in account.get("stream_detail", [])
+    }
+
+
+@pytest.mark.timeout(60)
+async def test_nats_roles_write_only_their_own_subjects_and_streams(nats_cluster: NatsCluster) -> None:
+    """Stratum and workers can neither create nor delete streams of Plato's, nor publish its events."""
+    plato = await nats_connect(nats_cluster, "plato")
+    try:
+        js = plato.jetstream()
+        # Idempotent: the same stream as the cluster test's, whichever runs first.
+        await js.add_stream(name="PLATO_EVENTS", subjects=["cosmos.workflow.events.>"], num_replicas=3)
+        before = (await js.stream_info("PLATO_EVENTS")).state.messages
+        for who in ("stratum", nats_worker()):
+            violations: list[Exception] = []
+
+            async def collect(exc: Exception, violations: list[Exception] = violations) -> None:
+                violations.append(exc)
+
+            nc = await nats.connect(
+                servers=nats_cluster.urls, tls=nats_tls(who), connect_timeout=2, allow_reconnect=False,
+                error_cb=collect,
+            )  # fmt: skip
+            try:
+                denied = (nats.errors.Error, nats.js.errors.APIError, nats.errors.TimeoutError)
+                with pytest.raises(denied):
+                    await nc.jetstream(timeout=2).add_stream(name="ROGUE", subjects=["rogue.>"])
+                with pytest.raises(denied):
+                    await nc.jetstream(timeout=2).delete_stream("PLATO_EVENTS")
+                await nc.publish("cosmos.workflow.events.forged", b"forged")
+                await nc.flush(timeout=2)
+                deadline = time.monotonic() + 5
+                while not any("permissions violation" in str(e).lower() for e in violations):
+                    assert time.monotonic() < deadline, (
+                        f"{who}: no permission violation reported: {violations}"
+                    )
+                    await asyncio.sleep(0.1)
+            finally:
+                await nc.close()
+        # Nothing happened: Plato's stream is there, without the forged event, and no rogue stream exists.
+        assert (await js.stream_info("PLATO_EVENTS")).state.messages == before
+        names = stream_names(nats_cluster)
+        assert "PLATO_EVENTS" in names and "ROGUE" not in names, names
+    finally:
+        await plato.close()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -759,18 +1184,61 @@ class ManifestStack:
             f"--- {n}\n{log.read_text(errors='replace')[-3000:]}" for n, log in self.logs.items()
         )
 
+    def address(self, name: str, container_port: int) -> str:
+        return f"127.0.0.1:{self.local_ports[name][container_port]}"
+
     def wait_probes(self) -> None:
-        """Every probe of every server, as the kubelet would run it, answers SERVING."""
+        """Every probe of every server, run as the kubelet does (plaintext, no certificate), is SERVING."""
         for name, container in self.containers.items():
             for kind in PROBES:
                 probe = container.spec.get(kind)
                 if probe is None:
                     continue
-                port = self.local_ports[name][container.port_number(probe["grpc"]["port"])]
+                target = self.address(name, container.port_number(probe["grpc"]["port"]))
                 try:
-                    wait_serving(f"127.0.0.1:{port}", probe["grpc"]["service"], proc=self.procs[name])
+                    wait_probe(target, probe["grpc"]["service"], self.procs[name])
                 except AssertionError as exc:
                     raise AssertionError(f"{name} {kind}: {exc}\n{self.output()}") from exc
+
+
+def wait_probe(target: str, service: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """Block until a plaintext grpc.health.v1 check of ``service`` at ``target`` answers SERVING."""
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, f"exited with {proc.returncode}"
+            with contextlib.suppress(grpc.RpcError):
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            time.sleep(0.1)
+    raise AssertionError(f"{target} not SERVING after {timeout}s")
+
+
+def write_mounted_secret(container: Container, volume: Doc, directory: Path) -> None:
+    """What the kubelet would mount for ``volume``, from the session CA instead of cert-manager:
+    a Certificate's Secret or a csi-driver volume becomes tls.crt, tls.key and ca.crt for the same
+    identity; the token public key Secret the session's key."""
+    directory.mkdir(parents=True)
+    if "csi" in volume:
+        attributes = volume["csi"]["volumeAttributes"]
+        uri = attributes[f"{CSI_DRIVER}/uri-sans"].replace("${POD_NAME}", DOWNWARD_API["metadata.name"])
+        dns: list[str] = []
+    elif volume["secret"]["secretName"] in certificates():
+        spec = certificates()[volume["secret"]["secretName"]]["spec"]
+        (uri,) = spec["uris"]
+        dns = [d for d in spec["dnsNames"] if not d.startswith("*")]
+    else:
+        assert volume["secret"]["secretName"] == "cosmos-token-public-key", f"{container.id}: {volume}"
+        shutil.copy(security_harness.pki_dir() / tokens.PUBLIC_KEY, directory / tokens.PUBLIC_KEY)
+        return
+    role, name = uri.removeprefix("spiffe://cosmos/").split("/")
+    authority = pki.Authority.load(security_harness.pki_dir())
+    authority.issue(
+        pki.Paths(directory / "tls.crt", directory / "tls.key"), pki.Subject(role, name, dns=tuple(dns))
+    )
+    shutil.copy(security_harness.pki_dir() / "ca.pem", directory / "ca.crt")
 
 
 def start_manifest_stack(cluster: NatsCluster, work: Path) -> ManifestStack:
@@ -806,6 +1274,11 @@ def start_manifest_stack(cluster: NatsCluster, work: Path) -> ManifestStack:
 
     stack = ManifestStack(containers, local_ports, {}, {})
     for name, container in containers.items():
+        volumes = {v["name"]: v for v in container.pod.get("volumes", [])}
+        for mount in container.spec.get("volumeMounts", []):
+            volume = volumes[mount["name"]]
+            if "secret" in volume or "csi" in volume:
+                write_mounted_secret(container, volume, work / name / mount["name"])
         env = {k: v for k, v in os.environ.items() if not k.startswith(("COSMOS_", "OTEL_"))}
         env["OTEL_SDK_DISABLED"] = "true"
         for entry in container.spec.get("env", []):
@@ -827,10 +1300,25 @@ def start_manifest_stack(cluster: NatsCluster, work: Path) -> ManifestStack:
 
 
 @pytest.fixture(scope="module")
+def stack_nats(nats_cluster: NatsCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
+    """The cluster the manifest stack uses: deploy/nats as configured once the servers can present
+    their certificates to NATS; until then the same configs without client TLS and users
+    (:data:`NATS_CLIENT_TLS`)."""
+    if NATS_CLIENT_TLS:
+        yield nats_cluster
+        return
+    cluster = start_nats_cluster(tmp_path_factory.mktemp("nats-plain") / "conf", client_security=False)
+    try:
+        yield cluster
+    finally:
+        stop_nats_cluster(cluster)
+
+
+@pytest.fixture(scope="module")
 def manifest_stack(
-    nats_cluster: NatsCluster, tmp_path_factory: pytest.TempPathFactory
+    stack_nats: NatsCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ManifestStack]:
-    stack = start_manifest_stack(nats_cluster, tmp_path_factory.mktemp("stack"))
+    stack = start_manifest_stack(stack_nats, tmp_path_factory.mktemp("stack"))
     try:
         yield stack
     finally:
@@ -840,23 +1328,33 @@ def manifest_stack(
                 proc.wait()
 
 
-async def stream_replicas(urls: list[str]) -> dict[str, int]:
-    """``{stream: num_replicas}`` of every stream in the cluster."""
-    nc = await nats.connect(servers=urls, connect_timeout=2, max_reconnect_attempts=3)
-    try:
-        infos = await nc.jetstream().streams_info()
-        return {str(info.config.name): info.config.num_replicas or 1 for info in infos}
-    finally:
-        await nc.close()
+def stream_replicas(cluster: NatsCluster) -> dict[str, int]:
+    """``{stream: num_replicas}`` of every stream in the cluster, from the monitoring port."""
+    _, jsz = monitor(cluster.nodes[0].monitor_port, "/jsz?accounts=true&streams=true&config=true")
+    return {
+        stream["name"]: stream["config"].get("num_replicas", 1)
+        for account in (jsz or {}).get("account_details", [])
+        for stream in account.get("stream_detail", [])
+    }
+
+
+def token_channel(target: str, bearer: str | None) -> grpc.Channel:
+    """A blocking TLS channel to a token port, presenting ``bearer`` (or no credentials at all)."""
+    tls = grpc.ssl_channel_credentials(root_certificates=(security_harness.pki_dir() / "ca.pem").read_bytes())
+    if bearer is not None:
+        tls = grpc.composite_channel_credentials(tls, grpc.access_token_call_credentials(bearer))
+    return grpc.secure_channel(
+        target, tls, options=[("grpc.ssl_target_name_override", pki.server_name("optimus"))]
+    )
 
 
 @pytest.mark.timeout(90)
 def test_servers_started_from_their_manifests_serve_and_the_agent_registers(
-    manifest_stack: ManifestStack, nats_cluster: NatsCluster
+    manifest_stack: ManifestStack, stack_nats: NatsCluster
 ) -> None:
     manifest_stack.wait_probes()
-    stratum = f"127.0.0.1:{manifest_stack.local_ports['stratum'][50053]}"
-    with grpc.insecure_channel(stratum) as channel:
+    stratum = manifest_stack.address("stratum", 50053)
+    with security_harness.sync_channel(stratum) as channel:
         pool = pool_service_pb2_grpc.PoolServiceStub(channel)
         deadline = time.monotonic() + 20
         while True:
@@ -867,15 +1365,58 @@ def test_servers_started_from_their_manifests_serve_and_the_agent_registers(
             assert time.monotonic() < deadline, f"no agent READY: {agents}\n{manifest_stack.output()}"
             time.sleep(0.2)
     (agent,) = ready
-    assert agent.agent_id == DOWNWARD_API["spec.nodeName"], "the agent id is the node name"
+    assert agent.agent_id == DOWNWARD_API["metadata.name"], "the agent id is its certificate's: the pod name"
     assert dict(agent.labels) == {"pool": "cpu", "node": DOWNWARD_API["spec.nodeName"]}
     work = manifest_stack.logs["cosmos-agent-cpu"].parent / "cosmos-agent-cpu" / "work"
     assert work.is_dir(), "the agent's --work-dir is on its volume"
 
     # Whatever streams the servers created are replicated on every NATS node.
-    replicas = asyncio.run(stream_replicas(nats_cluster.urls))
+    replicas = stream_replicas(stack_nats)
     nodes = find(DOCS, "StatefulSet", "nats")["spec"]["replicas"]
+    assert replicas, "the servers created no stream"
     assert all(r == nodes for r in replicas.values()), f"streams not replicated on {nodes} nodes: {replicas}"
+
+
+@pytest.mark.timeout(60)
+def test_the_main_ports_want_a_certificate_and_the_health_ports_serve_only_health(
+    manifest_stack: ManifestStack,
+) -> None:
+    manifest_stack.wait_probes()
+    check = health_pb2.HealthCheckRequest(service="")
+    for name in ("plato", "stratum", "optimus"):
+        container = manifest_stack.containers[name]
+        main = manifest_stack.address(name, listen_port(container, "--listen"))
+        health = manifest_stack.address(name, listen_port(container, "--health-listen"))
+        # Plaintext, or TLS without a client certificate: the handshake fails, nothing is answered.
+        with grpc.insecure_channel(main) as channel, pytest.raises(grpc.RpcError) as plaintext:
+            health_pb2_grpc.HealthStub(channel).Check(check, timeout=2)
+        assert plaintext.value.code() == grpc.StatusCode.UNAVAILABLE, f"{name}: {plaintext.value}"
+        ca = (security_harness.pki_dir() / "ca.pem").read_bytes()
+        options = [("grpc.ssl_target_name_override", pki.server_name(name))]
+        anonymous_channel = grpc.secure_channel(main, grpc.ssl_channel_credentials(ca), options)
+        with anonymous_channel as channel, pytest.raises(grpc.RpcError) as anonymous:
+            health_pb2_grpc.HealthStub(channel).Check(check, timeout=2)
+        assert anonymous.value.code() == grpc.StatusCode.UNAVAILABLE, f"{name}: {anonymous.value}"
+        # The plaintext health port has no other service: Stratum's pool is not reachable through it.
+        with grpc.insecure_channel(health) as channel, pytest.raises(grpc.RpcError) as other:
+            pool_service_pb2_grpc.PoolServiceStub(channel).ListAgents(
+                pool_service_pb2.ListAgentsRequest(), timeout=2
+            )
+        assert other.value.code() == grpc.StatusCode.UNIMPLEMENTED, f"{name}: {other.value}"
+
+
+@pytest.mark.timeout(60)
+def test_optimus_token_port_takes_platform_tokens_and_nothing_else(manifest_stack: ManifestStack) -> None:
+    manifest_stack.wait_probes()
+    container = manifest_stack.containers["optimus"]
+    target = manifest_stack.address("optimus", listen_port(container, "--token-listen"))
+    request = encode_service_pb2.ListProfilesRequest()
+    with token_channel(target, security_harness.token("default", "viewer")) as channel:
+        reply = encode_service_pb2_grpc.EncodeServiceStub(channel).ListProfiles(request, timeout=5)
+    assert reply.profiles, "a viewer's token lists the profiles"
+    with token_channel(target, None) as channel, pytest.raises(grpc.RpcError) as refused:
+        encode_service_pb2_grpc.EncodeServiceStub(channel).ListProfiles(request, timeout=5)
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED, refused.value
 
 
 @pytest.mark.timeout(90)
