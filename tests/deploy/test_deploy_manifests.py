@@ -1229,6 +1229,9 @@ def write_mounted_secret(container: Container, volume: Doc, directory: Path) -> 
         spec = certificates()[volume["secret"]["secretName"]]["spec"]
         (uri,) = spec["uris"]
         dns = [d for d in spec["dnsNames"] if not d.startswith("*")]
+    elif volume["secret"]["secretName"] == "cosmos-task-key":
+        (directory / "task.key").write_bytes(os.urandom(32))
+        return
     else:
         assert volume["secret"]["secretName"] == "cosmos-token-public-key", f"{container.id}: {volume}"
         shutil.copy(security_harness.pki_dir() / tokens.PUBLIC_KEY, directory / tokens.PUBLIC_KEY)

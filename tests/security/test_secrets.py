@@ -25,8 +25,12 @@ from stratum_harness import JS, Agents, JobsClient, python_job, wait_agents
 
 from cosmos.runtime import rpc_errors
 from cosmos.security import secrets
+from cosmos.security.tls import TlsFiles
 from cosmos.stratum.store import EVENTS_STREAM, JOBS_BUCKET
 from cosmos.stratum.v1 import job_pb2, job_service_pb2
+
+STRATUM_NATS = TlsFiles.in_dir(security_harness.pki_dir(), "stratum")
+"""Stratum's own NATS identity: the one that may read its bucket and stream."""
 
 SHOW = """
 import hashlib, json, os, sys
@@ -75,7 +79,7 @@ def assert_redacted(job: job_pb2.Job, secret: str) -> None:
 
 async def raw_messages(nats_url: str, stream: str) -> list[bytes]:
     """Every message body a stream holds, read by sequence (no decoding by Cosmos code)."""
-    nc = await nats.connect(nats_url)
+    nc = await nats.connect(nats_url, **security_harness.nats_options(STRATUM_NATS))
     try:
         js = nc.jetstream()
         info = await js.stream_info(stream)
@@ -93,7 +97,7 @@ async def raw_messages(nats_url: str, stream: str) -> list[bytes]:
 
 
 async def stored_job(nats_url: str, job_id: str) -> job_pb2.Job:
-    nc = await nats.connect(nats_url)
+    nc = await nats.connect(nats_url, **security_harness.nats_options(STRATUM_NATS))
     try:
         kv = await nc.jetstream().key_value(JOBS_BUCKET)
         return job_pb2.Job.FromString((await kv.get(job_id)).value or b"")
