@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import security_harness
 from servers import ServiceProcess, stop_process, wait_serving
+from stratum_harness import Agents
 
 from cosmos.runtime.config import Address, free_port
 from cosmos.stack import natsd
@@ -47,6 +48,14 @@ def insecure_nats_url(tmp_path: Path) -> Iterator[str]:
     proc = _start_nats(natsd.nats_server_argv(Address("127.0.0.1", port), tmp_path / "nats-open"), port)
     yield f"nats://127.0.0.1:{port}"
     stop_process(proc)
+
+
+@pytest.fixture
+def agents(tmp_path: Path) -> Iterator[Agents]:
+    """``cosmos agent`` processes a test starts (each with its certificate); stopped at the end."""
+    started = Agents(tmp_path)
+    yield started
+    started.stop_all()
 
 
 @pytest.fixture

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 import security_harness
 from plato_harness import PlatoClient
 from stratum_harness import Agents, wait_agents
@@ -39,13 +38,6 @@ workflow:
     - when: [render.completed, "input.fail == true"]
       do: [broken]
 """
-
-
-@pytest.fixture
-def agents(tmp_path: Path) -> Iterator[Agents]:
-    started = Agents(tmp_path)
-    yield started
-    started.stop_all()
 
 
 async def test_job_steps_run_on_stratum_and_report_results_and_failures(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +22,6 @@ tenants:
   default: {executables: [python3, /usr/bin/*, /root/.pyenv/*, /work/*, /tmp/*]}
   "*": {executables: [python3], images: []}
 """
-
-
-@pytest.fixture
-def agents(tmp_path: Path) -> Iterator[Agents]:
-    started = Agents(tmp_path)
-    yield started
-    started.stop_all()
 
 
 @pytest.fixture

@@ -45,13 +45,6 @@ sys.exit(0 if digest == sys.argv[1] else 3)
 
 
 @pytest.fixture
-def agents(tmp_path: Path) -> Iterator[Agents]:
-    started = Agents(tmp_path)
-    yield started
-    started.stop_all()
-
-
-@pytest.fixture
 def stratum(start_service: Callable[..., Any], nats_url: str) -> Any:
     return start_service("stratum", "--nats", nats_url, "--lease-seconds", "2", "--heartbeat-interval", "0.3")
 

@@ -17,13 +17,6 @@ from cosmos.runtime.config import free_port
 from cosmos.stratum.v1 import agent_pb2, agent_service_pb2, agent_service_pb2_grpc
 
 
-@pytest.fixture
-def agents(tmp_path: Path) -> Iterator[Agents]:
-    started = Agents(tmp_path)
-    yield started
-    started.stop_all()
-
-
 class Stratum:
     """A Stratum process that a test can restart on the same address."""
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +15,6 @@ from stratum_harness import JS, Agents, JobsClient, python_job, seconds, wait_ag
 
 from cosmos.runtime import rpc_errors
 from cosmos.stratum.v1 import job_pb2, job_service_pb2
-
-
-@pytest.fixture
-def agents(tmp_path: Path) -> Iterator[Agents]:
-    started = Agents(tmp_path)
-    yield started
-    started.stop_all()
 
 
 @pytest.fixture

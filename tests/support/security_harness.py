@@ -19,7 +19,7 @@ import grpc
 from cosmos.plato import task_tokens
 from cosmos.runtime import jetstream
 from cosmos.runtime.config import Address
-from cosmos.security import pki, secrets, tokens
+from cosmos.security import pki, secrets, tls, tokens
 from cosmos.security.tls import TlsFiles
 from cosmos.stack import natsd
 
@@ -98,14 +98,9 @@ def token(tenant: str, *roles: str, ttl: float = 600.0, subject: str = "") -> st
     )
 
 
-def _credentials(files: TlsFiles) -> grpc.ChannelCredentials:
-    ca, cert, key = files.read()
-    return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
-
-
 def channel(target: str, files: TlsFiles | None = None) -> grpc.aio.Channel:
     """A mutual-TLS channel to ``target`` as ``files`` (default: the admin)."""
-    return grpc.aio.secure_channel(target, _credentials(files or admin()))
+    return grpc.aio.secure_channel(target, tls.channel_credentials(files or admin()))
 
 
 def token_channel(target: str, bearer: str) -> grpc.aio.Channel:
@@ -125,7 +120,7 @@ def anonymous_channel(target: str) -> grpc.aio.Channel:
 
 def sync_channel(target: str, files: TlsFiles | None = None) -> grpc.Channel:
     """A blocking mutual-TLS channel to ``target``."""
-    return grpc.secure_channel(target, _credentials(files or admin()))
+    return grpc.secure_channel(target, tls.channel_credentials(files or admin()))
 
 
 def grpcurl_args(files: TlsFiles | None = None) -> list[str]:

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 Behaviour = Callable[..., Any]
 """A handler's behaviour: ``(request or request iterator, context) -> response or response iterator``."""
+
+
+async def items(result: Any) -> AsyncIterator[Any]:
+    """The responses of a streaming behaviour's ``result``: an async iterator of them, or an awaitable
+    for a handler that writes with ``context.write()`` and returns None (then nothing)."""
+    if isinstance(result, Awaitable):
+        await result
+        return
+    async for item in result:
+        yield item
 
 
 def wrap(

@@ -114,11 +114,7 @@ def _stream(fn: Callable[..., Any], ctx: otel_context.Context) -> Callable[..., 
     async def call(request: Any, context: Any) -> AsyncIterator[Any]:
         token = otel_context.attach(ctx)
         try:
-            result = fn(request, context)
-            if isinstance(result, Awaitable):
-                await result  # a handler that writes with context.write() and returns None
-                return
-            async for item in result:
+            async for item in handlers.items(fn(request, context)):
                 yield item
         finally:
             # A generator closed from another task ends in another context; nothing to undo there.

@@ -52,6 +52,11 @@ def to_status(error: errors.RpcError) -> grpc.Status:
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
+def status_code(number: int) -> grpc.StatusCode:
+    """The ``grpc.StatusCode`` of a status number (UNKNOWN for one gRPC does not define)."""
+    return _CODES.get(number, grpc.StatusCode.UNKNOWN)
+
+
 def _error_classes(cls: type[errors.RpcError]) -> dict[grpc.StatusCode, type[errors.RpcError]]:
     found: dict[grpc.StatusCode, type[errors.RpcError]] = {}
     for sub in cls.__subclasses__():
@@ -82,7 +87,7 @@ def from_status(status: status_pb2.Status) -> errors.RpcError:
 
     Raised by a handler, it answers with the same code, message, ``ErrorInfo`` and violations.
     """
-    code = _CODES.get(status.code, grpc.StatusCode.UNKNOWN)
+    code = status_code(status.code)
     info, violations = _details(status)
     cls = _error_classes(errors.RpcError).get(code, errors.RpcError)
     error = cls(
@@ -129,12 +134,7 @@ def _wrap_unary(fn: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
 def _wrap_stream(fn: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
     async def call(request: Any, context: Any) -> AsyncIterator[Any]:
         try:
-            result = fn(request, context)
-            if isinstance(result, Awaitable):
-                # A handler that writes with context.write() and returns None.
-                await result
-                return
-            async for item in result:
+            async for item in handlers.items(fn(request, context)):
                 yield item
         except errors.RpcError as exc:
             await context.abort_with_status(to_status(exc))

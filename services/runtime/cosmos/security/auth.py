@@ -210,11 +210,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # 
                 await context.abort_with_status(rpc_errors.to_status(exc))
                 return
             _current.set(principal)  # this generator runs in its own context: nothing to undo
-            result = fn(request, context)
-            if isinstance(result, Awaitable):
-                await result
-                return
-            async for item in result:
+            async for item in handlers.items(fn(request, context)):
                 yield item
 
         return call
@@ -269,7 +265,7 @@ def _audit(principal: Principal | None, method: str, request: Any, response: Any
     except (AttributeError, NotImplementedError):
         reported = None
     if reported is not None:
-        code = reported if isinstance(reported, grpc.StatusCode) else _CODES.get(int(reported), code)
+        code = reported if isinstance(reported, grpc.StatusCode) else rpc_errors.status_code(int(reported))
     name = code.name if code is not None else "UNKNOWN"
     _write_audit(
         principal.identity if principal else "anonymous",
@@ -289,6 +285,3 @@ def _write_audit(identity: str, tenant: str, via: str, method: str, resource: st
     if span.is_recording():
         for key, value in fields.items():
             span.set_attribute(f"cosmos.audit.{key}", value)
-
-
-_CODES = {code.value[0]: code for code in grpc.StatusCode}

@@ -66,7 +66,7 @@ def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
-def _write(path: Path, data: bytes, mode: int) -> None:
+def write_file(path: Path, data: bytes, mode: int) -> None:
     """Write ``data`` atomically with ``mode`` (a reader never sees half a key or a wrong mode)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -84,12 +84,12 @@ def write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    _write(path, pem, 0o600)
+    write_file(path, pem, 0o600)
 
 
 def write_cert(path: Path, cert: x509.Certificate) -> None:
     """A certificate as PEM (public)."""
-    _write(path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_file(path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
 
 
 def load_cert(path: Path) -> x509.Certificate:

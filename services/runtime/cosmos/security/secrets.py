@@ -26,6 +26,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from cosmos import errors
+from cosmos.security import pki
 from cosmos.stratum.v1 import job_pb2
 
 KEY_FILE = "secrets.key"
@@ -155,15 +156,7 @@ def _key_line(key_id: str) -> str:
 
 def _write_private(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically, mode 0600 from the first byte."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    pki.write_file(path, text.encode(), 0o600)
 
 
 def create_key_file(path: Path, key_id: str = "") -> str:

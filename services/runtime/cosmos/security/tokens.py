@@ -39,8 +39,8 @@ def create_keypair(directory: Path) -> ed25519.Ed25519PrivateKey:
     public = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    pki._write(directory / PRIVATE_KEY, private, 0o600)
-    pki._write(directory / PUBLIC_KEY, public, 0o644)
+    pki.write_file(directory / PRIVATE_KEY, private, 0o600)
+    pki.write_file(directory / PUBLIC_KEY, public, 0o644)
     return key
 
 
