@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,11 @@ from cosmos.runtime import rpc_errors
 from cosmos.security import pki
 from cosmos.stratum.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 
-POLICY = """
+# The interpreter the jobs run is wherever this checkout's venv is (CI clones elsewhere).
+POLICY = f"""
 tenants:
-  default: {executables: [python3, /usr/bin/*, /root/.pyenv/*, /work/*, /tmp/*]}
-  "*": {executables: [python3], images: []}
+  default: {{executables: [python3, /usr/bin/*, {Path(sys.executable).parent}/*, /tmp/*]}}
+  "*": {{executables: [python3], images: []}}
 """
 
 
@@ -55,6 +57,7 @@ async def test_a_job_cannot_read_the_agents_key_nor_write_as_root(
     code = f"""
 import asyncio
 import os
+import sys
 print("UID", os.getuid())
 try:
     print(open({str(key)!r}).read())
