@@ -21,8 +21,10 @@ from cosmos.security import pki
 from cosmos.security.config import Security
 from cosmos.security.tls import TlsFiles
 
-SERVICES = ("plato", "stratum", "optimus")
+SERVICES = ("plato", "stratum", "optimus", "nats")
 ADMIN = "admin"
+WORKER = "worker"
+"""The step workers' certificate (a user with the worker role, as ``cosmos up`` issues it)."""
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,14 @@ class BenchPki:
         for name in SERVICES:
             authority.issue(pki.Paths.named(directory, name), pki.Subject(name, name))
         authority.issue(pki.Paths.named(directory, ADMIN), pki.Subject("user", ADMIN, "default", (ADMIN,)))
+        authority.issue(
+            pki.Paths.named(directory, WORKER), pki.Subject("user", WORKER, "default", ("worker",))
+        )
         return cls(directory)
+
+    def files(self, name: str) -> TlsFiles:
+        """The CA, certificate and key of ``name`` (a service, ``admin`` or ``worker``)."""
+        return TlsFiles.in_dir(self.directory, name)
 
     def server_args(self, name: str) -> list[str]:
         """Flags giving the server ``name`` (plato, stratum, optimus) its certificate."""

@@ -60,15 +60,19 @@ import grpc
 import nats
 import nats.errors
 import psutil
-from bench_security import BenchPki, connect, server_args
+from bench_security import WORKER, BenchPki, connect, server_args
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from cosmos.plato import subjects
 from cosmos.plato.v1 import events_pb2, workflow_service_pb2, workflow_service_pb2_grpc
+from cosmos.runtime import jetstream
 from cosmos.runtime.config import Address, free_port
 from cosmos.sdk import StepContext, Worker
+from cosmos.security import pki
+from cosmos.security.tls import TlsFiles
+from cosmos.stack import natsd
 from cosmos.stack.natsd import nats_server_argv, nats_server_binary
 
 HOST = "127.0.0.1"
@@ -261,6 +265,9 @@ class Engine(Protocol):
         """Start one fan-out workflow over ``items`` and return once its completion was observed."""
 
 
+WORKER_IDENTITY = pki.spiffe_id("user", WORKER)
+
+
 class PlatoEngine:
     """NATS + a Plato server (subprocesses), an SDK worker and a completion watcher in this process."""
 
@@ -316,13 +323,18 @@ class PlatoEngine:
         worker_task: asyncio.Task[None] | None = None
         engine = cls(target, nats_url, servers)
         try:
-            nats_argv = nats_server_argv(Address(HOST, nats_port), workdir / "jetstream", name="bench")
+            # Secure: the NATS of a secure stack (TLS, users mapped from certificates, per-subject
+            # permissions); the watcher reads events as Plato, the worker is a worker user.
+            nats_tls = None if mesh is None else mesh.files("nats")
+            users = [] if mesh is None else [natsd.plato_user(), natsd.worker_user(WORKER_IDENTITY)]
+            store_dir = workdir / "jetstream"
+            nats_argv = nats_server_argv(
+                Address(HOST, nats_port), store_dir, name="bench", tls=nats_tls, users=users
+            )
             if config.fsync_always:
-                conf = workdir / "nats.conf"
-                conf.write_text("jetstream {\n  sync_interval: always\n}\n")
-                nats_argv += ["--config", str(conf)]
+                _sync_always(nats_argv, store_dir)
             servers.append(ServerProcess("nats-server", nats_argv, workdir / "nats.log"))
-            engine._nc = await _connect_nats(nats_url, servers)
+            engine._nc = await _connect_nats(nats_url, servers, None if mesh is None else mesh.files("plato"))
             plato_argv = [sys.executable, "-m", "cosmos.cli", "plato", "--listen", target]
             plato_argv += ["--nats", nats_url, "--storage", config.storage, *server_args(mesh, "plato")]
             servers.append(ServerProcess("plato", plato_argv, workdir / "plato.log"))
@@ -341,7 +353,7 @@ class PlatoEngine:
                 )
             )
             await engine._nc.subscribe(subjects.EVENTS_ALL, cb=engine._on_event)
-            worker = plato_worker(nats_url)
+            worker = plato_worker(nats_url, None if mesh is None else mesh.files(WORKER))
             worker_task = asyncio.create_task(worker.run(stopping))
             yield engine
         finally:
@@ -358,23 +370,38 @@ class PlatoEngine:
                 server.stop()
 
 
-async def _connect_nats(url: str, servers: list[ServerProcess]) -> NatsClient:
+def _sync_always(nats_argv: list[str], store_dir: Path) -> None:
+    """Make the server fsync every JetStream write (the config file of a secure server, or a new one)."""
+    if "--config" in nats_argv:
+        conf = Path(nats_argv[nats_argv.index("--config") + 1])
+        settings = json.loads(conf.read_text())
+        settings["jetstream"]["sync_interval"] = "always"
+        conf.write_text(json.dumps(settings, indent=2) + "\n")
+        return
+    conf = store_dir.with_name("nats-sync.conf")
+    conf.write_text("jetstream {\n  sync_interval: always\n}\n")
+    nats_argv += ["--config", str(conf)]
+
+
+async def _connect_nats(url: str, servers: list[ServerProcess], tls: TlsFiles | None = None) -> NatsClient:
     connected: list[NatsClient] = []
 
     async def probe() -> bool:
         # A plain TCP probe first: nats-py logs a traceback for every refused connection.
         _, writer = await asyncio.open_connection(HOST, int(url.rpartition(":")[2]))
         writer.close()
-        connected.append(await nats.connect(url, connect_timeout=1, allow_reconnect=False))
+        connected.append(
+            await nats.connect(url, connect_timeout=1, allow_reconnect=False, **jetstream.tls_options(tls))
+        )
         return True
 
     await wait_until("nats-server", probe, servers)
     return connected[-1]
 
 
-def plato_worker(nats_url: str) -> Worker:
+def plato_worker(nats_url: str, tls: TlsFiles | None = None) -> Worker:
     """The benchmark's handlers: three no-op queues (SDK defaults for concurrency and batching)."""
-    worker = Worker(nats_url)
+    worker = Worker(nats_url, tls=tls)
 
     @worker.handler("first")
     async def first(step: StepContext) -> dict[str, Any]:
