@@ -160,6 +160,8 @@ def output(
             "files": 4000,
             "job": job(rng),
         }
+    if name in ("cleanup", "cleanup-after-failure"):
+        return {"removed": WORK, "bytes": 10**10, "files": 4000, "left": 0, "job": job(rng)}
     raise AssertionError(f"no output shaped for step {name!r}: the workflow has a new job step")
 
 
@@ -179,6 +181,7 @@ def run_ladder(chunks: int, names: list[str]) -> tuple[int, workflow_pb2.Workflo
             "ladder": "",
             "priority": 0,
             "work_dir": WORK,
+            "work_area": WORK.rsplit("/", 1)[0],
             "chunk_seconds": api.CHUNK_SECONDS,
             "max_chunks": api.MAX_CHUNKS,
             "request_id": "a-client-chosen-request-id-0001",

@@ -265,6 +265,8 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
             "priority": request.priority,
             # Per tenant: the agent gives <work-root>/<tenant> to the tenant's job uid (sandbox).
             "work_dir": str(self.work_root / tenant / encode_id),
+            # The encode's last step removes work_dir, and only ever something inside this area.
+            "work_area": str(self.work_root / tenant),
             "chunk_seconds": CHUNK_SECONDS,
             "max_chunks": max_chunks(len(names)),
             "request_id": request.request_id,

@@ -46,6 +46,8 @@ Context = Any
 WS = workflow_pb2.WorkflowState
 SS = workflow_pb2.StepState
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_=-]{0,127}$")
+_DEFINITION_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}\Z")
+"""What a definition id may look like (the parser's rule): anything else never names a definition."""
 _NAMESPACE = uuid.UUID("5b0c7c53-7a1c-4b0e-9a55-0f6f7f2c1a11")
 DEFAULT_TENANT = "default"
 """Tenant of workloads that start workflows in their own name."""
@@ -135,9 +137,21 @@ class WorkflowApi(workflow_service_pb2_grpc.WorkflowServiceServicer):
     async def ListDefinitions(
         self, request: workflow_service_pb2.ListDefinitionsRequest, context: Context
     ) -> workflow_service_pb2.ListDefinitionsResponse:
-        page = paging.parse(request.page_size, request.page_token, "definitions")
-        ids, next_token = paging.slice_page(await self.store.definition_ids(), page, "definitions")
-        definitions = [await self.store.get_definition(definition_id) for definition_id in ids]
+        if not request.definition_id:
+            page = paging.parse(request.page_size, request.page_token, "definitions")
+            ids, next_token = paging.slice_page(await self.store.definition_ids(), page, "definitions")
+            definitions = [await self.store.get_definition(definition_id) for definition_id in ids]
+            return workflow_service_pb2.ListDefinitionsResponse(
+                definitions=definitions, next_page_token=next_token
+            )
+        # One definition: every version, newest first (an id never registered lists nothing).
+        if not _DEFINITION_ID.match(request.definition_id):
+            raise _violation("definition_id", "must match [a-z0-9][a-z0-9._-]*, at most 128 characters")
+        query = f"definitions;def={request.definition_id}"
+        page = paging.parse(request.page_size, request.page_token, query)
+        latest, _ = await self.store.latest_version(request.definition_id)
+        versions, next_token = paging.slice_page(range(latest, 0, -1), page, query)
+        definitions = [await self.store.get_definition(request.definition_id, v) for v in versions]
         return workflow_service_pb2.ListDefinitionsResponse(
             definitions=definitions, next_page_token=next_token
         )

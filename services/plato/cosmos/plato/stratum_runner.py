@@ -3,8 +3,9 @@
 It is an SDK handler on the ``cosmos-stratum-runner`` queue, run inside Plato: it submits the
 rendered :class:`JobSpec` to Stratum with the step attempt's idempotency key as ``request_id`` (so a
 redelivered task finds the same job), follows the job with ``WatchJob`` (progress becomes step
-heartbeats), and completes or fails the step with the job's result. Cancelling the step cancels the
-job.
+heartbeats), and completes or fails the step with the job's result. A job whose failure is
+``FAILURE_CLASS_PERMANENT`` fails the step as not retryable: Plato runs no retry for it. Cancelling the
+step cancels the job.
 """
 
 from __future__ import annotations
@@ -81,7 +82,14 @@ class StratumRunner:
         done = (await self.jobs.GetJob(get, metadata=metadata)).job
         if done.state != JS.JOB_STATE_SUCCEEDED:
             state = JS.Name(done.state).removeprefix("JOB_STATE_").lower()
-            raise StepError(f"job {done.job_id} {state}: {done.failure_reason or done.result.error}")
+            # A deterministic failure (corrupt source, invalid argument, full disk) fails the same
+            # way on every attempt: the step fails at once, without its retries.
+            permanent = done.result.failure_class == job_pb2.FAILURE_CLASS_PERMANENT
+            raise StepError(
+                f"job {done.job_id} {state}: {done.failure_reason or done.result.error}"
+                + (" (not retryable)" if permanent else ""),
+                non_retryable=permanent,
+            )
         # The job's own result (what it wrote to $COSMOS_RESULT_FILE) is the step output; how it ran
         # goes under "job".
         return {

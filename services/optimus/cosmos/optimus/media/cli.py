@@ -3,12 +3,15 @@
 Every command writes its result as one JSON object to ``$COSMOS_RESULT_FILE`` (when set) and prints it
 as the last stdout line, prefixed ``COSMOS_RESULT ``; progress goes to the Stratum progress channel.
 Failures exit non-zero with one line on stderr (2: missing or unusable input or bad usage, 1: anything
-else, including ffmpeg failures with ffmpeg's last stderr lines).
+else, including ffmpeg failures with ffmpeg's last stderr lines), and declare their failure class in
+``$COSMOS_FAILURE_FILE`` (when set): a corrupt or truncated source, an unknown codec, bad input or a
+full disk is permanent (not retried), anything else transient.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -55,6 +58,11 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--duration", type=float, default=None, help="the chunk's duration in seconds")
     c.add_argument("--fps", type=float, default=None, help="the chunk's frame rate")
     c.add_argument("--size", default=None, help="the chunk's frame size, WIDTHxHEIGHT")
+    c.add_argument("--source", default="", help="the title the chunk was cut from (named when corrupt)")
+
+    c = sub.add_parser("verify-chunk", help="check that an encoded chunk decodes whole, to its duration")
+    c.add_argument("--path", required=True)
+    c.add_argument("--duration", type=float, required=True, help="the duration it must decode to")
 
     c = sub.add_parser("assemble", help="concatenate a profile's encoded chunks into one rendition")
     c.add_argument("--profile", required=True)
@@ -102,6 +110,10 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--hls", required=True)
     c.add_argument("--mpd", required=True)
     c.add_argument("--expect-duration", type=float, required=True)
+
+    c = sub.add_parser("clean", help="remove an encode's scratch directory (inside --within)")
+    c.add_argument("--work", required=True, help="the encode's scratch directory")
+    c.add_argument("--within", required=True, help="the tenant's scratch area it must lie in")
 
     c = sub.add_parser("make-test-clip", help="write a synthetic test clip (moving video, sine audio)")
     c.add_argument("--out", required=True)
@@ -175,7 +187,12 @@ def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
             quality=QualityMode(args.quality),
             threads=args.threads,
             known=_facts(args),
+            source=args.source,
         )
+    if cmd == "verify-chunk":
+        from cosmos.optimus.media.integrity import verify_chunk
+
+        return verify_chunk(args.path, args.duration)
     if cmd == "assemble":
         from cosmos.optimus.media.encode import assemble, chunk_results
 
@@ -224,6 +241,10 @@ def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
         from cosmos.optimus.media.verify import verify
 
         return verify(args.hls, args.mpd, args.expect_duration, progress)
+    if cmd == "clean":
+        from cosmos.optimus.media.scratch import clean
+
+        return clean(args.work, args.within)
     if cmd == "make-test-clip":
         from cosmos.optimus.media.testclip import make_test_clip
 
@@ -246,6 +267,28 @@ def write_result(result: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+def write_failure(code: str, permanent: bool, message: str) -> None:
+    """Declare why the command failed in ``$COSMOS_FAILURE_FILE`` (if set): Stratum's failure class
+    (a permanent failure is not retried) and a stable code; never raises."""
+    path = os.environ.get("COSMOS_FAILURE_FILE")
+    if not path:
+        return
+    text = json.dumps(
+        {"class": "permanent" if permanent else "transient", "code": code, "message": message[:2000]}
+    )
+    try:
+        with replacing(Path(path)) as tmp:
+            tmp.write_text(text + "\n")
+    except OSError:
+        pass  # a full disk may refuse even this; the agent then sees the stderr line
+
+
+def _fail(command: str, message: str, code: str, permanent: bool, exit_code: int) -> int:
+    print(f"error: {command}: {message}", file=sys.stderr)
+    write_failure(code, permanent, message)
+    return exit_code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = parser().parse_args(argv)
@@ -253,11 +296,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = run(args, progress)
     except MediaError as exc:
-        print(f"error: {args.command}: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return _fail(args.command, str(exc), exc.code, exc.permanent, exc.exit_code)
     except profiles.UnknownProfileError as exc:
-        print(f"error: {args.command}: {exc}", file=sys.stderr)
-        return 2
+        return _fail(args.command, str(exc), "INVALID_ARGUMENT", True, 2)
+    except OSError as exc:
+        # A full disk fails the same way on a retry; another I/O error may not.
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            where = f" writing {exc.filename}" if exc.filename else ""
+            return _fail(args.command, f"disk full{where}: {exc.strerror}", "NO_SPACE", True, 1)
+        return _fail(args.command, f"I/O error: {exc}", "IO_ERROR", False, 1)
     except KeyboardInterrupt:
         print(f"error: {args.command}: interrupted", file=sys.stderr)
         return 130

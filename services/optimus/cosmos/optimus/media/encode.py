@@ -19,7 +19,14 @@ from typing import Any
 
 from cosmos.optimus import profiles
 from cosmos.optimus.media.chunks import chunk_index, gop_frames
-from cosmos.optimus.media.ffmpeg import MediaError, Progress, run_ffmpeg
+from cosmos.optimus.media.ffmpeg import (
+    CorruptMedia,
+    FfmpegError,
+    MediaError,
+    Progress,
+    run_ffmpeg,
+    stderr_tail,
+)
 from cosmos.optimus.media.files import replacing, write_json
 from cosmos.optimus.media.probe import MediaInfo, probe, require_file
 from cosmos.optimus.media.quality import (
@@ -114,6 +121,7 @@ def encode_chunk(
     quality: QualityMode = QualityMode.SAMPLED,
     threads: int = 0,
     known: ChunkFacts | None = None,
+    source: str = "",
 ) -> dict[str, Any]:
     """Encode one chunk into every profile of ``profile_names`` and measure the results, in one ffmpeg.
 
@@ -124,7 +132,9 @@ def encode_chunk(
     caps each encoder and the decoder at that many threads (a chunk job reserves about one core:
     parallelism comes from running many chunks, which costs less CPU than x264's frame threads);
     0 lets ffmpeg decide. ``start`` (seconds into the title) numbers the frames for sampling.
-    ``known``: the chunk's facts from ``split`` (saves probing it again).
+    ``known``: the chunk's facts from ``split`` (saves probing it again). The chunk is decoded with
+    ``-xerror``: a damaged frame fails the encode as :class:`CorruptMedia` naming ``source`` (the
+    title the chunk was cut from) instead of encoding a concealed picture.
     """
     chosen = [profiles.get(n) for n in dict.fromkeys(profile_names)]
     if not chosen:
@@ -148,7 +158,7 @@ def encode_chunk(
     graph = "[0:v:0]" + (f"split={n}" + "".join(f"[s{i}]" for i in range(n)) if n > 1 else "null[s0]")
     chains = [graph] + [f"[s{i}]{scale_filter(p)}[v{i}]" for i, p in enumerate(chosen)]
     thread_args = ["-threads", str(threads)] if threads > 0 else []
-    args = [*thread_args, "-i", path, "-filter_complex", ";".join(chains)]
+    args = ["-xerror", *thread_args, "-i", path, "-filter_complex", ";".join(chains)]
     for i, (p, tmp) in enumerate(zip(chosen, tmps, strict=True)):
         args += ["-map", f"[v{i}]", "-an", "-sn", "-dn", "-pix_fmt", "yuv420p", *p.args]
         args += [*gop_args(p, fps)]
@@ -177,14 +187,24 @@ def encode_chunk(
                 args += [*thread_args, "-dec", f"{i}:0"]
             args += ["-filter_complex", ";".join(measure), *measure_outputs(labels)]
         with files:  # every output renamed into place only if ffmpeg succeeded
-            run = run_ffmpeg(
-                args,
-                what=what,
-                progress=progress,
-                duration=duration,
-                message=f"encoding {names}",
-                loglevel="info" if quality is not QualityMode.OFF else "warning",
-            )
+            try:
+                run = run_ffmpeg(
+                    args,
+                    what=what,
+                    progress=progress,
+                    duration=duration,
+                    message=f"encoding {names}",
+                    loglevel="info" if quality is not QualityMode.OFF else "warning",
+                )
+            except FfmpegError as exc:
+                if exc.code != "CORRUPT_INPUT":
+                    raise
+                title = (
+                    f"source {source} is corrupt: chunk {index}" if source else f"chunk {path} is corrupt:"
+                )
+                raise CorruptMedia(
+                    f"{title} ({path}) does not decode: {stderr_tail(exc.stderr, 2)}"
+                ) from None
         measured = parse_measurements(run.stderr, logs) if quality is not QualityMode.OFF else []
     renditions = []
     for i, (p, out) in enumerate(zip(chosen, outs, strict=True)):

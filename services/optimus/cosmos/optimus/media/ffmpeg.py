@@ -20,11 +20,13 @@ from dataclasses import dataclass
 from typing import IO
 
 __all__ = [
+    "CorruptMedia",
     "FfmpegError",
     "FfmpegRun",
     "InputError",
     "MediaError",
     "Progress",
+    "classify_stderr",
     "ffmpeg_exe",
     "run_capture",
     "run_ffmpeg",
@@ -33,15 +35,52 @@ __all__ = [
 
 
 class MediaError(Exception):
-    """A failure the CLI reports as one line on stderr with ``exit_code``."""
+    """A failure the CLI reports as one line on stderr with ``exit_code``.
+
+    ``code`` and ``permanent`` are what the CLI declares to Stratum (``$COSMOS_FAILURE_FILE``): a
+    permanent failure fails the same way when run again, so it is not retried.
+    """
 
     exit_code = 1
+    code = "MEDIA_FAILED"
+    permanent = False
 
 
 class InputError(MediaError):
-    """A missing, unreadable or unusable input (exit 2)."""
+    """A missing, unreadable or unusable input, or bad usage (exit 2): running again cannot help."""
 
     exit_code = 2
+    code = "INVALID_INPUT"
+    permanent = True
+
+
+class CorruptMedia(InputError):
+    """A truncated or corrupt media file (exit 2); the message names the file."""
+
+    code = "CORRUPT_SOURCE"
+
+
+# What ffmpeg's stderr says about a failure that would repeat on every run; first match wins.
+_PERMANENT_CAUSES = (
+    ("NO_SPACE", re.compile(r"No space left on device|Disk quota exceeded")),
+    (
+        "UNSUPPORTED_CODEC",
+        re.compile(r"Unknown encoder|Encoder not found|Decoder \(codec .*\) not found|Unsupported codec"),
+    ),
+    (
+        "CORRUPT_INPUT",
+        re.compile(r"corrupt decoded frame|Invalid data found when processing input|partial file"),
+    ),
+)
+
+
+def classify_stderr(stderr: str) -> tuple[str, bool]:
+    """``(code, permanent)`` of a failed ffmpeg run from its stderr (``FFMPEG_FAILED``, transient,
+    when nothing in it says the failure would repeat)."""
+    for code, pattern in _PERMANENT_CAUSES:
+        if pattern.search(stderr):
+            return code, True
+    return "FFMPEG_FAILED", False
 
 
 class FfmpegError(MediaError):
@@ -50,6 +89,7 @@ class FfmpegError(MediaError):
     def __init__(self, what: str, returncode: int, stderr: str) -> None:
         self.returncode = returncode
         self.stderr = stderr
+        self.code, self.permanent = classify_stderr(stderr)
         tail = stderr_tail(stderr)
         super().__init__(f"{what}: ffmpeg exited with code {returncode}" + (f": {tail}" if tail else ""))
 

@@ -3,7 +3,9 @@
 The bundled ffmpeg has no ffprobe, so :func:`probe` parses the stream summary ``ffmpeg -i`` prints and,
 for frame-exact numbers, reads the first video stream's packets with ``-c copy -f framecrc`` (no
 decoding; every packet's pts and duration in the stream time base). ``duration`` is the video duration
-measured from those packets (first pts to last pts + duration), ``frames`` the packet count.
+measured from those packets (first pts to last pts + duration), ``frames`` the packet count. A file
+whose packets end well before its container's duration, or that the demuxer finds cut short, is
+refused as truncated (:mod:`integrity`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 from cosmos.optimus.media.ffmpeg import InputError, run_capture, stderr_tail
 
-__all__ = ["MediaInfo", "PacketTiming", "packet_timing", "probe", "require_file"]
+__all__ = ["MediaInfo", "PacketTiming", "framecrc_timing", "packet_timing", "probe", "require_file"]
 
 _DURATION = re.compile(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)")
 _BITRATE = re.compile(r"Duration: .*?bitrate: (\d+) kb/s")
@@ -50,11 +52,13 @@ class MediaInfo:
 
 @dataclass
 class PacketTiming:
-    """Timing of a video stream measured from its packets."""
+    """Timing of a video stream measured from its packets (or decoded frames)."""
 
     frames: int
     start: float
     duration: float
+    partial: bool = False
+    """The demuxer found the file cut short (``partial file``: data the index points to is missing)."""
 
 
 def require_file(path: str | os.PathLike[str], what: str = "source") -> Path:
@@ -78,6 +82,13 @@ def packet_timing(path: Path) -> PacketTiming:
     )
     if rc != 0:
         raise InputError(f"cannot read video packets of {path}: {stderr_tail(err)}")
+    timing = framecrc_timing(out)
+    timing.partial = "partial file" in err
+    return timing
+
+
+def framecrc_timing(out: str) -> PacketTiming:
+    """Frames, first pts and duration of stream 0 in a ``framecrc`` listing."""
     tb = Fraction(1, 1)
     first: int | None = None
     end: int | None = None
@@ -134,6 +145,9 @@ def probe(path: str | os.PathLike[str], *, what: str = "source", count_frames: b
             frames, duration = timing.frames, timing.duration
             if not fps and duration:
                 fps = frames / duration
+        from cosmos.optimus.media.integrity import check_complete
+
+        check_complete(p, what, container, timing)
     if not bitrate and duration:
         bitrate = int(p.stat().st_size * 8 / duration)
     return MediaInfo(

@@ -539,7 +539,8 @@ class Machine:
             body = {"workflow_id": self.wf.workflow_id, "step_id": step.step_id, **params}
             self._outbox(
                 subjects.notify(channel),
-                json_format.MessageToJson(values.dict_to_struct(body)).encode(),
+                # json.dumps, not a Struct: integers stay integers in the message (3, not 3.0).
+                json.dumps(body, default=str).encode(),
                 msg_id=f"{self.wf.workflow_id}:notify:{step.step_id}:{step.attempt}",
             )
         else:

@@ -22,6 +22,7 @@ from cosmos.security import config as security_config
 from cosmos.security import pki, storage
 from cosmos.security.config import Security
 from cosmos.stratum.agent import inventory, orphans, sandbox, staging
+from cosmos.stratum.agent.runner import RunLimits
 from cosmos.stratum.agent.supervisor import JobSupervisor
 from cosmos.stratum.v1 import agent_service_pb2, agent_service_pb2_grpc
 
@@ -55,6 +56,8 @@ class AgentConfig:
     """How jobs are confined (default: one uid per tenant from the default range when root)."""
     storage_roots: tuple[Path, ...] = ()
     """Where jobs' ``file://`` artifacts may lie (``<root>/<tenant>/...``); none: refused."""
+    min_free_bytes: int = RunLimits.min_free_bytes
+    """Disk space every job must leave free on the work dir's disk (checked before staging)."""
 
 
 class Agent:
@@ -67,7 +70,11 @@ class Agent:
         self.connected = asyncio.Event()
         self._outbox: asyncio.Queue[agent_service_pb2.ConnectRequest | None] | None = None
         self.jobs = JobSupervisor(
-            cfg.work_dir, self._send, cfg.jail, staging.default_registry(cfg.storage_roots)
+            cfg.work_dir,
+            self._send,
+            cfg.jail,
+            staging.default_registry(cfg.storage_roots),
+            RunLimits(min_free_bytes=cfg.min_free_bytes),
         )
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -213,6 +220,15 @@ def parser() -> argparse.ArgumentParser:
         p, PREFIX, "--gpus", default="", help="declared GPUs, e.g. 2xA100:80G,T4 (else NVML)"
     )
     p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="label for placement")
+    config.add_env_argument(
+        p,
+        PREFIX,
+        "--min-free-space",
+        default=str(RunLimits.min_free_bytes),
+        type=sandbox.ByteSize,
+        help="disk space (e.g. 512M, 2G) a job must leave free on the work dir's disk: checked with its "
+        "inputs' size before staging, else the job fails NO_SPACE",
+    )
     add_sandbox_arguments(p)
     storage.add_argument(p, PREFIX)
     security_config.add_arguments(p, PREFIX, "agent")
@@ -329,6 +345,7 @@ async def serve(args: argparse.Namespace) -> None:
             gpus=args.gpus,
             labels=tuple(labels),
             storage_roots=storage.roots_from_args(args),
+            min_free_bytes=args.min_free_space,
         )
     )
     loop = asyncio.get_running_loop()

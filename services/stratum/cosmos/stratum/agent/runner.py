@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 import psutil
 
 from cosmos.common.v1 import progress_pb2, resources_pb2
-from cosmos.stratum.agent import containers, orphans, sandbox, staging
+from cosmos.stratum.agent import containers, failures, orphans, sandbox, staging
 from cosmos.stratum.agent.progress import (
     ChannelParser,
     FfmpegProgressParser,
@@ -82,6 +82,9 @@ class RunLimits:
     """How often the process tree is sampled for CPU time and RSS."""
     drain_s: float = 2.0
     """After exit, how long to wait for the pipes to close (a stray process may hold them)."""
+    min_free_bytes: int = 128 << 20
+    """Disk space a job must leave free on its work dir's disk: checked (with the inputs' size) before
+    staging, and a job that fails with less left is classified ``NO_SPACE``."""
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,8 @@ class RunOutcome:
     reason: str = ""
     """Stable code of why it did not succeed: ``EXIT_CODE``, ``SIGNAL``, ``CANCELLED``, ``TIMED_OUT``,
     ``INVALID_SPEC``, ``UNSUPPORTED_RUNTIME``, ``UNSUPPORTED_SCHEME``, ``INPUT_FAILED``,
-    ``OUTPUT_FAILED``, ``SANDBOX_FAILED``, ``SPAWN_FAILED``, ``AGENT_ERROR``; empty on success."""
+    ``OUTPUT_FAILED``, ``NO_SPACE``, ``SANDBOX_FAILED``, ``SPAWN_FAILED``, ``AGENT_ERROR``, or the
+    code the job declared in its failure file; empty on success. Also ``result.failure_code``."""
     dropped_log_lines: int = 0
     """Log lines dropped over the rate limit."""
     malformed_progress_lines: int = 0
@@ -263,7 +267,14 @@ class JobRun:
             raise _Refused("INVALID_SPEC", "argv is empty")
         staging.check(self.stores, [*self.spec.inputs, *self.spec.outputs], self.work_dir)
         engine = await containers.resolve(self.spec)
-        await asyncio.to_thread(self._fresh_work_dir)
+        await asyncio.to_thread(self._check_space)
+        try:
+            await asyncio.to_thread(self._fresh_work_dir)
+        except OSError as exc:
+            full = staging.no_space(exc, "cannot create the work dir")
+            if full is None:
+                raise
+            raise full from exc
         await staging.stage_inputs(
             self.stores, self.spec.inputs, self.work_dir, self.spec.tenant or "default"
         )
@@ -295,6 +306,19 @@ class JobRun:
             raise _Stopped
         return task.result()
 
+    def _check_space(self) -> None:
+        """Refuse (``NO_SPACE``) a job whose inputs would not fit with the reserve left."""
+        tenant = self.spec.tenant or "default"
+        sources = []
+        for i, artifact in enumerate(self.spec.inputs):
+            if not artifact.uri.lower().startswith("file:"):
+                continue  # other stores: size unknown before the fetch (ENOSPC then ends the job)
+            # The same guard staging applies: only files this tenant may read are looked at.
+            real = self.stores.guard(artifact.uri, tenant, f"spec.inputs[{i}].uri", is_input=True)
+            sources.append(staging.file_uri_path(real))
+        needed = failures.copied_bytes(sources, self.work_dir.parent)
+        failures.check_space(self.work_dir, needed, self.limits.min_free_bytes)
+
     def _fresh_work_dir(self) -> None:
         # A re-sent assignment of the same attempt starts from scratch, not from a half-run's files.
         shutil.rmtree(self.work_dir, ignore_errors=True)
@@ -314,9 +338,12 @@ class JobRun:
         result: job_pb2.JobResult | None = None,
         dropped: int = 0,
         malformed: int = 0,
+        failure_class: job_pb2.FailureClass.ValueType | None = None,
     ) -> RunOutcome:
         result = result or job_pb2.JobResult()
         result.error = self.mask(error)
+        result.failure_code = reason
+        result.failure_class = failures.classify(reason) if failure_class is None else failure_class
         result.stderr_tail = self.mask(self.stderr_tail())
         return RunOutcome(state, result, reason, dropped, malformed)
 
@@ -475,6 +502,7 @@ class _Process:
         work_dir = containers.CONTAINER_WORK_DIR if self.engine else str(run.work_dir)
         env.update(COSMOS_JOB_ID=run.job_id, COSMOS_ATTEMPT=str(run.attempt), COSMOS_WORK_DIR=work_dir)
         env["COSMOS_RESULT_FILE"] = f"{work_dir}/{RESULT_FILE}"
+        env["COSMOS_FAILURE_FILE"] = f"{work_dir}/{failures.FAILURE_FILE}"
         if self.engine is None:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in run.gpu_indices)
             # CUDA numbers devices fastest-first by default; agents index GPUs in PCI order (NVML).
@@ -588,9 +616,20 @@ class _Process:
             )
         )
 
-        def outcome(state: job_pb2.JobState.ValueType, reason: str, error: str) -> RunOutcome:
+        def outcome(
+            state: job_pb2.JobState.ValueType,
+            reason: str,
+            error: str,
+            failure_class: job_pb2.FailureClass.ValueType | None = None,
+        ) -> RunOutcome:
             return run._outcome(
-                state, reason, error, result=result, dropped=batcher.dropped, malformed=channel.malformed
+                state,
+                reason,
+                error,
+                result=result,
+                dropped=batcher.dropped,
+                malformed=channel.malformed,
+                failure_class=failure_class,
             )
 
         kill_note = (
@@ -604,6 +643,18 @@ class _Process:
             )
         tail = run.stderr_tail()
         tail_note = f"\n{tail}" if tail else ""
+        if status.signal or status.exit_code != 0:
+            how = f"exited with code {status.exit_code}"
+            if status.signal:
+                how = f"killed by signal {_signal_name(status.signal)}"
+            declared = failures.read_declared(run.work_dir / failures.FAILURE_FILE)
+            if declared is not None:
+                # The job knows best why it failed (a corrupt source is not worth a retry).
+                text = f"{declared.code}: {declared.message or how} ({how})"
+                return outcome(job_pb2.JOB_STATE_FAILED, declared.code, text, declared.failure_class)
+            full = await asyncio.to_thread(self._disk_full, tail)
+            if full:
+                return outcome(job_pb2.JOB_STATE_FAILED, "NO_SPACE", f"NO_SPACE: {full} ({how}){tail_note}")
         if status.signal:
             return outcome(
                 job_pb2.JOB_STATE_FAILED,
@@ -633,6 +684,19 @@ class _Process:
         if output is not None:
             result.output.update(output)
         return outcome(job_pb2.JOB_STATE_SUCCEEDED, "", "")
+
+    def _disk_full(self, tail: str) -> str:
+        """Why the failed job's disk counts as full ("" when it does not)."""
+        work_dir = self.owner.work_dir
+        if failures.says_disk_full(tail):
+            return "disk full: the job reported 'No space left on device'"
+        try:
+            free = failures.free_bytes(work_dir)
+        except OSError:
+            return ""
+        if free < self.limits.min_free_bytes:
+            return f"disk full: {work_dir} has {free} bytes free (reserve {self.limits.min_free_bytes})"
+        return ""
 
     async def _terminate(
         self, exited: asyncio.Task[_Exit], grace: float, *, only_leftovers: bool = False

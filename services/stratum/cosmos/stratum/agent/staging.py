@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import errno
 import os
 import shutil
 import stat
@@ -64,6 +65,23 @@ class OutsideStorageRoot(StagingError):
     """A ``file://`` URI lies outside the tenant's storage area (or names a device); never touched."""
 
     reason = "OUTSIDE_STORAGE_ROOT"
+
+
+class NoSpace(StagingError):
+    """The disk is full (or would be): staging stopped; the message names the path."""
+
+    reason = "NO_SPACE"
+
+
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def no_space(exc: OSError, doing: str) -> NoSpace | None:
+    """A :class:`NoSpace` naming what was being done and where, when ``exc`` is a full disk."""
+    if exc.errno not in NO_SPACE_ERRNOS:
+        return None
+    where = f" ({exc.filename})" if exc.filename else ""
+    return NoSpace(f"disk full: {doing}{where}: {exc.strerror or exc}")
 
 
 class OutputExists(OutputFailed):
@@ -184,6 +202,9 @@ class FileStore(Store):
         except FileNotFoundError as exc:
             raise InputFailed(f"input {uri!r} does not exist ({src})") from exc
         except OSError as exc:
+            full = no_space(exc, f"cannot copy input {uri!r} to {dest}")
+            if full is not None:
+                raise full from exc
             raise InputFailed(f"input {uri!r} could not be copied: {exc}") from exc
 
     async def store(self, src: Path, uri: str) -> str:
@@ -191,6 +212,9 @@ class FileStore(Store):
         try:
             await asyncio.to_thread(_publish, src, dest)
         except OSError as exc:
+            full = no_space(exc, f"cannot store output {src.name!r} to {uri!r}")
+            if full is not None:
+                raise full from exc
             raise OutputFailed(f"output could not be stored to {uri!r}: {exc}") from exc
         return uri
 

@@ -20,7 +20,7 @@ from opentelemetry import trace
 from cosmos.common.v1 import progress_pb2
 from cosmos.runtime import telemetry
 from cosmos.stratum.agent import sandbox, staging
-from cosmos.stratum.agent.runner import JobRun
+from cosmos.stratum.agent.runner import JobRun, RunLimits
 from cosmos.stratum.v1 import agent_service_pb2, job_pb2
 
 log = logging.getLogger(__name__)
@@ -52,8 +52,11 @@ class JobSupervisor:
         send: Send,
         jail: sandbox.Sandbox | None = None,
         stores: staging.StoreRegistry | None = None,
+        limits: RunLimits | None = None,
     ) -> None:
         self.work_root = work_root
+        self.limits = limits
+        """Tunables of every run (None: the defaults)."""
         self.jail = jail or sandbox.Sandbox(work_root)
         """Every job runs in it (by default: one uid per tenant when the agent is root)."""
         self.stores = stores
@@ -105,6 +108,7 @@ class JobSupervisor:
             on_logs=on_logs,
             jail=self.jail,
             stores=self.stores,
+            limits=self.limits,
         )
         trace = dict(assignment.trace_context)
         self.attempts[key] = _Attempt(run, asyncio.create_task(self._drive(key, run, trace)))

@@ -109,6 +109,44 @@ names (durations in seconds) to the progress channel the agent provides
 """
 Global___ProgressFormat: _TypeAlias = ProgressFormat  # noqa: Y015
 
+class _FailureClass:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _FailureClassEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FailureClass.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FAILURE_CLASS_UNSPECIFIED: _FailureClass.ValueType  # 0
+    """Not classified: the job succeeded, or nothing told why it failed. Treated
+    as transient (retried where a retry policy allows).
+    """
+    FAILURE_CLASS_TRANSIENT: _FailureClass.ValueType  # 1
+    """Running it again may succeed: the agent or process was lost or killed, a
+    timeout, an I/O or network error, a failure nothing classified.
+    """
+    FAILURE_CLASS_PERMANENT: _FailureClass.ValueType  # 2
+    """Running it again fails the same way: a corrupt or truncated input, an
+    unknown codec, an invalid argument or spec, a full disk. Neither Stratum
+    nor Plato retries it.
+    """
+
+class FailureClass(_FailureClass, metaclass=_FailureClassEnumTypeWrapper):
+    """FailureClass says whether running a failed job again can succeed."""
+
+FAILURE_CLASS_UNSPECIFIED: FailureClass.ValueType  # 0
+"""Not classified: the job succeeded, or nothing told why it failed. Treated
+as transient (retried where a retry policy allows).
+"""
+FAILURE_CLASS_TRANSIENT: FailureClass.ValueType  # 1
+"""Running it again may succeed: the agent or process was lost or killed, a
+timeout, an I/O or network error, a failure nothing classified.
+"""
+FAILURE_CLASS_PERMANENT: FailureClass.ValueType  # 2
+"""Running it again fails the same way: a corrupt or truncated input, an
+unknown codec, an invalid argument or spec, a full disk. Neither Stratum
+nor Plato retries it.
+"""
+Global___FailureClass: _TypeAlias = FailureClass  # noqa: Y015
+
 class _LogStream:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -360,6 +398,8 @@ class JobResult(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     STDERR_TAIL_FIELD_NUMBER: _builtins.int
     OUTPUT_FIELD_NUMBER: _builtins.int
+    FAILURE_CLASS_FIELD_NUMBER: _builtins.int
+    FAILURE_CODE_FIELD_NUMBER: _builtins.int
     exit_code: _builtins.int
     """Process exit code; meaningful when signal is 0."""
     signal: _builtins.int
@@ -372,6 +412,17 @@ class JobResult(_message.Message):
     """
     stderr_tail: _builtins.str
     """Last lines of standard error (at most 4 KiB), for failure diagnostics."""
+    failure_class: Global___FailureClass.ValueType
+    """Whether running the job again can succeed; UNSPECIFIED on success and on
+    cancel. Set by the agent from its own failures (NO_SPACE, INVALID_SPEC:
+    permanent) or from what the job declared in $COSMOS_FAILURE_FILE.
+    """
+    failure_code: _builtins.str
+    """Stable code of why the attempt failed (at most 64 characters, [A-Z0-9_]):
+    the agent's (EXIT_CODE, SIGNAL, TIMED_OUT, CANCELLED, NO_SPACE,
+    INPUT_FAILED, OUTPUT_FAILED, INVALID_SPEC, ...) or the job's own (e.g.
+    CORRUPT_SOURCE, UNSUPPORTED_CODEC); empty on success.
+    """
     @_builtins.property
     def outputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Artifact]:
         """Outputs uploaded, with their final URIs."""
@@ -396,10 +447,12 @@ class JobResult(_message.Message):
         error: _builtins.str = ...,
         stderr_tail: _builtins.str = ...,
         output: _struct_pb2.Struct | None = ...,
+        failure_class: Global___FailureClass.ValueType = ...,
+        failure_code: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["output", b"output", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "exit_code", b"exit_code", "output", b"output", "outputs", b"outputs", "signal", b"signal", "stderr_tail", b"stderr_tail", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "exit_code", b"exit_code", "failure_class", b"failure_class", "failure_code", b"failure_code", "output", b"output", "outputs", b"outputs", "signal", b"signal", "stderr_tail", b"stderr_tail", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

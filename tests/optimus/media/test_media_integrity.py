@@ -1,0 +1,161 @@
+"""Truncated and corrupt media, chunk verification, failure declarations and scratch cleaning, with
+the real media tool and the real ffmpeg."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cosmos.optimus.media import integrity
+from cosmos.optimus.media.ffmpeg import CorruptMedia, MediaError
+
+
+def media(tmp: Path, *args: str) -> tuple[int, str, dict[str, Any] | None, dict[str, Any] | None]:
+    """Run the media tool as Stratum would: exit code, stderr, result and declared failure."""
+    result, failure = tmp / "result.json", tmp / "failure.json"
+    result.unlink(missing_ok=True)
+    failure.unlink(missing_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COSMOS_PROGRESS")}
+    env.update(COSMOS_RESULT_FILE=str(result), COSMOS_FAILURE_FILE=str(failure))
+    proc = subprocess.run(
+        [sys.executable, "-m", "cosmos.optimus.media", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    return proc.returncode, proc.stderr, _read(result), _read(failure)
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("clip") / "clip.mp4"
+    code, err, _, _ = media(path.parent, "make-test-clip", "--out", str(path), "--seconds", "6",
+                            "--size", "320x240", "--fps", "24")  # fmt: skip
+    assert code == 0, err
+    return path
+
+
+def truncated(clip: Path, dest: Path) -> Path:
+    data = clip.read_bytes()
+    dest.write_bytes(data[: len(data) // 2])
+    return dest
+
+
+def corrupted(clip: Path, dest: Path) -> Path:
+    """The clip with a run of bytes a third of the way in overwritten (its index stays intact)."""
+    data = bytearray(clip.read_bytes())
+    start = len(data) // 3
+    for i in range(start, start + 4000, 7):
+        data[i] = (data[i] * 31 + 17) % 256
+    dest.write_bytes(bytes(data))
+    return dest
+
+
+def test_a_truncated_source_fails_the_probe_permanently_naming_it(clip: Path, tmp_path: Path) -> None:
+    source = truncated(clip, tmp_path / "title.mp4")
+    code, err, result, failure = media(tmp_path, "probe", "--source", str(source))
+    assert code == 2 and result is None
+    assert err.startswith(f"error: probe: source {source} is truncated")
+    assert failure is not None and failure["class"] == "permanent" and failure["code"] == "CORRUPT_SOURCE"
+    assert str(source) in failure["message"]
+    # The whole file probes as before.
+    code, err, result, failure = media(tmp_path, "probe", "--source", str(clip))
+    assert code == 0 and failure is None and result is not None and result["duration"] == 6.0
+
+
+def test_a_corrupt_chunk_fails_the_encode_naming_the_source(clip: Path, tmp_path: Path) -> None:
+    chunk = corrupted(clip, tmp_path / "chunk_00003.mp4")
+    code, err, result, failure = media(
+        tmp_path, "encode", "--chunk", str(chunk), "--profiles", "360p", "--out-dir", str(tmp_path / "enc"),
+        "--quality", "off", "--source", "/titles/feature.mp4",
+    )  # fmt: skip
+    assert code == 2 and result is None, err
+    assert failure is not None and failure["class"] == "permanent" and failure["code"] == "CORRUPT_SOURCE"
+    assert failure["message"].startswith("source /titles/feature.mp4 is corrupt: chunk 3")
+    # Nothing half-written is left where a later encode would find it.
+    assert [p.name for p in (tmp_path / "enc" / "360p").iterdir()] == []
+
+
+def test_a_full_disk_is_declared_no_space(clip: Path, tmp_path: Path) -> None:
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)],
+                             capture_output=True, text=True)  # fmt: skip
+    if mounted.returncode != 0:
+        reason = f"cannot mount a tmpfs here: {mounted.stderr.strip()}"
+        print(reason)
+        pytest.skip(reason)
+    try:
+        code, err, _, failure = media(
+            tmp_path, "encode", "--chunk", str(clip), "--profiles", "360p", "--out-dir", str(small),
+            "--index", "0", "--quality", "off",
+        )  # fmt: skip
+        assert code == 1, err
+        assert failure is not None and (failure["class"], failure["code"]) == ("permanent", "NO_SPACE")
+        assert "No space left on device" in failure["message"]
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+def test_verify_chunk_accepts_only_whole_chunks_of_the_expected_duration(clip: Path, tmp_path: Path) -> None:
+    out = tmp_path / "enc"
+    code, err, result, _ = media(tmp_path, "encode", "--chunk", str(clip), "--profiles", "360p",
+                                 "--out-dir", str(out), "--index", "0", "--quality", "off")  # fmt: skip
+    assert code == 0, err
+    chunk = out / "360p" / "chunk_00000.mp4"
+    checked = integrity.verify_chunk(chunk, 6.0)
+    assert checked["frames"] == 144 and checked["duration"] == 6.0
+    code, err, result, _ = media(tmp_path, "verify-chunk", "--path", str(chunk), "--duration", "6")
+    assert code == 0 and result is not None and result["bytes"] == chunk.stat().st_size, err
+    with pytest.raises(MediaError, match=r"decodes to 6\.000 s, expected 4\.000 s"):
+        integrity.verify_chunk(chunk, 4.0)
+    # A chunk cut short (a killed encode's leftover) is refused, whatever its result file says.
+    whole = chunk.read_bytes()
+    chunk.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(MediaError, match=r"has \d+ bytes, its result records"):
+        integrity.verify_chunk(chunk, 6.0)
+    chunk.with_suffix(".json").unlink()
+    with pytest.raises(CorruptMedia):
+        integrity.verify_chunk(chunk, 6.0)
+    code, err, _, failure = media(tmp_path, "verify-chunk", "--path", str(chunk), "--duration", "6")
+    assert code == 2 and failure is not None and failure["code"] == "CORRUPT_SOURCE", err
+    with pytest.raises(CorruptMedia):
+        integrity.verify_chunk(corrupted(clip, tmp_path / "c.mp4"), 6.0)
+
+
+def test_clean_removes_the_scratch_and_nothing_outside_its_area(tmp_path: Path) -> None:
+    area = tmp_path / "work" / "default"
+    scratch = area / "enc-1"
+    (scratch / "encoded" / "360p").mkdir(parents=True)
+    (scratch / "encoded" / "360p" / "chunk_00000.mp4").write_bytes(b"x" * 1000)
+    (scratch / "chunks").mkdir()
+    (scratch / "chunks" / ".chunk_00001.tmp-99.mp4").write_bytes(b"partial")
+    neighbour = area / "enc-2" / "keep.mp4"
+    neighbour.parent.mkdir()
+    neighbour.write_bytes(b"keep")
+    code, err, result, _ = media(tmp_path, "clean", "--work", str(scratch), "--within", str(area))
+    assert code == 0, err
+    assert result == {"removed": str(scratch), "bytes": 1007, "files": 2, "left": 0}
+    assert not scratch.exists() and neighbour.read_bytes() == b"keep"
+    # Idempotent: a retried clean finds nothing to do.
+    code, _, result, _ = media(tmp_path, "clean", "--work", str(scratch), "--within", str(area))
+    assert code == 0 and result is not None and result["files"] == 0
+    outside = tmp_path / "precious"
+    outside.mkdir()
+    (area / "link").symlink_to(outside)
+    for work in (str(outside), str(area), f"{area}/../../precious", str(area / "link")):
+        code, err, _, failure = media(tmp_path, "clean", "--work", work, "--within", str(area))
+        assert code == 2 and failure is not None and failure["class"] == "permanent", (work, err)
+    assert outside.is_dir() and area.is_dir()
