@@ -39,7 +39,7 @@ from cosmos.plato.v1 import (
     workflow_service_pb2,
     workflow_service_pb2_grpc,
 )
-from cosmos.runtime import paging, rpc_errors, telemetry
+from cosmos.runtime import paging, rpc_errors, telemetry, validation
 from cosmos.security import auth
 
 Context = Any
@@ -106,6 +106,7 @@ class WorkflowApi(workflow_service_pb2_grpc.WorkflowServiceServicer):
     ) -> workflow_service_pb2.RegisterDefinitionResponse:
         _require(request.request_id, "request_id")
         _require(request.source_yaml, "source_yaml")
+        validation.check_yaml(request.source_yaml, "source_yaml")
         try:
             compiled = parser.parse(request.source_yaml)
         except errors.InvalidArgumentError as exc:
@@ -136,8 +137,15 @@ class WorkflowApi(workflow_service_pb2_grpc.WorkflowServiceServicer):
         self, request: workflow_service_pb2.ListDefinitionsRequest, context: Context
     ) -> workflow_service_pb2.ListDefinitionsResponse:
         page = paging.parse(request.page_size, request.page_token, "definitions")
-        ids, next_token = paging.slice_page(await self.store.definition_ids(), page, "definitions")
-        definitions = [await self.store.get_definition(definition_id) for definition_id in ids]
+        every = await self.store.definition_ids()
+        ids, _ = paging.slice_page(every, page, "definitions")
+        definitions = paging.within(
+            [await self.store.get_definition(definition_id) for definition_id in ids],
+            lambda d: d.ByteSize(),
+            paging.MAX_PAGE_BYTES,
+        )
+        end = page.offset + len(definitions)
+        next_token = paging.token(end, "definitions") if end < len(every) else ""
         return workflow_service_pb2.ListDefinitionsResponse(
             definitions=definitions, next_page_token=next_token
         )
@@ -167,8 +175,9 @@ class WorkflowApi(workflow_service_pb2_grpc.WorkflowServiceServicer):
         with tracer.start_as_current_span("plato.start", context=context):
             try:
                 started = await self._start(entry.request)
-            except errors.RpcError as exc:
-                return workflow_service_pb2.StartWorkflowResult(error=rpc_errors.status_proto(exc))
+            except Exception as exc:  # one entry's failure, whatever it is, is that entry's result
+                error = rpc_errors.as_rpc_error(exc, "StartWorkflows")
+                return workflow_service_pb2.StartWorkflowResult(error=rpc_errors.status_proto(error))
         return workflow_service_pb2.StartWorkflowResult(started=started)
 
     async def _start(
@@ -303,7 +312,11 @@ class WorkflowApi(workflow_service_pb2_grpc.WorkflowServiceServicer):
             and (not request.state or wf.state == request.state)
         ]
         chunk, next_token = paging.newest_first(
-            matching, lambda wf: (wf.create_time.ToNanoseconds(), wf.workflow_id), page, query
+            matching,
+            lambda wf: (wf.create_time.ToNanoseconds(), wf.workflow_id),
+            page,
+            query,
+            size=lambda wf: wf.ByteSize(),
         )
         return workflow_service_pb2.ListWorkflowsResponse(workflows=chunk, next_page_token=next_token)
 
