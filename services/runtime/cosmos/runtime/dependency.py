@@ -62,8 +62,9 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # grpc-stubs 
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Any:
         handler = await continuation(handler_call_details)
-        if not self.needs(handler_call_details.method):
-            return handler
+        method: str = handler_call_details.method
+        if method.startswith("/grpc.") or not self.needs(method):
+            return handler  # health and reflection answer whatever the dependency does
         return handlers.wrap(handler, self._unary, self._stream)
 
     def _unary(self, fn: handlers.Behaviour) -> handlers.Behaviour:
