@@ -24,6 +24,7 @@ from cosmos.common.v1 import progress_pb2
 from cosmos.runtime import telemetry, wellknown
 from cosmos.security import secrets
 from cosmos.stratum import validation
+from cosmos.stratum.agent import progress
 from cosmos.stratum.placement import Placement, Placer
 from cosmos.stratum.registry import AgentRegistry
 from cosmos.stratum.store import JobStore
@@ -395,7 +396,8 @@ class Dispatcher:
         elif kind == "logs":
             job = self._current(agent_id, message.logs.job_id, message.logs.attempt)
             if job is not None:
-                await self.store.publish(self._event(job, log=line) for line in message.logs.lines)
+                lines = progress.bounded_lines(message.logs.lines)
+                await self.store.publish(self._event(job, log=line) for line in lines)
         elif kind == "finished":
             await self._finished(agent_id, message.finished)
 
