@@ -127,3 +127,5 @@ class UnavailableError(RpcError):
 
     code = grpc.StatusCode.UNAVAILABLE
     reason = "ERROR_REASON_SERVICE_UNAVAILABLE"
+    retry_delay: float = 1.0
+    """Seconds a caller should wait before retrying (sent as ``google.rpc.RetryInfo``)."""

@@ -150,8 +150,11 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
         try:
             reply = await self.workflows.StartWorkflows(request, **call)
         except grpc.aio.AioRpcError as exc:
+            if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                # Plato's own answer (a refused start) is the caller's, not an outage.
+                raise rpc_errors.as_rpc_error(exc) from exc
             raise errors.UnavailableError(
-                f"Plato did not start the workflow: {exc.code().name}: {exc.details()}"
+                f"Plato did not start the workflow: {exc.code().name}: {rpc_errors.clip(exc.details() or '')}"
             ) from exc
         return [
             rpc_errors.from_status(result.error) if result.HasField("error") else result.started

@@ -13,7 +13,7 @@ import grpc
 
 from cosmos.optimus.api import EncodeApi
 from cosmos.optimus.v1 import encode_service_pb2_grpc
-from cosmos.runtime import channels, config, process
+from cosmos.runtime import channels, config, dependency, process
 from cosmos.runtime.server import Server, ServiceBinding
 from cosmos.security import storage
 
@@ -64,7 +64,11 @@ async def serve(args: argparse.Namespace) -> None:
         await api.aclose()  # starts already sent to Plato get their answers first
         await plato.close(None)
 
-    server = Server(server_config, on_stop=close_channels)
+    # Every encode RPC but ListProfiles asks Plato: while Plato is away (or NOT_SERVING, its NATS
+    # gone) they answer UNAVAILABLE at once and Optimus's health follows Plato's.
+    peer = dependency.PeerHealth(plato)
+    gate = dependency.Gate("Plato", peer.is_up, needs=lambda method: not method.endswith("/ListProfiles"))
+    server = Server(server_config, on_stop=close_channels, interceptors=[gate])
     api = EncodeApi(plato, Path(args.work_root), server.stopping, storage.roots_from_args(args))
     server.add(
         ServiceBinding(
@@ -76,12 +80,19 @@ async def serve(args: argparse.Namespace) -> None:
     # Serve at once (a port conflict shows immediately); the workflow is registered as soon as Plato
     # answers, and a submit arriving before that registers it itself.
     registering = asyncio.create_task(register_definition(api, server.stopping))
+    services = [b.name for b in server.services]
+    background = [
+        registering,
+        asyncio.create_task(peer.run(server.stopping)),
+        asyncio.create_task(gate.watch(server.health, services, server.stopping)),
+    ]
     try:
         await server.serve_until_signalled()
     finally:
-        registering.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await registering
+        for task in background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -39,7 +39,7 @@ from cosmos.plato.v1 import (
     workflow_service_pb2,
     workflow_service_pb2_grpc,
 )
-from cosmos.runtime import paging, rpc_errors, telemetry
+from cosmos.runtime import paging, rpc_errors, telemetry, validation
 from cosmos.security import auth
 
 Context = Any
@@ -108,6 +108,7 @@ class WorkflowApi(workflow_service_pb2_grpc.WorkflowServiceServicer):
     ) -> workflow_service_pb2.RegisterDefinitionResponse:
         _require(request.request_id, "request_id")
         _require(request.source_yaml, "source_yaml")
+        validation.check_yaml(request.source_yaml, "source_yaml")
         try:
             compiled = parser.parse(request.source_yaml)
         except errors.InvalidArgumentError as exc:
@@ -138,20 +139,24 @@ class WorkflowApi(workflow_service_pb2_grpc.WorkflowServiceServicer):
         self, request: workflow_service_pb2.ListDefinitionsRequest, context: Context
     ) -> workflow_service_pb2.ListDefinitionsResponse:
         if not request.definition_id:
-            page = paging.parse(request.page_size, request.page_token, "definitions")
-            ids, next_token = paging.slice_page(await self.store.definition_ids(), page, "definitions")
-            definitions = [await self.store.get_definition(definition_id) for definition_id in ids]
-            return workflow_service_pb2.ListDefinitionsResponse(
-                definitions=definitions, next_page_token=next_token
-            )
-        # One definition: every version, newest first (an id never registered lists nothing).
-        if not _DEFINITION_ID.match(request.definition_id):
-            raise _violation("definition_id", "must match [a-z0-9][a-z0-9._-]*, at most 128 characters")
-        query = f"definitions;def={request.definition_id}"
+            query = "definitions"
+            every: list[tuple[str, int | None]] = [(d, None) for d in await self.store.definition_ids()]
+        else:
+            # One definition: every version, newest first (an id never registered lists nothing).
+            if not _DEFINITION_ID.match(request.definition_id):
+                raise _violation("definition_id", "must match [a-z0-9][a-z0-9._-]*, at most 128 characters")
+            query = f"definitions;def={request.definition_id}"
+            latest, _ = await self.store.latest_version(request.definition_id)
+            every = [(request.definition_id, v) for v in range(latest, 0, -1)]
         page = paging.parse(request.page_size, request.page_token, query)
-        latest, _ = await self.store.latest_version(request.definition_id)
-        versions, next_token = paging.slice_page(range(latest, 0, -1), page, query)
-        definitions = [await self.store.get_definition(request.definition_id, v) for v in versions]
+        keys = every[page.offset : page.offset + page.size]
+        definitions = paging.within(
+            [await self.store.get_definition(d, v or 0) for d, v in keys],
+            lambda d: d.ByteSize(),
+            paging.MAX_PAGE_BYTES,
+        )
+        end = page.offset + len(definitions)
+        next_token = paging.token(end, query) if end < len(every) else ""
         return workflow_service_pb2.ListDefinitionsResponse(
             definitions=definitions, next_page_token=next_token
         )
@@ -181,8 +186,9 @@ class WorkflowApi(workflow_service_pb2_grpc.WorkflowServiceServicer):
         with tracer.start_as_current_span("plato.start", context=context):
             try:
                 started = await self._start(entry.request)
-            except errors.RpcError as exc:
-                return workflow_service_pb2.StartWorkflowResult(error=rpc_errors.status_proto(exc))
+            except Exception as exc:  # one entry's failure, whatever it is, is that entry's result
+                error = rpc_errors.as_rpc_error(exc, "StartWorkflows")
+                return workflow_service_pb2.StartWorkflowResult(error=rpc_errors.status_proto(error))
         return workflow_service_pb2.StartWorkflowResult(started=started)
 
     async def _start(
@@ -317,7 +323,11 @@ class WorkflowApi(workflow_service_pb2_grpc.WorkflowServiceServicer):
             and (not request.state or wf.state == request.state)
         ]
         chunk, next_token = paging.newest_first(
-            matching, lambda wf: (wf.create_time.ToNanoseconds(), wf.workflow_id), page, query
+            matching,
+            lambda wf: (wf.create_time.ToNanoseconds(), wf.workflow_id),
+            page,
+            query,
+            size=lambda wf: wf.ByteSize(),
         )
         return workflow_service_pb2.ListWorkflowsResponse(workflows=chunk, next_page_token=next_token)
 

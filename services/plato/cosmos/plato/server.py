@@ -15,7 +15,7 @@ from cosmos.plato.engine.evaluator import Evaluator, EvaluatorConfig
 from cosmos.plato.store import PlatoStore, Storage, StoreConfig
 from cosmos.plato.stratum_runner import StratumRunner
 from cosmos.plato.v1 import step_service_pb2_grpc, workflow_service_pb2_grpc
-from cosmos.runtime import config, jetstream, process
+from cosmos.runtime import config, dependency, jetstream, process
 from cosmos.runtime.server import Server, ServiceBinding
 from cosmos.sdk import Worker
 from cosmos.security.config import Security
@@ -104,7 +104,9 @@ async def serve(args: argparse.Namespace) -> None:
         await store.close()
         await nc.close()
 
-    server = Server(server_config, on_stop=finish)
+    # Every Plato RPC reads or writes JetStream: while NATS is away they answer UNAVAILABLE at once.
+    gate = dependency.Gate("NATS", lambda: nc.is_connected)
+    server = Server(server_config, on_stop=finish, interceptors=[gate])
     server.add(
         ServiceBinding(
             "cosmos.plato.v1.WorkflowService",
@@ -120,7 +122,8 @@ async def serve(args: argparse.Namespace) -> None:
         )
     )
     evaluating = asyncio.create_task(evaluator.run(server.stopping))
-    background = [evaluating]
+    services = [b.name for b in server.services]
+    background = [evaluating, asyncio.create_task(gate.watch(server.health, services, server.stopping))]
     if args.stratum:
         runner = StratumRunner(
             str(config.Address.parse(args.stratum, setting="--stratum")), server_config.security

@@ -5,6 +5,10 @@ the list's filter so a token cannot be replayed against another query. Lists in 
 offset (:func:`slice_page`); lists of things being created while a client pages through them, newest
 first, use the last item's sort key as a cursor (:func:`newest_first`), so new items neither repeat
 nor shift the following pages.
+
+A page also ends before its items reach :data:`MAX_PAGE_BYTES` (pass ``size``, e.g.
+``lambda m: m.ByteSize()``): a response always fits a client's default 4 MiB message limit, however
+big the items, and the rest comes on the next page.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ T = TypeVar("T")
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
+MAX_PAGE_BYTES = 3 * 1024 * 1024
+"""Serialized size of one page's items at most (at least one item is always returned)."""
 
 
 @dataclass(frozen=True)
@@ -75,23 +81,46 @@ def token(offset: int, query: str = "") -> str:
     return base64.urlsafe_b64encode(json.dumps({"o": offset, "q": query}).encode()).decode()
 
 
-def slice_page(items: Sequence[T], page: Page, query: str = "") -> tuple[list[T], str]:
+def within(chunk: list[T], size: Callable[[T], int] | None, max_bytes: int) -> list[T]:
+    """The first items of ``chunk`` whose sizes add up to at most ``max_bytes`` (at least one)."""
+    if size is None:
+        return chunk
+    total = 0
+    for i, item in enumerate(chunk):
+        total += size(item)
+        if total > max_bytes and i > 0:
+            return chunk[:i]
+    return chunk
+
+
+def slice_page(
+    items: Sequence[T],
+    page: Page,
+    query: str = "",
+    size: Callable[[T], int] | None = None,
+    max_bytes: int = MAX_PAGE_BYTES,
+) -> tuple[list[T], str]:
     """The page's items and the next page's token (empty on the last page)."""
-    end = page.offset + page.size
-    chunk = list(items[page.offset : end])
+    chunk = within(list(items[page.offset : page.offset + page.size]), size, max_bytes)
+    end = page.offset + len(chunk)
     return chunk, token(end, query) if end < len(items) else ""
 
 
 def newest_first(
-    items: Iterable[T], key: Callable[[T], tuple[int, str]], page: Page, query: str = ""
+    items: Iterable[T],
+    key: Callable[[T], tuple[int, str]],
+    page: Page,
+    query: str = "",
+    size: Callable[[T], int] | None = None,
+    max_bytes: int = MAX_PAGE_BYTES,
 ) -> tuple[list[T], str]:
     """The page of ``items`` ordered newest first by ``key`` (creation time in ns, then id, both
     descending) after the token's cursor, and the next page's token (empty on the last page)."""
     ordered = sorted(items, key=key, reverse=True)
     if page.after is not None:
         ordered = [item for item in ordered if key(item) < page.after]
-    chunk = ordered[: page.size]
-    if len(ordered) <= page.size:
+    chunk = within(ordered[: page.size], size, max_bytes)
+    if len(ordered) <= len(chunk):
         return chunk, ""
     last = key(chunk[-1])
     cursor = base64.urlsafe_b64encode(json.dumps({"c": [last[0], last[1]], "q": query}).encode()).decode()

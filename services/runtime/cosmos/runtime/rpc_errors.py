@@ -1,8 +1,14 @@
 """Turning :class:`cosmos.errors.RpcError` into rich ``google.rpc.Status`` answers.
 
 Handlers raise; this interceptor answers with the error's status code, its message, an ``ErrorInfo``
-(reason, domain ``cosmos.dev``, metadata) and, for field problems, a ``BadRequest`` with one violation
-per field. Clients read them back with :func:`details_of`.
+(reason, domain ``cosmos.dev``, metadata), for field problems a ``BadRequest`` with one violation per
+field, and for UNAVAILABLE a ``RetryInfo``. Clients read them back with :func:`details_of`.
+
+Answers stay small whatever a request held: messages, fields, descriptions and metadata are cut to
+:data:`MAX_MESSAGE` / :data:`MAX_DETAIL` characters (a 1 MB id echoed into the trailer would exceed
+gRPC's header limit and turn into RESOURCE_EXHAUSTED). What a handler did not mean to raise is still
+answered with a code that says what happened (:func:`as_rpc_error`): NATS unreachable is UNAVAILABLE,
+a downstream call's status is passed on, anything else is INTERNAL with a short message and logged.
 """
 
 from __future__ import annotations
@@ -12,7 +18,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
-from google.protobuf import any_pb2
+import nats.errors
+import nats.js.errors
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -20,28 +28,109 @@ from cosmos import errors
 from cosmos.runtime import handlers
 
 DOMAIN = "cosmos.dev"
+MAX_MESSAGE = 1024
+"""Characters of a status message at most."""
+MAX_DETAIL = 256
+"""Characters of a violation's field or description, or of a metadata key or value, at most."""
+MAX_VIOLATIONS = 20
+"""Field violations in one answer at most."""
+NATS_RETRY_DELAY = 2.0
+"""Seconds callers are asked to wait when NATS cannot be reached."""
 log = logging.getLogger(__name__)
 
 
+def clip(text: str, limit: int = MAX_DETAIL) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was cut."""
+    if len(text) <= limit:
+        return text
+    note = f"… ({len(text) - limit} more characters)"
+    return text[: max(0, limit - len(note))] + note
+
+
 def status_proto(error: errors.RpcError) -> status_pb2.Status:
-    """The ``google.rpc.Status`` answering ``error``: its code, message, ``ErrorInfo`` and ``BadRequest``."""
+    """The ``google.rpc.Status`` answering ``error``: its code, message, ``ErrorInfo``, ``BadRequest``
+    and ``RetryInfo``, every text clipped (:func:`clip`)."""
     details: list[any_pb2.Any] = []
     info = any_pb2.Any()
-    info.Pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata))
+    metadata = {clip(k, 64): clip(v) for k, v in list(error.metadata.items())[:16]}
+    info.Pack(error_details_pb2.ErrorInfo(reason=clip(error.reason, 64), domain=DOMAIN, metadata=metadata))
     details.append(info)
     if error.violations:
         bad = any_pb2.Any()
         bad.Pack(
             error_details_pb2.BadRequest(
                 field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-                    for v in error.violations
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=clip(v.field), description=clip(v.description)
+                    )
+                    for v in error.violations[:MAX_VIOLATIONS]
                 ]
             )
         )
         details.append(bad)
+    if isinstance(error, errors.UnavailableError):
+        retry = any_pb2.Any()
+        delay = duration_pb2.Duration()
+        delay.FromMilliseconds(int(error.retry_delay * 1000))
+        retry.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+        details.append(retry)
     code: int = error.code.value[0]
-    return status_pb2.Status(code=code, message=error.message, details=details)
+    return status_pb2.Status(code=code, message=clip(error.message, MAX_MESSAGE), details=details)
+
+
+_NATS_UNREACHABLE = (
+    nats.errors.TimeoutError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.ConnectionDrainingError,
+    nats.errors.NoServersError,
+    nats.errors.NoRespondersError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.StaleConnectionError,
+    nats.errors.FlushTimeoutError,
+    nats.errors.UnexpectedEOF,
+    nats.js.errors.ServiceUnavailableError,
+    nats.js.errors.NoStreamResponseError,
+)
+
+
+def nats_unavailable(exc: BaseException) -> errors.UnavailableError:
+    """UNAVAILABLE (with RetryInfo) for a NATS call that failed because NATS is out of reach."""
+    error = errors.UnavailableError(
+        f"NATS JetStream is not reachable right now ({type(exc).__name__}); retry with the same request_id",
+        metadata={"dependency": "nats"},
+    )
+    error.retry_delay = NATS_RETRY_DELAY
+    return error
+
+
+def as_rpc_error(exc: Exception, method: str = "") -> errors.RpcError:
+    """The answer to an exception a handler let through: :class:`RpcError` as it is; NATS out of reach
+    UNAVAILABLE; a record or message NATS refuses as too big INVALID_ARGUMENT; a failed downstream
+    call's status passed on; anything else INTERNAL (logged with its traceback here, never sent)."""
+    if isinstance(exc, errors.RpcError):
+        return exc
+    if isinstance(exc, _NATS_UNREACHABLE) or (
+        isinstance(exc, nats.js.errors.APIError) and getattr(exc, "code", None) == 503
+    ):
+        return nats_unavailable(exc)
+    if isinstance(exc, nats.errors.MaxPayloadError):
+        return errors.InvalidArgumentError(
+            "the request makes a record larger than the store accepts; send less",
+            metadata={"dependency": "nats"},
+        )
+    if isinstance(exc, grpc.aio.AioRpcError):
+        try:
+            status = rpc_status.from_call(exc)  # type: ignore[arg-type]
+        except ValueError:
+            status = None
+        if status is not None:
+            return from_status(status)
+        error = errors.RpcError(f"a downstream call failed: {exc.code().name}: {exc.details()}")
+        error.code = exc.code()
+        return error
+    log.error("unexpected error in a handler", exc_info=exc, extra={"fields": {"method": method}})
+    return errors.RpcError(f"internal error ({type(exc).__name__}); it was logged")
 
 
 def to_status(error: errors.RpcError) -> grpc.Status:
@@ -123,10 +212,12 @@ def _wrap_unary(fn: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
         try:
             result = fn(request, context)
             return await result if isinstance(result, Awaitable) else result
-        except errors.RpcError as exc:
-            await context.abort_with_status(to_status(exc))
+        except grpc.aio.AbortError:
+            raise  # the handler answered itself (context.abort)
         except NotImplementedError:
             await _abort_unimplemented(context)
+        except Exception as exc:
+            await context.abort_with_status(to_status(as_rpc_error(exc)))
 
     return call
 
@@ -136,10 +227,12 @@ def _wrap_stream(fn: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
         try:
             async for item in handlers.items(fn(request, context)):
                 yield item
-        except errors.RpcError as exc:
-            await context.abort_with_status(to_status(exc))
+        except grpc.aio.AbortError:
+            raise
         except NotImplementedError:
             await _abort_unimplemented(context)
+        except Exception as exc:
+            await context.abort_with_status(to_status(as_rpc_error(exc)))
 
     return call
 

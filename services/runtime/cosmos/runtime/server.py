@@ -24,7 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from cosmos import errors
-from cosmos.runtime import rpc_errors, telemetry
+from cosmos.runtime import rpc_errors, telemetry, validation
 from cosmos.runtime.config import Address
 from cosmos.security import auth, tls
 from cosmos.security.config import Security
@@ -89,9 +89,12 @@ class Server:
         services: Sequence[ServiceBinding] = (),
         *,
         on_stop: Callable[[], Awaitable[None]] | None = None,
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),  # type: ignore[type-arg]
     ) -> None:
         self.config = config
         self.services = list(services)
+        self.interceptors = list(interceptors)
+        """Run innermost, after authentication and request checks (a dependency gate)."""
         self._on_stop = on_stop
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]  # grpc-stubs lags
         self.stopping = asyncio.Event()
@@ -120,6 +123,8 @@ class Server:
                 *telemetry.server_interceptors(),
                 auth.AuthInterceptor(auth.access_rules(names), authenticator),
                 rpc_errors.ErrorInterceptor(),
+                validation.RequestInterceptor(),
+                *self.interceptors,
             ],
             options=SERVER_OPTIONS + self.config.extra_options,
         )

@@ -16,11 +16,15 @@ from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import nats.errors
+import nats.js.errors
+
 from cosmos import errors
 from cosmos.common.v1 import progress_pb2
 from cosmos.runtime import telemetry, wellknown
 from cosmos.security import secrets
 from cosmos.stratum import validation
+from cosmos.stratum.agent import progress
 from cosmos.stratum.placement import Placement, Placer
 from cosmos.stratum.registry import AgentRegistry
 from cosmos.stratum.store import JobStore
@@ -33,6 +37,9 @@ TERMINAL = (JS.JOB_STATE_SUCCEEDED, JS.JOB_STATE_FAILED, JS.JOB_STATE_CANCELLED,
 ON_AGENT = (JS.JOB_STATE_ASSIGNED, JS.JOB_STATE_RUNNING)
 _NAMESPACE = uuid.UUID("0d7b0c2e-51d6-4f5e-a8c2-6c9f0b3a7e21")
 DEFAULT_INFRA_ATTEMPTS = 3
+MAX_JOB_BYTES = 512 * 1024
+"""A job record at most: it is one KV value and one assignment message (NATS takes 1 MB, an agent's
+stream 4 MB); request validation keeps specs well below it."""
 
 
 @dataclass
@@ -118,6 +125,10 @@ class Dispatcher:
                     reason="ERROR_REASON_REQUEST_ID_REUSED",
                     metadata={"job_id": job_id},
                 )
+            if existing.state == JS.JOB_STATE_QUEUED and job_id not in self.jobs:
+                # Stored by a submit whose answer was lost (NATS went away after the save): queue it now.
+                self.jobs[job_id] = existing
+                self._kick.set()
             return existing, True
         job = job_pb2.Job(job_id=job_id, spec=spec, state=JS.JOB_STATE_QUEUED, request_id=request_id)
         if values:
@@ -125,8 +136,14 @@ class Dispatcher:
             job.sealed_secrets.CopyFrom(self.keyring.seal(values, job_id=job_id))
         job.trace_context.update(telemetry.inject_headers())
         job.create_time.CopyFrom(wellknown.now())
-        self.jobs[job_id] = job
+        if job.ByteSize() > MAX_JOB_BYTES:
+            raise errors.InvalidArgumentError(
+                f"the job would be {job.ByteSize()} bytes; at most {MAX_JOB_BYTES}: send a smaller spec",
+                violations=[errors.FieldViolation("spec", f"at most {MAX_JOB_BYTES} bytes")],
+            )
+        # Wholly accepted or refused: the job joins the queue only once its record is stored.
         await self._transition(job, JS.JOB_STATE_QUEUED)
+        self.jobs[job_id] = job
         self._kick.set()
         return job, False
 
@@ -195,7 +212,16 @@ class Dispatcher:
         queued = [job for job in self.jobs.values() if job.state == JS.JOB_STATE_QUEUED]
         if queued:
             for placement in self.placer.place(queued):
-                await self._assign(self.jobs[placement.job_id], placement)
+                job = self.jobs[placement.job_id]
+                try:
+                    await self._assign(job, placement)
+                except Exception as exc:
+                    # The job stays QUEUED (nothing of the assignment was kept) and the others are
+                    # still placed; a failure that cannot pass ends the job instead of a retry loop.
+                    self.placer.release(job.job_id)
+                    if not _permanent(exc):
+                        raise
+                    await self._fail_unplaceable(job, f"cannot be assigned: {type(exc).__name__}: {exc}")
 
     async def _assign(self, job: job_pb2.Job, placement: Placement) -> None:
         spec = self._spec_for_agent(job)
@@ -203,28 +229,55 @@ class Dispatcher:
             self.placer.release(job.job_id)
             await self._finish(job, JS.JOB_STATE_FAILED)
             return
-        job.attempt += 1
-        job.agent_id = placement.agent_id
-        del job.gpu_indices[:]
-        job.gpu_indices.extend(placement.gpu_indices)
-        del job.gpu_uuids[:]
-        job.gpu_uuids.extend(placement.gpu_uuids)
-        job.assign_time.CopyFrom(wellknown.now())
-        job.ClearField("progress")
-        await self._transition(job, JS.JOB_STATE_ASSIGNED)
-        self._send(
-            job.agent_id,
-            agent_service_pb2.ConnectResponse(
-                assign=agent_service_pb2.JobAssignment(
-                    job_id=job.job_id,
-                    attempt=job.attempt,
-                    spec=spec,
-                    gpu_indices=placement.gpu_indices,
-                    gpu_uuids=placement.gpu_uuids,
-                    trace_context=job.trace_context,
-                )
-            ),
+        # Built on a copy: the live job becomes ASSIGNED only once that is stored and sendable.
+        assigned = job_pb2.Job()
+        assigned.CopyFrom(job)
+        assigned.attempt += 1
+        assigned.agent_id = placement.agent_id
+        del assigned.gpu_indices[:]
+        assigned.gpu_indices.extend(placement.gpu_indices)
+        del assigned.gpu_uuids[:]
+        assigned.gpu_uuids.extend(placement.gpu_uuids)
+        assigned.assign_time.CopyFrom(wellknown.now())
+        assigned.ClearField("progress")
+        message = agent_service_pb2.ConnectResponse(
+            assign=agent_service_pb2.JobAssignment(
+                job_id=assigned.job_id,
+                attempt=assigned.attempt,
+                spec=spec,
+                gpu_indices=placement.gpu_indices,
+                gpu_uuids=placement.gpu_uuids,
+                trace_context=assigned.trace_context,
+            )
         )
+        if message.ByteSize() > MAX_JOB_BYTES:
+            self.placer.release(job.job_id)
+            await self._fail_unplaceable(
+                job, f"its assignment is {message.ByteSize()} bytes; an agent takes at most {MAX_JOB_BYTES}"
+            )
+            return
+        await self._transition(assigned, JS.JOB_STATE_ASSIGNED)
+        job.CopyFrom(assigned)
+        self._send(job.agent_id, message)
+
+    async def _fail_unplaceable(self, job: job_pb2.Job, why: str) -> None:
+        """End ``job`` FAILED with ``why``; its record is first cut down so that it always fits."""
+        log.error(
+            "job cannot be placed or sent; failing it", extra={"fields": {"job_id": job.job_id, "why": why}}
+        )
+        job.failure_reason = why[:1024]
+        if job.ByteSize() > MAX_JOB_BYTES // 2:
+            # Keep what identifies the job; the bulky parts of its spec are what did not fit.
+            for name in ("env", "labels", "inputs", "outputs"):
+                job.spec.ClearField(name)
+            del job.spec.argv[8:]
+        try:
+            await self._finish(job, JS.JOB_STATE_FAILED)
+        except Exception as exc:
+            if not _permanent(exc):
+                raise
+            log.error("failed job record not stored", extra={"fields": {"job_id": job.job_id}})
+            self.jobs.pop(job.job_id, None)
 
     def _spec_for_agent(self, job: job_pb2.Job) -> job_pb2.JobSpec | None:
         """The spec with its secrets' values, for the assignment message only; None if they do not open."""
@@ -343,7 +396,8 @@ class Dispatcher:
         elif kind == "logs":
             job = self._current(agent_id, message.logs.job_id, message.logs.attempt)
             if job is not None:
-                await self.store.publish(self._event(job, log=line) for line in message.logs.lines)
+                lines = progress.bounded_lines(message.logs.lines)
+                await self.store.publish(self._event(job, log=line) for line in lines)
         elif kind == "finished":
             await self._finished(agent_id, message.finished)
 
@@ -442,3 +496,9 @@ class Dispatcher:
         elif result is not None:
             event.result.CopyFrom(result)
         return event
+
+
+def _permanent(exc: BaseException) -> bool:
+    """Whether trying again can never help (too big for NATS or for the agent, refused as invalid)."""
+    permanent = (nats.errors.MaxPayloadError, nats.js.errors.BadRequestError, errors.InvalidArgumentError)
+    return isinstance(exc, (*permanent, ValueError))

@@ -97,7 +97,11 @@ class JobApi(job_service_pb2_grpc.JobServiceServicer):
             and (not request.agent_id or job.agent_id == request.agent_id)
         ]
         chunk, next_token = paging.newest_first(
-            jobs, lambda job: (job.create_time.ToNanoseconds(), job.job_id), page, query
+            jobs,
+            lambda job: (job.create_time.ToNanoseconds(), job.job_id),
+            page,
+            query,
+            size=lambda job: shown(job).ByteSize(),
         )
         return job_service_pb2.ListJobsResponse(
             jobs=[shown(job) for job in chunk], next_page_token=next_token

@@ -9,7 +9,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from cosmos.runtime import config, jetstream, process
+from cosmos.runtime import config, dependency, jetstream, process
 from cosmos.runtime.server import Server, ServiceBinding
 from cosmos.security import secrets, storage
 from cosmos.stratum.agent_stream import AgentServicer
@@ -87,7 +87,9 @@ async def serve(args: argparse.Namespace) -> None:
     policy = JobPolicy.load(Path(args.job_policy)) if args.job_policy else None
     dispatcher = Dispatcher(store, registry, SchedulerPlacer(policy=args.policy), keyring=keys, policy=policy)
     await dispatcher.recover()
-    server = Server(server_config, on_stop=nc.close)
+    # The job API and revoking need JetStream; agent streams and pool reads go on without it.
+    gate = dependency.Gate("NATS", lambda: nc.is_connected, needs=_needs_nats)
+    server = Server(server_config, on_stop=nc.close, interceptors=[gate])
     server.add(
         ServiceBinding(
             "cosmos.stratum.v1.JobService",
@@ -111,12 +113,19 @@ async def serve(args: argparse.Namespace) -> None:
         )
     )
     dispatching = asyncio.create_task(dispatcher.run(server.stopping))
+    services = [b.name for b in server.services]
+    watching = asyncio.create_task(gate.watch(server.health, services, server.stopping))
     try:
         await server.serve_until_signalled()
     finally:
-        dispatching.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await dispatching
+        for task in (dispatching, watching):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def _needs_nats(method: str) -> bool:
+    return method.startswith("/cosmos.stratum.v1.JobService/") or method.endswith("/RevokeAgent")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import math
@@ -34,6 +35,23 @@ LogsCallback = Callable[[list[job_pb2.LogLine]], Awaitable[None]]
 MAX_LINE_BYTES = 4096
 """Longer output lines are cut to this many bytes (and marked)."""
 TRUNCATED_MARK = " …[truncated]"
+
+
+MAX_LINES_PER_BATCH = 1000
+"""Lines of one log batch Stratum keeps (the agent sends a few hundred a second at most)."""
+
+
+def bounded_lines(lines: Iterable[job_pb2.LogLine]) -> list[job_pb2.LogLine]:
+    """``lines`` as Stratum stores them: each text cut to :data:`MAX_LINE_BYTES` (and marked), at most
+    :data:`MAX_LINES_PER_BATCH`, whatever the sender (an old or modified agent) did."""
+    kept: list[job_pb2.LogLine] = []
+    for line in itertools.islice(lines, MAX_LINES_PER_BATCH):
+        data = line.text.encode()
+        if len(data) > MAX_LINE_BYTES:
+            line = job_pb2.LogLine(stream=line.stream, time=line.time)
+            line.text = Line(data[:MAX_LINE_BYTES], truncated=True).text()
+        kept.append(line)
+    return kept
 
 
 def duration(seconds: float) -> duration_pb2.Duration:

@@ -8,7 +8,32 @@ carrying a google.rpc.ErrorInfo whose domain is always the constant
 "cosmos.dev" and whose reason is the name of an ErrorReason value (e.g.
 "ERROR_REASON_WORKFLOW_NOT_FOUND"), plus google.rpc.BadRequest field
 violations for invalid arguments. ErrorInfo.metadata carries the ids involved
-(e.g. "workflow_id", "job_id", "attempt").
+(e.g. "workflow_id", "job_id", "attempt"). Status messages are at most
+1024 characters and every violation field, description and metadata value at
+most 256: whatever a request held, nothing is echoed whole. UNAVAILABLE
+answers carry a google.rpc.RetryInfo with the delay to wait before retrying
+(with the same request_id).
+
+Request limits, checked by every service before a request reaches NATS
+(INVALID_ARGUMENT with a BadRequest violation naming the field otherwise):
+- workflow, job and encode ids: letters, digits, "_", "=", "-"; 1 to 128
+  characters (never ".", "*", ">" or spaces: they become NATS subject tokens).
+- agent and definition ids, tenants: letters, digits, ".", "_", "-"; at most 128.
+- request_id, step_id, idempotency_key: printable ASCII without spaces, at
+  most 256 (they become Nats-Msg-Id headers).
+- names (display names, signal names, labels, map keys): at most 256
+  characters, no control characters; free text (reasons, errors): at most
+  4096, tabs and newlines only; any other string: at most 4096.
+- bytes fields: at most 4096; repeated fields and maps: at most 1000 items
+  unless a field says otherwise.
+- enums: a value the enum defines (an unknown number such as 99 is refused).
+- numbers: finite (no NaN or infinity) and in the field's documented range;
+  durations 0 to ten years, timestamps 1970 to 9999.
+- google.protobuf.Struct values (inputs, outputs, payloads): at most 512 KiB,
+  nested at most 32 deep, numbers finite.
+- a whole request: at most 1 MiB (StartWorkflows: 16 MiB).
+List responses end a page early rather than pass 3 MiB, so that every
+answer fits a client's default 4 MiB message limit.
 """
 
 from google.protobuf import descriptor as _descriptor

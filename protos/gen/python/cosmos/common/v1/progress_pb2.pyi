@@ -35,17 +35,19 @@ class Progress(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     percent: _builtins.float
-    """Completion in percent, 0 to 100."""
+    """Completion in percent, 0 to 100 (finite; anything else is refused)."""
     fps: _builtins.float
-    """Processing rate in frames per second."""
+    """Processing rate in frames per second (finite, not negative)."""
     speed: _builtins.float
     """Processing speed as a multiple of realtime (2.0 = twice as fast as
-    playback).
+    playback); finite, not negative.
     """
     frames: _builtins.int
     """Number of frames processed so far."""
     message: _builtins.str
-    """Free-form human-readable status line (e.g. "encoding chunk 3/12")."""
+    """Free-form human-readable status line (e.g. "encoding chunk 3/12"); at
+    most 256 characters, no control characters.
+    """
     @_builtins.property
     def eta(self) -> _duration_pb2.Duration:
         """Estimated time remaining until completion."""

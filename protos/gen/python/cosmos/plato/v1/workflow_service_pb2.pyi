@@ -38,7 +38,10 @@ class RegisterDefinitionRequest(_message.Message):
     also reused as the JetStream Nats-Msg-Id of the resulting messages.
     """
     source_yaml: _builtins.str
-    """The YAML definition; its workflow.id becomes the definition id."""
+    """The YAML definition; its workflow.id becomes the definition id. At most
+    256 KiB, nested at most 64 deep, at most 100,000 nodes with its aliases
+    expanded.
+    """
     def __init__(
         self,
         *,
@@ -219,7 +222,9 @@ class StartWorkflowRequest(_message.Message):
     """
     @_builtins.property
     def input(self) -> _struct_pb2.Struct:
-        """Workflow input, read by rules and templates as `input.*`."""
+        """Workflow input, read by rules and templates as `input.*` (at most 512 KiB,
+        nested at most 32 deep).
+        """
 
     def __init__(
         self,
@@ -588,7 +593,9 @@ class SignalWorkflowRequest(_message.Message):
     workflow_id: _builtins.str
     """Id of the workflow to signal."""
     signal_name: _builtins.str
-    """Signal name; rules match it as `signal.<signal_name>`."""
+    """Signal name; rules match it as `signal.<signal_name>`. Letters, digits,
+    ".", "_", "-"; at most 128.
+    """
     @_builtins.property
     def payload(self) -> _struct_pb2.Struct:
         """Data carried by the signal, readable by rules and templates."""

@@ -303,22 +303,32 @@ class JobSpec(_message.Message):
     Inventory.runtimes.
     """
     display_name: _builtins.str
-    """Short human-readable name for display (e.g. "encode 1080p chunk 3")."""
+    """Short human-readable name for display (e.g. "encode 1080p chunk 3"); at
+    most 256 characters, no control characters.
+    """
     @_builtins.property
     def argv(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Program and arguments, executed directly (never through a shell)."""
+        """Program and arguments, executed directly (never through a shell). At most
+        4096 items of at most 32 KiB each, 128 KiB in all.
+        """
 
     @_builtins.property
     def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Extra environment variables for the process."""
+        """Extra environment variables for the process: names are environment
+        variable names; at most 1000 entries, 128 KiB in all.
+        """
 
     @_builtins.property
     def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Artifact]:
-        """Files downloaded into the work directory before the process starts."""
+        """Files downloaded into the work directory before the process starts (at
+        most 256).
+        """
 
     @_builtins.property
     def outputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Artifact]:
-        """Files uploaded from the work directory after a successful exit."""
+        """Files uploaded from the work directory after a successful exit (at most
+        256).
+        """
 
     @_builtins.property
     def resources(self) -> _resources_pb2.Resources:
@@ -334,7 +344,9 @@ class JobSpec(_message.Message):
 
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Free-form labels for filtering and display."""
+        """Free-form labels for filtering and display (at most 64, values at most 256
+        characters).
+        """
 
     @_builtins.property
     def infra_retry(self) -> _retry_pb2.RetryPolicy:
@@ -353,7 +365,7 @@ class JobSpec(_message.Message):
         """Secret environment variables: set in the job's environment like env, but
         never returned (Get, List and Watch show the names with the value
         "[REDACTED]"), never logged, encrypted at rest, and sent only to the
-        agent running the attempt.
+        agent running the attempt. At most 100, 64 KiB in all.
         """
 
     def __init__(
@@ -693,7 +705,9 @@ class LogLine(_message.Message):
     stream: Global___LogStream.ValueType
     """Stream the line was written to."""
     text: _builtins.str
-    """Line text without the trailing newline (UTF-8, invalid bytes replaced)."""
+    """Line text without the trailing newline (UTF-8, invalid bytes replaced); a
+    line longer than 4096 bytes is cut there and ends with " …[truncated]".
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """When the agent read the line."""

@@ -1,0 +1,98 @@
+"""The dispatcher over a real NATS (in-process, no agent process): a job is wholly accepted or refused,
+one that cannot be sent is failed with a reason instead of retried forever, and log lines are bounded."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+import security_harness
+
+from cosmos import errors
+from cosmos.runtime import jetstream
+from cosmos.security.tls import TlsFiles
+from cosmos.stratum import dispatcher as dispatcher_module
+from cosmos.stratum.agent import progress
+from cosmos.stratum.dispatcher import Dispatcher
+from cosmos.stratum.placement import SchedulerPlacer
+from cosmos.stratum.registry import AgentRegistry
+from cosmos.stratum.store import EVENTS_STREAM, JobStore, events_subject
+from cosmos.stratum.v1 import agent_pb2, agent_service_pb2, job_pb2
+
+JS = job_pb2.JobState
+
+
+@dataclass
+class Pool:
+    dispatcher: Dispatcher
+    outbox: object
+
+
+@pytest.fixture
+async def pool(nats_url: str) -> AsyncIterator[Pool]:
+    nc, js = await jetstream.connect(
+        nats_url, "test-dispatcher", tls=TlsFiles.in_dir(security_harness.pki_dir(), "stratum")
+    )
+    store = JobStore(nc, js, memory=True)
+    await store.ensure()
+    registry = AgentRegistry()
+    dispatcher = Dispatcher(store, registry, SchedulerPlacer())
+    agent = agent_pb2.Agent(agent_id="agent-1")
+    agent.inventory.cpu_millis = 4000
+    agent.inventory.memory_bytes = 8 << 30
+    agent.inventory.runtimes.append("process")
+    record = registry.connect(agent)
+    outbox = dispatcher.agent_connected(record.agent, [])
+    yield Pool(dispatcher, outbox)
+    await nc.close()
+
+
+def spec(env_bytes: int = 0) -> job_pb2.JobSpec:
+    job = job_pb2.JobSpec(argv=["true"])
+    job.resources.cpu_millis = 100
+    job.resources.memory_bytes = 64 << 20
+    if env_bytes:
+        job.env["BLOB"] = "x" * env_bytes
+    return job
+
+
+async def test_a_job_too_big_to_store_is_refused_and_left_nowhere(
+    pool: Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dispatcher_module, "MAX_JOB_BYTES", 10_000)
+    with pytest.raises(errors.InvalidArgumentError):
+        await pool.dispatcher.submit("too-big", spec(env_bytes=20_000))
+    assert not pool.dispatcher.jobs
+    assert await pool.dispatcher.store.load_all() == []
+
+
+async def test_a_job_that_cannot_be_sent_is_failed_once_with_a_reason(
+    pool: Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job, _ = await pool.dispatcher.submit("unsendable", spec(env_bytes=20_000))
+    # Accepted, but (say the limit changed) its assignment no longer fits an agent's message.
+    monkeypatch.setattr(dispatcher_module, "MAX_JOB_BYTES", 10_000)
+    await pool.dispatcher._pass()
+    await pool.dispatcher._pass()  # nothing left to retry: the second pass finds no job
+    assert job.job_id not in pool.dispatcher.jobs
+    stored = await pool.dispatcher.store.get(job.job_id)
+    assert stored is not None and stored.state == JS.JOB_STATE_FAILED
+    assert "an agent takes at most 10000" in stored.failure_reason
+    assert stored.attempt == 0  # never ASSIGNED: no ghost attempt for cancel or a restart to chase
+    assert pool.outbox.empty()  # type: ignore[attr-defined]
+
+
+async def test_log_lines_are_cut_whatever_the_agent_sends(pool: Pool) -> None:
+    job, _ = await pool.dispatcher.submit("chatty", spec())
+    await pool.dispatcher._pass()
+    assignment = pool.outbox.get_nowait()  # type: ignore[attr-defined]
+    assert assignment.assign.job_id == job.job_id
+    batch = agent_service_pb2.JobLogBatch(job_id=job.job_id, attempt=1)
+    batch.lines.add(stream=job_pb2.LOG_STREAM_STDOUT, text="x" * (10 << 20))
+    await pool.dispatcher.agent_message("agent-1", agent_service_pb2.ConnectRequest(logs=batch))
+    last = await pool.dispatcher.store.js.get_last_msg(EVENTS_STREAM, events_subject(job.job_id))
+    event = job_pb2.JobEvent.FromString(last.data or b"")
+    assert event.log.text.startswith("x" * progress.MAX_LINE_BYTES)
+    assert event.log.text.endswith(progress.TRUNCATED_MARK)
+    assert len(event.log.text.encode()) < progress.MAX_LINE_BYTES + 64
