@@ -5,14 +5,23 @@ rendered :class:`JobSpec` to Stratum with the step attempt's idempotency key as 
 redelivered task finds the same job), follows the job with ``WatchJob`` (progress becomes step
 heartbeats), and completes or fails the step with the job's result. Cancelling the step cancels the
 job.
+
+Stratum being away (restarting, unreachable) is not the step's failure: every call to it is retried
+with backoff while it answers ``UNAVAILABLE`` (or not at all), the submit with the same
+``request_id`` (so it finds the job it made), and the watch resumes after the last event it saw.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import grpc
+import nats.errors
 
 from cosmos.plato import subjects
 from cosmos.plato.engine import values
@@ -26,6 +35,17 @@ JS = job_pb2.JobState
 TERMINAL = (JS.JOB_STATE_SUCCEEDED, JS.JOB_STATE_FAILED, JS.JOB_STATE_CANCELLED, JS.JOB_STATE_TIMED_OUT)
 PROGRESS_INTERVAL = 1.0
 """Seconds between step heartbeats carrying a job's progress (the job's other reports are dropped)."""
+TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+"""Answers meaning "Stratum is not there right now": retried, never the step's failure."""
+RETRY_INITIAL, RETRY_MAX = 0.5, 10.0
+"""Backoff between calls to an unavailable Stratum: doubling from the first to the second, jittered."""
+WAITING_BEAT = 10.0
+"""While Stratum is away, the step heartbeats this often (its heartbeat timeout is not Stratum's)."""
+CALL_TIMEOUT = 30.0
+"""Seconds one unary call to Stratum may take before it counts as unavailable and is retried."""
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class StratumRunner:
@@ -58,13 +78,17 @@ class StratumRunner:
         )
         metadata = ((principals.ON_BEHALF_OF, acting.delegation()),)
         try:
-            # Plato and Stratum may start together: wait for the channel rather than fail fast.
+            # A repeat finds the job the first submit made (same request_id), whichever one got through.
             job = (
-                await self.jobs.SubmitJob(request, wait_for_ready=True, timeout=30.0, metadata=metadata)
+                await self._call(
+                    step,
+                    lambda: self.jobs.SubmitJob(
+                        request, wait_for_ready=True, timeout=CALL_TIMEOUT, metadata=metadata
+                    ),
+                )
             ).job
         except grpc.aio.AioRpcError as exc:
-            retryable = exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-            raise StepError(f"Stratum refused the job: {exc.details()}", non_retryable=not retryable) from exc
+            raise StepError(f"Stratum refused the job: {exc.details()}", non_retryable=True) from exc
         try:
             await self._follow(step, job.job_id, metadata)
         except asyncio.CancelledError:
@@ -75,10 +99,15 @@ class StratumRunner:
                 job_id=job.job_id,
                 reason="workflow step cancelled",
             )
-            await asyncio.shield(self.jobs.CancelJob(cancel, metadata=metadata))
+            await asyncio.shield(self._call(step, lambda: self.jobs.CancelJob(cancel, metadata=metadata)))
             raise
         get = job_service_pb2.GetJobRequest(job_id=job.job_id)
-        done = (await self.jobs.GetJob(get, metadata=metadata)).job
+        done = (
+            await self._call(
+                step,
+                lambda: self.jobs.GetJob(get, wait_for_ready=True, timeout=CALL_TIMEOUT, metadata=metadata),
+            )
+        ).job
         if done.state != JS.JOB_STATE_SUCCEEDED:
             state = JS.Name(done.state).removeprefix("JOB_STATE_").lower()
             raise StepError(f"job {done.job_id} {state}: {done.failure_reason or done.result.error}")
@@ -97,25 +126,78 @@ class StratumRunner:
             },
         }
 
+    async def _call(self, step: StepContext, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()``, again with backoff for as long as Stratum is unavailable; other errors raise."""
+        loop = asyncio.get_running_loop()
+        beat = -WAITING_BEAT
+
+        async def waiting() -> None:
+            # The step stays alive meanwhile (its heartbeat timeout is about the step, not Stratum).
+            nonlocal beat
+            if loop.time() - beat >= WAITING_BEAT:
+                beat = loop.time()
+                with contextlib.suppress(nats.errors.Error, TimeoutError):
+                    await step.heartbeat(message="waiting for Stratum")
+
+        return await retrying(call, waiting)
+
     async def _follow(self, step: StepContext, job_id: str, metadata: tuple[tuple[str, str], ...]) -> None:
+        """Until the job's terminal state, across Stratum restarts: the watch resumes after the last
+        event seen (a stream that ends without one, or breaks, is opened again)."""
         loop = asyncio.get_running_loop()
         last = -PROGRESS_INTERVAL
-        watch = job_service_pb2.WatchJobRequest(job_id=job_id)
-        async for reply in self.jobs.WatchJob(watch, metadata=metadata):
-            event = reply.event
-            kind = event.WhichOneof("event")
-            if kind == "progress":
-                # Every heartbeat is a durable workflow input (an inbox message and a record save):
-                # one a second per step is plenty for progress, and Stratum's own stream has them all.
-                if loop.time() - last < PROGRESS_INTERVAL:
-                    continue
-                last = loop.time()
-                p = event.progress
-                await step.heartbeat(percent=p.percent, message=p.message, fps=p.fps, speed=p.speed)
-            elif kind == "state" and event.state in TERMINAL:
-                return
+        seen = 0
+
+        async def watch() -> bool:
+            nonlocal last, seen
+            request = job_service_pb2.WatchJobRequest(job_id=job_id, from_sequence=seen + 1)
+            async for reply in self.jobs.WatchJob(request, metadata=metadata):
+                event = reply.event
+                seen = max(seen, event.sequence)
+                kind = event.WhichOneof("event")
+                if kind == "progress":
+                    # Every heartbeat is a durable workflow input (an inbox message and a record save):
+                    # one a second per step is plenty for progress, and Stratum's own stream has them all.
+                    if loop.time() - last < PROGRESS_INTERVAL:
+                        continue
+                    last = loop.time()
+                    p = event.progress
+                    await step.heartbeat(percent=p.percent, message=p.message, fps=p.fps, speed=p.speed)
+                elif kind == "state" and event.state in TERMINAL:
+                    return True
+            return False  # Stratum ended the stream (it is stopping): watch again
+
+        while not await self._call(step, watch):
+            log.info("job watch ended early; resuming", extra={"fields": {"job_id": job_id, "after": seen}})
+            await asyncio.sleep(RETRY_INITIAL)
 
     async def close(self) -> None:
         """Close the channel to Stratum."""
         if self._channel is not None:
             await self._channel.close(None)
+
+
+async def retrying(
+    call: Callable[[], Awaitable[T]],
+    waiting: Callable[[], Awaitable[None]] | None = None,
+    *,
+    initial: float = RETRY_INITIAL,
+    maximum: float = RETRY_MAX,
+) -> T:
+    """``call()``, repeated with jittered exponential backoff while it fails with a transient status
+    (:data:`TRANSIENT`); ``waiting()`` runs before each wait. Other errors raise."""
+    delay = initial
+    while True:
+        try:
+            return await call()
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() not in TRANSIENT:
+                raise
+            log.warning(
+                "Stratum unavailable; retrying",
+                extra={"fields": {"code": exc.code().name, "retry_in_s": round(delay, 2)}},
+            )
+        if waiting is not None:
+            await waiting()
+        await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+        delay = min(delay * 2, maximum)
