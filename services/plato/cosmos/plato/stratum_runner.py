@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-import random
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -25,7 +23,7 @@ import nats.errors
 
 from cosmos.plato import subjects
 from cosmos.plato.engine import values
-from cosmos.runtime import channels
+from cosmos.runtime import channels, reconnect
 from cosmos.sdk import StepContext, StepError, Worker
 from cosmos.security import principals
 from cosmos.security.config import Security
@@ -35,16 +33,11 @@ JS = job_pb2.JobState
 TERMINAL = (JS.JOB_STATE_SUCCEEDED, JS.JOB_STATE_FAILED, JS.JOB_STATE_CANCELLED, JS.JOB_STATE_TIMED_OUT)
 PROGRESS_INTERVAL = 1.0
 """Seconds between step heartbeats carrying a job's progress (the job's other reports are dropped)."""
-TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-"""Answers meaning "Stratum is not there right now": retried, never the step's failure."""
-RETRY_INITIAL, RETRY_MAX = 0.5, 10.0
-"""Backoff between calls to an unavailable Stratum: doubling from the first to the second, jittered."""
 WAITING_BEAT = 10.0
 """While Stratum is away, the step heartbeats this often (its heartbeat timeout is not Stratum's)."""
 CALL_TIMEOUT = 30.0
 """Seconds one unary call to Stratum may take before it counts as unavailable and is retried."""
 
-log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
@@ -139,7 +132,7 @@ class StratumRunner:
                 with contextlib.suppress(nats.errors.Error, TimeoutError):
                     await step.heartbeat(message="waiting for Stratum")
 
-        return await retrying(call, waiting)
+        return await reconnect.retrying(call, waiting, what="Stratum")
 
     async def _follow(self, step: StepContext, job_id: str, metadata: tuple[tuple[str, str], ...]) -> None:
         """Until the job's terminal state, across Stratum restarts: the watch resumes after the last
@@ -148,56 +141,26 @@ class StratumRunner:
         last = -PROGRESS_INTERVAL
         seen = 0
 
-        async def watch() -> bool:
-            nonlocal last, seen
+        def watch() -> AsyncIterable[job_service_pb2.WatchJobResponse]:
             request = job_service_pb2.WatchJobRequest(job_id=job_id, from_sequence=seen + 1)
-            async for reply in self.jobs.WatchJob(request, metadata=metadata):
-                event = reply.event
-                seen = max(seen, event.sequence)
-                kind = event.WhichOneof("event")
-                if kind == "progress":
-                    # Every heartbeat is a durable workflow input (an inbox message and a record save):
-                    # one a second per step is plenty for progress, and Stratum's own stream has them all.
-                    if loop.time() - last < PROGRESS_INTERVAL:
-                        continue
-                    last = loop.time()
-                    p = event.progress
-                    await step.heartbeat(percent=p.percent, message=p.message, fps=p.fps, speed=p.speed)
-                elif kind == "state" and event.state in TERMINAL:
-                    return True
-            return False  # Stratum ended the stream (it is stopping): watch again
+            return self.jobs.WatchJob(request, metadata=metadata)
 
-        while not await self._call(step, watch):
-            log.info("job watch ended early; resuming", extra={"fields": {"job_id": job_id, "after": seen}})
-            await asyncio.sleep(RETRY_INITIAL)
+        def terminal(reply: job_service_pb2.WatchJobResponse) -> bool:
+            return reply.event.WhichOneof("event") == "state" and reply.event.state in TERMINAL
+
+        async for reply in reconnect.reconnecting(watch, terminal, what=f"watch of {job_id}"):
+            event = reply.event
+            seen = max(seen, event.sequence)
+            if event.WhichOneof("event") == "progress":
+                # Every heartbeat is a durable workflow input (an inbox message and a record save):
+                # one a second per step is plenty for progress, and Stratum's own stream has them all.
+                if loop.time() - last < PROGRESS_INTERVAL:
+                    continue
+                last = loop.time()
+                p = event.progress
+                await step.heartbeat(percent=p.percent, message=p.message, fps=p.fps, speed=p.speed)
 
     async def close(self) -> None:
         """Close the channel to Stratum."""
         if self._channel is not None:
             await self._channel.close(None)
-
-
-async def retrying(
-    call: Callable[[], Awaitable[T]],
-    waiting: Callable[[], Awaitable[None]] | None = None,
-    *,
-    initial: float = RETRY_INITIAL,
-    maximum: float = RETRY_MAX,
-) -> T:
-    """``call()``, repeated with jittered exponential backoff while it fails with a transient status
-    (:data:`TRANSIENT`); ``waiting()`` runs before each wait. Other errors raise."""
-    delay = initial
-    while True:
-        try:
-            return await call()
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() not in TRANSIENT:
-                raise
-            log.warning(
-                "Stratum unavailable; retrying",
-                extra={"fields": {"code": exc.code().name, "retry_in_s": round(delay, 2)}},
-            )
-        if waiting is not None:
-            await waiting()
-        await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-        delay = min(delay * 2, maximum)
