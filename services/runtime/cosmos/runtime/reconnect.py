@@ -48,6 +48,10 @@ class Backoff:
         return gen()
 
 
+DEFAULT = Backoff()
+"""Half a second, doubling to ten."""
+
+
 def transient(exc: BaseException) -> bool:
     """Whether ``exc`` is a gRPC error worth retrying (the server is away, not saying no)."""
     return isinstance(exc, grpc.aio.AioRpcError) and exc.code() in TRANSIENT
@@ -56,7 +60,7 @@ def transient(exc: BaseException) -> bool:
 async def retrying(
     call: Callable[[], Awaitable[T]],
     waiting: Callable[[], Awaitable[None]] | None = None,
-    backoff: Backoff = Backoff(),
+    backoff: Backoff = DEFAULT,
     what: str = "call",
 ) -> T:
     """``call()``, repeated while it fails transiently; ``waiting()`` runs before each wait."""
@@ -76,7 +80,7 @@ async def retrying(
 async def reconnecting(
     open_stream: Callable[[], AsyncIterable[T]],
     done: Callable[[T], bool],
-    backoff: Backoff = Backoff(),
+    backoff: Backoff = DEFAULT,
     what: str = "watch",
 ) -> AsyncIterator[T]:
     """Every item of the stream ``open_stream()`` until ``done(item)``, reopening it (with backoff)
