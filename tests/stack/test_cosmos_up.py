@@ -178,3 +178,79 @@ def test_up_refuses_a_port_in_use_naming_it(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert f"plato: 127.0.0.1:{port} is already in use" in done.stderr
     assert "COSMOS_PLATO_PORT" in done.stderr
+
+
+JOB_WORKFLOW = f"""\
+workflow:
+  id: after-crash
+  steps:
+    hello:
+      job:
+        argv: ["{sys.executable}", "-c", "print('still here')"]
+        resources: {{cpuMillis: 100}}
+  rules:
+    - when: workflow.started
+      do: [hello]
+"""
+
+
+def component(stack: Stack, name: str) -> psutil.Process:
+    """The running child of `cosmos up` that is ``name`` (nats, plato, stratum, optimus, agent)."""
+    for child in psutil.Process(stack.proc.pid).children():
+        argv = child.cmdline()
+        if (name == "nats" and "nats-server" in argv[0]) or argv[3:4] == [name]:
+            return child
+    raise AssertionError(f"no {name} child")
+
+
+def wait_restarted(stack: Stack, name: str, old_pid: int, timeout: float = 60) -> psutil.Process:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert stack.proc.poll() is None, "cosmos up stopped when a child died"
+        with contextlib.suppress(AssertionError, psutil.NoSuchProcess):
+            found = component(stack, name)
+            if found.pid != old_pid:
+                return found
+        time.sleep(0.2)
+    raise AssertionError(f"{name} was not restarted")
+
+
+def test_up_restarts_a_crashed_child_and_the_platform_still_works(stack: Stack) -> None:
+    wait_agent_ready(stack)
+    for name in ("plato", "agent", "stratum"):
+        victim = component(stack, name)
+        victim.kill()  # kill -9
+        wait_restarted(stack, name, victim.pid)
+    wait_agent_ready(stack)
+
+    plato = stack.target("plato")
+    for _ in range(100):  # Plato answers again once its new process is up
+        registered = stack.grpcurl(
+            "-d", json.dumps({"request_id": "reg-crash", "source_yaml": JOB_WORKFLOW}),
+            plato, "cosmos.plato.v1.WorkflowService/RegisterDefinition",
+        )  # fmt: skip
+        if registered.returncode == 0:
+            break
+        time.sleep(0.3)
+    assert registered.returncode == 0, registered.stderr
+    started = stack.grpcurl(
+        "-d", json.dumps({"request_id": "run-crash", "definition_id": "after-crash"}),
+        plato, "cosmos.plato.v1.WorkflowService/StartWorkflow",
+    )  # fmt: skip
+    assert started.returncode == 0, started.stderr
+    workflow_id = json.loads(started.stdout)["workflow"]["workflow_id"]
+    state = ""
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and state not in ("WORKFLOW_STATE_COMPLETED", "WORKFLOW_STATE_FAILED"):
+        time.sleep(0.3)
+        query = json.dumps({"workflow_id": workflow_id})
+        got = stack.grpcurl("-d", query, plato, "cosmos.plato.v1.WorkflowService/GetWorkflow")
+        state = json.loads(got.stdout)["workflow"].get("state", "") if got.returncode == 0 else ""
+    assert state == "WORKFLOW_STATE_COMPLETED", got.stdout
+
+    stack.proc.send_signal(signal.SIGINT)  # only Ctrl-C stops the stack
+    assert stack.proc.wait(timeout=60) == 0
+    output = stack.proc.stdout.read() if stack.proc.stdout else ""
+    for name in ("plato", "agent", "stratum"):
+        assert f"{name} exited with code -9; restarting it in" in output, output
+        assert f"{name} restarted (pid" in output

@@ -14,7 +14,9 @@ from pathlib import Path
 import grpc
 import security_harness
 from google.protobuf import duration_pb2
+from servers import stop_process, wait_serving
 
+from cosmos.runtime.config import free_port
 from cosmos.stratum.v1 import (
     agent_pb2,
     job_pb2,
@@ -128,3 +130,34 @@ class JobsClient:
     async def events(self, job_id: str, from_sequence: int = 0) -> list[job_pb2.JobEvent]:
         call = self.stub.WatchJob(job_service_pb2.WatchJobRequest(job_id=job_id, from_sequence=from_sequence))
         return [reply.event async for reply in call]
+
+
+class Stratum:
+    """A Stratum process a test can kill and start again on the same address and NATS."""
+
+    def __init__(self, nats_url: str, log: Path, *args: str) -> None:
+        self.target = f"127.0.0.1:{free_port()}"
+        self.argv = [
+            sys.executable, "-m", "cosmos.cli", "stratum", "--listen", self.target, "--nats", nats_url,
+            "--heartbeat-interval", "0.3", *security_harness.service_args("stratum"), *args,
+        ]  # fmt: skip
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.argv, stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
+        wait_serving(self.target, proc=self.proc)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        return stop_process(self.proc)
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()

@@ -36,7 +36,7 @@ from cosmos import errors
 from cosmos.cli import target
 from cosmos.cli.console import make_console
 from cosmos.optimus.v1 import encode_pb2, encode_service_pb2, encode_service_pb2_grpc
-from cosmos.runtime import process, rpc_errors
+from cosmos.runtime import process, reconnect, rpc_errors
 from cosmos.security import pki, storage
 from cosmos.security.context import Context
 
@@ -174,14 +174,19 @@ class LiveProgress:
 async def follow(
     stub: encode_service_pb2_grpc.EncodeServiceAsyncStub, encode_id: str, live: LiveProgress | None
 ) -> encode_pb2.Encode:
-    """Watch until the encode ends; the last snapshot."""
+    """Watch until the encode ends; the last snapshot. A restart of Optimus (or of Plato behind it)
+    does not end the watch: it is reopened with backoff, and starts again from the current snapshot."""
     last = encode_pb2.Encode()
-    async for reply in stub.WatchEncode(encode_service_pb2.WatchEncodeRequest(encode_id=encode_id)):
+    request = encode_service_pb2.WatchEncodeRequest(encode_id=encode_id)
+    replies = reconnect.reconnecting(
+        lambda: stub.WatchEncode(request),
+        lambda reply: reply.encode.state in TERMINAL,
+        what=f"watch of {encode_id}",
+    )
+    async for reply in replies:
         last = reply.encode
         if live is not None:
             live.update(last)
-        if last.state in TERMINAL:
-            break
     return last
 
 

@@ -1,9 +1,10 @@
-"""``cosmos up``: the embedded stack in the foreground until Ctrl-C or SIGTERM."""
+"""``cosmos up``: the embedded stack in the foreground until Ctrl-C or SIGTERM, its children kept up."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 import sys
 from collections.abc import Sequence
@@ -16,7 +17,9 @@ from cosmos import errors
 from cosmos.cli.console import make_console
 from cosmos.runtime import config, logs, process
 from cosmos.security import context
+from cosmos.stack.children import Child
 from cosmos.stack.embedded import EmbeddedStack, StackConfig
+from cosmos.stack.supervisor import Restart, Supervisor
 
 PREFIX = "COSMOS"
 RENEW_CHECK_S = 600.0
@@ -101,21 +104,34 @@ async def run_up(cfg: StackConfig, console: Console) -> int:
             f"(context 'local' in {saved})"
         )
     console.print(f"logs: {cfg.data_dir / 'logs'}   data: {cfg.data_dir}   press Ctrl-C to stop")
-    crashed = None
+
+    def exited(restart: Restart) -> None:
+        child = restart.child
+        console.print(
+            f"[yellow]{child.name} exited with code {restart.code}; restarting it in {restart.delay:g}s "
+            f"(restart {restart.restarts}, log {child.log_path})[/yellow]\n{child.log_tail(5)}"
+        )
+
+    def started(child: Child) -> None:
+        stack.restarted(child)
+        console.print(f"{child.name} restarted (pid {child.pid})")
+
+    # Only Ctrl-C or SIGTERM stops the stack: a child that exits is restarted, with backoff.
+    supervisor = Supervisor(stack.children, on_exit=exited, on_started=started)
+    supervising = asyncio.create_task(supervisor.run(stop))
     renewed = loop.time()
-    while not stop.is_set() and crashed is None:
-        await asyncio.sleep(0.5)
-        crashed = stack.first_exited()
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.5)
         if loop.time() - renewed > RENEW_CHECK_S:
             # Certificates live 24 h: renew what is near its end; every process reloads the files.
             renewed = loop.time()
             await asyncio.to_thread(stack.renew_credentials)
-    if crashed is not None:
-        console.print(f"[red]{crashed.name} exited with code {crashed.exited()}[/red]\n{crashed.log_tail()}")
+    await supervising
     console.print("stopping...")
     codes = await stack.stop()
     console.print("stopped: " + ", ".join(f"{name} ({code})" for name, code in codes.items()))
-    return process.EXIT_FAILED if crashed is not None else process.EXIT_OK
+    return process.EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:

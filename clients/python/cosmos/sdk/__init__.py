@@ -12,6 +12,7 @@ writes one to ``.cosmos/pki/worker.pem``):
 >>> await worker.run(stopping)
 """
 
+from cosmos.sdk.watch import watch_workflow
 from cosmos.sdk.worker import StepContext, StepError, Worker, WorkerConfig
 
-__all__ = ["StepContext", "StepError", "Worker", "WorkerConfig"]
+__all__ = ["StepContext", "StepError", "Worker", "WorkerConfig", "watch_workflow"]

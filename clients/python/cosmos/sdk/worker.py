@@ -9,6 +9,13 @@ JetStream *before* the task is acknowledged, so a crash re-runs the task rather 
 A worker connects with its certificate (``tls``: a user certificate with the ``worker`` role, which
 the locked-down NATS maps to a worker user), and every result and heartbeat carries the task's token:
 Plato applies only those whose token is right for the current attempt.
+
+Delivered again, a task is first checked with Plato (``cosmos.plato.attempts``): if its attempt is no
+longer current (the workflow ended, the step moved on) it is acknowledged and the handler is not run.
+While a handler runs, the worker keeps JetStream's lease on the task (``in_progress`` every third of
+``ack_wait``), so a long handler is not handed to a second worker; it acknowledges the task once its
+result is stored. A NATS outage is ridden out: the connection reconnects, pulls resume, and a result
+is posted again (same ``Nats-Msg-Id``) until JetStream has it.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from typing import Any
 import nats
 import nats.errors
 import nats.js.errors
+from google.protobuf.message import DecodeError
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -59,6 +67,12 @@ class WorkerConfig:
     """Seconds a task may go without a heartbeat before JetStream hands it to another worker."""
     fetch_batch: int = 64
     """Tasks requested per pull."""
+    check_timeout: float = 2.0
+    """Seconds to wait for Plato's answer on whether a redelivered task's attempt is still current."""
+    recheck_delay: float = 5.0
+    """Seconds before a redelivered task is looked at again when Plato could not answer."""
+    retry_max: float = 5.0
+    """Longest wait between tries while NATS is unreachable (pulls, posting a result)."""
 
 
 @dataclass
@@ -180,6 +194,13 @@ class Worker:
             except nats.js.errors.NotFoundError:
                 # Plato creates the streams; a worker may well start first.
                 await asyncio.sleep(0.5)
+            except nats.errors.ConnectionClosedError:
+                return None
+            except (nats.errors.Error, TimeoutError) as exc:
+                log.warning(
+                    "cannot subscribe yet; retrying", extra={"fields": {"queue": queue, "error": repr(exc)}}
+                )
+                await asyncio.sleep(1.0)
         return None
 
     async def _serve(self, queue: str, slots: asyncio.Semaphore, stopping: asyncio.Event) -> None:
@@ -194,6 +215,13 @@ class Worker:
                 continue
             except nats.errors.ConnectionClosedError:
                 return
+            except nats.errors.Error as exc:
+                # NATS is away (reconnecting) or JetStream is not ready again yet: pull again shortly.
+                log.warning(
+                    "pulling tasks failed; retrying", extra={"fields": {"queue": queue, "error": repr(exc)}}
+                )
+                await asyncio.sleep(min(1.0, self.config.retry_max))
+                continue
             for msg in msgs:
                 await slots.acquire()
                 task = asyncio.create_task(self._run_one(queue, msg))
@@ -208,8 +236,53 @@ class Worker:
 
         return done
 
+    async def _attempt_status(self, task: events_pb2.StepTask) -> events_pb2.AttemptStatus | None:
+        """Plato's word on whether ``task``'s attempt is still current; None if it cannot be had now."""
+        assert self._nc is not None
+        query = events_pb2.AttemptQuery(
+            workflow_id=task.workflow_id,
+            step_id=task.step_id,
+            attempt=task.attempt,
+            task_token=task.task_token,
+        )
+        try:
+            reply = await self._nc.request(
+                subjects.ATTEMPTS, query.SerializeToString(), timeout=self.config.check_timeout
+            )
+            return events_pb2.AttemptStatus.FromString(reply.data)
+        except (nats.errors.Error, TimeoutError, DecodeError):
+            return None
+
+    async def _still_current(self, task: events_pb2.StepTask, msg: Msg) -> bool:
+        """False when a redelivered task must not run (acknowledged, or left for a later look)."""
+        if msg.metadata.num_delivered in (None, 1):
+            return True  # first delivery: Plato published it for the current attempt
+        status = await self._attempt_status(task)
+        if status is None:
+            with contextlib.suppress(nats.errors.Error):
+                await msg.nak(delay=self.config.recheck_delay)
+            return False
+        if not status.current:
+            log.info(
+                "redelivered task is stale; not run",
+                extra={"fields": {"key": task.idempotency_key, "why": status.reason}},
+            )
+            with contextlib.suppress(nats.errors.Error):
+                await msg.ack()
+            return False
+        return True
+
+    async def _keep_leased(self, msg: Msg) -> None:
+        # JetStream would hand a task whose handler outlives ack_wait to another worker.
+        while True:
+            await asyncio.sleep(self.config.ack_wait / 3)
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                await msg.in_progress()
+
     async def _run_one(self, queue: str, msg: Msg) -> None:
         task = events_pb2.StepTask.FromString(msg.data)
+        if not await self._still_current(task, msg):
+            return
         ctx = StepContext(task, values.struct_to_dict(task.input), asyncio.Event(), self, msg)
         with tracer.start_as_current_span(
             f"step {task.step_name}", context=telemetry.extract_context(msg.headers)
@@ -218,6 +291,7 @@ class Worker:
             span.set_attribute("cosmos.step_id", task.step_id)
             span.set_attribute("cosmos.attempt", task.attempt)
             self._cancellable[task.idempotency_key] = ctx
+            leased = asyncio.create_task(self._keep_leased(msg))
             try:
                 output = await self.handlers[queue](ctx)
                 inp, msg_id = inputs.result(
@@ -251,10 +325,27 @@ class Worker:
                     task_token=task.task_token,
                 )
             finally:
+                leased.cancel()
                 self._cancellable.pop(task.idempotency_key, None)
-            await self._post(inp, msg_id)
-            await msg.ack()
+            await self._post_until_stored(inp, msg_id)
+            with contextlib.suppress(nats.errors.Error):
+                await msg.ack()  # if this is lost, the redelivery is found stale and acknowledged then
             self.completed += 1
+
+    async def _post_until_stored(self, inp: engine_pb2.EngineInput, msg_id: str) -> None:
+        """Post a result, again (same msg id: JetStream keeps one) until stored, with backoff."""
+        delay = 0.2
+        while True:
+            try:
+                await self._post(inp, msg_id)
+                return
+            except (nats.errors.Error, TimeoutError) as exc:
+                log.warning(
+                    "cannot post a result yet; retrying",
+                    extra={"fields": {"workflow_id": inp.workflow_id, "error": repr(exc)}},
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.config.retry_max)
 
     async def _post(self, inp: engine_pb2.EngineInput, msg_id: str) -> None:
         assert self._js is not None

@@ -28,7 +28,7 @@ from cosmos.optimus.media import publish
 from cosmos.optimus.v1 import encode_pb2, encode_service_pb2, encode_service_pb2_grpc
 from cosmos.optimus.view import QUALITY_MODES, encode_view
 from cosmos.plato.v1 import workflow_pb2, workflow_service_pb2, workflow_service_pb2_grpc
-from cosmos.runtime import batching, paging, rpc_errors, telemetry
+from cosmos.runtime import batching, paging, reconnect, rpc_errors, telemetry
 from cosmos.security import auth, principals, storage
 
 DEFINITION_ID = "encode-ladder"
@@ -374,7 +374,14 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
         # read per look, however many chunk events a big ladder produces.
         previous = b""
         while not self.stopping.is_set():
-            current = encode_view(await self._workflow(request.encode_id))
+            try:
+                current = encode_view(await self._workflow(request.encode_id))
+            except grpc.aio.AioRpcError as exc:
+                if not reconnect.transient(exc):
+                    raise
+                # Plato is restarting: the watcher keeps its stream, and the next look tries again.
+                await asyncio.sleep(WATCH_INTERVAL * 2)
+                continue
             current.ClearField("update_time")
             snapshot = current.SerializeToString(deterministic=True)
             if snapshot != previous:

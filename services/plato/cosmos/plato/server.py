@@ -11,6 +11,7 @@ from pathlib import Path
 from cosmos import errors
 from cosmos.plato import task_tokens
 from cosmos.plato.api import StepApi, WorkflowApi
+from cosmos.plato.attempts import AttemptAnswers
 from cosmos.plato.engine.evaluator import Evaluator, EvaluatorConfig
 from cosmos.plato.store import PlatoStore, Storage, StoreConfig
 from cosmos.plato.stratum_runner import StratumRunner
@@ -95,8 +96,11 @@ async def serve(args: argparse.Namespace) -> None:
     await store.watch_definitions()
     evaluator = Evaluator(store, EvaluatorConfig(batch=args.batch), task_key=key)
     evaluating: asyncio.Task[None] | None = None
+    answers = AttemptAnswers(nc, store, key)
+    await answers.start()
 
     async def finish() -> None:
+        await answers.stop()
         # The evaluator finishes its batch (it checks `stopping` between batches) before NATS closes.
         if evaluating is not None:
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):

@@ -6,18 +6,25 @@ redelivered task finds the same job), follows the job with ``WatchJob`` (progres
 heartbeats), and completes or fails the step with the job's result. A job whose failure is
 ``FAILURE_CLASS_PERMANENT`` fails the step as not retryable: Plato runs no retry for it. Cancelling the
 step cancels the job.
+
+Stratum being away (restarting, unreachable) is not the step's failure: every call to it is retried
+with backoff while it answers ``UNAVAILABLE`` (or not at all), the submit with the same
+``request_id`` (so it finds the job it made), and the watch resumes after the last event it saw.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import contextlib
+from collections.abc import AsyncIterable, Awaitable, Callable
+from typing import Any, TypeVar
 
 import grpc
+import nats.errors
 
 from cosmos.plato import subjects
 from cosmos.plato.engine import values
-from cosmos.runtime import channels
+from cosmos.runtime import channels, reconnect
 from cosmos.sdk import StepContext, StepError, Worker
 from cosmos.security import principals
 from cosmos.security.config import Security
@@ -27,6 +34,12 @@ JS = job_pb2.JobState
 TERMINAL = (JS.JOB_STATE_SUCCEEDED, JS.JOB_STATE_FAILED, JS.JOB_STATE_CANCELLED, JS.JOB_STATE_TIMED_OUT)
 PROGRESS_INTERVAL = 1.0
 """Seconds between step heartbeats carrying a job's progress (the job's other reports are dropped)."""
+WAITING_BEAT = 10.0
+"""While Stratum is away, the step heartbeats this often (its heartbeat timeout is not Stratum's)."""
+CALL_TIMEOUT = 30.0
+"""Seconds one unary call to Stratum may take before it counts as unavailable and is retried."""
+
+T = TypeVar("T")
 
 
 class StratumRunner:
@@ -59,13 +72,17 @@ class StratumRunner:
         )
         metadata = ((principals.ON_BEHALF_OF, acting.delegation()),)
         try:
-            # Plato and Stratum may start together: wait for the channel rather than fail fast.
+            # A repeat finds the job the first submit made (same request_id), whichever one got through.
             job = (
-                await self.jobs.SubmitJob(request, wait_for_ready=True, timeout=30.0, metadata=metadata)
+                await self._call(
+                    step,
+                    lambda: self.jobs.SubmitJob(
+                        request, wait_for_ready=True, timeout=CALL_TIMEOUT, metadata=metadata
+                    ),
+                )
             ).job
         except grpc.aio.AioRpcError as exc:
-            retryable = exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-            raise StepError(f"Stratum refused the job: {exc.details()}", non_retryable=not retryable) from exc
+            raise StepError(f"Stratum refused the job: {exc.details()}", non_retryable=True) from exc
         try:
             await self._follow(step, job.job_id, metadata)
         except asyncio.CancelledError:
@@ -76,10 +93,15 @@ class StratumRunner:
                 job_id=job.job_id,
                 reason="workflow step cancelled",
             )
-            await asyncio.shield(self.jobs.CancelJob(cancel, metadata=metadata))
+            await asyncio.shield(self._call(step, lambda: self.jobs.CancelJob(cancel, metadata=metadata)))
             raise
         get = job_service_pb2.GetJobRequest(job_id=job.job_id)
-        done = (await self.jobs.GetJob(get, metadata=metadata)).job
+        done = (
+            await self._call(
+                step,
+                lambda: self.jobs.GetJob(get, wait_for_ready=True, timeout=CALL_TIMEOUT, metadata=metadata),
+            )
+        ).job
         if done.state != JS.JOB_STATE_SUCCEEDED:
             state = JS.Name(done.state).removeprefix("JOB_STATE_").lower()
             # A deterministic failure (corrupt source, invalid argument, full disk) fails the same
@@ -105,14 +127,39 @@ class StratumRunner:
             },
         }
 
+    async def _call(self, step: StepContext, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()``, again with backoff for as long as Stratum is unavailable; other errors raise."""
+        loop = asyncio.get_running_loop()
+        beat = -WAITING_BEAT
+
+        async def waiting() -> None:
+            # The step stays alive meanwhile (its heartbeat timeout is about the step, not Stratum).
+            nonlocal beat
+            if loop.time() - beat >= WAITING_BEAT:
+                beat = loop.time()
+                with contextlib.suppress(nats.errors.Error, TimeoutError):
+                    await step.heartbeat(message="waiting for Stratum")
+
+        return await reconnect.retrying(call, waiting, what="Stratum")
+
     async def _follow(self, step: StepContext, job_id: str, metadata: tuple[tuple[str, str], ...]) -> None:
+        """Until the job's terminal state, across Stratum restarts: the watch resumes after the last
+        event seen (a stream that ends without one, or breaks, is opened again)."""
         loop = asyncio.get_running_loop()
         last = -PROGRESS_INTERVAL
-        watch = job_service_pb2.WatchJobRequest(job_id=job_id)
-        async for reply in self.jobs.WatchJob(watch, metadata=metadata):
+        seen = 0
+
+        def watch() -> AsyncIterable[job_service_pb2.WatchJobResponse]:
+            request = job_service_pb2.WatchJobRequest(job_id=job_id, from_sequence=seen + 1)
+            return self.jobs.WatchJob(request, metadata=metadata)
+
+        def terminal(reply: job_service_pb2.WatchJobResponse) -> bool:
+            return reply.event.WhichOneof("event") == "state" and reply.event.state in TERMINAL
+
+        async for reply in reconnect.reconnecting(watch, terminal, what=f"watch of {job_id}"):
             event = reply.event
-            kind = event.WhichOneof("event")
-            if kind == "progress":
+            seen = max(seen, event.sequence)
+            if event.WhichOneof("event") == "progress":
                 # Every heartbeat is a durable workflow input (an inbox message and a record save):
                 # one a second per step is plenty for progress, and Stratum's own stream has them all.
                 if loop.time() - last < PROGRESS_INTERVAL:
@@ -120,8 +167,6 @@ class StratumRunner:
                 last = loop.time()
                 p = event.progress
                 await step.heartbeat(percent=p.percent, message=p.message, fps=p.fps, speed=p.speed)
-            elif kind == "state" and event.state in TERMINAL:
-                return
 
     async def close(self) -> None:
         """Close the channel to Stratum."""

@@ -47,6 +47,13 @@ REPORTS_ALL = f"cosmos.plato.inbox.*.{REPORT_TOKEN}"
 """The only inbox subjects step workers may publish to (NATS permissions); Plato's own are the rest."""
 
 
+ATTEMPTS = "cosmos.plato.attempts"
+"""Request/reply: a worker asks whether a redelivered task's attempt is still current
+(``AttemptQuery`` -> ``AttemptStatus``); answered by one Plato process of the queue group."""
+ATTEMPTS_QUEUE = "plato"
+"""Queue group of the Plato processes answering :data:`ATTEMPTS`."""
+
+
 def report(workflow_id: str) -> str:
     """Results and heartbeats posted by step workers for one workflow (in the inbox stream)."""
     return f"{inbox(workflow_id)}.{REPORT_TOKEN}"

@@ -2,12 +2,14 @@
 
 Start order follows the dependencies: NATS (JetStream) first, then Plato, Stratum and Optimus in
 parallel (each waits for SERVING), then the local agent (ready once Stratum lists it READY). Stop order
-is the reverse, each child getting SIGTERM and its grace period.
+is the reverse, each child getting SIGTERM and its grace period. While it runs, ``cosmos up`` restarts
+a child that exits (:mod:`cosmos.stack.supervisor`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import sys
 from collections.abc import Sequence
@@ -355,3 +357,9 @@ class EmbeddedStack:
     def first_exited(self) -> Child | None:
         """A component that ended on its own while the stack was up, if any."""
         return next((child for child in self.children if child.exited() is not None), None)
+
+    def restarted(self, child: Child) -> None:
+        """``child`` was started again (:mod:`cosmos.stack.supervisor`): its endpoint shows the new pid."""
+        self.endpoints = [
+            dataclasses.replace(ep, pid=child.pid) if ep.name == child.name else ep for ep in self.endpoints
+        ]

@@ -112,13 +112,14 @@ def worker_user(identity: str, queues: Sequence[str] = ()) -> NatsUser:
     It may create only durable consumers whose filter is a task subject (``CREATE.<stream>.<name>.
     <filter>``, the form nats-py uses for a named consumer with one filter), read their info, fetch
     and ack; it posts results and heartbeats to inboxes, which Plato applies only with the task token
-    of the current attempt. It cannot create or delete streams, touch KV or publish tasks or events.
+    of the current attempt, and may ask Plato whether a redelivered task is still current. It cannot
+    create or delete streams, touch KV or publish tasks or events.
     """
     tasks = plato_subjects.TASKS_STREAM
     names = [(plato_subjects.queue_consumer(q), plato_subjects.tasks(q)) for q in queues] or [
         ("*", plato_subjects.tasks("*"))
     ]
-    publish = ["$JS.API.INFO", plato_subjects.REPORTS_ALL]
+    publish = ["$JS.API.INFO", plato_subjects.REPORTS_ALL, plato_subjects.ATTEMPTS]
     for consumer, filter_subject in names:
         publish += [
             f"$JS.API.CONSUMER.INFO.{tasks}.{consumer}",

@@ -102,7 +102,8 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
-            self.dispatcher.agent_disconnected(agent_id, outbox)
+            # Unless Stratum itself is stopping, the agent hung up or its stream reset (process gone).
+            self.dispatcher.agent_disconnected(agent_id, outbox, broken=not self.stopping.is_set())
             if self.registry.agents[agent_id].closing is record.closing:
                 self.registry.disconnect(agent_id)
 

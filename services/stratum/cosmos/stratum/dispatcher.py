@@ -23,7 +23,7 @@ from cosmos import errors
 from cosmos.common.v1 import progress_pb2
 from cosmos.runtime import telemetry, wellknown
 from cosmos.security import secrets
-from cosmos.stratum import validation
+from cosmos.stratum import validation, waiting
 from cosmos.stratum.agent import progress
 from cosmos.stratum.placement import Placement, Placer
 from cosmos.stratum.registry import AgentRegistry
@@ -50,6 +50,12 @@ class DispatcherConfig:
     """Seconds between SIGTERM and SIGKILL when a running job is cancelled."""
     progress_save_interval: float = 5.0
     """Progress is persisted to the job record at most this often (events carry every update)."""
+    unplaceable_timeout: float = 300.0
+    """Seconds a queued job waits for an agent that could run it (none connected yet after a restart,
+    or only agents too small for it) before it fails with the reason (``--unplaceable-timeout``)."""
+    reconnect_grace: float = 1.0
+    """Seconds an agent whose stream broke (its process died) has to reconnect before its attempts are
+    requeued (``--reconnect-grace``); a host that goes silent with its stream open waits for the lease."""
 
 
 @dataclass
@@ -71,6 +77,11 @@ class Dispatcher:
     _kick: asyncio.Event = field(default_factory=asyncio.Event)
     _progress_saved: dict[str, float] = field(default_factory=dict)
     _background: set[asyncio.Task[None]] = field(default_factory=set)
+    _wait: waiting.AgentWait = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Agents have one lease to reconnect after a restart: until then the pool is not complete.
+        self._wait = waiting.AgentWait(self.config.unplaceable_timeout, settle=self.registry.lease_seconds)
 
     # ------------------------------------------------------------------ start-up
 
@@ -99,7 +110,9 @@ class Dispatcher:
 
     async def submit(self, request_id: str, spec_in: job_pb2.JobSpec) -> tuple[job_pb2.Job, bool]:
         """Queue a job (or return the one this ``request_id`` already made); True if deduplicated."""
-        validation.check_spec(spec_in, self.registry, self.placer, self.policy)
+        validation.check_spec(
+            spec_in, self.registry, self.placer, self.policy, self._wait.pool_complete(self.registry)
+        )
         spec = job_pb2.JobSpec()
         spec.CopyFrom(spec_in)
         spec.tenant = spec.tenant or "default"
@@ -177,6 +190,13 @@ class Dispatcher:
             self.placer.release(job.job_id)
             await self._finish(job, JS.JOB_STATE_CANCELLED)
             return job
+        # Stored before the agent hears of it: after a restart the attempt is cancelled, not resumed.
+        job.cancel_requested = True
+        await self.store.save(job)
+        self._send_cancel(job)
+        return job
+
+    def _send_cancel(self, job: job_pb2.Job) -> None:
         self._send(
             job.agent_id,
             agent_service_pb2.ConnectResponse(
@@ -188,7 +208,6 @@ class Dispatcher:
                 )
             ),
         )
-        return job
 
     # ------------------------------------------------------------------ placement
 
@@ -222,6 +241,13 @@ class Dispatcher:
                     if not _permanent(exc):
                         raise
                     await self._fail_unplaceable(job, f"cannot be assigned: {type(exc).__name__}: {exc}")
+        for job, reason in self._wait.overdue(
+            (job for job in queued if job.state == JS.JOB_STATE_QUEUED), self.registry, self.placer
+        ):
+            job.failure_reason = (
+                f"no agent could run this job for {self.config.unplaceable_timeout:g}s: {reason}"
+            )
+            await self._finish(job, JS.JOB_STATE_FAILED)
 
     async def _assign(self, job: job_pb2.Job, placement: Placement) -> None:
         spec = self._spec_for_agent(job)
@@ -257,6 +283,12 @@ class Dispatcher:
             )
             return
         await self._transition(assigned, JS.JOB_STATE_ASSIGNED)
+        if job.state != JS.JOB_STATE_QUEUED:
+            # Cancelled while the assignment was being saved: the agent never gets it, and the
+            # cancel's record is stored again over the assignment's.
+            self.placer.release(job.job_id)
+            await self.store.save(job)
+            return
         job.CopyFrom(assigned)
         self._send(job.agent_id, message)
 
@@ -318,6 +350,8 @@ class Dispatcher:
                 self._send_kill(agent.agent_id, job_id, attempt, "attempt is not current")
             else:
                 self.placer.reserve(job, agent.agent_id)
+                if job.cancel_requested:
+                    self._send_cancel(job)  # the cancel may have been lost with the old stream
         for job in list(self.jobs.values()):
             if (
                 job.agent_id == agent.agent_id
@@ -335,11 +369,28 @@ class Dispatcher:
         task.add_done_callback(self._background.discard)
 
     def agent_disconnected(
-        self, agent_id: str, outbox: asyncio.Queue[agent_service_pb2.ConnectResponse]
+        self, agent_id: str, outbox: asyncio.Queue[agent_service_pb2.ConnectResponse], *, broken: bool
     ) -> None:
-        """The stream ended; jobs stay assigned until the lease runs out."""
+        """The stream ended. ``broken``: it reset or the agent hung up (its process died or is stopping),
+        so unless it reconnects within ``reconnect_grace`` its attempts are requeued; otherwise (Stratum
+        stopping) they stay assigned, and the lease decides."""
         if self.outboxes.get(agent_id) is outbox:
             del self.outboxes[agent_id]
+            if broken:
+                self._later(self._requeue_unless_back(agent_id))
+
+    async def _requeue_unless_back(self, agent_id: str) -> None:
+        await asyncio.sleep(self.config.reconnect_grace)
+        if agent_id in self.outboxes:
+            return  # reconnected: it said in its hello what it still runs
+        self.placer.remove_node(agent_id)  # back in placement when it reconnects
+        for job in list(self.jobs.values()):
+            if job.agent_id == agent_id and job.state in ON_AGENT:
+                await self._requeue(
+                    job,
+                    f"agent {agent_id} disconnected and did not reconnect within "
+                    f"{self.config.reconnect_grace:g}s",
+                )
 
     def schedulable_changed(self, agent: agent_pb2.Agent) -> None:
         """Cordon, drain or uncordon happened."""
@@ -364,6 +415,10 @@ class Dispatcher:
 
     async def _requeue(self, job: job_pb2.Job, why: str) -> None:
         self.placer.release(job.job_id)
+        if job.cancel_requested:
+            # Cancelled while on the agent that is now gone: the attempt is over, and so is the job.
+            await self._finish(job, JS.JOB_STATE_CANCELLED)
+            return
         limit = job.spec.infra_retry.max_attempts or DEFAULT_INFRA_ATTEMPTS
         if job.attempt >= limit:
             job.failure_reason = f"{why}; gave up after {job.attempt} attempt(s)"

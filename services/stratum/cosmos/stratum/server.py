@@ -13,7 +13,7 @@ from cosmos.runtime import config, dependency, jetstream, process
 from cosmos.runtime.server import Server, ServiceBinding
 from cosmos.security import secrets, storage
 from cosmos.stratum.agent_stream import AgentServicer
-from cosmos.stratum.dispatcher import Dispatcher
+from cosmos.stratum.dispatcher import Dispatcher, DispatcherConfig
 from cosmos.stratum.job_api import JobApi
 from cosmos.stratum.placement import SchedulerPlacer
 from cosmos.stratum.pool import PoolServicer
@@ -38,6 +38,23 @@ def parser() -> argparse.ArgumentParser:
     )
     config.add_env_argument(
         p, PREFIX, "--heartbeat-interval", default=2.0, type=float, help="seconds between agent heartbeats"
+    )
+    config.add_env_argument(
+        p,
+        PREFIX,
+        "--unplaceable-timeout",
+        default=DispatcherConfig.unplaceable_timeout,
+        type=float,
+        help="seconds a queued job waits for an agent that could run it (e.g. while agents reconnect "
+        "after a restart) before it fails",
+    )
+    config.add_env_argument(
+        p,
+        PREFIX,
+        "--reconnect-grace",
+        default=DispatcherConfig.reconnect_grace,
+        type=float,
+        help="seconds an agent whose stream broke has to reconnect before its jobs are requeued",
     )
     config.add_env_argument(
         p, PREFIX, "--policy", default="fgd", help="placement policy: fgd, best-fit, first-fit"
@@ -85,7 +102,12 @@ async def serve(args: argparse.Namespace) -> None:
     await store.ensure()
     registry = AgentRegistry(lease_seconds=args.lease_seconds, revoked=await store.revoked())
     policy = JobPolicy.load(Path(args.job_policy)) if args.job_policy else None
-    dispatcher = Dispatcher(store, registry, SchedulerPlacer(policy=args.policy), keyring=keys, policy=policy)
+    timing = DispatcherConfig(
+        unplaceable_timeout=args.unplaceable_timeout, reconnect_grace=args.reconnect_grace
+    )
+    dispatcher = Dispatcher(
+        store, registry, SchedulerPlacer(policy=args.policy), timing, keyring=keys, policy=policy
+    )
     await dispatcher.recover()
     # The job API and revoking need JetStream; agent streams and pool reads go on without it.
     gate = dependency.Gate("NATS", lambda: nc.is_connected, needs=_needs_nats)

@@ -182,9 +182,11 @@ def check_spec(
     registry: AgentRegistry,
     placer: CapacityOracle,
     policy: JobPolicy | None = None,
+    pool_complete: bool = True,
 ) -> None:
     """Raise :class:`InvalidArgumentError` (every bad field), :class:`PermissionDeniedError` (outside
-    the tenant's allow-list) or :class:`FailedPreconditionError`."""
+    the tenant's allow-list) or :class:`FailedPreconditionError`. With ``pool_complete`` False (agents
+    may still be reconnecting) whether an agent could run the job is left to the dispatcher's wait."""
     bad: list[errors.FieldViolation] = []
     if not spec.argv or not spec.argv[0]:
         bad.append(
@@ -250,6 +252,8 @@ def check_spec(
         )
     if policy is not None:
         policy.check(spec)
+    if not pool_complete:
+        return
     reason = placer.could_ever_fit(spec)
     if reason is not None:
         raise errors.InvalidArgumentError(

@@ -65,12 +65,12 @@ class JobSupervisor:
         self.unacked: dict[Key, agent_service_pb2.ConnectRequest] = {}
 
     def running(self) -> list[agent_service_pb2.RunningAttempt]:
-        """Attempts still running, for the hello of a new connection (reconciliation)."""
-        return [
-            agent_service_pb2.RunningAttempt(job_id=job_id, attempt=attempt)
-            for (job_id, attempt), a in self.attempts.items()
-            if not a.stale
-        ]
+        """Attempts this agent still holds, for the hello of a new connection (reconciliation): those
+        running, and those finished whose result Stratum has not acknowledged (it is re-sent right
+        after the hello, so Stratum must not requeue them meanwhile)."""
+        held = [key for key, a in self.attempts.items() if not a.stale]
+        held += [key for key in self.unacked if key not in self.attempts]
+        return [agent_service_pb2.RunningAttempt(job_id=job_id, attempt=attempt) for job_id, attempt in held]
 
     def resend_unacked(self) -> None:
         """Send again every result Stratum has not acknowledged yet."""
@@ -166,8 +166,10 @@ class JobSupervisor:
         self.unacked.pop((job_id, attempt), None)
 
     async def shutdown(self, grace: float) -> None:
-        """Cancel every running attempt and wait for their results (the agent is stopping)."""
+        """Stop every running attempt (the agent is stopping). They are not reported: the job was not
+        cancelled, its host went away, so Stratum requeues it when the stream closes."""
         for current in list(self.attempts.values()):
+            current.stale = True
             await current.run.cancel(grace)
         tasks = [a.task for a in self.attempts.values()]
         if tasks:

@@ -287,7 +287,12 @@ Global___CancelEncodeResponse: _TypeAlias = CancelEncodeResponse  # noqa: Y015
 
 @_typing.final
 class WatchEncodeRequest(_message.Message):
-    """WatchEncodeRequest is the request of EncodeService.WatchEncode."""
+    """WatchEncodeRequest is the request of EncodeService.WatchEncode. Every
+    message of the stream is a whole snapshot, so there is no resume position:
+    a client whose stream broke (Optimus or Plato restarting) watches again and
+    its first message is the encode as it is now. While Plato restarts, Optimus
+    keeps the stream open and looks again.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -302,3 +302,70 @@ class StepTask(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StepTask: _TypeAlias = StepTask  # noqa: Y015
+
+@_typing.final
+class AttemptQuery(_message.Message):
+    """AttemptQuery asks Plato whether a step attempt is still current, before a
+    worker runs a task JetStream delivered again (request/reply on
+    cosmos.plato.attempts; a queue group of Plato processes answers).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKFLOW_ID_FIELD_NUMBER: _builtins.int
+    STEP_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    TASK_TOKEN_FIELD_NUMBER: _builtins.int
+    workflow_id: _builtins.str
+    """Workflow of the attempt (the task's workflow_id)."""
+    step_id: _builtins.str
+    """Step instance of the attempt (the task's step_id)."""
+    attempt: _builtins.int
+    """Attempt number (the task's attempt)."""
+    task_token: _builtins.bytes
+    """The task's token: Plato answers only a worker that was given the attempt."""
+    def __init__(
+        self,
+        *,
+        workflow_id: _builtins.str = ...,
+        step_id: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        task_token: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "step_id", b"step_id", "task_token", b"task_token", "workflow_id", b"workflow_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AttemptQuery: _TypeAlias = AttemptQuery  # noqa: Y015
+
+@_typing.final
+class AttemptStatus(_message.Message):
+    """AttemptStatus is Plato's answer to an AttemptQuery."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CURRENT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    current: _builtins.bool
+    """True when the attempt is the step's current one and still scheduled or
+    running: the handler should run it.
+    """
+    reason: _builtins.str
+    """Why not, when current is false (e.g. "the workflow is COMPLETED"); at
+    most 200 characters.
+    """
+    def __init__(
+        self,
+        *,
+        current: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current", b"current", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AttemptStatus: _TypeAlias = AttemptStatus  # noqa: Y015

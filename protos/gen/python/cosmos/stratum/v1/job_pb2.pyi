@@ -515,6 +515,7 @@ class Job(_message.Message):
     ASSIGN_TIME_FIELD_NUMBER: _builtins.int
     TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
     SEALED_SECRETS_FIELD_NUMBER: _builtins.int
+    CANCEL_REQUESTED_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """Server-assigned unique id of the job."""
     state: Global___JobState.ValueType
@@ -532,6 +533,11 @@ class Job(_message.Message):
     last_sequence: _builtins.int
     """Sequence number of the latest JobEvent; watch from last_sequence + 1 to
     receive only new events.
+    """
+    cancel_requested: _builtins.bool
+    """Whether CancelJob was called while the job was on an agent: stored before
+    the agent is told, so a cancel survives a Stratum restart (the attempt is
+    cancelled, never requeued, when its agent reconnects or is lost).
     """
     @_builtins.property
     def spec(self) -> Global___JobSpec:
@@ -607,10 +613,11 @@ class Job(_message.Message):
         assign_time: _timestamp_pb2.Timestamp | None = ...,
         trace_context: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         sealed_secrets: Global___SealedSecrets | None = ...,
+        cancel_requested: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["assign_time", b"assign_time", "create_time", b"create_time", "end_time", b"end_time", "progress", b"progress", "result", b"result", "sealed_secrets", b"sealed_secrets", "spec", b"spec", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "assign_time", b"assign_time", "attempt", b"attempt", "create_time", b"create_time", "end_time", b"end_time", "failure_reason", b"failure_reason", "gpu_indices", b"gpu_indices", "gpu_uuids", b"gpu_uuids", "job_id", b"job_id", "last_sequence", b"last_sequence", "progress", b"progress", "request_id", b"request_id", "result", b"result", "sealed_secrets", b"sealed_secrets", "spec", b"spec", "start_time", b"start_time", "state", b"state", "trace_context", b"trace_context", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "assign_time", b"assign_time", "attempt", b"attempt", "cancel_requested", b"cancel_requested", "create_time", b"create_time", "end_time", b"end_time", "failure_reason", b"failure_reason", "gpu_indices", b"gpu_indices", "gpu_uuids", b"gpu_uuids", "job_id", b"job_id", "last_sequence", b"last_sequence", "progress", b"progress", "request_id", b"request_id", "result", b"result", "sealed_secrets", b"sealed_secrets", "spec", b"spec", "start_time", b"start_time", "state", b"state", "trace_context", b"trace_context", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
