@@ -127,3 +127,10 @@ class UnavailableError(RpcError):
 
     code = grpc.StatusCode.UNAVAILABLE
     reason = "ERROR_REASON_SERVICE_UNAVAILABLE"
+
+
+class ResourceExhaustedError(RpcError):
+    """The caller made too many calls in a short time, or a quota is spent; retry later."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "ERROR_REASON_RATE_LIMITED"

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from cosmos.runtime import config, jetstream, process
 from cosmos.runtime.server import Server, ServiceBinding
-from cosmos.security import secrets, storage
+from cosmos.security import pki, secrets, storage
+from cosmos.stratum import enrollment
 from cosmos.stratum.agent_stream import AgentServicer
 from cosmos.stratum.dispatcher import Dispatcher
 from cosmos.stratum.job_api import JobApi
@@ -60,6 +61,18 @@ def parser() -> argparse.ArgumentParser:
         default="",
         help="YAML file of the executables and images each tenant's jobs may use (none: no restriction)",
     )
+    config.add_env_argument(
+        p,
+        PREFIX,
+        "--agent-ca-dir",
+        default="",
+        help="directory with ca.pem and ca-key.pem (0600) to sign agent certificates with, for agents "
+        "joining with a join token and renewing (an intermediate CA for agents is best); "
+        "empty: agents get their certificates elsewhere",
+    )
+    config.add_env_argument(
+        p, PREFIX, "--agent-cert-ttl", default="24h", help="lifetime of the agent certificates it signs"
+    )
     storage.add_argument(p, PREFIX)
     return p
 
@@ -78,6 +91,8 @@ async def serve(args: argparse.Namespace) -> None:
     """Connect to NATS, recover jobs, serve until SIGTERM/SIGINT, then close everything."""
     server_config = process.server_config("stratum", args)
     keys = keyring(args)  # a bad key file stops the start, before anything connects
+    authority = enrollment.load_authority(Path(args.agent_ca_dir)) if args.agent_ca_dir else None
+    cert_ttl = pki.parse_ttl(args.agent_cert_ttl)
     roots = storage.roots_from_args(args)
     # Stratum presents its own service certificate to NATS, which maps it to the stratum user.
     nc, js = await jetstream.connect(args.nats, "cosmos-stratum", tls=server_config.security.tls)
@@ -86,6 +101,7 @@ async def serve(args: argparse.Namespace) -> None:
     registry = AgentRegistry(lease_seconds=args.lease_seconds, revoked=await store.revoked())
     policy = JobPolicy.load(Path(args.job_policy)) if args.job_policy else None
     dispatcher = Dispatcher(store, registry, SchedulerPlacer(policy=args.policy), keyring=keys, policy=policy)
+    enroll = enrollment.Enrollment(store, registry.revoked, authority, cert_ttl)
     await dispatcher.recover()
     server = Server(server_config, on_stop=nc.close)
     server.add(
@@ -99,14 +115,14 @@ async def serve(args: argparse.Namespace) -> None:
     server.add(
         ServiceBinding(
             "cosmos.stratum.v1.AgentService",
-            AgentServicer(registry, dispatcher, server.stopping, args.heartbeat_interval),
+            AgentServicer(registry, dispatcher, server.stopping, args.heartbeat_interval, enroll),
             agent_service_pb2_grpc.add_AgentServiceServicer_to_server,
         )
     )
     server.add(
         ServiceBinding(
             "cosmos.stratum.v1.PoolService",
-            PoolServicer(registry, dispatcher),
+            PoolServicer(registry, dispatcher, enroll),
             pool_service_pb2_grpc.add_PoolServiceServicer_to_server,
         )
     )
