@@ -264,9 +264,9 @@ class Enrollment:
         authority = self._authority()
         if not self.limiter.allow(peer_host(peer), time.monotonic()):
             raise errors.ResourceExhaustedError("too many join attempts from this address; retry in a minute")
+        token = join.parse(request.token)  # the token is the caller's credential: checked first
         _require(request.request_id, "request_id")
         _check_agent_id(request.agent_id)
-        token = join.parse(request.token)
         public_key = join.public_key_of(request.csr_pem)
         redeemed = join.redemption(request.request_id, request.agent_id, public_key)
         checked_revoked = False
