@@ -202,8 +202,9 @@ async def keep_renewed(stratum: str, security: Security, stopping: asyncio.Event
             new = await renew_once(stratum, security)
         except grpc.aio.AioRpcError as exc:
             if exc.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.PERMISSION_DENIED):
-                log.error(
-                    "Stratum does not renew this agent's certificate; renew it otherwise",
+                log.warning(
+                    "Stratum does not renew this agent's certificate; renew it otherwise "
+                    "(or run with --cert-renewal off)",
                     extra={"fields": {"code": exc.code().name, "details": exc.details()}},
                 )
                 return
