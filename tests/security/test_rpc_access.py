@@ -45,6 +45,8 @@ class Rpc:
     client_streaming: bool
     server_streaming: bool
     permission: str
+    anonymous: bool = False
+    """Needs no credentials: it authenticates its request itself (an agent's join token)."""
 
     def call(self, channel: grpc.aio.Channel, timeout: float = 10.0) -> Any:
         """Call it with an empty request; returns the awaitable or stream."""
@@ -101,6 +103,7 @@ def reflected_rpcs(target: str) -> list[Rpc]:
                         method.client_streaming,
                         method.server_streaming,
                         access_pb2.Permission.Name(access.permission),
+                        access.anonymous,
                     )
                 )
     return rpcs
@@ -119,7 +122,10 @@ class Mesh:
 def mesh(start_service: Callable[..., ServiceProcess], nats_url: str) -> Mesh:
     token_ports = {name: f"127.0.0.1:{free_port()}" for name in ("plato", "stratum", "optimus")}
     plato = start_service("plato", "--nats", nats_url, "--token-listen", token_ports["plato"])
-    stratum = start_service("stratum", "--nats", nats_url, "--token-listen", token_ports["stratum"])
+    stratum = start_service(
+        "stratum", "--nats", nats_url, "--token-listen", token_ports["stratum"],
+        "--agent-ca-dir", str(security_harness.pki_dir()),
+    )  # fmt: skip
     optimus = start_service("optimus", "--plato", plato.target, "--token-listen", token_ports["optimus"])
     processes = {"plato": plato, "stratum": stratum, "optimus": optimus}
     return Mesh({n: p.target for n, p in processes.items()}, token_ports, processes)
@@ -151,10 +157,14 @@ async def test_every_rpc_refuses_callers_without_credentials(mesh: Mesh) -> None
                 exc = await refusal(rpc, channel)
                 assert exc is not None and exc.code() == grpc.StatusCode.UNAVAILABLE, (rpc.path, exc)
         # The token port asks no certificate: without a token every RPC is UNAUTHENTICATED, with why.
+        # An anonymous RPC (an agent's join) checks the credential its request carries, its join token.
         async with security_harness.anonymous_channel(mesh.token_targets[name]) as channel:
             for rpc in rpcs:
                 exc = await refusal(rpc, channel)
                 assert exc is not None and exc.code() == grpc.StatusCode.UNAUTHENTICATED, (rpc.path, exc)
+                if rpc.anonymous:
+                    assert _reason(exc) == ("ERROR_REASON_JOIN_TOKEN_INVALID", {"cause": "malformed"})
+                    continue
                 assert _reason(exc)[0] == "ERROR_REASON_UNAUTHENTICATED"
                 assert "no credentials" in (exc.details() or "")
 
@@ -172,7 +182,7 @@ async def test_every_rpc_refuses_a_caller_with_too_little_role(mesh: Mesh) -> No
             async with security_harness.channel(target, files) as channel:
                 for rpc in rpcs:
                     exc = await refusal(rpc, channel)
-                    if rpc.permission in allowed:
+                    if rpc.permission in allowed or rpc.anonymous:
                         # Let through to the handler: whatever it answers, it is not a refusal of the caller.
                         refused = ("ERROR_REASON_PERMISSION_DENIED", "ERROR_REASON_UNAUTHENTICATED")
                         assert exc is None or _reason(exc)[0] not in refused, (rpc.path, exc)

@@ -72,11 +72,10 @@ def wait_agent_ready(stack: Stack, timeout: float = 90) -> dict[str, object]:
     raise AssertionError(f"agent not READY: {last}")
 
 
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
-    ports = {name: free_port() for name in ("optimus", "plato", "stratum", "nats")}
+def start_up(tmp_path: Path, ports: dict[str, int], token_port_offset: int = 0) -> Stack:
     env = {**os.environ, "COSMOS_NATS_PORT": str(ports["nats"]), "COSMOS_DATA_DIR": str(tmp_path / "data"),
-           "COSMOS_CONFIG": str(tmp_path / "config.yaml"), "COSMOS_TOKEN_PORT_OFFSET": "0"}  # fmt: skip
+           "COSMOS_CONFIG": str(tmp_path / "config.yaml"),
+           "COSMOS_TOKEN_PORT_OFFSET": str(token_port_offset)}  # fmt: skip
     proc = subprocess.Popen(
         [
             sys.executable, "-m", "cosmos.cli", "up",
@@ -90,8 +89,11 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         text=True,
         env=env,
     )  # fmt: skip
-    up = Stack(proc, ports, tmp_path / "data")
-    yield up
+    return Stack(proc, ports, tmp_path / "data")
+
+
+def stop_up(stack: Stack) -> None:
+    proc = stack.proc
     if proc.poll() is None:
         # A failed test leaves the stack up: stop it the way a user would, then make sure.
         children = psutil.Process(proc.pid).children(recursive=True)
@@ -104,6 +106,13 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         for child in children:
             with contextlib.suppress(psutil.NoSuchProcess):
                 child.kill()
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    up = start_up(tmp_path, {name: free_port() for name in ("optimus", "plato", "stratum", "nats")})
+    yield up
+    stop_up(up)
 
 
 def test_up_serves_every_contract_with_health_and_reflection_then_stops_cleanly(stack: Stack) -> None:
@@ -254,3 +263,70 @@ def test_up_restarts_a_crashed_child_and_the_platform_still_works(stack: Stack) 
     for name in ("plato", "agent", "stratum"):
         assert f"{name} exited with code -9; restarting it in" in output, output
         assert f"{name} restarted (pid" in output
+
+
+def _free_pair() -> int:
+    """A free port whose next port is free too (a service and its token port, offset 1)."""
+    for _ in range(100):
+        port = free_port()
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no two adjacent free ports")
+
+
+def test_up_lets_a_second_agent_join_with_a_join_token(tmp_path: Path) -> None:
+    """The README's steps to add an agent: a join token from the CLI, ca.pem, the token in the
+    environment, the stack's token port."""
+    ports = {name: _free_pair() for name in ("optimus", "plato", "stratum")}
+    ports["nats"] = free_port()
+    stack = start_up(tmp_path, ports, token_port_offset=1)
+    second: subprocess.Popen[bytes] | None = None
+    try:
+        wait_agent_ready(stack)
+        env = {**os.environ, "COSMOS_CONFIG": str(tmp_path / "config.yaml")}
+        cli = [sys.executable, "-m", "cosmos.cli", "agents", "join-token"]
+        created = subprocess.run([*cli, "create", "--ttl", "10m"], capture_output=True, text=True, env=env,
+                                 timeout=60)  # fmt: skip
+        assert created.returncode == 0, created.stderr
+        token = created.stdout.splitlines()[0]
+        assert token.startswith("cjt_") and "1 join(s)" in created.stdout
+
+        agent_pki = tmp_path / "agent2-pki"
+        agent_pki.mkdir()
+        (agent_pki / "ca.pem").write_bytes((stack.data_dir / "pki" / "ca.pem").read_bytes())
+        with (tmp_path / "agent2.log").open("wb") as log:
+            second = subprocess.Popen(
+                [sys.executable, "-m", "cosmos.cli", "agent", "--stratum", stack.target("stratum"),
+                 "--agent-id", "second-host", "--pki-dir", str(agent_pki),
+                 "--join-address", f"127.0.0.1:{ports['stratum'] + 1}",
+                 "--work-dir", str(tmp_path / "agent2-work"),
+                 "--storage-root", str(stack.data_dir / "storage")],
+                stdout=log, stderr=subprocess.STDOUT, env={**env, "COSMOS_AGENT_JOIN_TOKEN": token},
+            )  # fmt: skip
+        deadline = time.monotonic() + 90
+        ready: list[str] = []
+        while time.monotonic() < deadline and len(ready) < 2:
+            assert second.poll() is None, (tmp_path / "agent2.log").read_text()
+            done = stack.grpcurl(stack.target("stratum"), "cosmos.stratum.v1.PoolService/ListAgents")
+            agents = json.loads(done.stdout).get("agents", []) if done.returncode == 0 else []
+            ready = sorted(
+                str(a.get("agentId") or a.get("agent_id"))
+                for a in agents
+                if a.get("state") == "AGENT_STATE_READY"
+            )
+            time.sleep(0.3)
+        assert ready == sorted([f"local-{ports['stratum']}", "second-host"]), (
+            tmp_path / "agent2.log"
+        ).read_text()
+
+        listed = subprocess.run([*cli, "list"], capture_output=True, text=True, env=env, timeout=60)
+        assert listed.returncode == 0 and "used up" in listed.stdout and "second-host" in listed.stdout
+    finally:
+        if second is not None and second.poll() is None:
+            second.send_signal(signal.SIGTERM)
+            second.wait(30)
+        stop_up(stack)

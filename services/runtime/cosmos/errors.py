@@ -129,3 +129,10 @@ class UnavailableError(RpcError):
     reason = "ERROR_REASON_SERVICE_UNAVAILABLE"
     retry_delay: float = 1.0
     """Seconds a caller should wait before retrying (sent as ``google.rpc.RetryInfo``)."""
+
+
+class ResourceExhaustedError(RpcError):
+    """The caller made too many calls in a short time, or a quota is spent; retry later."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "ERROR_REASON_RATE_LIMITED"

@@ -13,7 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "encode": ("cosmos.cli.encode:main", "encode a video into an HLS + DASH ladder, with live progress"),
     "workflows": ("cosmos.cli.platform:workflows", "list, show or cancel Plato workflows"),
     "jobs": ("cosmos.cli.platform:jobs", "list Stratum jobs"),
-    "agents": ("cosmos.cli.platform:agents", "list or revoke Stratum agents"),
+    "agents": ("cosmos.cli.platform:agents", "list or revoke Stratum agents; join tokens for new agents"),
     "pki": ("cosmos.cli.security:pki_main", "create the CA, issue and renew workload certificates"),
     "token": ("cosmos.cli.security:token_main", "create platform tokens for people and programs"),
     "optimus": ("cosmos.optimus.server:main", "run the Optimus encode API server"),

@@ -1,5 +1,5 @@
-"""``cosmos workflows list|show|cancel``, ``cosmos jobs list``, ``cosmos agents list``: the platform's
-state in readable tables."""
+"""``cosmos workflows list|show|cancel``, ``cosmos jobs list``, ``cosmos agents list|revoke``: the
+platform's state in readable tables (``cosmos agents join-token``: :mod:`cosmos.cli.join_tokens`)."""
 
 from __future__ import annotations
 
@@ -163,6 +163,8 @@ def main(argv: Sequence[str] | None = None, *, noun: str = "") -> int:
     p = argparse.ArgumentParser(prog=f"cosmos {noun}", description=f"Show the platform's {noun}.")
     verbs = {"workflows": ["list", "show", "cancel"], "jobs": ["list"], "agents": ["list", "revoke"]}[noun]
     p.add_argument("verb", choices=verbs, nargs="?", default="list")
+    if noun == "agents":
+        p.epilog = "cosmos agents join-token create|list|delete: tokens for new agents to join with"
     p.add_argument("id", nargs="?", default="", help="workflow id (show, cancel) or agent id (revoke)")
     p.add_argument("--limit", type=int, default=50, help="rows at most")
     target.add_arguments(p, "plato", "stratum")
@@ -205,5 +207,10 @@ def jobs(argv: Sequence[str] | None = None) -> int:
 
 
 def agents(argv: Sequence[str] | None = None) -> int:
-    """``cosmos agents``."""
-    return main(argv, noun="agents")
+    """``cosmos agents``; ``cosmos agents join-token ...`` is :mod:`cosmos.cli.join_tokens`."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["join-token"]:
+        from cosmos.cli import join_tokens
+
+        return join_tokens.main(args[1:])
+    return main(args, noun="agents")

@@ -75,7 +75,8 @@ class ServerConfig:
     security: Security = field(default_factory=Security)
     """Credentials of the main port (mutual TLS) or ``insecure`` (loopback development only)."""
     token_listen: Address | None = None
-    """Optional second port: TLS without client certificates, every caller presents a platform token."""
+    """Optional second port: TLS without client certificates, every caller presents a platform token
+    (or calls an RPC marked anonymous, such as an agent's join)."""
     health_listen: Address | None = None
     """Optional plaintext port serving only the health service, for probes."""
 
@@ -141,7 +142,12 @@ class Server:
             )
             if self.config.token_listen is not None:
                 if security.token_public_key is None:
-                    raise errors.ConfigError(f"{self.config.name}: --token-listen needs --token-public-key")
+                    # Still useful: RPCs that authenticate their own request (an agent joining with a
+                    # join token) are served there; every other call answers UNAUTHENTICATED.
+                    log.warning(
+                        "no --token-public-key: the token port accepts no platform tokens, only "
+                        "anonymous RPCs (agent joins)"
+                    )
                 token_creds = tls.server_credentials(security.tls, require_client_cert=False)
                 self.token_port = _bind(
                     lambda a: server.add_secure_port(a, token_creds),

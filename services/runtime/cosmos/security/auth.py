@@ -231,7 +231,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # 
             _write_audit(identity, "", "", method, _resource(request, None), exc.code.name)
 
 
-_ID_FIELDS = ("encode_id", "workflow_id", "job_id", "agent_id", "definition_id")
+_ID_FIELDS = ("token_id", "encode_id", "workflow_id", "job_id", "agent_id", "definition_id")
 
 
 def _resource(request: Any, response: Any) -> str:

@@ -198,7 +198,7 @@ class Authority:
         """A certificate for ``public_key`` naming ``subject``, valid for ``ttl`` (never past the CA)."""
         if subject.role not in (*ROLES, "nats"):
             raise errors.ConfigError(f"role {subject.role!r}: expected one of {', '.join(ROLES)}")
-        _check_name(subject.name)
+        check_name(subject.name)
         attributes = [x509.NameAttribute(NameOID.COMMON_NAME, subject.name)]
         if subject.tenant:
             attributes.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, subject.tenant))
@@ -262,7 +262,8 @@ class Authority:
         return cert
 
 
-def _check_name(name: str) -> None:
+def check_name(name: str) -> None:
+    """:class:`ConfigError` unless ``name`` is a valid workload name (agent id, user name)."""
     if not name or len(name) > 128 or not all(c.isalnum() or c in "-_." for c in name):
         raise errors.ConfigError(f"name {name!r}: letters, digits, '-', '_' and '.' only (1-128)")
 

@@ -200,7 +200,15 @@ class EmbeddedStack:
                     PLATO_SERVICES,
                 ),
                 (
-                    self._service("stratum", c.stratum_port, "--nats", c.nats_url, *roots),
+                    self._service(
+                        "stratum",
+                        c.stratum_port,
+                        "--nats",
+                        c.nats_url,
+                        *roots,
+                        # The dev CA signs the certificates of agents that join with a join token.
+                        *(["--agent-ca-dir", str(self.credentials.directory)] if self.credentials else []),
+                    ),
                     c.stratum_port,
                     STRATUM_SERVICES,
                 ),

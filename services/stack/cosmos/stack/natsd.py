@@ -35,7 +35,7 @@ PLATO_STREAMS = (
 )
 PLATO_BUCKETS = (plato_subjects.DEFINITIONS_BUCKET, plato_subjects.WORKFLOWS_BUCKET)
 STRATUM_STREAMS = (stratum_store.EVENTS_STREAM,)
-STRATUM_BUCKETS = (stratum_store.JOBS_BUCKET, stratum_store.REVOKED_BUCKET)
+STRATUM_BUCKETS = (stratum_store.JOBS_BUCKET, stratum_store.REVOKED_BUCKET, stratum_store.JOIN_TOKENS_BUCKET)
 STRATUM_SUBJECTS = (stratum_store.EVENTS_ALL,)
 
 

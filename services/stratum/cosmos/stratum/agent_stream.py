@@ -1,4 +1,5 @@
-"""The agent side of Stratum: one bidirectional stream per connected agent.
+"""The agent side of Stratum: one bidirectional stream per connected agent, plus joining with a join
+token and renewing the agent's certificate (:mod:`cosmos.stratum.enrollment`).
 
 The first message must be ``hello`` (inventory and the attempts the agent is still running); Stratum
 answers ``welcome`` with the lease, then both directions flow at once: heartbeats, job lifecycle and
@@ -17,6 +18,7 @@ from cosmos import errors
 from cosmos.runtime import wellknown
 from cosmos.security import auth
 from cosmos.stratum.dispatcher import Dispatcher
+from cosmos.stratum.enrollment import Enrollment
 from cosmos.stratum.registry import AgentRegistry
 from cosmos.stratum.v1 import agent_pb2, agent_service_pb2, agent_service_pb2_grpc
 
@@ -32,11 +34,23 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
         dispatcher: Dispatcher,
         stopping: asyncio.Event,
         heartbeat_interval: float,
+        enrollment: Enrollment,
     ) -> None:
         self.registry = registry
         self.dispatcher = dispatcher
         self.stopping = stopping
         self.heartbeat_interval = heartbeat_interval
+        self.enrollment = enrollment
+
+    async def JoinAgent(
+        self, request: agent_service_pb2.JoinAgentRequest, context: Any
+    ) -> agent_service_pb2.JoinAgentResponse:
+        return await self.enrollment.join(request, str(context.peer() or ""))
+
+    async def RenewAgentCertificate(
+        self, request: agent_service_pb2.RenewAgentCertificateRequest, context: Any
+    ) -> agent_service_pb2.RenewAgentCertificateResponse:
+        return await self.enrollment.renew(request, auth.current())
 
     async def Connect(
         self, request_iterator: AsyncIterator[agent_service_pb2.ConnectRequest], context: Any

@@ -1,4 +1,5 @@
-"""PoolService: the operator's view of the agents (list, cordon, drain) and pool totals."""
+"""PoolService: the operator's view of the agents (list, cordon, drain, revoke), pool totals, and the
+admin's agent join tokens (see :mod:`cosmos.stratum.enrollment`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import grpc
 
 from cosmos import errors
 from cosmos.runtime import paging
+from cosmos.security import auth
 from cosmos.stratum.dispatcher import ON_AGENT, Dispatcher
+from cosmos.stratum.enrollment import Enrollment
 from cosmos.stratum.registry import AgentRegistry
 from cosmos.stratum.v1 import agent_pb2, job_pb2, pool_service_pb2, pool_service_pb2_grpc
 
@@ -20,9 +23,10 @@ Context = grpc.aio.ServicerContext[Any, Any]
 class PoolServicer(pool_service_pb2_grpc.PoolServiceServicer):
     """Answers from the in-process :class:`AgentRegistry`."""
 
-    def __init__(self, registry: AgentRegistry, dispatcher: Dispatcher) -> None:
+    def __init__(self, registry: AgentRegistry, dispatcher: Dispatcher, enrollment: Enrollment) -> None:
         self.registry = registry
         self.dispatcher = dispatcher
+        self.enrollment = enrollment
 
     async def ListAgents(
         self, request: pool_service_pb2.ListAgentsRequest, context: Context
@@ -97,6 +101,21 @@ class PoolServicer(pool_service_pb2_grpc.PoolServiceServicer):
                 stats.running_jobs += 1
                 stats.allocated_gpus += len(job.gpu_indices) or job.spec.resources.gpu.share
         return pool_service_pb2.GetPoolStatsResponse(stats=stats)
+
+    async def CreateJoinToken(
+        self, request: pool_service_pb2.CreateJoinTokenRequest, context: Context
+    ) -> pool_service_pb2.CreateJoinTokenResponse:
+        return await self.enrollment.create(request, auth.current())
+
+    async def ListJoinTokens(
+        self, request: pool_service_pb2.ListJoinTokensRequest, context: Context
+    ) -> pool_service_pb2.ListJoinTokensResponse:
+        return await self.enrollment.list(request)
+
+    async def DeleteJoinToken(
+        self, request: pool_service_pb2.DeleteJoinTokenRequest, context: Context
+    ) -> pool_service_pb2.DeleteJoinTokenResponse:
+        return await self.enrollment.delete(request)
 
 
 def _require_agent_id(agent_id: str) -> None:

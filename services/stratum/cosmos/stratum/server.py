@@ -11,7 +11,8 @@ from pathlib import Path
 
 from cosmos.runtime import config, dependency, jetstream, process
 from cosmos.runtime.server import Server, ServiceBinding
-from cosmos.security import secrets, storage
+from cosmos.security import pki, secrets, storage
+from cosmos.stratum import enrollment
 from cosmos.stratum.agent_stream import AgentServicer
 from cosmos.stratum.dispatcher import Dispatcher, DispatcherConfig
 from cosmos.stratum.job_api import JobApi
@@ -77,6 +78,18 @@ def parser() -> argparse.ArgumentParser:
         default="",
         help="YAML file of the executables and images each tenant's jobs may use (none: no restriction)",
     )
+    config.add_env_argument(
+        p,
+        PREFIX,
+        "--agent-ca-dir",
+        default="",
+        help="directory with ca.pem and ca-key.pem (0600) to sign agent certificates with, for agents "
+        "joining with a join token and renewing (an intermediate CA for agents is best); "
+        "empty: agents get their certificates elsewhere",
+    )
+    config.add_env_argument(
+        p, PREFIX, "--agent-cert-ttl", default="24h", help="lifetime of the agent certificates it signs"
+    )
     storage.add_argument(p, PREFIX)
     return p
 
@@ -95,6 +108,8 @@ async def serve(args: argparse.Namespace) -> None:
     """Connect to NATS, recover jobs, serve until SIGTERM/SIGINT, then close everything."""
     server_config = process.server_config("stratum", args)
     keys = keyring(args)  # a bad key file stops the start, before anything connects
+    authority = enrollment.load_authority(Path(args.agent_ca_dir)) if args.agent_ca_dir else None
+    cert_ttl = pki.parse_ttl(args.agent_cert_ttl)
     roots = storage.roots_from_args(args)
     # Stratum presents its own service certificate to NATS, which maps it to the stratum user.
     nc, js = await jetstream.connect(args.nats, "cosmos-stratum", tls=server_config.security.tls)
@@ -108,6 +123,7 @@ async def serve(args: argparse.Namespace) -> None:
     dispatcher = Dispatcher(
         store, registry, SchedulerPlacer(policy=args.policy), timing, keyring=keys, policy=policy
     )
+    enroll = enrollment.Enrollment(store, registry.revoked, authority, cert_ttl)
     await dispatcher.recover()
     # The job API and revoking need JetStream; agent streams and pool reads go on without it.
     gate = dependency.Gate("NATS", lambda: nc.is_connected, needs=_needs_nats)
@@ -123,14 +139,14 @@ async def serve(args: argparse.Namespace) -> None:
     server.add(
         ServiceBinding(
             "cosmos.stratum.v1.AgentService",
-            AgentServicer(registry, dispatcher, server.stopping, args.heartbeat_interval),
+            AgentServicer(registry, dispatcher, server.stopping, args.heartbeat_interval, enroll),
             agent_service_pb2_grpc.add_AgentServiceServicer_to_server,
         )
     )
     server.add(
         ServiceBinding(
             "cosmos.stratum.v1.PoolService",
-            PoolServicer(registry, dispatcher),
+            PoolServicer(registry, dispatcher, enroll),
             pool_service_pb2_grpc.add_PoolServiceServicer_to_server,
         )
     )
@@ -147,7 +163,14 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def _needs_nats(method: str) -> bool:
-    return method.startswith("/cosmos.stratum.v1.JobService/") or method.endswith("/RevokeAgent")
+    # Join tokens live in a KV bucket: issuing, listing, deleting and redeeming them need it too.
+    return method.startswith("/cosmos.stratum.v1.JobService/") or method.rsplit("/", 1)[-1] in {
+        "RevokeAgent",
+        "CreateJoinToken",
+        "ListJoinTokens",
+        "DeleteJoinToken",
+        "JoinAgent",
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,6 +3,9 @@
 - ``stratum-jobs`` (KV): job id → :class:`Job` (spec, state, attempt, placement, result).
 - ``STRATUM_EVENTS`` (stream): :class:`JobEvent` on ``cosmos.job.events.<job_id>`` — state changes,
   progress, log lines, the result — for ``WatchJob`` and resumption by sequence.
+- ``stratum-revoked-agents`` (KV): revoked agent id → reason.
+- ``stratum-join-tokens`` (KV): token id → :class:`JoinTokenRecord` (a hash of the secret, never the
+  secret); records drop out a day after the longest a token can live.
 
 The queue is not stored separately: it is every job in state QUEUED, rebuilt from the bucket when
 Stratum starts.
@@ -11,6 +14,7 @@ Stratum starts.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 from collections.abc import Iterable
 
@@ -22,12 +26,15 @@ from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConf
 from nats.js.kv import KeyValue
 
 from cosmos.runtime import jetstream, publisher
+from cosmos.security import join
 from cosmos.stratum.v1 import job_pb2
 
 log = logging.getLogger(__name__)
 
 JOBS_BUCKET = "stratum-jobs"
 REVOKED_BUCKET = "stratum-revoked-agents"
+JOIN_TOKENS_BUCKET = "stratum-join-tokens"
+JOIN_TOKENS_MAX_AGE = (join.MAX_TTL + datetime.timedelta(days=1)).total_seconds()
 EVENTS_STREAM = "STRATUM_EVENTS"
 EVENTS_ALL = "cosmos.job.events.>"
 MSG_ID = "Nats-Msg-Id"
@@ -51,6 +58,7 @@ class JobStore:
         self.publisher = publisher.Publisher(nc)
         self._jobs: KeyValue | None = None
         self._revoked: KeyValue | None = None
+        self._join_tokens: KeyValue | None = None
 
     async def ensure(self) -> None:
         """Create the bucket and stream if missing (retrying while a JetStream cluster forms)."""
@@ -77,6 +85,15 @@ class JobStore:
         self._revoked = await self.js.create_key_value(
             KeyValueConfig(bucket=REVOKED_BUCKET, history=1, storage=self.storage, replicas=self.replicas)
         )
+        self._join_tokens = await self.js.create_key_value(
+            KeyValueConfig(
+                bucket=JOIN_TOKENS_BUCKET,
+                history=1,
+                ttl=JOIN_TOKENS_MAX_AGE,
+                storage=self.storage,
+                replicas=self.replicas,
+            )
+        )
 
     @property
     def jobs(self) -> KeyValue:
@@ -88,6 +105,21 @@ class JobStore:
         """Remember for good that ``agent_id`` is revoked."""
         assert self._revoked is not None, "call ensure() first"
         await self._revoked.put(agent_id, reason.encode())
+
+    @property
+    def join_tokens(self) -> KeyValue:
+        """The join tokens bucket."""
+        assert self._join_tokens is not None, "call ensure() first"
+        return self._join_tokens
+
+    async def is_revoked(self, agent_id: str) -> bool:
+        """Whether ``agent_id`` is revoked, as stored now (another Stratum may have revoked it)."""
+        assert self._revoked is not None, "call ensure() first"
+        try:
+            await self._revoked.get(agent_id)
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            return False
+        return True
 
     async def revoked(self) -> set[str]:
         """Every revoked agent id."""

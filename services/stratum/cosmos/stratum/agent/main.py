@@ -21,7 +21,7 @@ from cosmos.runtime import channels, config, process, telemetry
 from cosmos.security import config as security_config
 from cosmos.security import pki, storage
 from cosmos.security.config import Security
-from cosmos.stratum.agent import inventory, orphans, sandbox, staging
+from cosmos.stratum.agent import enroll, inventory, orphans, sandbox, staging
 from cosmos.stratum.agent.runner import RunLimits
 from cosmos.stratum.agent.supervisor import JobSupervisor
 from cosmos.stratum.v1 import agent_service_pb2, agent_service_pb2_grpc
@@ -232,6 +232,7 @@ def parser() -> argparse.ArgumentParser:
     add_sandbox_arguments(p)
     storage.add_argument(p, PREFIX)
     security_config.add_arguments(p, PREFIX, "agent")
+    enroll.add_arguments(p, PREFIX)
     process.add_logging_arguments(p, PREFIX)
     return p
 
@@ -333,8 +334,12 @@ async def serve(args: argparse.Namespace) -> None:
     if not security.insecure and security.tls is None:
         raise errors.ConfigError(
             "no agent certificate: give --pki-dir/--pki-name or --tls-cert/--tls-key/--tls-ca "
-            "(cosmos pki issue --role agent), or --insecure for a loopback development Stratum"
+            "(cosmos pki issue --role agent, or with --join-token), or --insecure for a loopback "
+            "development Stratum"
         )
+    if args.cert_renewal not in ("auto", "off"):
+        raise errors.ConfigError(f"--cert-renewal {args.cert_renewal!r}: expected auto or off")
+    await enroll.ensure_joined(args, security)
     agent = Agent(
         AgentConfig(
             stratum=str(config.Address.parse(args.stratum, setting="--stratum")),
@@ -351,7 +356,16 @@ async def serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, agent.stopping.set)
-    await agent.run()
+    renewing = None
+    if security.tls is not None and args.cert_renewal == "auto":
+        renewing = asyncio.create_task(enroll.keep_renewed(agent.cfg.stratum, security, agent.stopping))
+    try:
+        await agent.run()
+    finally:
+        if renewing is not None:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
     log.info("agent stopped")
 
 

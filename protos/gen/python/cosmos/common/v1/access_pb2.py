@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63osmos/common/v1/access.proto\x12\x10\x63osmos.common.v1\x1a google/protobuf/descriptor.proto\"^\n\x06\x41\x63\x63\x65ss\x12\x30\n\npermission\x18\x01 \x01(\x0e\x32\x1c.cosmos.common.v1.Permission\x12\x0f\n\x07\x61udited\x18\x02 \x01(\x08\x12\x11\n\tanonymous\x18\x03 \x01(\x08*\x8a\x03\n\nPermission\x12\x1a\n\x16PERMISSION_UNSPECIFIED\x10\x00\x12\x1b\n\x17PERMISSION_ENCODES_READ\x10\x01\x12\x1c\n\x18PERMISSION_ENCODES_WRITE\x10\x02\x12\x1f\n\x1bPERMISSION_DEFINITIONS_READ\x10\x03\x12 \n\x1cPERMISSION_DEFINITIONS_WRITE\x10\x04\x12\x1d\n\x19PERMISSION_WORKFLOWS_READ\x10\x05\x12\x1e\n\x1aPERMISSION_WORKFLOWS_WRITE\x10\x06\x12\x1b\n\x17PERMISSION_STEPS_REPORT\x10\x07\x12\x18\n\x14PERMISSION_JOBS_READ\x10\x08\x12\x19\n\x15PERMISSION_JOBS_WRITE\x10\t\x12\x18\n\x14PERMISSION_POOL_READ\x10\n\x12\x19\n\x15PERMISSION_POOL_ADMIN\x10\x0b\x12\x1c\n\x18PERMISSION_AGENT_CONNECT\x10\x0c:J\n\x06\x61\x63\x63\x65ss\x12\x1e.google.protobuf.MethodOptions\x18\xb8\x8e\x03 \x01(\x0b\x32\x18.cosmos.common.v1.Accessb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63osmos/common/v1/access.proto\x12\x10\x63osmos.common.v1\x1a google/protobuf/descriptor.proto\"^\n\x06\x41\x63\x63\x65ss\x12\x30\n\npermission\x18\x01 \x01(\x0e\x32\x1c.cosmos.common.v1.Permission\x12\x0f\n\x07\x61udited\x18\x02 \x01(\x08\x12\x11\n\tanonymous\x18\x03 \x01(\x08*\xa8\x03\n\nPermission\x12\x1a\n\x16PERMISSION_UNSPECIFIED\x10\x00\x12\x1b\n\x17PERMISSION_ENCODES_READ\x10\x01\x12\x1c\n\x18PERMISSION_ENCODES_WRITE\x10\x02\x12\x1f\n\x1bPERMISSION_DEFINITIONS_READ\x10\x03\x12 \n\x1cPERMISSION_DEFINITIONS_WRITE\x10\x04\x12\x1d\n\x19PERMISSION_WORKFLOWS_READ\x10\x05\x12\x1e\n\x1aPERMISSION_WORKFLOWS_WRITE\x10\x06\x12\x1b\n\x17PERMISSION_STEPS_REPORT\x10\x07\x12\x18\n\x14PERMISSION_JOBS_READ\x10\x08\x12\x19\n\x15PERMISSION_JOBS_WRITE\x10\t\x12\x18\n\x14PERMISSION_POOL_READ\x10\n\x12\x19\n\x15PERMISSION_POOL_ADMIN\x10\x0b\x12\x1c\n\x18PERMISSION_AGENT_CONNECT\x10\x0c\x12\x1c\n\x18PERMISSION_AGENTS_ENROLL\x10\r:J\n\x06\x61\x63\x63\x65ss\x12\x1e.google.protobuf.MethodOptions\x18\xb8\x8e\x03 \x01(\x0b\x32\x18.cosmos.common.v1.Accessb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,7 +33,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cosmos.common.v1.access_pb2
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PERMISSION']._serialized_start=182
-  _globals['_PERMISSION']._serialized_end=576
+  _globals['_PERMISSION']._serialized_end=606
   _globals['_ACCESS']._serialized_start=85
   _globals['_ACCESS']._serialized_end=179
 # @@protoc_insertion_point(module_scope)

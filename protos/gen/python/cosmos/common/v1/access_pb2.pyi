@@ -55,9 +55,16 @@ class _PermissionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Permission
     PERMISSION_POOL_READ: _Permission.ValueType  # 10
     """List and inspect agents and pool totals."""
     PERMISSION_POOL_ADMIN: _Permission.ValueType  # 11
-    """Cordon, drain and revoke agents; create agent join tokens."""
+    """Cordon, drain and revoke agents."""
     PERMISSION_AGENT_CONNECT: _Permission.ValueType  # 12
-    """Hold an agent stream (agent identities only)."""
+    """Hold an agent stream and renew one's own agent certificate (agent
+    identities only).
+    """
+    PERMISSION_AGENTS_ENROLL: _Permission.ValueType  # 13
+    """Create, list and delete agent join tokens. A join token mints an agent
+    identity, and agents receive every tenant's jobs (secrets included), so
+    only admin holds it.
+    """
 
 class Permission(_Permission, metaclass=_PermissionEnumTypeWrapper):
     """Permission names one kind of thing a caller may do."""
@@ -85,9 +92,16 @@ PERMISSION_JOBS_WRITE: Permission.ValueType  # 9
 PERMISSION_POOL_READ: Permission.ValueType  # 10
 """List and inspect agents and pool totals."""
 PERMISSION_POOL_ADMIN: Permission.ValueType  # 11
-"""Cordon, drain and revoke agents; create agent join tokens."""
+"""Cordon, drain and revoke agents."""
 PERMISSION_AGENT_CONNECT: Permission.ValueType  # 12
-"""Hold an agent stream (agent identities only)."""
+"""Hold an agent stream and renew one's own agent certificate (agent
+identities only).
+"""
+PERMISSION_AGENTS_ENROLL: Permission.ValueType  # 13
+"""Create, list and delete agent join tokens. A join token mints an agent
+identity, and agents receive every tenant's jobs (secrets included), so
+only admin holds it.
+"""
 Global___Permission: _TypeAlias = Permission  # noqa: Y015
 
 @_typing.final

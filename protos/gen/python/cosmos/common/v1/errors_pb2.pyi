@@ -163,6 +163,26 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The job has secrets but Stratum has no secrets key to encrypt them with
     (--secrets-key-file) (FAILED_PRECONDITION).
     """
+    ERROR_REASON_JOIN_TOKEN_INVALID: _ErrorReason.ValueType  # 31
+    """The agent join token is malformed, unknown, expired, used up or bound to
+    another agent id (UNAUTHENTICATED); metadata "cause" says which
+    (malformed, unknown, expired, used_up, agent_mismatch).
+    """
+    ERROR_REASON_JOIN_NOT_CONFIGURED: _ErrorReason.ValueType  # 32
+    """Stratum was started without a CA to sign agent certificates with
+    (--agent-ca-dir), so agents cannot join or renew through it
+    (FAILED_PRECONDITION).
+    """
+    ERROR_REASON_INVALID_CSR: _ErrorReason.ValueType  # 33
+    """The certificate signing request does not parse, its signature is not
+    valid, or its key type is not allowed (INVALID_ARGUMENT).
+    """
+    ERROR_REASON_RATE_LIMITED: _ErrorReason.ValueType  # 34
+    """Too many calls from this caller in a short time; retry later
+    (RESOURCE_EXHAUSTED).
+    """
+    ERROR_REASON_JOIN_TOKEN_NOT_FOUND: _ErrorReason.ValueType  # 35
+    """The join token id does not exist (NOT_FOUND)."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason is the machine-readable cause of a failed Cosmos RPC, sent as
@@ -279,4 +299,24 @@ ERROR_REASON_SECRETS_NOT_CONFIGURED: ErrorReason.ValueType  # 30
 """The job has secrets but Stratum has no secrets key to encrypt them with
 (--secrets-key-file) (FAILED_PRECONDITION).
 """
+ERROR_REASON_JOIN_TOKEN_INVALID: ErrorReason.ValueType  # 31
+"""The agent join token is malformed, unknown, expired, used up or bound to
+another agent id (UNAUTHENTICATED); metadata "cause" says which
+(malformed, unknown, expired, used_up, agent_mismatch).
+"""
+ERROR_REASON_JOIN_NOT_CONFIGURED: ErrorReason.ValueType  # 32
+"""Stratum was started without a CA to sign agent certificates with
+(--agent-ca-dir), so agents cannot join or renew through it
+(FAILED_PRECONDITION).
+"""
+ERROR_REASON_INVALID_CSR: ErrorReason.ValueType  # 33
+"""The certificate signing request does not parse, its signature is not
+valid, or its key type is not allowed (INVALID_ARGUMENT).
+"""
+ERROR_REASON_RATE_LIMITED: ErrorReason.ValueType  # 34
+"""Too many calls from this caller in a short time; retry later
+(RESOURCE_EXHAUSTED).
+"""
+ERROR_REASON_JOIN_TOKEN_NOT_FOUND: ErrorReason.ValueType  # 35
+"""The join token id does not exist (NOT_FOUND)."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

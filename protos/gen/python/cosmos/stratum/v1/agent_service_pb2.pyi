@@ -25,6 +25,144 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class JoinAgentRequest(_message.Message):
+    """JoinAgentRequest is the request of AgentService.JoinAgent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    CSR_PEM_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Idempotent retry key: a retry with the same request_id, token, agent id
+    and key is answered again without spending another use of the token.
+    """
+    token: _builtins.str
+    """The join token, "cjt_<token id>.<secret>"."""
+    agent_id: _builtins.str
+    """The agent id to join as (the token may be bound to one)."""
+    csr_pem: _builtins.str
+    """PEM certificate signing request over the agent's own key (EC P-256 or
+    P-384); only its public key is used: the certificate names agent_id.
+    """
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        token: _builtins.str = ...,
+        agent_id: _builtins.str = ...,
+        csr_pem: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "csr_pem", b"csr_pem", "request_id", b"request_id", "token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JoinAgentRequest: _TypeAlias = JoinAgentRequest  # noqa: Y015
+
+@_typing.final
+class JoinAgentResponse(_message.Message):
+    """JoinAgentResponse is the response of AgentService.JoinAgent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_CHAIN_PEM_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    agent_id: _builtins.str
+    """The agent id the certificate names."""
+    certificate_chain_pem: _builtins.str
+    """PEM certificate for spiffe://cosmos/agent/<agent_id>, followed by the
+    signing CA's certificate when that CA is an intermediate.
+    """
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the certificate expires."""
+
+    def __init__(
+        self,
+        *,
+        agent_id: _builtins.str = ...,
+        certificate_chain_pem: _builtins.str = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "certificate_chain_pem", b"certificate_chain_pem", "expire_time", b"expire_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JoinAgentResponse: _TypeAlias = JoinAgentResponse  # noqa: Y015
+
+@_typing.final
+class RenewAgentCertificateRequest(_message.Message):
+    """RenewAgentCertificateRequest is the request of
+    AgentService.RenewAgentCertificate.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CSR_PEM_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Idempotent retry key chosen by the agent."""
+    csr_pem: _builtins.str
+    """PEM certificate signing request over the key the new certificate is for
+    (a fresh key is recommended).
+    """
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        csr_pem: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["csr_pem", b"csr_pem", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenewAgentCertificateRequest: _TypeAlias = RenewAgentCertificateRequest  # noqa: Y015
+
+@_typing.final
+class RenewAgentCertificateResponse(_message.Message):
+    """RenewAgentCertificateResponse is the response of
+    AgentService.RenewAgentCertificate.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_CHAIN_PEM_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    agent_id: _builtins.str
+    """The caller's agent id, which the new certificate names."""
+    certificate_chain_pem: _builtins.str
+    """PEM certificate, followed by the signing CA's certificate when that CA
+    is an intermediate.
+    """
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the new certificate expires."""
+
+    def __init__(
+        self,
+        *,
+        agent_id: _builtins.str = ...,
+        certificate_chain_pem: _builtins.str = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "certificate_chain_pem", b"certificate_chain_pem", "expire_time", b"expire_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenewAgentCertificateResponse: _TypeAlias = RenewAgentCertificateResponse  # noqa: Y015
+
+@_typing.final
 class ConnectRequest(_message.Message):
     """ConnectRequest is one agent-to-Stratum message on the Connect stream."""
 

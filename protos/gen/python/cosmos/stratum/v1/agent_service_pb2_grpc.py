@@ -40,6 +40,16 @@ class AgentServiceStub:
                 request_serializer=cosmos_dot_stratum_dot_v1_dot_agent__service__pb2.ConnectRequest.SerializeToString,
                 response_deserializer=cosmos_dot_stratum_dot_v1_dot_agent__service__pb2.ConnectResponse.FromString,
                 _registered_method=True)
+        self.JoinAgent = channel.unary_unary(
+                '/cosmos.stratum.v1.AgentService/JoinAgent',
+                request_serializer=cosmos_dot_stratum_dot_v1_dot_agent__service__pb2.JoinAgentRequest.SerializeToString,
+                response_deserializer=cosmos_dot_stratum_dot_v1_dot_agent__service__pb2.JoinAgentResponse.FromString,
+                _registered_method=True)
+        self.RenewAgentCertificate = channel.unary_unary(
+                '/cosmos.stratum.v1.AgentService/RenewAgentCertificate',
+                request_serializer=cosmos_dot_stratum_dot_v1_dot_agent__service__pb2.RenewAgentCertificateRequest.SerializeToString,
+                response_deserializer=cosmos_dot_stratum_dot_v1_dot_agent__service__pb2.RenewAgentCertificateResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -57,6 +67,26 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def JoinAgent(self, request, context):
+        """Joins a new agent to the pool: the caller has no certificate yet, so it
+        proves itself with a join token (PoolService.CreateJoinToken) and gets an
+        agent certificate for agent_id, signed over its own key (the CSR). Served
+        on Stratum's token port (TLS without client certificates). Needs Stratum's
+        --agent-ca-dir.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RenewAgentCertificate(self, request, context):
+        """Renews the calling agent's certificate before it expires: a new
+        certificate for the caller's own agent id, over the key of the CSR.
+        Refused for revoked agents.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -64,6 +94,16 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.Connect,
                     request_deserializer=cosmos_dot_stratum_dot_v1_dot_agent__service__pb2.ConnectRequest.FromString,
                     response_serializer=cosmos_dot_stratum_dot_v1_dot_agent__service__pb2.ConnectResponse.SerializeToString,
+            ),
+            'JoinAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.JoinAgent,
+                    request_deserializer=cosmos_dot_stratum_dot_v1_dot_agent__service__pb2.JoinAgentRequest.FromString,
+                    response_serializer=cosmos_dot_stratum_dot_v1_dot_agent__service__pb2.JoinAgentResponse.SerializeToString,
+            ),
+            'RenewAgentCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewAgentCertificate,
+                    request_deserializer=cosmos_dot_stratum_dot_v1_dot_agent__service__pb2.RenewAgentCertificateRequest.FromString,
+                    response_serializer=cosmos_dot_stratum_dot_v1_dot_agent__service__pb2.RenewAgentCertificateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -94,6 +134,60 @@ class AgentService:
             '/cosmos.stratum.v1.AgentService/Connect',
             cosmos_dot_stratum_dot_v1_dot_agent__service__pb2.ConnectRequest.SerializeToString,
             cosmos_dot_stratum_dot_v1_dot_agent__service__pb2.ConnectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def JoinAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cosmos.stratum.v1.AgentService/JoinAgent',
+            cosmos_dot_stratum_dot_v1_dot_agent__service__pb2.JoinAgentRequest.SerializeToString,
+            cosmos_dot_stratum_dot_v1_dot_agent__service__pb2.JoinAgentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewAgentCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cosmos.stratum.v1.AgentService/RenewAgentCertificate',
+            cosmos_dot_stratum_dot_v1_dot_agent__service__pb2.RenewAgentCertificateRequest.SerializeToString,
+            cosmos_dot_stratum_dot_v1_dot_agent__service__pb2.RenewAgentCertificateResponse.FromString,
             options,
             channel_credentials,
             insecure,

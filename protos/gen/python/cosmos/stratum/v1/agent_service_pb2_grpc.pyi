@@ -40,6 +40,18 @@ class AgentServiceStub:
     results. When the stream breaks the agent reconnects and reconciles with a
     new AgentHello.
     """
+    JoinAgent: _grpc.UnaryUnaryMultiCallable[_agent_service_pb2.JoinAgentRequest, _agent_service_pb2.JoinAgentResponse]
+    """Joins a new agent to the pool: the caller has no certificate yet, so it
+    proves itself with a join token (PoolService.CreateJoinToken) and gets an
+    agent certificate for agent_id, signed over its own key (the CSR). Served
+    on Stratum's token port (TLS without client certificates). Needs Stratum's
+    --agent-ca-dir.
+    """
+    RenewAgentCertificate: _grpc.UnaryUnaryMultiCallable[_agent_service_pb2.RenewAgentCertificateRequest, _agent_service_pb2.RenewAgentCertificateResponse]
+    """Renews the calling agent's certificate before it expires: a new
+    certificate for the caller's own agent id, over the key of the CSR.
+    Refused for revoked agents.
+    """
 
 @_typing.type_check_only
 class AgentServiceAsyncStub(AgentServiceStub):
@@ -52,6 +64,18 @@ class AgentServiceAsyncStub(AgentServiceStub):
     cancels, while the agent streams heartbeats, job progress, logs and
     results. When the stream breaks the agent reconnects and reconciles with a
     new AgentHello.
+    """
+    JoinAgent: _aio.UnaryUnaryMultiCallable[_agent_service_pb2.JoinAgentRequest, _agent_service_pb2.JoinAgentResponse]  # type: ignore[assignment]
+    """Joins a new agent to the pool: the caller has no certificate yet, so it
+    proves itself with a join token (PoolService.CreateJoinToken) and gets an
+    agent certificate for agent_id, signed over its own key (the CSR). Served
+    on Stratum's token port (TLS without client certificates). Needs Stratum's
+    --agent-ca-dir.
+    """
+    RenewAgentCertificate: _aio.UnaryUnaryMultiCallable[_agent_service_pb2.RenewAgentCertificateRequest, _agent_service_pb2.RenewAgentCertificateResponse]  # type: ignore[assignment]
+    """Renews the calling agent's certificate before it expires: a new
+    certificate for the caller's own agent id, over the key of the CSR.
+    Refused for revoked agents.
     """
 
 class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -68,6 +92,30 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         cancels, while the agent streams heartbeats, job progress, logs and
         results. When the stream breaks the agent reconnects and reconciles with a
         new AgentHello.
+        """
+
+    @_abc_1.abstractmethod
+    def JoinAgent(
+        self,
+        request: _agent_service_pb2.JoinAgentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_service_pb2.JoinAgentResponse, _abc.Awaitable[_agent_service_pb2.JoinAgentResponse]]:
+        """Joins a new agent to the pool: the caller has no certificate yet, so it
+        proves itself with a join token (PoolService.CreateJoinToken) and gets an
+        agent certificate for agent_id, signed over its own key (the CSR). Served
+        on Stratum's token port (TLS without client certificates). Needs Stratum's
+        --agent-ca-dir.
+        """
+
+    @_abc_1.abstractmethod
+    def RenewAgentCertificate(
+        self,
+        request: _agent_service_pb2.RenewAgentCertificateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_service_pb2.RenewAgentCertificateResponse, _abc.Awaitable[_agent_service_pb2.RenewAgentCertificateResponse]]:
+        """Renews the calling agent's certificate before it expires: a new
+        certificate for the caller's own agent id, over the key of the CSR.
+        Refused for revoked agents.
         """
 
 def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -24,17 +24,37 @@ _sym_db = _symbol_database.Default()
 
 from cosmos.common.v1 import access_pb2 as cosmos_dot_common_dot_v1_dot_access__pb2
 from cosmos.stratum.v1 import agent_pb2 as cosmos_dot_stratum_dot_v1_dot_agent__pb2
+from cosmos.stratum.v1 import join_token_pb2 as cosmos_dot_stratum_dot_v1_dot_join__token__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$cosmos/stratum/v1/pool_service.proto\x12\x11\x63osmos.stratum.v1\x1a\x1d\x63osmos/common/v1/access.proto\x1a\x1d\x63osmos/stratum/v1/agent.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"z\n\x11ListAgentsRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x32\n\x05state\x18\x03 \x01(\x0e\x32\x1d.cosmos.stratum.v1.AgentStateB\x04\xe2\x41\x01\x01\"W\n\x12ListAgentsResponse\x12(\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x18.cosmos.stratum.v1.Agent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\")\n\x0fGetAgentRequest\x12\x16\n\x08\x61gent_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\";\n\x10GetAgentResponse\x12\'\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x18.cosmos.stratum.v1.Agent\"\\\n\x12\x43ordonAgentRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08\x61gent_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06reason\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\">\n\x13\x43ordonAgentResponse\x12\'\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x18.cosmos.stratum.v1.Agent\"H\n\x14UncordonAgentRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08\x61gent_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"@\n\x15UncordonAgentResponse\x12\'\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x18.cosmos.stratum.v1.Agent\"[\n\x11\x44rainAgentRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08\x61gent_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06reason\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"=\n\x12\x44rainAgentResponse\x12\'\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x18.cosmos.stratum.v1.Agent\"\\\n\x12RevokeAgentRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08\x61gent_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06reason\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\">\n\x13RevokeAgentResponse\x12\'\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x18.cosmos.stratum.v1.Agent\"\x15\n\x13GetPoolStatsRequest\"C\n\x14GetPoolStatsResponse\x12+\n\x05stats\x18\x01 \x01(\x0b\x32\x1c.cosmos.stratum.v1.PoolStats\"\x88\x03\n\tPoolStats\x12\x18\n\x10total_cpu_millis\x18\x01 \x01(\x03\x12\x1c\n\x14\x61llocated_cpu_millis\x18\x02 \x01(\x03\x12\x1a\n\x12total_memory_bytes\x18\x03 \x01(\x03\x12\x1e\n\x16\x61llocated_memory_bytes\x18\x04 \x01(\x03\x12\x12\n\ntotal_gpus\x18\x05 \x01(\r\x12\x16\n\x0e\x61llocated_gpus\x18\x06 \x01(\x01\x12\x37\n\rgpus_by_model\x18\x07 \x03(\x0b\x32 .cosmos.stratum.v1.GpuModelStats\x12\x13\n\x0bqueued_jobs\x18\x08 \x01(\x03\x12\x14\n\x0crunning_jobs\x18\t \x01(\x03\x12\x14\n\x0c\x61gents_ready\x18\n \x01(\r\x12\x19\n\x11gpu_fragmentation\x18\x0b \x01(\x01\x12\x14\n\x0c\x61gents_total\x18\x0c \x01(\r\x12\x30\n\x0c\x63ompute_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"@\n\rGpuModelStats\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05total\x18\x02 \x01(\r\x12\x11\n\tallocated\x18\x03 \x01(\x01\x32\xd9\x05\n\x0bPoolService\x12\x61\n\nListAgents\x12$.cosmos.stratum.v1.ListAgentsRequest\x1a%.cosmos.stratum.v1.ListAgentsResponse\"\x06\xc2\xf3\x18\x02\x08\n\x12[\n\x08GetAgent\x12\".cosmos.stratum.v1.GetAgentRequest\x1a#.cosmos.stratum.v1.GetAgentResponse\"\x06\xc2\xf3\x18\x02\x08\n\x12\x66\n\x0b\x43ordonAgent\x12%.cosmos.stratum.v1.CordonAgentRequest\x1a&.cosmos.stratum.v1.CordonAgentResponse\"\x08\xc2\xf3\x18\x04\x08\x0b\x10\x01\x12l\n\rUncordonAgent\x12\'.cosmos.stratum.v1.UncordonAgentRequest\x1a(.cosmos.stratum.v1.UncordonAgentResponse\"\x08\xc2\xf3\x18\x04\x08\x0b\x10\x01\x12\x63\n\nDrainAgent\x12$.cosmos.stratum.v1.DrainAgentRequest\x1a%.cosmos.stratum.v1.DrainAgentResponse\"\x08\xc2\xf3\x18\x04\x08\x0b\x10\x01\x12\x66\n\x0bRevokeAgent\x12%.cosmos.stratum.v1.RevokeAgentRequest\x1a&.cosmos.stratum.v1.RevokeAgentResponse\"\x08\xc2\xf3\x18\x04\x08\x0b\x10\x01\x12g\n\x0cGetPoolStats\x12&.cosmos.stratum.v1.GetPoolStatsRequest\x1a\'.cosmos.stratum.v1.GetPoolStatsResponse\"\x06\xc2\xf3\x18\x02\x08\nb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$cosmos/stratum/v1/pool_service.proto\x12\x11\x63osmos.stratum.v1\x1a\x1d\x63osmos/common/v1/access.proto\x1a\x1d\x63osmos/stratum/v1/agent.proto\x1a\"cosmos/stratum/v1/join_token.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa7\x01\n\x16\x43reateJoinTokenRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\x04uses\x18\x02 \x01(\rB\x04\xe2\x41\x01\x01\x12,\n\x03ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x01\x12\x16\n\x08\x61gent_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12\x19\n\x0b\x64\x65scription\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01\"Z\n\x17\x43reateJoinTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12\x30\n\njoin_token\x18\x02 \x01(\x0b\x32\x1c.cosmos.stratum.v1.JoinToken\"J\n\x15ListJoinTokensRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"d\n\x16ListJoinTokensResponse\x12\x31\n\x0bjoin_tokens\x18\x01 \x03(\x0b\x32\x1c.cosmos.stratum.v1.JoinToken\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"J\n\x16\x44\x65leteJoinTokenRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08token_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"+\n\x17\x44\x65leteJoinTokenResponse\x12\x10\n\x08token_id\x18\x01 \x01(\t\"z\n\x11ListAgentsRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x32\n\x05state\x18\x03 \x01(\x0e\x32\x1d.cosmos.stratum.v1.AgentStateB\x04\xe2\x41\x01\x01\"W\n\x12ListAgentsResponse\x12(\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x18.cosmos.stratum.v1.Agent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\")\n\x0fGetAgentRequest\x12\x16\n\x08\x61gent_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\";\n\x10GetAgentResponse\x12\'\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x18.cosmos.stratum.v1.Agent\"\\\n\x12\x43ordonAgentRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08\x61gent_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06reason\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\">\n\x13\x43ordonAgentResponse\x12\'\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x18.cosmos.stratum.v1.Agent\"H\n\x14UncordonAgentRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08\x61gent_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"@\n\x15UncordonAgentResponse\x12\'\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x18.cosmos.stratum.v1.Agent\"[\n\x11\x44rainAgentRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08\x61gent_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06reason\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"=\n\x12\x44rainAgentResponse\x12\'\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x18.cosmos.stratum.v1.Agent\"\\\n\x12RevokeAgentRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08\x61gent_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06reason\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\">\n\x13RevokeAgentResponse\x12\'\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x18.cosmos.stratum.v1.Agent\"\x15\n\x13GetPoolStatsRequest\"C\n\x14GetPoolStatsResponse\x12+\n\x05stats\x18\x01 \x01(\x0b\x32\x1c.cosmos.stratum.v1.PoolStats\"\x88\x03\n\tPoolStats\x12\x18\n\x10total_cpu_millis\x18\x01 \x01(\x03\x12\x1c\n\x14\x61llocated_cpu_millis\x18\x02 \x01(\x03\x12\x1a\n\x12total_memory_bytes\x18\x03 \x01(\x03\x12\x1e\n\x16\x61llocated_memory_bytes\x18\x04 \x01(\x03\x12\x12\n\ntotal_gpus\x18\x05 \x01(\r\x12\x16\n\x0e\x61llocated_gpus\x18\x06 \x01(\x01\x12\x37\n\rgpus_by_model\x18\x07 \x03(\x0b\x32 .cosmos.stratum.v1.GpuModelStats\x12\x13\n\x0bqueued_jobs\x18\x08 \x01(\x03\x12\x14\n\x0crunning_jobs\x18\t \x01(\x03\x12\x14\n\x0c\x61gents_ready\x18\n \x01(\r\x12\x19\n\x11gpu_fragmentation\x18\x0b \x01(\x01\x12\x14\n\x0c\x61gents_total\x18\x0c \x01(\r\x12\x30\n\x0c\x63ompute_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"@\n\rGpuModelStats\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05total\x18\x02 \x01(\r\x12\x11\n\tallocated\x18\x03 \x01(\x01\x32\xb0\x08\n\x0bPoolService\x12\x61\n\nListAgents\x12$.cosmos.stratum.v1.ListAgentsRequest\x1a%.cosmos.stratum.v1.ListAgentsResponse\"\x06\xc2\xf3\x18\x02\x08\n\x12[\n\x08GetAgent\x12\".cosmos.stratum.v1.GetAgentRequest\x1a#.cosmos.stratum.v1.GetAgentResponse\"\x06\xc2\xf3\x18\x02\x08\n\x12\x66\n\x0b\x43ordonAgent\x12%.cosmos.stratum.v1.CordonAgentRequest\x1a&.cosmos.stratum.v1.CordonAgentResponse\"\x08\xc2\xf3\x18\x04\x08\x0b\x10\x01\x12l\n\rUncordonAgent\x12\'.cosmos.stratum.v1.UncordonAgentRequest\x1a(.cosmos.stratum.v1.UncordonAgentResponse\"\x08\xc2\xf3\x18\x04\x08\x0b\x10\x01\x12\x63\n\nDrainAgent\x12$.cosmos.stratum.v1.DrainAgentRequest\x1a%.cosmos.stratum.v1.DrainAgentResponse\"\x08\xc2\xf3\x18\x04\x08\x0b\x10\x01\x12\x66\n\x0bRevokeAgent\x12%.cosmos.stratum.v1.RevokeAgentRequest\x1a&.cosmos.stratum.v1.RevokeAgentResponse\"\x08\xc2\xf3\x18\x04\x08\x0b\x10\x01\x12g\n\x0cGetPoolStats\x12&.cosmos.stratum.v1.GetPoolStatsRequest\x1a\'.cosmos.stratum.v1.GetPoolStatsResponse\"\x06\xc2\xf3\x18\x02\x08\n\x12r\n\x0f\x43reateJoinToken\x12).cosmos.stratum.v1.CreateJoinTokenRequest\x1a*.cosmos.stratum.v1.CreateJoinTokenResponse\"\x08\xc2\xf3\x18\x04\x08\r\x10\x01\x12m\n\x0eListJoinTokens\x12(.cosmos.stratum.v1.ListJoinTokensRequest\x1a).cosmos.stratum.v1.ListJoinTokensResponse\"\x06\xc2\xf3\x18\x02\x08\r\x12r\n\x0f\x44\x65leteJoinToken\x12).cosmos.stratum.v1.DeleteJoinTokenRequest\x1a*.cosmos.stratum.v1.DeleteJoinTokenResponse\"\x08\xc2\xf3\x18\x04\x08\r\x10\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cosmos.stratum.v1.pool_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_CREATEJOINTOKENREQUEST'].fields_by_name['request_id']._loaded_options = None
+  _globals['_CREATEJOINTOKENREQUEST'].fields_by_name['request_id']._serialized_options = b'\342A\001\002'
+  _globals['_CREATEJOINTOKENREQUEST'].fields_by_name['uses']._loaded_options = None
+  _globals['_CREATEJOINTOKENREQUEST'].fields_by_name['uses']._serialized_options = b'\342A\001\001'
+  _globals['_CREATEJOINTOKENREQUEST'].fields_by_name['ttl']._loaded_options = None
+  _globals['_CREATEJOINTOKENREQUEST'].fields_by_name['ttl']._serialized_options = b'\342A\001\001'
+  _globals['_CREATEJOINTOKENREQUEST'].fields_by_name['agent_id']._loaded_options = None
+  _globals['_CREATEJOINTOKENREQUEST'].fields_by_name['agent_id']._serialized_options = b'\342A\001\001'
+  _globals['_CREATEJOINTOKENREQUEST'].fields_by_name['description']._loaded_options = None
+  _globals['_CREATEJOINTOKENREQUEST'].fields_by_name['description']._serialized_options = b'\342A\001\001'
+  _globals['_LISTJOINTOKENSREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTJOINTOKENSREQUEST'].fields_by_name['page_size']._serialized_options = b'\342A\001\001'
+  _globals['_LISTJOINTOKENSREQUEST'].fields_by_name['page_token']._loaded_options = None
+  _globals['_LISTJOINTOKENSREQUEST'].fields_by_name['page_token']._serialized_options = b'\342A\001\001'
+  _globals['_DELETEJOINTOKENREQUEST'].fields_by_name['request_id']._loaded_options = None
+  _globals['_DELETEJOINTOKENREQUEST'].fields_by_name['request_id']._serialized_options = b'\342A\001\002'
+  _globals['_DELETEJOINTOKENREQUEST'].fields_by_name['token_id']._loaded_options = None
+  _globals['_DELETEJOINTOKENREQUEST'].fields_by_name['token_id']._serialized_options = b'\342A\001\002'
   _globals['_LISTAGENTSREQUEST'].fields_by_name['page_size']._loaded_options = None
   _globals['_LISTAGENTSREQUEST'].fields_by_name['page_size']._serialized_options = b'\342A\001\001'
   _globals['_LISTAGENTSREQUEST'].fields_by_name['page_token']._loaded_options = None
@@ -79,38 +99,56 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_POOLSERVICE'].methods_by_name['RevokeAgent']._serialized_options = b'\302\363\030\004\010\013\020\001'
   _globals['_POOLSERVICE'].methods_by_name['GetPoolStats']._loaded_options = None
   _globals['_POOLSERVICE'].methods_by_name['GetPoolStats']._serialized_options = b'\302\363\030\002\010\n'
-  _globals['_LISTAGENTSREQUEST']._serialized_start=187
-  _globals['_LISTAGENTSREQUEST']._serialized_end=309
-  _globals['_LISTAGENTSRESPONSE']._serialized_start=311
-  _globals['_LISTAGENTSRESPONSE']._serialized_end=398
-  _globals['_GETAGENTREQUEST']._serialized_start=400
-  _globals['_GETAGENTREQUEST']._serialized_end=441
-  _globals['_GETAGENTRESPONSE']._serialized_start=443
-  _globals['_GETAGENTRESPONSE']._serialized_end=502
-  _globals['_CORDONAGENTREQUEST']._serialized_start=504
-  _globals['_CORDONAGENTREQUEST']._serialized_end=596
-  _globals['_CORDONAGENTRESPONSE']._serialized_start=598
-  _globals['_CORDONAGENTRESPONSE']._serialized_end=660
-  _globals['_UNCORDONAGENTREQUEST']._serialized_start=662
-  _globals['_UNCORDONAGENTREQUEST']._serialized_end=734
-  _globals['_UNCORDONAGENTRESPONSE']._serialized_start=736
-  _globals['_UNCORDONAGENTRESPONSE']._serialized_end=800
-  _globals['_DRAINAGENTREQUEST']._serialized_start=802
-  _globals['_DRAINAGENTREQUEST']._serialized_end=893
-  _globals['_DRAINAGENTRESPONSE']._serialized_start=895
-  _globals['_DRAINAGENTRESPONSE']._serialized_end=956
-  _globals['_REVOKEAGENTREQUEST']._serialized_start=958
-  _globals['_REVOKEAGENTREQUEST']._serialized_end=1050
-  _globals['_REVOKEAGENTRESPONSE']._serialized_start=1052
-  _globals['_REVOKEAGENTRESPONSE']._serialized_end=1114
-  _globals['_GETPOOLSTATSREQUEST']._serialized_start=1116
-  _globals['_GETPOOLSTATSREQUEST']._serialized_end=1137
-  _globals['_GETPOOLSTATSRESPONSE']._serialized_start=1139
-  _globals['_GETPOOLSTATSRESPONSE']._serialized_end=1206
-  _globals['_POOLSTATS']._serialized_start=1209
-  _globals['_POOLSTATS']._serialized_end=1601
-  _globals['_GPUMODELSTATS']._serialized_start=1603
-  _globals['_GPUMODELSTATS']._serialized_end=1667
-  _globals['_POOLSERVICE']._serialized_start=1670
-  _globals['_POOLSERVICE']._serialized_end=2399
+  _globals['_POOLSERVICE'].methods_by_name['CreateJoinToken']._loaded_options = None
+  _globals['_POOLSERVICE'].methods_by_name['CreateJoinToken']._serialized_options = b'\302\363\030\004\010\r\020\001'
+  _globals['_POOLSERVICE'].methods_by_name['ListJoinTokens']._loaded_options = None
+  _globals['_POOLSERVICE'].methods_by_name['ListJoinTokens']._serialized_options = b'\302\363\030\002\010\r'
+  _globals['_POOLSERVICE'].methods_by_name['DeleteJoinToken']._loaded_options = None
+  _globals['_POOLSERVICE'].methods_by_name['DeleteJoinToken']._serialized_options = b'\302\363\030\004\010\r\020\001'
+  _globals['_CREATEJOINTOKENREQUEST']._serialized_start=256
+  _globals['_CREATEJOINTOKENREQUEST']._serialized_end=423
+  _globals['_CREATEJOINTOKENRESPONSE']._serialized_start=425
+  _globals['_CREATEJOINTOKENRESPONSE']._serialized_end=515
+  _globals['_LISTJOINTOKENSREQUEST']._serialized_start=517
+  _globals['_LISTJOINTOKENSREQUEST']._serialized_end=591
+  _globals['_LISTJOINTOKENSRESPONSE']._serialized_start=593
+  _globals['_LISTJOINTOKENSRESPONSE']._serialized_end=693
+  _globals['_DELETEJOINTOKENREQUEST']._serialized_start=695
+  _globals['_DELETEJOINTOKENREQUEST']._serialized_end=769
+  _globals['_DELETEJOINTOKENRESPONSE']._serialized_start=771
+  _globals['_DELETEJOINTOKENRESPONSE']._serialized_end=814
+  _globals['_LISTAGENTSREQUEST']._serialized_start=816
+  _globals['_LISTAGENTSREQUEST']._serialized_end=938
+  _globals['_LISTAGENTSRESPONSE']._serialized_start=940
+  _globals['_LISTAGENTSRESPONSE']._serialized_end=1027
+  _globals['_GETAGENTREQUEST']._serialized_start=1029
+  _globals['_GETAGENTREQUEST']._serialized_end=1070
+  _globals['_GETAGENTRESPONSE']._serialized_start=1072
+  _globals['_GETAGENTRESPONSE']._serialized_end=1131
+  _globals['_CORDONAGENTREQUEST']._serialized_start=1133
+  _globals['_CORDONAGENTREQUEST']._serialized_end=1225
+  _globals['_CORDONAGENTRESPONSE']._serialized_start=1227
+  _globals['_CORDONAGENTRESPONSE']._serialized_end=1289
+  _globals['_UNCORDONAGENTREQUEST']._serialized_start=1291
+  _globals['_UNCORDONAGENTREQUEST']._serialized_end=1363
+  _globals['_UNCORDONAGENTRESPONSE']._serialized_start=1365
+  _globals['_UNCORDONAGENTRESPONSE']._serialized_end=1429
+  _globals['_DRAINAGENTREQUEST']._serialized_start=1431
+  _globals['_DRAINAGENTREQUEST']._serialized_end=1522
+  _globals['_DRAINAGENTRESPONSE']._serialized_start=1524
+  _globals['_DRAINAGENTRESPONSE']._serialized_end=1585
+  _globals['_REVOKEAGENTREQUEST']._serialized_start=1587
+  _globals['_REVOKEAGENTREQUEST']._serialized_end=1679
+  _globals['_REVOKEAGENTRESPONSE']._serialized_start=1681
+  _globals['_REVOKEAGENTRESPONSE']._serialized_end=1743
+  _globals['_GETPOOLSTATSREQUEST']._serialized_start=1745
+  _globals['_GETPOOLSTATSREQUEST']._serialized_end=1766
+  _globals['_GETPOOLSTATSRESPONSE']._serialized_start=1768
+  _globals['_GETPOOLSTATSRESPONSE']._serialized_end=1835
+  _globals['_POOLSTATS']._serialized_start=1838
+  _globals['_POOLSTATS']._serialized_end=2230
+  _globals['_GPUMODELSTATS']._serialized_start=2232
+  _globals['_GPUMODELSTATS']._serialized_end=2296
+  _globals['_POOLSERVICE']._serialized_start=2299
+  _globals['_POOLSERVICE']._serialized_end=3371
 # @@protoc_insertion_point(module_scope)

@@ -5,7 +5,9 @@ isort:skip_file
 
 from collections import abc as _abc
 from cosmos.stratum.v1 import agent_pb2 as _agent_pb2
+from cosmos.stratum.v1 import join_token_pb2 as _join_token_pb2
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -19,6 +21,181 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+@_typing.final
+class CreateJoinTokenRequest(_message.Message):
+    """CreateJoinTokenRequest is the request of PoolService.CreateJoinToken."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    USES_FIELD_NUMBER: _builtins.int
+    TTL_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Idempotent retry key: the token id derives from it, so a retry never
+    creates a second token (it answers ALREADY_EXISTS: the secret was shown
+    once).
+    """
+    uses: _builtins.int
+    """How many agents may join with the token; 0 means 1, at most 100."""
+    agent_id: _builtins.str
+    """Only this agent id may join with the token; empty means any id."""
+    description: _builtins.str
+    """Free text for the operator (at most 200 characters)."""
+    @_builtins.property
+    def ttl(self) -> _duration_pb2.Duration:
+        """How long the token is valid; unset means 1 hour, at most 7 days."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        uses: _builtins.int = ...,
+        ttl: _duration_pb2.Duration | None = ...,
+        agent_id: _builtins.str = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "description", b"description", "request_id", b"request_id", "ttl", b"ttl", "uses", b"uses"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateJoinTokenRequest: _TypeAlias = CreateJoinTokenRequest  # noqa: Y015
+
+@_typing.final
+class CreateJoinTokenResponse(_message.Message):
+    """CreateJoinTokenResponse is the response of PoolService.CreateJoinToken."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_FIELD_NUMBER: _builtins.int
+    JOIN_TOKEN_FIELD_NUMBER: _builtins.int
+    token: _builtins.str
+    """The token to give the agent, "cjt_<token id>.<secret>". Shown only here."""
+    @_builtins.property
+    def join_token(self) -> _join_token_pb2.JoinToken:
+        """The token's description (without its secret)."""
+
+    def __init__(
+        self,
+        *,
+        token: _builtins.str = ...,
+        join_token: _join_token_pb2.JoinToken | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["join_token", b"join_token"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["join_token", b"join_token", "token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateJoinTokenResponse: _TypeAlias = CreateJoinTokenResponse  # noqa: Y015
+
+@_typing.final
+class ListJoinTokensRequest(_message.Message):
+    """ListJoinTokensRequest is the request of PoolService.ListJoinTokens."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Maximum number of tokens to return; 0 means the server default (50),
+    values above 1000 are capped at 1000.
+    """
+    page_token: _builtins.str
+    """next_page_token from a previous call; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListJoinTokensRequest: _TypeAlias = ListJoinTokensRequest  # noqa: Y015
+
+@_typing.final
+class ListJoinTokensResponse(_message.Message):
+    """ListJoinTokensResponse is the response of PoolService.ListJoinTokens."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOIN_TOKENS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty when this is the last page."""
+    @_builtins.property
+    def join_tokens(self) -> _containers.RepeatedCompositeFieldContainer[_join_token_pb2.JoinToken]:
+        """One page of join tokens."""
+
+    def __init__(
+        self,
+        *,
+        join_tokens: _abc.Iterable[_join_token_pb2.JoinToken] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["join_tokens", b"join_tokens", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListJoinTokensResponse: _TypeAlias = ListJoinTokensResponse  # noqa: Y015
+
+@_typing.final
+class DeleteJoinTokenRequest(_message.Message):
+    """DeleteJoinTokenRequest is the request of PoolService.DeleteJoinToken."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    TOKEN_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Idempotent retry key."""
+    token_id: _builtins.str
+    """Id of the token to delete (the part between "cjt_" and ".")."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        token_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "token_id", b"token_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteJoinTokenRequest: _TypeAlias = DeleteJoinTokenRequest  # noqa: Y015
+
+@_typing.final
+class DeleteJoinTokenResponse(_message.Message):
+    """DeleteJoinTokenResponse is the response of PoolService.DeleteJoinToken."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_ID_FIELD_NUMBER: _builtins.int
+    token_id: _builtins.str
+    """Id of the deleted token."""
+    def __init__(
+        self,
+        *,
+        token_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["token_id", b"token_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteJoinTokenResponse: _TypeAlias = DeleteJoinTokenResponse  # noqa: Y015
 
 @_typing.final
 class ListAgentsRequest(_message.Message):

@@ -71,6 +71,21 @@ class PoolServiceStub:
                 request_serializer=cosmos_dot_stratum_dot_v1_dot_pool__service__pb2.GetPoolStatsRequest.SerializeToString,
                 response_deserializer=cosmos_dot_stratum_dot_v1_dot_pool__service__pb2.GetPoolStatsResponse.FromString,
                 _registered_method=True)
+        self.CreateJoinToken = channel.unary_unary(
+                '/cosmos.stratum.v1.PoolService/CreateJoinToken',
+                request_serializer=cosmos_dot_stratum_dot_v1_dot_pool__service__pb2.CreateJoinTokenRequest.SerializeToString,
+                response_deserializer=cosmos_dot_stratum_dot_v1_dot_pool__service__pb2.CreateJoinTokenResponse.FromString,
+                _registered_method=True)
+        self.ListJoinTokens = channel.unary_unary(
+                '/cosmos.stratum.v1.PoolService/ListJoinTokens',
+                request_serializer=cosmos_dot_stratum_dot_v1_dot_pool__service__pb2.ListJoinTokensRequest.SerializeToString,
+                response_deserializer=cosmos_dot_stratum_dot_v1_dot_pool__service__pb2.ListJoinTokensResponse.FromString,
+                _registered_method=True)
+        self.DeleteJoinToken = channel.unary_unary(
+                '/cosmos.stratum.v1.PoolService/DeleteJoinToken',
+                request_serializer=cosmos_dot_stratum_dot_v1_dot_pool__service__pb2.DeleteJoinTokenRequest.SerializeToString,
+                response_deserializer=cosmos_dot_stratum_dot_v1_dot_pool__service__pb2.DeleteJoinTokenResponse.FromString,
+                _registered_method=True)
 
 
 class PoolServiceServicer:
@@ -129,6 +144,30 @@ class PoolServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateJoinToken(self, request, context):
+        """Creates an agent join token: a new agent presents it to
+        AgentService.JoinAgent to receive its certificate. The token (with its
+        secret) is in this response only; Stratum keeps a hash of the secret.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListJoinTokens(self, request, context):
+        """Lists join tokens (never their secrets), ordered by expiry.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteJoinToken(self, request, context):
+        """Deletes a join token: it cannot be used from then on. Agents that joined
+        with it keep their certificates (revoke them with RevokeAgent).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PoolServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -166,6 +205,21 @@ def add_PoolServiceServicer_to_server(servicer, server):
                     servicer.GetPoolStats,
                     request_deserializer=cosmos_dot_stratum_dot_v1_dot_pool__service__pb2.GetPoolStatsRequest.FromString,
                     response_serializer=cosmos_dot_stratum_dot_v1_dot_pool__service__pb2.GetPoolStatsResponse.SerializeToString,
+            ),
+            'CreateJoinToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateJoinToken,
+                    request_deserializer=cosmos_dot_stratum_dot_v1_dot_pool__service__pb2.CreateJoinTokenRequest.FromString,
+                    response_serializer=cosmos_dot_stratum_dot_v1_dot_pool__service__pb2.CreateJoinTokenResponse.SerializeToString,
+            ),
+            'ListJoinTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJoinTokens,
+                    request_deserializer=cosmos_dot_stratum_dot_v1_dot_pool__service__pb2.ListJoinTokensRequest.FromString,
+                    response_serializer=cosmos_dot_stratum_dot_v1_dot_pool__service__pb2.ListJoinTokensResponse.SerializeToString,
+            ),
+            'DeleteJoinToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteJoinToken,
+                    request_deserializer=cosmos_dot_stratum_dot_v1_dot_pool__service__pb2.DeleteJoinTokenRequest.FromString,
+                    response_serializer=cosmos_dot_stratum_dot_v1_dot_pool__service__pb2.DeleteJoinTokenResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -359,6 +413,87 @@ class PoolService:
             '/cosmos.stratum.v1.PoolService/GetPoolStats',
             cosmos_dot_stratum_dot_v1_dot_pool__service__pb2.GetPoolStatsRequest.SerializeToString,
             cosmos_dot_stratum_dot_v1_dot_pool__service__pb2.GetPoolStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateJoinToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cosmos.stratum.v1.PoolService/CreateJoinToken',
+            cosmos_dot_stratum_dot_v1_dot_pool__service__pb2.CreateJoinTokenRequest.SerializeToString,
+            cosmos_dot_stratum_dot_v1_dot_pool__service__pb2.CreateJoinTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJoinTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cosmos.stratum.v1.PoolService/ListJoinTokens',
+            cosmos_dot_stratum_dot_v1_dot_pool__service__pb2.ListJoinTokensRequest.SerializeToString,
+            cosmos_dot_stratum_dot_v1_dot_pool__service__pb2.ListJoinTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteJoinToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cosmos.stratum.v1.PoolService/DeleteJoinToken',
+            cosmos_dot_stratum_dot_v1_dot_pool__service__pb2.DeleteJoinTokenRequest.SerializeToString,
+            cosmos_dot_stratum_dot_v1_dot_pool__service__pb2.DeleteJoinTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -53,6 +53,17 @@ class PoolServiceStub:
     """
     GetPoolStats: _grpc.UnaryUnaryMultiCallable[_pool_service_pb2.GetPoolStatsRequest, _pool_service_pb2.GetPoolStatsResponse]
     """Returns pool-wide capacity, allocation and queue statistics."""
+    CreateJoinToken: _grpc.UnaryUnaryMultiCallable[_pool_service_pb2.CreateJoinTokenRequest, _pool_service_pb2.CreateJoinTokenResponse]
+    """Creates an agent join token: a new agent presents it to
+    AgentService.JoinAgent to receive its certificate. The token (with its
+    secret) is in this response only; Stratum keeps a hash of the secret.
+    """
+    ListJoinTokens: _grpc.UnaryUnaryMultiCallable[_pool_service_pb2.ListJoinTokensRequest, _pool_service_pb2.ListJoinTokensResponse]
+    """Lists join tokens (never their secrets), ordered by expiry."""
+    DeleteJoinToken: _grpc.UnaryUnaryMultiCallable[_pool_service_pb2.DeleteJoinTokenRequest, _pool_service_pb2.DeleteJoinTokenResponse]
+    """Deletes a join token: it cannot be used from then on. Agents that joined
+    with it keep their certificates (revoke them with RevokeAgent).
+    """
 
 @_typing.type_check_only
 class PoolServiceAsyncStub(PoolServiceStub):
@@ -79,6 +90,17 @@ class PoolServiceAsyncStub(PoolServiceStub):
     """
     GetPoolStats: _aio.UnaryUnaryMultiCallable[_pool_service_pb2.GetPoolStatsRequest, _pool_service_pb2.GetPoolStatsResponse]  # type: ignore[assignment]
     """Returns pool-wide capacity, allocation and queue statistics."""
+    CreateJoinToken: _aio.UnaryUnaryMultiCallable[_pool_service_pb2.CreateJoinTokenRequest, _pool_service_pb2.CreateJoinTokenResponse]  # type: ignore[assignment]
+    """Creates an agent join token: a new agent presents it to
+    AgentService.JoinAgent to receive its certificate. The token (with its
+    secret) is in this response only; Stratum keeps a hash of the secret.
+    """
+    ListJoinTokens: _aio.UnaryUnaryMultiCallable[_pool_service_pb2.ListJoinTokensRequest, _pool_service_pb2.ListJoinTokensResponse]  # type: ignore[assignment]
+    """Lists join tokens (never their secrets), ordered by expiry."""
+    DeleteJoinToken: _aio.UnaryUnaryMultiCallable[_pool_service_pb2.DeleteJoinTokenRequest, _pool_service_pb2.DeleteJoinTokenResponse]  # type: ignore[assignment]
+    """Deletes a join token: it cannot be used from then on. Agents that joined
+    with it keep their certificates (revoke them with RevokeAgent).
+    """
 
 class PoolServiceServicer(metaclass=_abc_1.ABCMeta):
     """PoolService is the operator API of the Stratum compute pool: inspect agents,
@@ -144,5 +166,34 @@ class PoolServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_pool_service_pb2.GetPoolStatsResponse, _abc.Awaitable[_pool_service_pb2.GetPoolStatsResponse]]:
         """Returns pool-wide capacity, allocation and queue statistics."""
+
+    @_abc_1.abstractmethod
+    def CreateJoinToken(
+        self,
+        request: _pool_service_pb2.CreateJoinTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_pool_service_pb2.CreateJoinTokenResponse, _abc.Awaitable[_pool_service_pb2.CreateJoinTokenResponse]]:
+        """Creates an agent join token: a new agent presents it to
+        AgentService.JoinAgent to receive its certificate. The token (with its
+        secret) is in this response only; Stratum keeps a hash of the secret.
+        """
+
+    @_abc_1.abstractmethod
+    def ListJoinTokens(
+        self,
+        request: _pool_service_pb2.ListJoinTokensRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_pool_service_pb2.ListJoinTokensResponse, _abc.Awaitable[_pool_service_pb2.ListJoinTokensResponse]]:
+        """Lists join tokens (never their secrets), ordered by expiry."""
+
+    @_abc_1.abstractmethod
+    def DeleteJoinToken(
+        self,
+        request: _pool_service_pb2.DeleteJoinTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_pool_service_pb2.DeleteJoinTokenResponse, _abc.Awaitable[_pool_service_pb2.DeleteJoinTokenResponse]]:
+        """Deletes a join token: it cannot be used from then on. Agents that joined
+        with it keep their certificates (revoke them with RevokeAgent).
+        """
 
 def add_PoolServiceServicer_to_server(servicer: PoolServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
