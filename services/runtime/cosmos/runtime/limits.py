@@ -98,6 +98,9 @@ RULES: dict[str, Rule] = {
         re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z"), "letters, digits, . _ - (at most 128)", 128
     ),
     # Stratum
+    # A CSR is PEM: lines of base64; a P-256 one is under 1 KiB, an RSA-4096 one under 4 KiB.
+    "cosmos.stratum.v1.JoinAgentRequest.csr_pem": Rule(max_len=16 * 1024, multiline=True),
+    "cosmos.stratum.v1.RenewAgentCertificateRequest.csr_pem": Rule(max_len=16 * 1024, multiline=True),
     "cosmos.stratum.v1.JobSpec.argv": Rule(
         max_len=32 * 1024, max_items=4096, multiline=True, total=128 * 1024
     ),
