@@ -31,7 +31,7 @@ from opentelemetry import trace
 
 from cosmos import errors
 from cosmos.common.v1 import progress_pb2
-from cosmos.plato import inputs, subjects
+from cosmos.plato import inputs, limits, subjects
 from cosmos.plato.engine import values
 from cosmos.plato.v1 import engine_pb2, events_pb2
 from cosmos.runtime import jetstream, telemetry
@@ -252,9 +252,25 @@ class Worker:
                 )
             finally:
                 self._cancellable.pop(task.idempotency_key, None)
+            size, limit = inp.result.output.ByteSize(), self._output_limit()
+            if size > limit:
+                # Posting it could never succeed (one NATS message): the step fails, saying why.
+                inp, msg_id = inputs.result(
+                    task.workflow_id,
+                    task.step_id,
+                    task.attempt,
+                    error=f"output of {size:,} bytes exceeds the limit of {limit:,} bytes",
+                    non_retryable=True,
+                    task_token=task.task_token,
+                )
             await self._post(inp, msg_id)
             await msg.ack()
             self.completed += 1
+
+    def _output_limit(self) -> int:
+        """The largest step output Plato accepts (see docs/plato.md, "Limits")."""
+        max_payload = self._nc.max_payload if self._nc is not None else limits.NATS_DEFAULT_MAX_PAYLOAD
+        return limits.max_value_bytes(max_payload)
 
     async def _post(self, inp: engine_pb2.EngineInput, msg_id: str) -> None:
         assert self._js is not None
