@@ -435,9 +435,10 @@ async def test_a_workflow_whose_state_outgrows_a_nats_message_runs(plato: PlatoC
     assert running.state == WS.WORKFLOW_STATE_RUNNING, running.failure_reason
     assert [s.step_id for s in running.steps] == [f"work[{i}]" for i in range(5)]
     assert all(s.state == workflow_pb2.STEP_STATE_SCHEDULED for s in running.steps)
-    assert all(len(s.input["input"]["blob"]) == 300_000 for s in running.steps)
-    assert [s.input["item"] for s in running.steps] == [1, 2, 3, 4, 5]
-    assert len(running.input["blob"]) == 300_000
+    inputs = [values.struct_to_dict(s.input) for s in running.steps]
+    assert all(len(i["input"]["blob"]) == 300_000 for i in inputs)
+    assert [i["item"] for i in inputs] == [1, 2, 3, 4, 5]
+    assert len(values.struct_to_dict(running.input)["blob"]) == 300_000
     assert event_names(await plato.history(workflow_id))[0] == "WORKFLOW_STARTED"
 
 
