@@ -29,6 +29,7 @@ MB = 1_000_000
 WIDE = """\
 workflow:
   id: wide-fan-out
+  limits: {maxSteps: 10001}
   rules:
     - when: workflow.started
       do:
