@@ -219,7 +219,10 @@ class StartWorkflowRequest(_message.Message):
     """
     @_builtins.property
     def input(self) -> _struct_pb2.Struct:
-        """Workflow input, read by rules and templates as `input.*`."""
+        """Workflow input, read by rules and templates as `input.*`. At most the
+        NATS server's max_payload less 16 KiB serialized (1,032,192 bytes by
+        default); larger is INVALID_ARGUMENT (docs/plato.md, "Limits").
+        """
 
     def __init__(
         self,
