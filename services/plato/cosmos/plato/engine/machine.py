@@ -719,8 +719,8 @@ class Machine:
         self.table.touch(step.step_id)
         step.child_workflow_id = child_id
         step.state = SS.STEP_STATE_RUNNING
-        if child_id not in self.record.child_workflow_ids:
-            self.record.child_workflow_ids.append(child_id)
+        # The child's id is on its step (cancellation reads it there), not in a list on the header
+        # that would grow with a fan-out of children.
         inp = engine_pb2.EngineInput(workflow_id=child_id, start=start)
         self._outbox(subjects.inbox(child_id), inp.SerializeToString(), msg_id=f"{child_id}:start")
         self._event(

@@ -958,7 +958,9 @@ class WorkflowRecord(_message.Message):
 
     @_builtins.property
     def child_workflow_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Children of the workflow, for cancellation."""
+        """Unused: a child's id is on the step that started it
+        (StepExecution.child_workflow_id).
+        """
 
     @_builtins.property
     def trace_headers(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
