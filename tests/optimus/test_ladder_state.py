@@ -1,8 +1,9 @@
-"""The encode-ladder workflow's state fits Plato's record (one NATS message) for the longest source.
+"""The encode-ladder workflow of a long title: every write of its state stays small, without a chunk cap.
 
 Plato's state machine runs the shipped definition in-process, every step answered with an output
 shaped like the media tool's (field for field, paths as long as the embedded stack's), from the start
-until the encode completes; the record's largest size on the way is what a save must fit.
+until the encode completes; the largest header and the largest step record on the way are what a
+commit writes (docs/plato.md, "Workflow state").
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ import pytest
 from cosmos.optimus import api
 from cosmos.optimus import profiles as catalog
 from cosmos.optimus.media.chunks import chunk_length
+from cosmos.plato import limits
 from cosmos.plato.engine import machine
-from cosmos.plato.engine.evaluator import RECORD_HEADROOM
+from cosmos.plato.engine.state import WorkflowState
 from cosmos.plato.language import parser
 from cosmos.plato.v1 import engine_pb2, workflow_pb2
 
-NATS_MAX_PAYLOAD = 1024 * 1024  # the server's default, and what deploy/ runs with
 ENCODE_ID = "enc-" + "0123456789abcdef01234567"
 WORK = f"/var/lib/cosmos/data/work/{ENCODE_ID}"
 SS = workflow_pb2.StepState
@@ -165,8 +166,9 @@ def output(
     raise AssertionError(f"no output shaped for step {name!r}: the workflow has a new job step")
 
 
-def run_ladder(chunks: int, names: list[str]) -> tuple[int, workflow_pb2.Workflow]:
-    """Run the encode-ladder definition to its end; the largest record on the way, and the workflow."""
+def run_ladder(chunks: int, names: list[str]) -> tuple[int, int, workflow_pb2.Workflow]:
+    """Run the encode-ladder definition to its end: the largest header and the largest step record
+    written on the way, and the workflow."""
     definition = parser.parse(api.DEFINITION_FILE.read_text())
     ladder, _ = catalog.ladder_input(tuple(names))
     start = engine_pb2.StartInput(definition_id=api.DEFINITION_ID, definition_version=1, request_id="r")
@@ -190,53 +192,58 @@ def run_ladder(chunks: int, names: list[str]) -> tuple[int, workflow_pb2.Workflo
         }
     )
     rng = random.Random(7)
-    record = machine.new_record(ENCODE_ID, start, datetime.now(UTC))
-    largest = 0
+    state = WorkflowState(machine.new_record(ENCODE_ID, start, datetime.now(UTC)))
+    largest_header = largest_step = 0
     queue = [engine_pb2.EngineInput(workflow_id=ENCODE_ID, start=start)]
+    scheduled: list[str] = []
     while queue:
         # One input per transition, as results arrive one at a time.
-        engine = machine.Machine(record, definition, datetime.now(UTC), rng.random)
+        engine = machine.Machine(state, definition, datetime.now(UTC), rng.random)
         engine.begin()
         engine.apply(queue.pop(0))
-        largest = max(largest, record.ByteSize())
-        for step in record.workflow.steps:
-            if step.state == SS.STEP_STATE_SCHEDULED:
-                step.state = SS.STEP_STATE_RUNNING  # as its first heartbeat would; answered once
-                result = engine_pb2.StepResultInput(step_id=step.step_id, attempt=step.attempt, success=True)
-                result.output.update(output(step, chunks, names, rng))
-                queue.append(engine_pb2.EngineInput(workflow_id=ENCODE_ID, result=result))
-    return largest, record.workflow
+        header = engine_pb2.WorkflowRecord()
+        header.CopyFrom(state.record)
+        del header.outbox[:]  # a transition's messages travel on their own (or as one blob)
+        largest_header = max(largest_header, header.ByteSize())
+        for step_id in state.table.dirty:
+            record = state.table.record(step_id)
+            largest_step = max(largest_step, record.ByteSize())
+            if record.step.state == SS.STEP_STATE_SCHEDULED:
+                scheduled.append(step_id)
+        state.table.dirty.clear()
+        for step_id in scheduled:
+            step = state.table.record(step_id).step
+            step.state = SS.STEP_STATE_RUNNING  # as its first heartbeat would; answered once
+            result = engine_pb2.StepResultInput(step_id=step.step_id, attempt=step.attempt, success=True)
+            result.output.update(output(step, chunks, names, rng))
+            queue.append(engine_pb2.EngineInput(workflow_id=ENCODE_ID, result=result))
+        scheduled.clear()
+    return largest_header, largest_step, state.workflow()
 
 
-def test_long_sources_and_wide_ladders_get_fewer_longer_chunks() -> None:
-    assert chunk_length(60, 4, 100) == 4
-    assert chunk_length(400, 4, 100) == 4  # exactly 100 chunks of 4 s
-    assert chunk_length(7200, 4, 100) == 72  # 2 h: 100 chunks of 72 s (whole 2 s GOPs)
-    assert chunk_length(7201, 4, 100) == 74
-    assert chunk_length(7200, 4, 0) == 4  # no limit
-    assert [api.max_chunks(n) for n in (1, 3, 4, 6, 16)] == [100, 100, 100, 66, 25]
+def test_a_two_hour_title_plans_720_chunks_of_10_s_without_a_cap() -> None:
+    assert api.MAX_CHUNKS == 0
+    assert chunk_length(7200, 10, api.MAX_CHUNKS) == 10  # 720 chunks: no cap lengthens them
+    assert chunk_length(7200, 4, api.MAX_CHUNKS) == 4
+    assert chunk_length(7200, 4, 100) == 72  # the media tool's option still works for whoever asks
 
 
 LADDERS = {
     "default": list(catalog.LADDERS["default"]),
-    "full and NVENC": [*catalog.LADDERS["full"], "1080p-nvenc", "720p-nvenc"],
     "the whole catalog": catalog.names(),
 }
 
 
 @pytest.mark.parametrize("names", LADDERS.values(), ids=LADDERS.keys())
-def test_any_ladder_at_its_most_chunks_fits_one_nats_message(names: list[str]) -> None:
-    chunks = api.max_chunks(len(names))
-    largest, workflow = run_ladder(chunks, names)
+def test_a_720_chunk_encode_writes_small_records_all_the_way(names: list[str]) -> None:
+    chunks = 720
+    largest_header, largest_step, workflow = run_ladder(chunks, names)
     assert workflow.state == workflow_pb2.WORKFLOW_STATE_COMPLETED, workflow.failure_reason
     groups = len(catalog.groups([catalog.get(n) for n in names]))
     assert len([s for s in workflow.steps if s.step_name == "encode"]) == chunks * groups
-    # Under half of what a record may hold, so outputs somewhat larger than these still fit.
-    assert largest < (NATS_MAX_PAYLOAD - RECORD_HEADROOM) / 2, largest
-
-
-def test_without_the_limits_a_long_title_would_not_fit() -> None:
-    # What the limits are for: 4 s chunks of a 34 min title (500) into the default ladder (a 2 h
-    # title would have 1,800).
-    largest, _ = run_ladder(500, LADDERS["default"])
-    assert largest > NATS_MAX_PAYLOAD
+    # The header does not grow with the chunks: far under one message, and under the inline limit of
+    # a value would only be wrong if it carried the steps.
+    assert largest_header < limits.INLINE_EFFECTS_BYTES, largest_header
+    # Each step record is written on its own; only the split and assemble steps' outputs (one entry
+    # per chunk) are large, and those go to the blob store past the inline limit.
+    assert largest_step < limits.DEFAULT_MAX_VALUE_BYTES, largest_step

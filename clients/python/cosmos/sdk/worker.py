@@ -39,7 +39,7 @@ from opentelemetry import trace
 
 from cosmos import errors
 from cosmos.common.v1 import progress_pb2
-from cosmos.plato import inputs, subjects
+from cosmos.plato import inputs, limits, subjects
 from cosmos.plato.engine import values
 from cosmos.plato.v1 import engine_pb2, events_pb2
 from cosmos.runtime import jetstream, telemetry
@@ -327,10 +327,26 @@ class Worker:
             finally:
                 leased.cancel()
                 self._cancellable.pop(task.idempotency_key, None)
+            size, limit = inp.result.output.ByteSize(), self._output_limit()
+            if size > limit:
+                # Posting it could never succeed (one NATS message): the step fails, saying why.
+                inp, msg_id = inputs.result(
+                    task.workflow_id,
+                    task.step_id,
+                    task.attempt,
+                    error=f"output of {size:,} bytes exceeds the limit of {limit:,} bytes",
+                    non_retryable=True,
+                    task_token=task.task_token,
+                )
             await self._post_until_stored(inp, msg_id)
             with contextlib.suppress(nats.errors.Error):
                 await msg.ack()  # if this is lost, the redelivery is found stale and acknowledged then
             self.completed += 1
+
+    def _output_limit(self) -> int:
+        """The largest step output Plato accepts (see docs/plato.md, "Limits")."""
+        max_payload = self._nc.max_payload if self._nc is not None else limits.NATS_DEFAULT_MAX_PAYLOAD
+        return limits.max_value_bytes(max_payload)
 
     async def _post_until_stored(self, inp: engine_pb2.EngineInput, msg_id: str) -> None:
         """Post a result, again (same msg id: JetStream keeps one) until stored, with backoff."""

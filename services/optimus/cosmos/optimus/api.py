@@ -38,18 +38,9 @@ TERMINAL = (ES.ENCODE_STATE_SUCCEEDED, ES.ENCODE_STATE_FAILED, ES.ENCODE_STATE_C
 WATCH_INTERVAL = 0.5
 CHUNK_SECONDS = 4
 """Length the source is cut into for the parallel encodes (at the source's next keyframe)."""
-MAX_CHUNKS = 100
-"""Chunks of one encode at most: a longer source gets longer chunks (2 h: 72 s)."""
-MAX_CHUNK_RENDITIONS = 400
-"""Chunks x renditions of one encode at most (a wide ladder gets fewer, longer chunks). Every chunk
-job is a step of the encode's workflow, its result (one entry per rendition) part of the workflow's
-state, which Plato keeps in one NATS message (1 MB): at these limits the state stays under half of
-that for any ladder of the catalog (tests/optimus/test_ladder_state.py)."""
-
-
-def max_chunks(renditions: int) -> int:
-    """The most chunks an encode into ``renditions`` renditions is cut into."""
-    return max(1, min(MAX_CHUNKS, MAX_CHUNK_RENDITIONS // max(1, renditions)))
+MAX_CHUNKS = 0
+"""Chunks of one encode at most: 0, no limit. (A cap of 100 chunks once kept the workflow's state in
+one NATS message; Plato now stores each step on its own, so a 2 h title is cut into 4 s chunks.)"""
 
 
 # Optimus and Plato start together: a call waits for the channel to connect (up to the timeout)
@@ -271,7 +262,7 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
             # The encode's last step removes work_dir, and only ever something inside this area.
             "work_area": str(self.work_root / tenant),
             "chunk_seconds": CHUNK_SECONDS,
-            "max_chunks": max_chunks(len(names)),
+            "max_chunks": MAX_CHUNKS,
             "request_id": request.request_id,
             "content_key": content_key,
         }

@@ -1,8 +1,8 @@
 """Plato's gRPC API: WorkflowService (definitions, workflows, history, watch) and StepService.
 
 Every mutation is a durable JetStream publish to the workflow's inbox, de-duplicated by a message id
-derived from the request; the evaluator applies it. Reads come from the workflow records bucket and
-the events stream.
+derived from the request; the evaluator applies it. Reads come from the workflow state (header, step
+records, blobs: :mod:`cosmos.plato.records`) and the events stream.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry import trace
 
 from cosmos import errors
-from cosmos.plato import inputs, subjects
+from cosmos.plato import inputs, limits, records, subjects
 from cosmos.plato.engine import machine, values
 from cosmos.plato.language import parser
 from cosmos.plato.store import Conflict, PlatoStore
@@ -53,6 +53,9 @@ DEFAULT_TENANT = "default"
 """Tenant of workloads that start workflows in their own name."""
 MAX_BATCH = 1000
 """Starts one ``StartWorkflows`` call may hold."""
+RESPONSE_VALUE_BYTES = 2 * 1024 * 1024
+"""Bytes of large values (inputs, outputs kept as blobs) one read answers with; past it a value
+reads as ``{"omitted": {"bytes": N, ...}}``, so a response stays under gRPC's 4 MiB default."""
 tracer = trace.get_tracer("cosmos.plato")
 log = logging.getLogger(__name__)
 _TERMINAL_EVENTS = (
@@ -200,6 +203,10 @@ class WorkflowApi(workflow_service_pb2_grpc.WorkflowServiceServicer):
             _check_id(request.workflow_id, "workflow_id")
         if request.definition_version < 0:
             raise _violation("definition_version", "must be 0 (latest) or a positive version")
+        size, limit = request.input.ByteSize(), limits.max_value_bytes(self.store.nc.max_payload)
+        if size > limit:
+            # It could never be posted to the inbox (one NATS message), nor a task carry it.
+            raise _violation("input", f"is {size:,} bytes; at most {limit:,}")
         definition = await self.store.start_definition(request.definition_id, request.definition_version)
         tenant = auth.current().tenant or DEFAULT_TENANT
         # A retried start (same request_id, same tenant) lands on the same workflow id, so it finds the
@@ -241,7 +248,7 @@ class WorkflowApi(workflow_service_pb2_grpc.WorkflowServiceServicer):
     ) -> workflow_service_pb2.StartWorkflowResponse:
         """The record exists already: this start's own (the evaluator created it first), a retry's
         first start, or a different request's (refused)."""
-        stored = await self.store.get_record(workflow_id)
+        stored = await records.load_header(self.store, workflow_id)
         if stored is None:
             raise errors.UnavailableError(f"workflow {workflow_id!r} vanished while starting; retry")
         workflow = stored[0].workflow
@@ -278,18 +285,26 @@ class WorkflowApi(workflow_service_pb2_grpc.WorkflowServiceServicer):
             )
 
     async def _record(self, workflow_id: str) -> engine_pb2.WorkflowRecord:
+        """The workflow's header (its workflow without steps)."""
         _require(workflow_id, "workflow_id")
-        loaded = await self.store.get_record(workflow_id)
+        loaded = await records.load_header(self.store, workflow_id, RESPONSE_VALUE_BYTES)
         # Another tenant's workflow does not exist for this caller.
         if loaded is None or not auth.current().sees(loaded[0].workflow.tenant):
             raise _workflow_not_found(workflow_id)
         return loaded[0]
 
+    async def _workflow(self, workflow_id: str) -> workflow_pb2.Workflow:
+        """The whole public workflow, steps included."""
+        await self._record(workflow_id)
+        state = await records.load(self.store, workflow_id, RESPONSE_VALUE_BYTES)
+        if state is None:
+            raise _workflow_not_found(workflow_id)
+        return state.workflow()
+
     async def GetWorkflow(
         self, request: workflow_service_pb2.GetWorkflowRequest, context: Context
     ) -> workflow_service_pb2.GetWorkflowResponse:
-        record = await self._record(request.workflow_id)
-        return workflow_service_pb2.GetWorkflowResponse(workflow=record.workflow)
+        return workflow_service_pb2.GetWorkflowResponse(workflow=await self._workflow(request.workflow_id))
 
     async def ListWorkflows(
         self, request: workflow_service_pb2.ListWorkflowsRequest, context: Context
@@ -329,7 +344,16 @@ class WorkflowApi(workflow_service_pb2_grpc.WorkflowServiceServicer):
             query,
             size=lambda wf: wf.ByteSize(),
         )
-        return workflow_service_pb2.ListWorkflowsResponse(workflows=chunk, next_page_token=next_token)
+        # Filtering and ordering read headers only; the page's workflows are read whole.
+        budget = RESPONSE_VALUE_BYTES // max(1, len(chunk))
+
+        async def whole(wf: workflow_pb2.Workflow) -> workflow_pb2.Workflow:
+            async with limit:
+                state = await records.load(self.store, wf.workflow_id, budget)
+            return wf if state is None else state.workflow()
+
+        full = await asyncio.gather(*(whole(wf) for wf in chunk))
+        return workflow_service_pb2.ListWorkflowsResponse(workflows=full, next_page_token=next_token)
 
     async def CancelWorkflow(
         self, request: workflow_service_pb2.CancelWorkflowRequest, context: Context
@@ -491,11 +515,11 @@ class StepApi(step_service_pb2_grpc.StepServiceServicer):
                 "task_token: missing or not the token of this step attempt (echo the StepTask's task_token)",
                 metadata={"field": "task_token", "workflow_id": workflow_id, "step_id": step_id},
             )
-        loaded = await self.store.get_record(workflow_id)
+        loaded = await records.load_step(self.store, workflow_id, step_id)
         if loaded is None or not auth.current().sees(loaded[0].workflow.tenant):
             raise _workflow_not_found(workflow_id)
-        record = loaded[0]
-        step = next((s for s in record.workflow.steps if s.step_id == step_id), None)
+        record, step_record = loaded
+        step = None if step_record is None else step_record.step
         if step is None:
             raise errors.NotFoundError(
                 f"workflow {workflow_id!r} has no step {step_id!r}",
@@ -531,6 +555,20 @@ class StepApi(step_service_pb2_grpc.StepServiceServicer):
         )
         if not (step.attempt == request.attempt and step.state == SS.STEP_STATE_COMPLETED):
             self._refuse_stale(step, request.attempt)
+            size, limit = request.output.ByteSize(), limits.max_value_bytes(self.store.nc.max_payload)
+            if size > limit:
+                # The step fails with the reason (no retry makes it fit), and the caller hears why.
+                reason = f"output of {size:,} bytes exceeds the limit of {limit:,} bytes"
+                inp, msg_id = inputs.result(
+                    request.workflow_id,
+                    request.step_id,
+                    request.attempt,
+                    error=reason,
+                    non_retryable=True,
+                    task_token=request.task_token,
+                )
+                await self.store.publish_input(inp, msg_id, telemetry.inject_headers())
+                raise _violation("output", f"is {size:,} bytes; at most {limit:,} (the step failed)")
             inp, msg_id = inputs.result(
                 request.workflow_id,
                 request.step_id,

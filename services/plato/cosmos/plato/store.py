@@ -5,7 +5,10 @@
 - ``PLATO_TASKS`` (work queue): :class:`StepTask` per handler queue.
 - ``PLATO_CONTROL`` (limits, short-lived): cancel notices and builtin ``notify`` messages.
 - ``plato-definitions`` (KV): ``<id>.<version>`` → :class:`WorkflowDefinition`, ``<id>.latest`` → version.
-- ``plato-workflows`` (KV): workflow id → :class:`WorkflowRecord`, updated by compare-and-set.
+- ``plato-workflows`` (KV): workflow id → :class:`WorkflowRecord` (the header), updated by
+  compare-and-set.
+- ``plato-steps`` (KV): ``<workflow>.<hex(step_id)>`` → :class:`StepRecord`.
+- ``plato-blobs`` (object store): large values (see :mod:`cosmos.plato.records`).
 
 There is no other store.
 """
@@ -24,11 +27,13 @@ from nats.js.api import (
     DiscardPolicy,
     Header,
     KeyValueConfig,
+    ObjectStoreConfig,
     RetentionPolicy,
     StorageType,
     StreamConfig,
 )
 from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
 
 from cosmos import errors
 from cosmos.plato import subjects
@@ -84,6 +89,8 @@ class PlatoStore:
         """Every write of the hot path (inputs, records, outboxes) goes through it, pipelined."""
         self._definitions: KeyValue | None = None
         self._workflows: KeyValue | None = None
+        self._steps: KeyValue | None = None
+        self._blobs: ObjectStore | None = None
         self._compiled: dict[tuple[str, int], model.Definition] = {}
         # Stored versions never change: cached for good. Only the latest pointer needs watching.
         self._stored: dict[tuple[str, int], definition_pb2.WorkflowDefinition] = {}
@@ -157,6 +164,15 @@ class PlatoStore:
                 bucket=subjects.WORKFLOWS_BUCKET, history=1, storage=storage, replicas=self.config.replicas
             )
         )
+        self._steps = await self.js.create_key_value(
+            KeyValueConfig(
+                bucket=subjects.STEPS_BUCKET, history=1, storage=storage, replicas=self.config.replicas
+            )
+        )
+        self._blobs = await self.js.create_object_store(
+            subjects.BLOBS_BUCKET,
+            ObjectStoreConfig(storage=storage, replicas=self.config.replicas),
+        )
 
     async def watch_definitions(self) -> None:
         """Follow the latest version of every definition (:meth:`start_definition` reads it)."""
@@ -188,6 +204,18 @@ class PlatoStore:
         """The workflow records bucket."""
         assert self._workflows is not None, "call ensure() first"
         return self._workflows
+
+    @property
+    def steps(self) -> KeyValue:
+        """The step records bucket."""
+        assert self._steps is not None, "call ensure() first"
+        return self._steps
+
+    @property
+    def blobs(self) -> ObjectStore:
+        """The blob object store."""
+        assert self._blobs is not None, "call ensure() first"
+        return self._blobs
 
     # ------------------------------------------------------------------ definitions
 
@@ -319,6 +347,43 @@ class PlatoStore:
                 raise Conflict(workflow_id) from exc
             raise
         return ack.seq
+
+    async def put_step(self, key: str, record: engine_pb2.StepRecord, revision: int) -> int:
+        """Write a step record if its key's last revision is still ``revision`` (0: none yet)."""
+        headers = {Header.EXPECTED_LAST_SUBJECT_SEQUENCE.value: str(revision)}
+        try:
+            ack = await self.publisher.stored(
+                f"$KV.{subjects.STEPS_BUCKET}.{key}", record.SerializeToString(), headers
+            )
+        except publisher.PublishError as exc:
+            if exc.err_code in _WRONG_LAST_SEQUENCE:
+                raise Conflict(key) from exc
+            raise
+        return ack.seq
+
+    async def get_step(self, key: str) -> engine_pb2.StepRecord | None:
+        """One stored step record, or None."""
+        try:
+            entry = await self.steps.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        return None if entry.value is None else engine_pb2.StepRecord.FromString(entry.value)
+
+    async def step_records(self, workflow_id: str) -> dict[str, tuple[engine_pb2.StepRecord, int]]:
+        """Every stored step record of a workflow with its revision, by step id."""
+        found: dict[str, tuple[engine_pb2.StepRecord, int]] = {}
+        watcher = await self.steps.watch(f"{workflow_id}.*", ignore_deletes=True)
+        try:
+            while True:
+                entry = await watcher.updates(timeout=self.config.ack_timeout)  # type: ignore[no-untyped-call]
+                if entry is None:
+                    break  # caught up: every key's last value was delivered
+                if entry.value:
+                    record = engine_pb2.StepRecord.FromString(entry.value)
+                    found[record.step.step_id] = (record, entry.revision or 0)
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]
+        return found
 
     async def workflow_ids(self) -> list[str]:
         """Every workflow id, sorted."""

@@ -33,7 +33,13 @@ PLATO_STREAMS = (
     plato_subjects.TASKS_STREAM,
     plato_subjects.CONTROL_STREAM,
 )
-PLATO_BUCKETS = (plato_subjects.DEFINITIONS_BUCKET, plato_subjects.WORKFLOWS_BUCKET)
+PLATO_BUCKETS = (
+    plato_subjects.DEFINITIONS_BUCKET,
+    plato_subjects.WORKFLOWS_BUCKET,
+    plato_subjects.STEPS_BUCKET,
+)
+PLATO_OBJECT_STORES = (plato_subjects.BLOBS_BUCKET,)
+"""Object stores only Plato reads and writes (workers get their inputs inline in their tasks)."""
 STRATUM_STREAMS = (stratum_store.EVENTS_STREAM,)
 STRATUM_BUCKETS = (stratum_store.JOBS_BUCKET, stratum_store.REVOKED_BUCKET, stratum_store.JOIN_TOKENS_BUCKET)
 STRATUM_SUBJECTS = (stratum_store.EVENTS_ALL,)
@@ -85,9 +91,15 @@ def _stream_api(streams: Sequence[str]) -> list[str]:
     return out
 
 
-def _service(identity: str, streams: Sequence[str], buckets: Sequence[str], data: Sequence[str]) -> NatsUser:
-    kv_streams = [f"KV_{b}" for b in buckets]
-    kv_subjects = [f"$KV.{b}.>" for b in buckets]
+def _service(
+    identity: str,
+    streams: Sequence[str],
+    buckets: Sequence[str],
+    data: Sequence[str],
+    object_stores: Sequence[str] = (),
+) -> NatsUser:
+    kv_streams = [f"KV_{b}" for b in buckets] + [f"OBJ_{b}" for b in object_stores]
+    kv_subjects = [f"$KV.{b}.>" for b in buckets] + [f"$O.{b}.>" for b in object_stores]
     return NatsUser(
         identity,
         publish=(*_stream_api([*streams, *kv_streams]), *data, *kv_subjects),
@@ -98,7 +110,7 @@ def _service(identity: str, streams: Sequence[str], buckets: Sequence[str], data
 def plato_user(name: str = "plato") -> NatsUser:
     """Plato: its streams and buckets, workflow events, inboxes, timers, tasks, cancels, notify."""
     data = ("cosmos.plato.>", "cosmos.workflow.>", "cosmos.step.>", "cosmos.notify.>")
-    return _service(pki.spiffe_id("plato", name), PLATO_STREAMS, PLATO_BUCKETS, data)
+    return _service(pki.spiffe_id("plato", name), PLATO_STREAMS, PLATO_BUCKETS, data, PLATO_OBJECT_STORES)
 
 
 def stratum_user(name: str = "stratum") -> NatsUser:

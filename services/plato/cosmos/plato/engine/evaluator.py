@@ -1,11 +1,14 @@
 """The evaluator: pulls engine inputs from JetStream and advances workflows, in batches.
 
 For each batch the inputs are grouped by workflow; each workflow's inputs are applied together to its
-record in one transition, which is then saved with compare-and-set *before* its effects (the
-outbox) are published, and only then are the inputs acknowledged. A crash anywhere in between is
-repaired by redelivery: inputs are idempotent against the record, and a record loaded from the
-bucket has its outbox re-published first (de-duplicated by Nats-Msg-Id). Several Plato processes
-share the one durable consumer; compare-and-set makes sure only one advances a workflow at a time.
+state in one transition, which is then committed (the header's compare-and-set, see
+:mod:`cosmos.plato.records`) *before* its effects (step records, the outbox) are written and
+published, and only then are the inputs acknowledged. A crash anywhere in between is repaired by
+redelivery: inputs are idempotent against the state, and a state loaded from the store has its last
+commit's effects applied again first (step writes by generation, messages de-duplicated by
+Nats-Msg-Id). Several Plato processes share the one durable consumer; compare-and-set makes sure only
+one advances a workflow at a time. Workflows stay cached in memory, steps and all, so a transition
+costs what it changes.
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 from opentelemetry import trace
 
-from cosmos.plato import subjects
+from cosmos.plato import limits, records, subjects
 from cosmos.plato.engine import machine
+from cosmos.plato.engine.state import WorkflowState
+from cosmos.plato.language import model
 from cosmos.plato.store import Conflict, PlatoStore
 from cosmos.plato.task_tokens import TaskKey
 from cosmos.plato.v1 import engine_pb2, workflow_pb2
@@ -35,14 +40,7 @@ from cosmos.runtime import telemetry
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("cosmos.plato")
 RECORD_HEADROOM = 4096
-"""Bytes of a NATS message left for the record's subject and headers."""
-
-
-@dataclass
-class _Cached:
-    record: engine_pb2.WorkflowRecord
-    revision: int
-    published: bool
+"""Bytes of a NATS message left for the header's subject and headers."""
 
 
 @dataclass(frozen=True)
@@ -56,12 +54,16 @@ class EvaluatorConfig:
     ack_wait: float = 30.0
     """Seconds before an unacknowledged input is redelivered (to another process)."""
     cache_size: int = 10_000
-    """Workflow records kept in memory."""
+    """Workflows kept in memory (header and steps)."""
     max_conflicts: int = 20
     """Compare-and-set retries before an input is left for redelivery."""
     max_record_bytes: int | None = None
-    """Largest workflow record saved: a transition that would grow one past it fails its workflow
-    instead (a record is one NATS message). None: the NATS server's ``max_payload`` less 4 KiB."""
+    """Largest workflow header saved: a transition that would grow one past it fails its workflow
+    instead (a header is one NATS message). None: the smaller of
+    :data:`~cosmos.plato.limits.MAX_HEADER_BYTES` and the server's ``max_payload`` less 4 KiB."""
+    max_value_bytes: int | None = None
+    """Largest step input or output (each travels as one message): a larger output fails its step.
+    None: the server's ``max_payload`` less :data:`~cosmos.plato.limits.MESSAGE_HEADROOM`."""
 
 
 class Evaluator:
@@ -73,7 +75,7 @@ class Evaluator:
         self.store = store
         self.config = config or EvaluatorConfig()
         self.task_key = task_key
-        self._cache: OrderedDict[str, _Cached] = OrderedDict()
+        self._cache: OrderedDict[str, WorkflowState] = OrderedDict()
         self._rand = random.Random()
         self.transitions = 0
 
@@ -182,58 +184,55 @@ class Evaluator:
         self, workflow_id: str, inputs: list[engine_pb2.EngineInput], trace_headers: dict[str, str]
     ) -> bool:
         for _ in range(self.config.max_conflicts):
-            cached = await self._current(workflow_id, inputs[0])
-            if cached is None:
+            state = await self._current(workflow_id, inputs[0])
+            if state is None:
                 return True  # nothing to advance (e.g. a result for a workflow that never started)
-            record = cached.record
+            record = state.record
             definition = await self.store.compiled(
                 record.workflow.definition_id, record.workflow.definition_version
             )
             now = datetime.now(UTC)
-            engine = machine.Machine(record, definition, now, self._rand.random, trace_headers, self.task_key)
+            engine = self._machine(state, definition, now, trace_headers)
             engine.begin()
             for inp in inputs:
                 engine.apply(inp)
-            size, limit = record.ByteSize(), self._record_limit()
-            if size > limit:
-                # Saving it would fail every time the inputs are redelivered. Fail the workflow from
-                # its stored state instead (which fit), saying why.
-                self._cache.pop(workflow_id, None)
-                stored = await self._current(workflow_id, inputs[0])
-                if stored is None:
-                    return True
-                cached, record = stored, stored.record
-                engine = machine.Machine(
-                    record, definition, now, self._rand.random, trace_headers, self.task_key
-                )
-                engine.begin()
-                engine.fail(
-                    f"the workflow's state would grow to {size:,} bytes, past the {limit:,}-byte limit "
-                    f"of one NATS message (max_payload {self.store.nc.max_payload:,}); fewer fan-out "
-                    "items or smaller step inputs and outputs keep it under, or split the work into "
-                    "child workflows"
-                )
-                log.error(
-                    "workflow state too large; failed",
-                    extra={"fields": {"workflow_id": workflow_id, "bytes": size, "limit": limit}},
-                )
-            if not record.outbox and cached.revision:
+            if not record.outbox and state.revision:
                 # Nothing changed: a duplicate or a stale result, unless our copy is behind another
-                # process's (the input may be news to the current record). Check before dropping it.
+                # process's (the input may be news to the current state). Check before dropping it.
                 current = await self.store.record_revision(workflow_id)
-                if current != cached.revision:
+                if current != state.revision:
                     self._cache.pop(workflow_id, None)
                     continue
                 return True
             try:
-                cached.revision = await self.store.save_record(workflow_id, record, cached.revision or None)
+                await records.commit(self.store, state, self._record_limit())
             except Conflict:
                 self._cache.pop(workflow_id, None)
                 continue
-            cached.published = False
-            self._remember(workflow_id, cached)
-            await self.store.publish(record.outbox)
-            cached.published = True
+            except records.TooLarge as exc:
+                # Storing it would fail every time the inputs are redelivered. Fail the workflow from
+                # its stored state instead (which fit), saying why.
+                self._cache.pop(workflow_id, None)
+                state = await self._current(workflow_id, inputs[0])
+                if state is None:
+                    return True
+                engine = self._machine(state, definition, now, trace_headers)
+                engine.begin()
+                engine.fail(
+                    f"{exc}: too many running fan-outs, signals or rule firings at once; split the "
+                    "work into child workflows"
+                )
+                log.error(
+                    "workflow state too large; failed",
+                    extra={"fields": {"workflow_id": workflow_id, "bytes": exc.size, "limit": exc.limit}},
+                )
+                try:
+                    await records.commit(self.store, state, self._record_limit())
+                except Conflict:
+                    self._cache.pop(workflow_id, None)
+                    continue
+            self._remember(workflow_id, state)
+            await records.apply_effects(self.store, state)
             self.transitions += 1
             if record.workflow.state in machine.TERMINAL_WORKFLOW_STATES:
                 self._cache.pop(workflow_id, None)
@@ -254,48 +253,57 @@ class Evaluator:
         )
         return False
 
-    async def _current(self, workflow_id: str, first: engine_pb2.EngineInput) -> _Cached | None:
-        """The workflow's record (see :meth:`_load`) with its last transition's effects published."""
-        cached = await self._load(workflow_id, first)
-        if cached is not None and not cached.published:
-            await self.store.publish(cached.record.outbox)
-            cached.published = True
-        return cached
+    def _machine(
+        self,
+        state: WorkflowState,
+        definition: model.Definition,
+        now: datetime,
+        trace_headers: dict[str, str],
+    ) -> machine.Machine:
+        value_limit = self.config.max_value_bytes or limits.max_value_bytes(self.store.nc.max_payload)
+        return machine.Machine(
+            state, definition, now, self._rand.random, trace_headers, self.task_key, value_limit
+        )
 
-    async def _load(self, workflow_id: str, first: engine_pb2.EngineInput) -> _Cached | None:
-        cached = self._cache.get(workflow_id)
-        if cached is not None:
+    async def _current(self, workflow_id: str, first: engine_pb2.EngineInput) -> WorkflowState | None:
+        """The workflow's state (see :meth:`_load`) with its last commit's effects applied."""
+        state = await self._load(workflow_id, first)
+        if state is not None and not state.published:
+            await records.apply_effects(self.store, state)
+        return state
+
+    async def _load(self, workflow_id: str, first: engine_pb2.EngineInput) -> WorkflowState | None:
+        state = self._cache.get(workflow_id)
+        if state is not None:
             self._cache.move_to_end(workflow_id)
-            return cached
-        loaded = await self.store.get_record(workflow_id)
+            return state
+        loaded = await records.load(self.store, workflow_id)
         if loaded is not None:
-            record, revision = loaded
-            return _Cached(record, revision, published=False)
+            return loaded
         if first.WhichOneof("kind") != "start":
             log.warning(
                 "input for an unknown workflow dropped",
                 extra={"fields": {"workflow_id": workflow_id, "kind": first.WhichOneof("kind")}},
             )
             return None
-        record = machine.new_record(workflow_id, first.start, datetime.now(UTC))
-        return _Cached(record, 0, published=True)
+        return WorkflowState(machine.new_record(workflow_id, first.start, datetime.now(UTC)), 0)
 
     def _record_limit(self) -> int:
         if self.config.max_record_bytes is not None:
             return self.config.max_record_bytes
-        return self.store.nc.max_payload - RECORD_HEADROOM
+        return min(limits.MAX_HEADER_BYTES, self.store.nc.max_payload - RECORD_HEADROOM)
 
     def created(self, workflow_id: str, record: engine_pb2.WorkflowRecord, revision: int) -> None:
-        """A record ``StartWorkflow`` just created: its start input needs no read of the bucket.
+        """A header ``StartWorkflow`` just created: its start input needs no read of the bucket.
 
-        Only if nothing is cached for it yet; a stale entry would be harmless anyway (saves are
+        Only if nothing is cached for it yet; a stale entry would be harmless anyway (commits are
         compare-and-set, and a lost one reloads).
         """
         if workflow_id not in self._cache:
-            self._remember(workflow_id, _Cached(record, revision, published=True))
+            self._remember(workflow_id, WorkflowState(record, revision))
 
-    def _remember(self, workflow_id: str, cached: _Cached) -> None:
-        self._cache[workflow_id] = cached
+    def _remember(self, workflow_id: str, state: WorkflowState) -> None:
+        self._cache[workflow_id] = state
         self._cache.move_to_end(workflow_id)
         while len(self._cache) > self.config.cache_size:
             self._cache.popitem(last=False)

@@ -1,10 +1,13 @@
-"""The workflow state machine: applies one :class:`EngineInput` to a :class:`WorkflowRecord`.
+"""The workflow state machine: applies one :class:`EngineInput` to a workflow's state.
 
-Pure and deterministic given ``now`` and ``rand``: no I/O. Every effect (history events, step tasks,
-timers, notices, messages to parents and children) is appended to ``record.outbox`` as a NATS message
-with a de-duplication id; the evaluator persists the record before publishing them. Each kind of
-input is idempotent against the record (fencing by step attempt, by state, by timer id), so
-redelivered inputs change nothing. Semantics: ``docs/workflow-language.md``.
+The state is a :class:`~cosmos.plato.engine.state.WorkflowState`: a header record plus a table of
+step records, kept in memory across transitions; the machine marks every step it changes
+(``table.touch``) so that only those are written. Pure and deterministic given ``now`` and ``rand``:
+no I/O. Every effect (history events, step tasks, timers, notices, messages to parents and children)
+is appended to ``record.outbox`` as a NATS message with a de-duplication id; the evaluator persists
+the state before publishing them. Each kind of input is idempotent against the state (fencing by step
+attempt, by state, by timer id), so redelivered inputs change nothing. Semantics:
+``docs/workflow-language.md``.
 """
 
 from __future__ import annotations
@@ -13,14 +16,15 @@ import itertools
 import json
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2
 
-from cosmos.plato import subjects
+from cosmos.plato import limits, subjects
 from cosmos.plato.engine import values
+from cosmos.plato.engine.state import StepTable, WorkflowState
 from cosmos.plato.language import model, parser
 from cosmos.plato.task_tokens import TaskKey
 from cosmos.plato.v1 import engine_pb2, events_pb2, workflow_pb2
@@ -95,21 +99,63 @@ def new_record(workflow_id: str, start: engine_pb2.StartInput, now: datetime) ->
     return record
 
 
+class _Steps(Mapping[str, Any]):
+    """The ``steps`` of an expression context, computed per step name when asked for.
+
+    A fan-out of K instances would otherwise cost O(K) for every context built (one per completion).
+    """
+
+    def __init__(self, machine: Machine) -> None:
+        self._machine = machine
+        self._cache: dict[str, dict[str, Any]] = {}
+
+    def _entry(self, name: str) -> dict[str, Any] | None:
+        entry = self._cache.get(name)
+        if entry is None:
+            done = [
+                s for s in self._machine.table.by_name.get(name, ()) if s.state == SS.STEP_STATE_COMPLETED
+            ]
+            if not done:
+                return None
+            # Instances are kept in creation order, which is their instance index order.
+            last = max(done, key=lambda s: (s.close_time.seconds, s.close_time.nanos))
+            outputs = [self._machine._output_of(s) for s in done]
+            entry = self._cache[name] = {"output": self._machine._output_of(last), "outputs": outputs}
+        return entry
+
+    def __getitem__(self, name: str) -> dict[str, Any]:
+        entry = self._entry(name)
+        if entry is None:
+            raise KeyError(name)
+        return entry
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name in list(self._machine.table.by_name) if self._entry(name) is not None)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
 class Machine:
-    """Applies inputs to one workflow record under one definition."""
+    """Applies inputs to one workflow's state under one definition."""
 
     def __init__(
         self,
-        record: engine_pb2.WorkflowRecord,
+        state: WorkflowState,
         definition: model.Definition,
         now: datetime,
         rand: Callable[[], float],
         trace_headers: Mapping[str, str] | None = None,
         task_key: TaskKey | None = None,
+        max_value_bytes: int = limits.DEFAULT_MAX_VALUE_BYTES,
     ) -> None:
-        self.record = record
+        self.state = state
+        self.record = record = state.record
+        self.table: StepTable = state.table
         # Signs each task's token (see cosmos.plato.task_tokens); None leaves tokens empty (unit tests).
         self.task_key = task_key
+        # The largest workflow input, step input or output (each travels as one NATS message).
+        self.max_value_bytes = max_value_bytes
         self.wf = record.workflow
         self.definition = definition
         self.now = now
@@ -117,12 +163,10 @@ class Machine:
         self._stamp = values.timestamp(now)
         self.rand = rand
         self.trace_headers = dict(trace_headers or record.trace_headers)
-        self._steps = {s.step_id: s for s in self.wf.steps}
-        self._runtimes = {r.step_id: r for r in record.step_runtimes}
+        # Activations other than step activations (those live in their step records); few.
         self._acts = {a.activation_id: a for a in record.activations}
-        self._by_name: dict[str, list[workflow_pb2.StepExecution]] = {}
-        for step in self.wf.steps:
-            self._by_name.setdefault(step.step_name, []).append(step)
+        # Step activations made for a step about to be scheduled (moved into its record then).
+        self._detached: dict[int, engine_pb2.Activation] = {}
         # Step outputs as dicts, converted once per step (contexts are rebuilt often in big fan-ins).
         self._outputs: dict[str, dict[str, Any]] = {}
         self._input: dict[str, Any] | None = None
@@ -135,12 +179,32 @@ class Machine:
     # ----------------------------------------------------------------- entry points
 
     def begin(self) -> None:
-        """Start a transition: the previous transition's effects are already published."""
+        """Start a transition: the previous transition's effects are already published.
+
+        Finished activations are dropped from the header (nothing looks a finished activation up: a
+        missing parent reads as a finished one), so it holds only what still runs.
+        """
         del self.record.outbox[:]
+        finished = [a for a in self.record.activations if a.state != AS.ACTIVATION_STATE_RUNNING]
+        for act in finished:
+            self.record.activations.remove(act)
+            self._acts.pop(act.activation_id, None)
+            self.table.items.pop(act.activation_id, None)
+
+    def _act(self, activation_id: int) -> engine_pb2.Activation | None:
+        return (
+            self._acts.get(activation_id)
+            or self.table.activations.get(activation_id)
+            or self._detached.get(activation_id)
+        )
 
     def fail(self, reason: str) -> None:
         """Fail the workflow for a reason outside its rules (e.g. its state outgrowing the store):
-        running steps are stopped, as for any failure."""
+        running steps are stopped, as for any failure. Its history still starts with
+        WORKFLOW_STARTED."""
+        if self.wf.state == WS.WORKFLOW_STATE_PENDING:
+            self.wf.start_time.CopyFrom(self._stamp)
+            self._event(ET.WORKFLOW_EVENT_TYPE_WORKFLOW_STARTED, payload_struct=self.wf.input)
         self._fail_workflow(reason)
         self.wf.update_time.CopyFrom(self._stamp)
 
@@ -189,6 +253,15 @@ class Machine:
         if step is None:
             return
         if result.success:
+            size = result.output.ByteSize()
+            if size > self.max_value_bytes:
+                self._step_failed(
+                    step,
+                    f"output of {size:,} bytes exceeds the limit of {self.max_value_bytes:,} bytes",
+                    SS.STEP_STATE_FAILED,
+                    non_retryable=True,
+                )
+                return
             self._complete_step(step, values.struct_to_dict(result.output))
         else:
             self._step_failed(step, result.error or "step failed", SS.STEP_STATE_FAILED, result.non_retryable)
@@ -208,12 +281,16 @@ class Machine:
             self._event(ET.WORKFLOW_EVENT_TYPE_STEP_HEARTBEAT, step=step, progress=beat.progress)
 
     def _timer(self, fired: engine_pb2.TimerInput) -> None:
-        pending = [t for t in self.record.timers if t.timer_id == fired.timer_id]
+        step = self.table.get(fired.step_id)
+        if step is None:
+            return
+        timers = self.table.record(fired.step_id).timers
+        pending = [t for t in timers if t.timer_id == fired.timer_id]
         if not pending:
             return
-        self.record.timers.remove(pending[0])
-        step = self._steps.get(fired.step_id)
-        if step is None or step.attempt != fired.attempt:
+        timers.remove(pending[0])
+        self.table.touch(step.step_id)
+        if step.attempt != fired.attempt:
             return
         purpose = fired.purpose
         if purpose == TP.TIMER_PURPOSE_RETRY and step.state == SS.STEP_STATE_RETRY_WAIT:
@@ -302,18 +379,24 @@ class Machine:
         path: list[int],
         vars: Mapping[str, Any],
     ) -> engine_pb2.Activation:
-        act = self.record.activations.add(
-            activation_id=len(self.record.activations) + 1,
-            parent_id=parent,
-            kind=kind,
-            state=AS.ACTIVATION_STATE_RUNNING,
-            rule_index=rule.index,
-            on_exhausted=on_exhausted,
-            path=path,
-        )
+        self.record.next_activation += 1
+        fields: dict[str, Any] = {
+            "activation_id": self.record.next_activation,
+            "parent_id": parent,
+            "kind": kind,
+            "state": AS.ACTIVATION_STATE_RUNNING,
+            "rule_index": rule.index,
+            "on_exhausted": on_exhausted,
+            "path": path,
+        }
+        if kind == AK.ACTIVATION_KIND_STEP:
+            # Kept with its step's record once the step is scheduled.
+            act = self._detached[self.record.next_activation] = engine_pb2.Activation(**fields)
+        else:
+            act = self.record.activations.add(**fields)
+            self._acts[act.activation_id] = act
         if vars:
             act.vars.update(dict(vars))
-        self._acts[act.activation_id] = act
         return act
 
     def _start_action(
@@ -349,11 +432,17 @@ class Machine:
         else:
             act = self._new_activation(AK.ACTIVATION_KIND_FANOUT, parent, rule, on_exhausted, path, vars)
             items = self._fanout_items(action, vars)
-            for item in items:
-                act.items.add().update(item)
+            self.table.items[act.activation_id] = items
+            act.item_count = len(items)
             act.pending = len(items)
             if not items:
+                # An empty fan-out is done at once, as in a sequence, and its fan-in fires too:
+                # `all <run>.completed` holds for it (after this input, like a builtin completion).
+                if action.run not in self.record.empty_fanouts:
+                    self.record.empty_fanouts.append(action.run)
                 self._activation_done(act)
+                event = model.Event(model.EventKind.STEP_COMPLETED, step=action.run)
+                self._deferred.append(lambda: self._evaluate(event))
                 return
             limit = action.max_concurrency or len(items)
             for _ in range(min(limit, len(items))):
@@ -373,7 +462,7 @@ class Machine:
         return [{**vars, **dict(zip(names, combo, strict=True))} for combo in itertools.product(*lists)]
 
     def _start_fanout_item(self, act: engine_pb2.Activation, fanout: model.Fanout, rule: model.Rule) -> None:
-        item = values.struct_to_dict(act.items[act.next_item])
+        item = dict(self.table.items[act.activation_id][act.next_item])
         act.next_item += 1
         child = self._new_activation(
             AK.ACTIVATION_KIND_STEP, act.activation_id, rule, act.on_exhausted, list(act.path), item
@@ -407,7 +496,7 @@ class Machine:
 
     def _activation_done(self, act: engine_pb2.Activation) -> None:
         act.state = AS.ACTIVATION_STATE_DONE
-        parent = self._acts.get(act.parent_id)
+        parent = self._act(act.parent_id)
         if parent is None or parent.state != AS.ACTIVATION_STATE_RUNNING:
             return
         action = self._action_of(parent)
@@ -422,16 +511,16 @@ class Machine:
         elif parent.kind == AK.ACTIVATION_KIND_FANOUT:
             assert isinstance(action, model.Fanout)
             parent.pending -= 1
-            if parent.next_item < len(parent.items):
+            if parent.next_item < parent.item_count:
                 self._start_fanout_item(parent, action, self.definition.rules[parent.rule_index])
             if parent.pending == 0:
                 self._activation_done(parent)
 
     def _activation_failed(self, act_id: int) -> None:
-        act = self._acts.get(act_id)
+        act = self._act(act_id)
         while act is not None and act.state == AS.ACTIVATION_STATE_RUNNING:
             act.state = AS.ACTIVATION_STATE_FAILED
-            act = self._acts.get(act.parent_id)
+            act = self._act(act.parent_id)
 
     # ----------------------------------------------------------------- steps
 
@@ -440,7 +529,7 @@ class Machine:
 
     def _live_step(self, step_id: str, attempt: int) -> workflow_pb2.StepExecution | None:
         """The step instance if ``attempt`` is its current, unfinished attempt (fencing), else None."""
-        step = self._steps.get(step_id)
+        step = self.table.get(step_id)
         if (
             step is None
             or step.attempt != attempt
@@ -454,6 +543,7 @@ class Machine:
                 },
             )
             return None
+        self.table.touch(step_id)
         return step
 
     def _schedule_step(
@@ -470,10 +560,10 @@ class Machine:
             raise WorkflowFailed(
                 f"runaway guard: rule {rule.name!r} would exceed maxSteps={self.definition.limits.max_steps}"
             )
-        index = len(self._by_name.get(name, ()))
+        index = len(self.table.by_name.get(name, ()))
         step_id = _step_id(name, index, fanout)
         step_def = self.definition.steps[name]
-        step = self.wf.steps.add(step_id=step_id, step_name=name, attempt=1, rule=rule.name)
+        step = workflow_pb2.StepExecution(step_id=step_id, step_name=name, attempt=1, rule=rule.name)
         if step_def.input is not None:
             rendered = step_def.input.render({**self._context(), **vars})
             step.input.update(rendered if isinstance(rendered, dict) else {"value": rendered})
@@ -487,18 +577,22 @@ class Machine:
         # instances (and their tasks) grew the record, one NATS message, by K x the input.
         if vars:
             step.fanout_vars.update(dict(vars))
-        runtime = self.record.step_runtimes.add(
+        act.step_id = step_id
+        runtime = engine_pb2.StepRuntime(
             step_id=step_id, activation_id=act.activation_id, instance_index=index
         )
-        act.step_id = step_id
-        self._by_name.setdefault(name, []).append(step)
-        self._steps[step_id] = step
-        self._runtimes[step_id] = runtime
-        self._dispatch(step)
+        stored = self.table.add(
+            engine_pb2.StepRecord(step=step, runtime=runtime, activation=act, ordinal=self.record.step_count)
+        )
+        self.record.step_count += 1
+        self._detached.pop(act.activation_id, None)
+        self.table.touch(step_id)
+        self._dispatch(stored.step)
 
     def _dispatch(self, step: workflow_pb2.StepExecution) -> None:
         """Start the step's current attempt."""
         step_def = self._step_def(step)
+        self.table.touch(step.step_id)
         step.state = SS.STEP_STATE_SCHEDULED
         step.schedule_time.CopyFrom(self._stamp)
         step.ClearField("start_time")
@@ -507,6 +601,16 @@ class Machine:
         step.error = ""
         self._event(ET.WORKFLOW_EVENT_TYPE_STEP_SCHEDULED, step=step)
         kind = step_def.kind
+        size = step.input.ByteSize()
+        if kind is not model.StepKind.BUILTIN and size > self.max_value_bytes:
+            # Its task (or child start) could never be published: one NATS message holds it.
+            self._step_failed(
+                step,
+                f"input of {size:,} bytes exceeds the limit of {self.max_value_bytes:,} bytes",
+                SS.STEP_STATE_FAILED,
+                non_retryable=True,
+            )
+            return
         if kind is model.StepKind.HANDLER:
             self._publish_task(step, step_def.queue or step_def.name)
             self._set_timeouts(step, step_def.timeouts)
@@ -613,10 +717,11 @@ class Machine:
             tenant=self.wf.tenant,
         )
         start.input.CopyFrom(step.input)
+        self.table.touch(step.step_id)
         step.child_workflow_id = child_id
         step.state = SS.STEP_STATE_RUNNING
-        if child_id not in self.record.child_workflow_ids:
-            self.record.child_workflow_ids.append(child_id)
+        # The child's id is on its step (cancellation reads it there), not in a list on the header
+        # that would grow with a fan-out of children.
         inp = engine_pb2.EngineInput(workflow_id=child_id, start=start)
         self._outbox(subjects.inbox(child_id), inp.SerializeToString(), msg_id=f"{child_id}:start")
         self._event(
@@ -624,6 +729,7 @@ class Machine:
         )
 
     def _complete_step(self, step: workflow_pb2.StepExecution, output: Mapping[str, Any]) -> None:
+        self.table.touch(step.step_id)
         step.state = SS.STEP_STATE_COMPLETED
         step.output.Clear()
         step.output.update(dict(output))
@@ -632,8 +738,8 @@ class Machine:
         self._ctx = None
         self._last_completed = step.step_id
         self._event(ET.WORKFLOW_EVENT_TYPE_STEP_COMPLETED, step=step, payload=dict(output))
-        runtime = self._runtimes[step.step_id]
-        act = self._acts.get(runtime.activation_id)
+        runtime = self.table.record(step.step_id).runtime
+        act = self._act(runtime.activation_id)
         if act is not None and act.state == AS.ACTIVATION_STATE_RUNNING:
             self._activation_done(act)
         self._evaluate(model.Event(model.EventKind.STEP_COMPLETED, step=step.step_name))
@@ -651,8 +757,10 @@ class Machine:
     def _step_failed(
         self, step: workflow_pb2.StepExecution, error: str, state: int, non_retryable: bool = False
     ) -> None:
+        error = limits.clip(error)
         step.state = state  # type: ignore[assignment]
         step.error = error
+        self.table.touch(step.step_id)
         step.close_time.CopyFrom(self._stamp)
         event = (
             ET.WORKFLOW_EVENT_TYPE_STEP_TIMED_OUT
@@ -660,7 +768,7 @@ class Machine:
             else ET.WORKFLOW_EVENT_TYPE_STEP_FAILED
         )
         self._event(event, step=step, error=error)
-        runtime = self._runtimes[step.step_id]
+        runtime = self.table.record(step.step_id).runtime
         step_def = self._step_def(step)
         if (
             not non_retryable
@@ -700,6 +808,7 @@ class Machine:
 
     def _schedule_retry(self, step: workflow_pb2.StepExecution, delay: float) -> None:
         due = self.now + timedelta(seconds=delay)
+        self.table.touch(step.step_id)
         step.state = SS.STEP_STATE_RETRY_WAIT
         step.next_attempt_time.CopyFrom(values.timestamp(due))
         self._event(
@@ -721,7 +830,8 @@ class Machine:
     def _set_timer(self, step: workflow_pb2.StepExecution, purpose: int, due: datetime) -> None:
         self.record.next_timer += 1
         timer_id = f"t{self.record.next_timer}"
-        self.record.timers.add(timer_id=timer_id, fire_time=values.timestamp(due))
+        self.table.record(step.step_id).timers.add(timer_id=timer_id, fire_time=values.timestamp(due))
+        self.table.touch(step.step_id)
         fired = engine_pb2.EngineInput(
             workflow_id=self.wf.workflow_id,
             timer=engine_pb2.TimerInput(
@@ -753,9 +863,12 @@ class Machine:
         self._outbox(subjects.cancels(queue), key.encode(), msg_id=f"cancel:{key}")
 
     def _stop_running_steps(self, reason: str) -> None:
-        for step in self.wf.steps:
+        if not self.table.count(None, ACTIVE_STEP_STATES):
+            return
+        for step in self.table.steps():
             if step.state not in ACTIVE_STEP_STATES:
                 continue
+            self.table.touch(step.step_id)
             if step.state != SS.STEP_STATE_RETRY_WAIT:
                 self._cancel_notice(step)
             if step.child_workflow_id:
@@ -777,7 +890,7 @@ class Machine:
     def _finish_if_quiet(self) -> None:
         if self.wf.state != WS.WORKFLOW_STATE_RUNNING:
             return
-        if any(step.state in ACTIVE_STEP_STATES for step in self.wf.steps):
+        if self.table.count(None, ACTIVE_STEP_STATES):
             return
         if self.record.escalated_failure:
             self.wf.state = WS.WORKFLOW_STATE_FAILED
@@ -795,7 +908,7 @@ class Machine:
         self._close(ET.WORKFLOW_EVENT_TYPE_WORKFLOW_COMPLETED, payload=values.struct_to_dict(self.wf.output))
 
     def _last_completed_step(self) -> workflow_pb2.StepExecution | None:
-        done = [s for s in self.wf.steps if s.state == SS.STEP_STATE_COMPLETED]
+        done = [s for s in self.table.steps() if s.state == SS.STEP_STATE_COMPLETED]
         return max(
             done, key=lambda s: (values.moment(s.close_time), s.step_id == self._last_completed), default=None
         )
@@ -810,7 +923,7 @@ class Machine:
 
     def _close(self, event: int, *, payload: Mapping[str, Any] | None = None, error: str = "") -> None:
         self.wf.close_time.CopyFrom(self._stamp)
-        self.record.timers.clear()
+        # Timers still pending in step records fire into a closed workflow, which ignores them.
         self._event(event, payload=payload, error=error)
         if self.wf.parent_workflow_id:
             inp = engine_pb2.EngineInput(
@@ -865,6 +978,11 @@ class Machine:
             event.payload.update(dict(payload))
         elif payload_struct is not None and payload_struct.fields:
             event.payload.CopyFrom(payload_struct)  # as the dict round trip would, without it
+        size = event.payload.ByteSize()
+        if size > limits.EVENT_PAYLOAD_BYTES:
+            # Histories stay cheap to read and every event fits a message; GetWorkflow has the value.
+            event.payload.Clear()
+            event.payload.update({"omitted": {"bytes": size, "reason": "payload too large for the history"}})
         if progress is not None:
             event.progress.CopyFrom(progress)
         self._outbox(subjects.events(self.wf.workflow_id), event.SerializeToString(), msg_id=event.event_id)
@@ -892,19 +1010,9 @@ class Machine:
 
     def _context(self) -> dict[str, Any]:
         if self._ctx is None:
-            steps: dict[str, dict[str, Any]] = {}
-            for name, instances in self._by_name.items():
-                # Instances are kept in creation order, which is their instance index order.
-                outputs = [self._output_of(s) for s in instances if s.state == SS.STEP_STATE_COMPLETED]
-                if outputs:
-                    last = max(
-                        (s for s in instances if s.state == SS.STEP_STATE_COMPLETED),
-                        key=lambda s: (s.close_time.seconds, s.close_time.nanos),
-                    )
-                    steps[name] = {"output": self._output_of(last), "outputs": outputs}
             self._ctx = {
                 "input": self._input_dict(),
-                "steps": steps,
+                "steps": _Steps(self),
                 "workflow": {
                     "id": self.wf.workflow_id,
                     "definition": self.wf.definition_id,
@@ -915,29 +1023,30 @@ class Machine:
         return self._ctx
 
     def _instances(self, name: str) -> list[workflow_pb2.StepExecution]:
-        return self._by_name.get(name, [])
+        return self.table.by_name.get(name, [])
 
     def started(self) -> bool:
         return self.wf.state != WS.WORKFLOW_STATE_PENDING
 
     def completed(self, step: str) -> bool:
-        return any(s.state == SS.STEP_STATE_COMPLETED for s in self._instances(step))
+        return self.table.count(step, (SS.STEP_STATE_COMPLETED,)) > 0
 
     def all_completed(self, step: str) -> bool:
-        instances = self._instances(step)
-        if not instances or any(s.state != SS.STEP_STATE_COMPLETED for s in instances):
+        instances = len(self._instances(step))
+        if not instances and step not in self.record.empty_fanouts:
+            return False
+        if self.table.count(step, (SS.STEP_STATE_COMPLETED,)) != instances:
             return False
         # A fan-out still holding items back (maxConcurrency) is not finished.
         for act in self.record.activations:
             if act.kind == AK.ACTIVATION_KIND_FANOUT and act.state == AS.ACTIVATION_STATE_RUNNING:
                 action = self._action_of(act)
-                if isinstance(action, model.Fanout) and action.run == step and act.next_item < len(act.items):
+                if isinstance(action, model.Fanout) and action.run == step and act.next_item < act.item_count:
                     return False
         return True
 
     def failed(self, step: str | None) -> bool:
-        steps = self.wf.steps if step is None else self._instances(step)
-        return any(s.state in FAILED_STEP_STATES for s in steps)
+        return self.table.count(step, FAILED_STEP_STATES) > 0
 
     def signalled(self, name: str) -> bool:
         return name in self.record.signals

@@ -29,7 +29,8 @@ Request limits, checked by every service before a request reaches NATS
 - enums: a value the enum defines (an unknown number such as 99 is refused).
 - numbers: finite (no NaN or infinity) and in the field's documented range;
   durations 0 to ten years, timestamps 1970 to 9999.
-- google.protobuf.Struct values (inputs, outputs, payloads): at most 512 KiB,
+- google.protobuf.Struct values (inputs, outputs, payloads): at most
+  1,032,192 bytes (1 MiB less 16 KiB; Plato: NATS max_payload less 16 KiB),
   nested at most 32 deep, numbers finite.
 - a whole request: at most 1 MiB (StartWorkflows: 16 MiB).
 List responses end a page early rather than pass 3 MiB, so that every

@@ -46,7 +46,11 @@ class CompleteStepRequest(_message.Message):
     """
     @_builtins.property
     def output(self) -> _struct_pb2.Struct:
-        """The step's output, readable by later rules as `<step>.output.*`."""
+        """The step's output, readable by later rules as `<step>.output.*`. At most
+        the NATS server's max_payload less 16 KiB serialized (1,032,192 bytes by
+        default): a larger one fails the step (not retried) and the call answers
+        INVALID_ARGUMENT (docs/plato.md, "Limits").
+        """
 
     def __init__(
         self,

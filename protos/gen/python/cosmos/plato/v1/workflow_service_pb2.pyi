@@ -222,8 +222,10 @@ class StartWorkflowRequest(_message.Message):
     """
     @_builtins.property
     def input(self) -> _struct_pb2.Struct:
-        """Workflow input, read by rules and templates as `input.*` (at most 512 KiB,
-        nested at most 32 deep).
+        """Workflow input, read by rules and templates as `input.*`. At most the
+        NATS server's max_payload less 16 KiB serialized (1,032,192 bytes by
+        default), nested at most 32 deep; larger is INVALID_ARGUMENT
+        (docs/plato.md, "Limits").
         """
 
     def __init__(
