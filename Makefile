@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install gen lint test demo up clean
+.PHONY: install gen lint test test-fast demo up clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,9 +26,13 @@ lint: install
 	$(BIN)/buf lint
 	$(BIN)/buf format --diff --exit-code
 
-## test: install, lint, then the whole test suite (real NATS, gRPC, grpcurl, ffmpeg)
+## test: install, lint, then the whole test suite (real NATS, gRPC, grpcurl, ffmpeg), chaos test included
 test: install lint
 	$(BIN)/python -m pytest
+
+## test-fast: the test suite without the slow tests (the chaos test), for quick rounds while developing
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow"
 
 ## demo: install, then run the main job end to end on the embedded stack
 demo: install

@@ -17,7 +17,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from cosmos.plato import subjects
+from cosmos.plato import records, subjects
 from cosmos.plato.engine.machine import TERMINAL_WORKFLOW_STATES
 from cosmos.plato.store import PlatoStore
 from cosmos.plato.task_tokens import TaskKey
@@ -30,13 +30,15 @@ MAX_QUERY_BYTES = 4096
 """Largest query answered (ids and a token are far smaller)."""
 
 
-def status_in(record: engine_pb2.WorkflowRecord, step_id: str, attempt: int) -> events_pb2.AttemptStatus:
-    """Whether ``attempt`` of ``step_id`` is current in ``record``, and if not, why."""
+def status_in(
+    record: engine_pb2.WorkflowRecord, step_record: engine_pb2.StepRecord | None, attempt: int
+) -> events_pb2.AttemptStatus:
+    """Whether ``attempt`` of the step in ``step_record`` is current in ``record``, and if not, why."""
     wf = record.workflow
     if wf.state in TERMINAL_WORKFLOW_STATES:
         state = workflow_pb2.WorkflowState.Name(wf.state).removeprefix("WORKFLOW_STATE_")
         return events_pb2.AttemptStatus(reason=f"the workflow is {state}")
-    step = next((s for s in wf.steps if s.step_id == step_id), None)
+    step = step_record.step if step_record is not None else None
     if step is None:
         return events_pb2.AttemptStatus(reason="the workflow has no such step")
     if step.attempt != attempt:
@@ -84,10 +86,10 @@ class AttemptAnswers:
         if not self.task_key.verify(query.workflow_id, query.step_id, query.attempt, query.task_token):
             return events_pb2.AttemptStatus(reason="missing or wrong task token")
         try:
-            loaded = await self.store.get_record(query.workflow_id)
+            loaded = await records.load_step(self.store, query.workflow_id, query.step_id)
         except Exception as exc:
             log.warning("cannot read a workflow for an attempt query", extra={"fields": {"error": repr(exc)}})
             return None
         if loaded is None:
             return events_pb2.AttemptStatus(reason="the workflow does not exist")
-        return status_in(loaded[0], query.step_id, query.attempt)
+        return status_in(loaded[0], loaded[1], query.attempt)

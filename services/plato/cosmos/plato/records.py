@@ -359,7 +359,8 @@ async def load_step(
     if loaded is None:
         return None
     record = loaded[0]
-    pending = next((s for s in record.pending_steps if s.step.step_id == step_id), None)
+    effects = await _effects(store, record)
+    pending = next((s for s in effects.steps if s.step.step_id == step_id), None)
     stored = await store.get_step(step_key(workflow_id, step_id))
     if pending is not None and (stored is None or stored.generation < pending.generation):
         return record, pending

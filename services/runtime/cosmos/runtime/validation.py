@@ -128,7 +128,7 @@ def _value(
     if kind == FD.TYPE_MESSAGE:
         assert field.message_type is not None
         if field.message_type.full_name == "google.protobuf.Struct" and value.ByteSize() > MAX_STRUCT_BYTES:
-            yield errors.FieldViolation(path, f"{value.ByteSize()} bytes; at most {MAX_STRUCT_BYTES}")
+            yield errors.FieldViolation(path, f"{value.ByteSize():,} bytes; at most {MAX_STRUCT_BYTES:,}")
             return
         yield from _walk(value, f"{path}.")
     elif kind == FD.TYPE_STRING:
