@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import nats.js.errors
 import pytest
 from google.rpc import error_details_pb2
 
@@ -133,6 +134,13 @@ def test_unavailable_carries_retry_info() -> None:
     retry = error_details_pb2.RetryInfo()
     assert any(d.Unpack(retry) for d in status.details)
     assert retry.retry_delay.seconds == 2
+
+
+def test_a_watch_consumer_lost_with_a_nats_restart_is_unavailable_not_internal() -> None:
+    lost = nats.js.errors.NotFoundError(code=404, err_code=10014, description="consumer not found")
+    assert rpc_errors.as_rpc_error(lost).code.name == "UNAVAILABLE"
+    other = nats.js.errors.BadRequestError(code=400, err_code=10999, description="something else")
+    assert rpc_errors.as_rpc_error(other).code.name == "INTERNAL"
 
 
 def test_unexpected_errors_become_internal_without_a_traceback() -> None:

@@ -78,6 +78,8 @@ def status_proto(error: errors.RpcError) -> status_pb2.Status:
     return status_pb2.Status(code=code, message=clip(error.message, MAX_MESSAGE), details=details)
 
 
+_CONSUMER_NOT_FOUND = 10014
+"""JetStream's error code for a consumer that does not exist (any more)."""
 _NATS_UNREACHABLE = (
     nats.errors.TimeoutError,
     nats.errors.ConnectionClosedError,
@@ -111,7 +113,10 @@ def as_rpc_error(exc: Exception, method: str = "") -> errors.RpcError:
     if isinstance(exc, errors.RpcError):
         return exc
     if isinstance(exc, _NATS_UNREACHABLE) or (
-        isinstance(exc, nats.js.errors.APIError) and getattr(exc, "code", None) == 503
+        isinstance(exc, nats.js.errors.APIError)
+        # 503: JetStream not ready. 10014, consumer not found: a read's ephemeral consumer (a KV
+        # watch) is lost when nats-server restarts under it; the same read again works.
+        and (getattr(exc, "code", None) == 503 or getattr(exc, "err_code", None) == _CONSUMER_NOT_FOUND)
     ):
         return nats_unavailable(exc)
     if isinstance(exc, nats.errors.MaxPayloadError):
