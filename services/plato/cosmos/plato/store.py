@@ -40,7 +40,7 @@ from cosmos.plato import subjects
 from cosmos.plato.language import model, parser
 from cosmos.plato.latest import LatestVersions
 from cosmos.plato.v1 import definition_pb2, engine_pb2
-from cosmos.runtime import jetstream, publisher
+from cosmos.runtime import jetstream, kvscan, publisher
 
 log = logging.getLogger(__name__)
 
@@ -307,10 +307,7 @@ class PlatoStore:
 
     async def definition_ids(self) -> list[str]:
         """Every registered definition id, sorted."""
-        try:
-            keys = await self.definitions.keys()
-        except nats.js.errors.NoKeysError:
-            return []
+        keys = await kvscan.keys(self.js, subjects.DEFINITIONS_BUCKET, self.definitions)
         return sorted({key.rsplit(".", 1)[0] for key in keys if key.endswith(".latest")})
 
     # ------------------------------------------------------------------ workflow records
@@ -372,25 +369,18 @@ class PlatoStore:
     async def step_records(self, workflow_id: str) -> dict[str, tuple[engine_pb2.StepRecord, int]]:
         """Every stored step record of a workflow with its revision, by step id."""
         found: dict[str, tuple[engine_pb2.StepRecord, int]] = {}
-        watcher = await self.steps.watch(f"{workflow_id}.*", ignore_deletes=True)
-        try:
-            while True:
-                entry = await watcher.updates(timeout=self.config.ack_timeout)  # type: ignore[no-untyped-call]
-                if entry is None:
-                    break  # caught up: every key's last value was delivered
-                if entry.value:
-                    record = engine_pb2.StepRecord.FromString(entry.value)
-                    found[record.step.step_id] = (record, entry.revision or 0)
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
+        scanned = await kvscan.entries(
+            self.js, subjects.STEPS_BUCKET, self.steps, f"{workflow_id}.*", timeout=self.config.ack_timeout
+        )
+        for entry in scanned:
+            if entry.value:
+                record = engine_pb2.StepRecord.FromString(entry.value)
+                found[record.step.step_id] = (record, entry.revision or 0)
         return found
 
     async def workflow_ids(self) -> list[str]:
         """Every workflow id, sorted."""
-        try:
-            return sorted(await self.workflows.keys())
-        except nats.js.errors.NoKeysError:
-            return []
+        return await kvscan.keys(self.js, subjects.WORKFLOWS_BUCKET, self.workflows)
 
     # ------------------------------------------------------------------ publishing
 

@@ -25,10 +25,10 @@ from google.protobuf.message import DecodeError
 from nats.js.kv import KeyValue
 
 from cosmos import errors
-from cosmos.runtime import paging
+from cosmos.runtime import kvscan, paging
 from cosmos.security import join, pki
 from cosmos.security.principals import Principal
-from cosmos.stratum.store import JobStore
+from cosmos.stratum.store import JOIN_TOKENS_BUCKET, JobStore
 from cosmos.stratum.v1 import agent_service_pb2, join_token_pb2, pool_service_pb2
 
 log = logging.getLogger(__name__)
@@ -176,10 +176,7 @@ class Enrollment:
     ) -> pool_service_pb2.ListJoinTokensResponse:
         """Every stored token (no secrets), soonest to expire first."""
         page = paging.parse(request.page_size, request.page_token)
-        try:
-            keys = await self.tokens.keys()
-        except nats.js.errors.NoKeysError:
-            keys = []
+        keys = await kvscan.keys(self.store.js, JOIN_TOKENS_BUCKET, self.tokens)
         views = []
         for key in keys:
             found = await self._read(key)

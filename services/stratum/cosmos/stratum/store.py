@@ -25,7 +25,7 @@ from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
 from nats.js.kv import KeyValue
 
-from cosmos.runtime import jetstream, publisher
+from cosmos.runtime import jetstream, kvscan, publisher
 from cosmos.security import join
 from cosmos.stratum.v1 import job_pb2
 
@@ -124,10 +124,7 @@ class JobStore:
     async def revoked(self) -> set[str]:
         """Every revoked agent id."""
         assert self._revoked is not None, "call ensure() first"
-        try:
-            return set(await self._revoked.keys())
-        except nats.js.errors.NoKeysError:
-            return set()
+        return set(await kvscan.keys(self.js, REVOKED_BUCKET, self._revoked))
 
     async def save(self, job: job_pb2.Job) -> None:
         """Persist a job record."""
@@ -143,10 +140,7 @@ class JobStore:
 
     async def load_all(self) -> list[job_pb2.Job]:
         """Every job record (at start-up, to rebuild the queue and the running set)."""
-        try:
-            keys = await self.jobs.keys()
-        except nats.js.errors.NoKeysError:
-            return []
+        keys = await kvscan.keys(self.js, JOBS_BUCKET, self.jobs)
         jobs = await asyncio.gather(*(self._readable(key) for key in keys))
         return [job for job in jobs if job is not None]
 
