@@ -244,6 +244,7 @@ async def test_encodes_and_workflows_complete_while_every_component_is_killed_at
         with contextlib.suppress(Exception):
             await asyncio.wait_for(working, 30)
 
+    print(f"kills: {dict(kills)}")  # shown with -rP
     # Every component was killed at least once and came back each time.
     assert set(kills) == set(VICTIMS), kills
     assert Counter(restarts) == kills, (restarts, kills)
