@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -65,25 +65,11 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # grpc-stubs 
         method: str = handler_call_details.method
         if method.startswith("/grpc.") or not self.needs(method):
             return handler  # health and reflection answer whatever the dependency does
-        return handlers.wrap(handler, self._unary, self._stream)
+        return handlers.guarded(handler, self._admit)
 
-    def _unary(self, fn: handlers.Behaviour) -> handlers.Behaviour:
-        async def call(request: Any, context: Any) -> Any:
-            if not self.is_up():
-                raise self.unavailable()
-            result = fn(request, context)
-            return await result if isinstance(result, Awaitable) else result
-
-        return call
-
-    def _stream(self, fn: handlers.Behaviour) -> handlers.Behaviour:
-        async def call(request: Any, context: Any) -> AsyncIterator[Any]:
-            if not self.is_up():
-                raise self.unavailable()
-            async for item in handlers.items(fn(request, context)):
-                yield item
-
-        return call
+    def _admit(self, request: Any) -> None:
+        if not self.is_up():
+            raise self.unavailable()
 
     async def watch(self, health: Any, services: Sequence[str], stopping: asyncio.Event) -> None:
         """Set ``services`` and ``""`` NOT_SERVING / SERVING in ``health`` as the dependency goes and

@@ -36,3 +36,26 @@ def wrap(
     if handler.stream_stream is not None:
         return handler._replace(stream_stream=stream(handler.stream_stream))
     return handler
+
+
+def guarded(handler: Any, admit: Callable[[Any], None]) -> Any:
+    """``handler`` with ``admit(request)`` run before its behaviour, unary or streaming: what it
+    raises answers the call instead (a precondition: the request's shape, a dependency being up)."""
+
+    def unary(fn: Behaviour) -> Behaviour:
+        async def call(request: Any, context: Any) -> Any:
+            admit(request)
+            result = fn(request, context)
+            return await result if isinstance(result, Awaitable) else result
+
+        return call
+
+    def stream(fn: Behaviour) -> Behaviour:
+        async def call(request: Any, context: Any) -> AsyncIterator[Any]:
+            admit(request)
+            async for item in items(fn(request, context)):
+                yield item
+
+        return call
+
+    return wrap(handler, unary, stream)

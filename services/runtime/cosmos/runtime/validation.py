@@ -12,7 +12,7 @@ with the service.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -239,37 +239,13 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg] 
             # refused message must not end a stream that carries running jobs.
             return handler
         handler = handler._replace(request_deserializer=deserialize)
-        return handlers.wrap(handler, _unary(limit), _unary_stream(limit))
+        return handlers.guarded(handler, lambda request: _admit(request, limit))
 
 
 def _admit(request: Any, limit: int) -> None:
     if isinstance(request, Undecodable):
         raise bad("", "the request does not decode as its message type (malformed or invalid UTF-8)")
     check(request, limit)
-
-
-def _unary(limit: int) -> Callable[[handlers.Behaviour], handlers.Behaviour]:
-    def wrap(fn: handlers.Behaviour) -> handlers.Behaviour:
-        async def call(request: Any, context: Any) -> Any:
-            _admit(request, limit)
-            result = fn(request, context)
-            return await result if isinstance(result, Awaitable) else result
-
-        return call
-
-    return wrap
-
-
-def _unary_stream(limit: int) -> Callable[[handlers.Behaviour], handlers.Behaviour]:
-    def wrap(fn: handlers.Behaviour) -> handlers.Behaviour:
-        async def call(request: Any, context: Any) -> AsyncIterator[Any]:
-            _admit(request, limit)
-            async for item in handlers.items(fn(request, context)):
-                yield item
-
-        return call
-
-    return wrap
 
 
 def check_yaml(text: str, field: str) -> None:
