@@ -26,13 +26,17 @@ lint: install
 	$(BIN)/buf lint
 	$(BIN)/buf format --diff --exit-code
 
+# Test files run in parallel, one worker per core (a file's tests stay on one worker: some share a
+# module-scoped stack); each test starts its own servers on free ports, so workers never collide.
+PYTEST_PARALLEL := -n auto --dist loadfile
+
 ## test: install, lint, then the whole test suite (real NATS, gRPC, grpcurl, ffmpeg), chaos test included
 test: install lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL)
 
 ## test-fast: the test suite without the slow tests (the chaos test), for quick rounds while developing
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m "not slow"
 
 ## demo: install, then run the main job end to end on the embedded stack
 demo: install
