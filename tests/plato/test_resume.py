@@ -11,14 +11,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import engine_harness as unit
 import grpc
+import nats
 import pytest
 import security_harness
 from google.protobuf import struct_pb2
 from plato_harness import PlatoClient, event_names
 
 from cosmos.cli import platform
+from cosmos.plato import records
 from cosmos.plato.engine import values
+from cosmos.plato.store import PlatoStore, Storage, StoreConfig
 from cosmos.plato.v1 import (
     events_pb2,
     step_service_pb2,
@@ -322,3 +326,45 @@ async def test_cli_retries_and_resets_and_prints_refusals_without_a_traceback(
     code = await asyncio.to_thread(platform.workflows, ["reset", wf_id, "--step", "nope", *args])
     err = capsys.readouterr().err
     assert code == process.EXIT_FAILED and "INVALID_ARGUMENT" in err and "Traceback" not in err, err
+
+
+async def test_a_reset_committed_but_not_applied_is_completed_by_whoever_loads_the_workflow(
+    insecure_nats_url: str,
+) -> None:
+    """Crash safety of a reset: the header commit carries the tombstones as pending step records; a
+    Plato killed before writing them leaves a state that the next load overlays and applies."""
+    nc = await nats.connect(insecure_nats_url)
+    try:
+        store = PlatoStore(nc, nc.jetstream(), StoreConfig(storage=Storage.MEMORY))
+        await store.ensure()
+        run = unit.Run()
+        unit.complete(run)
+        await records.commit(store, run.state, 1 << 20)
+        await records.apply_effects(store, run.state)
+        run.resume("r1", "work", input={"parts": ["x"]})
+        await records.commit(store, run.state, 1 << 20)  # ... and the process dies here
+
+        stored = await store.step_records("wf-1")
+        assert not any(r.discarded for r, _ in stored.values())  # nothing of the reset written yet
+        loaded = await records.load(store, "wf-1")
+        assert loaded is not None and not loaded.published
+        assert [s.step_id for s in loaded.table.steps()] == ["probe", "work[0]"]
+        assert set(loaded.table.retired) == {"work[1]", "work[2]", "merge", "publish"}
+        assert loaded.record.workflow.state == WS.WORKFLOW_STATE_RUNNING
+        await records.apply_effects(store, loaded)
+        stored = await store.step_records("wf-1")
+        assert {i for i, (r, _) in stored.items() if r.discarded} == {
+            "work[1]",
+            "work[2]",
+            "merge",
+            "publish",
+        }
+        assert stored["work[0]"][0].step.attempt == 2 and stored["probe"][0].step.attempt == 1
+        # Applying again (a second process loading it meanwhile) writes the same records.
+        again = await records.load(store, "wf-1")
+        assert again is not None
+        await records.apply_effects(store, again)
+        rewritten = await store.step_records("wf-1")
+        assert {i: r for i, (r, _) in rewritten.items()} == {i: r for i, (r, _) in stored.items()}
+    finally:
+        await nc.close()
