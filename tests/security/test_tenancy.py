@@ -77,6 +77,14 @@ async def test_workflows_of_another_tenant_do_not_exist(
                 ws.SignalWorkflowRequest(request_id="s", workflow_id=wf.workflow_id, signal_name="go")
             )
         )
+        await _not_found(
+            bob.RetryWorkflow(ws.RetryWorkflowRequest(request_id="r", workflow_id=wf.workflow_id))
+        )
+        await _not_found(
+            bob.ResetWorkflow(
+                ws.ResetWorkflowRequest(request_id="r", workflow_id=wf.workflow_id, step_name="probe-source")
+            )
+        )
         listed = await bob.ListWorkflows(ws.ListWorkflowsRequest())
         assert [w.workflow_id for w in listed.workflows] == [his.workflow.workflow_id]
 

@@ -113,8 +113,8 @@ def test_verify_chunk_accepts_only_whole_chunks_of_the_expected_duration(clip: P
     out = tmp_path / "enc"
     code, err, result, _ = media(tmp_path, "encode", "--chunk", str(clip), "--profiles", "360p",
                                  "--out-dir", str(out), "--index", "0", "--quality", "off")  # fmt: skip
-    assert code == 0, err
-    chunk = out / "360p" / "chunk_00000.mp4"
+    assert code == 0 and result is not None, err
+    chunk = Path(result["renditions"][0]["path"])  # chunk_00000.<content key>.mp4
     checked = integrity.verify_chunk(chunk, 6.0)
     assert checked["frames"] == 144 and checked["duration"] == 6.0
     code, err, result, _ = media(tmp_path, "verify-chunk", "--path", str(chunk), "--duration", "6")
@@ -126,7 +126,7 @@ def test_verify_chunk_accepts_only_whole_chunks_of_the_expected_duration(clip: P
     chunk.write_bytes(whole[: len(whole) // 2])
     with pytest.raises(MediaError, match=r"has \d+ bytes, its result records"):
         integrity.verify_chunk(chunk, 6.0)
-    chunk.with_suffix(".json").unlink()
+    (out / "360p" / "chunk_00000.json").unlink()
     with pytest.raises(CorruptMedia):
         integrity.verify_chunk(chunk, 6.0)
     code, err, _, failure = media(tmp_path, "verify-chunk", "--path", str(chunk), "--duration", "6")
@@ -159,3 +159,75 @@ def test_clean_removes_the_scratch_and_nothing_outside_its_area(tmp_path: Path) 
         code, err, _, failure = media(tmp_path, "clean", "--work", work, "--within", str(area))
         assert code == 2 and failure is not None and failure["class"] == "permanent", (work, err)
     assert outside.is_dir() and area.is_dir()
+
+
+def test_clean_keep_resumable_keeps_finished_outputs_and_only_stale_partials_go(tmp_path: Path) -> None:
+    area = tmp_path / "work" / "default"
+    scratch = area / "enc-1"
+    encoded = scratch / "encoded" / "360p"
+    encoded.mkdir(parents=True)
+    (encoded / "chunk_00000.0123456789abcdef.mp4").write_bytes(b"x" * 1000)
+    (encoded / "chunk_00000.json").write_text("{}")
+    stale = encoded / ".chunk_00001.0123456789abcdef.tmp-99.mp4"
+    stale.write_bytes(b"partial")
+    os.utime(stale, (1, 1))  # its writer is long gone
+    live = encoded / ".chunk_00002.0123456789abcdef.tmp-98.mp4"
+    live.write_bytes(b"being written")  # a chunk job still running
+    code, err, result, _ = media(
+        tmp_path, "clean", "--work", str(scratch), "--within", str(area), "--keep-resumable"
+    )
+    assert code == 0, err
+    assert result == {
+        "kept": str(scratch),
+        "bytes": 1002,
+        "files": 2,
+        "partial_removed": 1,
+    }
+    # Finished outputs are counted as kept; the live partial is left to its writer.
+    assert not stale.exists() and live.exists() and (encoded / "chunk_00000.json").exists()
+
+
+def test_a_chunk_is_addressed_by_content_and_reused_only_for_the_same_content(
+    clip: Path, tmp_path: Path
+) -> None:
+    chunk = tmp_path / "chunk_00000.mp4"
+    chunk.write_bytes(clip.read_bytes())
+    out = tmp_path / "scratch" / "encoded"
+    args = ["encode", "--chunk", str(chunk), "--profiles", "360p", "--out-dir", str(out), "--quality", "off"]
+    code, err, first, _ = media(tmp_path, *args)
+    assert code == 0 and first is not None, err
+    (rendition,) = first["renditions"]
+    made = Path(rendition["path"])
+    assert made.name == f"chunk_00000.{rendition['key']}.mp4" and len(rendition["key"]) == 16
+    assert json.loads((out / "360p" / "chunk_00000.json").read_text())["path"] == str(made)
+    written = made.stat().st_mtime_ns
+    # The same content again: reused, verified, not encoded again.
+    code, err, again, _ = media(tmp_path, *args)
+    assert code == 0 and again is not None and again.get("reused") is True, err
+    assert again["renditions"][0]["path"] == str(made) and made.stat().st_mtime_ns == written
+    # Other content under the same name (the chunk replaced): another key, encoded again.
+    chunk.write_bytes(clip.read_bytes()[:-1] + b"\0")
+    os.utime(chunk, (1, 1))
+    code, err, other, _ = media(tmp_path, *args)
+    assert code == 0 and other is not None and not other.get("reused"), err
+    assert other["renditions"][0]["key"] != rendition["key"]
+    # A damaged output of the right key is not reused either.
+    Path(other["renditions"][0]["path"]).write_bytes(b"garbage")
+    code, err, fixed, _ = media(tmp_path, *args)
+    assert code == 0 and fixed is not None and not fixed.get("reused"), err
+
+
+def test_the_fault_marker_fails_its_chunk_permanently(clip: Path, tmp_path: Path) -> None:
+    chunk = tmp_path / "chunk_00004.mp4"
+    chunk.write_bytes(clip.read_bytes())
+    marker = tmp_path / "scratch" / ".cosmos-fault" / "encode-4"
+    marker.parent.mkdir(parents=True)
+    marker.touch()
+    out_dir = str(tmp_path / "scratch" / "encoded")
+    args = ["encode", "--chunk", str(chunk), "--profiles", "360p", "--out-dir", out_dir, "--quality", "off"]
+    code, _, result, failure = media(tmp_path, *args)
+    assert code == 2 and result is None and failure is not None
+    assert failure["class"] == "permanent" and failure["code"] == "FAULT_INJECTED"
+    marker.unlink()
+    code, err, result, _ = media(tmp_path, *args)
+    assert code == 0 and result is not None, err

@@ -58,6 +58,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--request-id", default="", help="idempotency key (a repeat returns the same encode)")
     p.add_argument("--force", action="store_true", help="start anew even if the same encode exists")
     p.add_argument(
+        "--retry",
+        action="store_true",
+        help="resume the FAILED or CANCELLED encode of this --request-id (or content) from its failed "
+        "chunks, reusing the chunks that completed",
+    )
+    p.add_argument(
         "--overwrite",
         action="store_true",
         help="replace an earlier Cosmos publish at --out (never files Cosmos did not write)",
@@ -209,20 +215,24 @@ async def run_encode(args: argparse.Namespace, console: Console, ctx: Context | 
             output_uri=output_uri,
             priority=args.priority,
             force=args.force,
+            retry=args.retry,
             quality=QUALITY[args.quality],
             overwrite=args.overwrite,
         )
         try:
-            submitted = (await stub.SubmitEncode(request)).encode
+            reply = await stub.SubmitEncode(request)
         except grpc.aio.AioRpcError as exc:
             _, violations = rpc_errors.details_of(exc)
             console.print(f"[red]{exc.code().name}[/red]: {exc.details()}")
             for v in violations:
                 console.print(f"  {v.field}: {v.description}")
             return process.EXIT_FAILED
+        submitted = reply.encode
         if not args.json:
+            resumed = " (resumed from its failed steps)" if reply.resumed else ""
             console.print(
                 f"encode [bold]{submitted.encode_id}[/bold]: {', '.join(submitted.profiles)} -> {args.out}"
+                + resumed
             )
         live = None if args.json else LiveProgress(console)
         watching = asyncio.ensure_future(follow(stub, submitted.encode_id, live))

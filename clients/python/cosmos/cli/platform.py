@@ -1,15 +1,18 @@
-"""``cosmos workflows list|show|cancel``, ``cosmos jobs list``, ``cosmos agents list|revoke``: the
+"""``cosmos workflows list|show|cancel|retry|reset``, ``cosmos jobs list``, ``cosmos agents list|revoke``: the
 platform's state in readable tables (``cosmos agents join-token``: :mod:`cosmos.cli.join_tokens`)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 
 import grpc
+from google.protobuf import struct_pb2
 from rich.table import Table
 
 from cosmos import errors
@@ -105,6 +108,56 @@ async def workflows_cancel(ctx: Context, workflow_id: str) -> str:
     return f"cancellation of {workflow_id} requested"
 
 
+def parse_input(text: str) -> struct_pb2.Struct | None:
+    """``--input``: a JSON object, or ``@FILE`` holding one; None when not given."""
+    if not text:
+        return None
+    source = "--input"
+    if text.startswith("@"):
+        source = text[1:]
+        try:
+            text = Path(source).read_text()
+        except OSError as exc:
+            raise errors.ConfigError(f"--input: cannot read {source}: {exc.strerror or exc}") from exc
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise errors.ConfigError(f"{source}: not JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise errors.ConfigError(f"{source}: the workflow input must be a JSON object")
+    struct = struct_pb2.Struct()
+    struct.update(value)
+    return struct
+
+
+async def workflows_resume(
+    ctx: Context,
+    workflow_id: str,
+    *,
+    step: str = "",
+    new_input: struct_pb2.Struct | None = None,
+    request_id: str = "",
+) -> str:
+    """``retry`` (no ``step``) or ``reset --step``; a request id makes a repeated command a no-op."""
+    request_id = request_id or uuid.uuid4().hex
+    async with ctx.channel("plato") as channel:
+        stub = workflow_service_pb2_grpc.WorkflowServiceStub(channel)
+        if step:
+            reset = workflow_service_pb2.ResetWorkflowRequest(
+                request_id=request_id, workflow_id=workflow_id, step_name=step, input=new_input
+            )
+            workflow = (await stub.ResetWorkflow(reset)).workflow
+            what = f"reset to step {step}"
+        else:
+            retry = workflow_service_pb2.RetryWorkflowRequest(
+                request_id=request_id, workflow_id=workflow_id, input=new_input
+            )
+            workflow = (await stub.RetryWorkflow(retry)).workflow
+            what = "retried"
+    state = _name(workflow_pb2.WorkflowState, workflow.state, "WORKFLOW_STATE_")
+    return f"{workflow_id} {what}: {state}"
+
+
 async def jobs_list(ctx: Context, limit: int) -> Table:
     async with ctx.channel("stratum") as channel:
         reply = await job_service_pb2_grpc.JobServiceStub(channel).ListJobs(
@@ -161,24 +214,53 @@ async def agents_list(ctx: Context) -> Table:
 def main(argv: Sequence[str] | None = None, *, noun: str = "") -> int:
     """Entry point of ``cosmos workflows|jobs|agents``."""
     p = argparse.ArgumentParser(prog=f"cosmos {noun}", description=f"Show the platform's {noun}.")
-    verbs = {"workflows": ["list", "show", "cancel"], "jobs": ["list"], "agents": ["list", "revoke"]}[noun]
+    verbs = {
+        "workflows": ["list", "show", "cancel", "retry", "reset"],
+        "jobs": ["list"],
+        "agents": ["list", "revoke"],
+    }[noun]
     p.add_argument("verb", choices=verbs, nargs="?", default="list")
     if noun == "agents":
         p.epilog = "cosmos agents join-token create|list|delete: tokens for new agents to join with"
-    p.add_argument("id", nargs="?", default="", help="workflow id (show, cancel) or agent id (revoke)")
+    if noun == "workflows":
+        p.epilog = (
+            "retry: rerun a FAILED or CANCELLED workflow's steps that did not complete; reset --step "
+            "NAME: rerun a finished workflow from a step (docs/plato.md, 'Retry and reset')"
+        )
+    p.add_argument(
+        "id", nargs="?", default="", help="workflow id (show, cancel, retry, reset) or agent id (revoke)"
+    )
     p.add_argument("--limit", type=int, default=50, help="rows at most")
+    if noun == "workflows":
+        p.add_argument(
+            "--step", default="", help="reset: the step to rerun from (a step name of the definition)"
+        )
+        p.add_argument("--input", default="", help="retry, reset: new workflow input, JSON or @FILE")
+        p.add_argument(
+            "--request-id", default="", help="retry, reset: idempotency key (default: a new one per command)"
+        )
     target.add_arguments(p, "plato", "stratum")
     args = p.parse_args(argv)
     console = make_console()
     try:
-        ctx = target.resolve(args, "plato", "stratum")
-        if args.verb in ("show", "cancel", "revoke") and not args.id:
+        if args.verb in ("show", "cancel", "revoke", "retry", "reset") and not args.id:
             p.error(f"{args.verb} needs an id")
+        if noun == "workflows" and args.verb == "reset" and not args.step:
+            p.error("reset needs --step NAME")
+        if noun == "workflows" and args.verb != "reset" and args.step:
+            p.error("--step is for reset")
+        new_input = parse_input(args.input) if noun == "workflows" else None
+        ctx = target.resolve(args, "plato", "stratum")
         if noun == "workflows" and args.verb == "list":
             console.print(asyncio.run(workflows_list(ctx, args.limit)))
         elif noun == "workflows" and args.verb == "show":
             for table in asyncio.run(workflows_show(ctx, args.id)):
                 console.print(table)
+        elif noun == "workflows" and args.verb in ("retry", "reset"):
+            resumed = workflows_resume(
+                ctx, args.id, step=args.step, new_input=new_input, request_id=args.request_id
+            )
+            console.print(asyncio.run(resumed))
         elif noun == "workflows":
             console.print(asyncio.run(workflows_cancel(ctx, args.id)))
         elif noun == "jobs":

@@ -2,7 +2,8 @@
 
 ``WatchWorkflow`` streams a workflow's history from ``from_sequence`` on; when Plato restarts the
 stream breaks (``UNAVAILABLE``) or ends early. :func:`watch_workflow` reopens it with backoff after
-the last event it yielded, so the caller sees every event once, in order, up to the workflow's end:
+the last event it yielded, so the caller sees every event once, in order, up to the workflow's end
+(a workflow resumed by RetryWorkflow or ResetWorkflow goes on past its first final event):
 
 >>> async with channel:
 ...     stub = workflow_service_pb2_grpc.WorkflowServiceStub(channel)
@@ -56,9 +57,8 @@ async def watch_workflow(
                     continue
                 seen = event.sequence
                 yield event
-                if event.type in FINAL_EVENTS:
-                    return
-            # Ended without the final event: Plato is stopping, or the workflow ended before `seen`.
+            # The stream ended: after the workflow's final event (a final event that a retry or reset
+            # followed does not end it, nor this watch), or because Plato is stopping. Ask which.
             got = await stub.GetWorkflow(
                 workflow_service_pb2.GetWorkflowRequest(workflow_id=workflow_id), metadata=tuple(metadata)
             )

@@ -5,7 +5,9 @@ from the workflow (:mod:`cosmos.optimus.view`). Submissions are validated here (
 inside the caller's storage area, :mod:`cosmos.security.storage`; source readable, profiles known,
 output writable and not holding files Cosmos did not publish), de-duplicated by ``request_id`` or,
 without one, by the content key (hash of source, profiles and output) unless ``force``, and started
-on Plato.
+on Plato. With ``retry``, a FAILED or CANCELLED encode of the same key is resumed instead (Plato's
+RetryWorkflow: the chunks that completed are kept, the failed ones encoded again; docs/encoding.md,
+"Resuming a failed encode").
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ DEFINITION_ID = "encode-ladder"
 DEFINITION_FILE = Path(__file__).with_name("workflows") / "encode-ladder.yaml"
 ES = encode_pb2.EncodeState
 TERMINAL = (ES.ENCODE_STATE_SUCCEEDED, ES.ENCODE_STATE_FAILED, ES.ENCODE_STATE_CANCELLED)
+RESUMABLE = (workflow_pb2.WORKFLOW_STATE_FAILED, workflow_pb2.WORKFLOW_STATE_CANCELLED)
+"""Workflow states ``retry`` resumes."""
 WATCH_INTERVAL = 0.5
 CHUNK_SECONDS = 4
 """Length the source is cut into for the parallel encodes (at the source's next keyframe)."""
@@ -225,6 +229,8 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
     async def SubmitEncode(
         self, request: encode_service_pb2.SubmitEncodeRequest, context: Any
     ) -> encode_service_pb2.SubmitEncodeResponse:
+        if request.retry and request.force:
+            raise _bad("retry", "retry resumes an existing encode; force starts a new one: not both")
         source, chosen, output = self._validate(request)
         await self._ensure_registered()
         names = [p.name for p in chosen]
@@ -278,11 +284,30 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
                 reason="ERROR_REASON_REQUEST_ID_REUSED",
                 metadata={"encode_id": encode_id},
             ) from exc
+        workflow, resumed = reply.workflow, False
+        if request.retry and workflow.state in RESUMABLE:
+            workflow, resumed = await self._resume(workflow), True
         # Plato refuses a start whose input differs from the stored workflow's, so the workflow's
         # input is the one just sent: view it from the dict rather than converting the Struct back.
         return encode_service_pb2.SubmitEncodeResponse(
-            encode=encode_view(reply.workflow, inp), deduplicated=reply.already_started
+            encode=encode_view(workflow, inp),
+            deduplicated=reply.already_started or resumed,
+            resumed=resumed,
         )
+
+    async def _resume(self, workflow: workflow_pb2.Workflow) -> workflow_pb2.Workflow:
+        """Retry a failed encode's workflow. One retry per failure: the retry's request id names the
+        failure (its last event), so concurrent ``--retry`` submits of one failed encode resume it
+        once, and a later failure of the resumed encode can be retried again."""
+        request = workflow_service_pb2.RetryWorkflowRequest(
+            request_id=f"encode-retry:{workflow.workflow_id}:{workflow.last_sequence}",
+            workflow_id=workflow.workflow_id,
+        )
+        try:
+            reply = await self.workflows.RetryWorkflow(request, **_for_caller())
+        except grpc.aio.AioRpcError as exc:
+            raise rpc_errors.as_rpc_error(exc) from exc
+        return reply.workflow
 
     # ------------------------------------------------------------------ reads
 

@@ -25,7 +25,7 @@ from opentelemetry import trace
 
 from cosmos import errors
 from cosmos.plato import inputs, limits, records, subjects
-from cosmos.plato.engine import machine, values
+from cosmos.plato.engine import machine, reset, values
 from cosmos.plato.language import parser
 from cosmos.plato.store import Conflict, PlatoStore
 from cosmos.plato.task_tokens import TaskKey
@@ -53,6 +53,8 @@ DEFAULT_TENANT = "default"
 """Tenant of workloads that start workflows in their own name."""
 MAX_BATCH = 1000
 """Starts one ``StartWorkflows`` call may hold."""
+RESUME_WAIT = 5.0
+"""Seconds RetryWorkflow and ResetWorkflow wait for the evaluator to apply them before answering."""
 RESPONSE_VALUE_BYTES = 2 * 1024 * 1024
 """Bytes of large values (inputs, outputs kept as blobs) one read answers with; past it a value
 reads as ``{"omitted": {"bytes": N, ...}}``, so a response stays under gRPC's 4 MiB default."""
@@ -374,6 +376,71 @@ class WorkflowApi(workflow_service_pb2_grpc.WorkflowServiceServicer):
         await self.store.publish_input(inp, f"{request.workflow_id}:cancel", telemetry.inject_headers())
         return workflow_service_pb2.CancelWorkflowResponse(workflow=record.workflow)
 
+    async def RetryWorkflow(
+        self, request: workflow_service_pb2.RetryWorkflowRequest, context: Context
+    ) -> workflow_service_pb2.RetryWorkflowResponse:
+        new_input = request.input if request.HasField("input") else None
+        workflow = await self._resume(request.request_id, request.workflow_id, "", new_input)
+        return workflow_service_pb2.RetryWorkflowResponse(workflow=workflow)
+
+    async def ResetWorkflow(
+        self, request: workflow_service_pb2.ResetWorkflowRequest, context: Context
+    ) -> workflow_service_pb2.ResetWorkflowResponse:
+        _require(request.step_name, "step_name")
+        new_input = request.input if request.HasField("input") else None
+        workflow = await self._resume(request.request_id, request.workflow_id, request.step_name, new_input)
+        return workflow_service_pb2.ResetWorkflowResponse(workflow=workflow)
+
+    async def _resume(
+        self, request_id: str, workflow_id: str, step_name: str, new_input: Any
+    ) -> workflow_pb2.Workflow:
+        """Check a retry (``step_name`` empty) or reset, post it to the workflow's inbox, and answer
+        with the workflow once the evaluator applied it (or after :data:`RESUME_WAIT`)."""
+        _require(request_id, "request_id")
+        record = await self._record(workflow_id)
+        if request_id in record.resume_request_ids:
+            return await self._workflow(workflow_id)  # the same request again: its answer, nothing new
+        wf = record.workflow
+        why = reset.refusal(wf.state, step_name)
+        if why:
+            raise errors.FailedPreconditionError(
+                f"workflow {workflow_id!r}: {why}",
+                reason="ERROR_REASON_NOT_RESUMABLE",
+                metadata={"workflow_id": workflow_id, "state": WS.Name(wf.state)},
+            )
+        if new_input is not None:
+            size, limit = new_input.ByteSize(), limits.max_value_bytes(self.store.nc.max_payload)
+            if size > limit:
+                raise _violation("input", f"is {size:,} bytes; at most {limit:,}")
+        state = await records.load(self.store, workflow_id, 0)
+        if state is None:
+            raise _workflow_not_found(workflow_id)
+        if step_name:
+            definition = await self.store.compiled(wf.definition_id, wf.definition_version)
+            if step_name not in definition.steps:
+                raise _violation("step_name", f"definition {wf.definition_id!r} has no step {step_name!r}")
+            if not state.table.by_name.get(step_name):
+                raise _violation("step_name", f"step {step_name!r} never ran in this workflow")
+        elif not reset.rerun_candidates(state.table.steps()):
+            raise errors.FailedPreconditionError(
+                f"workflow {workflow_id!r} has no failed or cancelled step to rerun; "
+                "ResetWorkflow reruns it from a named step",
+                reason="ERROR_REASON_NOT_RESUMABLE",
+                metadata={"workflow_id": workflow_id, "state": WS.Name(wf.state)},
+            )
+        resume = engine_pb2.ResumeInput(request_id=request_id, step_name=step_name)
+        if new_input is not None:
+            resume.input.CopyFrom(new_input)
+        inp = engine_pb2.EngineInput(workflow_id=workflow_id, resume=resume)
+        await self.store.publish_input(inp, f"{workflow_id}:resume:{request_id}", telemetry.inject_headers())
+        deadline = asyncio.get_running_loop().time() + RESUME_WAIT
+        while asyncio.get_running_loop().time() < deadline:
+            loaded = await self.store.get_record(workflow_id)
+            if loaded is not None and request_id in loaded[0].resume_request_ids:
+                break
+            await asyncio.sleep(0.05)
+        return await self._workflow(workflow_id)
+
     async def SignalWorkflow(
         self, request: workflow_service_pb2.SignalWorkflowRequest, context: Context
     ) -> workflow_service_pb2.SignalWorkflowResponse:
@@ -460,7 +527,9 @@ class WorkflowApi(workflow_service_pb2_grpc.WorkflowServiceServicer):
                 if event.sequence < request.from_sequence:
                     continue
                 yield workflow_service_pb2.WatchWorkflowResponse(event=event)
-                if event.type in _TERMINAL_EVENTS:
+                # A terminal event that a retry or reset already followed (the history goes on past
+                # it) does not end the stream.
+                if event.type in _TERMINAL_EVENTS and event.sequence >= record.workflow.last_sequence:
                     return
         finally:
             await sub.unsubscribe()

@@ -194,8 +194,8 @@ async def commit(store: PlatoStore, state: WorkflowState, max_header_bytes: int)
     writes = _Writes(state.workflow_id)
     generation = state.record.generation + 1
     steps = []
-    for step_id in sorted(state.table.dirty, key=lambda i: state.table.records[i].ordinal):
-        record = state.table.records[step_id]
+    for step_id in sorted(state.table.dirty, key=lambda i: state.table.stored(i).ordinal):
+        record = state.table.stored(step_id)  # a discarded instance's tombstone too
         record.generation = generation
         steps.append(_stored_step(state, writes, record))
     header = _stored_header(state, writes)
@@ -330,6 +330,12 @@ async def load(store: PlatoStore, workflow_id: str, budget: int | None = None) -
     rows = [(_copy(r), rev) for r, rev in rows]
     rows.sort(key=lambda row: row[0].ordinal)
     for step_record, step_revision in rows:
+        if step_record.discarded:
+            # A reset's tombstone: not a step of the workflow, but its key and last attempt are kept.
+            state.table.retired[step_record.step.step_id] = step_record
+            if step_revision is not None:
+                state.table.revisions[step_record.step.step_id] = step_revision
+            continue
         for field, blob_field in _VALUE_FIELDS:
             await _resolve(
                 store, state, getattr(step_record.step, field), getattr(step_record, blob_field), spend

@@ -99,6 +99,9 @@ RULES: dict[str, Rule] = {
     "cosmos.plato.v1.SignalWorkflowRequest.signal_name": Rule(
         re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z"), "letters, digits, . _ - (at most 128)", 128
     ),
+    "cosmos.plato.v1.ResetWorkflowRequest.step_name": Rule(
+        re.compile(r"[a-z0-9][a-z0-9_-]{0,127}\Z"), "a step name: a-z, 0-9, _ - (at most 128)", 128
+    ),
     # Stratum
     # A CSR is PEM: lines of base64; a P-256 one is under 1 KiB, an RSA-4096 one under 4 KiB.
     "cosmos.stratum.v1.JoinAgentRequest.csr_pem": Rule(max_len=16 * 1024, multiline=True),

@@ -114,6 +114,11 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("clean", help="remove an encode's scratch directory (inside --within)")
     c.add_argument("--work", required=True, help="the encode's scratch directory")
     c.add_argument("--within", required=True, help="the tenant's scratch area it must lie in")
+    c.add_argument(
+        "--keep-resumable",
+        action="store_true",
+        help="remove only partial files; keep finished outputs for a retry of the encode (after a failure)",
+    )
 
     c = sub.add_parser("make-test-clip", help="write a synthetic test clip (moving video, sine audio)")
     c.add_argument("--out", required=True)
@@ -244,7 +249,7 @@ def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     if cmd == "clean":
         from cosmos.optimus.media.scratch import clean
 
-        return clean(args.work, args.within)
+        return clean(args.work, args.within, args.keep_resumable)
     if cmd == "make-test-clip":
         from cosmos.optimus.media.testclip import make_test_clip
 

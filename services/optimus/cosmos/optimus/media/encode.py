@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cosmos.optimus import profiles
+from cosmos.optimus.media import resume
 from cosmos.optimus.media.chunks import chunk_index, gop_frames
 from cosmos.optimus.media.ffmpeg import (
     CorruptMedia,
@@ -105,9 +106,12 @@ class ChunkFacts:
         return cls(info.duration, info.fps, info.width, info.height)
 
 
-def chunk_output(out_dir: str | Path, profile: str, index: int) -> Path:
-    """Where chunk ``index`` of ``profile`` goes: ``<out_dir>/<profile>/chunk_NNNNN.mp4``."""
-    return Path(out_dir).absolute() / profile / f"chunk_{index:05d}.mp4"
+def chunk_output(out_dir: str | Path, profile: str, index: int, key: str = "") -> Path:
+    """Where chunk ``index`` of ``profile`` goes: ``<out_dir>/<profile>/chunk_NNNNN.<key>.mp4``, named
+    by the content key (:mod:`cosmos.optimus.media.resume`); without a key ``chunk_NNNNN.mp4``, whose
+    ``.json`` sibling is the chunk's result (:func:`result_path`)."""
+    name = f"chunk_{index:05d}.{key}.mp4" if key else f"chunk_{index:05d}.mp4"
+    return Path(out_dir).absolute() / profile / name
 
 
 def encode_chunk(
@@ -149,7 +153,17 @@ def encode_chunk(
     else:
         facts, path = known, str(require_file(chunk, "chunk"))
     duration, fps = facts.duration, facts.fps
-    outs = [chunk_output(out_dir, p.name, index) for p in chosen]
+    resume.injected_fault(out_dir, index)
+    key = resume.content_key(
+        source=source, chunk=path, index=index, start=start, duration=duration, fps=fps, chosen=chosen,
+        gop=[gop_args(p, fps) for p in chosen], quality=quality.value,
+    )  # fmt: skip
+    outs = [chunk_output(out_dir, p.name, index, key) for p in chosen]
+    results = [result_path(chunk_output(out_dir, p.name, index)) for p in chosen]
+    done = resume.reusable(outs, results, key, duration)
+    if done is not None:  # encoded from this very content before, and whole: not encoded again
+        return {"index": index, "chunk": path, "duration": duration, "quality": quality.value,
+                "renditions": done, "reused": True}  # fmt: skip
     for o in outs:
         o.parent.mkdir(parents=True, exist_ok=True)
     files = contextlib.ExitStack()
@@ -212,6 +226,7 @@ def encode_chunk(
         rendition: dict[str, Any] = {
             "profile": p.name,
             "index": index,
+            "key": key,
             "path": str(out),
             "bytes": size,
             "duration": duration,
@@ -219,7 +234,7 @@ def encode_chunk(
         }
         if measured:
             rendition.update(measured[i].to_dict())
-        write_json(result_path(out), rendition)
+        write_json(result_path(chunk_output(out_dir, p.name, index)), rendition)
         renditions.append(rendition)
     return {
         "index": index,

@@ -73,15 +73,17 @@ def verify_chunk(path: str | Path, expected_duration: float, *, what: str = "chu
     """Check that an encoded chunk (or rendition) is whole before anything reuses it.
 
     It must decode without an error to ``expected_duration`` within one frame, and when its result
-    file (``chunk_NNNNN.json``, written after the chunk) is there, have the size recorded in it.
+    file (``chunk_NNNNN.json`` beside ``chunk_NNNNN[.<key>].mp4``, written after the chunk) is there
+    and names this file, have the size recorded in it.
     Returns ``{"path", "frames", "duration", "bytes"}``; raises :class:`MediaError` saying why not.
     """
     p = require_file(path, what)
     size = p.stat().st_size
-    recorded = p.with_suffix(".json")
+    recorded = p.with_name(p.name.split(".")[0] + ".json")
     if recorded.is_file():
         try:
-            expected_bytes = json.loads(recorded.read_text()).get("bytes")
+            result = json.loads(recorded.read_text())
+            expected_bytes = result.get("bytes") if result.get("path", str(p)) == str(p) else None
         except (OSError, ValueError, AttributeError) as exc:
             raise MediaError(f"{what} {p}: unreadable result {recorded}: {exc}") from None
         if isinstance(expected_bytes, int) and expected_bytes != size:

@@ -23,7 +23,7 @@ from typing import Any
 from google.protobuf import json_format, struct_pb2
 
 from cosmos.plato import limits, subjects
-from cosmos.plato.engine import values
+from cosmos.plato.engine import reset, values
 from cosmos.plato.engine.state import StepTable, WorkflowState
 from cosmos.plato.language import model, parser
 from cosmos.plato.task_tokens import TaskKey
@@ -181,11 +181,12 @@ class Machine:
     def begin(self) -> None:
         """Start a transition: the previous transition's effects are already published.
 
-        Finished activations are dropped from the header (nothing looks a finished activation up: a
-        missing parent reads as a finished one), so it holds only what still runs.
+        Done activations are dropped from the header (nothing looks a finished activation up: a
+        missing parent reads as a finished one), so it holds only what still runs, and what failed:
+        a retry (:mod:`cosmos.plato.engine.reset`) reopens a failed step's activations.
         """
         del self.record.outbox[:]
-        finished = [a for a in self.record.activations if a.state != AS.ACTIVATION_STATE_RUNNING]
+        finished = [a for a in self.record.activations if a.state == AS.ACTIVATION_STATE_DONE]
         for act in finished:
             self.record.activations.remove(act)
             self._acts.pop(act.activation_id, None)
@@ -211,10 +212,12 @@ class Machine:
     def apply(self, inp: engine_pb2.EngineInput) -> None:
         """Apply one input; effects go to ``record.outbox``."""
         kind = inp.WhichOneof("kind")
-        if self.wf.state in TERMINAL_WORKFLOW_STATES:
+        if self.wf.state in TERMINAL_WORKFLOW_STATES and kind != "resume":
             return
         try:
-            if kind == "start":
+            if kind == "resume":
+                reset.resume(self, inp.resume)  # the one input a finished workflow takes
+            elif kind == "start":
                 self._start()
             elif self.wf.state == WS.WORKFLOW_STATE_PENDING:
                 return  # nothing but a start moves a PENDING workflow
@@ -563,18 +566,10 @@ class Machine:
         index = len(self.table.by_name.get(name, ()))
         step_id = _step_id(name, index, fanout)
         step_def = self.definition.steps[name]
-        step = workflow_pb2.StepExecution(step_id=step_id, step_name=name, attempt=1, rule=rule.name)
-        if step_def.input is not None:
-            rendered = step_def.input.render({**self._context(), **vars})
-            step.input.update(rendered if isinstance(rendered, dict) else {"value": rendered})
-        elif step_def.kind is not model.StepKind.JOB:
-            # The workflow input as it is: a message copy, not a round trip through dicts.
-            step.input.fields["input"].struct_value.CopyFrom(self.wf.input)
-            if vars:
-                step.input.update(dict(vars))
-        # A job step has no input: its template reads the workflow context and its loop variables
-        # (kept in fanout_vars) itself. A copy of the workflow input in each of a fan-out's K
-        # instances (and their tasks) grew the record, one NATS message, by K x the input.
+        # Past the attempts of an instance of this id that a reset discarded: its reports stay stale.
+        attempt = self.table.first_attempt(step_id)
+        step = workflow_pb2.StepExecution(step_id=step_id, step_name=name, attempt=attempt, rule=rule.name)
+        self.render_input(step, step_def, vars)
         if vars:
             step.fanout_vars.update(dict(vars))
         act.step_id = step_id
@@ -588,6 +583,23 @@ class Machine:
         self._detached.pop(act.activation_id, None)
         self.table.touch(step_id)
         self._dispatch(stored.step)
+
+    def render_input(
+        self, step: workflow_pb2.StepExecution, step_def: model.StepDef, vars: Mapping[str, Any]
+    ) -> None:
+        """Fill ``step.input`` from its template (or the workflow input) and its loop variables."""
+        step.input.Clear()
+        if step_def.input is not None:
+            rendered = step_def.input.render({**self._context(), **vars})
+            step.input.update(rendered if isinstance(rendered, dict) else {"value": rendered})
+        elif step_def.kind is not model.StepKind.JOB:
+            # The workflow input as it is: a message copy, not a round trip through dicts.
+            step.input.fields["input"].struct_value.CopyFrom(self.wf.input)
+            if vars:
+                step.input.update(dict(vars))
+        # A job step has no input: its template reads the workflow context and its loop variables
+        # (kept in fanout_vars) itself. A copy of the workflow input in each of a fan-out's K
+        # instances (and their tasks) grew the record, one NATS message, by K x the input.
 
     def _dispatch(self, step: workflow_pb2.StepExecution) -> None:
         """Start the step's current attempt."""

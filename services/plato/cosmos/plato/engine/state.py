@@ -33,6 +33,9 @@ class StepTable:
         """Steps changed since the last commit."""
         self.items: dict[int, list[dict[str, Any]]] = {}
         """Fan-out items by fan-out activation id."""
+        self.retired: dict[str, engine_pb2.StepRecord] = {}
+        """Tombstones of instances a reset discarded, by step id (not part of the workflow; they keep
+        the key's last attempt so a later instance of the same id is fenced from the old one)."""
         self._counted: dict[str, int] = {}
         self._tally: dict[str, Counter[int]] = {}
         self._unsynced: set[str] = set()
@@ -49,6 +52,47 @@ class StepTable:
             self.activations[record.activation.activation_id] = record.activation
         self._unsynced.add(step.step_id)
         return record
+
+    def retire(self, step_id: str) -> engine_pb2.StepRecord:
+        """Discard an instance (a reset): it leaves the table and a tombstone is written in its place
+        with the next commit (see :attr:`retired`)."""
+        record = self.records.pop(step_id)
+        step = record.step
+        same = [s for s in self.by_name.get(step.step_name, []) if s.step_id != step_id]
+        if same:
+            self.by_name[step.step_name] = same
+        else:
+            self.by_name.pop(step.step_name, None)
+        if record.activation.activation_id:
+            self.activations.pop(record.activation.activation_id, None)
+        before = self._counted.pop(step_id, None)
+        if before is not None:
+            self._tally[step.step_name][before] -= 1
+        self._unsynced.discard(step_id)
+        tombstone = engine_pb2.StepRecord(
+            step=workflow_pb2.StepExecution(
+                step_id=step_id,
+                step_name=step.step_name,
+                attempt=step.attempt,
+                state=SS.STEP_STATE_CANCELLED,
+                error="discarded by a reset of the workflow",
+            ),
+            ordinal=record.ordinal,
+            discarded=True,
+        )
+        self.retired[step_id] = tombstone
+        self.dirty.add(step_id)
+        return record
+
+    def first_attempt(self, step_id: str) -> int:
+        """The attempt a new instance ``step_id`` starts at: 1, or past a discarded one's last."""
+        tombstone = self.retired.pop(step_id, None)
+        return 1 if tombstone is None else tombstone.step.attempt + 1
+
+    def stored(self, step_id: str) -> engine_pb2.StepRecord:
+        """What the next commit writes for ``step_id``: its record, or its tombstone."""
+        found = self.records.get(step_id)
+        return found if found is not None else self.retired[step_id]
 
     def touch(self, step_id: str) -> None:
         """The step changed (or may have): write it with the next commit, recount its state."""

@@ -45,7 +45,7 @@ class _PermissionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Permission
     PERMISSION_WORKFLOWS_READ: _Permission.ValueType  # 5
     """Get, list and watch workflows and their history."""
     PERMISSION_WORKFLOWS_WRITE: _Permission.ValueType  # 6
-    """Start, cancel and signal workflows of one's tenant."""
+    """Start, cancel, signal, retry and reset workflows of one's tenant."""
     PERMISSION_STEPS_REPORT: _Permission.ValueType  # 7
     """Complete, fail and heartbeat step tasks (step handlers)."""
     PERMISSION_JOBS_READ: _Permission.ValueType  # 8
@@ -82,7 +82,7 @@ PERMISSION_DEFINITIONS_WRITE: Permission.ValueType  # 4
 PERMISSION_WORKFLOWS_READ: Permission.ValueType  # 5
 """Get, list and watch workflows and their history."""
 PERMISSION_WORKFLOWS_WRITE: Permission.ValueType  # 6
-"""Start, cancel and signal workflows of one's tenant."""
+"""Start, cancel, signal, retry and reset workflows of one's tenant."""
 PERMISSION_STEPS_REPORT: Permission.ValueType  # 7
 """Complete, fail and heartbeat step tasks (step handlers)."""
 PERMISSION_JOBS_READ: Permission.ValueType  # 8

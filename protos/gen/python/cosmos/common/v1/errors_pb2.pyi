@@ -184,6 +184,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     ERROR_REASON_JOIN_TOKEN_NOT_FOUND: _ErrorReason.ValueType  # 35
     """The join token id does not exist (NOT_FOUND)."""
+    ERROR_REASON_NOT_RESUMABLE: _ErrorReason.ValueType  # 36
+    """The workflow is not in a state that RetryWorkflow or ResetWorkflow can
+    resume (e.g. still running, or a retry of a completed workflow), or has
+    no step to rerun (FAILED_PRECONDITION); metadata carries the state.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason is the machine-readable cause of a failed Cosmos RPC, sent as
@@ -320,4 +325,9 @@ ERROR_REASON_RATE_LIMITED: ErrorReason.ValueType  # 34
 """
 ERROR_REASON_JOIN_TOKEN_NOT_FOUND: ErrorReason.ValueType  # 35
 """The join token id does not exist (NOT_FOUND)."""
+ERROR_REASON_NOT_RESUMABLE: ErrorReason.ValueType  # 36
+"""The workflow is not in a state that RetryWorkflow or ResetWorkflow can
+resume (e.g. still running, or a retry of a completed workflow), or has
+no step to rerun (FAILED_PRECONDITION); metadata carries the state.
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

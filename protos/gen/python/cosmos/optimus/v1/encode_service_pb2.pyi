@@ -34,6 +34,7 @@ class SubmitEncodeRequest(_message.Message):
     FORCE_FIELD_NUMBER: _builtins.int
     QUALITY_FIELD_NUMBER: _builtins.int
     OVERWRITE_FIELD_NUMBER: _builtins.int
+    RETRY_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotent retry key chosen by the client (a UUID is recommended); it is
     also reused as the JetStream Nats-Msg-Id of the resulting messages.
@@ -62,6 +63,15 @@ class SubmitEncodeRequest(_message.Message):
     output directory is refused; with it, files Cosmos did not write are
     never deleted: such a directory is refused all the same.
     """
+    retry: _builtins.bool
+    """Resume the encode this request_id (or, without one, this content_key)
+    names if it FAILED or was CANCELLED: its workflow reruns the steps that
+    did not complete (failed chunks are encoded again) and keeps the chunks
+    that completed, whose outputs are addressed by content (docs/encoding.md,
+    "Resuming a failed encode"). An encode that does not exist yet is started;
+    one that is running or succeeded is returned as it is. Not together with
+    force.
+    """
     @_builtins.property
     def profiles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Profile names from the catalogue to encode, added after the ladder's
@@ -80,10 +90,11 @@ class SubmitEncodeRequest(_message.Message):
         force: _builtins.bool = ...,
         quality: _encode_pb2.QualityMode.ValueType = ...,
         overwrite: _builtins.bool = ...,
+        retry: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["force", b"force", "ladder", b"ladder", "output_uri", b"output_uri", "overwrite", b"overwrite", "priority", b"priority", "profiles", b"profiles", "quality", b"quality", "request_id", b"request_id", "source_uri", b"source_uri"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["force", b"force", "ladder", b"ladder", "output_uri", b"output_uri", "overwrite", b"overwrite", "priority", b"priority", "profiles", b"profiles", "quality", b"quality", "request_id", b"request_id", "retry", b"retry", "source_uri", b"source_uri"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -97,10 +108,13 @@ class SubmitEncodeResponse(_message.Message):
 
     ENCODE_FIELD_NUMBER: _builtins.int
     DEDUPLICATED_FIELD_NUMBER: _builtins.int
+    RESUMED_FIELD_NUMBER: _builtins.int
     deduplicated: _builtins.bool
     """True when no new encode was created: the request_id was seen before, or an
     encode with the same content_key exists and force was not set.
     """
+    resumed: _builtins.bool
+    """True when retry resumed a failed or cancelled encode."""
     @_builtins.property
     def encode(self) -> _encode_pb2.Encode:
         """The created (or existing, when deduplicated) encode."""
@@ -110,10 +124,11 @@ class SubmitEncodeResponse(_message.Message):
         *,
         encode: _encode_pb2.Encode | None = ...,
         deduplicated: _builtins.bool = ...,
+        resumed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["encode", b"encode"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deduplicated", b"deduplicated", "encode", b"encode"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deduplicated", b"deduplicated", "encode", b"encode", "resumed", b"resumed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

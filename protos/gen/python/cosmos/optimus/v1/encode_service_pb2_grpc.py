@@ -77,6 +77,9 @@ class EncodeServiceServicer:
         """Submits an encode. Idempotent by request_id: a retry with the same
         request_id and payload returns the same encode with deduplicated=true; the
         same request_id with a different payload fails with REQUEST_ID_REUSED.
+        With retry set, an encode of this request_id that FAILED (or was
+        CANCELLED) is resumed from its failed chunks instead (Plato
+        RetryWorkflow), reusing every chunk that completed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -39,6 +39,9 @@ class EncodeServiceStub:
     """Submits an encode. Idempotent by request_id: a retry with the same
     request_id and payload returns the same encode with deduplicated=true; the
     same request_id with a different payload fails with REQUEST_ID_REUSED.
+    With retry set, an encode of this request_id that FAILED (or was
+    CANCELLED) is resumed from its failed chunks instead (Plato
+    RetryWorkflow), reusing every chunk that completed.
     """
     GetEncode: _grpc.UnaryUnaryMultiCallable[_encode_service_pb2.GetEncodeRequest, _encode_service_pb2.GetEncodeResponse]
     """Returns one encode."""
@@ -66,6 +69,9 @@ class EncodeServiceAsyncStub(EncodeServiceStub):
     """Submits an encode. Idempotent by request_id: a retry with the same
     request_id and payload returns the same encode with deduplicated=true; the
     same request_id with a different payload fails with REQUEST_ID_REUSED.
+    With retry set, an encode of this request_id that FAILED (or was
+    CANCELLED) is resumed from its failed chunks instead (Plato
+    RetryWorkflow), reusing every chunk that completed.
     """
     GetEncode: _aio.UnaryUnaryMultiCallable[_encode_service_pb2.GetEncodeRequest, _encode_service_pb2.GetEncodeResponse]  # type: ignore[assignment]
     """Returns one encode."""
@@ -96,6 +102,9 @@ class EncodeServiceServicer(metaclass=_abc_1.ABCMeta):
         """Submits an encode. Idempotent by request_id: a retry with the same
         request_id and payload returns the same encode with deduplicated=true; the
         same request_id with a different payload fails with REQUEST_ID_REUSED.
+        With retry set, an encode of this request_id that FAILED (or was
+        CANCELLED) is resumed from its failed chunks instead (Plato
+        RetryWorkflow), reusing every chunk that completed.
         """
 
     @_abc_1.abstractmethod

@@ -28,7 +28,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63osmos/plato/v1/engine.proto\x12\x0f\x63osmos.plato.v1\x1a\x1f\x63osmos/common/v1/progress.proto\x1a\x1e\x63osmos/plato/v1/workflow.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x88\x03\n\x0b\x45ngineInput\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12,\n\x05start\x18\x02 \x01(\x0b\x32\x1b.cosmos.plato.v1.StartInputH\x00\x12\x32\n\x06result\x18\x03 \x01(\x0b\x32 .cosmos.plato.v1.StepResultInputH\x00\x12\x38\n\theartbeat\x18\x04 \x01(\x0b\x32#.cosmos.plato.v1.StepHeartbeatInputH\x00\x12,\n\x05timer\x18\x05 \x01(\x0b\x32\x1b.cosmos.plato.v1.TimerInputH\x00\x12.\n\x06signal\x18\x06 \x01(\x0b\x32\x1c.cosmos.plato.v1.SignalInputH\x00\x12.\n\x06\x63\x61ncel\x18\x07 \x01(\x0b\x32\x1c.cosmos.plato.v1.CancelInputH\x00\x12\x32\n\x05\x63hild\x18\x08 \x01(\x0b\x32!.cosmos.plato.v1.ChildResultInputH\x00\x42\x06\n\x04kind\"\x89\x02\n\nStartInput\x12\x15\n\rdefinition_id\x18\x01 \x01(\t\x12\x1a\n\x12\x64\x65\x66inition_version\x18\x02 \x01(\x05\x12&\n\x05input\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x1a\n\x12parent_workflow_id\x18\x05 \x01(\t\x12\x16\n\x0eparent_step_id\x18\x06 \x01(\t\x12\x30\n\x0crequest_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0eparent_attempt\x18\x08 \x01(\r\x12\x0e\n\x06tenant\x18\t \x01(\t\"\xa7\x01\n\x0fStepResultInput\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0f\n\x07success\x18\x03 \x01(\x08\x12\'\n\x06output\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x15\n\rnon_retryable\x18\x06 \x01(\x08\x12\x12\n\ntask_token\x18\x07 \x01(\x0c\"\xa7\x01\n\x12StepHeartbeatInput\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12,\n\x08progress\x18\x03 \x01(\x0b\x32\x1a.cosmos.common.v1.Progress\x12-\n\tsend_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ntask_token\x18\x05 \x01(\x0c\"p\n\nTimerInput\x12\x10\n\x08timer_id\x18\x01 \x01(\t\x12.\n\x07purpose\x18\x02 \x01(\x0e\x32\x1d.cosmos.plato.v1.TimerPurpose\x12\x0f\n\x07step_id\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\r\"Y\n\x0bSignalInput\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x07payload\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"1\n\x0b\x43\x61ncelInput\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\xb6\x01\n\x10\x43hildResultInput\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x19\n\x11\x63hild_workflow_id\x18\x03 \x01(\t\x12-\n\x05state\x18\x04 \x01(\x0e\x32\x1e.cosmos.plato.v1.WorkflowState\x12\'\n\x06output\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\r\n\x05\x65rror\x18\x06 \x01(\t\"\xa4\x03\n\nActivation\x12\x15\n\ractivation_id\x18\x01 \x01(\r\x12\x11\n\tparent_id\x18\x02 \x01(\r\x12-\n\x04kind\x18\x03 \x01(\x0e\x32\x1f.cosmos.plato.v1.ActivationKind\x12/\n\x05state\x18\x04 \x01(\x0e\x32 .cosmos.plato.v1.ActivationState\x12\x12\n\nrule_index\x18\x05 \x01(\r\x12\x14\n\x0con_exhausted\x18\x06 \x01(\x08\x12\x0c\n\x04path\x18\x07 \x03(\r\x12%\n\x04vars\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06\x63ursor\x18\t \x01(\r\x12\x0f\n\x07pending\x18\n \x01(\r\x12&\n\x05items\x18\x0b \x03(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\tnext_item\x18\x0c \x01(\r\x12\x0f\n\x07step_id\x18\r \x01(\t\x12\x12\n\nitem_count\x18\x0e \x01(\r\x12,\n\nitems_blob\x18\x0f \x01(\x0b\x32\x18.cosmos.plato.v1.BlobRef\"%\n\x07\x42lobRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\"\xff\x02\n\nStepRecord\x12,\n\x04step\x18\x01 \x01(\x0b\x32\x1e.cosmos.plato.v1.StepExecution\x12-\n\x07runtime\x18\x02 \x01(\x0b\x32\x1c.cosmos.plato.v1.StepRuntime\x12/\n\nactivation\x18\x03 \x01(\x0b\x32\x1b.cosmos.plato.v1.Activation\x12-\n\x06timers\x18\x04 \x03(\x0b\x32\x1d.cosmos.plato.v1.PendingTimer\x12\x12\n\ngeneration\x18\x05 \x01(\x04\x12\x0f\n\x07ordinal\x18\x06 \x01(\r\x12,\n\ninput_blob\x18\x07 \x01(\x0b\x32\x18.cosmos.plato.v1.BlobRef\x12-\n\x0boutput_blob\x18\x08 \x01(\x0b\x32\x18.cosmos.plato.v1.BlobRef\x12\x32\n\x10\x66\x61nout_vars_blob\x18\t \x01(\x0b\x32\x18.cosmos.plato.v1.BlobRef\"e\n\x07\x45\x66\x66\x65\x63ts\x12*\n\x05steps\x18\x01 \x03(\x0b\x32\x1b.cosmos.plato.v1.StepRecord\x12.\n\x06outbox\x18\x02 \x03(\x0b\x32\x1e.cosmos.plato.v1.OutboxMessage\"O\n\x0cPendingTimer\x12\x10\n\x08timer_id\x18\x01 \x01(\t\x12-\n\tfire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xac\x01\n\rOutboxMessage\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0e\n\x06msg_id\x18\x03 \x01(\t\x12<\n\x07headers\x18\x04 \x03(\x0b\x32+.cosmos.plato.v1.OutboxMessage.HeadersEntry\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"y\n\x0bStepRuntime\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\x15\n\ractivation_id\x18\x02 \x01(\r\x12\x14\n\x0crule_retries\x18\x03 \x01(\r\x12\x14\n\x0cstep_retries\x18\x04 \x01(\r\x12\x16\n\x0einstance_index\x18\x05 \x01(\r\"\x86\x07\n\x0eWorkflowRecord\x12+\n\x08workflow\x18\x01 \x01(\x0b\x32\x19.cosmos.plato.v1.Workflow\x12\x30\n\x0b\x61\x63tivations\x18\x02 \x03(\x0b\x32\x1b.cosmos.plato.v1.Activation\x12\x33\n\rstep_runtimes\x18\x03 \x03(\x0b\x32\x1c.cosmos.plato.v1.StepRuntime\x12-\n\x06timers\x18\x04 \x03(\x0b\x32\x1d.cosmos.plato.v1.PendingTimer\x12=\n\x07signals\x18\x05 \x03(\x0b\x32,.cosmos.plato.v1.WorkflowRecord.SignalsEntry\x12.\n\x06outbox\x18\x06 \x03(\x0b\x32\x1e.cosmos.plato.v1.OutboxMessage\x12\x19\n\x11\x65scalated_failure\x18\x07 \x01(\t\x12\x1a\n\x12\x63hild_workflow_ids\x18\x08 \x03(\t\x12\x12\n\nnext_timer\x18\t \x01(\r\x12H\n\rtrace_headers\x18\n \x03(\x0b\x32\x31.cosmos.plato.v1.WorkflowRecord.TraceHeadersEntry\x12\x16\n\x0eparent_attempt\x18\x0b \x01(\r\x12\x12\n\ngeneration\x18\x0c \x01(\x04\x12\x32\n\rpending_steps\x18\r \x03(\x0b\x32\x1b.cosmos.plato.v1.StepRecord\x12.\n\x0c\x65\x66\x66\x65\x63ts_blob\x18\x0e \x01(\x0b\x32\x18.cosmos.plato.v1.BlobRef\x12,\n\ninput_blob\x18\x0f \x01(\x0b\x32\x18.cosmos.plato.v1.BlobRef\x12-\n\x0boutput_blob\x18\x10 \x01(\x0b\x32\x18.cosmos.plato.v1.BlobRef\x12\x17\n\x0fnext_activation\x18\x11 \x01(\r\x12\x12\n\nstep_count\x18\x12 \x01(\r\x12\x15\n\rempty_fanouts\x18\x13 \x03(\t\x1aG\n\x0cSignalsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct:\x02\x38\x01\x1a\x33\n\x11TraceHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\xc3\x01\n\x0cTimerPurpose\x12\x1d\n\x19TIMER_PURPOSE_UNSPECIFIED\x10\x00\x12\x17\n\x13TIMER_PURPOSE_RETRY\x10\x01\x12#\n\x1fTIMER_PURPOSE_SCHEDULE_TO_START\x10\x02\x12 \n\x1cTIMER_PURPOSE_START_TO_CLOSE\x10\x03\x12\x1b\n\x17TIMER_PURPOSE_HEARTBEAT\x10\x04\x12\x17\n\x13TIMER_PURPOSE_SLEEP\x10\x05*\xa3\x01\n\x0e\x41\x63tivationKind\x12\x1f\n\x1b\x41\x43TIVATION_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x41\x43TIVATION_KIND_SEQUENCE\x10\x01\x12\x1c\n\x18\x41\x43TIVATION_KIND_PARALLEL\x10\x02\x12\x1a\n\x16\x41\x43TIVATION_KIND_FANOUT\x10\x03\x12\x18\n\x14\x41\x43TIVATION_KIND_STEP\x10\x04*\x89\x01\n\x0f\x41\x63tivationState\x12 \n\x1c\x41\x43TIVATION_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x41\x43TIVATION_STATE_RUNNING\x10\x01\x12\x19\n\x15\x41\x43TIVATION_STATE_DONE\x10\x02\x12\x1b\n\x17\x41\x43TIVATION_STATE_FAILED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63osmos/plato/v1/engine.proto\x12\x0f\x63osmos.plato.v1\x1a\x1f\x63osmos/common/v1/progress.proto\x1a\x1e\x63osmos/plato/v1/workflow.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb8\x03\n\x0b\x45ngineInput\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12,\n\x05start\x18\x02 \x01(\x0b\x32\x1b.cosmos.plato.v1.StartInputH\x00\x12\x32\n\x06result\x18\x03 \x01(\x0b\x32 .cosmos.plato.v1.StepResultInputH\x00\x12\x38\n\theartbeat\x18\x04 \x01(\x0b\x32#.cosmos.plato.v1.StepHeartbeatInputH\x00\x12,\n\x05timer\x18\x05 \x01(\x0b\x32\x1b.cosmos.plato.v1.TimerInputH\x00\x12.\n\x06signal\x18\x06 \x01(\x0b\x32\x1c.cosmos.plato.v1.SignalInputH\x00\x12.\n\x06\x63\x61ncel\x18\x07 \x01(\x0b\x32\x1c.cosmos.plato.v1.CancelInputH\x00\x12\x32\n\x05\x63hild\x18\x08 \x01(\x0b\x32!.cosmos.plato.v1.ChildResultInputH\x00\x12.\n\x06resume\x18\t \x01(\x0b\x32\x1c.cosmos.plato.v1.ResumeInputH\x00\x42\x06\n\x04kind\"\x89\x02\n\nStartInput\x12\x15\n\rdefinition_id\x18\x01 \x01(\t\x12\x1a\n\x12\x64\x65\x66inition_version\x18\x02 \x01(\x05\x12&\n\x05input\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x1a\n\x12parent_workflow_id\x18\x05 \x01(\t\x12\x16\n\x0eparent_step_id\x18\x06 \x01(\t\x12\x30\n\x0crequest_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0eparent_attempt\x18\x08 \x01(\r\x12\x0e\n\x06tenant\x18\t \x01(\t\"\xa7\x01\n\x0fStepResultInput\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0f\n\x07success\x18\x03 \x01(\x08\x12\'\n\x06output\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x15\n\rnon_retryable\x18\x06 \x01(\x08\x12\x12\n\ntask_token\x18\x07 \x01(\x0c\"\xa7\x01\n\x12StepHeartbeatInput\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12,\n\x08progress\x18\x03 \x01(\x0b\x32\x1a.cosmos.common.v1.Progress\x12-\n\tsend_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ntask_token\x18\x05 \x01(\x0c\"p\n\nTimerInput\x12\x10\n\x08timer_id\x18\x01 \x01(\t\x12.\n\x07purpose\x18\x02 \x01(\x0e\x32\x1d.cosmos.plato.v1.TimerPurpose\x12\x0f\n\x07step_id\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\r\"Y\n\x0bSignalInput\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x07payload\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"1\n\x0b\x43\x61ncelInput\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\xb6\x01\n\x10\x43hildResultInput\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x19\n\x11\x63hild_workflow_id\x18\x03 \x01(\t\x12-\n\x05state\x18\x04 \x01(\x0e\x32\x1e.cosmos.plato.v1.WorkflowState\x12\'\n\x06output\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\r\n\x05\x65rror\x18\x06 \x01(\t\"\\\n\x0bResumeInput\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tstep_name\x18\x02 \x01(\t\x12&\n\x05input\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xa4\x03\n\nActivation\x12\x15\n\ractivation_id\x18\x01 \x01(\r\x12\x11\n\tparent_id\x18\x02 \x01(\r\x12-\n\x04kind\x18\x03 \x01(\x0e\x32\x1f.cosmos.plato.v1.ActivationKind\x12/\n\x05state\x18\x04 \x01(\x0e\x32 .cosmos.plato.v1.ActivationState\x12\x12\n\nrule_index\x18\x05 \x01(\r\x12\x14\n\x0con_exhausted\x18\x06 \x01(\x08\x12\x0c\n\x04path\x18\x07 \x03(\r\x12%\n\x04vars\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06\x63ursor\x18\t \x01(\r\x12\x0f\n\x07pending\x18\n \x01(\r\x12&\n\x05items\x18\x0b \x03(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\tnext_item\x18\x0c \x01(\r\x12\x0f\n\x07step_id\x18\r \x01(\t\x12\x12\n\nitem_count\x18\x0e \x01(\r\x12,\n\nitems_blob\x18\x0f \x01(\x0b\x32\x18.cosmos.plato.v1.BlobRef\"%\n\x07\x42lobRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\"\x92\x03\n\nStepRecord\x12,\n\x04step\x18\x01 \x01(\x0b\x32\x1e.cosmos.plato.v1.StepExecution\x12-\n\x07runtime\x18\x02 \x01(\x0b\x32\x1c.cosmos.plato.v1.StepRuntime\x12/\n\nactivation\x18\x03 \x01(\x0b\x32\x1b.cosmos.plato.v1.Activation\x12-\n\x06timers\x18\x04 \x03(\x0b\x32\x1d.cosmos.plato.v1.PendingTimer\x12\x12\n\ngeneration\x18\x05 \x01(\x04\x12\x0f\n\x07ordinal\x18\x06 \x01(\r\x12,\n\ninput_blob\x18\x07 \x01(\x0b\x32\x18.cosmos.plato.v1.BlobRef\x12-\n\x0boutput_blob\x18\x08 \x01(\x0b\x32\x18.cosmos.plato.v1.BlobRef\x12\x32\n\x10\x66\x61nout_vars_blob\x18\t \x01(\x0b\x32\x18.cosmos.plato.v1.BlobRef\x12\x11\n\tdiscarded\x18\n \x01(\x08\"e\n\x07\x45\x66\x66\x65\x63ts\x12*\n\x05steps\x18\x01 \x03(\x0b\x32\x1b.cosmos.plato.v1.StepRecord\x12.\n\x06outbox\x18\x02 \x03(\x0b\x32\x1e.cosmos.plato.v1.OutboxMessage\"O\n\x0cPendingTimer\x12\x10\n\x08timer_id\x18\x01 \x01(\t\x12-\n\tfire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xac\x01\n\rOutboxMessage\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0e\n\x06msg_id\x18\x03 \x01(\t\x12<\n\x07headers\x18\x04 \x03(\x0b\x32+.cosmos.plato.v1.OutboxMessage.HeadersEntry\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"y\n\x0bStepRuntime\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\x15\n\ractivation_id\x18\x02 \x01(\r\x12\x14\n\x0crule_retries\x18\x03 \x01(\r\x12\x14\n\x0cstep_retries\x18\x04 \x01(\r\x12\x16\n\x0einstance_index\x18\x05 \x01(\r\"\xa2\x07\n\x0eWorkflowRecord\x12+\n\x08workflow\x18\x01 \x01(\x0b\x32\x19.cosmos.plato.v1.Workflow\x12\x30\n\x0b\x61\x63tivations\x18\x02 \x03(\x0b\x32\x1b.cosmos.plato.v1.Activation\x12\x33\n\rstep_runtimes\x18\x03 \x03(\x0b\x32\x1c.cosmos.plato.v1.StepRuntime\x12-\n\x06timers\x18\x04 \x03(\x0b\x32\x1d.cosmos.plato.v1.PendingTimer\x12=\n\x07signals\x18\x05 \x03(\x0b\x32,.cosmos.plato.v1.WorkflowRecord.SignalsEntry\x12.\n\x06outbox\x18\x06 \x03(\x0b\x32\x1e.cosmos.plato.v1.OutboxMessage\x12\x19\n\x11\x65scalated_failure\x18\x07 \x01(\t\x12\x1a\n\x12\x63hild_workflow_ids\x18\x08 \x03(\t\x12\x12\n\nnext_timer\x18\t \x01(\r\x12H\n\rtrace_headers\x18\n \x03(\x0b\x32\x31.cosmos.plato.v1.WorkflowRecord.TraceHeadersEntry\x12\x16\n\x0eparent_attempt\x18\x0b \x01(\r\x12\x12\n\ngeneration\x18\x0c \x01(\x04\x12\x32\n\rpending_steps\x18\r \x03(\x0b\x32\x1b.cosmos.plato.v1.StepRecord\x12.\n\x0c\x65\x66\x66\x65\x63ts_blob\x18\x0e \x01(\x0b\x32\x18.cosmos.plato.v1.BlobRef\x12,\n\ninput_blob\x18\x0f \x01(\x0b\x32\x18.cosmos.plato.v1.BlobRef\x12-\n\x0boutput_blob\x18\x10 \x01(\x0b\x32\x18.cosmos.plato.v1.BlobRef\x12\x17\n\x0fnext_activation\x18\x11 \x01(\r\x12\x12\n\nstep_count\x18\x12 \x01(\r\x12\x15\n\rempty_fanouts\x18\x13 \x03(\t\x12\x1a\n\x12resume_request_ids\x18\x14 \x03(\t\x1aG\n\x0cSignalsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct:\x02\x38\x01\x1a\x33\n\x11TraceHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\xc3\x01\n\x0cTimerPurpose\x12\x1d\n\x19TIMER_PURPOSE_UNSPECIFIED\x10\x00\x12\x17\n\x13TIMER_PURPOSE_RETRY\x10\x01\x12#\n\x1fTIMER_PURPOSE_SCHEDULE_TO_START\x10\x02\x12 \n\x1cTIMER_PURPOSE_START_TO_CLOSE\x10\x03\x12\x1b\n\x17TIMER_PURPOSE_HEARTBEAT\x10\x04\x12\x17\n\x13TIMER_PURPOSE_SLEEP\x10\x05*\xa3\x01\n\x0e\x41\x63tivationKind\x12\x1f\n\x1b\x41\x43TIVATION_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x41\x43TIVATION_KIND_SEQUENCE\x10\x01\x12\x1c\n\x18\x41\x43TIVATION_KIND_PARALLEL\x10\x02\x12\x1a\n\x16\x41\x43TIVATION_KIND_FANOUT\x10\x03\x12\x18\n\x14\x41\x43TIVATION_KIND_STEP\x10\x04*\x89\x01\n\x0f\x41\x63tivationState\x12 \n\x1c\x41\x43TIVATION_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x41\x43TIVATION_STATE_RUNNING\x10\x01\x12\x19\n\x15\x41\x43TIVATION_STATE_DONE\x10\x02\x12\x1b\n\x17\x41\x43TIVATION_STATE_FAILED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,48 +41,50 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WORKFLOWRECORD_SIGNALSENTRY']._serialized_options = b'8\001'
   _globals['_WORKFLOWRECORD_TRACEHEADERSENTRY']._loaded_options = None
   _globals['_WORKFLOWRECORD_TRACEHEADERSENTRY']._serialized_options = b'8\001'
-  _globals['_TIMERPURPOSE']._serialized_start=3857
-  _globals['_TIMERPURPOSE']._serialized_end=4052
-  _globals['_ACTIVATIONKIND']._serialized_start=4055
-  _globals['_ACTIVATIONKIND']._serialized_end=4218
-  _globals['_ACTIVATIONSTATE']._serialized_start=4221
-  _globals['_ACTIVATIONSTATE']._serialized_end=4358
+  _globals['_TIMERPURPOSE']._serialized_start=4046
+  _globals['_TIMERPURPOSE']._serialized_end=4241
+  _globals['_ACTIVATIONKIND']._serialized_start=4244
+  _globals['_ACTIVATIONKIND']._serialized_end=4407
+  _globals['_ACTIVATIONSTATE']._serialized_start=4410
+  _globals['_ACTIVATIONSTATE']._serialized_end=4547
   _globals['_ENGINEINPUT']._serialized_start=178
-  _globals['_ENGINEINPUT']._serialized_end=570
-  _globals['_STARTINPUT']._serialized_start=573
-  _globals['_STARTINPUT']._serialized_end=838
-  _globals['_STEPRESULTINPUT']._serialized_start=841
-  _globals['_STEPRESULTINPUT']._serialized_end=1008
-  _globals['_STEPHEARTBEATINPUT']._serialized_start=1011
-  _globals['_STEPHEARTBEATINPUT']._serialized_end=1178
-  _globals['_TIMERINPUT']._serialized_start=1180
-  _globals['_TIMERINPUT']._serialized_end=1292
-  _globals['_SIGNALINPUT']._serialized_start=1294
-  _globals['_SIGNALINPUT']._serialized_end=1383
-  _globals['_CANCELINPUT']._serialized_start=1385
-  _globals['_CANCELINPUT']._serialized_end=1434
-  _globals['_CHILDRESULTINPUT']._serialized_start=1437
-  _globals['_CHILDRESULTINPUT']._serialized_end=1619
-  _globals['_ACTIVATION']._serialized_start=1622
-  _globals['_ACTIVATION']._serialized_end=2042
-  _globals['_BLOBREF']._serialized_start=2044
-  _globals['_BLOBREF']._serialized_end=2081
-  _globals['_STEPRECORD']._serialized_start=2084
-  _globals['_STEPRECORD']._serialized_end=2467
-  _globals['_EFFECTS']._serialized_start=2469
-  _globals['_EFFECTS']._serialized_end=2570
-  _globals['_PENDINGTIMER']._serialized_start=2572
-  _globals['_PENDINGTIMER']._serialized_end=2651
-  _globals['_OUTBOXMESSAGE']._serialized_start=2654
-  _globals['_OUTBOXMESSAGE']._serialized_end=2826
-  _globals['_OUTBOXMESSAGE_HEADERSENTRY']._serialized_start=2780
-  _globals['_OUTBOXMESSAGE_HEADERSENTRY']._serialized_end=2826
-  _globals['_STEPRUNTIME']._serialized_start=2828
-  _globals['_STEPRUNTIME']._serialized_end=2949
-  _globals['_WORKFLOWRECORD']._serialized_start=2952
-  _globals['_WORKFLOWRECORD']._serialized_end=3854
-  _globals['_WORKFLOWRECORD_SIGNALSENTRY']._serialized_start=3730
-  _globals['_WORKFLOWRECORD_SIGNALSENTRY']._serialized_end=3801
-  _globals['_WORKFLOWRECORD_TRACEHEADERSENTRY']._serialized_start=3803
-  _globals['_WORKFLOWRECORD_TRACEHEADERSENTRY']._serialized_end=3854
+  _globals['_ENGINEINPUT']._serialized_end=618
+  _globals['_STARTINPUT']._serialized_start=621
+  _globals['_STARTINPUT']._serialized_end=886
+  _globals['_STEPRESULTINPUT']._serialized_start=889
+  _globals['_STEPRESULTINPUT']._serialized_end=1056
+  _globals['_STEPHEARTBEATINPUT']._serialized_start=1059
+  _globals['_STEPHEARTBEATINPUT']._serialized_end=1226
+  _globals['_TIMERINPUT']._serialized_start=1228
+  _globals['_TIMERINPUT']._serialized_end=1340
+  _globals['_SIGNALINPUT']._serialized_start=1342
+  _globals['_SIGNALINPUT']._serialized_end=1431
+  _globals['_CANCELINPUT']._serialized_start=1433
+  _globals['_CANCELINPUT']._serialized_end=1482
+  _globals['_CHILDRESULTINPUT']._serialized_start=1485
+  _globals['_CHILDRESULTINPUT']._serialized_end=1667
+  _globals['_RESUMEINPUT']._serialized_start=1669
+  _globals['_RESUMEINPUT']._serialized_end=1761
+  _globals['_ACTIVATION']._serialized_start=1764
+  _globals['_ACTIVATION']._serialized_end=2184
+  _globals['_BLOBREF']._serialized_start=2186
+  _globals['_BLOBREF']._serialized_end=2223
+  _globals['_STEPRECORD']._serialized_start=2226
+  _globals['_STEPRECORD']._serialized_end=2628
+  _globals['_EFFECTS']._serialized_start=2630
+  _globals['_EFFECTS']._serialized_end=2731
+  _globals['_PENDINGTIMER']._serialized_start=2733
+  _globals['_PENDINGTIMER']._serialized_end=2812
+  _globals['_OUTBOXMESSAGE']._serialized_start=2815
+  _globals['_OUTBOXMESSAGE']._serialized_end=2987
+  _globals['_OUTBOXMESSAGE_HEADERSENTRY']._serialized_start=2941
+  _globals['_OUTBOXMESSAGE_HEADERSENTRY']._serialized_end=2987
+  _globals['_STEPRUNTIME']._serialized_start=2989
+  _globals['_STEPRUNTIME']._serialized_end=3110
+  _globals['_WORKFLOWRECORD']._serialized_start=3113
+  _globals['_WORKFLOWRECORD']._serialized_end=4043
+  _globals['_WORKFLOWRECORD_SIGNALSENTRY']._serialized_start=3919
+  _globals['_WORKFLOWRECORD_SIGNALSENTRY']._serialized_end=3990
+  _globals['_WORKFLOWRECORD_TRACEHEADERSENTRY']._serialized_start=3992
+  _globals['_WORKFLOWRECORD_TRACEHEADERSENTRY']._serialized_end=4043
 # @@protoc_insertion_point(module_scope)

@@ -152,6 +152,7 @@ class EngineInput(_message.Message):
     SIGNAL_FIELD_NUMBER: _builtins.int
     CANCEL_FIELD_NUMBER: _builtins.int
     CHILD_FIELD_NUMBER: _builtins.int
+    RESUME_FIELD_NUMBER: _builtins.int
     workflow_id: _builtins.str
     """Workflow the input is for."""
     @_builtins.property
@@ -182,6 +183,10 @@ class EngineInput(_message.Message):
     def child(self) -> Global___ChildResultInput:
         """A child workflow reached a terminal state."""
 
+    @_builtins.property
+    def resume(self) -> Global___ResumeInput:
+        """Retry or reset of a finished workflow (RetryWorkflow, ResetWorkflow)."""
+
     def __init__(
         self,
         *,
@@ -193,12 +198,13 @@ class EngineInput(_message.Message):
         signal: Global___SignalInput | None = ...,
         cancel: Global___CancelInput | None = ...,
         child: Global___ChildResultInput | None = ...,
+        resume: Global___ResumeInput | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "child", b"child", "heartbeat", b"heartbeat", "kind", b"kind", "result", b"result", "signal", b"signal", "start", b"start", "timer", b"timer"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "child", b"child", "heartbeat", b"heartbeat", "kind", b"kind", "result", b"result", "resume", b"resume", "signal", b"signal", "start", b"start", "timer", b"timer"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "child", b"child", "heartbeat", b"heartbeat", "kind", b"kind", "result", b"result", "signal", b"signal", "start", b"start", "timer", b"timer", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "child", b"child", "heartbeat", b"heartbeat", "kind", b"kind", "result", b"result", "resume", b"resume", "signal", b"signal", "start", b"start", "timer", b"timer", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["start", "result", "heartbeat", "timer", "signal", "cancel", "child"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["start", "result", "heartbeat", "timer", "signal", "cancel", "child", "resume"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -493,6 +499,42 @@ class ChildResultInput(_message.Message):
 Global___ChildResultInput: _TypeAlias = ChildResultInput  # noqa: Y015
 
 @_typing.final
+class ResumeInput(_message.Message):
+    """ResumeInput reruns a finished workflow (docs/plato.md, "Retry and reset")."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    STEP_NAME_FIELD_NUMBER: _builtins.int
+    INPUT_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The RetryWorkflow or ResetWorkflow request_id; a resume whose id the
+    workflow already applied changes nothing.
+    """
+    step_name: _builtins.str
+    """Empty: retry (rerun the step instances that did not complete). Else
+    reset: rerun from this step.
+    """
+    @_builtins.property
+    def input(self) -> _struct_pb2.Struct:
+        """When set, the workflow's new input."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        step_name: _builtins.str = ...,
+        input: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "request_id", b"request_id", "step_name", b"step_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeInput: _TypeAlias = ResumeInput  # noqa: Y015
+
+@_typing.final
 class Activation(_message.Message):
     """Activation is a running instance of a rule's action (sequence, parallel,
     fan-out or step), so the engine knows what to start when something ends.
@@ -627,12 +669,19 @@ class StepRecord(_message.Message):
     INPUT_BLOB_FIELD_NUMBER: _builtins.int
     OUTPUT_BLOB_FIELD_NUMBER: _builtins.int
     FANOUT_VARS_BLOB_FIELD_NUMBER: _builtins.int
+    DISCARDED_FIELD_NUMBER: _builtins.int
     generation: _builtins.int
     """Header generation whose commit wrote this version (see docs/plato.md):
     a stored version older than a header's pending one is replaced by it.
     """
     ordinal: _builtins.int
     """Position of the instance among the workflow's steps (scheduling order)."""
+    discarded: _builtins.bool
+    """A tombstone: the instance was discarded by a reset. It keeps the key and
+    the last attempt number, so that an instance of the same id scheduled
+    later starts at a higher attempt (reports of the discarded one stay
+    stale); it is not part of the workflow any more.
+    """
     @_builtins.property
     def step(self) -> _workflow_pb2.StepExecution:
         """The public view of the instance; input, output and fanout_vars are
@@ -675,10 +724,11 @@ class StepRecord(_message.Message):
         input_blob: Global___BlobRef | None = ...,
         output_blob: Global___BlobRef | None = ...,
         fanout_vars_blob: Global___BlobRef | None = ...,
+        discarded: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["activation", b"activation", "fanout_vars_blob", b"fanout_vars_blob", "input_blob", b"input_blob", "output_blob", b"output_blob", "runtime", b"runtime", "step", b"step"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["activation", b"activation", "fanout_vars_blob", b"fanout_vars_blob", "generation", b"generation", "input_blob", b"input_blob", "ordinal", b"ordinal", "output_blob", b"output_blob", "runtime", b"runtime", "step", b"step", "timers", b"timers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activation", b"activation", "discarded", b"discarded", "fanout_vars_blob", b"fanout_vars_blob", "generation", b"generation", "input_blob", b"input_blob", "ordinal", b"ordinal", "output_blob", b"output_blob", "runtime", b"runtime", "step", b"step", "timers", b"timers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -914,6 +964,7 @@ class WorkflowRecord(_message.Message):
     NEXT_ACTIVATION_FIELD_NUMBER: _builtins.int
     STEP_COUNT_FIELD_NUMBER: _builtins.int
     EMPTY_FANOUTS_FIELD_NUMBER: _builtins.int
+    RESUME_REQUEST_IDS_FIELD_NUMBER: _builtins.int
     escalated_failure: _builtins.str
     """A failure escalated by an exhausted retry rule: the workflow fails once
     nothing runs any more.
@@ -988,6 +1039,12 @@ class WorkflowRecord(_message.Message):
         for them (docs/workflow-language.md).
         """
 
+    @_builtins.property
+    def resume_request_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """request_ids of the last retries and resets applied (at most 32), so a
+        repeated RetryWorkflow or ResetWorkflow is not applied twice.
+        """
+
     def __init__(
         self,
         *,
@@ -1010,10 +1067,11 @@ class WorkflowRecord(_message.Message):
         next_activation: _builtins.int = ...,
         step_count: _builtins.int = ...,
         empty_fanouts: _abc.Iterable[_builtins.str] | None = ...,
+        resume_request_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["effects_blob", b"effects_blob", "input_blob", b"input_blob", "output_blob", b"output_blob", "workflow", b"workflow"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["activations", b"activations", "child_workflow_ids", b"child_workflow_ids", "effects_blob", b"effects_blob", "empty_fanouts", b"empty_fanouts", "escalated_failure", b"escalated_failure", "generation", b"generation", "input_blob", b"input_blob", "next_activation", b"next_activation", "next_timer", b"next_timer", "outbox", b"outbox", "output_blob", b"output_blob", "parent_attempt", b"parent_attempt", "pending_steps", b"pending_steps", "signals", b"signals", "step_count", b"step_count", "step_runtimes", b"step_runtimes", "timers", b"timers", "trace_headers", b"trace_headers", "workflow", b"workflow"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activations", b"activations", "child_workflow_ids", b"child_workflow_ids", "effects_blob", b"effects_blob", "empty_fanouts", b"empty_fanouts", "escalated_failure", b"escalated_failure", "generation", b"generation", "input_blob", b"input_blob", "next_activation", b"next_activation", "next_timer", b"next_timer", "outbox", b"outbox", "output_blob", b"output_blob", "parent_attempt", b"parent_attempt", "pending_steps", b"pending_steps", "resume_request_ids", b"resume_request_ids", "signals", b"signals", "step_count", b"step_count", "step_runtimes", b"step_runtimes", "timers", b"timers", "trace_headers", b"trace_headers", "workflow", b"workflow"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -72,6 +72,17 @@ class _WorkflowEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Wor
     """The workflow was cancelled (terminal)."""
     WORKFLOW_EVENT_TYPE_CHILD_WORKFLOW_STARTED: _WorkflowEventType.ValueType  # 16
     """A step started a child workflow; payload carries the child workflow id."""
+    WORKFLOW_EVENT_TYPE_WORKFLOW_RETRIED: _WorkflowEventType.ValueType  # 17
+    """A FAILED or CANCELLED workflow was resumed by RetryWorkflow (it is
+    RUNNING again; earlier terminal events stay in the history); payload
+    carries request_id, the step instances rerun and whether the input
+    changed.
+    """
+    WORKFLOW_EVENT_TYPE_WORKFLOW_RESET: _WorkflowEventType.ValueType  # 18
+    """A workflow was reset to a step by ResetWorkflow (it is RUNNING again);
+    payload carries request_id, step_name, the step instances discarded and
+    rerun, and whether the input changed.
+    """
 
 class WorkflowEventType(_WorkflowEventType, metaclass=_WorkflowEventTypeEnumTypeWrapper):
     """WorkflowEventType is what happened in a WorkflowEvent."""
@@ -112,6 +123,17 @@ WORKFLOW_EVENT_TYPE_WORKFLOW_CANCELLED: WorkflowEventType.ValueType  # 15
 """The workflow was cancelled (terminal)."""
 WORKFLOW_EVENT_TYPE_CHILD_WORKFLOW_STARTED: WorkflowEventType.ValueType  # 16
 """A step started a child workflow; payload carries the child workflow id."""
+WORKFLOW_EVENT_TYPE_WORKFLOW_RETRIED: WorkflowEventType.ValueType  # 17
+"""A FAILED or CANCELLED workflow was resumed by RetryWorkflow (it is
+RUNNING again; earlier terminal events stay in the history); payload
+carries request_id, the step instances rerun and whether the input
+changed.
+"""
+WORKFLOW_EVENT_TYPE_WORKFLOW_RESET: WorkflowEventType.ValueType  # 18
+"""A workflow was reset to a step by ResetWorkflow (it is RUNNING again);
+payload carries request_id, step_name, the step instances discarded and
+rerun, and whether the input changed.
+"""
 Global___WorkflowEventType: _TypeAlias = WorkflowEventType  # noqa: Y015
 
 @_typing.final

@@ -579,6 +579,139 @@ class CancelWorkflowResponse(_message.Message):
 Global___CancelWorkflowResponse: _TypeAlias = CancelWorkflowResponse  # noqa: Y015
 
 @_typing.final
+class RetryWorkflowRequest(_message.Message):
+    """RetryWorkflowRequest is the request of WorkflowService.RetryWorkflow."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    WORKFLOW_ID_FIELD_NUMBER: _builtins.int
+    INPUT_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Idempotent retry key chosen by the client; the same request_id never
+    retries the workflow twice (the ids of the last 32 retries and resets
+    are remembered with the workflow, and JetStream de-duplicates within its
+    window).
+    """
+    workflow_id: _builtins.str
+    """Id of the workflow to retry."""
+    @_builtins.property
+    def input(self) -> _struct_pb2.Struct:
+        """When set, replaces the workflow input before the steps rerun (rerun steps
+        render their inputs from it; completed steps keep theirs). Same limits as
+        StartWorkflowRequest.input.
+        """
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        workflow_id: _builtins.str = ...,
+        input: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "request_id", b"request_id", "workflow_id", b"workflow_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryWorkflowRequest: _TypeAlias = RetryWorkflowRequest  # noqa: Y015
+
+@_typing.final
+class RetryWorkflowResponse(_message.Message):
+    """RetryWorkflowResponse is the response of WorkflowService.RetryWorkflow."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKFLOW_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def workflow(self) -> _workflow_pb2.Workflow:
+        """The workflow once the retry was applied (RUNNING, or whatever it reached
+        since); if Plato has not applied it within a few seconds, the workflow as
+        it was, and the retry is applied later.
+        """
+
+    def __init__(
+        self,
+        *,
+        workflow: _workflow_pb2.Workflow | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["workflow", b"workflow"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["workflow", b"workflow"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryWorkflowResponse: _TypeAlias = RetryWorkflowResponse  # noqa: Y015
+
+@_typing.final
+class ResetWorkflowRequest(_message.Message):
+    """ResetWorkflowRequest is the request of WorkflowService.ResetWorkflow."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    WORKFLOW_ID_FIELD_NUMBER: _builtins.int
+    STEP_NAME_FIELD_NUMBER: _builtins.int
+    INPUT_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Idempotent retry key chosen by the client; the same request_id never
+    resets the workflow twice (see RetryWorkflowRequest.request_id).
+    """
+    workflow_id: _builtins.str
+    """Id of the workflow to reset."""
+    step_name: _builtins.str
+    """Name of the step to rerun from (a step of the definition, e.g. "encode",
+    not an instance id such as "encode[3]"). Letters, digits, ".", "_", "-";
+    at most 128.
+    """
+    @_builtins.property
+    def input(self) -> _struct_pb2.Struct:
+        """When set, replaces the workflow input before the rule fires again (see
+        RetryWorkflowRequest.input).
+        """
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        workflow_id: _builtins.str = ...,
+        step_name: _builtins.str = ...,
+        input: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "request_id", b"request_id", "step_name", b"step_name", "workflow_id", b"workflow_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResetWorkflowRequest: _TypeAlias = ResetWorkflowRequest  # noqa: Y015
+
+@_typing.final
+class ResetWorkflowResponse(_message.Message):
+    """ResetWorkflowResponse is the response of WorkflowService.ResetWorkflow."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKFLOW_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def workflow(self) -> _workflow_pb2.Workflow:
+        """The workflow once the reset was applied (see RetryWorkflowResponse)."""
+
+    def __init__(
+        self,
+        *,
+        workflow: _workflow_pb2.Workflow | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["workflow", b"workflow"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["workflow", b"workflow"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResetWorkflowResponse: _TypeAlias = ResetWorkflowResponse  # noqa: Y015
+
+@_typing.final
 class SignalWorkflowRequest(_message.Message):
     """SignalWorkflowRequest is the request of WorkflowService.SignalWorkflow."""
 

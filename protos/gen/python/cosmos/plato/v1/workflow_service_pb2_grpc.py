@@ -27,7 +27,7 @@ if _version_not_supported:
 
 class WorkflowServiceStub:
     """WorkflowService is Plato's API: register YAML definitions, start, inspect,
-    signal, cancel and watch workflow runs.
+    signal, cancel, retry, reset and watch workflow runs.
     """
 
     def __init__(self, channel):
@@ -76,6 +76,16 @@ class WorkflowServiceStub:
                 request_serializer=cosmos_dot_plato_dot_v1_dot_workflow__service__pb2.CancelWorkflowRequest.SerializeToString,
                 response_deserializer=cosmos_dot_plato_dot_v1_dot_workflow__service__pb2.CancelWorkflowResponse.FromString,
                 _registered_method=True)
+        self.RetryWorkflow = channel.unary_unary(
+                '/cosmos.plato.v1.WorkflowService/RetryWorkflow',
+                request_serializer=cosmos_dot_plato_dot_v1_dot_workflow__service__pb2.RetryWorkflowRequest.SerializeToString,
+                response_deserializer=cosmos_dot_plato_dot_v1_dot_workflow__service__pb2.RetryWorkflowResponse.FromString,
+                _registered_method=True)
+        self.ResetWorkflow = channel.unary_unary(
+                '/cosmos.plato.v1.WorkflowService/ResetWorkflow',
+                request_serializer=cosmos_dot_plato_dot_v1_dot_workflow__service__pb2.ResetWorkflowRequest.SerializeToString,
+                response_deserializer=cosmos_dot_plato_dot_v1_dot_workflow__service__pb2.ResetWorkflowResponse.FromString,
+                _registered_method=True)
         self.SignalWorkflow = channel.unary_unary(
                 '/cosmos.plato.v1.WorkflowService/SignalWorkflow',
                 request_serializer=cosmos_dot_plato_dot_v1_dot_workflow__service__pb2.SignalWorkflowRequest.SerializeToString,
@@ -95,7 +105,7 @@ class WorkflowServiceStub:
 
 class WorkflowServiceServicer:
     """WorkflowService is Plato's API: register YAML definitions, start, inspect,
-    signal, cancel and watch workflow runs.
+    signal, cancel, retry, reset and watch workflow runs.
     """
 
     def RegisterDefinition(self, request, context):
@@ -155,6 +165,35 @@ class WorkflowServiceServicer:
     def CancelWorkflow(self, request, context):
         """Requests cancellation of a workflow; running steps and their Stratum jobs
         are stopped.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryWorkflow(self, request, context):
+        """Resumes a FAILED or CANCELLED workflow from where it stopped: every step
+        instance that did not complete (failed, timed out or cancelled) runs
+        again as a new attempt, with its retry budget renewed; completed steps and
+        their outputs are kept. The workflow is RUNNING again and its history goes
+        on (a WORKFLOW_RETRIED event; nothing is rewritten). Idempotent by
+        request_id. Any other state is FAILED_PRECONDITION
+        (ERROR_REASON_NOT_RESUMABLE); so is a workflow without a step to rerun
+        (use ResetWorkflow). Same permission as CancelWorkflow.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResetWorkflow(self, request, context):
+        """Reruns a finished (COMPLETED, FAILED or CANCELLED) workflow from a named
+        step: the rule firing that scheduled the step, everything it scheduled
+        (fan-out instances included) and every step downstream of it are
+        discarded and the rule fires again; upstream completed steps keep their
+        outputs, and any other step that did not complete reruns as in
+        RetryWorkflow (docs/plato.md, "Retry and reset"). Idempotent by
+        request_id. A running workflow is FAILED_PRECONDITION
+        (ERROR_REASON_NOT_RESUMABLE); a step the definition does not have, or
+        that never ran in this workflow, is INVALID_ARGUMENT.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -225,6 +264,16 @@ def add_WorkflowServiceServicer_to_server(servicer, server):
                     request_deserializer=cosmos_dot_plato_dot_v1_dot_workflow__service__pb2.CancelWorkflowRequest.FromString,
                     response_serializer=cosmos_dot_plato_dot_v1_dot_workflow__service__pb2.CancelWorkflowResponse.SerializeToString,
             ),
+            'RetryWorkflow': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryWorkflow,
+                    request_deserializer=cosmos_dot_plato_dot_v1_dot_workflow__service__pb2.RetryWorkflowRequest.FromString,
+                    response_serializer=cosmos_dot_plato_dot_v1_dot_workflow__service__pb2.RetryWorkflowResponse.SerializeToString,
+            ),
+            'ResetWorkflow': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResetWorkflow,
+                    request_deserializer=cosmos_dot_plato_dot_v1_dot_workflow__service__pb2.ResetWorkflowRequest.FromString,
+                    response_serializer=cosmos_dot_plato_dot_v1_dot_workflow__service__pb2.ResetWorkflowResponse.SerializeToString,
+            ),
             'SignalWorkflow': grpc.unary_unary_rpc_method_handler(
                     servicer.SignalWorkflow,
                     request_deserializer=cosmos_dot_plato_dot_v1_dot_workflow__service__pb2.SignalWorkflowRequest.FromString,
@@ -250,7 +299,7 @@ def add_WorkflowServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class WorkflowService:
     """WorkflowService is Plato's API: register YAML definitions, start, inspect,
-    signal, cancel and watch workflow runs.
+    signal, cancel, retry, reset and watch workflow runs.
     """
 
     @staticmethod
@@ -459,6 +508,60 @@ class WorkflowService:
             '/cosmos.plato.v1.WorkflowService/CancelWorkflow',
             cosmos_dot_plato_dot_v1_dot_workflow__service__pb2.CancelWorkflowRequest.SerializeToString,
             cosmos_dot_plato_dot_v1_dot_workflow__service__pb2.CancelWorkflowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cosmos.plato.v1.WorkflowService/RetryWorkflow',
+            cosmos_dot_plato_dot_v1_dot_workflow__service__pb2.RetryWorkflowRequest.SerializeToString,
+            cosmos_dot_plato_dot_v1_dot_workflow__service__pb2.RetryWorkflowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResetWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cosmos.plato.v1.WorkflowService/ResetWorkflow',
+            cosmos_dot_plato_dot_v1_dot_workflow__service__pb2.ResetWorkflowRequest.SerializeToString,
+            cosmos_dot_plato_dot_v1_dot_workflow__service__pb2.ResetWorkflowResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -28,7 +28,7 @@ GRPC_VERSION: str
 
 class WorkflowServiceStub:
     """WorkflowService is Plato's API: register YAML definitions, start, inspect,
-    signal, cancel and watch workflow runs.
+    signal, cancel, retry, reset and watch workflow runs.
     """
 
     @_typing.overload
@@ -61,6 +61,27 @@ class WorkflowServiceStub:
     """Requests cancellation of a workflow; running steps and their Stratum jobs
     are stopped.
     """
+    RetryWorkflow: _grpc.UnaryUnaryMultiCallable[_workflow_service_pb2.RetryWorkflowRequest, _workflow_service_pb2.RetryWorkflowResponse]
+    """Resumes a FAILED or CANCELLED workflow from where it stopped: every step
+    instance that did not complete (failed, timed out or cancelled) runs
+    again as a new attempt, with its retry budget renewed; completed steps and
+    their outputs are kept. The workflow is RUNNING again and its history goes
+    on (a WORKFLOW_RETRIED event; nothing is rewritten). Idempotent by
+    request_id. Any other state is FAILED_PRECONDITION
+    (ERROR_REASON_NOT_RESUMABLE); so is a workflow without a step to rerun
+    (use ResetWorkflow). Same permission as CancelWorkflow.
+    """
+    ResetWorkflow: _grpc.UnaryUnaryMultiCallable[_workflow_service_pb2.ResetWorkflowRequest, _workflow_service_pb2.ResetWorkflowResponse]
+    """Reruns a finished (COMPLETED, FAILED or CANCELLED) workflow from a named
+    step: the rule firing that scheduled the step, everything it scheduled
+    (fan-out instances included) and every step downstream of it are
+    discarded and the rule fires again; upstream completed steps keep their
+    outputs, and any other step that did not complete reruns as in
+    RetryWorkflow (docs/plato.md, "Retry and reset"). Idempotent by
+    request_id. A running workflow is FAILED_PRECONDITION
+    (ERROR_REASON_NOT_RESUMABLE); a step the definition does not have, or
+    that never ran in this workflow, is INVALID_ARGUMENT.
+    """
     SignalWorkflow: _grpc.UnaryUnaryMultiCallable[_workflow_service_pb2.SignalWorkflowRequest, _workflow_service_pb2.SignalWorkflowResponse]
     """Delivers a named signal to a running workflow; rules may wait on it."""
     ListWorkflowEvents: _grpc.UnaryUnaryMultiCallable[_workflow_service_pb2.ListWorkflowEventsRequest, _workflow_service_pb2.ListWorkflowEventsResponse]
@@ -73,7 +94,7 @@ class WorkflowServiceStub:
 @_typing.type_check_only
 class WorkflowServiceAsyncStub(WorkflowServiceStub):
     """WorkflowService is Plato's API: register YAML definitions, start, inspect,
-    signal, cancel and watch workflow runs.
+    signal, cancel, retry, reset and watch workflow runs.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -103,6 +124,27 @@ class WorkflowServiceAsyncStub(WorkflowServiceStub):
     """Requests cancellation of a workflow; running steps and their Stratum jobs
     are stopped.
     """
+    RetryWorkflow: _aio.UnaryUnaryMultiCallable[_workflow_service_pb2.RetryWorkflowRequest, _workflow_service_pb2.RetryWorkflowResponse]  # type: ignore[assignment]
+    """Resumes a FAILED or CANCELLED workflow from where it stopped: every step
+    instance that did not complete (failed, timed out or cancelled) runs
+    again as a new attempt, with its retry budget renewed; completed steps and
+    their outputs are kept. The workflow is RUNNING again and its history goes
+    on (a WORKFLOW_RETRIED event; nothing is rewritten). Idempotent by
+    request_id. Any other state is FAILED_PRECONDITION
+    (ERROR_REASON_NOT_RESUMABLE); so is a workflow without a step to rerun
+    (use ResetWorkflow). Same permission as CancelWorkflow.
+    """
+    ResetWorkflow: _aio.UnaryUnaryMultiCallable[_workflow_service_pb2.ResetWorkflowRequest, _workflow_service_pb2.ResetWorkflowResponse]  # type: ignore[assignment]
+    """Reruns a finished (COMPLETED, FAILED or CANCELLED) workflow from a named
+    step: the rule firing that scheduled the step, everything it scheduled
+    (fan-out instances included) and every step downstream of it are
+    discarded and the rule fires again; upstream completed steps keep their
+    outputs, and any other step that did not complete reruns as in
+    RetryWorkflow (docs/plato.md, "Retry and reset"). Idempotent by
+    request_id. A running workflow is FAILED_PRECONDITION
+    (ERROR_REASON_NOT_RESUMABLE); a step the definition does not have, or
+    that never ran in this workflow, is INVALID_ARGUMENT.
+    """
     SignalWorkflow: _aio.UnaryUnaryMultiCallable[_workflow_service_pb2.SignalWorkflowRequest, _workflow_service_pb2.SignalWorkflowResponse]  # type: ignore[assignment]
     """Delivers a named signal to a running workflow; rules may wait on it."""
     ListWorkflowEvents: _aio.UnaryUnaryMultiCallable[_workflow_service_pb2.ListWorkflowEventsRequest, _workflow_service_pb2.ListWorkflowEventsResponse]  # type: ignore[assignment]
@@ -114,7 +156,7 @@ class WorkflowServiceAsyncStub(WorkflowServiceStub):
 
 class WorkflowServiceServicer(metaclass=_abc_1.ABCMeta):
     """WorkflowService is Plato's API: register YAML definitions, start, inspect,
-    signal, cancel and watch workflow runs.
+    signal, cancel, retry, reset and watch workflow runs.
     """
 
     @_abc_1.abstractmethod
@@ -189,6 +231,39 @@ class WorkflowServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_workflow_service_pb2.CancelWorkflowResponse, _abc.Awaitable[_workflow_service_pb2.CancelWorkflowResponse]]:
         """Requests cancellation of a workflow; running steps and their Stratum jobs
         are stopped.
+        """
+
+    @_abc_1.abstractmethod
+    def RetryWorkflow(
+        self,
+        request: _workflow_service_pb2.RetryWorkflowRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workflow_service_pb2.RetryWorkflowResponse, _abc.Awaitable[_workflow_service_pb2.RetryWorkflowResponse]]:
+        """Resumes a FAILED or CANCELLED workflow from where it stopped: every step
+        instance that did not complete (failed, timed out or cancelled) runs
+        again as a new attempt, with its retry budget renewed; completed steps and
+        their outputs are kept. The workflow is RUNNING again and its history goes
+        on (a WORKFLOW_RETRIED event; nothing is rewritten). Idempotent by
+        request_id. Any other state is FAILED_PRECONDITION
+        (ERROR_REASON_NOT_RESUMABLE); so is a workflow without a step to rerun
+        (use ResetWorkflow). Same permission as CancelWorkflow.
+        """
+
+    @_abc_1.abstractmethod
+    def ResetWorkflow(
+        self,
+        request: _workflow_service_pb2.ResetWorkflowRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workflow_service_pb2.ResetWorkflowResponse, _abc.Awaitable[_workflow_service_pb2.ResetWorkflowResponse]]:
+        """Reruns a finished (COMPLETED, FAILED or CANCELLED) workflow from a named
+        step: the rule firing that scheduled the step, everything it scheduled
+        (fan-out instances included) and every step downstream of it are
+        discarded and the rule fires again; upstream completed steps keep their
+        outputs, and any other step that did not complete reruns as in
+        RetryWorkflow (docs/plato.md, "Retry and reset"). Idempotent by
+        request_id. A running workflow is FAILED_PRECONDITION
+        (ERROR_REASON_NOT_RESUMABLE); a step the definition does not have, or
+        that never ran in this workflow, is INVALID_ARGUMENT.
         """
 
     @_abc_1.abstractmethod
