@@ -7,41 +7,29 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import imageio_ffmpeg
 import pytest
+from encode_harness import embedded_stack, make_clip
 
 from cosmos.optimus.v1 import encode_pb2, encode_service_pb2, encode_service_pb2_grpc
 from cosmos.plato.v1 import workflow_service_pb2, workflow_service_pb2_grpc
-from cosmos.runtime.config import free_port
-from cosmos.stack.embedded import EmbeddedStack, StackConfig
+from cosmos.stack.embedded import EmbeddedStack
 
 ES = encode_pb2.EncodeState
 
 
 @pytest.fixture(scope="module")
 def clip_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("clip") / "source.mp4"
-    done = subprocess.run(
-        [sys.executable, "-m", "cosmos.optimus.media", "make-test-clip", "--out", str(path),
-         "--seconds", "6", "--size", "320x240", "--fps", "24"],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    return path
+    return make_clip(tmp_path_factory.mktemp("clip") / "source.mp4", seconds=6, size="320x240", fps=24)
 
 
 @pytest.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[EmbeddedStack]:
-    cfg = StackConfig(
-        optimus_port=free_port(), plato_port=free_port(), stratum_port=free_port(), nats_port=free_port(),
-        data_dir=tmp_path / "data", token_port_offset=0,
-    )  # fmt: skip
-    async with EmbeddedStack(cfg) as running:
+    async with embedded_stack(tmp_path / "data") as running:
         yield running
 
 

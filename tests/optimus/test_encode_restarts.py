@@ -7,30 +7,21 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from encode_harness import embedded_stack, make_clip
 from rich.console import Console
 
 from cosmos.cli import encode as cli
 from cosmos.plato.v1 import workflow_pb2, workflow_service_pb2, workflow_service_pb2_grpc
-from cosmos.runtime.config import free_port
-from cosmos.stack.embedded import EmbeddedStack, StackConfig
+from cosmos.stack.embedded import EmbeddedStack
 from cosmos.stratum.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 
 
 @pytest.fixture(scope="module")
 def long_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("clip") / "long.mp4"
-    done = subprocess.run(
-        [sys.executable, "-m", "cosmos.optimus.media", "make-test-clip", "--out", str(path),
-         "--seconds", "12", "--size", "640x360", "--fps", "24"],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    return path
+    return make_clip(tmp_path_factory.mktemp("clip") / "long.mp4", seconds=12, size="640x360", fps=24)
 
 
 async def restart(stack: EmbeddedStack, name: str) -> None:
@@ -57,11 +48,7 @@ async def a_chunk_job_runs(stack: EmbeddedStack, timeout: float = 120) -> None:
 async def test_an_encode_survives_restarts_of_stratum_optimus_and_plato(
     long_clip: Path, tmp_path: Path
 ) -> None:
-    cfg = StackConfig(
-        optimus_port=free_port(), plato_port=free_port(), stratum_port=free_port(), nats_port=free_port(),
-        data_dir=tmp_path / "data", token_port_offset=0,
-    )  # fmt: skip
-    async with EmbeddedStack(cfg) as stack:
+    async with embedded_stack(tmp_path / "data") as stack:
         console = Console(record=True, width=300)
         argv = [str(long_clip), "--profiles", "360p", "--out", "ladder", "--quality", "off", "--json"]
         args = cli.parser().parse_args(argv)

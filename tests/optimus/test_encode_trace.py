@@ -9,10 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from encode_harness import embedded_stack
 
 from cosmos.optimus.v1 import encode_pb2, encode_service_pb2, encode_service_pb2_grpc
-from cosmos.runtime.config import free_port
-from cosmos.stack.embedded import EmbeddedStack, StackConfig
 
 SPAN = re.compile(r'"name": "(?P<name>[^"]+)",\s*"context": \{\s*"trace_id": "0x(?P<trace>[0-9a-f]{32})"')
 
@@ -36,11 +35,7 @@ async def test_one_encode_is_one_trace_across_every_hop(
         capture_output=True, text=True,
     )  # fmt: skip
     assert made.returncode == 0, made.stderr
-    cfg = StackConfig(
-        optimus_port=free_port(), plato_port=free_port(), stratum_port=free_port(), nats_port=free_port(),
-        data_dir=tmp_path / "data", token_port_offset=0,
-    )  # fmt: skip
-    async with EmbeddedStack(cfg) as stack:
+    async with embedded_stack(tmp_path / "data") as stack:
         async with stack.context().channel("optimus") as channel:
             stub = encode_service_pb2_grpc.EncodeServiceStub(channel)
             request = encode_service_pb2.SubmitEncodeRequest(
