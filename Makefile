@@ -20,6 +20,11 @@ install: system-packages $(STAMP)
 system-packages:
 	@sh scripts/install-system-packages.sh
 
+## image: build the worker image localhost/cosmos-worker:<version> (Debian minbase + python3 + the
+## project's wheel + ffmpeg, podman import); skipped when the image of these sources exists
+image: install
+	$(BIN)/python scripts/build_worker_image.py
+
 ## gen: regenerate the Python stubs from protos/ (committed under protos/gen/python)
 gen: install
 	$(BIN)/python protos/generate.py
