@@ -246,7 +246,8 @@ def test_random_operations_keep_every_rule(policy: str) -> None:
                 node_selector=(("zone", "a"),) if rng.random() < 0.1 else (),
                 tenant=rng.choice("xyz"),
                 enqueue_time=float(step),
-                **request,
+                gpu_count=request.get("gpu_count", 0),
+                gpu_milli=request.get("gpu_milli", 0),
             )
             if scheduler.could_ever_fit(demand):
                 scheduler.submit(demand)

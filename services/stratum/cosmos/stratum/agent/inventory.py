@@ -10,6 +10,7 @@ import subprocess
 import psutil
 
 from cosmos import errors
+from cosmos.stratum.agent import containers
 from cosmos.stratum.v1 import agent_pb2
 
 log = logging.getLogger(__name__)
@@ -80,8 +81,11 @@ def _text(value: str | bytes) -> str:
 
 
 def runtimes() -> list[str]:
-    """Job runtimes available here: always ``process``; ``docker``/``podman`` where an engine answers."""
-    return ["process", *(name for name in ("docker", "podman") if _engine_answers(name))]
+    """Job runtimes available here: always ``process``; ``podman``/``docker`` where an engine answers.
+
+    Stratum places a job with an image only on an agent that lists an engine it accepts.
+    """
+    return [containers.PROCESS, *(name for name in containers.ENGINES if _engine_answers(name))]
 
 
 def _engine_answers(cli: str) -> bool:
@@ -90,7 +94,9 @@ def _engine_answers(cli: str) -> bool:
     if path is None:
         return False
     try:
-        done = subprocess.run([path, "info"], capture_output=True, timeout=5, check=False)
+        done = subprocess.run(
+            [path, "info"], capture_output=True, timeout=containers.INFO_TIMEOUT_S, check=False
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
     return done.returncode == 0

@@ -119,14 +119,14 @@ class Demand:
     """Minimum device memory of each GPU, 0 = any."""
     node_selector: tuple[tuple[str, str], ...] = ()
     """Node labels that must all match, as sorted (key, value) pairs; empty = any node."""
-    runtimes: frozenset[str] = frozenset()
-    """Runtimes that can run the job, one of which the node must have (a job with an image:
-    ``{"podman", "docker"}``); empty = any node (every node runs processes)."""
     tenant: str = "default"
     priority: int = 0
     """Higher runs first; waiting raises it (aging, see :class:`~.queue.JobQueue`)."""
     enqueue_time: float = 0.0
     """When the job (this attempt) entered the queue, in the caller's clock (seconds)."""
+    runtimes: frozenset[str] = frozenset()
+    """Runtimes that can run the job, one of which the node must have (a job with an image:
+    ``{"podman", "docker"}``); empty = any node (every node runs processes)."""
 
     def __post_init__(self) -> None:
         count, milli = self.gpu_count, self.gpu_milli
