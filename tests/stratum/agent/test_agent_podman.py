@@ -26,7 +26,7 @@ import pytest
 from google.protobuf import duration_pb2
 
 from cosmos.common.v1 import progress_pb2
-from cosmos.stratum.agent import containers, sandbox
+from cosmos.stratum.agent import containers, orphans, sandbox
 from cosmos.stratum.agent.runner import JobRun, RunLimits, RunOutcome
 from cosmos.stratum.v1 import job_pb2
 
@@ -296,3 +296,32 @@ async def test_ffmpeg_in_the_worker_image_reports_progress_and_writes_the_work_d
     assert outcome.state == job_pb2.JOB_STATE_SUCCEEDED, outcome
     assert job.progress and job.progress[-1].percent == 100 and job.progress[-1].frames == 50
     assert (job.run.work_dir / "out.mp4").stat().st_size > 1000
+
+
+async def test_a_restarted_agent_removes_the_container_a_dead_agent_left(
+    tmp_path: Path, worker_image: str
+) -> None:
+    script = "import time; print('ready', flush=True); time.sleep(300)"
+    job = Job(
+        tmp_path, job_pb2.JobSpec(argv=["python3", "-c", script], image=worker_image), job_id="job-orphan"
+    )
+    assert await job.run.start()
+    deadline = time.monotonic() + 30
+    while "ready" not in job.logs:
+        assert time.monotonic() < deadline, job.logs
+        await asyncio.sleep(0.05)
+    name = containers.container_name("job-orphan", 1)
+    assert container_exists(name)
+    # The agent that started it "dies": its marker now names a process that is gone (a start time
+    # that is not this process's: the pid was reused).
+    marker = job.run.work_dir / orphans.MARKER
+    data = json.loads(marker.read_text())
+    assert data["container"] == name and data["engine"] == "podman"
+    data.update(agent_started=data["agent_started"] - 1000)
+    marker.write_text(json.dumps(data))
+
+    reaped = await asyncio.to_thread(orphans.reap, job.work_root)
+    assert [r.job_id for r in reaped] == ["job-orphan"]
+    assert not container_exists(name)
+    outcome = await asyncio.wait_for(job.run.wait(), 30)  # its CLI was killed with the container
+    assert outcome.state == job_pb2.JOB_STATE_FAILED

@@ -589,9 +589,12 @@ class _Process:
         finally:
             self._close_fds()
         self.owner._pid = proc.pid
-        if self.engine is None:
-            # Outlives this agent if it is killed outright; a restarted agent stops it (orphans).
-            orphans.remember(self.owner.work_dir, self.owner.job_id, self.owner.attempt, proc.pid)
+        # Outlives this agent if it is killed outright; a restarted agent stops it (orphans), and
+        # removes its container.
+        container = (
+            None if self.engine is None else (self.engine.name, self.engine.oci_runtime, self.container)
+        )
+        orphans.remember(self.owner.work_dir, self.owner.job_id, self.owner.attempt, proc.pid, container)
         self.owner._state = job_pb2.JOB_STATE_RUNNING
         self.owner._started.set()
         log.info(
