@@ -160,7 +160,23 @@ def build(repo: str, suite: str, force: bool) -> str:
         )
     _run([podman, "tag", cached, final], "tag")
     print(f"built {cached} in {time.monotonic() - started:.0f}s; tagged {final}", file=sys.stderr)
+    prune(podman, repo, keep=cached)
     return final
+
+
+def prune(podman: str, repo: str, keep: str) -> None:
+    """Remove this repository's older source-hash tags: each is a whole image (~500 MB), and every
+    source change makes one. An image a container still uses stays (podman refuses; ignored)."""
+    listed = subprocess.run(
+        [podman, "images", "--format", "{{.Repository}}:{{.Tag}}", "--filter", f"reference={repo}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    old = [ref for ref in listed.stdout.split() if ref != keep and ref.rsplit(":", 1)[-1].count("-") == 1]
+    if old:
+        subprocess.run([podman, "rmi", *old], capture_output=True, check=False)
+        print(f"  removed older images: {' '.join(old)}", file=sys.stderr)
 
 
 def main() -> int:
