@@ -13,14 +13,12 @@ import asyncio
 import hashlib
 import json
 import os
-import shutil
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import podman_harness
 import psutil
 import pytest
 from google.protobuf import duration_pb2
@@ -30,37 +28,19 @@ from cosmos.stratum.agent import containers, orphans, sandbox
 from cosmos.stratum.agent.runner import JobRun, RunLimits, RunOutcome
 from cosmos.stratum.v1 import job_pb2
 
-ROOT = Path(__file__).resolve().parents[3]
-BUILD = ROOT / "scripts" / "build_worker_image.py"
 FAST = RunLimits(kill_grace_s=2.0, progress_interval_s=0.05, log_flush_s=0.02, usage_interval_s=0.1)
 PODMAN_OWN = ("/var/lib/containers/", "/run/containers/", "/var/run/containers/", "/usr/libexec/podman/")
 """Where the files podman itself mounts into a container come from (/etc/hosts, its init)."""
 VIRTUAL_FS = {"proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2", "overlay", "devtmpfs", "shm"}
 
 
-def _podman_unusable() -> str:
-    podman = shutil.which("podman")
-    if podman is None:
-        return "podman is not installed (as root on Debian, `make install` installs it)"
-    done = subprocess.run([podman, "info"], capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        return f"podman info fails: {done.stderr.strip()[-300:]}"
-    return ""
-
-
-pytestmark = pytest.mark.skipif(bool(why := _podman_unusable()), reason=why)
+pytestmark = pytest.mark.skipif(bool(why := podman_harness.podman_unusable()), reason=why)
+container_exists = podman_harness.container_exists
 
 
 @pytest.fixture(scope="module")
 def worker_image() -> str:
-    """The worker image of this checkout, built by ``make image``'s script (cached by source hash)."""
-    started = time.monotonic()
-    done = subprocess.run([sys.executable, str(BUILD)], capture_output=True, text=True, check=False)
-    if done.returncode == 2:
-        pytest.skip(f"cannot build the worker image here: {done.stderr.strip()}")
-    assert done.returncode == 0, done.stderr
-    print(f"worker image ready in {time.monotonic() - started:.1f}s: {done.stderr.strip()}")
-    return done.stdout.strip()
+    return podman_harness.worker_image()
 
 
 class Job:
@@ -101,15 +81,6 @@ class Job:
         assert lines, self.logs
         value: dict[str, object] = json.loads(lines[-1])
         return value
-
-
-def container_exists(name: str) -> bool:
-    podman = shutil.which("podman")
-    assert podman is not None
-    done = subprocess.run(
-        [podman, "ps", "-a", "-q", "--filter", f"name=^{name}$"], capture_output=True, text=True, check=True
-    )
-    return bool(done.stdout.strip())
 
 
 def host_addresses() -> list[str]:

@@ -80,12 +80,22 @@ def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def runtimes() -> list[str]:
+def runtimes(allowed: str = "auto") -> list[str]:
     """Job runtimes available here: always ``process``; ``podman``/``docker`` where an engine answers.
 
-    Stratum places a job with an image only on an agent that lists an engine it accepts.
+    Stratum places a job with an image only on an agent that lists an engine it accepts. ``allowed``
+    (``--runtimes``): ``auto`` offers every engine that answers; a comma-separated list offers only
+    those of them (``process`` alone keeps container jobs off this host).
     """
-    return [containers.PROCESS, *(name for name in containers.ENGINES if _engine_answers(name))]
+    names = [n.strip() for n in allowed.split(",") if n.strip()]
+    unknown = sorted(set(names) - {"auto", containers.PROCESS, *containers.ENGINES})
+    if unknown:
+        raise errors.ConfigError(
+            f"--runtimes: unknown {', '.join(unknown)}; expected auto or a list of "
+            f"{', '.join((containers.PROCESS, *containers.ENGINES))}"
+        )
+    offered = containers.ENGINES if "auto" in names else [n for n in containers.ENGINES if n in names]
+    return [containers.PROCESS, *(name for name in offered if _engine_answers(name))]
 
 
 def _engine_answers(cli: str) -> bool:
@@ -102,12 +112,12 @@ def _engine_answers(cli: str) -> bool:
     return done.returncode == 0
 
 
-def collect(agent_id: str, declared_gpus: str = "") -> agent_pb2.Inventory:
+def collect(agent_id: str, declared_gpus: str = "", allowed_runtimes: str = "auto") -> agent_pb2.Inventory:
     """This host's inventory; declared GPUs replace NVML's answer when given."""
     gpus = parse_declared_gpus(declared_gpus, agent_id) if declared_gpus else probe_nvml()
     return agent_pb2.Inventory(
         cpu_millis=(psutil.cpu_count() or 1) * 1000,
         memory_bytes=psutil.virtual_memory().total,
         gpus=gpus,
-        runtimes=runtimes(),
+        runtimes=runtimes(allowed_runtimes),
     )
