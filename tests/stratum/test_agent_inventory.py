@@ -40,3 +40,12 @@ def test_collect_without_declaration_reports_this_host() -> None:
     assert inv.cpu_millis >= 1000
     assert inv.memory_bytes > 0
     assert "process" in inv.runtimes
+
+
+def test_runtimes_offers_only_what_is_allowed_and_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(inventory, "_engine_answers", lambda name: name == "podman")
+    assert inventory.runtimes() == ["process", "podman"]
+    assert inventory.runtimes("process") == ["process"]
+    assert inventory.runtimes("process,docker") == ["process"]  # docker does not answer here
+    with pytest.raises(errors.ConfigError, match="unknown lxc"):
+        inventory.runtimes("process,lxc")

@@ -1,9 +1,10 @@
 """The container runtime of the job runner, end to end against a stand-in ``docker`` CLI.
 
-This host has a docker client but no engine, so a small fake CLI takes its place: it answers
-``info``, records every call, and executes ``run`` as a local process with the ``-v <dir>:/work``
-mount simulated by rewriting ``/work`` to the host directory. That exercises the real command line,
-the by-name environment forwarding, the FIFO progress channel and the cleanup on cancel.
+Real podman runs are in test_agent_podman.py; docker's command line is checked here against a small
+fake CLI: it answers ``info``, records every call, and executes ``run`` as a local process with the
+``-v <dir>:/work`` mount simulated by rewriting ``/work`` to the host directory. That exercises the
+real command line, the by-name environment forwarding, the FIFO progress channel and the cleanup on
+cancel.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ record = {{"args": args}}
 if args[:1] == ["run"]:
     i, names, mount = 1, [], None
     while args[i].startswith("-"):
-        if args[i] in ("--rm", "--init"):
+        if args[i] in ("--rm", "--init") or "=" in args[i]:
             i += 1
             continue
         flag, value = args[i], args[i + 1]
@@ -116,6 +117,7 @@ async def test_image_job_runs_under_docker_run_with_a_fifo_progress_channel(
     spec = job_pb2.JobSpec(
         argv=[sys.executable, "-c", CHANNEL_JOB],
         image="example/encoder:1",
+        runtime="docker",
         env={"API_TOKEN": "s3cr3t"},
         progress_format=job_pb2.PROGRESS_FORMAT_CHANNEL,
     )
@@ -150,6 +152,7 @@ async def test_ffmpeg_progress_reaches_the_agent_from_a_container(tmp_path: Path
     spec = job_pb2.JobSpec(
         argv=[imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", *LAVFI_2S, "-f", "null", "-"],
         image="example/ffmpeg:7",
+        runtime="docker",
         progress_format=job_pb2.PROGRESS_FORMAT_FFMPEG,
         media_duration=duration_pb2.Duration(seconds=2),
     )
@@ -162,7 +165,7 @@ async def test_ffmpeg_progress_reaches_the_agent_from_a_container(tmp_path: Path
 
 
 async def test_cancel_removes_the_container(tmp_path: Path, fake_docker: Path) -> None:
-    spec = job_pb2.JobSpec(argv=["sleep", "30"], image="example/encoder:1")
+    spec = job_pb2.JobSpec(argv=["sleep", "30"], image="example/encoder:1", runtime="docker")
     run = new_run(tmp_path, spec, [])
     assert await run.start()
     await run.cancel(grace_seconds=0.5)
@@ -211,3 +214,70 @@ def test_podman_gets_cdi_devices_and_names_are_sanitized() -> None:
     ]
     assert "--gpus" not in argv
     assert argv[-3:] == ["img", "ffmpeg", "-version"]
+
+
+def test_the_podman_command_line_confines_the_job() -> None:
+    argv = containers.run_argv(
+        containers.Engine("podman", "/usr/bin/podman", oci_runtime="runc"),
+        name="cosmos-j-1",
+        image="localhost/cosmos-worker:0.1.0",
+        argv=["python3", "-V"],
+        work_dir=Path("/var/lib/cosmos/agent/j/1"),
+        env_names=["SECRET"],
+        gpu_indices=[],
+        user=containers.ContainerUser(200001, 200001),
+        limits=containers.ContainerLimits(cpus=1.5, memory_bytes=1 << 30, pids=512, open_files=1024),
+    )
+    assert argv[:3] == ["/usr/bin/podman", "--runtime=runc", "run"]
+    for flag in (
+        "--rm",
+        "--pull=never",
+        "--network=none",
+        "--cap-drop=all",
+        "--security-opt=no-new-privileges",
+        "--read-only=true",
+        "--user=200001:200001",
+        "--cpus=1.5",
+        f"--memory={1 << 30}",
+        "--pids-limit=512",
+        "--ulimit=core=0:0",
+    ):
+        assert flag in argv, flag
+    # The work dir is the only volume; variables go by name.
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "-v"] == ["/var/lib/cosmos/agent/j/1:/work"]
+    assert argv[argv.index("-e") + 1] == "SECRET"
+    rootless = containers.run_argv(
+        containers.Engine("podman", "/usr/bin/podman"),
+        name="n",
+        image="i",
+        argv=["x"],
+        work_dir=Path("/w"),
+        env_names=[],
+        gpu_indices=[],
+        user=containers.ContainerUser(keep_id=True),
+    )
+    assert "--userns=keep-id" in rootless and not [a for a in rootless if a.startswith("--user=")]
+
+
+def test_runc_is_preferred_and_can_be_overridden(tmp_path: Path) -> None:
+    for name in ("crun", "runc"):
+        exe = tmp_path / name
+        exe.write_text("#!/bin/sh\n")
+        exe.chmod(0o755)
+    assert containers.oci_runtime({"PATH": str(tmp_path)}) == "runc"
+    assert containers.oci_runtime({"PATH": str(tmp_path), "COSMOS_OCI_RUNTIME": "crun"}) == "crun"
+    (tmp_path / "runc").unlink()
+    assert containers.oci_runtime({"PATH": str(tmp_path)}) in ("crun", "runc")  # /usr/sbin may hold runc
+
+
+async def test_a_gpu_job_needs_the_cdi_spec_under_podman(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = job_pb2.JobSpec(argv=["nvidia-smi"], image="img", runtime="podman")
+    spec.resources.gpu.count = 1
+
+    async def podman(names: object) -> containers.Engine:
+        return containers.Engine("podman", "/usr/bin/podman", "runc")
+
+    monkeypatch.setattr(containers, "find_engine", podman)
+    monkeypatch.setattr(containers, "CDI_SPEC_DIRS", ())
+    with pytest.raises(containers.UnsupportedRuntime, match="CDI spec"):
+        await containers.resolve(spec)

@@ -579,5 +579,5 @@ async def test_image_job_without_a_container_engine_is_refused(
     outcome = await run.wait()
     assert outcome.state == job_pb2.JOB_STATE_FAILED and outcome.reason == "UNSUPPORTED_RUNTIME"
     assert outcome.result.error == (
-        "UNSUPPORTED_RUNTIME: image jobs need docker or podman; none is available on this agent"
+        "UNSUPPORTED_RUNTIME: image jobs need podman or docker; none is available on this agent"
     )

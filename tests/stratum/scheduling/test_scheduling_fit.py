@@ -246,7 +246,8 @@ def test_random_operations_keep_every_rule(policy: str) -> None:
                 node_selector=(("zone", "a"),) if rng.random() < 0.1 else (),
                 tenant=rng.choice("xyz"),
                 enqueue_time=float(step),
-                **request,
+                gpu_count=request.get("gpu_count", 0),
+                gpu_milli=request.get("gpu_milli", 0),
             )
             if scheduler.could_ever_fit(demand):
                 scheduler.submit(demand)
@@ -270,3 +271,38 @@ def test_random_operations_keep_every_rule(policy: str) -> None:
         for gpu in state.gpus:
             taken = sum(p.gpu_milli for p in jobs if gpu.index in p.gpu_indices)
             assert gpu.free_milli + taken == 1000
+
+
+CONTAINER = frozenset({"podman", "docker"})
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_a_job_with_an_image_lands_only_on_a_node_with_a_container_runtime(policy: str) -> None:
+    scheduler = Scheduler(policy)
+    # The bare node is the better fit by resources (smaller): only the runtime keeps the job off it.
+    scheduler.add_node(NodeState.idle("bare", 4_000, 8 * GIB))
+    scheduler.add_node(NodeState.idle("podman", 32_000, 64 * GIB, runtimes=("process", "podman")))
+    for i in range(3):
+        placed = scheduler.place(Demand(f"img{i}", cpu_milli=1_000, runtimes=CONTAINER))
+        assert placed is not None and placed.node_id == "podman"
+    # Process jobs still go anywhere.
+    assert scheduler.place(Demand("proc", cpu_milli=1_000)) is not None
+
+
+def test_a_job_with_an_image_waits_while_no_node_has_a_runtime() -> None:
+    scheduler = Scheduler()
+    scheduler.add_node(NodeState.idle("bare", 32_000, 64 * GIB))
+    demand = Demand("img", cpu_milli=1_000, runtimes=CONTAINER)
+    assert scheduler.place(demand) is None
+    assert scheduler.unfit_reason(demand) == (
+        "no node has a container runtime (docker or podman) for a job with an image"
+    )
+    only_docker = Demand("img2", runtimes=frozenset({"docker"}))
+    scheduler.add_node(NodeState.idle("podman", 8_000, 8 * GIB, runtimes=("process", "podman")))
+    assert scheduler.unfit_reason(demand) is None
+    assert scheduler.place(only_docker) is None  # podman is no docker when the job names docker only
+    placed = scheduler.place(demand)
+    assert placed is not None and placed.node_id == "podman"
+    # A node that loses its runtime (agent re-registers without podman) takes no more image jobs.
+    scheduler.upsert_node(NodeState.idle("podman", 8_000, 8 * GIB))
+    assert scheduler.place(Demand("img3", runtimes=CONTAINER)) is None

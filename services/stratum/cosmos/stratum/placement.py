@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from cosmos.stratum import scheduling
+from cosmos.stratum.agent import containers
 from cosmos.stratum.v1 import agent_pb2, job_pb2
 
 AS = agent_pb2.AgentState
@@ -101,6 +102,7 @@ class SchedulerPlacer:
             gpus,
             labels=dict(agent.labels),
             schedulable=schedulable(agent),
+            runtimes=agent.inventory.runtimes or (scheduling.PROCESS_RUNTIME,),
         )
         self.scheduler.upsert_node(node)
 
@@ -162,6 +164,7 @@ def _demand(job_id: str, spec: job_pb2.JobSpec, enqueue_time: float = 0.0) -> sc
         gpu_milli=milli,
         models=models,
         gpu_memory_bytes=spec.resources.gpu.min_memory_bytes,
+        runtimes=frozenset(containers.acceptable_engines(spec)),
         tenant=spec.tenant or "default",
         priority=spec.priority,
         enqueue_time=enqueue_time,

@@ -19,6 +19,7 @@ import yaml
 
 from cosmos import errors
 from cosmos.security import storage
+from cosmos.stratum.agent import containers
 from cosmos.stratum.registry import AgentRegistry
 from cosmos.stratum.v1 import job_pb2
 
@@ -254,18 +255,21 @@ def check_spec(
         policy.check(spec)
     if not pool_complete:
         return
+    engines = containers.acceptable_engines(spec)
+    if spec.image and not any(set(engines) & set(a.inventory.runtimes) for a in registry.sorted()):
+        # Checked before the resources: a job with an image is refused for the runtime it lacks.
+        raise errors.FailedPreconditionError(
+            f"jobs with an image need an agent with {' or '.join(engines) or 'a container runtime'}; "
+            "no agent in the pool has one",
+            reason="ERROR_REASON_UNSUPPORTED_RUNTIME",
+            metadata={"image": spec.image},
+        )
     reason = placer.could_ever_fit(spec)
     if reason is not None:
         raise errors.InvalidArgumentError(
             f"no agent could ever run this job: {reason}",
             reason="ERROR_REASON_UNSATISFIABLE_RESOURCES",
             violations=[errors.FieldViolation("spec.resources", reason)],
-        )
-    if spec.image and not any(set(a.inventory.runtimes) - {"process"} for a in registry.sorted()):
-        raise errors.FailedPreconditionError(
-            "jobs with an image need an agent with docker or podman; no agent in the pool has one",
-            reason="ERROR_REASON_UNSUPPORTED_RUNTIME",
-            metadata={"image": spec.image},
         )
 
 

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from cosmos.stratum.agent import containers
 from cosmos.stratum.placement import Placer
 from cosmos.stratum.registry import AgentRegistry
 from cosmos.stratum.v1 import job_pb2
@@ -26,12 +27,11 @@ SWEEP_INTERVAL = 1.0
 
 def unplaceable(spec: job_pb2.JobSpec, registry: AgentRegistry, placer: Placer) -> str | None:
     """Why no agent of the pool could ever run ``spec`` (even idle), or None if one could."""
-    reason = placer.could_ever_fit(spec)
-    if reason is not None:
-        return reason
-    if spec.image and not any(set(a.inventory.runtimes) - {"process"} for a in registry.sorted()):
-        return "no agent in the pool has docker or podman for a job with an image"
-    return None
+    engines = containers.acceptable_engines(spec)
+    if spec.image and not any(set(engines) & set(a.inventory.runtimes) for a in registry.sorted()):
+        wanted = " or ".join(engines) or "a container runtime"
+        return f"no agent in the pool has {wanted} for a job with an image"
+    return placer.could_ever_fit(spec)
 
 
 @dataclass

@@ -10,6 +10,7 @@ import subprocess
 import psutil
 
 from cosmos import errors
+from cosmos.stratum.agent import containers
 from cosmos.stratum.v1 import agent_pb2
 
 log = logging.getLogger(__name__)
@@ -79,9 +80,22 @@ def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def runtimes() -> list[str]:
-    """Job runtimes available here: always ``process``; ``docker``/``podman`` where an engine answers."""
-    return ["process", *(name for name in ("docker", "podman") if _engine_answers(name))]
+def runtimes(allowed: str = "auto") -> list[str]:
+    """Job runtimes available here: always ``process``; ``podman``/``docker`` where an engine answers.
+
+    Stratum places a job with an image only on an agent that lists an engine it accepts. ``allowed``
+    (``--runtimes``): ``auto`` offers every engine that answers; a comma-separated list offers only
+    those of them (``process`` alone keeps container jobs off this host).
+    """
+    names = [n.strip() for n in allowed.split(",") if n.strip()]
+    unknown = sorted(set(names) - {"auto", containers.PROCESS, *containers.ENGINES})
+    if unknown:
+        raise errors.ConfigError(
+            f"--runtimes: unknown {', '.join(unknown)}; expected auto or a list of "
+            f"{', '.join((containers.PROCESS, *containers.ENGINES))}"
+        )
+    offered = containers.ENGINES if "auto" in names else [n for n in containers.ENGINES if n in names]
+    return [containers.PROCESS, *(name for name in offered if _engine_answers(name))]
 
 
 def _engine_answers(cli: str) -> bool:
@@ -90,18 +104,20 @@ def _engine_answers(cli: str) -> bool:
     if path is None:
         return False
     try:
-        done = subprocess.run([path, "info"], capture_output=True, timeout=5, check=False)
+        done = subprocess.run(
+            [path, "info"], capture_output=True, timeout=containers.INFO_TIMEOUT_S, check=False
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
     return done.returncode == 0
 
 
-def collect(agent_id: str, declared_gpus: str = "") -> agent_pb2.Inventory:
+def collect(agent_id: str, declared_gpus: str = "", allowed_runtimes: str = "auto") -> agent_pb2.Inventory:
     """This host's inventory; declared GPUs replace NVML's answer when given."""
     gpus = parse_declared_gpus(declared_gpus, agent_id) if declared_gpus else probe_nvml()
     return agent_pb2.Inventory(
         cpu_millis=(psutil.cpu_count() or 1) * 1000,
         memory_bytes=psutil.virtual_memory().total,
         gpus=gpus,
-        runtimes=runtimes(),
+        runtimes=runtimes(allowed_runtimes),
     )

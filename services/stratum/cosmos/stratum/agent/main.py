@@ -46,6 +46,9 @@ class AgentConfig:
     """Declared GPUs (``2xA100``) instead of probing NVML."""
     labels: tuple[tuple[str, str], ...] = ()
     """Free-form labels the scheduler can match on."""
+    runtimes: str = "auto"
+    """Job runtimes to offer (``--runtimes``): ``auto`` (every container engine that answers) or a
+    comma-separated list."""
     reconnect_max: float = 5.0
     """Longest wait between reconnect attempts, in seconds."""
     stop_grace: float = 5.0
@@ -65,7 +68,7 @@ class Agent:
 
     def __init__(self, cfg: AgentConfig) -> None:
         self.cfg = cfg
-        self.inventory = inventory.collect(cfg.agent_id, cfg.gpus)
+        self.inventory = inventory.collect(cfg.agent_id, cfg.gpus, cfg.runtimes)
         self.stopping = asyncio.Event()
         self.connected = asyncio.Event()
         self._outbox: asyncio.Queue[agent_service_pb2.ConnectRequest | None] | None = None
@@ -223,6 +226,14 @@ def parser() -> argparse.ArgumentParser:
     config.add_env_argument(
         p,
         PREFIX,
+        "--runtimes",
+        default="auto",
+        help="job runtimes to offer: auto (process, and podman/docker where the engine answers) or a list, "
+        "e.g. process (no container jobs here) or process,podman",
+    )
+    config.add_env_argument(
+        p,
+        PREFIX,
         "--min-free-space",
         default=str(RunLimits.min_free_bytes),
         type=sandbox.ByteSize,
@@ -349,6 +360,7 @@ async def serve(args: argparse.Namespace) -> None:
             jail=job_sandbox(args, Path(args.work_dir), security),
             gpus=args.gpus,
             labels=tuple(labels),
+            runtimes=args.runtimes,
             storage_roots=storage.roots_from_args(args),
             min_free_bytes=args.min_free_space,
         )

@@ -4,6 +4,9 @@ Every job process runs in its own session (so a cancel reaches all of it), which
 outlives an agent killed with SIGKILL or lost with its container's init. Such a process keeps using
 the host's CPU and GPUs while Stratum, once the agent's lease expires, runs the job again elsewhere.
 
+A container job's process is the engine's CLI, and its container may outlive even that: its marker
+also names the container, which a restarted agent force-removes through the engine.
+
 When the agent starts a job process it writes a marker into the attempt's work dir (:data:`MARKER`):
 the job's pid and start time, and the agent's own. On start-up an agent reads the markers under its
 work root; a marker whose agent process is gone (no process with that pid and start time) belongs to
@@ -22,6 +25,7 @@ import secrets
 import shutil
 import signal
 import stat
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,9 +64,12 @@ def _same(pid: int, started: float) -> bool:
     return now is not None and abs(now - started) < 0.01
 
 
-def remember(work_dir: Path, job_id: str, attempt: int, pid: int) -> None:
-    """Write the marker of a job process this agent has just started."""
-    data = {
+def remember(
+    work_dir: Path, job_id: str, attempt: int, pid: int, container: tuple[str, str, str] | None = None
+) -> None:
+    """Write the marker of a job process this agent has just started; ``container``: (engine name,
+    OCI runtime, container name) of a container job."""
+    data: dict[str, Any] = {
         "job_id": job_id,
         "attempt": attempt,
         "pid": pid,
@@ -70,6 +77,8 @@ def remember(work_dir: Path, job_id: str, attempt: int, pid: int) -> None:
         "agent_pid": os.getpid(),
         "agent_started": _started(os.getpid()),
     }
+    if container is not None:
+        data["engine"], data["oci_runtime"], data["container"] = container
     # The work dir belongs to the (running) job: never write through a name it may have planted.
     tmp = work_dir / f".{MARKER}.{secrets.token_hex(8)}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
@@ -117,7 +126,37 @@ def reap(work_root: Path, wait_s: float = 5.0) -> list[Reaped]:
                 "stopped a job process left by a dead agent",
                 extra={"fields": {"job_id": data.get("job_id"), "attempt": data.get("attempt"), "pid": pid}},
             )
+        if data.get("container"):
+            _remove_container(data)
         shutil.rmtree(marker.parent, ignore_errors=True)
         with contextlib.suppress(OSError):
             marker.parent.parent.rmdir()  # only when no other attempt of the job is there
     return reaped
+
+
+ENGINES = ("podman", "docker")
+
+
+def _remove_container(data: dict[str, Any]) -> None:
+    """Force-remove a dead agent's container: killing its CLI does not stop it."""
+    engine, name = str(data.get("engine", "")), str(data["container"])
+    # The engine is looked up here, never taken as a path from the marker.
+    cli = shutil.which(engine) if engine in ENGINES else None
+    if cli is None:
+        log.warning("cannot remove a dead agent's container", extra={"fields": {"container": name}})
+        return
+    runtime = str(data.get("oci_runtime") or "")
+    argv = [cli, *([f"--runtime={runtime}"] if runtime else []), "rm", "-f"]
+    argv += [*(["-t", "0"] if engine == "podman" else []), name]
+    try:
+        subprocess.run(argv, capture_output=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.warning(
+            "cannot remove a dead agent's container",
+            extra={"fields": {"container": name, "error": repr(exc)}},
+        )
+        return
+    log.warning(
+        "removed a container left by a dead agent",
+        extra={"fields": {"job_id": data.get("job_id"), "attempt": data.get("attempt"), "container": name}},
+    )

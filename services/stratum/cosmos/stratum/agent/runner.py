@@ -164,6 +164,7 @@ class JobRun:
         """Who the process runs as and what it reaches (the agent always gives one); None runs it as
         the agent's own user, unconfined."""
         self._plan: sandbox.Plan | None = None
+        self._container_user: containers.ContainerUser | None = None
         self._on_progress = on_progress or _ignore
         self._on_logs = on_logs or _ignore
         self._state: job_pb2.JobState.ValueType = job_pb2.JOB_STATE_ASSIGNED
@@ -278,15 +279,49 @@ class JobRun:
         await staging.stage_inputs(
             self.stores, self.spec.inputs, self.work_dir, self.spec.tenant or "default"
         )
-        if self.jail is not None and engine is None:
-            # After staging: the staged inputs become the job's too.
-            try:
+        try:
+            if self.jail is not None and engine is None:
+                # After staging: the staged inputs become the job's too.
                 self._plan = await asyncio.to_thread(
                     self.jail.prepare, self.spec.tenant, self.work_dir, self.spec.resources.memory_bytes
                 )
-            except (sandbox.SandboxError, OSError) as exc:
-                raise _Refused("SANDBOX_FAILED", f"cannot sandbox the job: {exc}") from exc
+            elif engine is not None:
+                self._container_user = await asyncio.to_thread(self._container_identity, engine)
+        except (sandbox.SandboxError, OSError) as exc:
+            raise _Refused("SANDBOX_FAILED", f"cannot sandbox the job: {exc}") from exc
         return engine
+
+    def _container_identity(self, engine: containers.Engine) -> containers.ContainerUser:
+        """Who a container job runs as, its work dir made its own: the tenant's sandbox uid (as for a
+        process job), else ``nobody``; never root. A rootless agent runs it as itself (keep-id)."""
+        if os.geteuid() != 0:
+            if engine.name == "podman":
+                return containers.ContainerUser(keep_id=True)
+            return containers.ContainerUser(os.geteuid(), os.getegid())
+        ident = None
+        if self.jail is not None:
+            # The process sandbox's plan is not used (the container is the sandbox), only its uid and
+            # the ownership it gives the work dir.
+            ident = self.jail.prepare(
+                self.spec.tenant, self.work_dir, self.spec.resources.memory_bytes
+            ).identity
+        if ident is None:
+            ident = sandbox.Identity(containers.UNPRIVILEGED_UID, containers.UNPRIVILEGED_UID)
+            sandbox.chown_tree(self.work_dir, ident)
+            os.chmod(self.work_dir, 0o700)
+        return containers.ContainerUser(ident.uid, ident.gid)
+
+    def _container_limits(self) -> containers.ContainerLimits:
+        """The job's declared resources as container caps, with the process sandbox's rlimits."""
+        limits = self.jail.limits if self.jail is not None else sandbox.Limits()
+        res = self.spec.resources
+        return containers.ContainerLimits(
+            cpus=res.cpu_millis / 1000 if res.cpu_millis > 0 else 0.0,
+            memory_bytes=limits.memory_for(res.memory_bytes),
+            pids=limits.processes,
+            open_files=limits.open_files,
+            file_size_bytes=limits.file_size_bytes,
+        )
 
     async def _interruptible(self, work: Coroutine[Any, Any, T]) -> T:
         """Run ``work`` unless :meth:`cancel` is called first; raises :class:`_Stopped` then."""
@@ -446,6 +481,8 @@ class _Process:
         fifo = self.owner.work_dir / PROGRESS_FIFO
         fifo.parent.mkdir(parents=True, exist_ok=True)
         os.mkfifo(fifo, 0o666)
+        # The agent's umask narrows mkfifo's mode; the job (another uid) must be able to write it.
+        os.chmod(fifo, 0o666)
         read_fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
         # Our own writer keeps the FIFO from reading as EOF before (and between) the job's opens.
         self._fifo_writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
@@ -486,6 +523,8 @@ class _Process:
             work_dir=self.owner.work_dir,
             env_names=sorted(self._job_env()),
             gpu_indices=self.owner.gpu_indices,
+            user=self.owner._container_user,
+            limits=self.owner._container_limits(),
         )
 
     def _job_env(self) -> dict[str, str]:
@@ -495,6 +534,9 @@ class _Process:
         if self.engine is None:
             # The agent's home and temp dir are not the job's (nor, sandboxed, reachable).
             env["HOME"] = env["TMPDIR"] = str(run.work_dir)
+        else:
+            # The image's root filesystem is read-only: its home is the writable work dir.
+            env["HOME"] = containers.CONTAINER_WORK_DIR
         env.update(self.spec.env)
         # Secrets reach the job like env; container runs forward them by name, never on a command line.
         env.update(self.spec.secrets)
@@ -547,9 +589,12 @@ class _Process:
         finally:
             self._close_fds()
         self.owner._pid = proc.pid
-        if self.engine is None:
-            # Outlives this agent if it is killed outright; a restarted agent stops it (orphans).
-            orphans.remember(self.owner.work_dir, self.owner.job_id, self.owner.attempt, proc.pid)
+        # Outlives this agent if it is killed outright; a restarted agent stops it (orphans), and
+        # removes its container.
+        container = (
+            None if self.engine is None else (self.engine.name, self.engine.oci_runtime, self.container)
+        )
+        orphans.remember(self.owner.work_dir, self.owner.job_id, self.owner.attempt, proc.pid, container)
         self.owner._state = job_pb2.JOB_STATE_RUNNING
         self.owner._started.set()
         log.info(

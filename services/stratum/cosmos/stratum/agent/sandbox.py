@@ -259,7 +259,7 @@ class Sandbox:
         while parent == root or root in parent.parents:
             os.chmod(parent, 0o711)  # traversable to reach one's own work dir, not listable
             parent = parent.parent
-        _chown_tree(work_dir, ident)
+        chown_tree(work_dir, ident)
         os.chmod(work_dir, 0o700)
         own = [work_dir]
         for tenant_root in self.tenant_roots:
@@ -312,7 +312,7 @@ class Sandbox:
             )
 
 
-def _chown_tree(top: Path, ident: Identity) -> None:
+def chown_tree(top: Path, ident: Identity) -> None:
     """Give the work dir and what the agent staged into it to the job (never following links)."""
     os.chown(top, ident.uid, ident.gid, follow_symlinks=False)
     for dirpath, dirnames, filenames in os.walk(top):

@@ -19,6 +19,7 @@ from cosmos.stratum.scheduling.mix import DEFAULT_MIX, TaskClass, TaskMix, Workl
 from cosmos.stratum.scheduling.model import (
     MAX_GPUS_PER_JOB,
     MILLI,
+    PROCESS_RUNTIME,
     Assignment,
     Demand,
     GpuState,
@@ -34,6 +35,7 @@ __all__ = [
     "DEFAULT_MIX",
     "MAX_GPUS_PER_JOB",
     "MILLI",
+    "PROCESS_RUNTIME",
     "Assignment",
     "Cluster",
     "Demand",

@@ -274,9 +274,10 @@ class Cluster:
             if demand.gpu_memory_bytes:
                 mask &= self.gpu_memory >= demand.gpu_memory_bytes
         slots = np.flatnonzero(mask)
-        if len(slots) and (demand.node_selector or (demand.gpu_count and self.mixed_nodes)):
-            # Uniform nodes passed the arrays exactly; only mixed nodes and label selectors need a look.
-            exact = demand.node_selector or None
+        exact = bool(demand.node_selector or demand.runtimes)
+        if len(slots) and (exact or (demand.gpu_count and self.mixed_nodes)):
+            # Uniform nodes passed the arrays exactly; only mixed nodes, label selectors and runtime
+            # constraints (rare: jobs with an image) need a look at each node.
             keep = [
                 slot
                 for slot in slots.tolist()
@@ -290,6 +291,8 @@ class Cluster:
         if node.cpu_free < demand.cpu_milli or node.memory_free < demand.memory_bytes:
             return False
         if any(node.labels.get(key) != value for key, value in demand.node_selector):
+            return False
+        if demand.runtimes and not demand.runtimes & node.runtimes:
             return False
         return len(usable_gpus(node, demand)) >= demand.gpu_count
 

@@ -13,6 +13,8 @@ MILLI = 1000
 """Milli-GPUs in one whole GPU."""
 MAX_GPUS_PER_JOB = 8
 """Largest whole-GPU count one job may ask for (all on one node)."""
+PROCESS_RUNTIME = "process"
+"""The runtime every node has: jobs run as host processes."""
 
 
 def normalize_model(model: str) -> str:
@@ -58,6 +60,8 @@ class NodeState:
     schedulable: bool = True
     """False while the agent is cordoned, draining, lost or disconnected: no new placements."""
     labels: dict[str, str] = field(default_factory=dict)
+    runtimes: frozenset[str] = frozenset({PROCESS_RUNTIME})
+    """Job runtimes the node's agent has (``process``, ``podman``, ``docker``)."""
 
     @classmethod
     def idle(
@@ -69,6 +73,7 @@ class NodeState:
         *,
         labels: Mapping[str, str] | None = None,
         schedulable: bool = True,
+        runtimes: Iterable[str] = (PROCESS_RUNTIME,),
     ) -> NodeState:
         """A node with nothing allocated; ``gpus`` as states or bare model names (indices 0, 1, ...)."""
         states = [
@@ -84,6 +89,7 @@ class NodeState:
             gpus=states,
             schedulable=schedulable,
             labels=dict(labels or {}),
+            runtimes=frozenset(runtimes),
         )
 
     @property
@@ -118,6 +124,9 @@ class Demand:
     """Higher runs first; waiting raises it (aging, see :class:`~.queue.JobQueue`)."""
     enqueue_time: float = 0.0
     """When the job (this attempt) entered the queue, in the caller's clock (seconds)."""
+    runtimes: frozenset[str] = frozenset()
+    """Runtimes that can run the job, one of which the node must have (a job with an image:
+    ``{"podman", "docker"}``); empty = any node (every node runs processes)."""
 
     def __post_init__(self) -> None:
         count, milli = self.gpu_count, self.gpu_milli
@@ -139,6 +148,7 @@ class Demand:
         object.__setattr__(self, "gpu_milli", milli)
         object.__setattr__(self, "models", frozenset(normalize_model(m) for m in self.models if m.strip()))
         object.__setattr__(self, "node_selector", tuple(sorted(self.node_selector)))
+        object.__setattr__(self, "runtimes", frozenset(self.runtimes))
         object.__setattr__(self, "tenant", self.tenant or "default")
 
     @property
@@ -161,6 +171,7 @@ class Demand:
             self.models,
             self.gpu_memory_bytes,
             self.node_selector,
+            self.runtimes,
         )
 
 

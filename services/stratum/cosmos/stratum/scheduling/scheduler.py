@@ -257,6 +257,11 @@ def unfit_reason(cluster: Cluster, demand: Demand, *, schedulable_only: bool = F
     selected = [node for node in nodes if all(node.labels.get(k) == v for k, v in demand.node_selector)]
     if not selected:
         return f"no node has the labels {dict(demand.node_selector)}"
+    if demand.runtimes:
+        selected = [node for node in selected if demand.runtimes & node.runtimes]
+        if not selected:
+            wanted = " or ".join(sorted(demand.runtimes))
+            return f"no node has a container runtime ({wanted}) for a job with an image"
     for node in selected:
         gpus = sum(
             1
