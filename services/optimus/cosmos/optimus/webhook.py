@@ -163,12 +163,19 @@ class WebhookConfig:
         for i, entry in enumerate(data.get("rules") or []):
             if not isinstance(entry, dict) or set(entry) - fields:
                 raise errors.ConfigError(f"{where}: rules[{i}]: a mapping of {', '.join(sorted(fields))}")
+            missing = sorted({"name", "output", "tenant", "identity"} - set(entry))
+            if missing:
+                raise errors.ConfigError(
+                    f"{where}: rules[{i}]: name, output, tenant and identity are required "
+                    f"(missing {', '.join(missing)})"
+                )
             try:
                 rule = Rule(**{**entry, "profiles": tuple(entry.get("profiles") or ())})
             except TypeError as exc:
                 raise errors.ConfigError(f"{where}: rules[{i}]: {exc}") from exc
             if not _NAME.match(rule.name) or not rule.tenant or not _NAME.match(rule.identity):
-                raise errors.ConfigError(f"{where}: rules[{i}]: name, tenant and identity are required")
+                why = "name and identity: 1 to 64 of [A-Za-z0-9._-]; tenant: not empty"
+                raise errors.ConfigError(f"{where}: rules[{i}]: {why}")
             if rule.quality not in QUALITY:
                 raise errors.ConfigError(f"{where}: rules[{i}].quality: one of {', '.join(QUALITY)}")
             rules.append(rule)

@@ -1,0 +1,76 @@
+"""The webhook's config file, signatures and event identities, without a server."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from cosmos import errors
+from cosmos.optimus import webhook
+from cosmos.optimus.v1 import encode_pb2
+
+
+def config(tmp_path: Path, **extra: object) -> webhook.WebhookConfig:
+    (tmp_path / "s1").write_text("x" * 32)
+    rule = {"name": "r", "prefix": "in/", "output": "s3://b/out/{stem}/", "tenant": "t", "identity": "hook"}
+    data = {"secret_files": ["s1"], "rules": [rule], **extra}
+    return webhook.WebhookConfig.parse(data, tmp_path)
+
+
+def test_rules_build_the_encode_from_templates_never_from_the_body(tmp_path: Path) -> None:
+    [rule] = config(tmp_path).rules
+    request = rule.request("b", "in/show/ep 1.mov", "webhook-1")
+    assert request.source_uri == "s3://b/in/show/ep 1.mov"
+    assert request.output_uri == "s3://b/out/in/show/ep 1/"
+    assert request.quality == encode_pb2.QUALITY_MODE_SAMPLED and request.request_id == "webhook-1"
+    principal = rule.principal()
+    assert (principal.identity, principal.tenant, principal.roles) == ("user/hook", "t", {"submitter"})
+    assert rule.matches("any-bucket", "in/x") and not rule.matches("b", "out/x")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"secret_files": []}, "at least one secret file"),
+        ({"secret_files": ["missing"]}, "webhook secret"),
+        ({"rules": [{"name": "r", "output": "o", "tenant": "t"}]}, "identity are required"),
+        ({"rules": [{"name": "r", "output": "o", "tenant": "t", "identity": "i", "bogus": 1}]}, "rules[0]"),
+        ({"unknown": 1}, "unknown key"),
+    ],
+)
+def test_bad_configs_are_refused_at_start(tmp_path: Path, extra: dict[str, object], message: str) -> None:
+    with pytest.raises(errors.ConfigError, match=message.replace("[", r"\[")):
+        config(tmp_path, **extra)
+
+
+def test_signatures_timestamps_and_rotation(tmp_path: Path) -> None:
+    (tmp_path / "s2").write_text("y" * 32 + "\n")
+    hook = webhook.Webhook(config(tmp_path, secret_files=["s1", "s2"]), submit=None)  # type: ignore[arg-type]
+    body, now = b'{"Records": []}', str(int(time.time()))
+    for secret in (b"x" * 32, b"y" * 32):  # both secrets of a rotation sign validly
+        assert hook.verify(now, webhook.sign(secret, now, body), body) == ""
+    assert hook.verify(now, webhook.sign(b"z" * 32, now, body), body) == "bad signature"
+    assert hook.verify(now, webhook.sign(b"x" * 32, now, body), body + b" ") == "bad signature"
+    old = str(int(time.time()) - 301)
+    assert "stale" in hook.verify(old, webhook.sign(b"x" * 32, old, body), body)
+    assert hook.verify(None, None, body) == "missing signature headers"
+    assert hook.verify("soon", "sha256=00", body) == "malformed timestamp"
+    # A rotated secret file is read again: the old value stops working without a restart.
+    (tmp_path / "s1").write_text("w" * 32)
+    assert hook.verify(now, webhook.sign(b"x" * 32, now, body), body) == "bad signature"
+
+
+def test_event_identity_prefers_the_event_id_then_the_sequencer() -> None:
+    record = {"eventID": "e1", "s3": {"object": {"sequencer": "0A"}}}
+    assert webhook.event_identity(record, "b", "k") == "id:e1"
+    assert webhook.event_identity({"s3": {"object": {"sequencer": "0A"}}}, "b", "k") == "seq:b/k@0A"
+    assert webhook.event_identity({"s3": {"object": {}}}, "b", "k") == ""
+
+
+def test_create_secret_is_private_and_kept(tmp_path: Path) -> None:
+    path = webhook.create_secret(tmp_path / "hook" / "secret")
+    first = path.read_text()
+    assert path.stat().st_mode & 0o777 == 0o600 and (tmp_path / "hook").stat().st_mode & 0o777 == 0o700
+    assert webhook.create_secret(path).read_text() == first and len(first.strip()) == 64
