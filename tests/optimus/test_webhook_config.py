@@ -26,7 +26,7 @@ def test_rules_build_the_encode_from_templates_never_from_the_body(tmp_path: Pat
     assert request.output_uri == "s3://b/out/in/show/ep 1/"
     assert request.quality == encode_pb2.QUALITY_MODE_SAMPLED and request.request_id == "webhook-1"
     principal = rule.principal()
-    assert (principal.identity, principal.tenant, principal.roles) == ("user/hook", "t", {"submitter"})
+    assert (principal.identity, principal.tenant, principal.roles) == ("user/hook", "t", frozenset({"submitter"}))
     assert rule.matches("any-bucket", "in/x") and not rule.matches("b", "out/x")
 
 

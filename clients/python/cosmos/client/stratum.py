@@ -18,6 +18,7 @@ Errors come back as the classes of :mod:`cosmos.client.errors`.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
@@ -69,7 +70,7 @@ class StratumClient:
         :class:`Context`), to Stratum at ``target`` (default: the context's endpoint)."""
         ctx = context if isinstance(context, Context) else contexts.load(context)
         if target:
-            ctx = Context(**{**ctx.__dict__, "endpoints": {**ctx.endpoints, "stratum": target}})
+            ctx = dataclasses.replace(ctx, endpoints={**ctx.endpoints, "stratum": target})
         return cls(ctx.channel("stratum"), backoff=backoff)
 
     async def __aenter__(self) -> StratumClient:
