@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import ssl
 import time
 from pathlib import Path
 
@@ -10,6 +13,10 @@ import pytest
 from cosmos import errors
 from cosmos.optimus import webhook
 from cosmos.optimus.v1 import encode_pb2
+from cosmos.runtime.config import Address, free_port
+from cosmos.security import pki
+from cosmos.security.config import Security
+from cosmos.security.tls import TlsFiles
 
 
 def config(tmp_path: Path, **extra: object) -> webhook.WebhookConfig:
@@ -26,7 +33,8 @@ def test_rules_build_the_encode_from_templates_never_from_the_body(tmp_path: Pat
     assert request.output_uri == "s3://b/out/in/show/ep 1/"
     assert request.quality == encode_pb2.QUALITY_MODE_SAMPLED and request.request_id == "webhook-1"
     principal = rule.principal()
-    assert (principal.identity, principal.tenant, principal.roles) == ("user/hook", "t", frozenset({"submitter"}))
+    assert (principal.identity, principal.tenant) == ("user/hook", "t")
+    assert principal.roles == frozenset({"submitter"})
     assert rule.matches("any-bucket", "in/x") and not rule.matches("b", "out/x")
 
 
@@ -74,3 +82,33 @@ def test_create_secret_is_private_and_kept(tmp_path: Path) -> None:
     first = path.read_text()
     assert path.stat().st_mode & 0o777 == 0o600 and (tmp_path / "hook").stat().st_mode & 0o777 == 0o700
     assert webhook.create_secret(path).read_text() == first and len(first.strip()) == 64
+
+
+async def test_a_renewed_certificate_is_served_from_the_next_handshake(tmp_path: Path) -> None:
+    authority = pki.Authority.create(tmp_path)
+    paths = pki.Paths.named(tmp_path, "optimus")
+    authority.issue(paths, pki.Subject("optimus", "optimus"))
+    security = Security(tls=TlsFiles.in_dir(tmp_path, "optimus"))
+    hook = webhook.Webhook(config(tmp_path), submit=None)  # type: ignore[arg-type]
+    listen = Address("127.0.0.1", free_port())
+    runner = await webhook.start(listen, security, hook)
+    try:
+
+        def served() -> bytes:
+            client = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+            client.check_hostname = False  # the name is the server's SPIFFE identity, not 127.0.0.1
+            with (
+                socket.create_connection((listen.host, listen.port)) as raw,
+                client.wrap_socket(raw) as conn,
+            ):
+                cert = conn.getpeercert(binary_form=True)
+                assert cert is not None
+                return cert
+
+        first = await asyncio.to_thread(served)
+        assert await asyncio.to_thread(served) == first
+        authority.issue(paths, pki.Subject("optimus", "optimus"))  # renewed in place, as cosmos up does
+        renewed = await asyncio.to_thread(served)
+        assert renewed != first and renewed == ssl.PEM_cert_to_DER_cert(paths.cert.read_text())
+    finally:
+        await runner.cleanup()
