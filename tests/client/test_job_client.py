@@ -12,7 +12,7 @@ import pytest
 import security_harness
 from stratum_harness import Agents, Stratum, wait_agents
 
-from cosmos.client import Job, JobCancelledError, JobFailedError, StratumClient
+from cosmos.client import Job, JobCancelledError, JobFailedError, StratumClient, run_job
 from cosmos.client import errors as client_errors
 from cosmos.runtime import reconnect
 from cosmos.security.context import Context
@@ -178,3 +178,14 @@ async def test_the_watch_survives_a_stratum_kill_with_every_event_once(
         assert done.state == JS.JOB_STATE_SUCCEEDED and done.attempt == 1
     finally:
         stratum.close()
+
+
+def test_run_job_blocks_until_the_end_for_scripts_without_a_loop(stratum: Any, agents: Agents) -> None:
+    agents.start(stratum.target, "a1")
+    asyncio.run(wait_agents(stratum.target, 1))
+    ctx = context_for(stratum.target, security_harness.admin())
+    job = Job.builder().command(sys.executable, "-c", "print('sync')").build()
+    done = run_job(job, context=ctx, request_id="sync-1")
+    assert done.state == JS.JOB_STATE_SUCCEEDED
+    with pytest.raises(JobFailedError):
+        run_job(Job.builder().command(sys.executable, "-c", "raise SystemExit(3)").build(), context=ctx)

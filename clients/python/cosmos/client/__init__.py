@@ -6,6 +6,8 @@
 ...     handle = await stratum.submit(job)
 ...     done = await handle.result()
 
+Scripts without an event loop: ``run_job(job)`` submits and waits (blocking).
+
 Errors form one tree rooted in :class:`CosmosError` (see :mod:`cosmos.client.errors`). For step
 handlers (code Plato calls) see :mod:`cosmos.sdk`.
 """
@@ -21,7 +23,7 @@ from cosmos.client.errors import (
 )
 from cosmos.client.jobs import Artifact, Job, JobBuilder, parse_memory
 from cosmos.client.keys import encode_request_id
-from cosmos.client.stratum import JobHandle, StratumClient
+from cosmos.client.stratum import JobHandle, StratumClient, run_job
 
 __all__ = [
     "Artifact",
@@ -38,4 +40,5 @@ __all__ = [
     "StratumClient",
     "encode_request_id",
     "parse_memory",
+    "run_job",
 ]

@@ -18,6 +18,7 @@ Errors come back as the classes of :mod:`cosmos.client.errors`.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -196,3 +197,17 @@ class JobHandle:
             await _call(lambda: self.client.stub.CancelJob(request), "CancelJob", self.client.backoff)
         ).job
         return self.job
+
+
+def run_job(
+    job: Job, *, request_id: str = "", context: Context | str = "", target: str = "", check: bool = True
+) -> job_pb2.Job:
+    """Submit ``job`` and wait for its end: the blocking form, for scripts with no event loop of their
+    own (it runs one). The final ``Job``; raises as :meth:`JobHandle.result` does."""
+
+    async def run() -> job_pb2.Job:
+        async with StratumClient.connect(context, target=target) as client:
+            handle = await client.submit(job, request_id=request_id)
+            return await handle.result(check=check)
+
+    return asyncio.run(run())
