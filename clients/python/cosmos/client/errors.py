@@ -33,10 +33,12 @@ or as broadly as the code needs::
         ├── PermissionDeniedError          PERMISSION_DENIED
         │   └── ForbiddenExecutableError     ERROR_REASON_FORBIDDEN_EXECUTABLE
         ├── ResourceExhaustedError         RESOURCE_EXHAUSTED (rate limited)
-        └── UnavailableError               UNAVAILABLE (the client already retried)
+        └── UnavailableError               UNAVAILABLE (StratumClient retries it; see below)
 
-Codes with no class of their own (``INTERNAL``, ``UNKNOWN``...) are a plain :class:`RpcError` whose
-``code`` says which.
+``StratumClient`` retries ``UNAVAILABLE`` and ``DEADLINE_EXCEEDED`` with backoff for as long as it
+takes (a server restart is not the caller's failure, as everywhere in Cosmos); bound a call with
+``asyncio.timeout`` to give up sooner. Codes with no class of their own (``INTERNAL``,
+``UNKNOWN``...) are a plain :class:`RpcError` whose ``code`` says which.
 """
 
 from __future__ import annotations

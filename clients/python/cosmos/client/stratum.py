@@ -158,8 +158,6 @@ class JobHandle:
             except grpc.aio.AioRpcError as exc:
                 if not reconnect.transient(exc):
                     raise errors.from_grpc(exc) from exc
-            except errors.UnavailableError:
-                pass  # refresh() after its own retries: keep trying, the watch is what the caller asked
             await anext(delays)
 
     async def progress(self) -> AsyncIterator[progress_pb2.Progress]:

@@ -109,6 +109,8 @@ class Rule:
     profiles: tuple[str, ...] = ()
     quality: str = "sampled"
     priority: int = 0
+    overwrite: bool = False
+    """Replace an earlier Cosmos publish at the output (a key written again, with a per-key output)."""
 
     def matches(self, bucket: str, key: str) -> bool:
         return (not self.bucket or bucket == self.bucket) and key.startswith(self.prefix)
@@ -128,6 +130,7 @@ class Rule:
             profiles=list(self.profiles),
             quality=QUALITY[self.quality],
             priority=self.priority,
+            overwrite=self.overwrite,
         )
 
 
