@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import ssl
 import time
@@ -110,5 +111,34 @@ async def test_a_renewed_certificate_is_served_from_the_next_handshake(tmp_path:
         authority.issue(paths, pki.Subject("optimus", "optimus"))  # renewed in place, as cosmos up does
         renewed = await asyncio.to_thread(served)
         assert renewed != first and renewed == ssl.PEM_cert_to_DER_cert(paths.cert.read_text())
+    finally:
+        await runner.cleanup()
+
+
+async def test_malformed_and_oversized_notifications_and_a_lost_secret(tmp_path: Path) -> None:
+    import aiohttp
+
+    hook = webhook.Webhook(config(tmp_path), submit=None)  # type: ignore[arg-type]  # never reached
+    listen = Address("127.0.0.1", free_port())
+    runner = await webhook.start(listen, Security(insecure=True), hook)  # plain HTTP: loopback only
+    url = f"http://{listen}{webhook.PATH}"
+
+    async def post(body: bytes) -> tuple[int, object]:
+        stamp = str(int(time.time()))
+        headers = {
+            webhook.TIMESTAMP_HEADER: stamp,
+            webhook.SIGNATURE_HEADER: webhook.sign(b"x" * 32, stamp, body),
+        }
+        async with session.post(url, data=body, headers=headers) as reply:
+            return reply.status, await reply.json(content_type=None)
+
+    try:
+        async with aiohttp.ClientSession() as session:
+            assert await post(b"not json") == (400, {"error": "not an S3 event notification"})
+            many = json.dumps({"Records": [{}] * 101}).encode()
+            assert await post(many) == (400, {"error": "more than 100 records"})
+            assert await post(b'{"Records": [{}]}') == (202, {"encodes": [], "ignored": 1})
+            (tmp_path / "s1").unlink()
+            assert await post(b'{"Records": []}') == (500, {"error": "webhook misconfigured"})
     finally:
         await runner.cleanup()

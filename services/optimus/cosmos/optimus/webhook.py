@@ -61,6 +61,8 @@ TOLERANCE = 300.0
 """Seconds a request's timestamp may be away from the server's clock (either way)."""
 MAX_BODY = 1 << 20
 """Default largest body accepted (S3 sends one to a few records per notification)."""
+MAX_RECORDS = 100
+"""Records in one notification at most (S3 sends one; each may start an encode)."""
 SUBMIT_METHOD = "/cosmos.optimus.v1.EncodeService/SubmitEncode"
 WEBHOOK_METHOD = f"POST {PATH}"
 QUALITY = {
@@ -268,7 +270,13 @@ class Webhook:
         if length is not None and length > self.config.max_body_bytes:
             raise web.HTTPRequestEntityTooLarge(max_size=self.config.max_body_bytes, actual_size=length)
         body = await request.read()
-        why = self.verify(request.headers.get(TIMESTAMP_HEADER), request.headers.get(SIGNATURE_HEADER), body)
+        try:
+            why = self.verify(
+                request.headers.get(TIMESTAMP_HEADER), request.headers.get(SIGNATURE_HEADER), body
+            )
+        except errors.ConfigError as exc:  # a secret file vanished or was cut short: ours, not theirs
+            log.error("webhook secrets unreadable", extra={"fields": {"error": str(exc)}})
+            return web.json_response({"error": "webhook misconfigured"}, status=500)
         if why:
             return self._refuse(request, why)
         try:
@@ -278,6 +286,8 @@ class Webhook:
                 raise ValueError("no Records list")
         except ValueError:
             return web.json_response({"error": "not an S3 event notification"}, status=400)
+        if len(records) > MAX_RECORDS:  # each record may be an encode: bound the work one request asks
+            return web.json_response({"error": f"more than {MAX_RECORDS} records"}, status=400)
         started: list[dict[str, Any]] = []
         ignored = 0
         for record in records:
