@@ -7,9 +7,12 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,7 +78,8 @@ def wait_agent_ready(stack: Stack, timeout: float = 90) -> dict[str, object]:
 def start_up(tmp_path: Path, ports: dict[str, int], token_port_offset: int = 0) -> Stack:
     env = {**os.environ, "COSMOS_NATS_PORT": str(ports["nats"]), "COSMOS_DATA_DIR": str(tmp_path / "data"),
            "COSMOS_CONFIG": str(tmp_path / "config.yaml"),
-           "COSMOS_TOKEN_PORT_OFFSET": str(token_port_offset)}  # fmt: skip
+           "COSMOS_TOKEN_PORT_OFFSET": str(token_port_offset),
+           "COSMOS_WEBHOOK_PORT": str(ports.get("webhook") or free_port())}  # fmt: skip
     proc = subprocess.Popen(
         [
             sys.executable, "-m", "cosmos.cli", "up",
@@ -110,7 +114,8 @@ def stop_up(stack: Stack) -> None:
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
-    up = start_up(tmp_path, {name: free_port() for name in ("optimus", "plato", "stratum", "nats")})
+    names = ("optimus", "plato", "stratum", "nats", "webhook")
+    up = start_up(tmp_path, {name: free_port() for name in names})
     yield up
     stop_up(up)
 
@@ -150,6 +155,17 @@ def test_up_serves_every_contract_with_health_and_reflection_then_stops_cleanly(
         "-d", '{"page_size": -1}', stack.target("stratum"), "cosmos.stratum.v1.PoolService/ListAgents"
     )
     assert "InvalidArgument" in bad_page.stderr and "page_size" in bad_page.stderr
+
+    # Optimus's webhook: HTTPS with the dev CA's certificate, a 0600 secret, unsigned POSTs refused.
+    secret = stack.data_dir / "webhook" / "secret"
+    assert secret.stat().st_mode & 0o777 == 0o600 and len(secret.read_text().strip()) == 64
+    tls = ssl.create_default_context(cafile=str(stack.data_dir / "pki" / "ca.pem"))
+    unsigned = urllib.request.Request(
+        f"https://127.0.0.1:{stack.ports['webhook']}/v1/webhooks/s3", data=b'{"Records": []}', method="POST"
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(unsigned, context=tls, timeout=10)
+    assert refused.value.code == 401
 
     children = psutil.Process(stack.proc.pid).children(recursive=True)
     assert len(children) == 5, [c.cmdline() for c in children]  # nats, plato, stratum, optimus, agent

@@ -35,6 +35,7 @@ from rich.table import Table
 from cosmos import errors
 from cosmos.cli import target
 from cosmos.cli.console import make_console
+from cosmos.client import keys
 from cosmos.optimus.v1 import encode_pb2, encode_service_pb2, encode_service_pb2_grpc
 from cosmos.runtime import process, reconnect, rpc_errors
 from cosmos.security import pki, storage
@@ -55,8 +56,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ladder", default="", help="a named ladder instead of --profiles (default, full)")
     p.add_argument("--out", required=True, help="directory (or file:// URI) the manifests are published to")
     p.add_argument("--priority", type=int, default=0, help="higher runs first on Stratum")
-    p.add_argument("--request-id", default="", help="idempotency key (a repeat returns the same encode)")
-    p.add_argument("--force", action="store_true", help="start anew even if the same encode exists")
+    p.add_argument(
+        "--request-id",
+        default="",
+        help="idempotency key (a repeat returns the same encode); default: sha256 of the source, "
+        "profiles and output (cosmos.client.keys), so the same encode submitted twice is one",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="start anew even if the same encode exists (a fresh request id)"
+    )
     p.add_argument(
         "--retry",
         action="store_true",
@@ -205,12 +213,25 @@ async def run_encode(args: argparse.Namespace, console: Console, ctx: Context | 
             print(note, file=sys.stderr)  # stdout is the encode alone
         else:
             console.print(note)
+    profiles = [p for p in args.profiles.split(",") if p]
+    request_id = args.request_id
+    if not request_id and not args.force:
+        # The card's key (sha256 of source + profiles, with the output): the same encode submitted
+        # twice is one. --force sends none, and Optimus then starts a new encode under a fresh id.
+        request_id = keys.encode_request_id(
+            source_uri,
+            profiles,
+            output_uri=output_uri,
+            ladder=args.ladder,
+            quality=args.quality,
+            overwrite=args.overwrite,
+        )
     async with ctx.channel("optimus") as channel:
         stub = encode_service_pb2_grpc.EncodeServiceStub(channel)
         request = encode_service_pb2.SubmitEncodeRequest(
-            request_id=args.request_id,
+            request_id=request_id,
             source_uri=source_uri,
-            profiles=[p for p in args.profiles.split(",") if p],
+            profiles=profiles,
             ladder=args.ladder,
             output_uri=output_uri,
             priority=args.priority,

@@ -18,7 +18,7 @@ from cosmos.cli.console import make_console
 from cosmos.runtime import config, logs, process
 from cosmos.security import context
 from cosmos.stack.children import Child
-from cosmos.stack.embedded import EmbeddedStack, StackConfig
+from cosmos.stack.embedded import DEFAULT_WEBHOOK_PORT, EmbeddedStack, StackConfig
 from cosmos.stack.supervisor import Restart, Supervisor
 
 PREFIX = "COSMOS"
@@ -31,6 +31,14 @@ def add_stack_arguments(p: argparse.ArgumentParser) -> None:
     config.add_env_argument(p, PREFIX, "--host", default=d.host, help="interface every server binds to")
     config.add_env_argument(
         p, PREFIX, "--optimus-port", default=d.optimus_port, type=int, help="Optimus gRPC port"
+    )
+    config.add_env_argument(
+        p,
+        PREFIX,
+        "--webhook-port",
+        default=DEFAULT_WEBHOOK_PORT,
+        type=int,
+        help="Optimus HTTPS webhook port (0: none)",
     )
     config.add_env_argument(p, PREFIX, "--plato-port", default=d.plato_port, type=int, help="Plato gRPC port")
     config.add_env_argument(
@@ -65,6 +73,7 @@ def stack_config(args: argparse.Namespace) -> StackConfig:
     return StackConfig(
         host=args.host,
         optimus_port=args.optimus_port,
+        webhook_port=args.webhook_port,
         plato_port=args.plato_port,
         stratum_port=args.stratum_port,
         nats_port=args.nats_port,

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import grpc
 
+from cosmos import errors
+from cosmos.optimus import webhook
 from cosmos.optimus.api import EncodeApi
 from cosmos.optimus.v1 import encode_service_pb2_grpc
 from cosmos.runtime import channels, config, dependency, process
@@ -35,6 +37,16 @@ def parser() -> argparse.ArgumentParser:
         help="scratch space of encodes (shared with the agents)",
     )
     storage.add_argument(p, PREFIX)
+    config.add_env_argument(
+        p,
+        PREFIX,
+        "--webhook-listen",
+        default="",
+        help="address of the HTTPS webhook endpoint (docs/webhooks.md; empty: none)",
+    )
+    config.add_env_argument(
+        p, PREFIX, "--webhook-config", default="", help="the webhook's YAML: secrets and rules"
+    )
     return p
 
 
@@ -80,6 +92,16 @@ async def serve(args: argparse.Namespace) -> None:
     # Serve at once (a port conflict shows immediately); the workflow is registered as soon as Plato
     # answers, and a submit arriving before that registers it itself.
     registering = asyncio.create_task(register_definition(api, server.stopping))
+    hook_runner = None
+    if args.webhook_listen:
+        if not args.webhook_config:
+            raise errors.ConfigError("--webhook-listen needs --webhook-config (secrets and rules)")
+        hook = webhook.Webhook(
+            webhook.WebhookConfig.load(Path(args.webhook_config)), lambda r: api.SubmitEncode(r, None)
+        )
+        listen = config.Address.parse(args.webhook_listen, setting="--webhook-listen")
+        hook_runner = await webhook.start(listen, server_config.security, hook)
+        log.info("webhook listening", extra={"fields": {"address": str(listen), "path": webhook.PATH}})
     services = [b.name for b in server.services]
     background = [
         registering,
@@ -89,6 +111,8 @@ async def serve(args: argparse.Namespace) -> None:
     try:
         await server.serve_until_signalled()
     finally:
+        if hook_runner is not None:
+            await hook_runner.cleanup()
         for task in background:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

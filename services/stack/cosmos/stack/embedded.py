@@ -40,6 +40,27 @@ STRATUM_SERVICES = (
 )
 
 
+DEFAULT_WEBHOOK_PORT = 50443
+"""The webhook port of ``cosmos up`` (library users of :class:`StackConfig` opt in)."""
+STARTER_WEBHOOK_CONFIG = """\
+# Optimus's webhook (docs/webhooks.md). Senders sign with the secret in ./secret; to rotate, add a
+# second file here, move the senders to it, then remove the first.
+secret_files: [secret]
+max_body_bytes: 1048576
+tolerance_seconds: 300
+rules: []
+# rules:
+#   - name: new-sources            # new objects under media/incoming/ start an encode
+#     bucket: media
+#     prefix: incoming/
+#     source: "s3://{bucket}/{key}"
+#     output: "s3://media/encoded/{stem}/"
+#     ladder: default
+#     tenant: default
+#     identity: media-webhook
+"""
+
+
 @dataclass
 class StackConfig:
     """Where the embedded stack listens and keeps its data."""
@@ -48,6 +69,8 @@ class StackConfig:
     """Interface every server binds to."""
     optimus_port: int = 50051
     """Optimus (encode API) gRPC port."""
+    webhook_port: int = 0
+    """Optimus's HTTPS webhook port (docs/webhooks.md); 0: no webhook (``cosmos up``: 50443)."""
     plato_port: int = 50052
     """Plato (workflow engine) gRPC port."""
     stratum_port: int = 50053
@@ -145,6 +168,23 @@ class EmbeddedStack:
             config.ensure_port_free(c.address(port), owner, setting)
             if owner != "nats" and not c.insecure and c.token_port(port):
                 config.ensure_port_free(c.address(c.token_port(port)), owner, "--token-port-offset")
+        if c.webhook_port:
+            config.ensure_port_free(c.address(c.webhook_port), "optimus webhook", "--webhook-port")
+
+    def _webhook_args(self) -> list[str]:
+        """Optimus's webhook flags; its secret (0600) and a starter config (no rules: every event is
+        acknowledged and ignored until rules are added) under ``<data-dir>/webhook/``, kept if there."""
+        c = self.config
+        if not c.webhook_port:
+            return []
+        from cosmos.optimus import webhook  # only the stack that serves a webhook needs aiohttp
+
+        directory = (c.data_dir / "webhook").absolute()
+        webhook.create_secret(directory / "secret")
+        config_file = directory / "webhook.yaml"
+        if not config_file.exists():
+            config_file.write_text(STARTER_WEBHOOK_CONFIG)
+        return ["--webhook-listen", str(c.address(c.webhook_port)), "--webhook-config", str(config_file)]
 
     def _child(self, name: str, argv: Sequence[str]) -> Child:
         return Child(name, list(argv), self.config.data_dir / "logs" / f"{name}.log")
@@ -221,6 +261,7 @@ class EmbeddedStack:
                         "--work-root",
                         str((c.data_dir / "work").absolute()),
                         *roots,
+                        *self._webhook_args(),
                     ),
                     c.optimus_port,
                     OPTIMUS_SERVICES,
@@ -232,6 +273,11 @@ class EmbeddedStack:
             await asyncio.gather(
                 *(self._await_serving(child, port, names) for child, port, names in services)
             )
+            if c.webhook_port:
+                optimus = services[-1][0]
+                scheme = "http" if c.insecure else "https"
+                url = f"{scheme}://{c.address(c.webhook_port)}/v1/webhooks/s3"
+                self.endpoints.append(Endpoint("optimus", url, optimus.pid, ("webhook (S3 events)",)))
             await self._start_agent()
         except BaseException:
             await self.stop()
