@@ -86,7 +86,7 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
         plato: grpc.aio.Channel,
         work_root: Path,
         stopping: asyncio.Event,
-        storage_roots: Sequence[Path] = (),
+        storage_roots: Sequence[storage.Root] = (),
     ) -> None:
         self.workflows = workflow_service_pb2_grpc.WorkflowServiceStub(plato)
         self.work_root = work_root.absolute()

@@ -269,9 +269,10 @@ def check_spec(
         )
 
 
-def check_storage(spec: job_pb2.JobSpec, roots: Sequence[Path]) -> None:
+def check_storage(spec: job_pb2.JobSpec, roots: Sequence[storage.Root]) -> None:
     """:class:`~cosmos.security.storage.OutsideStorageRoot` naming every artifact URI outside
-    ``<root>/<spec.tenant>``. Whether an input exists is the agent's to find out when it stages it: a
+    ``<root>/<spec.tenant>`` (``file://`` and ``s3://`` roots alike).
+    Whether an input exists is the agent's to find out when it stages it: a
     submit retried with its idempotency key must not fail because a finished job's input is gone.
 
     A job reads and writes its own tenant's area only, whoever submitted it: the agent checks again
@@ -281,7 +282,7 @@ def check_storage(spec: job_pb2.JobSpec, roots: Sequence[Path]) -> None:
     for field, artifacts in (("inputs", spec.inputs), ("outputs", spec.outputs)):
         for i, artifact in enumerate(artifacts):
             try:
-                storage.check_uri(artifact.uri, roots, spec.tenant, f"spec.{field}[{i}].uri")
+                storage.check_any(artifact.uri, roots, spec.tenant, f"spec.{field}[{i}].uri")
             except storage.OutsideStorageRoot as exc:
                 bad.extend(exc.violations)
     if bad:

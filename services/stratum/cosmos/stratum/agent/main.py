@@ -54,7 +54,7 @@ class AgentConfig:
     """The agent's certificate (its identity: ``spiffe://cosmos/agent/<agent_id>``) and CA."""
     jail: sandbox.Sandbox | None = None
     """How jobs are confined (default: one uid per tenant from the default range when root)."""
-    storage_roots: tuple[Path, ...] = ()
+    storage_roots: tuple[storage.Root, ...] = ()
     """Where jobs' ``file://`` artifacts may lie (``<root>/<tenant>/...``); none: refused."""
     min_free_bytes: int = RunLimits.min_free_bytes
     """Disk space every job must leave free on the work dir's disk (checked before staging)."""
