@@ -41,6 +41,16 @@ def add_stack_arguments(p: argparse.ArgumentParser) -> None:
         p, PREFIX, "--data-dir", default=str(d.data_dir), help="JetStream data, logs, work dirs"
     )
     config.add_env_argument(
+        p, PREFIX, "--s3-port", default=d.s3_port, type=int, help="embedded S3 (SeaweedFS) gateway port"
+    )
+    p.add_argument(
+        "--no-s3",
+        dest="s3",
+        action="store_false",
+        default=not config.env_flag(PREFIX, "--no-s3"),
+        help="do not run the embedded S3 server (SeaweedFS); only file storage roots",
+    )
+    config.add_env_argument(
         p, PREFIX, "--agent-gpus", default="", help="GPUs the local agent declares (2xA100)"
     )
     config.add_env_argument(p, PREFIX, "--log-level", default="info", help="log level of the services")
@@ -68,6 +78,8 @@ def stack_config(args: argparse.Namespace) -> StackConfig:
         plato_port=args.plato_port,
         stratum_port=args.stratum_port,
         nats_port=args.nats_port,
+        s3=args.s3,
+        s3_port=args.s3_port,
         data_dir=Path(args.data_dir),
         agent_gpus=args.agent_gpus,
         log_level=args.log_level,

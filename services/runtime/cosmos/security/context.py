@@ -59,6 +59,10 @@ class Context:
     storage_root: str = ""
     """The platform's storage root as a local directory (``cosmos up`` records its own), where the CLI
     puts files for the caller's tenant (``<root>/<tenant>/...``); empty: unknown here."""
+    s3_endpoint: str = ""
+    """The embedded S3 gateway's URL (``cosmos up`` records it); empty: the AWS environment decides."""
+    s3_identity: str = ""
+    """Path of the embedded S3 server's identity file (0600) holding the access key the CLI signs with."""
 
     def security(self) -> Security:
         """The credentials as a :class:`Security`."""

@@ -22,7 +22,7 @@ from cosmos.security import storage
 from cosmos.stratum.registry import AgentRegistry
 from cosmos.stratum.v1 import job_pb2
 
-SCHEMES = ("file",)
+SCHEMES = ("file", "s3")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # GPU models a job may name even when no agent of the pool has one right now (it then cannot be
 # placed and is refused as unsatisfiable); any other name is a typo and refused as unknown.
@@ -226,7 +226,7 @@ def check_spec(
                 bad.append(
                     errors.FieldViolation(
                         f"spec.{field}[{i}].uri",
-                        f"scheme {scheme or '(none)'!r} is not supported; use file://",
+                        f"scheme {scheme or '(none)'!r} is not supported; use file:// or s3://",
                     )
                 )
             if not artifact.path or artifact.path.startswith("/") or ".." in artifact.path.split("/"):
