@@ -56,7 +56,10 @@ async def test_inputs_and_outputs_stream_through_s3(s3_server: seaweed.S3Server,
     await client.download_file("s3://cosmos/acme/out/result.bin", back)
     assert back.read_bytes() == src.read_bytes()
 
-    # A directory output never mixes with objects already under its prefix.
+    # The same tree again (a retried attempt whose upload completed) is done already; another tree
+    # never mixes with the objects under that prefix.
+    assert await staging.stage_outputs(registry(s3_server), outputs[1:], work, "acme")
+    (work / "out" / "c.txt").write_text("c")
     with pytest.raises(staging.OutputExists):
         await staging.stage_outputs(registry(s3_server), outputs[1:], work, "acme")
 
@@ -88,3 +91,21 @@ async def test_a_missing_object_is_permanent_an_unreachable_store_transient(
     with pytest.raises(staging.StorageUnavailable) as exc2:
         await staging.stage_inputs(staging.default_registry(ROOTS, down), missing, tmp_path / "w", "acme")
     assert failures.classify(exc2.value.reason) == job_pb2.FAILURE_CLASS_TRANSIENT
+
+
+async def test_an_input_is_downloaded_once_per_host_and_linked(
+    s3_server: seaweed.S3Server, tmp_path: Path
+) -> None:
+    client = s3.S3Client(s3_server.config)
+    await client.put_bytes("s3://cosmos/acme/src.mp4", b"v1")
+    cache = tmp_path / "cache"
+    reg = staging.default_registry(ROOTS, client, cache)
+    art = [job_pb2.Artifact(uri="s3://cosmos/acme/src.mp4", path="src.mp4")]
+    await staging.stage_inputs(reg, art, tmp_path / "j1", "acme")
+    await staging.stage_inputs(reg, art, tmp_path / "j2", "acme")
+    assert os.stat(tmp_path / "j1" / "src.mp4").st_ino == os.stat(tmp_path / "j2" / "src.mp4").st_ino
+    assert len(os.listdir(cache)) == 1
+    # A replaced object is another version: fetched anew, never the stale copy.
+    await client.put_bytes("s3://cosmos/acme/src.mp4", b"v2")
+    await staging.stage_inputs(reg, art, tmp_path / "j3", "acme")
+    assert (tmp_path / "j3" / "src.mp4").read_bytes() == b"v2"

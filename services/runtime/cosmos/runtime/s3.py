@@ -345,6 +345,11 @@ class S3Client:
 
                 await self._retrying(uri, "download", fetch)
             info = self._verify(uri, state, sha.hexdigest(), md5.hexdigest())
+            # mkstemp made it 0600; a downloaded file gets the mode any new file would (jobs running
+            # as another uid read their staged inputs).
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
             os.replace(tmp, dest)
             return info
         finally:
@@ -404,6 +409,18 @@ class S3Client:
 
         found: bool = await self._retrying(uri, "look up", head)
         return found
+
+    async def etag(self, uri: str) -> str:
+        """The object's ETag (changes when the object is replaced)."""
+        bucket, key = parse_uri(uri)
+        store = self.store(bucket)
+
+        async def head() -> str:
+            meta = await obstore.head_async(store, key)
+            return str(meta["e_tag"] or meta["last_modified"])
+
+        tag: str = await self._retrying(uri, "look up", head)
+        return tag
 
     async def list_objects(self, prefix_uri: str) -> list[tuple[str, int]]:
         """``(key, size)`` of every object under ``prefix_uri`` (a ``/`` is added), sorted by key."""

@@ -73,7 +73,8 @@ class Agent:
             cfg.work_dir,
             self._send,
             cfg.jail,
-            staging.default_registry(cfg.storage_roots),
+            # Inputs from S3 are cached per host beside the work dirs (one file system: hard links).
+            staging.default_registry(cfg.storage_roots, s3_cache=cfg.work_dir.absolute() / ".s3-cache"),
             RunLimits(min_free_bytes=cfg.min_free_bytes),
         )
         self._tasks: set[asyncio.Task[None]] = set()

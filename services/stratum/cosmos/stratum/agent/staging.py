@@ -25,6 +25,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import errno
+import hashlib
 import os
 import shutil
 import stat
@@ -193,21 +194,32 @@ def _check_tree(top: Path, roots: Sequence[storage.Root], tenant: str, field: st
 
 
 def default_registry(
-    roots: Sequence[storage.Root] = (), s3_client: s3.S3Client | None = None
+    roots: Sequence[storage.Root] = (),
+    s3_client: s3.S3Client | None = None,
+    s3_cache: Path | None = None,
 ) -> StoreRegistry:
     """A registry with the stores every agent has: ``file://`` and ``s3://`` under ``roots`` (S3
-    credentials and endpoint from the AWS environment unless ``s3_client`` is given)."""
+    credentials and endpoint from the AWS environment unless ``s3_client`` is given; objects cached
+    per host in ``s3_cache`` when given)."""
     registry = StoreRegistry(roots)
     registry.register("file", FileStore())
-    registry.register("s3", S3ObjectStore(s3_client))
+    registry.register("s3", S3ObjectStore(s3_client, s3_cache))
     return registry
 
 
 class S3ObjectStore(Store):
-    """``s3://bucket/key`` URIs through :class:`cosmos.runtime.s3.S3Client` (streamed, verified)."""
+    """``s3://bucket/key`` URIs through :class:`cosmos.runtime.s3.S3Client` (streamed, verified).
 
-    def __init__(self, client: s3.S3Client | None = None) -> None:
+    With a ``cache`` directory (on the work dirs' file system), an input object is downloaded once
+    per host and version (its ETag) and hard-linked into each job's work dir: the encode's chunk
+    jobs all read one source, and only the first of them fetches it. Like a ``file://`` input, a
+    hard link shares its data: jobs treat inputs as read-only. The cache is not evicted (yet).
+    """
+
+    def __init__(self, client: s3.S3Client | None = None, cache: Path | None = None) -> None:
         self._client = client
+        self.cache = cache
+        self._locks: dict[str, asyncio.Lock] = {}
 
     @property
     def client(self) -> s3.S3Client:
@@ -219,7 +231,10 @@ class S3ObjectStore(Store):
     async def fetch(self, uri: str, dest: Path) -> None:
         try:
             if not uri.endswith("/") and await self.client.exists(uri):
-                await self.client.download_file(uri, dest)
+                if self.cache is None:
+                    await self.client.download_file(uri, dest)
+                else:
+                    await self._cached(uri, dest)
             else:
                 await self.client.download_tree(uri, dest)
         except s3.S3NotFound as exc:
@@ -233,9 +248,13 @@ class S3ObjectStore(Store):
     async def store(self, src: Path, uri: str) -> str:
         try:
             if await asyncio.to_thread(src.is_dir):
-                # Like a file:// directory output: never mix with (or overwrite) objects already there.
-                if await self.client.list_objects(uri):
-                    raise OutputExists(f"{uri} already holds objects; they are left as they are")
+                # Like a file:// directory output: never mix with (or overwrite) objects already there,
+                # unless they are this very tree (a retried attempt whose upload had completed).
+                there = await self.client.list_objects(uri)
+                if there:
+                    if sorted(there) != await asyncio.to_thread(_tree, src, uri):
+                        raise OutputExists(f"{uri} already holds other objects; they are left as they are")
+                    return uri
                 await self.client.upload_tree(src, uri)
             else:
                 await self.client.upload_file(src, uri)
@@ -243,6 +262,17 @@ class S3ObjectStore(Store):
             cls = self._classify(exc, f"output could not be stored to {uri!r}")
             raise (cls if isinstance(cls, StorageUnavailable) else OutputFailed(str(cls))) from exc
         return uri
+
+    async def _cached(self, uri: str, dest: Path) -> None:
+        assert self.cache is not None
+        etag = await self.client.etag(uri)
+        name = hashlib.sha256(f"{uri}\n{etag}".encode()).hexdigest()
+        cached = self.cache / name
+        # One download per object version at a time; concurrent jobs wait for it and then link.
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            if not await asyncio.to_thread(cached.is_file):
+                await self.client.download_file(uri, cached)
+        await asyncio.to_thread(_copy, cached, dest, True)
 
     @staticmethod
     def _classify(exc: s3.S3Error, doing: str) -> StagingError:
@@ -296,6 +326,15 @@ class FileStore(Store):
                 raise full from exc
             raise OutputFailed(f"output could not be stored to {uri!r}: {exc}") from exc
         return uri
+
+
+def _tree(top: Path, uri: str) -> list[tuple[str, int]]:
+    """``(key, size)`` of every file under ``top`` as uploaded below ``uri``."""
+    _, prefix = s3.parse_uri(uri)
+    base = prefix.rstrip("/") + "/" if prefix else ""
+    return sorted(
+        (base + p.relative_to(top).as_posix(), p.stat().st_size) for p in top.rglob("*") if p.is_file()
+    )
 
 
 def _copy(src: Path, dest: Path, link: bool) -> None:
