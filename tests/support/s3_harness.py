@@ -23,6 +23,6 @@ def running_s3(tmp: Path) -> Iterator[seaweed.S3Server]:
         server.create_bucket()
         yield server
     finally:
-        # weed drains for ~15 s on SIGTERM; a test's data is thrown away, so do not wait for it.
+        # weed's filer waits 15 s on SIGTERM (its own metadata streams); a test's data is thrown away.
         stop_process(proc, timeout=2)
         log.close()

@@ -36,7 +36,7 @@ from cosmos import errors
 from cosmos.cli import target
 from cosmos.cli.console import make_console
 from cosmos.optimus.v1 import encode_pb2, encode_service_pb2, encode_service_pb2_grpc
-from cosmos.runtime import process, reconnect, rpc_errors
+from cosmos.runtime import process, reconnect, rpc_errors, s3
 from cosmos.security import pki, storage
 from cosmos.security.context import Context
 
@@ -268,11 +268,11 @@ async def run_encode(args: argparse.Namespace, console: Console, ctx: Context | 
     if args.json:
         print(json_format.MessageToJson(final))
     else:
-        _report(console, final)
+        _report(console, final, ctx)
     return process.EXIT_OK if final.state == ES.ENCODE_STATE_SUCCEEDED else process.EXIT_FAILED
 
 
-def _report(console: Console, encode: encode_pb2.Encode) -> None:
+def _report(console: Console, encode: encode_pb2.Encode, ctx: Context | None = None) -> None:
     state = ES.Name(encode.state).removeprefix("ENCODE_STATE_")
     if encode.state != ES.ENCODE_STATE_SUCCEEDED:
         console.print(
@@ -281,6 +281,12 @@ def _report(console: Console, encode: encode_pb2.Encode) -> None:
         return
     console.print(results_table(encode))
     console.print(f"HLS  {encode.manifests.hls_master_uri}\nDASH {encode.manifests.dash_mpd_uri}")
+    if encode.manifests.hls_master_uri.startswith("s3://") and ctx is not None:
+        # Objects are private: a presigned URL (1 h) per manifest; a player needs one per segment
+        # too (or a public-read prefix), so `cosmos demo` fetches every object through its own.
+        client = s3.S3Client(ctx.s3_config())
+        console.print(f"HLS  (presigned, 1 h) {client.presign(encode.manifests.hls_master_uri)}")
+        console.print(f"DASH (presigned, 1 h) {client.presign(encode.manifests.dash_mpd_uri)}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -36,6 +36,8 @@ import hashlib
 import os
 import re
 import tempfile
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -445,6 +447,25 @@ class S3Client:
         except Exception as exc:
             raise _translate(exc, uri, "presign") from exc
 
+    async def fetch_over_http(self, prefix_uri: str, dest: Path) -> list[str]:
+        """Download every object under ``prefix_uri`` into ``dest`` by plain HTTP GETs of presigned
+        URLs (what a player given those URLs would do); the keys fetched, relative to the prefix.
+
+        A manifest's relative segment URLs cannot carry a signature, so a player needs one presigned
+        URL per object (or a public-read prefix): this fetches them all, for checking a publish."""
+        _, key = parse_uri(prefix_uri)
+        prefix = key.rstrip("/") + "/" if key else ""
+        bucket = parse_uri(prefix_uri)[0]
+        names = []
+        for name, _ in await self.list_objects(prefix_uri):
+            rel = name[len(prefix) :]
+            if not rel or any(p in ("", ".", "..") for p in rel.split("/")):
+                raise S3Error(f"fetch {prefix_uri}: key {name!r} cannot be a local path", prefix_uri)
+            url = self.presign(f"s3://{bucket}/{name}")
+            await asyncio.to_thread(_http_get_to, url, dest.joinpath(*rel.split("/")))
+            names.append(rel)
+        return names
+
     # -- trees ---------------------------------------------------------------------------------------
 
     async def upload_tree(self, top: Path, prefix_uri: str) -> list[ObjectInfo]:
@@ -482,6 +503,18 @@ class S3Client:
                 yield bytes(chunk)
         except Exception as exc:
             raise _translate(exc, uri, "download") from exc
+
+
+def _http_get_to(url: str, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with urllib.request.urlopen(url, timeout=60) as resp, dest.open("wb") as out:
+            while chunk := resp.read(READ_CHUNK):
+                out.write(chunk)
+    except urllib.error.HTTPError as exc:
+        raise S3Error(f"HTTP GET of a presigned URL answered {exc.code}: {url.split('?')[0]}") from exc
+    except OSError as exc:
+        raise S3Unavailable(f"HTTP GET {url.split('?')[0]} failed: {exc}") from exc
 
 
 def _digest(path: Path) -> tuple[int, str, str]:

@@ -368,8 +368,9 @@ class EmbeddedStack:
         codes: dict[str, int | None] = {}
         while self.children:
             child = self.children.pop()
-            # weed drains its volume server on SIGTERM; nothing is left to drain once every client is gone.
-            codes[child.name] = await child.stop(5.0 if child.name == "s3" else 15.0)
+            # weed's filer waits a fixed 15 s for its own metadata streams before it stops (then
+            # exits 0, data flushed); only after that is it killed.
+            codes[child.name] = await child.stop(25.0 if child.name == "s3" else 15.0)
         self.endpoints.clear()
         return codes
 
