@@ -70,6 +70,20 @@ async def test_s3_to_s3_encode_plays_over_http(stack: EmbeddedStack, tmp_path: P
             assert info is not None and info.reason == reason, change
             assert [v.field for v in violations] == [field], change
 
+        # A prefix holding someone else's objects: refused at submit, not after the encode.
+        await client.put_bytes("s3://cosmos/default/taken/notes.txt", b"mine")
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await encodes.SubmitEncode(
+                encode_service_pb2.SubmitEncodeRequest(
+                    source_uri="s3://cosmos/default/sources/clip.mp4",
+                    output_uri="s3://cosmos/default/taken",
+                    profiles=["360p"],
+                )
+            )
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        info, _ = rpc_errors.details_of(caught.value)
+        assert info is not None and info.reason == "ERROR_REASON_OUTPUT_EXISTS"
+
         reply = await encodes.SubmitEncode(
             encode_service_pb2.SubmitEncodeRequest(
                 source_uri="s3://cosmos/default/sources/clip.mp4",

@@ -47,7 +47,9 @@ async def test_a_job_reads_and_writes_s3_through_the_embedded_stack(
     identity = stack.s3.s3_dir / "identities.json"
     assert identity.stat().st_mode & 0o777 == 0o600
     assert stack.context().s3_endpoint == stack.s3.endpoint
-    client = s3.S3Client(stack.s3.config)
+    # The CLI's way in: the context names the endpoint and the identity file it reads the key from.
+    assert stack.context().s3_config() == stack.s3.config
+    client = s3.S3Client(stack.context().s3_config())
     src = tmp_path / "in.bin"
     src.write_bytes(os.urandom(3 * 1024 * 1024))
     await client.upload_file(src, "s3://cosmos/default/jobs/in.bin")

@@ -285,8 +285,13 @@ def _report(console: Console, encode: encode_pb2.Encode, ctx: Context | None = N
         # Objects are private: a presigned URL (1 h) per manifest; a player needs one per segment
         # too (or a public-read prefix), so `cosmos demo` fetches every object through its own.
         client = s3.S3Client(ctx.s3_config())
-        console.print(f"HLS  (presigned, 1 h) {client.presign(encode.manifests.hls_master_uri)}")
-        console.print(f"DASH (presigned, 1 h) {client.presign(encode.manifests.dash_mpd_uri)}")
+        # soft_wrap: a URL cut into lines cannot be copied.
+        console.print(
+            f"HLS  (presigned, 1 h) {client.presign(encode.manifests.hls_master_uri)}", soft_wrap=True
+        )
+        console.print(
+            f"DASH (presigned, 1 h) {client.presign(encode.manifests.dash_mpd_uri)}", soft_wrap=True
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -104,7 +104,8 @@ async def run_up(cfg: StackConfig, console: Console) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    with console.status("starting NATS, Plato, Stratum, Optimus and the local agent..."):
+    s3 = "S3, " if cfg.s3 else ""
+    with console.status(f"starting {s3}NATS, Plato, Stratum, Optimus and the local agent..."):
         stack = EmbeddedStack(cfg)
         await stack.start()
     console.print(endpoints_table(stack))

@@ -178,6 +178,25 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
             reason = "ERROR_REASON_SOURCE_UNREADABLE"
             raise _bad("source_uri", f"{request.source_uri} does not exist or cannot be read", reason)
 
+    async def _refuse_foreign_objects(self, output_uri: str) -> None:
+        """FAILED_PRECONDITION (OUTPUT_EXISTS) when the output prefix holds objects other than a Cosmos
+        publish (its ``.cosmos-publish.json``): the agent would refuse the upload at the very end."""
+        try:
+            there = await self._s3().list_objects(output_uri)
+        except s3.S3Error as exc:
+            if exc.transient:
+                raise errors.UnavailableError(f"output_uri: S3 is unavailable: {exc.message}") from exc
+            raise _bad("output_uri", f"{output_uri} cannot be listed: {exc.message}") from exc
+        _, key = s3.parse_uri(output_uri)
+        marker = f"{key.rstrip('/')}/{publish.MANIFEST}"
+        if there and marker not in {name for name, _ in there}:
+            what = f"{output_uri} holds objects Cosmos did not publish"
+            raise errors.FailedPreconditionError(
+                f"output_uri: {what}; choose another prefix (nothing in S3 is overwritten)",
+                reason="ERROR_REASON_OUTPUT_EXISTS",
+                violations=[errors.FieldViolation("output_uri", what)],
+            )
+
     def _validate(
         self, request: encode_service_pb2.SubmitEncodeRequest
     ) -> tuple[Path, list[catalog.Profile], Path]:
@@ -266,6 +285,8 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
         s3_source, s3_output = _is_s3(request.source_uri), _is_s3(request.output_uri)
         if s3_source:
             await self._check_s3_source(request)
+        if s3_output:
+            await self._refuse_foreign_objects(request.output_uri)
         await self._ensure_registered()
         names = [p.name for p in chosen]
         quality = QUALITY_MODES[request.quality or encode_pb2.QUALITY_MODE_SAMPLED]

@@ -38,9 +38,9 @@ import re
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import obstore
@@ -61,6 +61,8 @@ __all__ = [
     "join_uri",
     "parse_uri",
 ]
+
+T = TypeVar("T")
 
 SHA256_META = "cosmos-sha256"
 """User metadata key holding the object's SHA-256 (hex), set by every upload made here."""
@@ -264,7 +266,9 @@ class S3Client:
             self._stores[bucket] = store
         return store
 
-    async def _retrying(self, uri: str, doing: str, attempt_fn: Any) -> Any:
+    async def _retrying(self, uri: str, doing: str, attempt_fn: Callable[[], Awaitable[T]]) -> T:
+        """``attempt_fn()``, again after a transient failure (exponential backoff, :attr:`attempts`
+        in all); the failure as an :class:`S3Error`."""
         delay = self.backoff
         for attempt in range(1, self.attempts + 1):
             try:
