@@ -222,12 +222,15 @@ class S3Client:
         max_concurrency: int = 4,
         attempts: int = 4,
         backoff: float = 0.2,
+        request_retries: int = 3,
     ) -> None:
         self.config = config or S3Config.from_env()
         self.part_size = part_size
         self.max_concurrency = max_concurrency
         self.attempts = attempts
         self.backoff = backoff
+        self.request_retries = request_retries
+        """object_store's own retries of one request (and of a GET stream cut short)."""
         self._stores: dict[str, S3Store] = {}
 
     def store(self, bucket: str) -> S3Store:
@@ -253,7 +256,7 @@ class S3Client:
                     "timeout": datetime.timedelta(minutes=5),
                 },
                 retry_config={
-                    "max_retries": 3,
+                    "max_retries": self.request_retries,
                     "backoff": {
                         "init_backoff": datetime.timedelta(milliseconds=100),
                         "max_backoff": datetime.timedelta(seconds=5),
