@@ -75,7 +75,9 @@ def wait_agent_ready(stack: Stack, timeout: float = 90) -> dict[str, object]:
 def start_up(tmp_path: Path, ports: dict[str, int], token_port_offset: int = 0) -> Stack:
     env = {**os.environ, "COSMOS_NATS_PORT": str(ports["nats"]), "COSMOS_DATA_DIR": str(tmp_path / "data"),
            "COSMOS_CONFIG": str(tmp_path / "config.yaml"),
-           "COSMOS_TOKEN_PORT_OFFSET": str(token_port_offset)}  # fmt: skip
+           "COSMOS_TOKEN_PORT_OFFSET": str(token_port_offset),
+           # The embedded S3 server (on by default) on a free port: tests run side by side.
+           "COSMOS_S3_PORT": str(ports.get("s3") or free_port())}  # fmt: skip
     proc = subprocess.Popen(
         [
             sys.executable, "-m", "cosmos.cli", "up",
@@ -152,12 +154,12 @@ def test_up_serves_every_contract_with_health_and_reflection_then_stops_cleanly(
     assert "InvalidArgument" in bad_page.stderr and "page_size" in bad_page.stderr
 
     children = psutil.Process(stack.proc.pid).children(recursive=True)
-    assert len(children) == 5, [c.cmdline() for c in children]  # nats, plato, stratum, optimus, agent
+    assert len(children) == 6, [c.cmdline() for c in children]  # s3, nats, plato, stratum, optimus, agent
     stack.proc.send_signal(signal.SIGTERM)
     assert stack.proc.wait(timeout=60) == 0
     output = stack.proc.stdout.read() if stack.proc.stdout else ""
     assert "Cosmos is up" in output
-    for name in ("optimus", "plato", "stratum", "nats", "agent"):
+    for name in ("optimus", "plato", "stratum", "nats", "agent", "s3"):
         assert f"{name} (0)" in output, output
     _, alive = psutil.wait_procs(children, timeout=5)
     assert not alive
