@@ -69,6 +69,17 @@ async def test_a_job_reads_and_writes_s3_through_the_embedded_stack(
         await client.download_file("s3://cosmos/default/jobs/out/copy.bin", back)
         assert back.read_bytes() == src.read_bytes()
 
+        # The agent holds the S3 key; the jobs never see it.
+        probe = job_pb2.JobSpec(
+            argv=[
+                sys.executable,
+                "-c",
+                "import os, sys; sys.exit(any(k.startswith('AWS_') for k in os.environ))",
+            ]
+        )
+        probed = await jobs.wait((await jobs.submit(probe)).job_id, timeout=120)
+        assert probed.state == JS.JOB_STATE_SUCCEEDED, "a job saw AWS_* variables"
+
         # A missing input fails the job for good, with the reason.
         missing = job_pb2.JobSpec(argv=[sys.executable, "-c", "pass"])
         missing.inputs.add(uri="s3://cosmos/default/jobs/nope.bin", path="x")
