@@ -163,7 +163,9 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
     def _s3(self) -> s3.S3Client:
         """The S3 client (AWS environment), made on first use: file-only deployments need no config."""
         if self.s3_client is None:
-            self.s3_client = s3.S3Client()
+            # Submit-time checks (HEAD, LIST) answer the caller: a down S3 is UNAVAILABLE in seconds,
+            # not after the transfer-sized retry budget.
+            self.s3_client = s3.S3Client(attempts=2, request_retries=1)
         return self.s3_client
 
     async def _check_s3_source(self, request: encode_service_pb2.SubmitEncodeRequest) -> None:
