@@ -10,12 +10,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import s3_harness
 import security_harness
 from servers import ServiceProcess, stop_process, wait_serving
 from stratum_harness import Agents
 
 from cosmos.runtime.config import Address, free_port
-from cosmos.stack import natsd
+from cosmos.stack import natsd, seaweed
 
 
 def _start_nats(argv: list[str], port: int) -> subprocess.Popen[bytes]:
@@ -79,3 +80,10 @@ def start_service(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
     yield start
     for service in reversed(started):
         service.stop()
+
+
+@pytest.fixture
+def s3_server(tmp_path: Path) -> Iterator[seaweed.S3Server]:
+    """A real SeaweedFS S3 gateway (authentication on, bucket ``cosmos`` created) on free ports."""
+    with s3_harness.running_s3(tmp_path / "seaweed") as server:
+        yield server

@@ -88,7 +88,7 @@ async def test_sources_outputs_and_job_artifacts_stay_in_the_callers_area(
             (encode(ok_source, (acme / "published" / "title").as_uri()), "output_uri", "symbolic link"),
             (encode((acme / "zero.mp4").as_uri(), ok_output), "source_uri", "symbolic link"),
             (encode("file:///dev/zero", ok_output), "source_uri", "outside tenant 'acme'"),
-            (encode("s3://bucket/acme/clip.mp4", ok_output), "source_uri", "'s3'"),
+            (encode("s3://bucket/acme/clip.mp4", ok_output), "source_uri", "no s3:// storage root"),
             (encode(ok_source, "gs://bucket/acme/out"), "output_uri", "'gs'"),
             (encode((umbrella / "clip.mp4").as_uri(), ok_output), "source_uri", "outside tenant 'acme'"),
             (encode(ok_source, (umbrella / "title").as_uri()), "output_uri", "outside tenant 'acme'"),

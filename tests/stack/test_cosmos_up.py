@@ -79,7 +79,9 @@ def start_up(tmp_path: Path, ports: dict[str, int], token_port_offset: int = 0) 
     env = {**os.environ, "COSMOS_NATS_PORT": str(ports["nats"]), "COSMOS_DATA_DIR": str(tmp_path / "data"),
            "COSMOS_CONFIG": str(tmp_path / "config.yaml"),
            "COSMOS_TOKEN_PORT_OFFSET": str(token_port_offset),
-           "COSMOS_WEBHOOK_PORT": str(ports.get("webhook") or free_port())}  # fmt: skip
+           "COSMOS_WEBHOOK_PORT": str(ports.get("webhook") or free_port()),
+           # The embedded S3 server (on by default) on a free port: tests run side by side.
+           "COSMOS_S3_PORT": str(ports.get("s3") or free_port())}  # fmt: skip
     proc = subprocess.Popen(
         [
             sys.executable, "-m", "cosmos.cli", "up",
@@ -168,12 +170,12 @@ def test_up_serves_every_contract_with_health_and_reflection_then_stops_cleanly(
     assert refused.value.code == 401
 
     children = psutil.Process(stack.proc.pid).children(recursive=True)
-    assert len(children) == 5, [c.cmdline() for c in children]  # nats, plato, stratum, optimus, agent
+    assert len(children) == 6, [c.cmdline() for c in children]  # s3, nats, plato, stratum, optimus, agent
     stack.proc.send_signal(signal.SIGTERM)
     assert stack.proc.wait(timeout=60) == 0
     output = stack.proc.stdout.read() if stack.proc.stdout else ""
     assert "Cosmos is up" in output
-    for name in ("optimus", "plato", "stratum", "nats", "agent"):
+    for name in ("optimus", "plato", "stratum", "nats", "agent", "s3"):
         assert f"{name} (0)" in output, output
     _, alive = psutil.wait_procs(children, timeout=5)
     assert not alive

@@ -449,10 +449,10 @@ async def test_output_not_produced_fails_the_job(tmp_path: Path) -> None:
         ),
         (
             job_pb2.JobSpec(
-                argv=["true"], outputs=[job_pb2.Artifact(uri="s3://bucket/out.mp4", path="out.mp4")]
+                argv=["true"], outputs=[job_pb2.Artifact(uri="gs://bucket/out.mp4", path="out.mp4")]
             ),
             "UNSUPPORTED_SCHEME",
-            "unsupported URI scheme 's3'",
+            "unsupported URI scheme 'gs'",
         ),
         (
             job_pb2.JobSpec(argv=["true"], inputs=[job_pb2.Artifact(uri="file:///etc/hosts", path="../x")]),

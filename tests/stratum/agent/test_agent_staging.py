@@ -115,8 +115,8 @@ def test_artifact_paths_must_stay_in_the_work_dir(tmp_path: Path, path: str) -> 
 
 def test_unknown_scheme_is_refused_by_name(tmp_path: Path) -> None:
     registry = staging.default_registry()
-    with pytest.raises(staging.UnsupportedScheme, match=r"unsupported URI scheme 's3'.*supports: file://"):
-        staging.check(registry, [job_pb2.Artifact(uri="s3://bucket/key.mp4", path="k.mp4")], tmp_path)
+    with pytest.raises(staging.UnsupportedScheme, match=r"unsupported URI scheme 'gs'.*supports: file://, s3://"):
+        staging.check(registry, [job_pb2.Artifact(uri="gs://bucket/key.mp4", path="k.mp4")], tmp_path)
     with pytest.raises(staging.UnsupportedScheme, match=r"scheme \(none\)"):
         registry.store_for("relative/path.mp4")
 
@@ -150,7 +150,7 @@ async def test_other_stores_plug_in_by_scheme(tmp_path: Path) -> None:
     store = MemoryStore()
     registry = staging.default_registry()
     registry.register("MEM", store)
-    assert registry.schemes == ["file", "mem"]
+    assert registry.schemes == ["file", "mem", "s3"]
     await staging.stage_inputs(registry, [job_pb2.Artifact(uri="mem://bucket/in", path="in")], tmp_path)
     stored = await staging.stage_outputs(
         registry, [job_pb2.Artifact(uri="mem://bucket/out", path="in")], tmp_path

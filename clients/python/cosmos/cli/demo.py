@@ -1,12 +1,16 @@
 """``cosmos demo``: the main job, end to end, on the embedded stack.
 
 Generates a 20-second 1080p test clip with audio, starts the stack (same ports, data dir and
-settings as ``cosmos up``), encodes a 3-rendition ladder (1080p, 720p, 360p) with live progress,
-prints the renditions with their VMAF and PSNR, verifies the published HLS and DASH manifests
-(every rendition listed, both decode, durations match the source), and stops the stack.
+settings as ``cosmos up``, its S3 server included), uploads the clip to the embedded S3
+(``s3://cosmos/default/demo/source.mp4``), encodes a 3-rendition ladder (1080p, 720p, 360p) from
+``s3://`` to ``s3://`` with live progress, prints the renditions with their VMAF and PSNR and
+presigned HTTP URLs of the manifests, fetches every published object over HTTP (presigned URLs),
+verifies the HLS and DASH manifests (every rendition listed, both decode, durations match the
+source), and stops the stack.
 
-Clip and output lie in the local admin's storage area (``<data-dir>/storage/default/demo/``): the
-services accept files there only. Every run republishes the output, so it asks for overwrite.
+Each run publishes under a new prefix (``s3://cosmos/default/demo/<run>/``): publishing never
+overwrites objects in S3. With ``--no-s3`` the demo runs on files in the local admin's storage area
+(``<data-dir>/storage/default/demo/``), republishing with overwrite.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,7 +30,7 @@ from rich.console import Console
 from cosmos import errors
 from cosmos.cli import encode, up
 from cosmos.cli.console import make_console
-from cosmos.runtime import logs, process
+from cosmos.runtime import logs, process, s3
 from cosmos.stack import credentials
 from cosmos.stack.embedded import EmbeddedStack, StackConfig
 
@@ -62,10 +68,22 @@ async def run_demo(cfg: StackConfig, console: Console) -> int:
         await stack.start()
     try:
         console.print(up.endpoints_table(stack))
-        args = encode.parser().parse_args(
-            [str(clip), "--profiles", PROFILES, "--out", str(out), "--force", "--overwrite"]
-        )  # fmt: skip
-        code = await encode.run_encode(args, console, stack.context())
+        if stack.s3 is not None:
+            client = s3.S3Client(stack.context().s3_config())
+            source_uri = "s3://cosmos/default/demo/source.mp4"
+            out_uri = f"s3://cosmos/default/demo/{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+            with console.status(f"uploading the clip to {source_uri}..."):
+                await client.upload_file(clip, source_uri, content_type="video/mp4")
+            console.print(f"uploaded: {source_uri}")
+            argv = [source_uri, "--profiles", PROFILES, "--out", out_uri, "--force"]
+        else:
+            argv = [str(clip), "--profiles", PROFILES, "--out", str(out), "--force", "--overwrite"]
+        code = await encode.run_encode(encode.parser().parse_args(argv), console, stack.context())
+        if code == process.EXIT_OK and stack.s3 is not None:
+            out = work / "demo-fetched" / out_uri.rsplit("/", 1)[-1]
+            with console.status("fetching the published objects over HTTP (presigned URLs)..."):
+                names = await client.fetch_over_http(out_uri, out)
+            console.print(f"fetched {len(names)} objects of {out_uri} over HTTP into {out}")
         verified = code == process.EXIT_OK and await asyncio.to_thread(_verify, console, out)
     finally:
         codes = await stack.stop()

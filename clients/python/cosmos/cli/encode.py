@@ -37,7 +37,7 @@ from cosmos.cli import target
 from cosmos.cli.console import make_console
 from cosmos.client import keys
 from cosmos.optimus.v1 import encode_pb2, encode_service_pb2, encode_service_pb2_grpc
-from cosmos.runtime import process, reconnect, rpc_errors
+from cosmos.runtime import process, reconnect, rpc_errors, s3
 from cosmos.security import pki, storage
 from cosmos.security.context import Context
 
@@ -289,11 +289,11 @@ async def run_encode(args: argparse.Namespace, console: Console, ctx: Context | 
     if args.json:
         print(json_format.MessageToJson(final))
     else:
-        _report(console, final)
+        _report(console, final, ctx)
     return process.EXIT_OK if final.state == ES.ENCODE_STATE_SUCCEEDED else process.EXIT_FAILED
 
 
-def _report(console: Console, encode: encode_pb2.Encode) -> None:
+def _report(console: Console, encode: encode_pb2.Encode, ctx: Context | None = None) -> None:
     state = ES.Name(encode.state).removeprefix("ENCODE_STATE_")
     if encode.state != ES.ENCODE_STATE_SUCCEEDED:
         console.print(
@@ -302,6 +302,17 @@ def _report(console: Console, encode: encode_pb2.Encode) -> None:
         return
     console.print(results_table(encode))
     console.print(f"HLS  {encode.manifests.hls_master_uri}\nDASH {encode.manifests.dash_mpd_uri}")
+    if encode.manifests.hls_master_uri.startswith("s3://") and ctx is not None:
+        # Objects are private: a presigned URL (1 h) per manifest; a player needs one per segment
+        # too (or a public-read prefix), so `cosmos demo` fetches every object through its own.
+        client = s3.S3Client(ctx.s3_config())
+        # soft_wrap: a URL cut into lines cannot be copied.
+        console.print(
+            f"HLS  (presigned, 1 h) {client.presign(encode.manifests.hls_master_uri)}", soft_wrap=True
+        )
+        console.print(
+            f"DASH (presigned, 1 h) {client.presign(encode.manifests.dash_mpd_uri)}", soft_wrap=True
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -49,6 +49,16 @@ def add_stack_arguments(p: argparse.ArgumentParser) -> None:
         p, PREFIX, "--data-dir", default=str(d.data_dir), help="JetStream data, logs, work dirs"
     )
     config.add_env_argument(
+        p, PREFIX, "--s3-port", default=d.s3_port, type=int, help="embedded S3 (SeaweedFS) gateway port"
+    )
+    p.add_argument(
+        "--no-s3",
+        dest="s3",
+        action="store_false",
+        default=not config.env_flag(PREFIX, "--no-s3"),
+        help="do not run the embedded S3 server (SeaweedFS); only file storage roots",
+    )
+    config.add_env_argument(
         p, PREFIX, "--agent-gpus", default="", help="GPUs the local agent declares (2xA100)"
     )
     config.add_env_argument(p, PREFIX, "--log-level", default="info", help="log level of the services")
@@ -77,6 +87,8 @@ def stack_config(args: argparse.Namespace) -> StackConfig:
         plato_port=args.plato_port,
         stratum_port=args.stratum_port,
         nats_port=args.nats_port,
+        s3=args.s3,
+        s3_port=args.s3_port,
         data_dir=Path(args.data_dir),
         agent_gpus=args.agent_gpus,
         log_level=args.log_level,
@@ -101,7 +113,8 @@ async def run_up(cfg: StackConfig, console: Console) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    with console.status("starting NATS, Plato, Stratum, Optimus and the local agent..."):
+    s3 = "S3, " if cfg.s3 else ""
+    with console.status(f"starting {s3}NATS, Plato, Stratum, Optimus and the local agent..."):
         stack = EmbeddedStack(cfg)
         await stack.start()
     console.print(endpoints_table(stack))

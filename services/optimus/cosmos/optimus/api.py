@@ -18,8 +18,9 @@ import hashlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 import grpc
 from google.protobuf import json_format
@@ -30,7 +31,7 @@ from cosmos.optimus.media import publish
 from cosmos.optimus.v1 import encode_pb2, encode_service_pb2, encode_service_pb2_grpc
 from cosmos.optimus.view import QUALITY_MODES, encode_view
 from cosmos.plato.v1 import workflow_pb2, workflow_service_pb2, workflow_service_pb2_grpc
-from cosmos.runtime import batching, paging, reconnect, rpc_errors, telemetry
+from cosmos.runtime import batching, paging, reconnect, rpc_errors, s3, telemetry
 from cosmos.security import auth, principals, storage
 
 DEFINITION_ID = "encode-ladder"
@@ -86,13 +87,14 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
         plato: grpc.aio.Channel,
         work_root: Path,
         stopping: asyncio.Event,
-        storage_roots: Sequence[Path] = (),
+        storage_roots: Sequence[storage.Root] = (),
     ) -> None:
         self.workflows = workflow_service_pb2_grpc.WorkflowServiceStub(plato)
         self.work_root = work_root.absolute()
         self.storage_roots = tuple(storage_roots)
         """Where callers' sources and outputs may lie (``<root>/<tenant>/...``); none: no file URI."""
         self.stopping = stopping
+        self.s3_client: s3.S3Client | None = None
         self.registered = False
         self._starts: dict[
             str,
@@ -158,6 +160,45 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
 
     # ------------------------------------------------------------------ submit
 
+    def _s3(self) -> s3.S3Client:
+        """The S3 client (AWS environment), made on first use: file-only deployments need no config."""
+        if self.s3_client is None:
+            # Submit-time checks (HEAD, LIST) answer the caller: a down S3 is UNAVAILABLE in seconds,
+            # not after the transfer-sized retry budget.
+            self.s3_client = s3.S3Client(attempts=2, request_retries=1)
+        return self.s3_client
+
+    async def _check_s3_source(self, request: encode_service_pb2.SubmitEncodeRequest) -> None:
+        """SOURCE_UNREADABLE unless the ``s3://`` source object exists (its area was checked already)."""
+        try:
+            found = await self._s3().exists(request.source_uri)
+        except s3.S3Error as exc:
+            if exc.transient:
+                raise errors.UnavailableError(f"source_uri: S3 is unavailable: {exc.message}") from exc
+            found = False
+        if not found:
+            reason = "ERROR_REASON_SOURCE_UNREADABLE"
+            raise _bad("source_uri", f"{request.source_uri} does not exist or cannot be read", reason)
+
+    async def _refuse_foreign_objects(self, output_uri: str) -> None:
+        """FAILED_PRECONDITION (OUTPUT_EXISTS) when the output prefix holds objects other than a Cosmos
+        publish (its ``.cosmos-publish.json``): the agent would refuse the upload at the very end."""
+        try:
+            there = await self._s3().list_objects(output_uri)
+        except s3.S3Error as exc:
+            if exc.transient:
+                raise errors.UnavailableError(f"output_uri: S3 is unavailable: {exc.message}") from exc
+            raise _bad("output_uri", f"{output_uri} cannot be listed: {exc.message}") from exc
+        _, key = s3.parse_uri(output_uri)
+        marker = f"{key.rstrip('/')}/{publish.MANIFEST}"
+        if there and marker not in {name for name, _ in there}:
+            what = f"{output_uri} holds objects Cosmos did not publish"
+            raise errors.FailedPreconditionError(
+                f"output_uri: {what}; choose another prefix (nothing in S3 is overwritten)",
+                reason="ERROR_REASON_OUTPUT_EXISTS",
+                violations=[errors.FieldViolation("output_uri", what)],
+            )
+
     def _validate(
         self, request: encode_service_pb2.SubmitEncodeRequest
     ) -> tuple[Path, list[catalog.Profile], Path]:
@@ -167,6 +208,13 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
         caller = auth.current()
 
         def inside_roots(uri: str, field: str) -> Path:
+            if _is_s3(uri):
+                # An object URI: checked lexically; the path stands for it (s3://bucket/key -> s3:/...).
+                return Path(
+                    storage.check_object_uri(
+                        uri, self.storage_roots, caller.tenant, field, all_tenants=caller.all_tenants
+                    )
+                )
             return storage.check_uri(
                 uri, self.storage_roots, caller.tenant, field, all_tenants=caller.all_tenants
             )
@@ -175,7 +223,9 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
             if not request.source_uri:
                 raise _bad("source_uri", "is required")
             source = inside_roots(request.source_uri, "source_uri")
-            if not source.is_file() or not os.access(source, os.R_OK):
+            if _is_s3(request.source_uri):
+                pass  # existence is checked by SubmitEncode (an S3 call)
+            elif not source.is_file() or not os.access(source, os.R_OK):
                 reason = "ERROR_REASON_SOURCE_UNREADABLE"
                 raise _bad("source_uri", f"{source} does not exist or is not a readable file", reason)
         except storage.OutsideStorageRoot as exc:
@@ -214,6 +264,8 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
                 reason=reason,
                 violations=violations,
             )
+        if _is_s3(request.output_uri):
+            return source, chosen, output  # the agent refuses a prefix holding other objects on upload
         parent = next((p for p in [output, *output.parents] if p.exists()), None)
         if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK):
             raise errors.FailedPreconditionError(
@@ -232,13 +284,20 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
         if request.retry and request.force:
             raise _bad("retry", "retry resumes an existing encode; force starts a new one: not both")
         source, chosen, output = self._validate(request)
+        s3_source, s3_output = _is_s3(request.source_uri), _is_s3(request.output_uri)
+        if s3_source:
+            await self._check_s3_source(request)
+        if s3_output:
+            await self._refuse_foreign_objects(request.output_uri)
         await self._ensure_registered()
         names = [p.name for p in chosen]
         quality = QUALITY_MODES[request.quality or encode_pb2.QUALITY_MODE_SAMPLED]
         # An overwrite is another encode than the publish it replaces (the same one twice is one).
         replace = "\noverwrite" if request.overwrite else ""
+        source_key = request.source_uri if s3_source else str(source)
+        output_key = request.output_uri.rstrip("/") if s3_output else str(output)
         content_key = hashlib.sha256(
-            f"{source}\n{','.join(names)}\n{output}\n{quality}{replace}".encode()
+            f"{source_key}\n{','.join(names)}\n{output_key}\n{quality}{replace}".encode()
         ).hexdigest()
         if request.request_id:
             key = request.request_id
@@ -253,13 +312,22 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
         entry = workflow_service_pb2.StartWorkflowsEntry(trace_context=telemetry.inject_headers())
         start = entry.request
         start.request_id, start.definition_id, start.workflow_id = key, DEFINITION_ID, encode_id
+        # An s3:// source is staged by the agent into each job's work dir (once per host, hard-linked
+        # from its cache) under SOURCE_PATH; the jobs read it there by that relative path. An s3://
+        # output is uploaded by the agent from the publish job's staged tree.
+        source_name = PurePosixPath(request.source_uri).name or "source"
+        local_source = f"{SOURCE_DIR}/{source_name}" if s3_source else str(source)
         inp: dict[str, Any] = {
-            "source": str(source),
+            "source": local_source,
             "source_uri": request.source_uri,
-            "output": output.as_uri(),
+            "source_inputs": [{"uri": request.source_uri, "path": local_source}] if s3_source else [],
+            "output": output_key if s3_output else output.as_uri(),
+            "publish_outputs": [{"uri": output_key, "path": publish.STAGED}] if s3_output else [],
             "overwrite": request.overwrite,
             # The publish step checks again, when it writes, that the output is still in this area.
-            "output_area": str(storage.area_of(output, self.storage_roots) or output.parent),
+            "output_area": output_key
+            if s3_output
+            else str(storage.area_of(output, self.storage_roots) or output.parent),
             "quality": quality,
             "ladder": request.ladder,
             "priority": request.priority,
@@ -415,6 +483,14 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
             [_profile_proto(catalog.get(n)) for n in catalog.names()], page, "profiles"
         )
         return encode_service_pb2.ListProfilesResponse(profiles=chunk, next_page_token=next_token)
+
+
+SOURCE_DIR = "source"
+"""Where an ``s3://`` source lands in each job's work dir."""
+
+
+def _is_s3(uri: str) -> bool:
+    return urlsplit(uri).scheme.lower() == "s3"
 
 
 def _refuse_foreign_output(output: Path) -> None:

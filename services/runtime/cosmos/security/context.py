@@ -14,6 +14,7 @@ certificate) and makes it current when none is, so the CLI, the SDK and stub cod
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import grpc
 import yaml
 
 from cosmos import errors
+from cosmos.runtime.s3 import S3Config
 from cosmos.security.config import Security
 from cosmos.security.tls import TlsFiles
 
@@ -59,6 +61,23 @@ class Context:
     storage_root: str = ""
     """The platform's storage root as a local directory (``cosmos up`` records its own), where the CLI
     puts files for the caller's tenant (``<root>/<tenant>/...``); empty: unknown here."""
+    s3_endpoint: str = ""
+    """The embedded S3 gateway's URL (``cosmos up`` records it); empty: the AWS environment decides."""
+    s3_identity: str = ""
+    """Path of the embedded S3 server's identity file (0600) holding the access key the CLI signs with."""
+
+    def s3_config(self) -> S3Config:
+        """How to reach this platform's S3: the embedded server's endpoint and key when ``cosmos up``
+        recorded them, else the standard AWS environment and files."""
+        if not (self.s3_endpoint and self.s3_identity):
+            return S3Config.from_env()
+        try:
+            ident = json.loads(Path(self.s3_identity).read_text())["identities"][0]["credentials"][0]
+        except (OSError, ValueError, KeyError, IndexError) as exc:
+            raise errors.ConfigError(
+                f"context {self.name!r}: cannot read the S3 key {self.s3_identity}: {exc}"
+            ) from exc
+        return S3Config(self.s3_endpoint, "us-east-1", ident["accessKey"], ident["secretKey"])
 
     def security(self) -> Security:
         """The credentials as a :class:`Security`."""

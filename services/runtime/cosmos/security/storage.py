@@ -1,7 +1,7 @@
 """Storage roots: where a tenant's input and output URIs may point.
 
-An operator configures one or more *roots* (``--storage-root``, a ``file://`` URI or an absolute
-path; ``s3://`` comes later). A tenant may name files under ``<root>/<tenant>/...`` only; an admin
+An operator configures one or more *roots* (``--storage-root``, a ``file://`` URI, an absolute path or
+an ``s3://bucket[/prefix]`` URI). A tenant may name files under ``<root>/<tenant>/...`` only; an admin
 (:attr:`Principal.all_tenants`) may name any tenant's area under the roots. Without a configured
 root every file URI is refused: nothing on a host is reachable by default.
 
@@ -11,6 +11,12 @@ link inside the area that points elsewhere is caught, and it refuses device file
 (``/dev/zero`` as a source would never end). Every refusal is ``INVALID_ARGUMENT`` with
 ``ERROR_REASON_OUTSIDE_STORAGE_ROOT`` and a field violation naming the request field.
 
+Object roots (:class:`S3Root`) are judged lexically by :func:`check_object_uri` (an object store has
+no links or devices): the bucket must be one a root names, the key must lie strictly under
+``<prefix>/<tenant>/``, and empty, ``.`` and ``..`` segments are refused (S3 would store them as
+literal names, but a local copy of such a key would leave its directory). :func:`check_any` runs the
+check that fits the URI's scheme.
+
 The check is made at submit and repeated where the files are touched (agent staging), because a
 link can be created between the two; it is not a substitute for file-system permissions.
 """
@@ -18,7 +24,9 @@ link can be created between the two; it is not a substitute for file-system perm
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import re
 import stat
 from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath
@@ -30,8 +38,12 @@ from cosmos.runtime import config
 __all__ = [
     "DEFAULT_TENANT",
     "OutsideStorageRoot",
+    "Root",
+    "S3Root",
     "add_argument",
     "area_of",
+    "check_any",
+    "check_object_uri",
     "check_uri",
     "parse_roots",
     "roots_from_args",
@@ -56,10 +68,44 @@ def _refuse(field: str, uri: str, why: str) -> OutsideStorageRoot:
     )
 
 
-def parse_roots(values: Iterable[str]) -> tuple[Path, ...]:
+@dataclasses.dataclass(frozen=True)
+class S3Root:
+    """An object-store root: tenants' objects lie under ``s3://<bucket>/<prefix>/<tenant>/``."""
+
+    bucket: str
+    prefix: str = ""
+    """Key prefix without leading or trailing ``/`` (empty: the bucket's top)."""
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+
+    def area(self, tenant: str) -> str:
+        """``<prefix>/<tenant>/``: the key prefix of a tenant's objects."""
+        return f"{self.prefix}/{tenant}/" if self.prefix else f"{tenant}/"
+
+
+Root = Path | S3Root
+"""A storage root: a local directory or an object-store prefix."""
+
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
+
+
+def _parse_s3_root(item: str) -> S3Root:
+    parts = urlsplit(item)
+    prefix = parts.path.strip("/")
+    if not _BUCKET.match(parts.netloc) or parts.query or parts.fragment:
+        raise errors.ConfigError(
+            f"storage root {item!r}: give s3://<bucket>[/<prefix>] with a valid bucket name"
+        )
+    if any(seg in ("", ".", "..") for seg in prefix.split("/")) and prefix:
+        raise errors.ConfigError(f"storage root {item!r}: the prefix has an empty, '.' or '..' segment")
+    return S3Root(parts.netloc, prefix)
+
+
+def parse_roots(values: Iterable[str]) -> tuple[Root, ...]:
     """Roots from flag values (each may hold several, comma-separated); :class:`ConfigError` for a
-    root that is not a ``file://`` URI or an absolute path (the message names the scheme)."""
-    roots: list[Path] = []
+    root that is not a ``file://`` or ``s3://`` URI or an absolute path (the message names the scheme)."""
+    roots: list[Root] = []
     for value in values:
         for item in (v.strip() for v in value.split(",")):
             if not item:
@@ -68,11 +114,16 @@ def parse_roots(values: Iterable[str]) -> tuple[Path, ...]:
                 path = item
             else:
                 parts = urlsplit(item)
+                if parts.scheme == "s3":
+                    s3root = _parse_s3_root(item)
+                    if s3root not in roots:
+                        roots.append(s3root)
+                    continue
                 if parts.scheme != "file":
                     scheme = parts.scheme or "(none)"
                     raise errors.ConfigError(
                         f"storage root {item!r}: scheme {scheme!r} is not supported; "
-                        "give a file:// URI or an absolute path"
+                        "give a file:// or s3:// URI or an absolute path"
                     )
                 if parts.netloc not in ("", "localhost"):
                     raise errors.ConfigError(f"storage root {item!r}: a file URI names no other host")
@@ -96,14 +147,15 @@ def add_argument(parser: argparse.ArgumentParser, prefix: str) -> None:
         default=None,
         metavar="ROOT",
         help=(
-            "directory (or file:// URI) holding the tenants' files as <root>/<tenant>/...; repeatable or "
+            "directory (file:// URI) or s3://bucket[/prefix] holding the tenants' files as "
+            "<root>/<tenant>/...; repeatable or "
             f"comma-separated; without any, file URIs are refused (env {var}; default none)"
         ),
     )
     parser.set_defaults(storage_roots_env=from_env)
 
 
-def roots_from_args(args: argparse.Namespace) -> tuple[Path, ...]:
+def roots_from_args(args: argparse.Namespace) -> tuple[Root, ...]:
     """The roots given by :func:`add_argument`'s flag, else by its environment variable."""
     given: Sequence[str] = args.storage_roots or getattr(args, "storage_roots_env", [])
     return parse_roots(given)
@@ -148,9 +200,83 @@ def _path_of(uri: str, field: str) -> PurePosixPath:
     return pure
 
 
+def file_roots(roots: Sequence[Root]) -> list[Path]:
+    """The local directories among ``roots``."""
+    return [r for r in roots if isinstance(r, Path)]
+
+
+def s3_roots(roots: Sequence[Root]) -> list[S3Root]:
+    """The object-store prefixes among ``roots``."""
+    return [r for r in roots if isinstance(r, S3Root)]
+
+
+def check_any(
+    uri: str,
+    roots: Sequence[Root],
+    tenant: str,
+    field: str,
+    *,
+    all_tenants: bool = False,
+) -> str:
+    """The URI to use for ``uri`` if ``tenant`` may: ``s3://`` by :func:`check_object_uri`, anything
+    else by :func:`check_uri` (then the real path's ``file://`` URI)."""
+    if urlsplit(uri).scheme.lower() == "s3":
+        return check_object_uri(uri, roots, tenant, field, all_tenants=all_tenants)
+    return check_uri(uri, roots, tenant, field, all_tenants=all_tenants).as_uri()
+
+
+def check_object_uri(
+    uri: str,
+    roots: Sequence[Root],
+    tenant: str,
+    field: str,
+    *,
+    all_tenants: bool = False,
+) -> str:
+    """``uri`` (``s3://bucket/key``) normalised if it lies strictly inside a tenant area of an
+    :class:`S3Root`, else :class:`OutsideStorageRoot` naming ``field``."""
+    parts = urlsplit(uri)
+    if parts.scheme.lower() != "s3":
+        raise _refuse(field, uri, "is not an s3:// URI")
+    if parts.query or parts.fragment:
+        raise _refuse(field, uri, "has a query or fragment; an s3 URI names a bucket and key only")
+    bucket, key = parts.netloc, parts.path[1:] if parts.path.startswith("/") else parts.path
+    candidates = s3_roots(roots)
+    if not candidates:
+        raise _refuse(field, uri, "cannot be used: no s3:// storage root is configured")
+    if "\0" in key:
+        raise _refuse(field, uri, "holds a NUL byte")
+    if not key:
+        raise _refuse(field, uri, "names no object key")
+    segments = key.rstrip("/").split("/")
+    if any(seg == ".." for seg in segments):
+        raise _refuse(field, uri, "holds a '..' segment")
+    if any(seg in ("", ".") for seg in segments):
+        raise _refuse(field, uri, "holds an empty or '.' segment")
+    if len(key.encode()) > 1024:
+        raise _refuse(field, uri, "has a key longer than 1024 bytes")
+    same_bucket = [r for r in candidates if r.bucket == bucket]
+    if not same_bucket:
+        known = ", ".join(sorted({r.bucket for r in candidates}))
+        raise _refuse(field, uri, f"names bucket {bucket!r}, which is no storage root (known: {known})")
+    tenant = tenant or DEFAULT_TENANT
+    name = _tenant_name(tenant)
+    for root in same_bucket:
+        if all_tenants:
+            base = f"{root.prefix}/" if root.prefix else ""
+            rest = key[len(base) :].split("/") if key.startswith(base) else []
+            if len(rest) >= 2 and rest[0] and rest[1]:
+                return f"s3://{bucket}/{key}"
+        elif key.startswith(root.area(name)) and len(key) > len(root.area(name)):
+            return f"s3://{bucket}/{key}"
+    whose = "a tenant's area" if all_tenants else f"tenant {tenant!r}'s area"
+    under = ", ".join(f"s3://{r.bucket}/{r.area('<tenant>' if all_tenants else name)}" for r in same_bucket)
+    raise _refuse(field, uri, f"is outside {whose} (objects must lie under {under})")
+
+
 def check_uri(
     uri: str,
-    roots: Sequence[Path],
+    roots: Sequence[Root],
     tenant: str,
     field: str,
     *,
@@ -165,6 +291,7 @@ def check_uri(
     directory. ``must_exist`` also refuses a path that does not exist (an input).
     """
     pure = _path_of(uri, field)
+    roots = file_roots(roots)
     if not roots:
         raise _refuse(field, uri, "cannot be used: no storage root is configured, so file URIs are refused")
     tenant = tenant or DEFAULT_TENANT
@@ -206,7 +333,7 @@ def _area(pure: PurePosixPath, roots: Sequence[Path], tenant: str, all_tenants: 
     return None
 
 
-def area_of(path: Path, roots: Sequence[Path]) -> Path | None:
+def area_of(path: Path, roots: Sequence[Root]) -> Path | None:
     """The tenant area (``<root>/<tenant>``) a path :func:`check_uri` accepted lies in, or None."""
-    area = _area(PurePosixPath(path), roots, "", all_tenants=True)
+    area = _area(PurePosixPath(path), file_roots(roots), "", all_tenants=True)
     return Path(area) if area is not None else None

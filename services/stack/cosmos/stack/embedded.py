@@ -1,6 +1,7 @@
 """``cosmos up``: the whole platform as child processes of one command, on loopback ports.
 
-Start order follows the dependencies: NATS (JetStream) first, then Plato, Stratum and Optimus in
+Start order follows the dependencies: the S3 server (SeaweedFS, when ``s3`` is on:
+:mod:`cosmos.stack.seaweed`) and NATS (JetStream) first, then Plato, Stratum and Optimus in
 parallel (each waits for SERVING), then the local agent (ready once Stratum lists it READY). Stop order
 is the reverse, each child getting SIGTERM and its grace period. While it runs, ``cosmos up`` restarts
 a child that exits (:mod:`cosmos.stack.supervisor`).
@@ -24,7 +25,7 @@ from cosmos.runtime.config import Address
 from cosmos.security import storage
 from cosmos.security.config import Security
 from cosmos.security.context import Context
-from cosmos.stack import credentials, natsd, readiness
+from cosmos.stack import credentials, natsd, readiness, seaweed
 from cosmos.stack.children import Child
 from cosmos.stack.credentials import StackCredentials
 from cosmos.stratum.v1 import agent_pb2, pool_service_pb2, pool_service_pb2_grpc
@@ -93,6 +94,12 @@ class StackConfig:
     """The storage root of Optimus, Stratum and the agent (tenants' files lie in ``<root>/<tenant>/``);
     None: ``<data-dir>/storage``."""
 
+    s3: bool = False
+    """Run the embedded S3 server (SeaweedFS) and give every service ``s3://<s3_bucket>`` as a storage
+    root beside the local one (``cosmos up`` turns it on; tests that need it opt in)."""
+    s3_port: int = 8333
+    """The S3 gateway's port (its internal master, volume and filer ports are picked free)."""
+
     @property
     def storage_dir(self) -> Path:
         """The storage root in effect, absolute: ``<root>/<tenant>`` belongs to the tenant's jobs
@@ -144,6 +151,8 @@ class EmbeddedStack:
     """What is reachable where, once started."""
     credentials: StackCredentials | None = None
     """The dev CA and certificates (None with ``insecure``)."""
+    s3: seaweed.S3Server | None = None
+    """The embedded S3 server, when it runs."""
 
     @property
     def admin(self) -> Security:
@@ -187,7 +196,11 @@ class EmbeddedStack:
         return ["--webhook-listen", str(c.address(c.webhook_port)), "--webhook-config", str(config_file)]
 
     def _child(self, name: str, argv: Sequence[str]) -> Child:
-        return Child(name, list(argv), self.config.data_dir / "logs" / f"{name}.log")
+        child = Child(name, list(argv), self.config.data_dir / "logs" / f"{name}.log")
+        if self.s3 is not None and name != "s3":
+            # The standard AWS variables: every S3 client in the services reads them (cosmos.runtime.s3).
+            child.env.update(self.s3.env())
+        return child
 
     def _security_args(self, name: str) -> list[str]:
         if self.credentials is None:
@@ -214,10 +227,12 @@ class EmbeddedStack:
         c.data_dir.mkdir(parents=True, exist_ok=True)
         # The local admin's tenant area, so that `cosmos encode` has somewhere to put files at once.
         storage.tenant_area(c.storage_dir, storage.DEFAULT_TENANT).mkdir(parents=True, exist_ok=True)
-        roots = ("--storage-root", str(c.storage_dir))
+        roots = ("--storage-root", self._roots())
         if not c.insecure:
             self.credentials = credentials.prepare(c.data_dir, c.agent_id)
         try:
+            if c.s3:
+                await self._start_s3()
             await self._start_nats()
             services = [
                 (
@@ -283,6 +298,28 @@ class EmbeddedStack:
             await self.stop()
             raise
 
+    def _roots(self) -> str:
+        """The storage roots every service gets: the local dir, and the S3 bucket when it runs."""
+        local = str(self.config.storage_dir)
+        return f"{local},s3://{seaweed.BUCKET}" if self.config.s3 else local
+
+    async def _start_s3(self) -> None:
+        c = self.config
+        if c.s3_port:
+            config.ensure_port_free(c.address(c.s3_port), "s3", "--s3-port / COSMOS_S3_PORT")
+        self.s3 = seaweed.prepare(c.data_dir, c.s3_port)
+        child = self._child("s3", self.s3.argv())
+        await child.start()
+        self.children.append(child)
+        try:
+            await asyncio.to_thread(self.s3.wait_ready, c.start_timeout)
+            await asyncio.to_thread(self.s3.create_bucket, c.start_timeout)
+        except errors.ProcessStartError as exc:
+            raise child.failure(exc.reason) from exc
+        self.endpoints.append(
+            Endpoint("s3", f"{self.s3.endpoint} (bucket {seaweed.BUCKET})", child.pid, ("S3",))
+        )
+
     async def _start_nats(self) -> None:
         c = self.config
         tls = None if self.credentials is None else self.credentials.files("nats")
@@ -336,7 +373,7 @@ class EmbeddedStack:
             "--work-dir",
             str(c.data_dir / "agents" / agent_id),
             "--storage-root",
-            str(c.storage_dir),
+            self._roots(),
             *self._security_args("agent"),
             # Each tenant's jobs (their own uid when the agent is root) own <dir>/<tenant> here:
             # Optimus's scratch, and the tenant's files (sources, outputs) under storage/.
@@ -377,7 +414,9 @@ class EmbeddedStack:
         codes: dict[str, int | None] = {}
         while self.children:
             child = self.children.pop()
-            codes[child.name] = await child.stop()
+            # weed's filer waits a fixed 15 s for its own metadata streams before it stops (then
+            # exits 0, data flushed); only after that is it killed.
+            codes[child.name] = await child.stop(25.0 if child.name == "s3" else 15.0)
         self.endpoints.clear()
         return codes
 
@@ -396,8 +435,17 @@ class EmbeddedStack:
             "nats": c.nats_url,
         }
         root = str(c.storage_dir)
+        s3_endpoint = "" if self.s3 is None else self.s3.endpoint
+        s3_identity = "" if self.s3 is None else str(self.s3.s3_dir / seaweed.IDENTITY_FILE)
         if self.credentials is None:
-            return Context(name="local", endpoints=endpoints, insecure=True, storage_root=root)
+            return Context(
+                name="local",
+                endpoints=endpoints,
+                insecure=True,
+                storage_root=root,
+                s3_endpoint=s3_endpoint,
+                s3_identity=s3_identity,
+            )
         files = self.credentials.files(credentials.ADMIN)
         return Context(
             name="local",
@@ -406,6 +454,8 @@ class EmbeddedStack:
             cert=str(files.cert),
             key=str(files.key),
             storage_root=root,
+            s3_endpoint=s3_endpoint,
+            s3_identity=s3_identity,
         )
 
     def first_exited(self) -> Child | None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import nats.errors
@@ -12,7 +11,7 @@ from nats.js.api import DeliverPolicy
 
 from cosmos import errors
 from cosmos.runtime import paging
-from cosmos.security import auth
+from cosmos.security import auth, storage
 from cosmos.stratum import validation
 from cosmos.stratum.dispatcher import TERMINAL, Dispatcher
 from cosmos.stratum.store import EVENTS_STREAM, events_subject
@@ -43,7 +42,7 @@ class JobApi(job_service_pb2_grpc.JobServiceServicer):
     """Answers from the dispatcher (live jobs) and the jobs bucket (finished ones)."""
 
     def __init__(
-        self, dispatcher: Dispatcher, stopping: asyncio.Event, storage_roots: Sequence[Path] = ()
+        self, dispatcher: Dispatcher, stopping: asyncio.Event, storage_roots: Sequence[storage.Root] = ()
     ) -> None:
         self.dispatcher = dispatcher
         self.stopping = stopping

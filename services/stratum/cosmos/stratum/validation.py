@@ -23,7 +23,7 @@ from cosmos.stratum.agent import containers
 from cosmos.stratum.registry import AgentRegistry
 from cosmos.stratum.v1 import job_pb2
 
-SCHEMES = ("file",)
+SCHEMES = ("file", "s3")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # GPU models a job may name even when no agent of the pool has one right now (it then cannot be
 # placed and is refused as unsatisfiable); any other name is a typo and refused as unknown.
@@ -227,7 +227,7 @@ def check_spec(
                 bad.append(
                     errors.FieldViolation(
                         f"spec.{field}[{i}].uri",
-                        f"scheme {scheme or '(none)'!r} is not supported; use file://",
+                        f"scheme {scheme or '(none)'!r} is not supported; use file:// or s3://",
                     )
                 )
             if not artifact.path or artifact.path.startswith("/") or ".." in artifact.path.split("/"):
@@ -273,9 +273,10 @@ def check_spec(
         )
 
 
-def check_storage(spec: job_pb2.JobSpec, roots: Sequence[Path]) -> None:
+def check_storage(spec: job_pb2.JobSpec, roots: Sequence[storage.Root]) -> None:
     """:class:`~cosmos.security.storage.OutsideStorageRoot` naming every artifact URI outside
-    ``<root>/<spec.tenant>``. Whether an input exists is the agent's to find out when it stages it: a
+    ``<root>/<spec.tenant>`` (``file://`` and ``s3://`` roots alike).
+    Whether an input exists is the agent's to find out when it stages it: a
     submit retried with its idempotency key must not fail because a finished job's input is gone.
 
     A job reads and writes its own tenant's area only, whoever submitted it: the agent checks again
@@ -285,7 +286,7 @@ def check_storage(spec: job_pb2.JobSpec, roots: Sequence[Path]) -> None:
     for field, artifacts in (("inputs", spec.inputs), ("outputs", spec.outputs)):
         for i, artifact in enumerate(artifacts):
             try:
-                storage.check_uri(artifact.uri, roots, spec.tenant, f"spec.{field}[{i}].uri")
+                storage.check_any(artifact.uri, roots, spec.tenant, f"spec.{field}[{i}].uri")
             except storage.OutsideStorageRoot as exc:
                 bad.extend(exc.violations)
     if bad:

@@ -1,4 +1,10 @@
-"""Publishing a packaged tree to its destination URI (``file://`` only, for now).
+"""Publishing a packaged tree to its destination URI (``file://`` here; ``s3://`` through the agent).
+
+An ``s3://`` destination is published by the agent, not by this tool (the job holds no S3
+credentials): :func:`stage_for_s3` links the tree and its manifest into the job's work dir
+(``published/``), the encode's publish job names that directory as its output to the ``s3://``
+prefix, and the agent uploads it after the job succeeds, refusing a prefix that holds other objects
+(a retry of the same tree is done already). The result names the ``s3://`` URIs.
 
 Publishing never deletes what it did not write. The tree is copied into a temporary directory next
 to the destination, with a manifest (:data:`MANIFEST`) listing every file written and its digest, and
@@ -112,11 +118,55 @@ def _check_within(dest: Path, within: str | None) -> None:
         raise InputError(f"destination {dest} is outside its storage area {area} (it resolves to {real})")
 
 
+STAGED = "published"
+"""Where :func:`stage_for_s3` puts the tree, relative to the job's work dir (its output path)."""
+
+
+def stage_for_s3(src: str, to: str, progress: Progress) -> dict[str, Any]:
+    """Hard-link the packaged tree ``src`` (and a manifest) into ``./published`` for the agent to
+    upload to ``to`` (``s3://bucket/prefix``); the result names the manifests' ``s3://`` URIs."""
+    source = Path(src).absolute()
+    for name in (MASTER, MPD):
+        if not (source / name).is_file():
+            raise InputError(f"{source} is not a packaged tree: {name} is missing")
+    files = sorted(f for f in source.rglob("*") if f.is_file() and f.name != MANIFEST)
+    staged = Path(STAGED).absolute()
+    shutil.rmtree(staged, ignore_errors=True)  # this job's own leftover of an earlier try
+    for f in files:
+        target = staged / f.relative_to(source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(f, target)
+        except OSError:
+            shutil.copy2(f, target)
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "files": {
+            f.relative_to(source).as_posix(): {"bytes": f.stat().st_size, "sha256": _digest(f)} for f in files
+        },
+    }
+    (staged / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    base = to.rstrip("/")
+    progress.flush()
+    return {
+        "uri": base,
+        "hls_master_uri": f"{base}/{MASTER}",
+        "dash_mpd_uri": f"{base}/{MPD}",
+        "files": len(files),
+        "bytes": sum(f.stat().st_size for f in files),
+    }
+
+
 def publish(
     src: str, to: str, progress: Progress, *, overwrite: bool = False, within: str | None = None
 ) -> dict[str, Any]:
     """Copy the packaged directory ``src`` to the directory named by ``to`` (see the module doc),
-    which must lie inside ``within`` when given."""
+    which must lie inside ``within`` when given. An ``s3://`` ``to`` is staged for the agent
+    (:func:`stage_for_s3`)."""
+    if urlparse(to).scheme == "s3":
+        if overwrite:
+            raise InputError("overwrite is not supported for s3:// outputs (publish to a new prefix)")
+        return stage_for_s3(src, to, progress)
     dest = destination_path(to)
     _check_within(dest, within)
     source = Path(src).absolute()

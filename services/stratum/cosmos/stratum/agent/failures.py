@@ -44,6 +44,7 @@ PERMANENT = frozenset(
         "SPAWN_FAILED",
         "BAD_RESULT",
         "NO_SPACE",
+        "INPUT_MISSING",
     }
 )
 """The agent's reason codes that fail the same way on every run: not retried."""

@@ -57,7 +57,7 @@ class AgentConfig:
     """The agent's certificate (its identity: ``spiffe://cosmos/agent/<agent_id>``) and CA."""
     jail: sandbox.Sandbox | None = None
     """How jobs are confined (default: one uid per tenant from the default range when root)."""
-    storage_roots: tuple[Path, ...] = ()
+    storage_roots: tuple[storage.Root, ...] = ()
     """Where jobs' ``file://`` artifacts may lie (``<root>/<tenant>/...``); none: refused."""
     min_free_bytes: int = RunLimits.min_free_bytes
     """Disk space every job must leave free on the work dir's disk (checked before staging)."""
@@ -76,7 +76,8 @@ class Agent:
             cfg.work_dir,
             self._send,
             cfg.jail,
-            staging.default_registry(cfg.storage_roots),
+            # Inputs from S3 are cached per host beside the work dirs (one file system: hard links).
+            staging.default_registry(cfg.storage_roots, s3_cache=cfg.work_dir.absolute() / ".s3-cache"),
             RunLimits(min_free_bytes=cfg.min_free_bytes),
         )
         self._tasks: set[asyncio.Task[None]] = set()

@@ -2,8 +2,16 @@
 
 A job names its files as :class:`~cosmos.stratum.v1.job_pb2.Artifact` ``{uri, path}``: ``uri`` is where
 the file lives outside the agent, ``path`` is where the job sees it, relative to its work dir. A
-:class:`StoreRegistry` maps each URI scheme to a :class:`Store`; ``file://`` is built in, object stores
-(``s3://``, ``gs://``, ``http(s)://``) plug in by registering another :class:`Store`.
+:class:`StoreRegistry` maps each URI scheme to a :class:`Store`; ``file://`` and ``s3://`` are built in
+(:class:`S3ObjectStore`, credentials from the AWS environment); other stores (``gs://``, ``http(s)://``)
+plug in by registering another :class:`Store`.
+
+``s3://`` URIs are checked against the agent's ``s3://`` storage roots the same way (lexically: the
+key must lie under ``<prefix>/<tenant>/``). An input URI naming one object is downloaded to the
+artifact's path; one naming a prefix (no object at that key) is downloaded as a directory. Transfers
+stream and verify checksums (:mod:`cosmos.runtime.s3`). A missing object fails the job for good
+(``INPUT_MISSING``); an unavailable service (5xx, timeouts) transiently (``STORAGE_UNAVAILABLE``),
+so the job is retried.
 
 ``file://`` URIs are checked against the agent's storage roots (:mod:`cosmos.security.storage`) with
 the job's tenant right before each file is touched: Stratum checked them at submit, but a link made
@@ -17,6 +25,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import errno
+import hashlib
 import os
 import shutil
 import stat
@@ -27,6 +36,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath
 
 from cosmos import errors
+from cosmos.runtime import s3
 from cosmos.security import storage
 from cosmos.stratum.v1 import job_pb2
 
@@ -59,6 +69,18 @@ class OutputFailed(StagingError):
     """An output was not produced or could not be stored."""
 
     reason = "OUTPUT_FAILED"
+
+
+class InputMissing(InputFailed):
+    """The input object (or prefix) does not exist: the same on every run."""
+
+    reason = "INPUT_MISSING"
+
+
+class StorageUnavailable(StagingError):
+    """The object store failed or was unreachable after the retries: worth another attempt."""
+
+    reason = "STORAGE_UNAVAILABLE"
 
 
 class OutsideStorageRoot(StagingError):
@@ -111,7 +133,7 @@ class Store(abc.ABC):
 class StoreRegistry:
     """Stores by URI scheme (lower case, without ``://``)."""
 
-    def __init__(self, roots: Sequence[Path] = ()) -> None:
+    def __init__(self, roots: Sequence[storage.Root] = ()) -> None:
         self._stores: dict[str, Store] = {}
         self.roots = tuple(roots)
         """Storage roots ``file://`` URIs must lie under (``<root>/<tenant>/...``); none: refused."""
@@ -142,8 +164,14 @@ class StoreRegistry:
         ``tenant`` (every entry of an input directory too) and replaced by its real path's URI;
         :class:`OutsideStorageRoot` when it may not be used. A missing input is the store's to
         report (:class:`InputFailed`)."""
-        if urllib.parse.urlsplit(uri).scheme.lower() != "file" and not uri.startswith("/"):
-            return uri  # another store (object stores) governs its own URIs
+        scheme = urllib.parse.urlsplit(uri).scheme.lower()
+        if scheme == "s3":
+            try:
+                return storage.check_object_uri(uri, self.roots, tenant, field)
+            except errors.InvalidArgumentError as exc:
+                raise OutsideStorageRoot(exc.message) from exc
+        if scheme != "file" and not uri.startswith("/"):
+            return uri  # another store governs its own URIs
         try:
             real = storage.check_uri(uri, self.roots, tenant, field)
             if is_input and real.is_dir():
@@ -153,7 +181,7 @@ class StoreRegistry:
         return real.as_uri()
 
 
-def _check_tree(top: Path, roots: Sequence[Path], tenant: str, field: str) -> None:
+def _check_tree(top: Path, roots: Sequence[storage.Root], tenant: str, field: str) -> None:
     """Every entry of an input directory: links must stay in the area, no devices, FIFOs, sockets."""
     for dirpath, dirnames, filenames in os.walk(top, followlinks=False):
         for name in [*dirnames, *filenames]:
@@ -165,11 +193,92 @@ def _check_tree(top: Path, roots: Sequence[Path], tenant: str, field: str) -> No
                 raise storage.OutsideStorageRoot(f"{field}: {path} is a device, FIFO or socket")
 
 
-def default_registry(roots: Sequence[Path] = ()) -> StoreRegistry:
-    """A registry with the stores every agent has: ``file://`` under ``roots``."""
+def default_registry(
+    roots: Sequence[storage.Root] = (),
+    s3_client: s3.S3Client | None = None,
+    s3_cache: Path | None = None,
+) -> StoreRegistry:
+    """A registry with the stores every agent has: ``file://`` and ``s3://`` under ``roots`` (S3
+    credentials and endpoint from the AWS environment unless ``s3_client`` is given; objects cached
+    per host in ``s3_cache`` when given)."""
     registry = StoreRegistry(roots)
     registry.register("file", FileStore())
+    registry.register("s3", S3ObjectStore(s3_client, s3_cache))
     return registry
+
+
+class S3ObjectStore(Store):
+    """``s3://bucket/key`` URIs through :class:`cosmos.runtime.s3.S3Client` (streamed, verified).
+
+    With a ``cache`` directory (on the work dirs' file system), an input object is downloaded once
+    per host and version (its ETag) and hard-linked into each job's work dir: the encode's chunk
+    jobs all read one source, and only the first of them fetches it. Like a ``file://`` input, a
+    hard link shares its data: jobs treat inputs as read-only. The cache is not evicted (yet).
+    """
+
+    def __init__(self, client: s3.S3Client | None = None, cache: Path | None = None) -> None:
+        self._client = client
+        self.cache = cache
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    @property
+    def client(self) -> s3.S3Client:
+        """The client, made on first use: an agent that never sees an s3:// URI needs no config."""
+        if self._client is None:
+            self._client = s3.S3Client()
+        return self._client
+
+    async def fetch(self, uri: str, dest: Path) -> None:
+        try:
+            if not uri.endswith("/") and await self.client.exists(uri):
+                if self.cache is None:
+                    await self.client.download_file(uri, dest)
+                else:
+                    await self._cached(uri, dest)
+            else:
+                await self.client.download_tree(uri, dest)
+        except s3.S3NotFound as exc:
+            raise InputMissing(f"input {uri!r} does not exist: {exc.message}") from exc
+        except s3.S3Error as exc:
+            raise self._classify(exc, f"input {uri!r} could not be fetched") from exc
+        except OSError as exc:
+            full = no_space(exc, f"cannot write input {uri!r} to {dest}")
+            raise (full or InputFailed(f"input {uri!r} could not be written to {dest}: {exc}")) from exc
+
+    async def store(self, src: Path, uri: str) -> str:
+        try:
+            if await asyncio.to_thread(src.is_dir):
+                # Like a file:// directory output: never mix with (or overwrite) objects already there,
+                # unless they are this very tree (a retried attempt whose upload had completed).
+                there = await self.client.list_objects(uri)
+                if there:
+                    if sorted(there) != await asyncio.to_thread(_tree, src, uri):
+                        raise OutputExists(f"{uri} already holds other objects; they are left as they are")
+                    return uri
+                await self.client.upload_tree(src, uri)
+            else:
+                await self.client.upload_file(src, uri)
+        except s3.S3Error as exc:
+            cls = self._classify(exc, f"output could not be stored to {uri!r}")
+            raise (cls if isinstance(cls, StorageUnavailable) else OutputFailed(str(cls))) from exc
+        return uri
+
+    async def _cached(self, uri: str, dest: Path) -> None:
+        assert self.cache is not None
+        etag = await self.client.etag(uri)
+        name = hashlib.sha256(f"{uri}\n{etag}".encode()).hexdigest()
+        cached = self.cache / name
+        # One download per object version at a time; concurrent jobs wait for it and then link.
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            if not await asyncio.to_thread(cached.is_file):
+                await self.client.download_file(uri, cached)
+        await asyncio.to_thread(_copy, cached, dest, True)
+
+    @staticmethod
+    def _classify(exc: s3.S3Error, doing: str) -> StagingError:
+        if exc.transient:
+            return StorageUnavailable(f"{doing}: {exc.message}")
+        return InputFailed(f"{doing}: {exc.message}")
 
 
 def file_uri_path(uri: str) -> Path:
@@ -217,6 +326,15 @@ class FileStore(Store):
                 raise full from exc
             raise OutputFailed(f"output could not be stored to {uri!r}: {exc}") from exc
         return uri
+
+
+def _tree(top: Path, uri: str) -> list[tuple[str, int]]:
+    """``(key, size)`` of every file under ``top`` as uploaded below ``uri``."""
+    _, prefix = s3.parse_uri(uri)
+    base = prefix.rstrip("/") + "/" if prefix else ""
+    return sorted(
+        (base + p.relative_to(top).as_posix(), p.stat().st_size) for p in top.rglob("*") if p.is_file()
+    )
 
 
 def _copy(src: Path, dest: Path, link: bool) -> None:
