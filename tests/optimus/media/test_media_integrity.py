@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from cosmos.optimus.media import integrity
-from cosmos.optimus.media.ffmpeg import CorruptMedia, MediaError
+from cosmos.optimus.media.ffmpeg import CorruptMedia, MediaError, ffmpeg_exe
 
 
 def media(tmp: Path, *args: str) -> tuple[int, str, dict[str, Any] | None, dict[str, Any] | None]:
@@ -54,8 +54,20 @@ def truncated(clip: Path, dest: Path) -> Path:
 
 
 def corrupted(clip: Path, dest: Path) -> Path:
-    """The clip with a run of bytes a third of the way in overwritten (its index stays intact)."""
-    data = bytearray(clip.read_bytes())
+    """The clip's video (as a chunk is: no audio) with a run of bytes a third of the way in
+    overwritten (its index stays intact).
+
+    Video only, so the run always lands in video samples: ffmpeg interleaves a clip's audio and
+    video in whatever order its threads deliver them, so in a clip with audio the same offset is
+    sometimes audio, which decodes without an error.
+    """
+    video = dest.with_name(f"video-{dest.name}")
+    subprocess.run(
+        [ffmpeg_exe(), "-v", "error", "-y", "-i", str(clip), "-map", "0:v:0", "-c", "copy", str(video)],
+        check=True,
+    )
+    data = bytearray(video.read_bytes())
+    video.unlink()
     start = len(data) // 3
     for i in range(start, start + 4000, 7):
         data[i] = (data[i] * 31 + 17) % 256
