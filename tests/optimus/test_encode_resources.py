@@ -6,14 +6,12 @@ source encodes fine afterwards."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import imageio_ffmpeg
 import pytest
-from encode_harness import embedded_stack, make_clip
+from encode_harness import damaged_video, embedded_stack, make_clip
 
 from cosmos.optimus.v1 import encode_pb2, encode_service_pb2, encode_service_pb2_grpc
 from cosmos.plato.v1 import workflow_service_pb2, workflow_service_pb2_grpc
@@ -102,29 +100,11 @@ async def test_scratch_goes_and_a_truncated_source_fails_once_naming_it(
     assert agent_leftovers(stack) == []
 
 
-def damaged_copy(clip: Path, dest: Path) -> None:
-    """The clip's video alone (every byte after the index is video), with two runs of bytes in it
-    overwritten: the index stays intact, so it probes as whole, but frames do not decode."""
-    ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
-    whole = dest.with_name("whole-video.mp4")
-    subprocess.run(
-        [ffmpeg, "-v", "error", "-y", "-i", str(clip), "-map", "0:v", "-c", "copy", "-movflags", "+faststart",
-         str(whole)],
-        check=True,
-    )  # fmt: skip
-    data = bytearray(whole.read_bytes())
-    for start in (len(data) // 3, 2 * len(data) // 3):
-        for i in range(start, start + 4000, 7):
-            data[i] = (data[i] * 31 + 17) % 256
-    dest.write_bytes(bytes(data))
-    whole.unlink()
-
-
 async def test_a_corrupt_source_fails_the_encode_naming_it(stack: EmbeddedStack, clip_file: Path) -> None:
     area = stack.config.storage_dir / "default"
     area.mkdir(parents=True, exist_ok=True)
     source = area / "damaged.mp4"
-    await asyncio.to_thread(damaged_copy, clip_file, source)
+    await asyncio.to_thread(damaged_video, clip_file, source)
     failed = await encode(stack, source, area / "out")
     assert failed.state == ES.ENCODE_STATE_FAILED, failed
     assert f"source {source} is corrupt" in failed.error_message, failed.error_message

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import imageio_ffmpeg
+
 from cosmos.runtime.config import free_port
 from cosmos.stack.embedded import EmbeddedStack, StackConfig
 
@@ -33,3 +35,26 @@ def embedded_stack(data_dir: Path) -> EmbeddedStack:
             token_port_offset=0,
         )
     )
+
+
+def damaged_video(clip: Path, dest: Path) -> Path:
+    """``clip``'s video alone (as a chunk is), with two runs of bytes in it overwritten: its index
+    stays intact, so it probes as whole, but frames do not decode.
+
+    Video only, so the runs always land in video samples: ffmpeg interleaves a clip's audio and video
+    in whatever order its threads deliver them, so in a clip with audio a fixed offset is sometimes
+    audio, which decodes without an error.
+    """
+    whole = dest.with_name(f"whole-{dest.name}")
+    subprocess.run(
+        [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-i", str(clip), "-map", "0:v", "-c", "copy",
+         "-movflags", "+faststart", str(whole)],
+        check=True,
+    )  # fmt: skip
+    data = bytearray(whole.read_bytes())
+    for start in (len(data) // 3, 2 * len(data) // 3):
+        for i in range(start, start + 4000, 7):
+            data[i] = (data[i] * 31 + 17) % 256
+    dest.write_bytes(bytes(data))
+    whole.unlink()
+    return dest

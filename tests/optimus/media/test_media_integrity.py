@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from encode_harness import damaged_video
 
 from cosmos.optimus.media import integrity
-from cosmos.optimus.media.ffmpeg import CorruptMedia, MediaError, ffmpeg_exe
+from cosmos.optimus.media.ffmpeg import CorruptMedia, MediaError
 
 
 def media(tmp: Path, *args: str) -> tuple[int, str, dict[str, Any] | None, dict[str, Any] | None]:
@@ -53,28 +54,6 @@ def truncated(clip: Path, dest: Path) -> Path:
     return dest
 
 
-def corrupted(clip: Path, dest: Path) -> Path:
-    """The clip's video (as a chunk is: no audio) with a run of bytes a third of the way in
-    overwritten (its index stays intact).
-
-    Video only, so the run always lands in video samples: ffmpeg interleaves a clip's audio and
-    video in whatever order its threads deliver them, so in a clip with audio the same offset is
-    sometimes audio, which decodes without an error.
-    """
-    video = dest.with_name(f"video-{dest.name}")
-    subprocess.run(
-        [ffmpeg_exe(), "-v", "error", "-y", "-i", str(clip), "-map", "0:v:0", "-c", "copy", str(video)],
-        check=True,
-    )
-    data = bytearray(video.read_bytes())
-    video.unlink()
-    start = len(data) // 3
-    for i in range(start, start + 4000, 7):
-        data[i] = (data[i] * 31 + 17) % 256
-    dest.write_bytes(bytes(data))
-    return dest
-
-
 def test_a_truncated_source_fails_the_probe_permanently_naming_it(clip: Path, tmp_path: Path) -> None:
     source = truncated(clip, tmp_path / "title.mp4")
     code, err, result, failure = media(tmp_path, "probe", "--source", str(source))
@@ -88,7 +67,7 @@ def test_a_truncated_source_fails_the_probe_permanently_naming_it(clip: Path, tm
 
 
 def test_a_corrupt_chunk_fails_the_encode_naming_the_source(clip: Path, tmp_path: Path) -> None:
-    chunk = corrupted(clip, tmp_path / "chunk_00003.mp4")
+    chunk = damaged_video(clip, tmp_path / "chunk_00003.mp4")
     code, err, result, failure = media(
         tmp_path, "encode", "--chunk", str(chunk), "--profiles", "360p", "--out-dir", str(tmp_path / "enc"),
         "--quality", "off", "--source", "/titles/feature.mp4",
@@ -144,7 +123,7 @@ def test_verify_chunk_accepts_only_whole_chunks_of_the_expected_duration(clip: P
     code, err, _, failure = media(tmp_path, "verify-chunk", "--path", str(chunk), "--duration", "6")
     assert code == 2 and failure is not None and failure["code"] == "CORRUPT_SOURCE", err
     with pytest.raises(CorruptMedia):
-        integrity.verify_chunk(corrupted(clip, tmp_path / "c.mp4"), 6.0)
+        integrity.verify_chunk(damaged_video(clip, tmp_path / "c.mp4"), 6.0)
 
 
 def test_clean_removes_the_scratch_and_nothing_outside_its_area(tmp_path: Path) -> None:
