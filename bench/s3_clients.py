@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -95,12 +94,7 @@ def main() -> int:
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="cosmos-s3-clients-") as d:
         tmp = Path(d)
-        server = seaweed.prepare(tmp)
-        log = (tmp / "weed.log").open("wb")
-        proc = subprocess.Popen(server.argv(), stdout=log, stderr=subprocess.STDOUT)
-        try:
-            server.wait_ready()
-            server.create_bucket()
+        with seaweed.standalone(tmp) as server:
             src = tmp / "src.bin"
             src.write_bytes(os.urandom(args.size * 1024 * 1024))
             times: dict[str, list[tuple[float, float]]] = {"obstore": [], "aiobotocore": []}
@@ -113,10 +107,6 @@ def main() -> int:
                         times[who].append(await fn(server, src, f"bench/{who}-{r}", tmp / "out.bin"))
 
             asyncio.run(rounds())
-        finally:
-            proc.terminate()
-            proc.wait(30)
-            log.close()
     mb = args.size * 1024 * 1024 / 1e6
     rate = {
         who: (mb / statistics.median(u for u, _ in t), mb / statistics.median(d for _, d in t))

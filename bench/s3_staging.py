@@ -23,7 +23,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -87,24 +86,12 @@ async def measure(server: seaweed.S3Server, tmp: Path, size_mib: int, rounds: in
 def run(args: argparse.Namespace) -> list[dict[str, float]]:
     with tempfile.TemporaryDirectory(prefix="cosmos-s3-bench-") as d:
         tmp = Path(d)
-        server = seaweed.prepare(tmp)
-        log = (tmp / "weed.log").open("wb")
-        proc = subprocess.Popen(server.argv(), stdout=log, stderr=subprocess.STDOUT)
-        try:
-            server.wait_ready()
-            server.create_bucket()
+        with seaweed.standalone(tmp) as server:
 
             async def all_sizes() -> list[dict[str, float]]:
                 return [await measure(server, tmp, size, args.rounds) for size in args.sizes]
 
             return asyncio.run(all_sizes())
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            log.close()
 
 
 def main() -> int:

@@ -10,7 +10,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import s3_harness
 import security_harness
 from servers import ServiceProcess, stop_process, wait_serving
 from stratum_harness import Agents
@@ -85,5 +84,5 @@ def start_service(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
 @pytest.fixture
 def s3_server(tmp_path: Path) -> Iterator[seaweed.S3Server]:
     """A real SeaweedFS S3 gateway (authentication on, bucket ``cosmos`` created) on free ports."""
-    with s3_harness.running_s3(tmp_path / "seaweed") as server:
+    with seaweed.standalone(tmp_path / "seaweed") as server:
         yield server

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import grpc
 import pytest
+from encode_harness import embedded_stack, make_clip
 
 from cosmos.optimus.v1 import encode_pb2, encode_service_pb2, encode_service_pb2_grpc
 from cosmos.runtime import rpc_errors, s3
-from cosmos.runtime.config import free_port
-from cosmos.stack.embedded import EmbeddedStack, StackConfig
+from cosmos.stack.embedded import EmbeddedStack
 
 ES = encode_pb2.EncodeState
 
@@ -30,11 +30,7 @@ def media(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[EmbeddedStack]:
-    cfg = StackConfig(
-        optimus_port=free_port(), plato_port=free_port(), stratum_port=free_port(), nats_port=free_port(),
-        s3=True, s3_port=free_port(), data_dir=tmp_path / "data", token_port_offset=0,
-    )  # fmt: skip
-    async with EmbeddedStack(cfg) as running:
+    async with embedded_stack(tmp_path / "data", s3=True) as running:
         yield running
 
 
@@ -42,7 +38,7 @@ async def test_s3_to_s3_encode_plays_over_http(stack: EmbeddedStack, tmp_path: P
     assert stack.s3 is not None
     client = s3.S3Client(stack.s3.config)
     clip = tmp_path / "clip.mp4"
-    media("make-test-clip", "--out", str(clip), "--seconds", "4", "--size", "320x240", "--fps", "24")
+    make_clip(clip, seconds=4, size="320x240")
     await client.upload_file(clip, "s3://cosmos/default/sources/clip.mp4")
 
     async with stack.context().channel("optimus") as channel:

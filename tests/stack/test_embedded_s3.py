@@ -12,11 +12,11 @@ from pathlib import Path
 
 import grpc
 import pytest
+from encode_harness import embedded_stack
 from stratum_harness import JobsClient
 
 from cosmos.runtime import rpc_errors, s3
-from cosmos.runtime.config import free_port
-from cosmos.stack.embedded import EmbeddedStack, StackConfig
+from cosmos.stack.embedded import EmbeddedStack
 from cosmos.stratum.v1 import job_pb2, job_service_pb2_grpc
 
 JS = job_pb2.JobState
@@ -24,11 +24,7 @@ JS = job_pb2.JobState
 
 @pytest.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[EmbeddedStack]:
-    cfg = StackConfig(
-        optimus_port=free_port(), plato_port=free_port(), stratum_port=free_port(), nats_port=free_port(),
-        s3=True, s3_port=free_port(), data_dir=tmp_path / "data", token_port_offset=0,
-    )  # fmt: skip
-    async with EmbeddedStack(cfg) as running:
+    async with embedded_stack(tmp_path / "data", s3=True) as running:
         yield running
 
 

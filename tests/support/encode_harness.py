@@ -23,14 +23,17 @@ def make_clip(path: Path, *, seconds: int, size: str, fps: int = 24) -> Path:
     return path
 
 
-def embedded_stack(data_dir: Path) -> EmbeddedStack:
-    """The whole embedded stack (secure, with its local agent) on free ports, its data in ``data_dir``."""
+def embedded_stack(data_dir: Path, *, s3: bool = False) -> EmbeddedStack:
+    """The whole embedded stack (secure, with its local agent) on free ports, its data in ``data_dir``;
+    with ``s3``, its S3 server too."""
     return EmbeddedStack(
         StackConfig(
             optimus_port=free_port(),
             plato_port=free_port(),
             stratum_port=free_port(),
             nats_port=free_port(),
+            s3=s3,
+            s3_port=free_port() if s3 else 0,
             data_dir=data_dir,
             token_port_offset=0,
         )
