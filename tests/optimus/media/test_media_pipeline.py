@@ -486,6 +486,9 @@ def test_portable_encodes_copied_out_per_job_are_assembled(pipeline: Pipeline, t
         (r,) = done.result["renditions"]
         assert r["path"] == f"chunk_{chunk['index']:05d}.{r['key']}.mp4"  # relative to its result file
         assert json.loads((work / "out" / "360p" / f"chunk_{chunk['index']:05d}.json").read_text()) == r
+        # Readable beyond its owner: the agent's copy keeps the modes, and may be root's.
+        modes = {p.stat().st_mode & 0o777 for p in [work / "out", *(work / "out").rglob("*")]}
+        assert modes == {0o755, 0o644}
         # Keyed by the chunk (the source is not reachable in a container): the same chunk, the same key.
         again = media(work, *args, cwd=work)
         assert again.code == 0 and again.result.get("reused") is True, again.stderr

@@ -295,6 +295,22 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
         _refuse_foreign_output(output)
         return source, chosen, output
 
+    def _image_scratch(self, tenant: str) -> Path:
+        """Where an encode in an image keeps its scratch: ``<storage root>/<tenant>/.cosmos-work``.
+
+        Its chunk encodes are container jobs, which see only their work dir: each chunk is staged in
+        and the encoded files copied out as ``file://`` job artifacts, and Stratum and the agent take
+        those only inside the tenant's storage area (docs/security.md), not in Optimus's work root."""
+        roots = storage.file_roots(self.storage_roots)
+        if not roots:
+            what = "an encode in an image needs a file storage root for its scratch (none is configured)"
+            raise errors.FailedPreconditionError(
+                f"image: {what}",
+                reason=storage.REASON,
+                violations=[errors.FieldViolation("image", what)],
+            )
+        return storage.tenant_area(roots[0], tenant) / IMAGE_SCRATCH
+
     async def SubmitEncode(
         self, request: encode_service_pb2.SubmitEncodeRequest, context: Any
     ) -> encode_service_pb2.SubmitEncodeResponse:
@@ -327,6 +343,7 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
         # Two tenants' request ids (or identical content) never name the same encode.
         tenant = auth.current().tenant or "default"
         encode_id = "enc-" + hashlib.sha256(f"{tenant}\n{key}".encode()).hexdigest()[:24]
+        scratch = self._image_scratch(tenant) if request.image else self.work_root / tenant
         # Built in place: the entry's request is the start (no copy).
         entry = workflow_service_pb2.StartWorkflowsEntry(trace_context=telemetry.inject_headers())
         start = entry.request
@@ -351,9 +368,9 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
             "ladder": request.ladder,
             "priority": request.priority,
             # Per tenant: the agent gives <work-root>/<tenant> to the tenant's job uid (sandbox).
-            "work_dir": str(self.work_root / tenant / encode_id),
+            "work_dir": str(scratch / encode_id),
             # The encode's last step removes work_dir, and only ever something inside this area.
-            "work_area": str(self.work_root / tenant),
+            "work_area": str(scratch),
             "chunk_seconds": CHUNK_SECONDS,
             "max_chunks": MAX_CHUNKS,
             "request_id": request.request_id,
@@ -510,6 +527,8 @@ SOURCE_DIR = "source"
 """Where an ``s3://`` source lands in each job's work dir."""
 
 
+IMAGE_SCRATCH = ".cosmos-work"
+"""Under the tenant's storage area: the scratch directories of the encodes that run in an image."""
 IMAGE_REFERENCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}")
 """What ``image`` may look like: an OCI image reference (``localhost/cosmos-worker:0.1.0``, a digest)."""
 

@@ -243,6 +243,8 @@ def encode_chunk(
             rendition.update(measured[i].to_dict())
         write_json(result_path(chunk_output(out_dir, p.name, index)), rendition)
         renditions.append(rendition)
+    if portable:
+        _readable_tree(Path(out_dir).absolute())
     return {
         "index": index,
         "chunk": path,
@@ -250,6 +252,16 @@ def encode_chunk(
         "quality": quality.value,
         "renditions": renditions,
     }
+
+
+def _readable_tree(top: Path) -> None:
+    """Make ``top`` readable beyond its owner (directories 0755, files 0644). A portable encode's
+    ``out`` is copied out by the agent, which keeps the modes; as root, the agent owns the copy, and
+    the tenant's later jobs (assemble) read it as others. The tenant's area above it stays private."""
+    for dirpath, _, filenames in os.walk(top):
+        os.chmod(dirpath, 0o755)
+        for name in filenames:
+            os.chmod(os.path.join(dirpath, name), 0o644)
 
 
 def result_path(chunk_file: Path) -> Path:
