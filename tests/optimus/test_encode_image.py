@@ -17,9 +17,11 @@ import podman_harness
 import pytest
 from encode_harness import embedded_stack, make_clip
 
+from cosmos.optimus.api import image_problem
 from cosmos.optimus.v1 import encode_pb2, encode_service_pb2, encode_service_pb2_grpc
 from cosmos.runtime import rpc_errors
 from cosmos.stack.embedded import EmbeddedStack
+from cosmos.stratum import validation
 from cosmos.stratum.v1 import job_service_pb2, job_service_pb2_grpc
 
 ES = encode_pb2.EncodeState
@@ -96,3 +98,18 @@ async def test_an_image_that_is_no_image_reference_is_refused(stack: EmbeddedSta
             await stub.SubmitEncode(request)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert [v.field for v in rpc_errors.details_of(caught.value)[1]] == ["image"]
+
+
+def test_the_job_policy_decides_which_images_a_tenant_may_encode_in() -> None:
+    policy = validation.JobPolicy.parse(
+        {"tenants": {"acme": {"images": ["localhost/cosmos-worker:*"]}, "*": {"images": []}}}
+    )
+    assert image_problem("localhost/cosmos-worker:0.1.0", policy, "acme") is None
+    refused = image_problem("docker.io/library/debian:12", policy, "acme")
+    assert refused is not None and refused[0] == "ERROR_REASON_FORBIDDEN_EXECUTABLE", refused
+    assert "allow-list" in refused[1]
+    other = image_problem("localhost/cosmos-worker:0.1.0", policy, "globex")  # '*': no images
+    assert other is not None and other[0] == "ERROR_REASON_FORBIDDEN_EXECUTABLE"
+    assert image_problem("localhost/cosmos-worker:0.1.0", None, "globex") is None  # no policy: any
+    bad = image_problem("--privileged", None, "acme")
+    assert bad is not None and bad[0] == "ERROR_REASON_INVALID_ARGUMENT"
