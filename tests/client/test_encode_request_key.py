@@ -80,3 +80,14 @@ async def test_an_explicit_request_id_wins_and_force_sends_none() -> None:
     assert forced.request_id == "" and forced.force  # Optimus picks a fresh id: a new encode
     retried = await submit("--profiles", "360p", "--retry")
     assert retried.request_id.startswith("encode-") and retried.retry  # resumes the same encode
+
+
+async def test_image_is_sent_and_is_part_of_the_key() -> None:
+    plain = await submit("--profiles", "360p")
+    boxed = await submit("--profiles", "360p", "--image", "localhost/cosmos-worker:1")
+    assert plain.image == "" and boxed.image == "localhost/cosmos-worker:1"
+    assert boxed.request_id != plain.request_id
+    # Encodes without an image keep the key they always had.
+    assert plain.request_id == encode_request_id(
+        Path("/media/in.mp4").as_uri(), ["360p"], output_uri=Path("/media/out").as_uri(), quality="sampled"
+    )

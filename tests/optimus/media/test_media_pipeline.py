@@ -469,3 +469,34 @@ def test_assemble_names_missing_chunk_results(pipeline: Pipeline, tmp_path: Path
     assert done.code == 1 and "profile '360p' is missing chunk(s) [3, 4]" in done.stderr
     done = media(tmp_path, "assemble", *args)
     assert done.code == 2 and "--encoded DIR with --count N" in done.stderr
+
+
+def test_portable_encodes_copied_out_per_job_are_assembled(pipeline: Pipeline, tmp_path: Path) -> None:
+    # As in the worker image: each chunk encoded in its own work dir (cwd) with relative paths,
+    # --portable; its out/ copied to <encoded>/jobs/<index>/<group>, which assemble --encoded reads.
+    encoded = tmp_path / "encoded"
+    for chunk in pipeline.split["chunks"]:
+        work = tmp_path / f"job-{chunk['index']}"
+        work.mkdir()
+        os.link(chunk["path"], work / "chunk.mp4")
+        args = ["encode", "--portable", "--chunk", "chunk.mp4", "--profiles", "360p", "--out-dir", "out",
+                "--index", str(chunk["index"]), "--quality", "off", "--source", "/gone/t.mp4"]  # fmt: skip
+        done = media(work, *args, cwd=work)
+        assert done.code == 0, done.stderr
+        (r,) = done.result["renditions"]
+        assert r["path"] == f"chunk_{chunk['index']:05d}.{r['key']}.mp4"  # relative to its result file
+        assert json.loads((work / "out" / "360p" / f"chunk_{chunk['index']:05d}.json").read_text()) == r
+        # Readable beyond its owner: the agent's copy keeps the modes, and may be root's.
+        modes = {p.stat().st_mode & 0o777 for p in [work / "out", *(work / "out").rglob("*")]}
+        assert modes == {0o755, 0o644}
+        # Keyed by the chunk (the source is not reachable in a container): the same chunk, the same key.
+        again = media(work, *args, cwd=work)
+        assert again.code == 0 and again.result.get("reused") is True, again.stderr
+        copied = encoded / "jobs" / str(chunk["index"]) / "cpu"  # what the agent's job output does
+        copied.parent.mkdir(parents=True)
+        (work / "out").rename(copied)
+    out = tmp_path / "360p.mp4"
+    assembled = ok(tmp_path, "assemble", "--profile", "360p", "--out", str(out), "--encoded", str(encoded),
+                   "--count", str(pipeline.split["count"]))  # fmt: skip
+    assert assembled["chunks"] == pipeline.split["count"]
+    assert assembled["duration"] == pytest.approx(SECONDS, abs=1 / FPS)

@@ -82,6 +82,12 @@ def parser() -> argparse.ArgumentParser:
         default="sampled",
         help="VMAF/PSNR on about one frame a second (default), every frame, or none",
     )
+    p.add_argument(
+        "--image",
+        default="",
+        help="run the chunk encodes in this container image (e.g. localhost/cosmos-worker:<version> from "
+        "`make image`; agents with podman, image allowed for the tenant); default: host processes",
+    )
     p.add_argument("--json", action="store_true", help="print the final encode as JSON (for scripts)")
     target.add_arguments(p, "optimus")
     return p
@@ -225,6 +231,7 @@ async def run_encode(args: argparse.Namespace, console: Console, ctx: Context | 
             ladder=args.ladder,
             quality=args.quality,
             overwrite=args.overwrite,
+            image=args.image,
         )
     async with ctx.channel("optimus") as channel:
         stub = encode_service_pb2_grpc.EncodeServiceStub(channel)
@@ -239,6 +246,7 @@ async def run_encode(args: argparse.Namespace, console: Console, ctx: Context | 
             retry=args.retry,
             quality=QUALITY[args.quality],
             overwrite=args.overwrite,
+            image=args.image,
         )
         try:
             reply = await stub.SubmitEncode(request)

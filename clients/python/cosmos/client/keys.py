@@ -26,6 +26,7 @@ def encode_request_id(
     ladder: str = "",
     quality: str = "",
     overwrite: bool = False,
+    image: str = "",
 ) -> str:
     """``encode-<sha256 hex>`` of the encode's identity. Profiles are a set (order and repeats do
     not change the ladder Optimus encodes), so ``720p,1080p`` and ``1080p,720p`` are one encode."""
@@ -37,5 +38,7 @@ def encode_request_id(
         "quality": quality,
         "overwrite": overwrite,
     }
+    if image:  # chunks encoded in a container image (keys of encodes without one are unchanged)
+        identity["image"] = image
     canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     return PREFIX + hashlib.sha256(canonical.encode()).hexdigest()

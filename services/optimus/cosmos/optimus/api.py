@@ -16,6 +16,7 @@ import asyncio
 import functools
 import hashlib
 import os
+import re
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path, PurePosixPath
@@ -33,6 +34,7 @@ from cosmos.optimus.view import QUALITY_MODES, encode_view
 from cosmos.plato.v1 import workflow_pb2, workflow_service_pb2, workflow_service_pb2_grpc
 from cosmos.runtime import batching, paging, reconnect, rpc_errors, s3, telemetry
 from cosmos.security import auth, principals, storage
+from cosmos.stratum import validation
 
 DEFINITION_ID = "encode-ladder"
 DEFINITION_FILE = Path(__file__).with_name("workflows") / "encode-ladder.yaml"
@@ -88,11 +90,14 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
         work_root: Path,
         stopping: asyncio.Event,
         storage_roots: Sequence[storage.Root] = (),
+        job_policy: validation.JobPolicy | None = None,
     ) -> None:
         self.workflows = workflow_service_pb2_grpc.WorkflowServiceStub(plato)
         self.work_root = work_root.absolute()
         self.storage_roots = tuple(storage_roots)
         """Where callers' sources and outputs may lie (``<root>/<tenant>/...``); none: no file URI."""
+        self.job_policy = job_policy
+        """Stratum's per-tenant allow-list, for the ``image`` of an encode; None: any image."""
         self.stopping = stopping
         self.s3_client: s3.S3Client | None = None
         self.registered = False
@@ -258,11 +263,23 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
             violations.extend(exc.violations)
         if request.priority < 0:
             violations.append(errors.FieldViolation("priority", "must not be negative"))
+        forbidden = None
+        if request.image:
+            problem = image_problem(request.image, self.job_policy, caller.tenant)
+            if problem is not None and problem[0] == "ERROR_REASON_INVALID_ARGUMENT":
+                violations.append(errors.FieldViolation("image", problem[1]))
+            forbidden = problem
         if violations:
             raise errors.InvalidArgumentError(
                 f"invalid encode: {violations[0].field}: {violations[0].description}",
                 reason=reason,
                 violations=violations,
+            )
+        if forbidden is not None:
+            raise errors.PermissionDeniedError(
+                f"image: {forbidden[1]}",
+                reason=forbidden[0],
+                violations=[errors.FieldViolation("image", forbidden[1])],
             )
         if _is_s3(request.output_uri):
             return source, chosen, output  # the agent refuses a prefix holding other objects on upload
@@ -277,6 +294,22 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
             )
         _refuse_foreign_output(output)
         return source, chosen, output
+
+    def _image_scratch(self, tenant: str) -> Path:
+        """Where an encode in an image keeps its scratch: ``<storage root>/<tenant>/.cosmos-work``.
+
+        Its chunk encodes are container jobs, which see only their work dir: each chunk is staged in
+        and the encoded files copied out as ``file://`` job artifacts, and Stratum and the agent take
+        those only inside the tenant's storage area (docs/security.md), not in Optimus's work root."""
+        roots = storage.file_roots(self.storage_roots)
+        if not roots:
+            what = "an encode in an image needs a file storage root for its scratch (none is configured)"
+            raise errors.FailedPreconditionError(
+                f"image: {what}",
+                reason=storage.REASON,
+                violations=[errors.FieldViolation("image", what)],
+            )
+        return storage.tenant_area(roots[0], tenant) / IMAGE_SCRATCH
 
     async def SubmitEncode(
         self, request: encode_service_pb2.SubmitEncodeRequest, context: Any
@@ -294,10 +327,12 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
         quality = QUALITY_MODES[request.quality or encode_pb2.QUALITY_MODE_SAMPLED]
         # An overwrite is another encode than the publish it replaces (the same one twice is one).
         replace = "\noverwrite" if request.overwrite else ""
+        # Chunks encoded in an image are another encode (keys without an image are unchanged).
+        image = f"\nimage={request.image}" if request.image else ""
         source_key = request.source_uri if s3_source else str(source)
         output_key = request.output_uri.rstrip("/") if s3_output else str(output)
         content_key = hashlib.sha256(
-            f"{source_key}\n{','.join(names)}\n{output_key}\n{quality}{replace}".encode()
+            f"{source_key}\n{','.join(names)}\n{output_key}\n{quality}{replace}{image}".encode()
         ).hexdigest()
         if request.request_id:
             key = request.request_id
@@ -308,6 +343,7 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
         # Two tenants' request ids (or identical content) never name the same encode.
         tenant = auth.current().tenant or "default"
         encode_id = "enc-" + hashlib.sha256(f"{tenant}\n{key}".encode()).hexdigest()[:24]
+        scratch = self._image_scratch(tenant) if request.image else self.work_root / tenant
         # Built in place: the entry's request is the start (no copy).
         entry = workflow_service_pb2.StartWorkflowsEntry(trace_context=telemetry.inject_headers())
         start = entry.request
@@ -332,13 +368,15 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
             "ladder": request.ladder,
             "priority": request.priority,
             # Per tenant: the agent gives <work-root>/<tenant> to the tenant's job uid (sandbox).
-            "work_dir": str(self.work_root / tenant / encode_id),
+            "work_dir": str(scratch / encode_id),
             # The encode's last step removes work_dir, and only ever something inside this area.
-            "work_area": str(self.work_root / tenant),
+            "work_area": str(scratch),
             "chunk_seconds": CHUNK_SECONDS,
             "max_chunks": MAX_CHUNKS,
             "request_id": request.request_id,
             "content_key": content_key,
+            # The chunk encodes' container image ('' = host processes): picks the encode step.
+            "image": request.image,
         }
         ladder, ladder_struct = catalog.ladder_input(tuple(names))
         start.input.MergeFrom(ladder_struct)
@@ -487,6 +525,27 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
 
 SOURCE_DIR = "source"
 """Where an ``s3://`` source lands in each job's work dir."""
+
+
+IMAGE_SCRATCH = ".cosmos-work"
+"""Under the tenant's storage area: the scratch directories of the encodes that run in an image."""
+IMAGE_REFERENCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}")
+"""What ``image`` may look like: an OCI image reference (``localhost/cosmos-worker:0.1.0``, a digest)."""
+
+
+def image_problem(image: str, policy: validation.JobPolicy | None, tenant: str) -> tuple[str, str] | None:
+    """Why ``image`` cannot run the chunk encodes of ``tenant`` — (reason, description) — or None.
+
+    The allow-list is Stratum's job policy (``--job-policy``, the same file): refused here, at submit,
+    rather than by Stratum at each chunk's SubmitJob once the encode has split its source."""
+    if not IMAGE_REFERENCE.fullmatch(image):
+        return "ERROR_REASON_INVALID_ARGUMENT", f"{image!r} is not an image reference"
+    if policy is not None and not policy.rules(tenant or "default").image_allowed(image):
+        return (
+            "ERROR_REASON_FORBIDDEN_EXECUTABLE",
+            f"{image!r} is not on tenant {tenant or 'default'!r}'s allow-list of images (job policy)",
+        )
+    return None
 
 
 def _is_s3(uri: str) -> bool:

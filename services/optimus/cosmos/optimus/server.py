@@ -18,6 +18,7 @@ from cosmos.optimus.v1 import encode_service_pb2_grpc
 from cosmos.runtime import channels, config, dependency, process
 from cosmos.runtime.server import Server, ServiceBinding
 from cosmos.security import storage
+from cosmos.stratum.validation import JobPolicy
 
 PREFIX = "COSMOS_OPTIMUS"
 DEFAULT_LISTEN = "127.0.0.1:50051"
@@ -43,6 +44,13 @@ def parser() -> argparse.ArgumentParser:
         "--webhook-listen",
         default="",
         help="address of the HTTPS webhook endpoint (docs/webhooks.md; empty: none)",
+    )
+    config.add_env_argument(
+        p,
+        PREFIX,
+        "--job-policy",
+        default="",
+        help="Stratum's job policy (YAML): an encode's image must be allowed for its tenant (empty: any)",
     )
     config.add_env_argument(
         p, PREFIX, "--webhook-config", default="", help="the webhook's YAML: secrets and rules"
@@ -81,7 +89,10 @@ async def serve(args: argparse.Namespace) -> None:
     peer = dependency.PeerHealth(plato)
     gate = dependency.Gate("Plato", peer.is_up, needs=lambda method: not method.endswith("/ListProfiles"))
     server = Server(server_config, on_stop=close_channels, interceptors=[gate])
-    api = EncodeApi(plato, Path(args.work_root), server.stopping, storage.roots_from_args(args))
+    policy = JobPolicy.load(Path(args.job_policy)) if args.job_policy else None
+    api = EncodeApi(
+        plato, Path(args.work_root), server.stopping, storage.roots_from_args(args), job_policy=policy
+    )
     server.add(
         ServiceBinding(
             "cosmos.optimus.v1.EncodeService",

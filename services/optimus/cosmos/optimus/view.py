@@ -34,6 +34,8 @@ QUALITY_MODES = {
 }
 """QualityMode -> the workflow input's ``quality`` (the media tool's ``--quality``)."""
 _QUALITY_ENUMS = {v: k for k, v in QUALITY_MODES.items()}
+IMAGE_ENCODE_STEP = "encode-image"
+"""The encode step's variant that runs in the encode's ``image`` (see the workflow)."""
 PHASES = (
     (("probe", "split"), 5.0),
     (("encode",), 85.0),
@@ -99,7 +101,9 @@ def encode_view(workflow: workflow_pb2.Workflow, inp: Mapping[str, Any] | None =
     steps = list(workflow.steps)
     by_name: dict[str, list[workflow_pb2.StepExecution]] = {}
     for step in steps:
-        by_name.setdefault(step.step_name, []).append(step)
+        # A chunk encode in the worker image is a chunk encode all the same.
+        name = "encode" if step.step_name == IMAGE_ENCODE_STEP else step.step_name
+        by_name.setdefault(name, []).append(step)
     outputs = {
         name: values.struct_to_dict(s[-1].output)
         for name, s in by_name.items()

@@ -59,6 +59,11 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--fps", type=float, default=None, help="the chunk's frame rate")
     c.add_argument("--size", default=None, help="the chunk's frame size, WIDTHxHEIGHT")
     c.add_argument("--source", default="", help="the title the chunk was cut from (named when corrupt)")
+    c.add_argument(
+        "--portable",
+        action="store_true",
+        help="for a container job: result paths relative to the result file; content key from the chunk",
+    )
 
     c = sub.add_parser("verify-chunk", help="check that an encoded chunk decodes whole, to its duration")
     c.add_argument("--path", required=True)
@@ -193,6 +198,7 @@ def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
             threads=args.threads,
             known=_facts(args),
             source=args.source,
+            portable=args.portable,
         )
     if cmd == "verify-chunk":
         from cosmos.optimus.media.integrity import verify_chunk

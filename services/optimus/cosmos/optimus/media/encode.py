@@ -126,6 +126,7 @@ def encode_chunk(
     threads: int = 0,
     known: ChunkFacts | None = None,
     source: str = "",
+    portable: bool = False,
 ) -> dict[str, Any]:
     """Encode one chunk into every profile of ``profile_names`` and measure the results, in one ffmpeg.
 
@@ -139,6 +140,11 @@ def encode_chunk(
     ``known``: the chunk's facts from ``split`` (saves probing it again). The chunk is decoded with
     ``-xerror``: a damaged frame fails the encode as :class:`CorruptMedia` naming ``source`` (the
     title the chunk was cut from) instead of encoding a concealed picture.
+
+    ``portable``: for a job that sees only its work dir (a container job, the chunk staged into it,
+    ``out_dir`` copied out afterwards): each result names its file relative to the result file
+    (:func:`chunk_results` resolves it), and the content key is taken from the chunk (its size and
+    modification time; ``source`` is not reachable there) instead of the source.
     """
     chosen = [profiles.get(n) for n in dict.fromkeys(profile_names)]
     if not chosen:
@@ -155,12 +161,13 @@ def encode_chunk(
     duration, fps = facts.duration, facts.fps
     resume.injected_fault(out_dir, index)
     key = resume.content_key(
-        source=source, chunk=path, index=index, start=start, duration=duration, fps=fps, chosen=chosen,
-        gop=[gop_args(p, fps) for p in chosen], quality=quality.value,
+        source="" if portable else source, chunk=path, index=index, start=start, duration=duration,
+        fps=fps, chosen=chosen, gop=[gop_args(p, fps) for p in chosen], quality=quality.value,
     )  # fmt: skip
     outs = [chunk_output(out_dir, p.name, index, key) for p in chosen]
     results = [result_path(chunk_output(out_dir, p.name, index)) for p in chosen]
-    done = resume.reusable(outs, results, key, duration)
+    named = [o.name if portable else str(o) for o in outs]  # what each result records as its path
+    done = resume.reusable(outs, results, key, duration, named)
     if done is not None:  # encoded from this very content before, and whole: not encoded again
         return {"index": index, "chunk": path, "duration": duration, "quality": quality.value,
                 "renditions": done, "reused": True}  # fmt: skip
@@ -221,13 +228,13 @@ def encode_chunk(
                 ) from None
         measured = parse_measurements(run.stderr, logs) if quality is not QualityMode.OFF else []
     renditions = []
-    for i, (p, out) in enumerate(zip(chosen, outs, strict=True)):
+    for i, (p, out, name) in enumerate(zip(chosen, outs, named, strict=True)):
         size = out.stat().st_size
         rendition: dict[str, Any] = {
             "profile": p.name,
             "index": index,
             "key": key,
-            "path": str(out),
+            "path": name,
             "bytes": size,
             "duration": duration,
             "bitrate": int(size * 8 / duration) if duration else 0,
@@ -236,6 +243,8 @@ def encode_chunk(
             rendition.update(measured[i].to_dict())
         write_json(result_path(chunk_output(out_dir, p.name, index)), rendition)
         renditions.append(rendition)
+    if portable:
+        _readable_tree(Path(out_dir).absolute())
     return {
         "index": index,
         "chunk": path,
@@ -245,24 +254,58 @@ def encode_chunk(
     }
 
 
+def _readable_tree(top: Path) -> None:
+    """Make ``top`` readable beyond its owner (directories 0755, files 0644). A portable encode's
+    ``out`` is copied out by the agent, which keeps the modes; as root, the agent owns the copy, and
+    the tenant's later jobs (assemble) read it as others. The tenant's area above it stays private."""
+    for dirpath, _, filenames in os.walk(top):
+        os.chmod(dirpath, 0o755)
+        for name in filenames:
+            os.chmod(os.path.join(dirpath, name), 0o644)
+
+
 def result_path(chunk_file: Path) -> Path:
     """The result kept next to an encoded chunk (``chunk_NNNNN.json``): what ``assemble --encoded`` reads,
     so no step has to pass every chunk's result on its command line (a long title has thousands)."""
     return chunk_file.with_suffix(".json")
 
 
+IMAGE_JOBS = "jobs"
+"""Under an encode's ``--out-dir``: ``jobs/<index>/<group>/``, the ``out`` directory of each chunk
+encode that ran in a container (``encode --portable``), copied there by the agent (a job output)."""
+
+
+def _result_file(encoded: str, profile: str, index: int) -> Path:
+    """Chunk ``index``'s result for ``profile``: ``<encoded>/<profile>/chunk_NNNNN.json`` (written in
+    place by a host-process encode) or else ``<encoded>/jobs/<index>/<group>/<profile>/...`` (copied
+    out of a container encode); the first when neither exists."""
+    direct = result_path(chunk_output(encoded, profile, index))
+    if direct.exists():
+        return direct
+    relative = direct.relative_to(Path(encoded).absolute())
+    copied = sorted((Path(encoded).absolute() / IMAGE_JOBS / str(index)).glob(f"*/{relative}"))
+    return copied[0] if copied else direct
+
+
 def chunk_results(encoded: str, profile: str, count: int) -> list[dict[str, Any]]:
-    """The results of chunks ``0..count-1`` of ``profile`` under ``encoded`` (see :func:`result_path`)."""
+    """The results of chunks ``0..count-1`` of ``profile`` under ``encoded`` (see :func:`result_path`
+    and :data:`IMAGE_JOBS`), each ``path`` made absolute (a portable result names its file relative
+    to the result file)."""
     results: list[dict[str, Any]] = []
     missing: list[int] = []
     for i in range(count):
-        path = result_path(chunk_output(encoded, profile, i))
+        path = _result_file(encoded, profile, i)
         try:
-            results.append(json.loads(path.read_text()))
+            result = json.loads(path.read_text())
         except FileNotFoundError:
             missing.append(i)
+            continue
         except (OSError, ValueError) as exc:
             raise MediaError(f"--encoded: unreadable chunk result {path}: {exc}") from None
+        if not isinstance(result, dict) or not isinstance(result.get("path"), str):
+            raise MediaError(f"--encoded: {path} is not a chunk result")
+        result["path"] = str(path.parent / result["path"])  # an absolute path stays as it is
+        results.append(result)
     if missing:
         raise MediaError(f"--encoded: profile {profile!r} is missing chunk(s) {missing}")
     return results

@@ -80,18 +80,24 @@ def content_key(
 
 
 def reusable(
-    outs: Sequence[Path], results: Sequence[Path], key: str, duration: float
+    outs: Sequence[Path],
+    results: Sequence[Path],
+    key: str,
+    duration: float,
+    named: Sequence[str] | None = None,
 ) -> list[dict[str, Any]] | None:
     """The recorded results of a chunk already encoded with ``key`` into every one of ``outs``,
     each verified to decode whole to ``duration``; None when any is missing, of another key or
-    damaged (then the chunk is encoded again)."""
+    damaged (then the chunk is encoded again). ``named``: the path each result records for its
+    file (default: the absolute path of ``outs``; a portable encode records it relatively)."""
     found = []
-    for out, result in zip(outs, results, strict=True):
+    names = [str(o) for o in outs] if named is None else list(named)
+    for out, result, name in zip(outs, results, names, strict=True):
         try:
             recorded = json.loads(result.read_text())
         except (OSError, ValueError):
             return None
-        if not isinstance(recorded, dict) or recorded.get("key") != key or recorded.get("path") != str(out):
+        if not isinstance(recorded, dict) or recorded.get("key") != key or recorded.get("path") != name:
             return None
         try:
             verify_chunk(out, duration)

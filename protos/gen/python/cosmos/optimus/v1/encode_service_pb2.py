@@ -27,7 +27,7 @@ from cosmos.optimus.v1 import encode_pb2 as cosmos_dot_optimus_dot_v1_dot_encode
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&cosmos/optimus/v1/encode_service.proto\x12\x11\x63osmos.optimus.v1\x1a\x1d\x63osmos/common/v1/access.proto\x1a\x1e\x63osmos/optimus/v1/encode.proto\x1a\x1fgoogle/api/field_behavior.proto\"\xa3\x02\n\x13SubmitEncodeRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\nsource_uri\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08profiles\x18\x03 \x03(\tB\x04\xe2\x41\x01\x01\x12\x14\n\x06ladder\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12\x18\n\noutput_uri\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01\x12\x16\n\x08priority\x18\x06 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x13\n\x05\x66orce\x18\x07 \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x35\n\x07quality\x18\x08 \x01(\x0e\x32\x1e.cosmos.optimus.v1.QualityModeB\x04\xe2\x41\x01\x01\x12\x17\n\toverwrite\x18\t \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x13\n\x05retry\x18\n \x01(\x08\x42\x04\xe2\x41\x01\x01\"h\n\x14SubmitEncodeResponse\x12)\n\x06\x65ncode\x18\x01 \x01(\x0b\x32\x19.cosmos.optimus.v1.Encode\x12\x14\n\x0c\x64\x65\x64uplicated\x18\x02 \x01(\x08\x12\x0f\n\x07resumed\x18\x03 \x01(\x08\"+\n\x10GetEncodeRequest\x12\x17\n\tencode_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\">\n\x11GetEncodeResponse\x12)\n\x06\x65ncode\x18\x01 \x01(\x0b\x32\x19.cosmos.optimus.v1.Encode\"|\n\x12ListEncodesRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x33\n\x05state\x18\x03 \x01(\x0e\x32\x1e.cosmos.optimus.v1.EncodeStateB\x04\xe2\x41\x01\x01\"Z\n\x13ListEncodesResponse\x12*\n\x07\x65ncodes\x18\x01 \x03(\x0b\x32\x19.cosmos.optimus.v1.Encode\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"^\n\x13\x43\x61ncelEncodeRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\tencode_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06reason\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"A\n\x14\x43\x61ncelEncodeResponse\x12)\n\x06\x65ncode\x18\x01 \x01(\x0b\x32\x19.cosmos.optimus.v1.Encode\"-\n\x12WatchEncodeRequest\x12\x17\n\tencode_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"@\n\x13WatchEncodeResponse\x12)\n\x06\x65ncode\x18\x01 \x01(\x0b\x32\x19.cosmos.optimus.v1.Encode\"H\n\x13ListProfilesRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"]\n\x14ListProfilesResponse\x12,\n\x08profiles\x18\x01 \x03(\x0b\x32\x1a.cosmos.optimus.v1.Profile\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xfc\x04\n\rEncodeService\x12i\n\x0cSubmitEncode\x12&.cosmos.optimus.v1.SubmitEncodeRequest\x1a\'.cosmos.optimus.v1.SubmitEncodeResponse\"\x08\xc2\xf3\x18\x04\x08\x02\x10\x01\x12^\n\tGetEncode\x12#.cosmos.optimus.v1.GetEncodeRequest\x1a$.cosmos.optimus.v1.GetEncodeResponse\"\x06\xc2\xf3\x18\x02\x08\x01\x12\x64\n\x0bListEncodes\x12%.cosmos.optimus.v1.ListEncodesRequest\x1a&.cosmos.optimus.v1.ListEncodesResponse\"\x06\xc2\xf3\x18\x02\x08\x01\x12i\n\x0c\x43\x61ncelEncode\x12&.cosmos.optimus.v1.CancelEncodeRequest\x1a\'.cosmos.optimus.v1.CancelEncodeResponse\"\x08\xc2\xf3\x18\x04\x08\x02\x10\x01\x12\x66\n\x0bWatchEncode\x12%.cosmos.optimus.v1.WatchEncodeRequest\x1a&.cosmos.optimus.v1.WatchEncodeResponse\"\x06\xc2\xf3\x18\x02\x08\x01\x30\x01\x12g\n\x0cListProfiles\x12&.cosmos.optimus.v1.ListProfilesRequest\x1a\'.cosmos.optimus.v1.ListProfilesResponse\"\x06\xc2\xf3\x18\x02\x08\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&cosmos/optimus/v1/encode_service.proto\x12\x11\x63osmos.optimus.v1\x1a\x1d\x63osmos/common/v1/access.proto\x1a\x1e\x63osmos/optimus/v1/encode.proto\x1a\x1fgoogle/api/field_behavior.proto\"\xb8\x02\n\x13SubmitEncodeRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\nsource_uri\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08profiles\x18\x03 \x03(\tB\x04\xe2\x41\x01\x01\x12\x14\n\x06ladder\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12\x18\n\noutput_uri\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01\x12\x16\n\x08priority\x18\x06 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x13\n\x05\x66orce\x18\x07 \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x35\n\x07quality\x18\x08 \x01(\x0e\x32\x1e.cosmos.optimus.v1.QualityModeB\x04\xe2\x41\x01\x01\x12\x17\n\toverwrite\x18\t \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x13\n\x05retry\x18\n \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x13\n\x05image\x18\x0b \x01(\tB\x04\xe2\x41\x01\x01\"h\n\x14SubmitEncodeResponse\x12)\n\x06\x65ncode\x18\x01 \x01(\x0b\x32\x19.cosmos.optimus.v1.Encode\x12\x14\n\x0c\x64\x65\x64uplicated\x18\x02 \x01(\x08\x12\x0f\n\x07resumed\x18\x03 \x01(\x08\"+\n\x10GetEncodeRequest\x12\x17\n\tencode_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\">\n\x11GetEncodeResponse\x12)\n\x06\x65ncode\x18\x01 \x01(\x0b\x32\x19.cosmos.optimus.v1.Encode\"|\n\x12ListEncodesRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x33\n\x05state\x18\x03 \x01(\x0e\x32\x1e.cosmos.optimus.v1.EncodeStateB\x04\xe2\x41\x01\x01\"Z\n\x13ListEncodesResponse\x12*\n\x07\x65ncodes\x18\x01 \x03(\x0b\x32\x19.cosmos.optimus.v1.Encode\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"^\n\x13\x43\x61ncelEncodeRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\tencode_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06reason\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"A\n\x14\x43\x61ncelEncodeResponse\x12)\n\x06\x65ncode\x18\x01 \x01(\x0b\x32\x19.cosmos.optimus.v1.Encode\"-\n\x12WatchEncodeRequest\x12\x17\n\tencode_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"@\n\x13WatchEncodeResponse\x12)\n\x06\x65ncode\x18\x01 \x01(\x0b\x32\x19.cosmos.optimus.v1.Encode\"H\n\x13ListProfilesRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"]\n\x14ListProfilesResponse\x12,\n\x08profiles\x18\x01 \x03(\x0b\x32\x1a.cosmos.optimus.v1.Profile\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xfc\x04\n\rEncodeService\x12i\n\x0cSubmitEncode\x12&.cosmos.optimus.v1.SubmitEncodeRequest\x1a\'.cosmos.optimus.v1.SubmitEncodeResponse\"\x08\xc2\xf3\x18\x04\x08\x02\x10\x01\x12^\n\tGetEncode\x12#.cosmos.optimus.v1.GetEncodeRequest\x1a$.cosmos.optimus.v1.GetEncodeResponse\"\x06\xc2\xf3\x18\x02\x08\x01\x12\x64\n\x0bListEncodes\x12%.cosmos.optimus.v1.ListEncodesRequest\x1a&.cosmos.optimus.v1.ListEncodesResponse\"\x06\xc2\xf3\x18\x02\x08\x01\x12i\n\x0c\x43\x61ncelEncode\x12&.cosmos.optimus.v1.CancelEncodeRequest\x1a\'.cosmos.optimus.v1.CancelEncodeResponse\"\x08\xc2\xf3\x18\x04\x08\x02\x10\x01\x12\x66\n\x0bWatchEncode\x12%.cosmos.optimus.v1.WatchEncodeRequest\x1a&.cosmos.optimus.v1.WatchEncodeResponse\"\x06\xc2\xf3\x18\x02\x08\x01\x30\x01\x12g\n\x0cListProfiles\x12&.cosmos.optimus.v1.ListProfilesRequest\x1a\'.cosmos.optimus.v1.ListProfilesResponse\"\x06\xc2\xf3\x18\x02\x08\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -54,6 +54,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBMITENCODEREQUEST'].fields_by_name['overwrite']._serialized_options = b'\342A\001\001'
   _globals['_SUBMITENCODEREQUEST'].fields_by_name['retry']._loaded_options = None
   _globals['_SUBMITENCODEREQUEST'].fields_by_name['retry']._serialized_options = b'\342A\001\001'
+  _globals['_SUBMITENCODEREQUEST'].fields_by_name['image']._loaded_options = None
+  _globals['_SUBMITENCODEREQUEST'].fields_by_name['image']._serialized_options = b'\342A\001\001'
   _globals['_GETENCODEREQUEST'].fields_by_name['encode_id']._loaded_options = None
   _globals['_GETENCODEREQUEST'].fields_by_name['encode_id']._serialized_options = b'\342A\001\002'
   _globals['_LISTENCODESREQUEST'].fields_by_name['page_size']._loaded_options = None
@@ -87,29 +89,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENCODESERVICE'].methods_by_name['ListProfiles']._loaded_options = None
   _globals['_ENCODESERVICE'].methods_by_name['ListProfiles']._serialized_options = b'\302\363\030\002\010\001'
   _globals['_SUBMITENCODEREQUEST']._serialized_start=158
-  _globals['_SUBMITENCODEREQUEST']._serialized_end=449
-  _globals['_SUBMITENCODERESPONSE']._serialized_start=451
-  _globals['_SUBMITENCODERESPONSE']._serialized_end=555
-  _globals['_GETENCODEREQUEST']._serialized_start=557
-  _globals['_GETENCODEREQUEST']._serialized_end=600
-  _globals['_GETENCODERESPONSE']._serialized_start=602
-  _globals['_GETENCODERESPONSE']._serialized_end=664
-  _globals['_LISTENCODESREQUEST']._serialized_start=666
-  _globals['_LISTENCODESREQUEST']._serialized_end=790
-  _globals['_LISTENCODESRESPONSE']._serialized_start=792
-  _globals['_LISTENCODESRESPONSE']._serialized_end=882
-  _globals['_CANCELENCODEREQUEST']._serialized_start=884
-  _globals['_CANCELENCODEREQUEST']._serialized_end=978
-  _globals['_CANCELENCODERESPONSE']._serialized_start=980
-  _globals['_CANCELENCODERESPONSE']._serialized_end=1045
-  _globals['_WATCHENCODEREQUEST']._serialized_start=1047
-  _globals['_WATCHENCODEREQUEST']._serialized_end=1092
-  _globals['_WATCHENCODERESPONSE']._serialized_start=1094
-  _globals['_WATCHENCODERESPONSE']._serialized_end=1158
-  _globals['_LISTPROFILESREQUEST']._serialized_start=1160
-  _globals['_LISTPROFILESREQUEST']._serialized_end=1232
-  _globals['_LISTPROFILESRESPONSE']._serialized_start=1234
-  _globals['_LISTPROFILESRESPONSE']._serialized_end=1327
-  _globals['_ENCODESERVICE']._serialized_start=1330
-  _globals['_ENCODESERVICE']._serialized_end=1966
+  _globals['_SUBMITENCODEREQUEST']._serialized_end=470
+  _globals['_SUBMITENCODERESPONSE']._serialized_start=472
+  _globals['_SUBMITENCODERESPONSE']._serialized_end=576
+  _globals['_GETENCODEREQUEST']._serialized_start=578
+  _globals['_GETENCODEREQUEST']._serialized_end=621
+  _globals['_GETENCODERESPONSE']._serialized_start=623
+  _globals['_GETENCODERESPONSE']._serialized_end=685
+  _globals['_LISTENCODESREQUEST']._serialized_start=687
+  _globals['_LISTENCODESREQUEST']._serialized_end=811
+  _globals['_LISTENCODESRESPONSE']._serialized_start=813
+  _globals['_LISTENCODESRESPONSE']._serialized_end=903
+  _globals['_CANCELENCODEREQUEST']._serialized_start=905
+  _globals['_CANCELENCODEREQUEST']._serialized_end=999
+  _globals['_CANCELENCODERESPONSE']._serialized_start=1001
+  _globals['_CANCELENCODERESPONSE']._serialized_end=1066
+  _globals['_WATCHENCODEREQUEST']._serialized_start=1068
+  _globals['_WATCHENCODEREQUEST']._serialized_end=1113
+  _globals['_WATCHENCODERESPONSE']._serialized_start=1115
+  _globals['_WATCHENCODERESPONSE']._serialized_end=1179
+  _globals['_LISTPROFILESREQUEST']._serialized_start=1181
+  _globals['_LISTPROFILESREQUEST']._serialized_end=1253
+  _globals['_LISTPROFILESRESPONSE']._serialized_start=1255
+  _globals['_LISTPROFILESRESPONSE']._serialized_end=1348
+  _globals['_ENCODESERVICE']._serialized_start=1351
+  _globals['_ENCODESERVICE']._serialized_end=1987
 # @@protoc_insertion_point(module_scope)

@@ -35,6 +35,7 @@ class SubmitEncodeRequest(_message.Message):
     QUALITY_FIELD_NUMBER: _builtins.int
     OVERWRITE_FIELD_NUMBER: _builtins.int
     RETRY_FIELD_NUMBER: _builtins.int
+    IMAGE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotent retry key chosen by the client (a UUID is recommended); it is
     also reused as the JetStream Nats-Msg-Id of the resulting messages.
@@ -72,6 +73,14 @@ class SubmitEncodeRequest(_message.Message):
     one that is running or succeeded is returned as it is. Not together with
     force.
     """
+    image: _builtins.str
+    """Container image the chunk encodes run in (e.g.
+    localhost/cosmos-worker:<version>, built by `make image`); empty: the
+    agents' own media tool, as host processes. It must be allowed for the
+    caller's tenant by Stratum's job policy and present on the agents
+    (docs/encoding.md, "Encoding in the worker image"). Part of the
+    content_key.
+    """
     @_builtins.property
     def profiles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Profile names from the catalogue to encode, added after the ladder's
@@ -91,10 +100,11 @@ class SubmitEncodeRequest(_message.Message):
         quality: _encode_pb2.QualityMode.ValueType = ...,
         overwrite: _builtins.bool = ...,
         retry: _builtins.bool = ...,
+        image: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["force", b"force", "ladder", b"ladder", "output_uri", b"output_uri", "overwrite", b"overwrite", "priority", b"priority", "profiles", b"profiles", "quality", b"quality", "request_id", b"request_id", "retry", b"retry", "source_uri", b"source_uri"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["force", b"force", "image", b"image", "ladder", b"ladder", "output_uri", b"output_uri", "overwrite", b"overwrite", "priority", b"priority", "profiles", b"profiles", "quality", b"quality", "request_id", b"request_id", "retry", b"retry", "source_uri", b"source_uri"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
