@@ -81,6 +81,12 @@ async def test_an_encode_runs_its_chunks_in_the_worker_image(stack: EmbeddedStac
         "verify", "--hls", str(out / "master.m3u8"), "--mpd", str(out / "manifest.mpd"),
         "--expect-duration", "6",
     )  # fmt: skip
+    # The clean-up (as the tenant) removed the scratch, what the agent copied back from the
+    # containers included: it stores outputs as the uid the job ran as.
+    scratch = area / ".cosmos-work" / done.encode_id
+    assert not scratch.exists() or not any(p.is_file() for p in scratch.rglob("*")), sorted(
+        str(p.relative_to(scratch)) for p in scratch.rglob("*")
+    )
 
 
 async def test_an_image_that_is_no_image_reference_is_refused(stack: EmbeddedStack) -> None:

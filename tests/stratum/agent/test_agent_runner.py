@@ -242,7 +242,7 @@ async def test_cancel_before_start_and_during_staging(tmp_path: Path) -> None:
         async def fetch(self, uri: str, dest: Path) -> None:
             await asyncio.sleep(30)
 
-        async def store(self, src: Path, uri: str) -> str:
+        async def store(self, src: Path, uri: str, owner: staging.Owner | None = None) -> str:
             return uri
 
     stores = staging.default_registry([tmp_path])

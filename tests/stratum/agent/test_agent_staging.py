@@ -92,6 +92,26 @@ async def test_outputs_are_published_atomically_and_returned(tmp_path: Path) -> 
     assert sorted(p.name for p in dest_dir.parent.iterdir()) == ["deep", "hls"]
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving files to another uid needs root")
+async def test_outputs_and_the_directories_made_for_them_belong_to_the_jobs_uid(tmp_path: Path) -> None:
+    # The agent (root) stores what a sandboxed job made; its tenant's later jobs (an encode's clean-up)
+    # must be able to remove it, and what was there before keeps its owner.
+    work = tmp_path / "work"
+    (work / "out" / "360p").mkdir(parents=True)
+    (work / "out" / "360p" / "chunk.mp4").write_bytes(b"encoded")
+    area = tmp_path / "default"
+    area.mkdir()
+    dest = area / "scratch" / "jobs" / "3" / "out"
+    owner = (65534, 65534)
+    outputs = [job_pb2.Artifact(uri=uri(dest), path="out")]
+    await staging.stage_outputs(staging.default_registry([tmp_path]), outputs, work, owner=owner)
+
+    made = [area / "scratch", area / "scratch" / "jobs", area / "scratch" / "jobs" / "3"]
+    stored = [dest, dest / "360p", dest / "360p" / "chunk.mp4"]
+    assert {(p.stat().st_uid, p.stat().st_gid) for p in made + stored} == {owner}
+    assert area.stat().st_uid == 0  # there before: not the job's to own
+
+
 async def test_missing_or_escaping_outputs_fail(tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()
@@ -143,7 +163,7 @@ async def test_other_stores_plug_in_by_scheme(tmp_path: Path) -> None:
         async def fetch(self, uri: str, dest: Path) -> None:
             await asyncio.to_thread(dest.write_bytes, self.objects[uri])
 
-        async def store(self, src: Path, uri: str) -> str:
+        async def store(self, src: Path, uri: str, owner: staging.Owner | None = None) -> str:
             self.objects[uri] = await asyncio.to_thread(src.read_bytes)
             return uri + "?version=1"
 

@@ -291,6 +291,16 @@ class JobRun:
             raise _Refused("SANDBOX_FAILED", f"cannot sandbox the job: {exc}") from exc
         return engine
 
+    def _output_owner(self) -> staging.Owner | None:
+        """Who the job's stored outputs belong to: the uid it ran as, when the agent (root) made it
+        someone else, so that its tenant's later jobs (an encode's clean-up) can remove them."""
+        user = self._container_user
+        if user is not None and not user.keep_id:
+            return (user.uid, user.gid)
+        if self._plan is not None and self._plan.identity is not None:
+            return (self._plan.identity.uid, self._plan.identity.gid)
+        return None
+
     def _container_identity(self, engine: containers.Engine) -> containers.ContainerUser:
         """Who a container job runs as, its work dir made its own: the tenant's sandbox uid (as for a
         process job), else ``nobody``; never root. A rootless agent runs it as itself (keep-id)."""
@@ -714,7 +724,11 @@ class _Process:
             try:
                 stored = await run._interruptible(
                     staging.stage_outputs(
-                        run.stores, self.spec.outputs, run.work_dir, self.spec.tenant or "default"
+                        run.stores,
+                        self.spec.outputs,
+                        run.work_dir,
+                        self.spec.tenant or "default",
+                        self.owner._output_owner(),
                     )
                 )
             except _Stopped:

@@ -112,6 +112,10 @@ class OutputExists(OutputFailed):
     reason = "OUTPUT_EXISTS"
 
 
+Owner = tuple[int, int]
+"""A uid and gid."""
+
+
 class Store(abc.ABC):
     """Fetches and stores files for the URI schemes it is registered for."""
 
@@ -123,9 +127,11 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def store(self, src: Path, uri: str) -> str:
+    async def store(self, src: Path, uri: str, owner: Owner | None = None) -> str:
         """Copy ``src`` (a file or directory) to ``uri``; returns the final URI of the stored artifact.
 
+        ``owner`` (uid, gid): who a stored file and the directories made for it belong to, where the
+        store has owners (a local file system; the job's uid, so that its tenant can clean them up).
         Raises :class:`OutputFailed` when it cannot be written.
         """
 
@@ -245,7 +251,7 @@ class S3ObjectStore(Store):
             full = no_space(exc, f"cannot write input {uri!r} to {dest}")
             raise (full or InputFailed(f"input {uri!r} could not be written to {dest}: {exc}")) from exc
 
-    async def store(self, src: Path, uri: str) -> str:
+    async def store(self, src: Path, uri: str, owner: Owner | None = None) -> str:
         try:
             if await asyncio.to_thread(src.is_dir):
                 # Like a file:// directory output: never mix with (or overwrite) objects already there,
@@ -316,10 +322,10 @@ class FileStore(Store):
                 raise full from exc
             raise InputFailed(f"input {uri!r} could not be copied: {exc}") from exc
 
-    async def store(self, src: Path, uri: str) -> str:
+    async def store(self, src: Path, uri: str, owner: Owner | None = None) -> str:
         dest = file_uri_path(uri)
         try:
-            await asyncio.to_thread(_publish, src, dest)
+            await asyncio.to_thread(_publish, src, dest, owner)
         except OSError as exc:
             full = no_space(exc, f"cannot store output {src.name!r} to {uri!r}")
             if full is not None:
@@ -355,11 +361,15 @@ def _copy(src: Path, dest: Path, link: bool) -> None:
         copy_file(str(src), str(dest))
 
 
-def _publish(src: Path, dest: Path) -> None:
+def _publish(src: Path, dest: Path, owner: Owner | None = None) -> None:
     # Copy next to the destination, then rename: a reader never sees a half-written output. A file
     # replaces the file there (a retried attempt); a directory takes the place of nothing or of an
     # empty directory only: one holding files was not written by this attempt and is never removed.
+    made = [d for d in (dest.parent, *dest.parent.parents) if not d.exists()]
     dest.parent.mkdir(parents=True, exist_ok=True)
+    if owner is not None:
+        for d in made:
+            os.chown(d, *owner, follow_symlinks=False)
     if src.is_dir() and (dest.is_symlink() or (dest.exists() and (not dest.is_dir() or any(dest.iterdir())))):
         raise OutputExists(f"{dest} already exists and is not an empty directory; it is left as it is")
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
@@ -369,6 +379,8 @@ def _publish(src: Path, dest: Path) -> None:
             shutil.copytree(src, staged)
         else:
             shutil.copy2(src, staged)
+        if owner is not None:
+            _chown_tree(staged, owner)
         try:
             os.replace(staged, dest)  # onto a directory that gained files meanwhile: refused (ENOTEMPTY)
         except OSError as exc:
@@ -377,6 +389,13 @@ def _publish(src: Path, dest: Path) -> None:
             raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # only the copy made here
+
+
+def _chown_tree(top: Path, owner: Owner) -> None:
+    os.chown(top, *owner, follow_symlinks=False)
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in [*dirnames, *filenames]:
+            os.chown(os.path.join(dirpath, name), *owner, follow_symlinks=False)
 
 
 def artifact_path(work_dir: Path, path: str) -> Path:
@@ -417,9 +436,10 @@ async def stage_outputs(
     outputs: Sequence[job_pb2.Artifact],
     work_dir: Path,
     tenant: str = storage.DEFAULT_TENANT,
+    owner: Owner | None = None,
 ) -> list[job_pb2.Artifact]:
-    """Store every ``work_dir/<path>`` to its URI (checked for ``tenant``); returns the stored
-    artifacts with their final URIs."""
+    """Store every ``work_dir/<path>`` to its URI (checked for ``tenant``), made ``owner``'s where
+    stores have owners; returns the stored artifacts with their final URIs."""
     stored = []
     for i, artifact in enumerate(outputs):
         src = await asyncio.to_thread(_output_source, work_dir, artifact.path)
@@ -427,7 +447,7 @@ async def stage_outputs(
         target = await asyncio.to_thread(
             registry.guard, artifact.uri, tenant, f"spec.outputs[{i}].uri", is_input=False
         )
-        uri = await store.store(src, target)
+        uri = await store.store(src, target, owner)
         stored.append(job_pb2.Artifact(uri=uri, path=artifact.path))
     return stored
 
