@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
@@ -13,6 +14,9 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, ObjectStoreConfig, StreamConfig
+from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
 
 from cosmos import errors
 from cosmos.security import pki
@@ -52,6 +56,15 @@ def tls_options(files: TlsFiles | None) -> dict[str, Any]:
     return {"tls": tls_context(files), "tls_hostname": pki.server_name("nats")}
 
 
+def servers(url: str) -> list[str]:
+    """The server URLs of ``url``, a comma-separated list (every node of a cluster, so that a client
+    fails over to the next when its node dies; nats-py takes a list, not a comma-separated string)."""
+    out = [u.strip() for u in url.split(",") if u.strip()]
+    if not out:
+        raise errors.ConfigError("no NATS URL given")
+    return out
+
+
 async def connect(
     url: str, name: str, *, tls: TlsFiles | None = None, timeout: float = 10.0
 ) -> tuple[NatsClient, JetStreamContext]:
@@ -71,7 +84,7 @@ async def connect(
     try:
         nc = await asyncio.wait_for(
             nats.connect(
-                url,
+                servers(url),
                 name=name,
                 connect_timeout=2,
                 max_reconnect_attempts=-1,
@@ -118,3 +131,73 @@ async def until_ready(op: Callable[[], Awaitable[T]], what: str, *, timeout: flo
             log.info("JetStream not ready; retrying", extra={"fields": {"what": what, "error": str(exc)}})
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+
+# "stream name already in use with a different configuration": what creating a stream (a KV bucket,
+# an object store) answers when it exists with other settings, e.g. R1 where we now ask for R3.
+STREAM_NAME_IN_USE = 10058
+
+
+def _in_use(exc: nats.js.errors.BadRequestError) -> bool:
+    return exc.err_code == STREAM_NAME_IN_USE
+
+
+async def _scale(js: JetStreamContext, stream: str, replicas: int) -> None:
+    """Bring the existing ``stream`` to ``replicas``, keeping the rest of its configuration.
+
+    nats-server (2.10+, clustered) accepts a replica change as a stream update; it refuses changing
+    e.g. the storage type or retention, so those are left as they are, and the stream's own current
+    configuration is what is sent back (asking for the caller's would be refused again).
+    """
+    info = await js.stream_info(stream)
+    current = info.config.num_replicas or 1
+    if current == replicas:
+        return
+    await js.update_stream(dataclasses.replace(info.config, num_replicas=replicas))
+    log.warning(
+        "migrated JetStream stream replicas",
+        extra={"fields": {"stream": stream, "from": current, "to": replicas}},
+    )
+
+
+async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    """Create ``config``'s stream, or update an existing one to it (a new replica count included)."""
+    try:
+        await js.add_stream(config)
+        return
+    except nats.js.errors.BadRequestError as exc:
+        if not _in_use(exc):
+            raise
+    assert config.name is not None
+    info = await js.stream_info(config.name)
+    before = info.config.num_replicas or 1
+    await js.update_stream(config)
+    after = config.num_replicas or 1
+    if before != after:
+        log.warning(
+            "migrated JetStream stream replicas",
+            extra={"fields": {"stream": config.name, "from": before, "to": after}},
+        )
+
+
+async def ensure_key_value(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
+    """Create the bucket, or open the existing one scaled to ``config.replicas`` (its ``KV_<bucket>``
+    stream updated: nats-py's create refuses a bucket that exists with another replica count)."""
+    try:
+        return await js.create_key_value(config)
+    except nats.js.errors.BadRequestError as exc:
+        if not _in_use(exc):
+            raise
+    await _scale(js, f"KV_{config.bucket}", config.replicas)
+    return await js.key_value(config.bucket)
+
+
+async def ensure_object_store(js: JetStreamContext, bucket: str, config: ObjectStoreConfig) -> ObjectStore:
+    """Create the object store, or open the existing one scaled to ``config.replicas`` (``OBJ_<bucket>``)."""
+    try:
+        return await js.create_object_store(bucket, config)
+    except nats.js.errors.BadRequestError as exc:
+        if not _in_use(exc):
+            raise
+    await _scale(js, f"OBJ_{bucket}", config.replicas)
+    return await js.object_store(bucket)
