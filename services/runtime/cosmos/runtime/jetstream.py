@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
+JETSTREAM_READY_TIMEOUT = 60.0
+"""Seconds a connecting service waits for JetStream to answer (a cluster elects its leader first)."""
 
 
 async def _log_error(exc: Exception) -> None:
@@ -98,9 +100,12 @@ async def connect(
         cause = last[0] if last else exc
         raise errors.UnavailableError(f"cannot reach NATS at {url} within {timeout:.0f}s: {cause!r}") from exc
     js = nc.jetstream()
+    # A cluster still forming (nodes started together, a meta leader not yet elected) answers nothing
+    # or 503 for a few seconds: asked again with short requests, for up to ``JETSTREAM_READY_TIMEOUT``.
+    probe = nc.jetstream(timeout=2.0)
     try:
-        await js.account_info()
-    except nats.errors.Error as exc:
+        await until_ready(probe.account_info, f"NATS at {url}", timeout=max(timeout, JETSTREAM_READY_TIMEOUT))
+    except (nats.errors.Error, errors.UnavailableError) as exc:
         await nc.close()
         raise errors.UnavailableError(f"NATS at {url} has no JetStream: {exc}") from exc
     log.info("connected to NATS", extra={"fields": {"url": url}})
@@ -110,6 +115,8 @@ async def connect(
 # JetStream answers "no suitable peers for placement" (10005) or a 503 while a cluster is still
 # forming or a peer restarts; both pass.
 _NOT_READY_CODES = frozenset({10005})
+# 503s that waiting does not cure: JetStream disabled on the server (10076) or for the account (10039).
+_NEVER_READY_CODES = frozenset({10039, 10076})
 
 
 async def until_ready(op: Callable[[], Awaitable[T]], what: str, *, timeout: float = 60.0) -> T:
@@ -121,7 +128,7 @@ async def until_ready(op: Callable[[], Awaitable[T]], what: str, *, timeout: flo
             return await op()
         except (nats.js.errors.APIError, nats.errors.TimeoutError) as exc:
             code = getattr(exc, "err_code", None)
-            retryable = (
+            retryable = code not in _NEVER_READY_CODES and (
                 isinstance(exc, nats.errors.TimeoutError)
                 or code in _NOT_READY_CODES
                 or getattr(exc, "code", None) == 503
