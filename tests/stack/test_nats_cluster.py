@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,10 +16,13 @@ from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, ObjectStoreConfig, StreamConfig
 from nats_cluster import NatsCluster
 
+from cosmos import errors
 from cosmos.plato import subjects
 from cosmos.plato.store import PlatoStore, StoreConfig
 from cosmos.runtime import jetstream
+from cosmos.runtime.config import Address, free_port
 from cosmos.security.tls import TlsFiles
+from cosmos.stack import natsd
 from cosmos.stratum import store as stratum_store
 
 
@@ -81,3 +87,65 @@ async def test_r1_streams_and_buckets_are_migrated_to_r3(cluster: NatsCluster) -
             assert await _replicas(js, stream) == 3, stream
     finally:
         await nc.close()
+
+
+def test_routes_are_authenticated_and_an_insecure_cluster_is_refused(tmp_path: Path) -> None:
+    tls = TlsFiles.in_dir(security_harness.pki_dir(), "nats")
+    node = natsd.ClusterNode(
+        Address("127.0.0.1", 6222), (Address("127.0.0.1", 6222), Address("127.0.0.1", 6223))
+    )
+    conf = json.loads(
+        natsd.server_config(
+            Address("127.0.0.1", 4222), tmp_path / "s", tls, natsd.default_users(), "n1", node
+        )
+    )
+    cluster = conf["cluster"]
+    assert cluster["tls"]["verify_and_map"] is True and cluster["tls"]["ca_file"] == str(tls.ca)
+    assert cluster["authorization"] == {"user": "spiffe://cosmos/nats/nats"}
+    assert cluster["routes"] == ["nats-route://127.0.0.1:6222", "nats-route://127.0.0.1:6223"]
+    with pytest.raises(errors.ConfigError, match="needs TLS"):
+        natsd.nats_server_argv(Address("127.0.0.1", 4222), tmp_path / "s", cluster=node)
+
+
+async def test_a_server_with_another_certificate_cannot_join_as_a_route(
+    cluster: NatsCluster, tmp_path: Path
+) -> None:
+    # A rogue nats-server presenting Plato's certificate (CA-signed, but not the nats role) on its routes.
+    nc, js = await _connect(cluster.url)
+    try:
+        await PlatoStore(nc, js, StoreConfig(replicas=3)).ensure()
+    finally:
+        await nc.close()
+    routes = cluster.route_addresses
+    rogue_route = Address("127.0.0.1", free_port())
+    argv = natsd.nats_server_argv(
+        Address("127.0.0.1", free_port()),
+        tmp_path / "rogue",
+        "rogue",
+        tls=TlsFiles.in_dir(security_harness.pki_dir(), "plato"),
+        users=natsd.default_users(),
+        cluster=natsd.ClusterNode(rogue_route, (*routes, rogue_route)),
+    )
+    rogue = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 15
+        # nats-server refuses the route: "Router connection closed: Authentication Failure".
+        while (
+            "router connection closed: authentication failure" not in cluster.nodes[0].log.read_text().lower()
+        ):
+            assert time.monotonic() < deadline, cluster.nodes[0].log.read_text()[-3000:]
+            await asyncio.sleep(0.2)
+        nc, js = await _connect(cluster.url)
+        try:
+            # The cluster carries on with its three peers and no other.
+            info = await js.stream_info(subjects.EVENTS_STREAM)
+            assert info.cluster is not None
+            peers = {info.cluster.leader, *(p.name for p in info.cluster.replicas or [])}
+            assert peers == {"n1", "n2", "n3"}, info.cluster
+        finally:
+            await nc.close()
+    finally:
+        rogue.kill()
+        await rogue.wait()

@@ -66,6 +66,8 @@ class NatsCluster:
         tls = TlsFiles.in_dir(security_harness.pki_dir(), "nats")
         ports = [free_port() for _ in range(size)]
         routes = tuple(Address("127.0.0.1", free_port()) for _ in range(size))
+        self.route_addresses = routes
+        """Every node's route listener."""
         self.nodes: list[NatsNode] = []
         for i, port in enumerate(ports):
             name = f"n{i + 1}"
