@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import time
@@ -17,12 +18,14 @@ from nats.js.api import KeyValueConfig, ObjectStoreConfig, StreamConfig
 from nats_cluster import NatsCluster
 
 from cosmos import errors
+from cosmos.cli import up
 from cosmos.plato import subjects
 from cosmos.plato.store import PlatoStore, StoreConfig
 from cosmos.runtime import jetstream
 from cosmos.runtime.config import Address, free_port
 from cosmos.security.tls import TlsFiles
 from cosmos.stack import natsd
+from cosmos.stack.embedded import EmbeddedStack, StackConfig
 from cosmos.stratum import store as stratum_store
 
 
@@ -149,3 +152,19 @@ async def test_a_server_with_another_certificate_cannot_join_as_a_route(
     finally:
         rogue.kill()
         await rogue.wait()
+
+
+async def test_cosmos_up_flag_gives_every_service_all_nodes_and_refuses_an_even_count(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    up.add_stack_arguments(parser)
+    cfg = up.stack_config(parser.parse_args(["--nats-cluster", "3", "--nats-port", "4300"]))
+    assert cfg.nats_cluster == 3 and cfg.replicas == 3
+    cfg.nats_extra_ports = (4301, 4302)
+    assert jetstream.servers(cfg.nats_url) == [
+        "nats://127.0.0.1:4300",
+        "nats://127.0.0.1:4301",
+        "nats://127.0.0.1:4302",
+    ]
+    even = EmbeddedStack(StackConfig(nats_cluster=2, data_dir=tmp_path, nats_port=free_port(), insecure=True))
+    with pytest.raises(errors.ConfigError, match="expected 1, 3 or 5"):
+        await even._start_nats()
