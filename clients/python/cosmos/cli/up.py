@@ -46,6 +46,14 @@ def add_stack_arguments(p: argparse.ArgumentParser) -> None:
     )
     config.add_env_argument(p, PREFIX, "--nats-port", default=d.nats_port, type=int, help="NATS client port")
     config.add_env_argument(
+        p,
+        PREFIX,
+        "--nats-cluster",
+        default=d.nats_cluster,
+        type=int,
+        help="NATS servers: 1, or 3 (a JetStream cluster, streams and buckets R3)",
+    )
+    config.add_env_argument(
         p, PREFIX, "--data-dir", default=str(d.data_dir), help="JetStream data, logs, work dirs"
     )
     config.add_env_argument(
@@ -87,6 +95,7 @@ def stack_config(args: argparse.Namespace) -> StackConfig:
         plato_port=args.plato_port,
         stratum_port=args.stratum_port,
         nats_port=args.nats_port,
+        nats_cluster=args.nats_cluster,
         s3=args.s3,
         s3_port=args.s3_port,
         data_dir=Path(args.data_dir),

@@ -158,7 +158,7 @@ class Worker:
         not acknowledged, so JetStream hands them to another worker after ``ack_wait``.
         """
         self._nc = await nats.connect(
-            self.nats_url,
+            jetstream.servers(self.nats_url),  # every node of a cluster: fails over when one dies
             name="cosmos-worker",
             max_reconnect_attempts=-1,
             **jetstream.tls_options(self.tls),

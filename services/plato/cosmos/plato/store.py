@@ -154,22 +154,26 @@ class PlatoStore:
                 num_replicas=replicas,
             )
         )
-        self._definitions = await self.js.create_key_value(
+        self._definitions = await jetstream.ensure_key_value(
+            self.js,
             KeyValueConfig(
                 bucket=subjects.DEFINITIONS_BUCKET, history=1, storage=storage, replicas=self.config.replicas
-            )
+            ),
         )
-        self._workflows = await self.js.create_key_value(
+        self._workflows = await jetstream.ensure_key_value(
+            self.js,
             KeyValueConfig(
                 bucket=subjects.WORKFLOWS_BUCKET, history=1, storage=storage, replicas=self.config.replicas
-            )
+            ),
         )
-        self._steps = await self.js.create_key_value(
+        self._steps = await jetstream.ensure_key_value(
+            self.js,
             KeyValueConfig(
                 bucket=subjects.STEPS_BUCKET, history=1, storage=storage, replicas=self.config.replicas
-            )
+            ),
         )
-        self._blobs = await self.js.create_object_store(
+        self._blobs = await jetstream.ensure_object_store(
+            self.js,
             subjects.BLOBS_BUCKET,
             ObjectStoreConfig(storage=storage, replicas=self.config.replicas),
         )
@@ -187,11 +191,8 @@ class PlatoStore:
             await latest.stop()
 
     async def _stream(self, config: StreamConfig) -> None:
-        try:
-            await self.js.add_stream(config)
-        except nats.js.errors.BadRequestError:
-            # Exists with another configuration (an upgrade): bring it to ours.
-            await self.js.update_stream(config)
+        # Exists with another configuration (an upgrade, R1 -> R3): brought to ours.
+        await jetstream.ensure_stream(self.js, config)
 
     @property
     def definitions(self) -> KeyValue:

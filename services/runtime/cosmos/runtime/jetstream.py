@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
@@ -13,6 +14,9 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, ObjectStoreConfig, StreamConfig
+from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
 
 from cosmos import errors
 from cosmos.security import pki
@@ -22,6 +26,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
+JETSTREAM_READY_TIMEOUT = 60.0
+"""Seconds a connecting service waits for JetStream to answer (a cluster elects its leader first)."""
 
 
 async def _log_error(exc: Exception) -> None:
@@ -52,6 +58,15 @@ def tls_options(files: TlsFiles | None) -> dict[str, Any]:
     return {"tls": tls_context(files), "tls_hostname": pki.server_name("nats")}
 
 
+def servers(url: str) -> list[str]:
+    """The server URLs of ``url``, a comma-separated list (every node of a cluster, so that a client
+    fails over to the next when its node dies; nats-py takes a list, not a comma-separated string)."""
+    out = [u.strip() for u in url.split(",") if u.strip()]
+    if not out:
+        raise errors.ConfigError("no NATS URL given")
+    return out
+
+
 async def connect(
     url: str, name: str, *, tls: TlsFiles | None = None, timeout: float = 10.0
 ) -> tuple[NatsClient, JetStreamContext]:
@@ -71,7 +86,7 @@ async def connect(
     try:
         nc = await asyncio.wait_for(
             nats.connect(
-                url,
+                servers(url),
                 name=name,
                 connect_timeout=2,
                 max_reconnect_attempts=-1,
@@ -85,9 +100,12 @@ async def connect(
         cause = last[0] if last else exc
         raise errors.UnavailableError(f"cannot reach NATS at {url} within {timeout:.0f}s: {cause!r}") from exc
     js = nc.jetstream()
+    # A cluster still forming (nodes started together, a meta leader not yet elected) answers nothing
+    # or 503 for a few seconds: asked again with short requests, for up to ``JETSTREAM_READY_TIMEOUT``.
+    probe = nc.jetstream(timeout=2.0)
     try:
-        await js.account_info()
-    except nats.errors.Error as exc:
+        await until_ready(probe.account_info, f"NATS at {url}", timeout=max(timeout, JETSTREAM_READY_TIMEOUT))
+    except (nats.errors.Error, errors.UnavailableError) as exc:
         await nc.close()
         raise errors.UnavailableError(f"NATS at {url} has no JetStream: {exc}") from exc
     log.info("connected to NATS", extra={"fields": {"url": url}})
@@ -97,6 +115,8 @@ async def connect(
 # JetStream answers "no suitable peers for placement" (10005) or a 503 while a cluster is still
 # forming or a peer restarts; both pass.
 _NOT_READY_CODES = frozenset({10005})
+# 503s that waiting does not cure: JetStream disabled on the server (10076) or for the account (10039).
+_NEVER_READY_CODES = frozenset({10039, 10076})
 
 
 async def until_ready(op: Callable[[], Awaitable[T]], what: str, *, timeout: float = 60.0) -> T:
@@ -108,7 +128,7 @@ async def until_ready(op: Callable[[], Awaitable[T]], what: str, *, timeout: flo
             return await op()
         except (nats.js.errors.APIError, nats.errors.TimeoutError) as exc:
             code = getattr(exc, "err_code", None)
-            retryable = (
+            retryable = code not in _NEVER_READY_CODES and (
                 isinstance(exc, nats.errors.TimeoutError)
                 or code in _NOT_READY_CODES
                 or getattr(exc, "code", None) == 503
@@ -118,3 +138,73 @@ async def until_ready(op: Callable[[], Awaitable[T]], what: str, *, timeout: flo
             log.info("JetStream not ready; retrying", extra={"fields": {"what": what, "error": str(exc)}})
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+
+# "stream name already in use with a different configuration": what creating a stream (a KV bucket,
+# an object store) answers when it exists with other settings, e.g. R1 where we now ask for R3.
+STREAM_NAME_IN_USE = 10058
+
+
+def _in_use(exc: nats.js.errors.BadRequestError) -> bool:
+    return exc.err_code == STREAM_NAME_IN_USE
+
+
+async def _scale(js: JetStreamContext, stream: str, replicas: int) -> None:
+    """Bring the existing ``stream`` to ``replicas``, keeping the rest of its configuration.
+
+    nats-server (2.10+, clustered) accepts a replica change as a stream update; it refuses changing
+    e.g. the storage type or retention, so those are left as they are, and the stream's own current
+    configuration is what is sent back (asking for the caller's would be refused again).
+    """
+    info = await js.stream_info(stream)
+    current = info.config.num_replicas or 1
+    if current == replicas:
+        return
+    await js.update_stream(dataclasses.replace(info.config, num_replicas=replicas))
+    log.warning(
+        "migrated JetStream stream replicas",
+        extra={"fields": {"stream": stream, "from": current, "to": replicas}},
+    )
+
+
+async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    """Create ``config``'s stream, or update an existing one to it (a new replica count included)."""
+    try:
+        await js.add_stream(config)
+        return
+    except nats.js.errors.BadRequestError as exc:
+        if not _in_use(exc):
+            raise
+    assert config.name is not None
+    info = await js.stream_info(config.name)
+    before = info.config.num_replicas or 1
+    await js.update_stream(config)
+    after = config.num_replicas or 1
+    if before != after:
+        log.warning(
+            "migrated JetStream stream replicas",
+            extra={"fields": {"stream": config.name, "from": before, "to": after}},
+        )
+
+
+async def ensure_key_value(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
+    """Create the bucket, or open the existing one scaled to ``config.replicas`` (its ``KV_<bucket>``
+    stream updated: nats-py's create refuses a bucket that exists with another replica count)."""
+    try:
+        return await js.create_key_value(config)
+    except nats.js.errors.BadRequestError as exc:
+        if not _in_use(exc):
+            raise
+    await _scale(js, f"KV_{config.bucket}", config.replicas)
+    return await js.key_value(config.bucket)
+
+
+async def ensure_object_store(js: JetStreamContext, bucket: str, config: ObjectStoreConfig) -> ObjectStore:
+    """Create the object store, or open the existing one scaled to ``config.replicas`` (``OBJ_<bucket>``)."""
+    try:
+        return await js.create_object_store(bucket, config)
+    except nats.js.errors.BadRequestError as exc:
+        if not _in_use(exc):
+            raise
+    await _scale(js, f"OBJ_{bucket}", config.replicas)
+    return await js.object_store(bucket)

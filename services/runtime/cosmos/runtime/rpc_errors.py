@@ -26,6 +26,7 @@ from grpc_status import rpc_status
 
 from cosmos import errors
 from cosmos.runtime import handlers
+from cosmos.runtime.publisher import PublishError
 
 DOMAIN = "cosmos.dev"
 MAX_MESSAGE = 1024
@@ -112,11 +113,21 @@ def as_rpc_error(exc: Exception, method: str = "") -> errors.RpcError:
     call's status passed on; anything else INTERNAL (logged with its traceback here, never sent)."""
     if isinstance(exc, errors.RpcError):
         return exc
-    if isinstance(exc, _NATS_UNREACHABLE) or (
-        isinstance(exc, nats.js.errors.APIError)
-        # 503: JetStream not ready. 10014, consumer not found: a read's ephemeral consumer (a KV
-        # watch) is lost when nats-server restarts under it; the same read again works.
-        and (getattr(exc, "code", None) == 503 or getattr(exc, "err_code", None) == _CONSUMER_NOT_FOUND)
+    if (
+        isinstance(exc, _NATS_UNREACHABLE)
+        or (
+            # A publish answered 503 (no responders: the stream's leader is being elected after a NATS
+            # node died) or never acknowledged (asyncio's TimeoutError from the publisher's ack wait) is
+            # a failover in progress: the same request_id again succeeds once a new leader is in place.
+            isinstance(exc, PublishError) and exc.code == 503
+        )
+        or isinstance(exc, TimeoutError)
+        or (
+            isinstance(exc, nats.js.errors.APIError)
+            # 503: JetStream not ready. 10014, consumer not found: a read's ephemeral consumer (a KV
+            # watch) is lost when nats-server restarts under it; the same read again works.
+            and (getattr(exc, "code", None) == 503 or getattr(exc, "err_code", None) == _CONSUMER_NOT_FOUND)
+        )
     ):
         return nats_unavailable(exc)
     if isinstance(exc, nats.errors.MaxPayloadError):

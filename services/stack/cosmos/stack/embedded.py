@@ -77,7 +77,12 @@ class StackConfig:
     stratum_port: int = 50053
     """Stratum (compute pool) gRPC port."""
     nats_port: int = 4222
-    """NATS client port."""
+    """NATS client port (of the first node in a cluster)."""
+    nats_cluster: int = 1
+    """NATS servers: 1, or 3 for a JetStream cluster whose streams and buckets are R3 (the other nodes'
+    client ports and every route port are picked free at start; docs/architecture.md "NATS cluster")."""
+    nats_extra_ports: tuple[int, ...] = ()
+    """Client ports of the cluster's other nodes (set at start)."""
     data_dir: Path = Path(".cosmos")
     """Directory for JetStream storage (``nats/``), logs (``logs/``) and job work dirs."""
     agent_gpus: str = ""
@@ -120,9 +125,19 @@ class StackConfig:
         return f"local-{self.stratum_port}"
 
     @property
+    def nats_urls(self) -> list[str]:
+        """Client URL of every NATS node."""
+        return [f"nats://{self.address(p)}" for p in (self.nats_port, *self.nats_extra_ports)]
+
+    @property
     def nats_url(self) -> str:
-        """URL the services use to reach NATS."""
-        return f"nats://{self.address(self.nats_port)}"
+        """What the services' ``--nats`` gets: every node, comma-separated, so that they fail over."""
+        return ",".join(self.nats_urls)
+
+    @property
+    def replicas(self) -> int:
+        """Replicas of every stream and bucket: one per NATS node, up to JetStream's maximum of 5."""
+        return min(self.nats_cluster, 5)
 
 
 @dataclass(frozen=True)
@@ -241,6 +256,8 @@ class EmbeddedStack:
                         c.plato_port,
                         "--nats",
                         c.nats_url,
+                        "--replicas",
+                        str(c.replicas),
                         "--stratum",
                         str(c.address(c.stratum_port)),
                         # With credentials the key lives in the PKI dir; an insecure stack keeps one too,
@@ -260,6 +277,8 @@ class EmbeddedStack:
                         c.stratum_port,
                         "--nats",
                         c.nats_url,
+                        "--replicas",
+                        str(c.replicas),
                         *roots,
                         # The dev CA signs the certificates of agents that join with a join token.
                         *(["--agent-ca-dir", str(self.credentials.directory)] if self.credentials else []),
@@ -322,20 +341,42 @@ class EmbeddedStack:
 
     async def _start_nats(self) -> None:
         c = self.config
+        if c.nats_cluster not in (1, 3, 5):
+            # Raft needs a majority: an even count survives no more losses than one node fewer.
+            raise errors.ConfigError(f"--nats-cluster {c.nats_cluster}: expected 1, 3 or 5 servers")
         tls = None if self.credentials is None else self.credentials.files("nats")
         users = natsd.default_users([credentials.WORKER_IDENTITY])
-        argv = natsd.nats_server_argv(c.address(c.nats_port), c.data_dir / "nats", tls=tls, users=users)
-        child = self._child("nats", argv)
-        await child.start()
-        self.children.append(child)
+        if c.nats_cluster == 1:
+            nodes: list[tuple[str, int, natsd.ClusterNode | None]] = [("nats", c.nats_port, None)]
+        else:
+            if not c.nats_extra_ports:
+                c.nats_extra_ports = tuple(config.free_port(c.host) for _ in range(c.nats_cluster - 1))
+            ports = (c.nats_port, *c.nats_extra_ports)
+            routes = tuple(c.address(config.free_port(c.host)) for _ in ports)
+            nodes = [
+                ("nats" if i == 0 else f"nats-{i + 1}", port, natsd.ClusterNode(routes[i], routes))
+                for i, port in enumerate(ports)
+            ]
+        started: list[Child] = []
+        for name, port, cluster in nodes:
+            # Each node its own store dir and server name (the first keeps the single node's "nats/",
+            # so a stack that grows into a cluster keeps its data and migrates it to R3).
+            argv = natsd.nats_server_argv(
+                c.address(port), c.data_dir / name, name, tls=tls, users=users, cluster=cluster
+            )
+            child = self._child(name, argv)
+            await child.start()
+            self.children.append(child)
+            started.append(child)
         # The readiness check connects as Plato: NATS has no user for the admin or for cosmos up.
         plato = None if self.credentials is None else self.credentials.files("plato")
-        try:
-            nc, _ = await jetstream.connect(c.nats_url, "cosmos-up", tls=plato, timeout=c.start_timeout)
-        except errors.UnavailableError as exc:
-            raise child.failure(str(exc)) from exc
-        await nc.close()
-        self.endpoints.append(Endpoint("nats", c.nats_url, child.pid, ("JetStream",)))
+        for child, url in zip(started, c.nats_urls, strict=True):
+            try:
+                nc, _ = await jetstream.connect(url, "cosmos-up", tls=plato, timeout=c.start_timeout)
+            except errors.UnavailableError as exc:
+                raise child.failure(str(exc)) from exc
+            await nc.close()
+            self.endpoints.append(Endpoint(child.name, url, child.pid, ("JetStream",)))
 
     async def _await_serving(self, child: Child, port: int, names: Sequence[str]) -> None:
         target = str(self.config.address(port))

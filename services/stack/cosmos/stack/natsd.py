@@ -147,11 +147,55 @@ def default_users(workers: Sequence[str] = ()) -> list[NatsUser]:
     return [plato_user(), stratum_user(), *(worker_user(w) for w in workers)]
 
 
+ROUTE_USER = pki.spiffe_id("nats", "nats")
+"""The only identity a cluster route may present: the ``nats`` role's certificate (``verify_and_map``)."""
+
+CLUSTER_NAME = "cosmos"
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterNode:
+    """One server's place in a JetStream cluster: its route listener and its peers' routes."""
+
+    listen: Address
+    """Where this server accepts routes from its peers."""
+    routes: tuple[Address, ...]
+    """The route listeners of every server of the cluster (its own is skipped by nats-server)."""
+    name: str = CLUSTER_NAME
+    """Cluster name (every node the same)."""
+
+
+def _cluster_block(cluster: ClusterNode, tls: TlsFiles) -> dict[str, object]:
+    # Routes are authenticated like clients: mutual TLS with the platform CA, and the peer's certificate
+    # must map to the nats role (a worker's or Plato's certificate, though CA-signed, cannot join as a
+    # route and so cannot read every account's traffic).
+    return {
+        "name": cluster.name,
+        "host": cluster.listen.host,
+        "port": cluster.listen.port,
+        "routes": [f"nats-route://{r.host}:{r.port}" for r in cluster.routes],
+        "tls": {
+            "cert_file": str(tls.cert),
+            "key_file": str(tls.key),
+            "ca_file": str(tls.ca),
+            "verify_and_map": True,
+            "timeout": 2,
+        },
+        "authorization": {"user": ROUTE_USER},
+    }
+
+
 def server_config(
-    listen: Address, store_dir: Path, tls: TlsFiles, users: Sequence[NatsUser], name: str = "cosmos"
+    listen: Address,
+    store_dir: Path,
+    tls: TlsFiles,
+    users: Sequence[NatsUser],
+    name: str = "cosmos",
+    cluster: ClusterNode | None = None,
 ) -> str:
-    """A nats-server config (JSON is valid NATS config syntax): TLS, mapped users, JetStream."""
-    conf = {
+    """A nats-server config (JSON is valid NATS config syntax): TLS, mapped users, JetStream, and, in a
+    cluster, authenticated routes."""
+    conf: dict[str, object] = {
         "server_name": name,
         "host": listen.host,
         "port": listen.port,
@@ -178,6 +222,8 @@ def server_config(
             ]
         },
     }
+    if cluster is not None:
+        conf["cluster"] = _cluster_block(cluster, tls)
     return json.dumps(conf, indent=2) + "\n"
 
 
@@ -188,19 +234,24 @@ def nats_server_argv(
     *,
     tls: TlsFiles | None = None,
     users: Sequence[NatsUser] = (),
+    cluster: ClusterNode | None = None,
 ) -> list[str]:
-    """Command line of a single-node JetStream server storing its data under ``store_dir``.
+    """Command line of a JetStream server storing its data under ``store_dir`` (one node of
+    ``cluster`` when given).
 
     With ``tls`` it writes the locked-down config to ``<store_dir>.conf`` and runs from it; without,
-    it is an open server (``--insecure`` stacks on loopback only).
+    it is an open server (``--insecure`` stacks on loopback only), which cannot be clustered: its routes
+    would be anonymous.
     """
     binary = str(nats_server_binary())
+    if cluster is not None and tls is None:
+        raise errors.ConfigError("a NATS cluster needs TLS credentials for its routes (not --insecure)")
     if tls is not None:
         if not users:
             raise errors.ConfigError("a locked-down NATS needs at least one user")
         conf = store_dir.with_name(f"{store_dir.name}.conf")
         conf.parent.mkdir(parents=True, exist_ok=True)
-        conf.write_text(server_config(listen, store_dir, tls, users, name))
+        conf.write_text(server_config(listen, store_dir, tls, users, name, cluster))
         return [binary, "--config", str(conf)]
     return [
         binary,

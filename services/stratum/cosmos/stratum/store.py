@@ -75,24 +75,25 @@ class JobStore:
             storage=self.storage,
             num_replicas=self.replicas,
         )
-        try:
-            await self.js.add_stream(config)
-        except nats.js.errors.BadRequestError:
-            await self.js.update_stream(config)
-        self._jobs = await self.js.create_key_value(
-            KeyValueConfig(bucket=JOBS_BUCKET, history=1, storage=self.storage, replicas=self.replicas)
+        # An existing stream with other settings (R1 -> R3 when the NATS becomes a cluster) is updated.
+        await jetstream.ensure_stream(self.js, config)
+        self._jobs = await jetstream.ensure_key_value(
+            self.js,
+            KeyValueConfig(bucket=JOBS_BUCKET, history=1, storage=self.storage, replicas=self.replicas),
         )
-        self._revoked = await self.js.create_key_value(
-            KeyValueConfig(bucket=REVOKED_BUCKET, history=1, storage=self.storage, replicas=self.replicas)
+        self._revoked = await jetstream.ensure_key_value(
+            self.js,
+            KeyValueConfig(bucket=REVOKED_BUCKET, history=1, storage=self.storage, replicas=self.replicas),
         )
-        self._join_tokens = await self.js.create_key_value(
+        self._join_tokens = await jetstream.ensure_key_value(
+            self.js,
             KeyValueConfig(
                 bucket=JOIN_TOKENS_BUCKET,
                 history=1,
                 ttl=JOIN_TOKENS_MAX_AGE,
                 storage=self.storage,
                 replicas=self.replicas,
-            )
+            ),
         )
 
     @property
