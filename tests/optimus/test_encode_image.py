@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 import podman_harness
 import pytest
-from encode_harness import embedded_stack, make_clip
+from encode_harness import embedded_stack, finished, make_clip
 
 from cosmos.optimus.api import image_problem
 from cosmos.optimus.v1 import encode_pb2, encode_service_pb2, encode_service_pb2_grpc
@@ -37,17 +37,6 @@ def media(*args: str) -> None:
     command = [sys.executable, "-m", "cosmos.optimus.media", *args]
     done = subprocess.run(command, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
-
-
-async def finished(stub: encode_service_pb2_grpc.EncodeServiceAsyncStub, encode_id: str) -> encode_pb2.Encode:
-    async def follow() -> encode_pb2.Encode:
-        last = None
-        async for reply in stub.WatchEncode(encode_service_pb2.WatchEncodeRequest(encode_id=encode_id)):
-            last = reply.encode
-        assert last is not None
-        return last
-
-    return await asyncio.wait_for(follow(), 300)
 
 
 @pytest.mark.skipif(bool(why := podman_harness.podman_unusable()), reason=why)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from encode_harness import embedded_stack, make_clip
+from encode_harness import embedded_stack, finished, make_clip
 
 from cosmos.optimus.v1 import encode_pb2, encode_service_pb2, encode_service_pb2_grpc
 from cosmos.plato.v1 import workflow_service_pb2, workflow_service_pb2_grpc
@@ -45,17 +45,6 @@ async def submit(
         quality=encode_pb2.QUALITY_MODE_OFF, retry=retry,
     )  # fmt: skip
     return await stub.SubmitEncode(request)
-
-
-async def finished(stub: encode_service_pb2_grpc.EncodeServiceAsyncStub, encode_id: str) -> encode_pb2.Encode:
-    async def follow() -> encode_pb2.Encode:
-        last = None
-        async for reply in stub.WatchEncode(encode_service_pb2.WatchEncodeRequest(encode_id=encode_id)):
-            last = reply.encode
-        assert last is not None
-        return last
-
-    return await asyncio.wait_for(follow(), 240)
 
 
 async def chunk_jobs(stack: EmbeddedStack) -> Counter[int]:

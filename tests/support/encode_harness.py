@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from pathlib import Path
 
 import imageio_ffmpeg
 
+from cosmos.optimus.v1 import encode_pb2, encode_service_pb2, encode_service_pb2_grpc
 from cosmos.runtime.config import free_port
 from cosmos.stack.embedded import EmbeddedStack, StackConfig
 
@@ -61,3 +63,18 @@ def damaged_video(clip: Path, dest: Path) -> Path:
     dest.write_bytes(bytes(data))
     whole.unlink()
     return dest
+
+
+async def finished(
+    stub: encode_service_pb2_grpc.EncodeServiceAsyncStub, encode_id: str, timeout: float = 300
+) -> encode_pb2.Encode:
+    """The encode as it ended, followed with WatchEncode (which ends at a terminal state)."""
+
+    async def follow() -> encode_pb2.Encode:
+        last = None
+        async for reply in stub.WatchEncode(encode_service_pb2.WatchEncodeRequest(encode_id=encode_id)):
+            last = reply.encode
+        assert last is not None
+        return last
+
+    return await asyncio.wait_for(follow(), timeout)
