@@ -122,16 +122,23 @@ async def stored_record(url: str, wf_id: str) -> tuple[engine_pb2.WorkflowRecord
     """The stored header with its workflow's stored steps filled in, and the header's revision."""
     nc, _ = await connect_as(url, None)
     try:
-        # Steps first: a step key is written only after the header commit that made it, so the header
-        # read next is at least that commit (read the other way round, a start could commit in between).
-        steps = await (await nc.jetstream().key_value(subjects.STEPS_BUCKET)).watch(f"{wf_id}.*")
-        stored = []
-        while (step := await steps.updates(timeout=5)) is not None:  # type: ignore[no-untyped-call]
-            stored.append(engine_pb2.StepRecord.FromString(step.value or b""))
-        await steps.stop()  # type: ignore[no-untyped-call]
-        entry = await (await nc.jetstream().key_value(subjects.WORKFLOWS_BUCKET)).get(wf_id)
-        assert entry.value is not None
-        record = engine_pb2.WorkflowRecord.FromString(entry.value)
+        for _ in range(50):
+            # Steps first: a step key is written only after the header commit that made it, so the
+            # header read next is at least that commit (read the other way round, a start could
+            # commit in between).
+            steps = await (await nc.jetstream().key_value(subjects.STEPS_BUCKET)).watch(f"{wf_id}.*")
+            stored = []
+            while (step := await steps.updates(timeout=5)) is not None:  # type: ignore[no-untyped-call]
+                stored.append(engine_pb2.StepRecord.FromString(step.value or b""))
+            await steps.stop()  # type: ignore[no-untyped-call]
+            entry = await (await nc.jetstream().key_value(subjects.WORKFLOWS_BUCKET)).get(wf_id)
+            assert entry.value is not None
+            record = engine_pb2.WorkflowRecord.FromString(entry.value)
+            # Fewer step keys than the header counts: read while a key was being written (a watch
+            # started as a key's new revision replaces the old can see neither), or before it was.
+            if len(stored) >= record.step_count:
+                break
+            await asyncio.sleep(0.05)
         record.workflow.steps.extend(s.step for s in sorted(stored, key=lambda s: s.ordinal))
         return record, entry.revision or 0
     finally:
