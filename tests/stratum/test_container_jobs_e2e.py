@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import podman_harness
@@ -24,21 +22,6 @@ pytestmark = pytest.mark.skipif(bool(why := podman_harness.podman_unusable()), r
 @pytest.fixture(scope="module")
 def worker_image() -> str:
     return podman_harness.worker_image()
-
-
-@pytest.fixture
-def stratum(start_service: Callable[..., Any], nats_url: str, tmp_path: Path) -> Any:
-    return start_service(
-        "stratum", "--nats", nats_url, "--lease-seconds", "2", "--heartbeat-interval", "0.3",
-        "--storage-root", str(tmp_path),
-    )  # fmt: skip
-
-
-@pytest.fixture
-async def jobs(stratum: Any) -> AsyncIterator[JobsClient]:
-    client = JobsClient.connect(stratum.target)
-    yield client
-    await client.channel.close(None)
 
 
 def image_job(image: str, code: str) -> job_pb2.JobSpec:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,22 +14,6 @@ from stratum_harness import JS, Agents, JobsClient, python_job, seconds, wait_ag
 
 from cosmos.runtime import rpc_errors
 from cosmos.stratum.v1 import job_pb2, job_service_pb2
-
-
-@pytest.fixture
-def stratum(start_service: Callable[..., Any], nats_url: str, tmp_path: Path) -> Any:
-    # tmp_path is the storage root: jobs' files lie in tmp_path/default (the admin's tenant).
-    return start_service(
-        "stratum", "--nats", nats_url, "--lease-seconds", "2", "--heartbeat-interval", "0.3",
-        "--storage-root", str(tmp_path),
-    )  # fmt: skip
-
-
-@pytest.fixture
-async def jobs(stratum: Any) -> AsyncIterator[JobsClient]:
-    client = JobsClient.connect(stratum.target)
-    yield client
-    await client.channel.close(None)
 
 
 def log_text(events: list[job_pb2.JobEvent]) -> list[str]:
