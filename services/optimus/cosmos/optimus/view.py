@@ -117,6 +117,11 @@ def encode_view(workflow: workflow_pb2.Workflow, inp: Mapping[str, Any] | None =
     publish = outputs.get("publish") or {}
     encode.manifests.hls_master_uri = str(publish.get("hls_master_uri", ""))
     encode.manifests.dash_mpd_uri = str(publish.get("dash_mpd_uri", ""))
+    if workflow.state == WS.WORKFLOW_STATE_COMPLETED and not encode.manifests.hls_master_uri:
+        # Never report success for an encode whose package was not published.
+        encode.state = ES.ENCODE_STATE_FAILED
+        encode.failed_step = "publish"
+        encode.error_message = "the encode's workflow completed without publishing its package"
     if workflow.state == WS.WORKFLOW_STATE_FAILED:
         failed = [s for s in steps if s.state in (SS.STEP_STATE_FAILED, SS.STEP_STATE_TIMED_OUT)]
         encode.failed_step = failed[0].step_id if failed else ""

@@ -39,6 +39,7 @@ from cosmos.runtime import publisher
 AK = engine_pb2.ActivationKind
 _VALUE_FIELDS = (("input", "input_blob"), ("output", "output_blob"), ("fanout_vars", "fanout_vars_blob"))
 _SETTLE_TRIES = 20
+_LIST_TRIES = 8
 
 
 class TooLarge(errors.CosmosError):
@@ -305,8 +306,8 @@ async def load(store: PlatoStore, workflow_id: str, budget: int | None = None) -
     if loaded is None:
         return None
     record, revision = loaded
-    stored = await store.step_records(workflow_id)
     effects = await _effects(store, record)
+    stored = await _step_records(store, record, effects)
     overlaid: dict[str, engine_pb2.StepRecord] = {}
     for pending in effects.steps:
         current = stored.get(pending.step.step_id)
@@ -355,6 +356,26 @@ async def load(store: PlatoStore, workflow_id: str, budget: int | None = None) -
     state.effects = effects
     state.published = False
     return state
+
+
+async def _step_records(
+    store: PlatoStore, record: engine_pb2.WorkflowRecord, effects: engine_pb2.Effects
+) -> dict[str, tuple[engine_pb2.StepRecord, int]]:
+    """Every stored step record of the workflow, listed again while the listing holds fewer keys than
+    the header counts (a listing raced by a write can miss a key); still short after a few tries:
+    :class:`~cosmos.errors.UnavailableError`, and the caller acts on nothing (an input is redelivered).
+    """
+    workflow_id = record.workflow.workflow_id
+    pending = {p.step.step_id for p in effects.steps}
+    for attempt in range(_LIST_TRIES):
+        stored = await store.step_records(workflow_id)
+        if len(stored.keys() | pending) >= record.step_keys:
+            return stored
+        await asyncio.sleep(0.05 * (attempt + 1))
+    raise errors.UnavailableError(
+        f"workflow {workflow_id!r}: listed {len(stored.keys() | pending)} of its {record.step_keys} step "
+        "records; try again"
+    )
 
 
 async def load_step(

@@ -566,6 +566,8 @@ class Machine:
         index = len(self.table.by_name.get(name, ()))
         step_id = _step_id(name, index, fanout)
         step_def = self.definition.steps[name]
+        if step_id not in self.table.retired:
+            self.record.step_keys += 1  # a new key (one a reset discarded is written over)
         # Past the attempts of an instance of this id that a reset discarded: its reports stay stale.
         attempt = self.table.first_attempt(step_id)
         step = workflow_pb2.StepExecution(step_id=step_id, step_name=name, attempt=attempt, rule=rule.name)

@@ -965,6 +965,7 @@ class WorkflowRecord(_message.Message):
     STEP_COUNT_FIELD_NUMBER: _builtins.int
     EMPTY_FANOUTS_FIELD_NUMBER: _builtins.int
     RESUME_REQUEST_IDS_FIELD_NUMBER: _builtins.int
+    STEP_KEYS_FIELD_NUMBER: _builtins.int
     escalated_failure: _builtins.str
     """A failure escalated by an exhausted retry rule: the workflow fails once
     nothing runs any more.
@@ -979,6 +980,12 @@ class WorkflowRecord(_message.Message):
     """Activation ids handed out so far."""
     step_count: _builtins.int
     """Step instances created so far (the next instance's ordinal)."""
+    step_keys: _builtins.int
+    """Distinct step record keys this workflow has written: instances created,
+    less those that took the key of an instance a reset discarded. A load that
+    lists fewer keys (and finds the rest in no pending effect) read a partial
+    listing and must not act on it: a rule would see a completed step missing.
+    """
     @_builtins.property
     def workflow(self) -> _workflow_pb2.Workflow:
         """The public view, without its steps (workflow.steps stays empty; input
@@ -1068,10 +1075,11 @@ class WorkflowRecord(_message.Message):
         step_count: _builtins.int = ...,
         empty_fanouts: _abc.Iterable[_builtins.str] | None = ...,
         resume_request_ids: _abc.Iterable[_builtins.str] | None = ...,
+        step_keys: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["effects_blob", b"effects_blob", "input_blob", b"input_blob", "output_blob", b"output_blob", "workflow", b"workflow"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["activations", b"activations", "child_workflow_ids", b"child_workflow_ids", "effects_blob", b"effects_blob", "empty_fanouts", b"empty_fanouts", "escalated_failure", b"escalated_failure", "generation", b"generation", "input_blob", b"input_blob", "next_activation", b"next_activation", "next_timer", b"next_timer", "outbox", b"outbox", "output_blob", b"output_blob", "parent_attempt", b"parent_attempt", "pending_steps", b"pending_steps", "resume_request_ids", b"resume_request_ids", "signals", b"signals", "step_count", b"step_count", "step_runtimes", b"step_runtimes", "timers", b"timers", "trace_headers", b"trace_headers", "workflow", b"workflow"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activations", b"activations", "child_workflow_ids", b"child_workflow_ids", "effects_blob", b"effects_blob", "empty_fanouts", b"empty_fanouts", "escalated_failure", b"escalated_failure", "generation", b"generation", "input_blob", b"input_blob", "next_activation", b"next_activation", "next_timer", b"next_timer", "outbox", b"outbox", "output_blob", b"output_blob", "parent_attempt", b"parent_attempt", "pending_steps", b"pending_steps", "resume_request_ids", b"resume_request_ids", "signals", b"signals", "step_count", b"step_count", "step_keys", b"step_keys", "step_runtimes", b"step_runtimes", "timers", b"timers", "trace_headers", b"trace_headers", "workflow", b"workflow"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,67 @@
+"""Loading a workflow's split state never acts on a partial listing of its step records.
+
+The chaos test once saw an encode finish with nothing published: after a restart, Plato loaded the
+workflow from a listing that lacked the (long completed) ``audio`` step, so ``all assemble.completed
+and audio.completed`` did not hold when the last assemble completed, and the workflow, with nothing
+left running, finished COMPLETED. The header counts the step keys it has written; a load that lists
+fewer lists again, then refuses (UNAVAILABLE: the input is redelivered, nothing is applied).
+"""
+
+from __future__ import annotations
+
+import engine_harness as unit
+import nats
+import pytest
+
+from cosmos import errors
+from cosmos.plato import records
+from cosmos.plato.store import PlatoStore, Storage, StoreConfig
+
+
+def test_the_header_counts_each_step_key_once_also_across_a_reset() -> None:
+    run = unit.Run()
+    unit.complete(run)
+    assert run.state.record.step_keys == len(run.ids()) == 6
+    # A reset discards work[1], work[2], merge, publish (tombstones keep their keys); running them
+    # again writes over those keys: no new key.
+    run.resume("r1", "work", input={"parts": ["x", "y", "z"]})
+    for step_id in ("work[0]", "work[1]", "work[2]", "merge", "publish"):
+        run.report(step_id)
+    assert set(run.ids()) == {"probe", "work[0]", "work[1]", "work[2]", "merge", "publish"}
+    assert run.state.record.step_keys == 6
+
+
+async def test_a_load_lists_again_while_steps_are_missing_and_refuses_a_partial_state(
+    insecure_nats_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    nc = await nats.connect(insecure_nats_url)
+    try:
+        store = PlatoStore(nc, nc.jetstream(), StoreConfig(storage=Storage.MEMORY))
+        await store.ensure()
+        run = unit.Run()
+        await records.commit(store, run.state, 1 << 20)
+        await records.apply_effects(store, run.state)
+        for step_id in ("probe", "work[0]", "work[1]"):  # one commit each: probe is in no pending effect
+            run.report(step_id)
+            await records.commit(store, run.state, 1 << 20)
+            await records.apply_effects(store, run.state)
+        real = store.step_records
+        short = {"left": 1}
+
+        async def missing_probe(workflow_id: str):  # type: ignore[no-untyped-def]
+            found = await real(workflow_id)
+            if short["left"]:
+                short["left"] -= 1
+                found.pop("probe")
+            return found
+
+        monkeypatch.setattr(store, "step_records", missing_probe)
+        loaded = await records.load(store, "wf-1")
+        assert loaded is not None and short["left"] == 0
+        assert sorted(s.step_id for s in loaded.table.steps()) == ["probe", "work[0]", "work[1]", "work[2]"]
+
+        short["left"] = 100
+        with pytest.raises(errors.UnavailableError, match="listed 3 of its 4 step records"):
+            await records.load(store, "wf-1")
+    finally:
+        await nc.close()
