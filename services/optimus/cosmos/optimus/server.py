@@ -77,7 +77,7 @@ async def serve(args: argparse.Namespace) -> None:
     """Serve until SIGTERM/SIGINT, registering the encode workflow with Plato meanwhile."""
     server_config = process.server_config("optimus", args)
     plato = channels.connect(
-        str(config.Address.parse(args.plato, setting="--plato")), "plato", server_config.security
+        config.parse_target(args.plato, setting="--plato"), "plato", server_config.security
     )
 
     async def close_channels() -> None:

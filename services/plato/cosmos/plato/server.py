@@ -129,9 +129,7 @@ async def serve(args: argparse.Namespace) -> None:
     services = [b.name for b in server.services]
     background = [evaluating, asyncio.create_task(gate.watch(server.health, services, server.stopping))]
     if args.stratum:
-        runner = StratumRunner(
-            str(config.Address.parse(args.stratum, setting="--stratum")), server_config.security
-        )
+        runner = StratumRunner(config.parse_target(args.stratum, setting="--stratum"), server_config.security)
         worker = Worker(args.nats, tls=nats_tls)
         runner.register(worker)
         background.append(asyncio.create_task(worker.run(server.stopping, finish_running=False)))

@@ -73,6 +73,14 @@ class Address:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
+def parse_target(text: str, *, setting: str = "address") -> str:
+    """A server to dial: ``HOST:PORT``, several replicas ``A:P,B:P``, or ``dns:///NAME:PORT`` resolving
+    to every replica (see :func:`cosmos.runtime.channels.dial_target`)."""
+    if text.startswith("dns:"):
+        return text
+    return ",".join(str(Address.parse(part.strip(), setting=setting)) for part in text.split(","))
+
+
 def ensure_port_free(address: Address, owner: str, setting: str = "") -> None:
     """Raise :class:`PortInUseError` if nothing can listen on ``address`` right now."""
     if address.port == 0:

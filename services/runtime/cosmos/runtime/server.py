@@ -91,8 +91,12 @@ class Server:
         *,
         on_stop: Callable[[], Awaitable[None]] | None = None,
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),  # type: ignore[type-arg]
+        serving_at_start: bool = True,
     ) -> None:
         self.config = config
+        self.serving_at_start = serving_at_start
+        """Whether :meth:`start` marks every service SERVING; False: NOT_SERVING, and the caller
+        sets health when it is ready (a Stratum replica once it knows whether it leads)."""
         self.services = list(services)
         self.interceptors = list(interceptors)
         """Run innermost, after authentication and request checks (a dependency gate)."""
@@ -100,6 +104,8 @@ class Server:
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]  # grpc-stubs lags
         self.stopping = asyncio.Event()
         """Set when a stop begins; long-lived streaming handlers should end when they see it."""
+        self.started = asyncio.Event()
+        """Set once the server serves and has marked every service SERVING."""
         self.port = 0
         self.token_port = 0
         self.health_port = 0
@@ -112,7 +118,7 @@ class Server:
         self.services.append(binding)
 
     async def start(self) -> None:
-        """Bind, start serving and mark every service SERVING."""
+        """Bind, start serving and mark every service SERVING (see :attr:`serving_at_start`)."""
         security = self.config.security
         listen = self.config.listen
         security.check_listen(listen.host, self.config.name)
@@ -159,8 +165,10 @@ class Server:
         self._server = server
         if self.config.health_listen is not None:
             await self._start_health(self.config.health_listen)
+        status = health_pb2.HealthCheckResponse
         for name in [*names, ""]:
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            await self.health.set(name, status.SERVING if self.serving_at_start else status.NOT_SERVING)
+        self.started.set()
         log.info(
             "serving",
             extra={

@@ -25,6 +25,7 @@ from cosmos.plato import subjects as plato_subjects
 from cosmos.runtime.config import Address
 from cosmos.security import pki
 from cosmos.security.tls import TlsFiles
+from cosmos.stratum import leader
 from cosmos.stratum import store as stratum_store
 
 PLATO_STREAMS = (
@@ -41,7 +42,12 @@ PLATO_BUCKETS = (
 PLATO_OBJECT_STORES = (plato_subjects.BLOBS_BUCKET,)
 """Object stores only Plato reads and writes (workers get their inputs inline in their tasks)."""
 STRATUM_STREAMS = (stratum_store.EVENTS_STREAM,)
-STRATUM_BUCKETS = (stratum_store.JOBS_BUCKET, stratum_store.REVOKED_BUCKET, stratum_store.JOIN_TOKENS_BUCKET)
+STRATUM_BUCKETS = (
+    stratum_store.JOBS_BUCKET,
+    stratum_store.REVOKED_BUCKET,
+    stratum_store.JOIN_TOKENS_BUCKET,
+    leader.BUCKET,
+)
 STRATUM_SUBJECTS = (stratum_store.EVENTS_ALL,)
 
 

@@ -6,13 +6,17 @@ import argparse
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-from cosmos.runtime import config, dependency, jetstream, process
+import grpc
+from grpc_health.v1 import health_pb2
+
+from cosmos.runtime import config, dependency, handlers, jetstream, process
 from cosmos.runtime.server import Server, ServiceBinding
 from cosmos.security import pki, secrets, storage
-from cosmos.stratum import enrollment
+from cosmos.stratum import enrollment, leader
 from cosmos.stratum.agent_stream import AgentServicer
 from cosmos.stratum.dispatcher import Dispatcher, DispatcherConfig
 from cosmos.stratum.job_api import JobApi
@@ -61,6 +65,23 @@ def parser() -> argparse.ArgumentParser:
         p, PREFIX, "--policy", default="fgd", help="placement policy: fgd, best-fit, first-fit"
     )
     config.add_env_argument(
+        p,
+        PREFIX,
+        "--advertise",
+        default="",
+        help="HOST:PORT other replicas' clients are told to reach this one at while it leads "
+        "(default: the --listen address)",
+    )
+    config.add_env_argument(
+        p,
+        PREFIX,
+        "--lease-ttl",
+        default=leader.LeaseConfig.ttl,
+        type=float,
+        help="seconds the leader lease lasts unrenewed: a follower takes over after this long "
+        "(renewed every ttl/6)",
+    )
+    config.add_env_argument(
         p, PREFIX, "--replicas", default=1, type=int, help="stream replicas (3 in a cluster)"
     )
     config.add_env_argument(
@@ -104,30 +125,48 @@ def keyring(args: argparse.Namespace) -> secrets.Keyring | None:
     return None
 
 
+def lease_config(ttl: float) -> leader.LeaseConfig:
+    """The lease timing for ``--lease-ttl``: renewals six times per ttl, a third of it as safety."""
+    return leader.LeaseConfig(ttl=ttl, renew_interval=ttl / 6, safety=ttl / 3)
+
+
 async def serve(args: argparse.Namespace) -> None:
-    """Connect to NATS, recover jobs, serve until SIGTERM/SIGINT, then close everything."""
+    """Connect to NATS and campaign for the leader lease; once elected recover the jobs and serve them
+    until SIGTERM/SIGINT (a follower serves health only, answering the rest with the leader's
+    address), then close everything. Losing the lease ends the process (its memory is stale)."""
     server_config = process.server_config("stratum", args)
     keys = keyring(args)  # a bad key file stops the start, before anything connects
     authority = enrollment.load_authority(Path(args.agent_ca_dir)) if args.agent_ca_dir else None
     cert_ttl = pki.parse_ttl(args.agent_cert_ttl)
     roots = storage.roots_from_args(args)
+    timing = lease_config(args.lease_ttl)
     # Stratum presents its own service certificate to NATS, which maps it to the stratum user.
     nc, js = await jetstream.connect(args.nats, "cosmos-stratum", tls=server_config.security.tls)
     store = JobStore(nc, js, replicas=args.replicas)
     await store.ensure()
+    advertised = args.advertise or args.listen
+    me = leader.Holder(replica=leader.replica_id(advertised), address=advertised)
+    lease = leader.Lease(store.leader, me, timing)
+    store.fence = lease.ensure_held
     registry = AgentRegistry(lease_seconds=args.lease_seconds, revoked=await store.revoked())
     policy = JobPolicy.load(Path(args.job_policy)) if args.job_policy else None
-    timing = DispatcherConfig(
+    dispatching_config = DispatcherConfig(
         unplaceable_timeout=args.unplaceable_timeout, reconnect_grace=args.reconnect_grace
     )
     dispatcher = Dispatcher(
-        store, registry, SchedulerPlacer(policy=args.policy), timing, keyring=keys, policy=policy
+        store, registry, SchedulerPlacer(policy=args.policy), dispatching_config, keyring=keys, policy=policy
     )
     enroll = enrollment.Enrollment(store, registry.revoked, authority, cert_ttl)
-    await dispatcher.recover()
-    # The job API and revoking need JetStream; agent streams and pool reads go on without it.
-    gate = dependency.Gate("NATS", lambda: nc.is_connected, needs=_needs_nats)
-    server = Server(server_config, on_stop=nc.close, interceptors=[gate])
+    recovered = asyncio.Event()
+    # Every RPC needs the lease (and the job API, revoking and joins need JetStream too); agent streams
+    # and pool reads of the leader go on without NATS for a while.
+    gate = LeaderGate(lease, recovered, lambda: nc.is_connected)
+    # Health says SERVING once this replica knows its part: leader with its jobs recovered, or follower.
+    async def closing() -> None:
+        await lease.release()  # a follower takes over at once, not after the ttl
+        await nc.close()
+
+    server = Server(server_config, on_stop=closing, interceptors=[gate], serving_at_start=False)
     server.add(
         ServiceBinding(
             "cosmos.stratum.v1.JobService",
@@ -150,16 +189,100 @@ async def serve(args: argparse.Namespace) -> None:
             pool_service_pb2_grpc.add_PoolServiceServicer_to_server,
         )
     )
-    dispatching = asyncio.create_task(dispatcher.run(server.stopping))
+
+    async def elected() -> None:
+        await dispatcher.recover()
+        recovered.set()
+        await dispatcher.run(server.stopping)
+
     services = [b.name for b in server.services]
-    watching = asyncio.create_task(gate.watch(server.health, services, server.stopping))
+    watching = asyncio.create_task(gate.watch(server.health, services, server.stopping, server.started))
+    leading = asyncio.create_task(leader.lead(lease, server.stopping, elected))
+    serving = asyncio.create_task(server.serve_until_signalled())
     try:
-        await server.serve_until_signalled()
+        await asyncio.wait({serving, leading}, return_when=asyncio.FIRST_COMPLETED)
+        if leading.done() and leading.exception() is not None:
+            log.error("stopping: %s", leading.exception())
+            await server.stop()
+            await serving
+            raise leading.exception()  # type: ignore[misc]
+        await serving
     finally:
-        for task in (dispatching, watching):
+        await lease.release()  # if the stop did not (a failed start)
+        for task in (leading, watching, serving):
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, leader.LeadershipLost):
                 await task
+
+
+class LeaderGate(dependency.Gate):
+    """Refuses every Stratum RPC unless this replica leads (and has recovered its jobs), and the ones
+    that need JetStream while NATS is away; health follows both."""
+
+    def __init__(self, lease: leader.Lease, recovered: asyncio.Event, nats_up: Callable[[], bool]) -> None:
+        super().__init__("NATS", self._up)
+        self.lease = lease
+        self.recovered = recovered
+        self.nats_up = nats_up
+
+    def _up(self) -> bool:
+        return self.leads() and self.nats_up()
+
+    def leads(self) -> bool:
+        """Whether this replica serves jobs now: it holds the lease and has recovered the jobs."""
+        return self.lease.is_leader and self.recovered.is_set()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method
+        if method.startswith("/grpc."):
+            return handler  # health and reflection answer on every replica
+
+        def admit(request: Any) -> None:
+            if not self.leads():
+                raise self.lease.refusal()
+            if _needs_nats(method) and not self.nats_up():
+                raise self.unavailable()
+
+        return handlers.guarded(handler, admit)
+
+    async def watch(
+        self,
+        health: Any,
+        services: Sequence[str],
+        stopping: asyncio.Event,
+        started: asyncio.Event | None = None,
+    ) -> None:
+        """Each Stratum service SERVING only on the leader with NATS up; ``""`` (the process) once it
+        knows its part (leader with its jobs recovered, or follower) and while NATS is up, so a
+        follower is a healthy process that serves nothing yet. Begins once the server has
+        ``started`` (which marks everything NOT_SERVING)."""
+        if started is not None:
+            await _first(started, stopping)
+        shown = dict.fromkeys(["", *services], False)
+        while not stopping.is_set():
+            settled = self.lease.tried and (not self.lease.elected or self.recovered.is_set())
+            up = {"": self.nats_up() and settled, **{service: self._up() for service in services}}
+            for service, serving in up.items():
+                if shown.get(service) != serving and not stopping.is_set():
+                    status = health_pb2.HealthCheckResponse
+                    await health.set(service, status.SERVING if serving else status.NOT_SERVING)
+                    shown[service] = serving
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), dependency.POLL_INTERVAL)
+
+
+async def _first(*events: asyncio.Event) -> None:
+    waits = [asyncio.create_task(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
 
 
 def _needs_nats(method: str) -> bool:

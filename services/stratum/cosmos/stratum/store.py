@@ -6,6 +6,7 @@
 - ``stratum-revoked-agents`` (KV): revoked agent id → reason.
 - ``stratum-join-tokens`` (KV): token id → :class:`JoinTokenRecord` (a hash of the secret, never the
   secret); records drop out a day after the longest a token can live.
+- ``stratum-leader`` (KV): the replicas' leader lease (:mod:`cosmos.stratum.leader`).
 
 The queue is not stored separately: it is every job in state QUEUED, rebuilt from the bucket when
 Stratum starts.
@@ -16,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import nats.js.errors
 from google.protobuf.message import DecodeError
@@ -27,6 +28,7 @@ from nats.js.kv import KeyValue
 
 from cosmos.runtime import jetstream, kvscan, publisher
 from cosmos.security import join
+from cosmos.stratum import leader
 from cosmos.stratum.v1 import job_pb2
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,10 @@ class JobStore:
         self._jobs: KeyValue | None = None
         self._revoked: KeyValue | None = None
         self._join_tokens: KeyValue | None = None
+        self._leader: KeyValue | None = None
+        self.fence: Callable[[], None] = lambda: None
+        """Called before every job write; raises when this replica may not write (its leader lease
+        lapsed: :meth:`cosmos.stratum.leader.Lease.ensure_held`)."""
 
     async def ensure(self) -> None:
         """Create the bucket and stream if missing (retrying while a JetStream cluster forms)."""
@@ -85,6 +91,10 @@ class JobStore:
             self.js,
             KeyValueConfig(bucket=REVOKED_BUCKET, history=1, storage=self.storage, replicas=self.replicas),
         )
+        self._leader = await jetstream.ensure_key_value(
+            self.js,
+            KeyValueConfig(bucket=leader.BUCKET, history=1, storage=self.storage, replicas=self.replicas),
+        )
         self._join_tokens = await jetstream.ensure_key_value(
             self.js,
             KeyValueConfig(
@@ -108,6 +118,12 @@ class JobStore:
         await self._revoked.put(agent_id, reason.encode())
 
     @property
+    def leader(self) -> KeyValue:
+        """The leader lease bucket."""
+        assert self._leader is not None, "call ensure() first"
+        return self._leader
+
+    @property
     def join_tokens(self) -> KeyValue:
         """The join tokens bucket."""
         assert self._join_tokens is not None, "call ensure() first"
@@ -128,7 +144,8 @@ class JobStore:
         return set(await kvscan.keys(self.js, REVOKED_BUCKET, self._revoked))
 
     async def save(self, job: job_pb2.Job) -> None:
-        """Persist a job record."""
+        """Persist a job record (only while this replica leads: see :attr:`fence`)."""
+        self.fence()
         await self.jobs.put(job.job_id, job.SerializeToString())
 
     async def get(self, job_id: str) -> job_pb2.Job | None:

@@ -108,7 +108,7 @@ async def ensure_joined(args: argparse.Namespace, security: Security) -> None:
             "the CA's directory, e.g. <data-dir>/pki/ca.pem of cosmos up)"
         )
     agent_id = args.agent_id or socket.gethostname()
-    address = str(config.Address.parse(args.join_address, setting="--join-address"))
+    address = config.parse_target(args.join_address, setting="--join-address")
     await join_pool(address, args.join_token, agent_id, files)
 
 
@@ -124,7 +124,9 @@ async def join_pool(address: str, token: str, agent_id: str, files: TlsFiles) ->
     loop = asyncio.get_running_loop()
     deadline = loop.time() + JOIN_RETRY_S
     delay = 1.0
-    async with grpc.aio.secure_channel(address, creds, options=tls.server_name_options("stratum")) as channel:
+    dial, extra = channels.dial_target(address)
+    options = [*tls.server_name_options("stratum"), *extra]
+    async with grpc.aio.secure_channel(dial, creds, options=options) as channel:
         stub = agent_service_pb2_grpc.AgentServiceStub(channel)
         while True:
             try:

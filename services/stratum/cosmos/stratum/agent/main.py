@@ -354,7 +354,7 @@ async def serve(args: argparse.Namespace) -> None:
     await enroll.ensure_joined(args, security)
     agent = Agent(
         AgentConfig(
-            stratum=str(config.Address.parse(args.stratum, setting="--stratum")),
+            stratum=config.parse_target(args.stratum, setting="--stratum"),
             agent_id=agent_identity(args.agent_id, security),
             security=security,
             work_dir=Path(args.work_dir),

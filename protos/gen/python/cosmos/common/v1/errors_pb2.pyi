@@ -189,6 +189,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     resume (e.g. still running, or a retry of a completed workflow), or has
     no step to rerun (FAILED_PRECONDITION); metadata carries the state.
     """
+    ERROR_REASON_NOT_LEADER: _ErrorReason.ValueType  # 37
+    """This Stratum replica is a follower: retry on the leader, whose address
+    the metadata carries as `leader` when known (UNAVAILABLE).
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason is the machine-readable cause of a failed Cosmos RPC, sent as
@@ -329,5 +333,9 @@ ERROR_REASON_NOT_RESUMABLE: ErrorReason.ValueType  # 36
 """The workflow is not in a state that RetryWorkflow or ResetWorkflow can
 resume (e.g. still running, or a retry of a completed workflow), or has
 no step to rerun (FAILED_PRECONDITION); metadata carries the state.
+"""
+ERROR_REASON_NOT_LEADER: ErrorReason.ValueType  # 37
+"""This Stratum replica is a follower: retry on the leader, whose address
+the metadata carries as `leader` when known (UNAVAILABLE).
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
