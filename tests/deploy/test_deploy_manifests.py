@@ -1466,7 +1466,7 @@ async def test_seaweedfs_from_its_manifest_serves_only_the_mounted_identity(
     for kind in PROBES:
         command = [manifest_s3.localize(t) for t in manifest_s3.container.spec[kind]["exec"]["command"]]
         assert probe_command(command), f"{kind} fails\n{manifest_s3.output()}"
-    endpoint = manifest_s3.config.endpoint
+    endpoint = f"http://127.0.0.1:{manifest_s3.s3_port}"
     # Anonymous: 403, for listing and for reading.
     for path in ("/", "/cosmos/", "/cosmos/x"):
         with pytest.raises(urllib.error.HTTPError) as anonymous:
@@ -1594,8 +1594,8 @@ def start_manifest_stack(cluster: NatsCluster, object_store: ManifestS3, work: P
     def local_dir(name: str, mount: Doc) -> Path:
         (volume,) = [v for v in containers[name].pod["volumes"] if v["name"] == mount["name"]]
         if "persistentVolumeClaim" in volume:  # one volume, whichever pods mount it
-            return work / "pvc" / volume["persistentVolumeClaim"]["claimName"]
-        return work / name / mount["name"]
+            return work / "pvc" / str(volume["persistentVolumeClaim"]["claimName"])
+        return work / name / str(mount["name"])
 
     shared = {
         m["mountPath"]: local_dir(n, m)
