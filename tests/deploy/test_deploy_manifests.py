@@ -424,6 +424,10 @@ def test_servers_listen_on_all_interfaces_and_probes_use_the_health_port(contain
         assert "grpc" in probe, f"{container.id}: {kind} is not a gRPC health probe"
         # The kubelet's gRPC probe takes a port number only (no names) and speaks plaintext.
         assert probe["grpc"]["port"] == health, f"{container.id}: {kind} is not on the health port"
+        if container.subcommand == "stratum" and kind == "readinessProbe":
+            # Ready = leads: only the leader serves the job service, so the Service routes to it alone.
+            assert probe["grpc"].get("service") == "cosmos.stratum.v1.JobService", container.id
+            continue
         assert probe["grpc"].get("service") == "", f"{container.id}: {kind} must check the overall status"
 
 
@@ -556,8 +560,11 @@ def test_topology_replicas_and_rollout() -> None:
     assert find(DOCS, "Deployment", "plato")["spec"]["replicas"] == 2
     assert find(DOCS, "Deployment", "optimus")["spec"]["replicas"] == 2
     stratum = find(DOCS, "Deployment", "stratum")
-    assert stratum["spec"]["replicas"] == 1
-    assert stratum["spec"]["strategy"]["type"] == "Recreate", "two Stratums would split the agents"
+    assert stratum["spec"]["replicas"] == 2  # one leads (lease in NATS KV), one follows
+    assert stratum["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 1, "maxSurge": 0}
+    (container,) = stratum["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["COSMOS_STRATUM_ADVERTISE"] == "$(POD_IP):50053" and "COSMOS_STRATUM_LEASE_TTL" in env
     for name in ("plato", "optimus", "stratum"):
         assert find(DOCS, "Service", name)["spec"]["ports"][0]["appProtocol"] == "grpc"
 
@@ -1488,7 +1495,12 @@ async def test_seaweedfs_from_its_manifest_serves_only_the_mounted_identity(
 # The servers, run from their manifests against that cluster
 
 STACK = ("plato", "stratum", "optimus", "cosmos-agent-cpu")
-DOWNWARD_API = {"spec.nodeName": "node-a", "metadata.name": "pod-0", "metadata.namespace": NAMESPACE}
+DOWNWARD_API = {
+    "spec.nodeName": "node-a",
+    "metadata.name": "pod-0",
+    "metadata.namespace": NAMESPACE,
+    "status.podIP": "127.0.0.1",
+}
 
 
 @dataclass
