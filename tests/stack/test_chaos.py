@@ -12,22 +12,25 @@ import contextlib
 import os
 import random
 import signal
-import time
-import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
 
-import grpc
 import pytest
+from stack_workload import (
+    DEFINITION,
+    chaos_worker,
+    check_encodes,
+    check_histories,
+    finals,
+    run_encode,
+    run_workflow,
+)
 
 from cosmos.optimus.media.ffmpeg import Progress
 from cosmos.optimus.media.testclip import make_test_clip
-from cosmos.optimus.v1 import encode_pb2, encode_service_pb2, encode_service_pb2_grpc
-from cosmos.plato.v1 import events_pb2, workflow_pb2, workflow_service_pb2, workflow_service_pb2_grpc
+from cosmos.optimus.v1 import encode_service_pb2_grpc
+from cosmos.plato.v1 import workflow_service_pb2, workflow_service_pb2_grpc
 from cosmos.runtime.config import free_port
-from cosmos.sdk import StepContext, Worker
 from cosmos.stack import credentials
 from cosmos.stack.children import Child
 from cosmos.stack.embedded import EmbeddedStack, StackConfig
@@ -37,67 +40,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 ENCODES = 20
 WORKFLOWS = 100
-ITEMS = 3
 VICTIMS = ("plato", "stratum", "optimus", "agent", "nats")
-DEFINITION = """\
-workflow:
-  id: chaos-fanout
-  rules:
-    - when: workflow.started
-      do: [chaos-first]
-    - when: chaos-first.completed
-      do:
-        - fanout: {for: each i in input.items, run: chaos-item}
-    - when: all chaos-item.completed
-      do: [chaos-last]
-"""
-EXPECTED_STEPS = sorted(["chaos-first", "chaos-last", *(f"chaos-item[{i}]" for i in range(ITEMS))])
-ET = events_pb2.WorkflowEventType
-ENCODE_DONE = {
-    encode_pb2.ENCODE_STATE_SUCCEEDED,
-    encode_pb2.ENCODE_STATE_FAILED,
-    encode_pb2.ENCODE_STATE_CANCELLED,
-}
-WORKFLOW_DONE = {
-    workflow_pb2.WORKFLOW_STATE_COMPLETED,
-    workflow_pb2.WORKFLOW_STATE_FAILED,
-    workflow_pb2.WORKFLOW_STATE_CANCELLED,
-}
-# What a caller sees while a service (or what it needs) is being restarted: try again.
-TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
-T = TypeVar("T")
-
-
-async def retried(call: Callable[[], Awaitable[T]], timeout: float = 180) -> T:
-    """``call()`` until it answers something other than a transient error (which is raised)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return await call()
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() not in TRANSIENT or time.monotonic() > deadline:
-                raise
-        await asyncio.sleep(0.5)
-
-
-def chaos_worker(stack: EmbeddedStack) -> Worker:
-    assert stack.credentials is not None
-    worker = Worker(stack.config.nats_url, tls=stack.credentials.files(credentials.WORKER))
-
-    @worker.handler("chaos-first")
-    async def first(step: StepContext) -> dict[str, Any]:
-        return {"count": len(step.input["input"]["items"])}
-
-    @worker.handler("chaos-item")
-    async def item(step: StepContext) -> dict[str, Any]:
-        await asyncio.sleep(random.uniform(0, 0.3))
-        return {"item": step.input.get("i")}
-
-    @worker.handler("chaos-last")
-    async def last(step: StepContext) -> dict[str, Any]:
-        return {"done": True}
-
-    return worker
 
 
 async def chaos(stack: EmbeddedStack, done: asyncio.Event, rng: random.Random, kills: Counter[str]) -> None:
@@ -123,60 +66,6 @@ async def all_running(stack: EmbeddedStack, timeout: float = 60) -> None:
             return
         await asyncio.sleep(0.2)
     raise AssertionError(f"not restarted: {[c.name for c in stack.children if c.exited() is not None]}")
-
-
-async def run_encode(
-    optimus: encode_service_pb2_grpc.EncodeServiceAsyncStub, clip: Path, out: Path, n: int
-) -> encode_pb2.Encode:
-    request = encode_service_pb2.SubmitEncodeRequest(
-        request_id=f"chaos-encode-{n}-{uuid.uuid4().hex[:8]}", source_uri=clip.as_uri(), profiles=["360p"],
-        output_uri=(out / f"title-{n}").as_uri(), quality=encode_pb2.QUALITY_MODE_OFF, force=True,
-    )  # fmt: skip
-    # The same request id again after a transient error finds the encode the first try made.
-    submitted = await retried(lambda: optimus.SubmitEncode(request, timeout=20))
-    get = encode_service_pb2.GetEncodeRequest(encode_id=submitted.encode.encode_id)
-    while True:
-        got = await retried(lambda: optimus.GetEncode(get, timeout=20))
-        if got.encode.state in ENCODE_DONE:
-            return got.encode
-        await asyncio.sleep(1.0)
-
-
-async def run_workflow(plato: workflow_service_pb2_grpc.WorkflowServiceAsyncStub, n: int) -> str:
-    start = workflow_service_pb2.StartWorkflowRequest(
-        request_id=f"chaos-workflow-{n}", definition_id="chaos-fanout", workflow_id=f"chaos-{n:03d}"
-    )
-    start.input.update({"items": list(range(ITEMS))})
-    started = await retried(lambda: plato.StartWorkflow(start, timeout=20))
-    get = workflow_service_pb2.GetWorkflowRequest(workflow_id=started.workflow.workflow_id)
-    while True:
-        got = await retried(lambda: plato.GetWorkflow(get, timeout=20))
-        if got.workflow.state in WORKFLOW_DONE:
-            return got.workflow.workflow_id
-        await asyncio.sleep(1.0)
-
-
-async def history(
-    plato: workflow_service_pb2_grpc.WorkflowServiceAsyncStub, workflow_id: str
-) -> list[events_pb2.WorkflowEvent]:
-    """The whole history once it holds WORKFLOW_COMPLETED (events may trail the record briefly)."""
-    deadline = time.monotonic() + 120
-    while True:
-        events: list[events_pb2.WorkflowEvent] = []
-        token = ""
-        while True:
-            request = workflow_service_pb2.ListWorkflowEventsRequest(
-                workflow_id=workflow_id, page_size=100, page_token=token
-            )
-            reply = await retried(lambda r=request: plato.ListWorkflowEvents(r, timeout=20))  # type: ignore[misc]
-            events.extend(reply.events)
-            token = reply.next_page_token
-            if not token:
-                break
-        if any(e.type == ET.WORKFLOW_EVENT_TYPE_WORKFLOW_COMPLETED for e in events):
-            return events
-        assert time.monotonic() < deadline, f"{workflow_id}: no WORKFLOW_COMPLETED in its history"
-        await asyncio.sleep(0.5)
 
 
 async def test_encodes_and_workflows_complete_while_every_component_is_killed_at_random(
@@ -228,17 +117,7 @@ async def test_encodes_and_workflows_complete_while_every_component_is_killed_at
                 await killing
             # Let the last restart finish before the histories are read.
             await all_running(stack)
-            histories = {wf_id: await history(plato, wf_id) for wf_id in workflow_ids}
-            final = {
-                wf_id: (
-                    await retried(
-                        lambda w=wf_id: plato.GetWorkflow(  # type: ignore[misc]
-                            workflow_service_pb2.GetWorkflowRequest(workflow_id=w), timeout=20
-                        )
-                    )
-                ).workflow
-                for wf_id in workflow_ids
-            }
+            final, histories = await finals(plato, workflow_ids)
         stopping.set()
         await supervising
         with contextlib.suppress(Exception):
@@ -248,21 +127,5 @@ async def test_encodes_and_workflows_complete_while_every_component_is_killed_at
     # Every component was killed at least once and came back each time.
     assert set(kills) == set(VICTIMS), kills
     assert Counter(restarts) == kills, (restarts, kills)
-    failed = [
-        (e.encode_id, encode_pb2.EncodeState.Name(e.state), e.failed_step, e.error_message) for e in encodes
-    ]
-    assert all(e.state == encode_pb2.ENCODE_STATE_SUCCEEDED for e in encodes), failed
-    for n in range(ENCODES):
-        published = out / f"title-{n}"
-        assert (published / "master.m3u8").is_file() and (published / "manifest.mpd").is_file(), n
-    for wf_id, wf in final.items():
-        assert wf.state == workflow_pb2.WORKFLOW_STATE_COMPLETED, (wf_id, wf.failure_reason)
-        events = histories[wf_id]
-        # One history: every sequence number once, in order, no gaps; it starts with the start.
-        assert [e.sequence for e in events] == list(range(1, len(events) + 1)), wf_id
-        assert events[0].type == ET.WORKFLOW_EVENT_TYPE_WORKFLOW_STARTED, wf_id
-        # Each step instance's completion was applied exactly once, and the workflow completed once.
-        completions = Counter(e.step_id for e in events if e.type == ET.WORKFLOW_EVENT_TYPE_STEP_COMPLETED)
-        assert sorted(completions) == EXPECTED_STEPS, (wf_id, completions)
-        assert set(completions.values()) == {1}, (wf_id, completions)
-        assert sum(e.type == ET.WORKFLOW_EVENT_TYPE_WORKFLOW_COMPLETED for e in events) == 1, wf_id
+    check_encodes(encodes, out)
+    check_histories(final, histories)

@@ -54,6 +54,14 @@ def add_stack_arguments(p: argparse.ArgumentParser) -> None:
         help="NATS servers: 1, or 3 (a JetStream cluster, streams and buckets R3)",
     )
     config.add_env_argument(
+        p,
+        PREFIX,
+        "--service-replicas",
+        default=d.service_replicas,
+        type=int,
+        help="processes of Plato, Stratum and Optimus each (2 or more share the load; one Stratum leads)",
+    )
+    config.add_env_argument(
         p, PREFIX, "--data-dir", default=str(d.data_dir), help="JetStream data, logs, work dirs"
     )
     config.add_env_argument(
@@ -96,6 +104,7 @@ def stack_config(args: argparse.Namespace) -> StackConfig:
         stratum_port=args.stratum_port,
         nats_port=args.nats_port,
         nats_cluster=args.nats_cluster,
+        service_replicas=args.service_replicas,
         s3=args.s3,
         s3_port=args.s3_port,
         data_dir=Path(args.data_dir),

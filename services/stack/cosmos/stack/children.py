@@ -27,6 +27,8 @@ class Child:
     """Variables added to this process's environment."""
     process: asyncio.subprocess.Process | None = None
     """The running process, once started."""
+    role: str = ""
+    """The service it runs (``plato`` for ``plato-2``), when it is one: whose certificate it shows."""
 
     async def start(self) -> None:
         """Spawn the process in its own process group (a Ctrl-C reaches the stack, not each child)."""

@@ -99,6 +99,13 @@ class StackConfig:
     """The storage root of Optimus, Stratum and the agent (tenants' files lie in ``<root>/<tenant>/``);
     None: ``<data-dir>/storage``."""
 
+    service_replicas: int = 1
+    """Processes of Plato, Stratum and Optimus each: 2 or more share the load (one Stratum leads, the
+    others follow; docs/architecture.md "Replicas"). The first of each listens on its port above, the
+    others on ports picked free at start (no token ports); clients get every address."""
+    replica_ports: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    """Ports of each service's other replicas (set at start)."""
+
     s3: bool = False
     """Run the embedded S3 server (SeaweedFS) and give every service ``s3://<s3_bucket>`` as a storage
     root beside the local one (``cosmos up`` turns it on; tests that need it opt in)."""
@@ -133,6 +140,17 @@ class StackConfig:
     def nats_url(self) -> str:
         """What the services' ``--nats`` gets: every node, comma-separated, so that they fail over."""
         return ",".join(self.nats_urls)
+
+    def ports(self, service: str) -> list[int]:
+        """Every replica's port of ``service`` (plato, stratum, optimus), the first one's first."""
+        first = {"plato": self.plato_port, "stratum": self.stratum_port, "optimus": self.optimus_port}[
+            service
+        ]
+        return [first, *self.replica_ports.get(service, ())]
+
+    def target(self, service: str) -> str:
+        """What a client of ``service`` dials: every replica's address, comma-separated."""
+        return ",".join(str(self.address(port)) for port in self.ports(service))
 
     @property
     def replicas(self) -> int:
@@ -222,13 +240,16 @@ class EmbeddedStack:
             return ["--insecure"]
         return ["--pki-dir", str(self.credentials.directory), "--pki-name", name]
 
-    def _service(self, name: str, port: int, *extra: str) -> Child:
+    def _service(self, name: str, port: int, *extra: str, replica: int = 1) -> Child:
+        """The child running service ``name`` on ``port``; replicas after the first are named
+        ``<name>-<n>`` and take no platform tokens."""
         argv = [sys.executable, "-m", "cosmos.cli", name, "--listen", str(self.config.address(port)), *extra]
         argv += self._security_args(name)
         token_port = self.config.token_port(port)
-        if self.credentials is not None and token_port:
+        if self.credentials is not None and token_port and replica == 1:
             argv += ["--token-listen", str(self.config.address(token_port))]
-        child = self._child(name, argv)
+        child = self._child(name if replica == 1 else f"{name}-{replica}", argv)
+        child.role = name
         child.env["COSMOS_LOG_LEVEL"] = self.config.log_level
         return child
 
@@ -238,6 +259,8 @@ class EmbeddedStack:
         if c.insecure:
             # Before anything starts: plaintext beyond loopback is refused with the reason.
             Security(insecure=True).check_listen(c.host, "the embedded stack")
+        if not 1 <= c.service_replicas <= 5:
+            raise errors.ConfigError(f"--service-replicas {c.service_replicas}: expected 1 to 5")
         self._check_ports()
         c.data_dir.mkdir(parents=True, exist_ok=True)
         # The local admin's tenant area, so that `cosmos encode` has somewhere to put files at once.
@@ -249,64 +272,64 @@ class EmbeddedStack:
             if c.s3:
                 await self._start_s3()
             await self._start_nats()
+            if c.service_replicas > 1:
+                c.replica_ports = {
+                    name: tuple(config.free_port(c.host) for _ in range(c.service_replicas - 1))
+                    for name in ("plato", "stratum", "optimus")
+                }
+            plato_args = [
+                "--nats",
+                c.nats_url,
+                "--replicas",
+                str(c.replicas),
+                "--stratum",
+                c.target("stratum"),
+                # With credentials the key lives in the PKI dir; an insecure stack keeps one too,
+                # so tasks outstanding across a restart still complete.
+                *(
+                    []
+                    if self.credentials
+                    else ["--task-key", str((c.data_dir / "plato-task.key").absolute())]
+                ),
+            ]
+            stratum_args = [
+                "--nats",
+                c.nats_url,
+                "--replicas",
+                str(c.replicas),
+                *roots,
+                # The dev CA signs the certificates of agents that join with a join token.
+                *(["--agent-ca-dir", str(self.credentials.directory)] if self.credentials else []),
+            ]
+            optimus_args = [
+                "--plato",
+                c.target("plato"),
+                "--work-root",
+                str((c.data_dir / "work").absolute()),
+                *roots,
+            ]
             services = [
+                (self._service("plato", c.plato_port, *plato_args), c.plato_port, PLATO_SERVICES),
+                (self._service("stratum", c.stratum_port, *stratum_args), c.stratum_port, STRATUM_SERVICES),
                 (
-                    self._service(
-                        "plato",
-                        c.plato_port,
-                        "--nats",
-                        c.nats_url,
-                        "--replicas",
-                        str(c.replicas),
-                        "--stratum",
-                        str(c.address(c.stratum_port)),
-                        # With credentials the key lives in the PKI dir; an insecure stack keeps one too,
-                        # so tasks outstanding across a restart still complete.
-                        *(
-                            []
-                            if self.credentials
-                            else ["--task-key", str((c.data_dir / "plato-task.key").absolute())]
-                        ),
-                    ),
-                    c.plato_port,
-                    PLATO_SERVICES,
-                ),
-                (
-                    self._service(
-                        "stratum",
-                        c.stratum_port,
-                        "--nats",
-                        c.nats_url,
-                        "--replicas",
-                        str(c.replicas),
-                        *roots,
-                        # The dev CA signs the certificates of agents that join with a join token.
-                        *(["--agent-ca-dir", str(self.credentials.directory)] if self.credentials else []),
-                    ),
-                    c.stratum_port,
-                    STRATUM_SERVICES,
-                ),
-                (
-                    self._service(
-                        "optimus",
-                        c.optimus_port,
-                        "--plato",
-                        str(c.address(c.plato_port)),
-                        "--work-root",
-                        str((c.data_dir / "work").absolute()),
-                        *roots,
-                        *self._webhook_args(),
-                    ),
+                    self._service("optimus", c.optimus_port, *optimus_args, *self._webhook_args()),
                     c.optimus_port,
                     OPTIMUS_SERVICES,
                 ),
             ]
-            for child, _, _ in services:
-                await child.start()
-                self.children.append(child)
-            await asyncio.gather(
-                *(self._await_serving(child, port, names) for child, port, names in services)
-            )
+            await self._start_all(services)
+            # The other replicas once the first ones serve: the first Stratum leads, the others follow
+            # (a follower is ready once it knows the leader: its overall health only).
+            others = [
+                (self._service(name, c.ports(name)[n], *args, replica=n + 1), c.ports(name)[n], names)
+                for n in range(1, c.service_replicas)
+                for name, args, names in (
+                    ("plato", plato_args, PLATO_SERVICES),
+                    ("stratum", stratum_args, ()),
+                    ("optimus", optimus_args, OPTIMUS_SERVICES),
+                )
+            ]
+            await self._start_all(others)
             if c.webhook_port:
                 optimus = services[-1][0]
                 scheme = "http" if c.insecure else "https"
@@ -378,6 +401,13 @@ class EmbeddedStack:
             await nc.close()
             self.endpoints.append(Endpoint(child.name, url, child.pid, ("JetStream",)))
 
+    async def _start_all(self, services: Sequence[tuple[Child, int, Sequence[str]]]) -> None:
+        """Start ``(child, port, services)`` each, then wait until every one serves."""
+        for child, _, _ in services:
+            await child.start()
+            self.children.append(child)
+        await asyncio.gather(*(self._await_serving(child, port, names) for child, port, names in services))
+
     async def _await_serving(self, child: Child, port: int, names: Sequence[str]) -> None:
         target = str(self.config.address(port))
 
@@ -387,7 +417,7 @@ class EmbeddedStack:
 
         try:
             await readiness.wait_serving(
-                child.name,
+                child.role or child.name,
                 target,
                 names,
                 timeout=self.config.start_timeout,
@@ -400,7 +430,7 @@ class EmbeddedStack:
 
     async def _start_agent(self) -> None:
         c = self.config
-        stratum = str(c.address(c.stratum_port))
+        stratum = c.target("stratum")
         agent_id = c.agent_id
         argv = [
             sys.executable,
@@ -470,9 +500,9 @@ class EmbeddedStack:
         """The client context of this stack: its endpoints and the local admin's credentials."""
         c = self.config
         endpoints = {
-            "optimus": str(c.address(c.optimus_port)),
-            "plato": str(c.address(c.plato_port)),
-            "stratum": str(c.address(c.stratum_port)),
+            "optimus": c.target("optimus"),
+            "plato": c.target("plato"),
+            "stratum": c.target("stratum"),
             "nats": c.nats_url,
         }
         root = str(c.storage_dir)
