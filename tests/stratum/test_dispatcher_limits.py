@@ -96,3 +96,42 @@ async def test_log_lines_are_cut_whatever_the_agent_sends(pool: Pool) -> None:
     assert event.log.text.startswith("x" * progress.MAX_LINE_BYTES)
     assert event.log.text.endswith(progress.TRUNCATED_MARK)
     assert len(event.log.text.encode()) < progress.MAX_LINE_BYTES + 64
+
+
+async def test_a_result_whose_store_fails_leaves_the_job_as_it_was_and_is_applied_when_sent_again(
+    pool: Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NATS losing a node while an agent reports a result: the live job must not run ahead of its
+    stored record (it once went SUCCEEDED in memory only, and the result, sent again after the
+    agent's reconnect, was refused as stale: the job hung for good)."""
+    job, _ = await pool.dispatcher.submit("flaky-store", spec())
+    await pool.dispatcher._pass()
+    assert pool.outbox.get_nowait().assign.job_id == job.job_id  # type: ignore[attr-defined]
+    started = agent_service_pb2.JobStarted(job_id=job.job_id, attempt=1)
+    await pool.dispatcher.agent_message("agent-1", agent_service_pb2.ConnectRequest(started=started))
+    finished = agent_service_pb2.ConnectRequest(
+        finished=agent_service_pb2.JobFinished(
+            job_id=job.job_id, attempt=1, final_state=JS.JOB_STATE_SUCCEEDED
+        )
+    )
+    real_save = pool.dispatcher.store.save
+
+    async def unavailable(record: job_pb2.Job) -> None:
+        raise errors.UnavailableError("NATS lost a node")
+
+    monkeypatch.setattr(pool.dispatcher.store, "save", unavailable)
+    with pytest.raises(errors.UnavailableError):
+        await pool.dispatcher.agent_message("agent-1", finished)
+    live = pool.dispatcher.jobs[job.job_id]
+    assert (live.state, live.attempt, live.agent_id) == (JS.JOB_STATE_RUNNING, 1, "agent-1")
+    assert live.HasField("result") is False and not live.HasField("end_time")
+
+    monkeypatch.setattr(pool.dispatcher.store, "save", real_save)
+    await pool.dispatcher.agent_message("agent-1", finished)  # sent again after the reconnect
+    assert job.job_id not in pool.dispatcher.jobs
+    stored = await pool.dispatcher.store.get(job.job_id)
+    assert stored is not None and stored.state == JS.JOB_STATE_SUCCEEDED
+    acks = []
+    while not pool.outbox.empty():  # type: ignore[attr-defined]
+        acks.append(pool.outbox.get_nowait())  # type: ignore[attr-defined]
+    assert [a.ack.accepted for a in acks if a.WhichOneof("message") == "ack"] == [True]

@@ -63,9 +63,13 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # grpc-stubs 
     ) -> Any:
         handler = await continuation(handler_call_details)
         method: str = handler_call_details.method
-        if method.startswith("/grpc.") or not self.needs(method):
-            return handler  # health and reflection answer whatever the dependency does
-        return handlers.guarded(handler, self._admit)
+        admit = None if method.startswith("/grpc.") else self.admission(method)
+        # Health and reflection answer whatever the dependency does.
+        return handler if admit is None else handlers.guarded(handler, admit)
+
+    def admission(self, method: str) -> Callable[[Any], None] | None:
+        """What a call of ``method`` must pass before its handler runs (None: nothing)."""
+        return self._admit if self.needs(method) else None
 
     def _admit(self, request: Any) -> None:
         if not self.is_up():

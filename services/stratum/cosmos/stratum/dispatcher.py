@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -421,17 +421,20 @@ class Dispatcher:
             return
         limit = job.spec.infra_retry.max_attempts or DEFAULT_INFRA_ATTEMPTS
         if job.attempt >= limit:
-            job.failure_reason = f"{why}; gave up after {job.attempt} attempt(s)"
-            await self._finish(job, JS.JOB_STATE_FAILED)
+            gave_up = f"{why}; gave up after {job.attempt} attempt(s)"
+            await self._finish(job, JS.JOB_STATE_FAILED, lambda j: setattr(j, "failure_reason", gave_up))
             return
         log.warning(
             "requeueing job", extra={"fields": {"job_id": job.job_id, "attempt": job.attempt, "why": why}}
         )
-        job.failure_reason = why
-        job.agent_id = ""
-        del job.gpu_indices[:]
-        del job.gpu_uuids[:]
-        await self._transition(job, JS.JOB_STATE_QUEUED)
+
+        def unassign(queued: job_pb2.Job) -> None:
+            queued.failure_reason = why
+            queued.agent_id = ""
+            del queued.gpu_indices[:]
+            del queued.gpu_uuids[:]
+
+        await self._transition(job, JS.JOB_STATE_QUEUED, unassign)
         self._kick.set()
 
     async def agent_message(self, agent_id: str, message: agent_service_pb2.ConnectRequest) -> None:
@@ -461,15 +464,22 @@ class Dispatcher:
         accepted = job is not None and job.state in ON_AGENT
         reason = "" if accepted else "attempt is not current (stale)"
         if job is not None and accepted:
-            job.result.CopyFrom(finished.result)
             final = finished.final_state if finished.final_state in TERMINAL else JS.JOB_STATE_FAILED
-            if final != JS.JOB_STATE_SUCCEEDED and not job.failure_reason:
-                job.failure_reason = finished.result.error or JS.Name(final)
+            failure = job.failure_reason
             if final == JS.JOB_STATE_SUCCEEDED:
-                job.failure_reason = ""
-            self.placer.release(job.job_id)
+                failure = ""
+            elif not failure:
+                failure = finished.result.error or JS.Name(final)
+
+            def record(done: job_pb2.Job) -> None:
+                done.result.CopyFrom(finished.result)
+                done.failure_reason = failure
+
+            # Nothing of the job changes unless all of it is stored: if NATS fails here the stream
+            # ends, the agent reconnects and sends the result again, and it is applied then.
             await self.store.publish([self._event(job, result=finished.result)])
-            await self._finish(job, final)
+            await self._finish(job, final, record)
+            self.placer.release(job.job_id)
             self._kick.set()
         self._send(
             agent_id,
@@ -515,18 +525,40 @@ class Dispatcher:
             self._progress_saved[job.job_id] = loop.time()
             await self.store.save(job)
 
-    async def _transition(self, job: job_pb2.Job, state: job_pb2.JobState.ValueType) -> None:
-        job.state = state
-        job.update_time.CopyFrom(wellknown.now())
-        event = self._event(job, state=state)
-        await self.store.save(job)
+    async def _transition(
+        self,
+        job: job_pb2.Job,
+        state: job_pb2.JobState.ValueType,
+        change: Callable[[job_pb2.Job], None] | None = None,
+    ) -> None:
+        """Move ``job`` to ``state`` (after ``change``): stored and announced first, then applied to
+        ``job``. A store that fails (NATS away) leaves ``job`` as it was, so the report that caused
+        the transition, sent again, finds the job where it left it (not ahead of its stored record)."""
+        moved = job_pb2.Job()
+        moved.CopyFrom(job)
+        if change is not None:
+            change(moved)
+        moved.state = state
+        moved.update_time.CopyFrom(wellknown.now())
+        event = self._event(moved, state=state)
+        await self.store.save(moved)
         await self.store.publish([event])
+        job.CopyFrom(moved)
 
-    async def _finish(self, job: job_pb2.Job, state: job_pb2.JobState.ValueType) -> None:
-        job.end_time.CopyFrom(wellknown.now())
-        # A finished job never runs again: its secrets need not outlive it, even encrypted.
-        job.ClearField("sealed_secrets")
-        await self._transition(job, state)
+    async def _finish(
+        self,
+        job: job_pb2.Job,
+        state: job_pb2.JobState.ValueType,
+        change: Callable[[job_pb2.Job], None] | None = None,
+    ) -> None:
+        def close(done: job_pb2.Job) -> None:
+            if change is not None:
+                change(done)
+            done.end_time.CopyFrom(wellknown.now())
+            # A finished job never runs again: its secrets need not outlive it, even encrypted.
+            done.ClearField("sealed_secrets")
+
+        await self._transition(job, state, close)
         self.jobs.pop(job.job_id, None)
         self._progress_saved.pop(job.job_id, None)
 

@@ -6,14 +6,13 @@ import argparse
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import grpc
 from grpc_health.v1 import health_pb2
 
-from cosmos.runtime import config, dependency, handlers, jetstream, process
+from cosmos.runtime import config, dependency, jetstream, process
 from cosmos.runtime.server import Server, ServiceBinding
 from cosmos.security import pki, secrets, storage
 from cosmos.stratum import enrollment, leader
@@ -161,6 +160,7 @@ async def serve(args: argparse.Namespace) -> None:
     # Every RPC needs the lease (and the job API, revoking and joins need JetStream too); agent streams
     # and pool reads of the leader go on without NATS for a while.
     gate = LeaderGate(lease, recovered, lambda: nc.is_connected)
+
     # Health says SERVING once this replica knows its part: leader with its jobs recovered, or follower.
     async def closing() -> None:
         await lease.release()  # a follower takes over at once, not after the ttl
@@ -232,23 +232,14 @@ class LeaderGate(dependency.Gate):
         """Whether this replica serves jobs now: it holds the lease and has recovered the jobs."""
         return self.lease.is_leader and self.recovered.is_set()
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Any:
-        handler = await continuation(handler_call_details)
-        method: str = handler_call_details.method
-        if method.startswith("/grpc."):
-            return handler  # health and reflection answer on every replica
-
+    def admission(self, method: str) -> Callable[[Any], None]:
         def admit(request: Any) -> None:
             if not self.leads():
                 raise self.lease.refusal()
             if _needs_nats(method) and not self.nats_up():
                 raise self.unavailable()
 
-        return handlers.guarded(handler, admit)
+        return admit
 
     async def watch(
         self,
