@@ -135,3 +135,23 @@ async def test_a_result_whose_store_fails_leaves_the_job_as_it_was_and_is_applie
     while not pool.outbox.empty():  # type: ignore[attr-defined]
         acks.append(pool.outbox.get_nowait())  # type: ignore[attr-defined]
     assert [a.ack.accepted for a in acks if a.WhichOneof("message") == "ack"] == [True]
+
+
+async def test_a_pass_cut_short_by_nats_gives_back_what_it_placed_and_the_next_pass_assigns_all(
+    pool: Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The jobs placed in a pass but not assigned when NATS failed must not stay allocated: every later
+    pass failed with "already allocated" and nothing was placed again (the node-loss test hung)."""
+    jobs = [(await pool.dispatcher.submit(f"cut-{n}", spec()))[0] for n in range(3)]
+    real_save = pool.dispatcher.store.save
+
+    async def unavailable(record: job_pb2.Job) -> None:
+        raise errors.UnavailableError("NATS lost a node")
+
+    monkeypatch.setattr(pool.dispatcher.store, "save", unavailable)
+    with pytest.raises(errors.UnavailableError):
+        await pool.dispatcher._pass()
+    assert all(pool.dispatcher.jobs[j.job_id].state == JS.JOB_STATE_QUEUED for j in jobs)
+    monkeypatch.setattr(pool.dispatcher.store, "save", real_save)
+    await pool.dispatcher._pass()
+    assert {pool.dispatcher.jobs[j.job_id].state for j in jobs} == {JS.JOB_STATE_ASSIGNED}

@@ -230,7 +230,8 @@ class Dispatcher:
             await self._agent_lost(agent_id)
         queued = [job for job in self.jobs.values() if job.state == JS.JOB_STATE_QUEUED]
         if queued:
-            for placement in self.placer.place(queued):
+            placements = self.placer.place(queued)  # each one's resources are taken already
+            for n, placement in enumerate(placements):
                 job = self.jobs[placement.job_id]
                 try:
                     await self._assign(job, placement)
@@ -239,6 +240,10 @@ class Dispatcher:
                     # still placed; a failure that cannot pass ends the job instead of a retry loop.
                     self.placer.release(job.job_id)
                     if not _permanent(exc):
+                        # NATS away: the pass ends here, and the jobs placed but not yet assigned
+                        # give their resources back (the next pass places them afresh).
+                        for rest in placements[n + 1 :]:
+                            self.placer.release(rest.job_id)
                         raise
                     await self._fail_unplaceable(job, f"cannot be assigned: {type(exc).__name__}: {exc}")
         for job, reason in self._wait.overdue(
