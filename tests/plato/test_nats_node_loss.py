@@ -25,6 +25,9 @@ from cosmos.plato.v1 import events_pb2, workflow_pb2, workflow_service_pb2_grpc
 from cosmos.runtime import jetstream
 from cosmos.sdk import StepContext, Worker
 
+# About a minute each on 2 cores: `make test` and CI run them, `make test-fast` leaves them out.
+pytestmark = pytest.mark.slow
+
 ET = events_pb2.WorkflowEventType
 T = TypeVar("T")
 FANOUT = """\

@@ -22,6 +22,9 @@ from cosmos.runtime.config import free_port
 from cosmos.stack.children import Child
 from cosmos.stack.embedded import EmbeddedStack, StackConfig
 
+# About a minute each on 2 cores: `make test` and CI run them, `make test-fast` leaves them out.
+pytestmark = pytest.mark.slow
+
 ES = encode_pb2.EncodeState
 
 
