@@ -170,3 +170,28 @@ async def test_a_real_agent_joins_with_its_certificate(stratum: ServiceProcess, 
         assert agent.agent_id == "real-1"
     finally:
         agents.stop_all()
+
+
+async def test_an_agent_revoked_by_the_leader_is_refused_by_the_follower_that_takes_over(
+    start_service: Callable[..., ServiceProcess], nats_url: str
+) -> None:
+    """A follower started before the revocation learns it when it becomes leader."""
+    args = ("--nats", nats_url, "--lease-seconds", "3", "--heartbeat-interval", "0.3", "--lease-ttl", "1.5")
+    leader = start_service("stratum", *args)
+    follower = start_service("stratum", *args)  # started now: its revoked set is still empty
+    files = security_harness.workload("agent", "bad-host")
+    agent = FakeAgent(leader.target, files, "bad-host")
+    assert (await agent.first()).WhichOneof("message") == "welcome"
+    revoke = pool_service_pb2.RevokeAgentRequest(request_id="r1", agent_id="bad-host", reason="stolen key")
+    async with security_harness.channel(leader.target) as channel:
+        await pool_service_pb2_grpc.PoolServiceStub(channel).RevokeAgent(revoke)
+    await agent.close()
+    leader.proc.kill()
+    leader.proc.wait()
+    for _ in range(100):  # the follower takes over once the lease went unrenewed for its ttl
+        again = FakeAgent(follower.target, files, "bad-host")
+        exc = await _refused(again)
+        if exc.code() == grpc.StatusCode.PERMISSION_DENIED:
+            break  # (until then: NOT_LEADER, or the refused stream's send failing on the client)
+        await asyncio.sleep(0.1)
+    assert exc.code() == grpc.StatusCode.PERMISSION_DENIED and _reason(exc) == "ERROR_REASON_AGENT_REVOKED"

@@ -191,6 +191,8 @@ async def serve(args: argparse.Namespace) -> None:
     )
 
     async def elected() -> None:
+        # Agents revoked by the previous leader since this replica started are refused here too.
+        registry.revoked.update(await store.revoked())
         await dispatcher.recover()
         recovered.set()
         await dispatcher.run(server.stopping)
