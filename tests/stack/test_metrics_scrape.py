@@ -4,6 +4,8 @@ step, queue, placement, job, agent and GPU families are there with the values th
 
 from __future__ import annotations
 
+import argparse
+import socket
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,8 +16,11 @@ from encode_harness import embedded_stack, finished, make_clip
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from cosmos import errors
+from cosmos.cli import up
 from cosmos.optimus.v1 import encode_pb2, encode_service_pb2, encode_service_pb2_grpc
-from cosmos.stack.embedded import EmbeddedStack
+from cosmos.runtime.config import free_port
+from cosmos.stack.embedded import DEFAULT_METRICS_PORTS, EmbeddedStack, StackConfig
 
 Samples = dict[str, list[Sample]]
 
@@ -138,3 +143,37 @@ async def test_a_metrics_port_serves_nothing_but_metrics(stack: EmbeddedStack) -
                 assert response.status == 404, path
         async with session.post(url) as response:
             assert response.status == 405
+
+
+def test_cosmos_up_serves_metrics_on_9451_to_9454_unless_moved_or_turned_off() -> None:
+    parser = argparse.ArgumentParser()
+    up.add_stack_arguments(parser)
+    ports = ("optimus", "plato", "stratum", "agent")
+    cfg = up.stack_config(parser.parse_args([]))
+    assert [cfg.metrics_port(name) for name in ports] == [9451, 9452, 9453, 9454]
+    assert DEFAULT_METRICS_PORTS == {"optimus": 9451, "plato": 9452, "stratum": 9453, "agent": 9454}
+    cfg = up.stack_config(parser.parse_args(["--metrics-port", "19000"]))
+    assert [cfg.metrics_port(name) for name in ports] == [19000, 19001, 19002, 19003]
+    cfg = up.stack_config(parser.parse_args(["--metrics-port", "0"]))
+    assert [cfg.metrics_port(name) for name in ports] == [0, 0, 0, 0]
+    # Library users opt in.
+    assert StackConfig().metrics_port("plato") == 0
+
+
+async def test_a_taken_metrics_port_stops_the_stack_before_anything_starts(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        cfg = StackConfig(
+            optimus_port=free_port(),
+            plato_port=free_port(),
+            stratum_port=free_port(),
+            nats_port=free_port(),
+            plato_metrics_port=taken.getsockname()[1],
+            data_dir=tmp_path,
+            insecure=True,
+        )
+        stack = EmbeddedStack(cfg)
+        with pytest.raises(errors.PortInUseError, match=r"plato metrics.*--metrics-port"):
+            await stack.start()
+        assert not stack.children
