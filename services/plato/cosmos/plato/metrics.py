@@ -55,13 +55,13 @@ WORKFLOWS_CACHED = Gauge(
 STEPS = Counter(
     "cosmos_plato_steps",
     "Step attempts, by definition, step name and the state reached: scheduled, then completed, "
-    "failed, timed_out or cancelled.",
+    "failed, timed_out, cancelled, or retried (failed or timed out, another attempt coming).",
     ["definition", "step", "state"],
     registry=REGISTRY,
 )
 STEP_DURATION = Histogram(
     "cosmos_plato_step_duration_seconds",
-    "Seconds from a step attempt's scheduling to its end (completed, failed, timed out, cancelled).",
+    "Seconds from a step attempt's scheduling to its end (completed, failed, timed out, cancelled, retried).",
     ["definition", "step"],
     buckets=STEP_BUCKETS,
     registry=REGISTRY,
@@ -141,11 +141,20 @@ def observe_transition(
         # Both in one transition for a step Plato runs itself (a builtin action).
         if _at(step.schedule_time):
             STEPS.labels(definition, step.step_name, "scheduled").inc()
-        if step.state in TERMINAL_STEP_STATES and _at(step.close_time):
-            STEPS.labels(definition, step.step_name, step_state(step.state)).inc()
+        if _at(step.close_time) and (ended := _ended(step.state)):
+            STEPS.labels(definition, step.step_name, ended).inc()
             if _set(step.schedule_time):
                 took = (step.close_time.ToNanoseconds() - step.schedule_time.ToNanoseconds()) / 1e9
                 STEP_DURATION.labels(definition, step.step_name).observe(max(0.0, took))
+
+
+def _ended(state: int) -> str:
+    """The state an attempt that closed in this transition counts as ('' for none): its terminal
+    state, or ``retried`` for one that failed or timed out with another attempt coming (the machine
+    moves it to RETRY_WAIT in the same transition)."""
+    if state in TERMINAL_STEP_STATES:
+        return step_state(state)
+    return "retried" if state == SS.STEP_STATE_RETRY_WAIT else ""
 
 
 def cached_states(states: list[int]) -> None:
@@ -154,6 +163,7 @@ def cached_states(states: list[int]) -> None:
     for state in states:
         name = workflow_state(state)
         counts[name] = counts.get(name, 0) + 1
+    WORKFLOWS_CACHED.clear()  # a state no cached workflow is in any more shows no stale count
     for name, count in counts.items():
         WORKFLOWS_CACHED.labels(name).set(count)
 
