@@ -52,6 +52,8 @@ import yaml
 from encode_harness import make_clip
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from nats.aio.client import Client as NatsClient
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from cosmos.optimus.v1 import encode_service_pb2, encode_service_pb2_grpc
 from cosmos.runtime import jetstream, s3
@@ -1867,6 +1869,36 @@ async def test_an_encode_runs_s3_to_s3_through_the_manifests(
     # The steps' scratch was the shared volume (the cleanup step emptied the encode's own directory).
     scratch = manifest_stack.logs["optimus"].parent / "pvc" / "cosmos-scratch"
     assert (scratch / "default").is_dir(), f"nothing in the scratch volume: {list(scratch.iterdir())}"
+
+    # What Prometheus scrapes from each pod's `metrics` port: the encode, seen by every component;
+    # Plato's consumer lag sampled with the NATS permissions of deploy/nats.
+    scraped = {name: scrape_metrics(manifest_stack, name) for name in STACK}
+    assert metric_value(scraped["optimus"], "cosmos_optimus_encodes_submitted_total", outcome="started") == 1
+    assert metric_value(scraped["plato"], "cosmos_plato_workflows_total", state="completed") == 1
+    engine = {"stream": "PLATO_INBOX", "consumer": "plato-engine"}
+    assert any(s.labels == engine for s in scraped["plato"].get("cosmos_nats_consumer_pending", [])), (
+        f"Plato could not read its consumers' lag\n{manifest_stack.output()}"
+    )
+    assert metric_value(scraped["stratum"], "cosmos_stratum_placements_total") >= 1
+    assert metric_value(scraped["stratum"], "cosmos_stratum_jobs_finished_total", state="succeeded") >= 1
+    assert metric_value(scraped["cosmos-agent-cpu"], "cosmos_agent_connected") == 1
+
+
+def scrape_metrics(stack: ManifestStack, name: str) -> dict[str, list[Sample]]:
+    """One scrape of workload ``name``'s ``metrics`` port, parsed by the Prometheus text parser."""
+    container = stack.containers[name]
+    url = f"http://{stack.address(name, container.port_number('metrics'))}/metrics"
+    with NO_PROXY.open(url, timeout=10) as response:
+        text = response.read().decode()
+    samples: dict[str, list[Sample]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append(sample)
+    return samples
+
+
+def metric_value(samples: dict[str, list[Sample]], name: str, **labels: str) -> float:
+    return sum(s.value for s in samples.get(name, []) if labels.items() <= s.labels.items())
 
 
 @pytest.mark.timeout(60)
