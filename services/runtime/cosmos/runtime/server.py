@@ -173,7 +173,12 @@ class Server:
             self._metrics = metrics.MetricsServer(self.config.metrics_listen, self.config.name)
             await self._metrics.start()
             self.metrics_port = self._metrics.port
-        await server.start()
+        try:
+            await server.start()
+        except BaseException:
+            if self._metrics is not None:
+                await self._metrics.stop()
+            raise
         self._server = server
         if self.config.health_listen is not None:
             await self._start_health(self.config.health_listen)
