@@ -192,14 +192,17 @@ def test_up_serves_every_contract_with_health_and_reflection_then_stops_cleanly(
     assert refused.value.code == 401
 
     # Each component's Prometheus metrics, plaintext on loopback, from --metrics-port on.
-    for offset, family in enumerate(
-        ("cosmos_optimus_encodes_submitted_total", "cosmos_plato_workflows_cached", "cosmos_stratum_agents",
-         "cosmos_agent_connected")
+    # The local agent's two declared A100s are the pool's, none allocated.
+    for offset, sample in enumerate(
+        ('cosmos_optimus_encodes_submitted_total{outcome="started"} 0.0',
+         'cosmos_plato_workflows_cached{state="running"} 0.0',
+         'cosmos_stratum_gpus{model="A100",state="total"} 2.0',
+         "cosmos_agent_connected 1.0")
     ):  # fmt: skip
         url = f"http://127.0.0.1:{stack.ports['metrics'] + offset}/metrics"
         with NO_PROXY.open(url, timeout=10) as response:
             text = response.read().decode()
-        assert f"\n{family}" in text, (url, text[:2000])
+        assert f"\n{sample}\n" in text, (url, text[:3000])
 
     children = psutil.Process(stack.proc.pid).children(recursive=True)
     assert len(children) == 6, [c.cmdline() for c in children]  # s3, nats, plato, stratum, optimus, agent
