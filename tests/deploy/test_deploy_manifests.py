@@ -52,6 +52,8 @@ import yaml
 from encode_harness import make_clip
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from nats.aio.client import Client as NatsClient
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from cosmos.optimus.v1 import encode_service_pb2, encode_service_pb2_grpc
 from cosmos.runtime import jetstream, s3
@@ -431,6 +433,24 @@ def test_servers_listen_on_all_interfaces_and_probes_use_the_health_port(contain
         assert probe["grpc"].get("service") == "", f"{container.id}: {kind} must check the overall status"
 
 
+METRICS_PORT = 9090
+
+
+@pytest.mark.parametrize("container", COSMOS_CONTAINERS, ids=cosmos_ids)
+def test_every_cosmos_process_serves_metrics_on_a_port_named_metrics(container: Container) -> None:
+    """What deploy/prometheus/prometheus.yml keeps: the container port named ``metrics``, on every
+    interface, apart from the gRPC and health ports."""
+    port = listen_port(container, "--metrics-listen")
+    assert port == METRICS_PORT, container.id
+    assert container.port_number("metrics") == port, f"{container.id}: port {port} is not named metrics"
+    if container.subcommand in SERVERS:
+        assert port not in {listen_port(container, "--listen"), listen_port(container, "--health-listen")}
+    labels = container.workload["spec"]["template"]["metadata"]["labels"]
+    assert labels.get("app.kubernetes.io/part-of") == "cosmos", (
+        f"{container.id}: prometheus.yml keeps part-of=cosmos"
+    )
+
+
 @pytest.mark.parametrize("container", COSMOS_CONTAINERS, ids=cosmos_ids)
 def test_every_cosmos_process_has_its_certificate_from_a_mounted_volume(container: Container) -> None:
     """``--tls-cert/--tls-key/--tls-ca`` are tls.crt, tls.key and ca.crt of one read-only volume."""
@@ -804,7 +824,15 @@ MESH_EDGES = {
     (OUTSIDE, "plato", 8081),
     (OUTSIDE, "stratum", 8081),
     (OUTSIDE, "nats", 8222),
+    # Prometheus, from a namespace labelled cosmos.io/monitoring=true: every Cosmos process's metrics port
+    (OUTSIDE, "optimus", 9090),
+    (OUTSIDE, "plato", 9090),
+    (OUTSIDE, "stratum", 9090),
+    (OUTSIDE, "cosmos-agent-cpu", 9090),
+    (OUTSIDE, "cosmos-agent-gpu", 9090),
 }
+MONITORING_LABEL = {"cosmos.io/monitoring": "true"}
+"""The label of the namespaces Prometheus may scrape from (network-policies.yaml, deploy/prometheus/)."""
 
 
 def policies() -> list[Doc]:
@@ -912,6 +940,27 @@ def test_network_policies_allow_exactly_the_mesh_edges() -> None:
         f"allowed but not in the mesh: {sorted(edges - MESH_EDGES)}; "
         f"in the mesh but denied: {sorted(MESH_EDGES - edges)}"
     )
+
+
+def test_metrics_ports_admit_only_the_labelled_monitoring_namespaces() -> None:
+    """The one rule reaching the metrics ports from outside names the monitoring label: not every
+    namespace, not an address block."""
+    rules = [
+        rule
+        for policy in policies()
+        for rule in policy["spec"].get("ingress", [])
+        if any(port.get("port") in ("metrics", METRICS_PORT) for port in rule.get("ports", []))
+    ]
+    assert rules, "no NetworkPolicy admits scrapes of the metrics ports"
+    for rule in rules:
+        assert [port["port"] for port in rule["ports"]] == ["metrics"], rule
+        peers = rule.get("from")
+        assert peers, "a metrics rule without `from` lets everything in"
+        for peer in peers:
+            assert set(peer) == {"namespaceSelector"}, peer
+            assert peer["namespaceSelector"] == {"matchLabels": MONITORING_LABEL}, peer
+    assert "cosmos.io/monitoring=true" in (K8S / "network-policies.yaml").read_text()
+    assert "cosmos.io/monitoring=true" in (DEPLOY / "README.md").read_text()
 
 
 def test_pods_reach_nothing_outside_but_the_cluster_dns() -> None:
@@ -1820,6 +1869,36 @@ async def test_an_encode_runs_s3_to_s3_through_the_manifests(
     # The steps' scratch was the shared volume (the cleanup step emptied the encode's own directory).
     scratch = manifest_stack.logs["optimus"].parent / "pvc" / "cosmos-scratch"
     assert (scratch / "default").is_dir(), f"nothing in the scratch volume: {list(scratch.iterdir())}"
+
+    # What Prometheus scrapes from each pod's `metrics` port: the encode, seen by every component;
+    # Plato's consumer lag sampled with the NATS permissions of deploy/nats.
+    scraped = {name: scrape_metrics(manifest_stack, name) for name in STACK}
+    assert metric_value(scraped["optimus"], "cosmos_optimus_encodes_submitted_total", outcome="started") == 1
+    assert metric_value(scraped["plato"], "cosmos_plato_workflows_total", state="completed") == 1
+    engine = {"stream": "PLATO_INBOX", "consumer": "plato-engine"}
+    assert any(s.labels == engine for s in scraped["plato"].get("cosmos_nats_consumer_pending", [])), (
+        f"Plato could not read its consumers' lag\n{manifest_stack.output()}"
+    )
+    assert metric_value(scraped["stratum"], "cosmos_stratum_placements_total") >= 1
+    assert metric_value(scraped["stratum"], "cosmos_stratum_jobs_finished_total", state="succeeded") >= 1
+    assert metric_value(scraped["cosmos-agent-cpu"], "cosmos_agent_connected") == 1
+
+
+def scrape_metrics(stack: ManifestStack, name: str) -> dict[str, list[Sample]]:
+    """One scrape of workload ``name``'s ``metrics`` port, parsed by the Prometheus text parser."""
+    container = stack.containers[name]
+    url = f"http://{stack.address(name, container.port_number('metrics'))}/metrics"
+    with NO_PROXY.open(url, timeout=10) as response:
+        text = response.read().decode()
+    samples: dict[str, list[Sample]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append(sample)
+    return samples
+
+
+def metric_value(samples: dict[str, list[Sample]], name: str, **labels: str) -> float:
+    return sum(s.value for s in samples.get(name, []) if labels.items() <= s.labels.items())
 
 
 @pytest.mark.timeout(60)

@@ -75,8 +75,30 @@ def wait_agent_ready(stack: Stack, timeout: float = 90) -> dict[str, object]:
     raise AssertionError(f"agent not READY: {last}")
 
 
+NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def free_port_run(count: int) -> int:
+    """The first of ``count`` consecutive free ports (``cosmos up --metrics-port`` takes four)."""
+    for _ in range(50):
+        base = free_port()
+        if base + count > 65535:
+            continue
+        with contextlib.ExitStack() as held:
+            try:
+                for port in range(base, base + count):
+                    sock = held.enter_context(socket.socket())
+                    sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return base
+    raise AssertionError(f"no {count} consecutive free ports")
+
+
 def start_up(tmp_path: Path, ports: dict[str, int], token_port_offset: int = 0) -> Stack:
     env = {**os.environ, "COSMOS_NATS_PORT": str(ports["nats"]), "COSMOS_DATA_DIR": str(tmp_path / "data"),
+           # Optimus's metrics here, Plato's, Stratum's and the agent's on the next three (0: none).
+           "COSMOS_METRICS_PORT": str(ports.get("metrics", 0)),
            "COSMOS_CONFIG": str(tmp_path / "config.yaml"),
            "COSMOS_TOKEN_PORT_OFFSET": str(token_port_offset),
            "COSMOS_WEBHOOK_PORT": str(ports.get("webhook") or free_port()),
@@ -117,7 +139,7 @@ def stop_up(stack: Stack) -> None:
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
     names = ("optimus", "plato", "stratum", "nats", "webhook")
-    up = start_up(tmp_path, {name: free_port() for name in names})
+    up = start_up(tmp_path, {**{name: free_port() for name in names}, "metrics": free_port_run(4)})
     yield up
     stop_up(up)
 
@@ -169,6 +191,19 @@ def test_up_serves_every_contract_with_health_and_reflection_then_stops_cleanly(
         urllib.request.urlopen(unsigned, context=tls, timeout=10)
     assert refused.value.code == 401
 
+    # Each component's Prometheus metrics, plaintext on loopback, from --metrics-port on.
+    # The local agent's two declared A100s are the pool's, none allocated.
+    for offset, sample in enumerate(
+        ('cosmos_optimus_encodes_submitted_total{outcome="started"} 0.0',
+         'cosmos_plato_workflows_cached{state="running"} 0.0',
+         'cosmos_stratum_gpus{model="A100",state="total"} 2.0',
+         "cosmos_agent_connected 1.0")
+    ):  # fmt: skip
+        url = f"http://127.0.0.1:{stack.ports['metrics'] + offset}/metrics"
+        with NO_PROXY.open(url, timeout=10) as response:
+            text = response.read().decode()
+        assert f"\n{sample}\n" in text, (url, text[:3000])
+
     children = psutil.Process(stack.proc.pid).children(recursive=True)
     assert len(children) == 6, [c.cmdline() for c in children]  # s3, nats, plato, stratum, optimus, agent
     stack.proc.send_signal(signal.SIGTERM)
@@ -177,6 +212,7 @@ def test_up_serves_every_contract_with_health_and_reflection_then_stops_cleanly(
     assert "Cosmos is up" in output
     for name in ("optimus", "plato", "stratum", "nats", "agent", "s3"):
         assert f"{name} (0)" in output, output
+    assert f"http://127.0.0.1:{stack.ports['metrics'] + 1}/metrics" in output  # the endpoints table
     _, alive = psutil.wait_procs(children, timeout=5)
     assert not alive
     assert (stack.data_dir / "nats" / "jetstream").is_dir()
@@ -200,6 +236,7 @@ def test_up_refuses_a_port_in_use_naming_it(tmp_path: Path) -> None:
             text=True,
             timeout=60,
             env={**os.environ, "COSMOS_NATS_PORT": str(free_port()), "COSMOS_OPTIMUS_PORT": str(free_port()),
+                 "COSMOS_METRICS_PORT": "0",
                  "COSMOS_STRATUM_PORT": str(free_port()), "COSMOS_CONFIG": str(tmp_path / "config.yaml")},
         )  # fmt: skip
     assert done.returncode == 2

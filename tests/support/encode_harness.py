@@ -25,9 +25,14 @@ def make_clip(path: Path, *, seconds: int, size: str, fps: int = 24) -> Path:
     return path
 
 
-def embedded_stack(data_dir: Path, *, s3: bool = False) -> EmbeddedStack:
+def embedded_stack(data_dir: Path, *, s3: bool = False, metrics: bool = False) -> EmbeddedStack:
     """The whole embedded stack (secure, with its local agent) on free ports, its data in ``data_dir``;
-    with ``s3``, its S3 server too."""
+    with ``s3``, its S3 server too; with ``metrics``, every component's metrics port (free ports)."""
+    ports = (
+        {f"{name}_metrics_port": free_port() for name in ("optimus", "plato", "stratum", "agent")}
+        if metrics
+        else {}
+    )
     return EmbeddedStack(
         StackConfig(
             optimus_port=free_port(),
@@ -38,6 +43,7 @@ def embedded_stack(data_dir: Path, *, s3: bool = False) -> EmbeddedStack:
             s3_port=free_port() if s3 else 0,
             data_dir=data_dir,
             token_port_offset=0,
+            **ports,  # type: ignore[arg-type]
         )
     )
 

@@ -18,7 +18,7 @@ from cosmos.cli.console import make_console
 from cosmos.runtime import config, logs, process
 from cosmos.security import context
 from cosmos.stack.children import Child
-from cosmos.stack.embedded import DEFAULT_WEBHOOK_PORT, EmbeddedStack, StackConfig
+from cosmos.stack.embedded import DEFAULT_METRICS_PORTS, DEFAULT_WEBHOOK_PORT, EmbeddedStack, StackConfig
 from cosmos.stack.supervisor import Restart, Supervisor
 
 PREFIX = "COSMOS"
@@ -39,6 +39,15 @@ def add_stack_arguments(p: argparse.ArgumentParser) -> None:
         default=DEFAULT_WEBHOOK_PORT,
         type=int,
         help="Optimus HTTPS webhook port (0: none)",
+    )
+    config.add_env_argument(
+        p,
+        PREFIX,
+        "--metrics-port",
+        default=DEFAULT_METRICS_PORTS["optimus"],
+        type=int,
+        help="Prometheus metrics (plaintext HTTP, /metrics) of Optimus on this port, Plato, Stratum and "
+        "the agent on the next three (0: none)",
     )
     config.add_env_argument(p, PREFIX, "--plato-port", default=d.plato_port, type=int, help="Plato gRPC port")
     config.add_env_argument(
@@ -112,7 +121,19 @@ def stack_config(args: argparse.Namespace) -> StackConfig:
         log_level=args.log_level,
         insecure=args.insecure,
         token_port_offset=args.token_port_offset,
+        optimus_metrics_port=metrics_port(args.metrics_port, "optimus"),
+        plato_metrics_port=metrics_port(args.metrics_port, "plato"),
+        stratum_metrics_port=metrics_port(args.metrics_port, "stratum"),
+        agent_metrics_port=metrics_port(args.metrics_port, "agent"),
     )
+
+
+def metrics_port(base: int, component: str) -> int:
+    """``component``'s metrics port from ``--metrics-port`` ``base`` (Optimus's; 0: none): the others
+    follow it in the order of :data:`DEFAULT_METRICS_PORTS`."""
+    if not base:
+        return 0
+    return base + list(DEFAULT_METRICS_PORTS).index(component)
 
 
 def endpoints_table(stack: EmbeddedStack) -> Table:

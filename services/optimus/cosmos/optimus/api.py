@@ -27,6 +27,7 @@ import grpc
 from google.protobuf import json_format
 
 from cosmos import errors
+from cosmos.optimus import metrics
 from cosmos.optimus import profiles as catalog
 from cosmos.optimus.media import publish
 from cosmos.optimus.v1 import encode_pb2, encode_service_pb2, encode_service_pb2_grpc
@@ -393,6 +394,8 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
         workflow, resumed = reply.workflow, False
         if request.retry and workflow.state in RESUMABLE:
             workflow, resumed = await self._resume(workflow), True
+        outcome = "resumed" if resumed else "deduplicated" if reply.already_started else "started"
+        metrics.ENCODES_SUBMITTED.labels(outcome).inc()
         # Plato refuses a start whose input differs from the stored workflow's, so the workflow's
         # input is the one just sent: view it from the dict rather than converting the Struct back.
         return encode_service_pb2.SubmitEncodeResponse(
@@ -485,6 +488,7 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
                     f"encode {request.encode_id!r} already ended", reason="ERROR_REASON_ALREADY_TERMINAL"
                 ) from exc
             raise
+        metrics.ENCODES_CANCELLED.inc()
         return encode_service_pb2.CancelEncodeResponse(
             encode=encode_view(await self._workflow(request.encode_id))
         )

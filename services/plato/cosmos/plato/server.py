@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cosmos import errors
+from cosmos.plato import metrics as plato_metrics
 from cosmos.plato import task_tokens
 from cosmos.plato.api import StepApi, WorkflowApi
 from cosmos.plato.attempts import AttemptAnswers
@@ -16,7 +17,7 @@ from cosmos.plato.engine.evaluator import Evaluator, EvaluatorConfig
 from cosmos.plato.store import PlatoStore, Storage, StoreConfig
 from cosmos.plato.stratum_runner import StratumRunner
 from cosmos.plato.v1 import step_service_pb2_grpc, workflow_service_pb2_grpc
-from cosmos.runtime import config, dependency, jetstream, process
+from cosmos.runtime import config, dependency, jetstream, metrics, process
 from cosmos.runtime.server import Server, ServiceBinding
 from cosmos.sdk import Worker
 from cosmos.security.config import Security
@@ -96,10 +97,21 @@ async def serve(args: argparse.Namespace) -> None:
     await store.watch_definitions()
     evaluator = Evaluator(store, EvaluatorConfig(batch=args.batch), task_key=key)
     evaluating: asyncio.Task[None] | None = None
+
+    async def nats_request(subject: str, payload: bytes) -> bytes:
+        return bytes((await nc.request(subject, payload, timeout=metrics.REFRESH_TIMEOUT)).data)
+
+    # Sampled right before each scrape: the evaluator's cache, the inbox and task queues' lag.
+    unsample = [
+        metrics.add_refresher(lambda: plato_metrics.cached_states(evaluator.cached_states())),
+        metrics.add_refresher(plato_metrics.sampler(js, nats_request)),
+    ]
     answers = AttemptAnswers(nc, store, key)
     await answers.start()
 
     async def finish() -> None:
+        for remove in unsample:
+            remove()
         await answers.stop()
         # The evaluator finishes its batch (it checks `stopping` between batches) before NATS closes.
         if evaluating is not None:

@@ -25,8 +25,9 @@ EXIT_CONFIG = 2
 def add_server_arguments(
     parser: argparse.ArgumentParser, prefix: str, default_listen: str, name: str = ""
 ) -> None:
-    """Flags every server has: ``--listen`` (mutual TLS), ``--token-listen``, ``--health-listen``, the
-    security flags (:mod:`cosmos.security.config`), ``--grace-period``, ``--log-level``, ``--log-format``."""
+    """Flags every server has: ``--listen`` (mutual TLS), ``--token-listen``, ``--health-listen``,
+    ``--metrics-listen``, the security flags (:mod:`cosmos.security.config`), ``--grace-period``,
+    ``--log-level``, ``--log-format``."""
     config.add_env_argument(
         parser, prefix, "--listen", default=default_listen, help="address to serve gRPC on (mutual TLS)"
     )
@@ -44,6 +45,7 @@ def add_server_arguments(
         default="",
         help="plaintext address serving only grpc.health.v1 for probes (empty: none)",
     )
+    add_metrics_argument(parser, prefix)
     security_config.add_arguments(parser, prefix, name or prefix.rsplit("_", 1)[-1].lower())
     config.add_env_argument(
         parser,
@@ -73,7 +75,25 @@ def server_config(name: str, args: argparse.Namespace) -> ServerConfig:
         health_listen=Address.parse(args.health_listen, setting="--health-listen")
         if args.health_listen
         else None,
+        metrics_listen=metrics_address(args),
     )
+
+
+def add_metrics_argument(parser: argparse.ArgumentParser, prefix: str) -> None:
+    """``--metrics-listen``: the plaintext HTTP address serving only Prometheus metrics (empty: none)."""
+    config.add_env_argument(
+        parser,
+        prefix,
+        "--metrics-listen",
+        default="",
+        help="plaintext HTTP address serving only Prometheus metrics at /metrics (empty: none; "
+        "docs/metrics.md)",
+    )
+
+
+def metrics_address(args: argparse.Namespace) -> Address | None:
+    """The ``--metrics-listen`` address, None when off."""
+    return Address.parse(args.metrics_listen, setting="--metrics-listen") if args.metrics_listen else None
 
 
 def add_logging_arguments(parser: argparse.ArgumentParser, prefix: str) -> None:

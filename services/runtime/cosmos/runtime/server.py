@@ -4,10 +4,11 @@ A :class:`Server` mounts the service implementations next to the standard health
 per service name and the overall ``""``) and server reflection, with tracing, authentication and
 rich-error interceptors. Its main port is mutual TLS (a client certificate from the platform CA is
 required); optionally a token port (TLS, callers present a platform token) and a health-only plaintext
-port for probes (nothing but ``grpc.health.v1.Health`` is served there). Plaintext on the main port
-exists only with ``--insecure``, on loopback. On SIGTERM/SIGINT it turns health NOT_SERVING, lets
-in-flight calls finish within the grace period, signals long-lived streams through
-:attr:`Server.stopping`, and returns so the process exits 0.
+port for probes (nothing but ``grpc.health.v1.Health`` is served there) and a plaintext HTTP port
+serving only Prometheus metrics (:mod:`cosmos.runtime.metrics`; every call is counted and timed).
+Plaintext on the main port exists only with ``--insecure``, on loopback. On SIGTERM/SIGINT it turns
+health NOT_SERVING, lets in-flight calls finish within the grace period, signals long-lived streams
+through :attr:`Server.stopping`, and returns so the process exits 0.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from cosmos import errors
-from cosmos.runtime import rpc_errors, telemetry, validation
+from cosmos.runtime import metrics, rpc_errors, telemetry, validation
 from cosmos.runtime.config import Address
 from cosmos.security import auth, tls
 from cosmos.security.config import Security
@@ -79,6 +80,8 @@ class ServerConfig:
     (or calls an RPC marked anonymous, such as an agent's join)."""
     health_listen: Address | None = None
     """Optional plaintext port serving only the health service, for probes."""
+    metrics_listen: Address | None = None
+    """Optional plaintext HTTP port serving only ``GET /metrics`` (Prometheus)."""
 
 
 class Server:
@@ -109,6 +112,8 @@ class Server:
         self.port = 0
         self.token_port = 0
         self.health_port = 0
+        self.metrics_port = 0
+        self._metrics: metrics.MetricsServer | None = None
         self._server: grpc.aio.Server | None = None
         self._health_server: grpc.aio.Server | None = None
 
@@ -127,6 +132,8 @@ class Server:
         authenticator = auth.Authenticator(insecure=security.insecure, verifier=security.verifier())
         server = grpc.aio.server(
             interceptors=[
+                # Outermost: calls refused by authentication or a dependency gate are counted too.
+                metrics.RpcMetricsInterceptor(),
                 *telemetry.server_interceptors(),
                 auth.AuthInterceptor(auth.access_rules(names), authenticator),
                 rpc_errors.ErrorInterceptor(),
@@ -161,7 +168,17 @@ class Server:
                     self.config.name,
                     "--token-listen",
                 )
-        await server.start()
+        if self.config.metrics_listen is not None:
+            # Before the gRPC server starts: a taken metrics port stops the start with nothing bound.
+            self._metrics = metrics.MetricsServer(self.config.metrics_listen, self.config.name)
+            await self._metrics.start()
+            self.metrics_port = self._metrics.port
+        try:
+            await server.start()
+        except BaseException:
+            if self._metrics is not None:
+                await self._metrics.stop()
+            raise
         self._server = server
         if self.config.health_listen is not None:
             await self._start_health(self.config.health_listen)
@@ -177,6 +194,7 @@ class Server:
                     "tls": security.tls is not None,
                     "token_port": self.token_port,
                     "health_port": self.health_port,
+                    "metrics_port": self.metrics_port,
                     "services": names,
                 }
             },
@@ -202,6 +220,8 @@ class Server:
         await self._server.stop(self.config.grace_period)
         if self._health_server is not None:
             await self._health_server.stop(0)
+        if self._metrics is not None:
+            await self._metrics.stop()
         if self._on_stop is not None:
             await self._on_stop()
         log.info("stopped")

@@ -41,6 +41,9 @@ STRATUM_SERVICES = (
 )
 
 
+DEFAULT_METRICS_PORTS = {"optimus": 9451, "plato": 9452, "stratum": 9453, "agent": 9454}
+"""The metrics ports of ``cosmos up`` (``--metrics-port`` moves them; library users of
+:class:`StackConfig` opt in): plaintext HTTP on the stack's loopback host, ``/metrics`` only."""
 DEFAULT_WEBHOOK_PORT = 50443
 """The webhook port of ``cosmos up`` (library users of :class:`StackConfig` opt in)."""
 STARTER_WEBHOOK_CONFIG = """\
@@ -106,6 +109,15 @@ class StackConfig:
     replica_ports: dict[str, tuple[int, ...]] = field(default_factory=dict)
     """Ports of each service's other replicas (set at start)."""
 
+    optimus_metrics_port: int = 0
+    """Optimus's Prometheus metrics port (``/metrics``, plaintext HTTP); 0: none (``cosmos up``: 9451)."""
+    plato_metrics_port: int = 0
+    """Plato's metrics port; 0: none (``cosmos up``: 9452)."""
+    stratum_metrics_port: int = 0
+    """Stratum's metrics port; 0: none (``cosmos up``: 9453)."""
+    agent_metrics_port: int = 0
+    """The local agent's metrics port; 0: none (``cosmos up``: 9454)."""
+
     s3: bool = False
     """Run the embedded S3 server (SeaweedFS) and give every service ``s3://<s3_bucket>`` as a storage
     root beside the local one (``cosmos up`` turns it on; tests that need it opt in)."""
@@ -140,6 +152,15 @@ class StackConfig:
     def nats_url(self) -> str:
         """What the services' ``--nats`` gets: every node, comma-separated, so that they fail over."""
         return ",".join(self.nats_urls)
+
+    def metrics_port(self, component: str) -> int:
+        """The metrics port of ``component`` (optimus, plato, stratum, agent; 0: none)."""
+        return {
+            "optimus": self.optimus_metrics_port,
+            "plato": self.plato_metrics_port,
+            "stratum": self.stratum_metrics_port,
+            "agent": self.agent_metrics_port,
+        }[component]
 
     def ports(self, service: str) -> list[int]:
         """Every replica's port of ``service`` (plato, stratum, optimus), the first one's first."""
@@ -186,6 +207,7 @@ class EmbeddedStack:
     """The dev CA and certificates (None with ``insecure``)."""
     s3: seaweed.S3Server | None = None
     """The embedded S3 server, when it runs."""
+    _metrics_urls: dict[str, str] = field(default_factory=dict)
 
     @property
     def admin(self) -> Security:
@@ -212,6 +234,11 @@ class EmbeddedStack:
                 config.ensure_port_free(c.address(c.token_port(port)), owner, "--token-port-offset")
         if c.webhook_port:
             config.ensure_port_free(c.address(c.webhook_port), "optimus webhook", "--webhook-port")
+        for owner in ("optimus", "plato", "stratum", "agent"):
+            if c.metrics_port(owner):
+                config.ensure_port_free(
+                    c.address(c.metrics_port(owner)), f"{owner} metrics", "--metrics-port"
+                )
 
     def _webhook_args(self) -> list[str]:
         """Optimus's webhook flags; its secret (0600) and a starter config (no rules: every event is
@@ -248,10 +275,33 @@ class EmbeddedStack:
         token_port = self.config.token_port(port)
         if self.credentials is not None and token_port and replica == 1:
             argv += ["--token-listen", str(self.config.address(token_port))]
+        argv += self._metrics_args(name, replica)
         child = self._child(name if replica == 1 else f"{name}-{replica}", argv)
         child.role = name
         child.env["COSMOS_LOG_LEVEL"] = self.config.log_level
         return child
+
+    def _metrics_args(self, name: str, replica: int = 1) -> list[str]:
+        """``--metrics-listen`` for component ``name`` when its metrics port is set (replicas after the
+        first on free ports); its URL is listed among the endpoints once it runs."""
+        c = self.config
+        port = c.metrics_port(name)
+        if not port:
+            return []
+        if replica > 1:
+            port = config.free_port(c.host)
+        child_name = name if replica == 1 else f"{name}-{replica}"
+        self._metrics_urls[child_name] = f"http://{c.address(port)}/metrics"
+        return ["--metrics-listen", str(c.address(port))]
+
+    def metrics_url(self, name: str) -> str | None:
+        """Where component ``name`` (``plato``, ``plato-2``, ``agent``...) serves its metrics."""
+        return self._metrics_urls.get(name)
+
+    def _metrics_endpoint(self, child: Child) -> None:
+        url = self._metrics_urls.get(child.name)
+        if url is not None:
+            self.endpoints.append(Endpoint(child.name, url, child.pid, ("Prometheus metrics",)))
 
     async def start(self) -> None:
         """Start every component and wait until each is ready; on failure stop what started."""
@@ -427,6 +477,7 @@ class EmbeddedStack:
         except errors.ProcessStartError as exc:
             raise child.failure(exc.reason) from exc
         self.endpoints.append(Endpoint(child.name, target, child.pid, names))
+        self._metrics_endpoint(child)
 
     async def _start_agent(self) -> None:
         c = self.config
@@ -453,12 +504,14 @@ class EmbeddedStack:
         ]
         if c.agent_gpus:
             argv += ["--gpus", c.agent_gpus]
+        argv += self._metrics_args("agent")
         child = self._child("agent", argv)
         child.env["COSMOS_LOG_LEVEL"] = c.log_level
         await child.start()
         self.children.append(child)
         await self._await_agent_ready(child, stratum, agent_id)
         self.endpoints.append(Endpoint("agent", f"{agent_id} -> {stratum}", child.pid))
+        self._metrics_endpoint(child)
 
     async def _await_agent_ready(self, child: Child, stratum: str, agent_id: str) -> None:
         loop = asyncio.get_running_loop()

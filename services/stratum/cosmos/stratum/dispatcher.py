@@ -23,7 +23,7 @@ from cosmos import errors
 from cosmos.common.v1 import progress_pb2
 from cosmos.runtime import telemetry, wellknown
 from cosmos.security import secrets
-from cosmos.stratum import validation, waiting
+from cosmos.stratum import metrics, validation, waiting
 from cosmos.stratum.agent import progress
 from cosmos.stratum.placement import Placement, Placer
 from cosmos.stratum.registry import AgentRegistry
@@ -157,6 +157,7 @@ class Dispatcher:
         # Wholly accepted or refused: the job joins the queue only once its record is stored.
         await self._transition(job, JS.JOB_STATE_QUEUED)
         self.jobs[job_id] = job
+        metrics.JOBS_SUBMITTED.inc()
         self._kick.set()
         return job, False
 
@@ -294,6 +295,7 @@ class Dispatcher:
             self.placer.release(job.job_id)
             await self.store.save(job)
             return
+        metrics.placed(job)  # the queued job: how long it waited
         job.CopyFrom(assigned)
         self._send(job.agent_id, message)
 
@@ -440,6 +442,7 @@ class Dispatcher:
             del queued.gpu_uuids[:]
 
         await self._transition(job, JS.JOB_STATE_QUEUED, unassign)
+        metrics.REQUEUES.inc()
         self._kick.set()
 
     async def agent_message(self, agent_id: str, message: agent_service_pb2.ConnectRequest) -> None:
@@ -564,6 +567,7 @@ class Dispatcher:
             done.ClearField("sealed_secrets")
 
         await self._transition(job, state, close)
+        metrics.finished(job)
         self.jobs.pop(job.job_id, None)
         self._progress_saved.pop(job.job_id, None)
 

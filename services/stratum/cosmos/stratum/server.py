@@ -12,10 +12,11 @@ from typing import Any
 
 from grpc_health.v1 import health_pb2
 
-from cosmos.runtime import config, dependency, jetstream, process
+from cosmos.runtime import config, dependency, jetstream, metrics, process
 from cosmos.runtime.server import Server, ServiceBinding
 from cosmos.security import pki, secrets, storage
 from cosmos.stratum import enrollment, leader
+from cosmos.stratum import metrics as stratum_metrics
 from cosmos.stratum.agent_stream import AgentServicer
 from cosmos.stratum.dispatcher import Dispatcher, DispatcherConfig
 from cosmos.stratum.job_api import JobApi
@@ -156,6 +157,14 @@ async def serve(args: argparse.Namespace) -> None:
         store, registry, SchedulerPlacer(policy=args.policy), dispatching_config, keyring=keys, policy=policy
     )
     enroll = enrollment.Enrollment(store, registry.revoked, authority, cert_ttl)
+    # The pool's state, read right before each scrape (a follower's is empty).
+    unsample = metrics.add_refresher(
+        stratum_metrics.refresher(
+            lambda: list(dispatcher.jobs.values()),
+            lambda: list(registry.sorted()),
+            lambda: getattr(dispatcher.placer, "scheduler", None),
+        )
+    )
     recovered = asyncio.Event()
     # Every RPC needs the lease (and the job API, revoking and joins need JetStream too); agent streams
     # and pool reads of the leader go on without NATS for a while.
@@ -163,6 +172,7 @@ async def serve(args: argparse.Namespace) -> None:
 
     # Health says SERVING once this replica knows its part: leader with its jobs recovered, or follower.
     async def closing() -> None:
+        unsample()
         await lease.release()  # a follower takes over at once, not after the ttl
         await nc.close()
 

@@ -28,7 +28,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 from opentelemetry import trace
 
-from cosmos.plato import limits, records, subjects
+from cosmos.plato import limits, metrics, records, subjects
 from cosmos.plato.engine import machine
 from cosmos.plato.engine.state import WorkflowState
 from cosmos.plato.language import model
@@ -204,6 +204,7 @@ class Evaluator:
                     self._cache.pop(workflow_id, None)
                     continue
                 return True
+            touched = _touched(state)
             try:
                 await records.commit(self.store, state, self._record_limit())
             except Conflict:
@@ -226,11 +227,13 @@ class Evaluator:
                     "workflow state too large; failed",
                     extra={"fields": {"workflow_id": workflow_id, "bytes": exc.size, "limit": exc.limit}},
                 )
+                touched = _touched(state)
                 try:
                     await records.commit(self.store, state, self._record_limit())
                 except Conflict:
                     self._cache.pop(workflow_id, None)
                     continue
+            metrics.observe_transition(state.record, touched, now)
             self._remember(workflow_id, state)
             await records.apply_effects(self.store, state)
             self.transitions += 1
@@ -288,6 +291,10 @@ class Evaluator:
             return None
         return WorkflowState(machine.new_record(workflow_id, first.start, datetime.now(UTC)), 0)
 
+    def cached_states(self) -> list[int]:
+        """The state of every workflow in the cache (for :func:`cosmos.plato.metrics.cached_states`)."""
+        return [state.record.workflow.state for state in self._cache.values()]
+
     def _record_limit(self) -> int:
         if self.config.max_record_bytes is not None:
             return self.config.max_record_bytes
@@ -307,3 +314,9 @@ class Evaluator:
         self._cache.move_to_end(workflow_id)
         while len(self._cache) > self.config.cache_size:
             self._cache.popitem(last=False)
+
+
+def _touched(state: WorkflowState) -> list[workflow_pb2.StepExecution]:
+    """The steps the transition about to be committed changed (discarded instances left out)."""
+    records_by_id = state.table.records
+    return [records_by_id[i].step for i in state.table.dirty if i in records_by_id]

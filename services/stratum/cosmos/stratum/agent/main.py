@@ -17,11 +17,12 @@ from typing import Any
 import grpc
 
 from cosmos import errors
-from cosmos.runtime import channels, config, process, telemetry
+from cosmos.runtime import channels, config, metrics, process, telemetry
 from cosmos.security import config as security_config
 from cosmos.security import pki, storage
 from cosmos.security.config import Security
 from cosmos.stratum.agent import enroll, inventory, orphans, sandbox, staging
+from cosmos.stratum.agent import metrics as agent_metrics
 from cosmos.stratum.agent.runner import RunLimits
 from cosmos.stratum.agent.supervisor import JobSupervisor
 from cosmos.stratum.v1 import agent_service_pb2, agent_service_pb2_grpc
@@ -244,6 +245,7 @@ def parser() -> argparse.ArgumentParser:
     add_sandbox_arguments(p)
     storage.add_argument(p, PREFIX)
     security_config.add_arguments(p, PREFIX, "agent")
+    process.add_metrics_argument(p, PREFIX)
     enroll.add_arguments(p, PREFIX)
     process.add_logging_arguments(p, PREFIX)
     return p
@@ -369,12 +371,19 @@ async def serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, agent.stopping.set)
+    metrics_server = await metrics.serve(process.metrics_address(args), "agent")
+    unsample = metrics.add_refresher(
+        agent_metrics.refresher(agent.connected.is_set, lambda: len(agent.jobs.attempts))
+    )
     renewing = None
     if security.tls is not None and args.cert_renewal == "auto":
         renewing = asyncio.create_task(enroll.keep_renewed(agent.cfg.stratum, security, agent.stopping))
     try:
         await agent.run()
     finally:
+        unsample()
+        if metrics_server is not None:
+            await metrics_server.stop()
         if renewing is not None:
             renewing.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -19,7 +19,7 @@ from opentelemetry import trace
 
 from cosmos.common.v1 import progress_pb2
 from cosmos.runtime import telemetry
-from cosmos.stratum.agent import sandbox, staging
+from cosmos.stratum.agent import metrics, sandbox, staging
 from cosmos.stratum.agent.runner import JobRun, RunLimits
 from cosmos.stratum.v1 import agent_service_pb2, job_pb2
 
@@ -136,6 +136,7 @@ class JobSupervisor:
             log.exception("job run failed", extra={"fields": {"job_id": job_id, "attempt": attempt}})
             final_state = job_pb2.JOB_STATE_FAILED
             result = job_pb2.JobResult(error=run.mask(f"agent could not run the job: {exc}"))
+        metrics.finished(final_state)
         attempt_state = self.attempts.pop(key, None)
         if attempt_state is not None and attempt_state.stale:
             return  # Stratum already gave this attempt to someone else; its result is worthless.

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from cosmos.stratum.scheduling.fragmentation import GpuKey, gpu_key
+from cosmos.stratum.scheduling.fragmentation import CompiledMix, GpuKey, gpu_key
 from cosmos.stratum.scheduling.model import MILLI, Demand, GpuState, NodeState, Placement
 
 IntArray = npt.NDArray[np.int64]
@@ -453,3 +453,17 @@ def usable_gpus(node: NodeState, demand: Demand) -> list[GpuState]:
         for gpu in node.gpus
         if gpu.free_milli >= need and (not models or gpu.model in models) and gpu.memory_bytes >= memory
     ]
+
+
+def fragmentation(cluster: Cluster, mix: CompiledMix) -> tuple[float, float]:
+    """(fragmented, idle) milli-GPUs of the whole cluster: idle GPU capacity the typical tasks of
+    ``mix`` cannot use, and all idle GPU capacity (the simulator's and Stratum's metrics' measure)."""
+    frag = 0.0
+    idle = 0
+    for node in cluster.nodes():
+        idle += node.gpu_free_milli
+    for slot in range(cluster.slot_count):
+        key = cluster.key_at(slot)
+        if key:
+            frag += mix.frag(key, int(cluster.cpu_free[slot]), int(cluster.memory_free[slot]))
+    return frag, idle

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from cosmos.stratum.scheduling import MILLI, NodeState, Scheduler, TaskMix
+from cosmos.stratum.scheduling.cluster import fragmentation
 from cosmos.stratum.scheduling.fragmentation import CompiledMix
 from cosmos.stratum.scheduling.mix import mix_of
 from cosmos.stratum.sim.trace import Pod, arrivals
@@ -68,16 +69,7 @@ def reference_mix(pods: list[Pod]) -> TaskMix:
 
 def cluster_fragmentation(scheduler: Scheduler, mix: CompiledMix) -> tuple[float, float]:
     """(fragmented, idle) milli-GPUs of the whole cluster."""
-    cluster = scheduler.cluster
-    frag = 0.0
-    idle = 0
-    for node in cluster.nodes():
-        idle += node.gpu_free_milli
-    for slot in range(cluster.slot_count):
-        key = cluster.key_at(slot)
-        if key:
-            frag += mix.frag(key, int(cluster.cpu_free[slot]), int(cluster.memory_free[slot]))
-    return frag, idle
+    return fragmentation(scheduler.cluster, mix)
 
 
 def replay(
