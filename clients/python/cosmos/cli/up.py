@@ -18,7 +18,7 @@ from cosmos.cli.console import make_console
 from cosmos.runtime import config, logs, process
 from cosmos.security import context
 from cosmos.stack.children import Child
-from cosmos.stack.embedded import DEFAULT_WEBHOOK_PORT, EmbeddedStack, StackConfig
+from cosmos.stack.embedded import DEFAULT_CONSOLE_PORT, DEFAULT_WEBHOOK_PORT, EmbeddedStack, StackConfig
 from cosmos.stack.supervisor import Restart, Supervisor
 
 PREFIX = "COSMOS"
@@ -39,6 +39,14 @@ def add_stack_arguments(p: argparse.ArgumentParser) -> None:
         default=DEFAULT_WEBHOOK_PORT,
         type=int,
         help="Optimus HTTPS webhook port (0: none)",
+    )
+    config.add_env_argument(
+        p,
+        PREFIX,
+        "--console-port",
+        default=DEFAULT_CONSOLE_PORT,
+        type=int,
+        help="web console HTTPS port (0: none; docs/console.md)",
     )
     config.add_env_argument(p, PREFIX, "--plato-port", default=d.plato_port, type=int, help="Plato gRPC port")
     config.add_env_argument(
@@ -100,6 +108,7 @@ def stack_config(args: argparse.Namespace) -> StackConfig:
         host=args.host,
         optimus_port=args.optimus_port,
         webhook_port=args.webhook_port,
+        console_port=args.console_port,
         plato_port=args.plato_port,
         stratum_port=args.stratum_port,
         nats_port=args.nats_port,
@@ -142,6 +151,12 @@ async def run_up(cfg: StackConfig, console: Console) -> int:
         console.print(
             f"credentials: {pki_dir}/ca.pem, {pki_dir}/admin.pem, {pki_dir}/admin-key.pem "
             f"(context 'local' in {saved})"
+        )
+    if cfg.runs_console and stack.credentials is not None:
+        key = stack.credentials.directory / "token-key.pem"
+        console.print(
+            f"console: {cfg.console_url} (HTTPS, dev CA {stack.credentials.directory}/ca.pem); sign in with "
+            f"a platform token: cosmos token create --tenant default --role admin --key {key}"
         )
     console.print(f"logs: {cfg.data_dir / 'logs'}   data: {cfg.data_dir}   press Ctrl-C to stop")
 

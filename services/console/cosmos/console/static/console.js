@@ -1,0 +1,81 @@
+// The console's only script (served from /static; the CSP allows no other). It makes pages live:
+// an element with data-live="/path/events" opens a server-sent-event stream and updates the states
+// and progress bars it names; a video with data-hls plays the HLS playlist with the vendored hls.js.
+"use strict";
+
+const FINAL = ["completed", "succeeded", "failed", "cancelled"];
+
+function setState(el, state) {
+  if (!el) return;
+  const badge = el.matches("[data-state]") ? el : el.querySelector("[data-state]");
+  if (badge) {
+    badge.textContent = state;
+    badge.className = badge.className.replace(/\bstate-\S+/g, "").trim() + " state-" + state;
+  }
+}
+
+function setProgress(key, percent) {
+  document.querySelectorAll('[data-progress="' + CSS.escape(key) + '"]').forEach((bar) => { bar.value = percent; });
+  document.querySelectorAll('[data-percent="' + CSS.escape(key) + '"]').forEach((label) => {
+    label.textContent = Math.round(percent) + "%";
+  });
+}
+
+function onWorkflow(data) {
+  setState(document.querySelector("[data-workflow-state]"), data.state);
+  for (const [name, state] of Object.entries(data.nodes)) {
+    const node = document.querySelector('svg.dag [data-step="' + CSS.escape(name) + '"]');
+    if (node) {
+      node.setAttribute("class", "node state-" + state);
+      const label = node.querySelector("[data-state]");
+      if (label) label.textContent = state;
+    }
+  }
+  for (const [id, state] of Object.entries(data.steps)) {
+    setState(document.querySelector('[data-step-id="' + CSS.escape(id) + '"]'), state);
+  }
+  document.body.dataset.workflowState = data.state;
+}
+
+function onEncode(data) {
+  setState(document.querySelector("[data-encode-state]"), data.state);
+  setProgress("encode", data.percent);
+  for (const [profile, r] of Object.entries(data.renditions)) {
+    setState(document.querySelector('[data-rendition-state="' + CSS.escape(profile) + '"]'), r.state);
+    setProgress("r:" + profile, r.percent);
+  }
+  document.body.dataset.encodeState = data.state;
+}
+
+function live(el) {
+  const source = new EventSource(el.dataset.live);
+  // The server ends the stream at a final state; close then, or EventSource would reconnect.
+  const done = (state) => { if (FINAL.includes(state)) source.close(); };
+  source.addEventListener("workflow", (e) => { const d = JSON.parse(e.data); onWorkflow(d); done(d.state); });
+  source.addEventListener("encode", (e) => { const d = JSON.parse(e.data); onEncode(d); done(d.state); });
+  source.addEventListener("failed", () => source.close());
+  source.onerror = () => { if (source.readyState === EventSource.CLOSED) source.close(); };
+}
+
+function player(video) {
+  const src = video.dataset.hls;
+  if (video.canPlayType("application/vnd.apple.mpegurl")) {
+    video.src = src;
+    return;
+  }
+  const script = document.createElement("script");
+  script.src = "/static/vendor/hls.min.js";
+  script.onload = () => {
+    if (window.Hls && window.Hls.isSupported()) {
+      const hls = new window.Hls();
+      hls.loadSource(src);
+      hls.attachMedia(video);
+    }
+  };
+  document.head.appendChild(script);
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  document.querySelectorAll("[data-live]").forEach(live);
+  document.querySelectorAll("video[data-hls]").forEach(player);
+});
