@@ -56,7 +56,7 @@ CSP = (
     "connect-src 'self'; media-src 'self' blob:; worker-src 'self' blob:; form-action 'self'; "
     "frame-ancestors 'none'; base-uri 'none'"
 )
-PUBLIC = ("/signin", "/static/", "/healthz")
+PUBLIC = ("/signin", "/static/", "/healthz", "/favicon.ico")
 TERMINAL_WF = {"completed", "failed", "cancelled"}
 TERMINAL_ENCODE = {"succeeded", "failed", "cancelled"}
 
@@ -196,6 +196,7 @@ class Console:
         )
         r = app.router
         r.add_get("/healthz", self.healthz)
+        r.add_get("/favicon.ico", self.favicon)
         r.add_get("/signin", self.signin_form)
         r.add_post("/signin", self.signin)
         r.add_post("/signout", self.signout)
@@ -317,8 +318,15 @@ class Console:
     async def healthz(self, request: web.Request) -> web.Response:
         return web.Response(text="ok")
 
+    async def favicon(self, request: web.Request) -> web.Response:
+        return web.Response(status=204)
+
     async def signin_form(self, request: web.Request, error: str = "") -> web.Response:
-        pre = secrets.token_urlsafe(24)
+        # One value per browser, kept while it lasts: a second tab (or the favicon's redirect) must not
+        # invalidate the form already shown.
+        pre = request.cookies.get(PRE_COOKIE, "")
+        if len(pre) < 32:
+            pre = secrets.token_urlsafe(24)
         next_url = safe_next(request.query.get("next", "/"))
         response = self.html(views.signin_page(pre, error or request.query.get("error", ""), next_url))
         self._set_cookie(response, PRE_COOKIE, pre, 3600)

@@ -34,7 +34,6 @@ function onWorkflow(data) {
   for (const [id, state] of Object.entries(data.steps)) {
     setState(document.querySelector('[data-step-id="' + CSS.escape(id) + '"]'), state);
   }
-  document.body.dataset.workflowState = data.state;
 }
 
 function onEncode(data) {
@@ -44,7 +43,6 @@ function onEncode(data) {
     setState(document.querySelector('[data-rendition-state="' + CSS.escape(profile) + '"]'), r.state);
     setProgress("r:" + profile, r.percent);
   }
-  document.body.dataset.encodeState = data.state;
 }
 
 function live(el) {

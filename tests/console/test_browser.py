@@ -1,0 +1,121 @@
+"""The web console end to end in a real headless Chromium (the system's, driven by Playwright) against
+a real stack (`cosmos up`'s components, the console among them): sign-in required, an encode's
+progress rising in the page (server-sent events from WatchEncode), its DAG rendered, a workflow
+cancelled from the page, the cancel button hidden from a viewer. Skips, saying why, without chromium.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import console_harness
+import pytest
+
+from cosmos.optimus.v1 import encode_pb2
+from cosmos.stack.embedded import EmbeddedStack
+
+pytestmark = pytest.mark.timeout(420)
+
+CHROMIUM, WHY_NOT = console_harness.chromium()
+if not CHROMIUM:
+    pytest.skip(WHY_NOT, allow_module_level=True)
+playwright_api = pytest.importorskip("playwright.async_api", reason="playwright is a dev dependency")
+FINAL = {"succeeded", "failed", "cancelled"}
+
+
+async def sign_in(page: object, base: str, token: str, path: str = "workflows") -> None:
+    from playwright.async_api import Page
+
+    assert isinstance(page, Page)
+    await page.goto(f"{base}{path}")
+    assert "/signin" in page.url, page.url  # no session: the sign-in form, remembering where to go
+    await page.fill("#token", token)
+    await page.click("form.signin button[type=submit]")
+    await page.wait_for_url(f"{base}{path}*")
+
+
+async def test_the_console_in_chromium(tmp_path: Path) -> None:
+    cfg = console_harness.stack_config(tmp_path / "data")
+    clip = await console_harness.make_clip(cfg)
+    async with EmbeddedStack(cfg) as stack, playwright_api.async_playwright() as pw:
+        base = cfg.console_url
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=console_harness.browser_args(stack))
+        admin = await browser.new_context(viewport={"width": 1280, "height": 720})
+        page = await admin.new_page()
+        errors: list[str] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+
+        # Sign-in is required; a wrong token is refused with the reason.
+        await page.goto(f"{base}workflows")
+        assert "/signin" in page.url
+        await page.fill("#token", "not-a-token")
+        await page.click("form.signin button[type=submit]")
+        body = await page.content()
+        assert "Not signed in" in body, body
+        await sign_in(page, base, console_harness.token(stack, "admin"))
+        assert "admin" in await page.inner_text("header")
+
+        # An encode, submitted through the API: its progress rises in the page, pushed by the server.
+        encode = await console_harness.submit_encode(stack, clip)
+        await page.goto(f"{base}encodes/{encode.encode_id}")
+        seen: list[int] = []
+        deadline = time.monotonic() + 300
+        state = ""
+        while time.monotonic() < deadline:
+            text = (await page.inner_text('[data-percent="encode"]')).rstrip("%")
+            if not seen or int(text) != seen[-1]:
+                seen.append(int(text))
+            state = await page.inner_text("[data-encode-state]")
+            if state.strip() in FINAL:
+                break
+            await asyncio.sleep(0.1)
+        assert state.strip() == "succeeded", (state, seen)
+        assert seen == sorted(seen) and seen[-1] == 100 and any(0 < p < 100 for p in seen), seen
+        await page.reload()
+        assert await page.locator("table tbody tr").count() == 2  # two renditions
+        assert await page.locator("video[data-hls]").count() == 1  # the published HLS, played here
+
+        # Its workflow: the DAG of the ladder, every step done.
+        await page.goto(f"{base}workflows/{encode.workflow_id}")
+        for step in ("probe", "split", "encode", "package", "publish"):
+            node = page.locator(f'svg.dag g[data-step="{step}"]')
+            assert await node.count() == 1, step
+            assert "state-completed" in (await node.get_attribute("class") or ""), step
+        assert await page.locator("svg.dag line.edge").count() > 5
+        assert await page.locator("svg.gantt rect.bar").count() > 5
+
+        # A workflow cancelled from the page; the page follows its state live.
+        await console_harness.start_hanging_workflow(stack, "console-cancel-me")
+        await console_harness.start_hanging_workflow(stack, "console-keep-running")
+        await page.goto(f"{base}workflows?state=running")
+        assert await page.locator("text=console-cancel-me").count() == 1
+        await page.click("text=console-cancel-me")
+        await page.click("button:has-text('Cancel workflow')")
+        assert "Cancellation requested" in await page.inner_text("main")
+        await page.wait_for_function(
+            "document.querySelector('[data-workflow-state]').textContent.trim() === 'cancelled'",
+            timeout=30_000,
+        )
+
+        # A viewer: signed in with the same form, sees the running workflow but no cancel button,
+        # and no cordon/drain on the pool page.
+        viewer = await browser.new_context(viewport={"width": 390, "height": 844})
+        vpage = await viewer.new_page()
+        await sign_in(vpage, base, console_harness.token(stack, "viewer"), "workflows/console-keep-running")
+        assert "running" in await vpage.inner_text("[data-workflow-state]")
+        assert await vpage.locator("button:has-text('Cancel workflow')").count() == 0
+        await vpage.goto(f"{base}pool")
+        assert await vpage.locator("text=" + cfg.agent_id).count() >= 1
+        assert await vpage.locator("button:has-text('Drain')").count() == 0
+        await page.goto(f"{base}pool")
+        assert await page.locator("button:has-text('Drain')").count() == 1  # the admin has them
+
+        # The pages of the menu all render for the viewer.
+        for path in ("jobs", "definitions", "definitions/encode-ladder", "encodes"):
+            reply = await vpage.goto(f"{base}{path}")
+            assert reply is not None and reply.status == 200, path
+        await browser.close()
+        assert not [e for e in errors if "Content Security Policy" in e], errors
+        assert encode.state != encode_pb2.ENCODE_STATE_FAILED
