@@ -153,10 +153,15 @@ async def run_up(cfg: StackConfig, console: Console) -> int:
             f"(context 'local' in {saved})"
         )
     if cfg.runs_console and stack.credentials is not None:
-        key = stack.credentials.directory / "token-key.pem"
+        pki_dir = stack.credentials.directory
+        # soft_wrap: the command stays on one line to be copied, however narrow the terminal.
         console.print(
-            f"console: {cfg.console_url} (HTTPS, dev CA {stack.credentials.directory}/ca.pem); sign in with "
-            f"a platform token: cosmos token create --tenant default --role admin --key {key}"
+            f"console: {cfg.console_url} (HTTPS; its certificate is the dev CA's, {pki_dir}/ca.pem)"
+        )
+        console.print(
+            "  sign in with a platform token: cosmos token create --tenant default --role admin "
+            f"--key {pki_dir}/token-key.pem",
+            soft_wrap=True,
         )
     console.print(f"logs: {cfg.data_dir / 'logs'}   data: {cfg.data_dir}   press Ctrl-C to stop")
 
