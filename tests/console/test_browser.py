@@ -75,7 +75,21 @@ async def test_the_console_in_chromium(tmp_path: Path) -> None:
         assert seen == sorted(seen) and seen[-1] == 100 and any(0 < p < 100 for p in seen), seen
         await page.reload()
         assert await page.locator("table tbody tr").count() == 2  # two renditions
-        assert await page.locator("video[data-hls]").count() == 1  # the published HLS, played here
+        # The published HLS, served by the console to those who may read the encode, played by hls.js.
+        media = f"{base}encodes/{encode.encode_id}/media/"
+        fetch = "u => fetch(u).then(async r => [r.status, await r.text()])"
+        status, text = await page.evaluate(fetch, f"{media}master.m3u8")
+        assert status == 200 and text.startswith("#EXTM3U"), (status, text)
+        status, _ = await page.evaluate(fetch, f"{media}..%2F..%2F..%2Fpki%2Fca.pem")
+        assert status == 404
+        video = page.locator("video[data-hls]")
+        await video.evaluate("v => { v.muted = true; return v.play(); }")
+        deadline = time.monotonic() + 30
+        while await video.evaluate("v => v.currentTime") < 0.5:
+            assert time.monotonic() < deadline, await video.evaluate(
+                "v => String(v.error && v.error.message)"
+            )
+            await asyncio.sleep(0.2)
 
         # Its workflow: the DAG of the ladder, every step done.
         await page.goto(f"{base}workflows/{encode.workflow_id}")
@@ -94,10 +108,7 @@ async def test_the_console_in_chromium(tmp_path: Path) -> None:
         await page.click("text=console-cancel-me")
         await page.click("button:has-text('Cancel workflow')")
         assert "Cancellation requested" in await page.inner_text("main")
-        await page.wait_for_function(
-            "document.querySelector('[data-workflow-state]').textContent.trim() === 'cancelled'",
-            timeout=30_000,
-        )
+        await console_harness.wait_text(page, "[data-workflow-state]", lambda t: t == "cancelled", 30)
 
         # A viewer: signed in with the same form, sees the running workflow but no cancel button,
         # and no cordon/drain on the pool page.

@@ -9,8 +9,11 @@ import datetime
 import hashlib
 import shutil
 import socket
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -137,3 +140,16 @@ async def start_hanging_workflow(stack: EmbeddedStack, workflow_id: str) -> None
                 request_id=workflow_id, definition_id="console-hang", workflow_id=workflow_id
             )
         )
+
+
+async def wait_text(page: Any, selector: str, accept: Callable[[str], bool], timeout: float = 300) -> str:
+    """Poll the text of ``selector`` until ``accept`` takes it (polled from Python: the console's CSP
+    forbids the string evaluation Playwright's wait_for_function would do in the page)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = (await page.inner_text(selector)).strip()
+        if accept(text):
+            return text
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{selector}: {text!r} after {timeout:.0f}s")
+        await asyncio.sleep(0.1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote, urlencode
@@ -353,7 +354,7 @@ def summary_state(states: Sequence[str]) -> str:
     return states[0]
 
 
-def timeline(steps: Sequence[workflow_pb2.StepExecution]) -> str:
+def timeline(steps: Sequence[workflow_pb2.StepExecution], now: float | None = None) -> str:
     """A Gantt chart of the steps' latest attempts (scheduled -> started -> closed), scaled to the
     workflow's span; bars as CSS-free SVG so the CSP needs no inline styles."""
     spans = []
@@ -366,7 +367,8 @@ def timeline(steps: Sequence[workflow_pb2.StepExecution]) -> str:
     if not spans:
         return '<p class="note">No attempt has started yet.</p>'
     t0 = min(sp[1] for sp in spans)
-    t1 = max([sp[2] or sp[1] for sp in spans] + [sp[1] for sp in spans])
+    # Attempts still open run up to now.
+    t1 = max(sp[2] or max(now or time.time(), sp[1]) for sp in spans)
     total = max(t1 - t0, 1.0)
     row, label, width = 20, 190, 520
     parts = [
@@ -457,7 +459,7 @@ def workflow_page(
         + f'<div class="scroll">{dag_svg(wf.steps, definition)}</div>'
         + table(("step", "state", "attempt", "progress", "job", "error"), step_rows)
         + "<h2>Timeline</h2>"
-        + timeline(wf.steps)
+        + f'<div class="scroll">{timeline(wf.steps)}</div>'
         + "<h2>Input</h2>"
         + f"<pre>{h(struct_text(wf.input))}</pre>"
         + "<h2>Output</h2>"
