@@ -100,6 +100,11 @@ async def test_the_console_in_chromium(tmp_path: Path) -> None:
         assert await page.locator("svg.dag line.edge").count() > 5
         assert await page.locator("svg.gantt rect.bar").count() > 5
 
+        # Its jobs: each followed live to its end (state and log from WatchJob).
+        await page.goto(f"{base}jobs")
+        await page.locator("table tbody tr a").first.click()
+        await console_harness.wait_text(page, "[data-job-state]", lambda t: t == "succeeded", 30)
+
         # A workflow cancelled from the page; the page follows its state live.
         await console_harness.start_hanging_workflow(stack, "console-cancel-me")
         await console_harness.start_hanging_workflow(stack, "console-keep-running")

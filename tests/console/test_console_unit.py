@@ -19,6 +19,7 @@ from cosmos.optimus.v1 import encode_pb2
 from cosmos.plato.v1 import definition_pb2, workflow_pb2, workflow_service_pb2
 from cosmos.security import tokens
 from cosmos.security.principals import Principal
+from cosmos.stratum.v1 import job_pb2
 
 LADDER = Path(__file__).parents[2] / "services/optimus/cosmos/optimus/workflows/encode-ladder.yaml"
 
@@ -214,3 +215,16 @@ def test_next_stays_on_this_site() -> None:
     assert safe_next("/workflows?state=running") == "/workflows?state=running"
     for bad in ("https://evil.example/", "//evil.example/x", "/\\evil", "javascript:alert(1)", ""):
         assert safe_next(bad) == "/"
+
+
+def test_job_events_become_state_progress_and_log_lines() -> None:
+    state = job_pb2.JobEvent(attempt=2, state=job_pb2.JOB_STATE_RUNNING)
+    assert views.job_event(state) == ("job", {"state": "running", "attempt": 2})
+    progress = job_pb2.JobEvent(attempt=1)
+    progress.progress.percent = 42.25
+    assert views.job_event(progress) == ("job", {"percent": 42.2, "attempt": 1})
+    line = job_pb2.JobEvent(attempt=1, log=job_pb2.LogLine(stream=job_pb2.LOG_STREAM_STDERR, text="<b>"))
+    assert views.job_event(line) == ("log", {"stream": "stderr", "text": "<b>", "attempt": 1})
+    assert views.job_event(job_pb2.JobEvent()) is None
+    page = views.job_page(views.Page("Job", None), job_pb2.Job(job_id="j/1"))
+    assert 'data-live="/jobs/j%2F1/events"' in page and "data-log" in page

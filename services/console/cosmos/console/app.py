@@ -59,6 +59,7 @@ CSP = (
 PUBLIC = ("/signin", "/static/", "/healthz", "/favicon.ico")
 TERMINAL_WF = {"completed", "failed", "cancelled"}
 TERMINAL_ENCODE = {"succeeded", "failed", "cancelled"}
+TERMINAL_JOB = {"succeeded", "failed", "cancelled", "timed_out"}
 
 
 @dataclasses.dataclass
@@ -212,6 +213,7 @@ class Console:
         r.add_post("/encodes/{id}/cancel", self.encode_cancel)
         r.add_get("/jobs", self.jobs)
         r.add_get("/jobs/{id}", self.job)
+        r.add_get("/jobs/{id}/events", self.job_events)
         r.add_get("/pool", self.pool)
         r.add_post("/pool/{id}/{action:cordon|uncordon|drain}", self.pool_action)
         r.add_get("/definitions", self.definitions)
@@ -596,6 +598,31 @@ class Console:
         )
         page = self.page(request, f"Job {reply.job.job_id}", "jobs")
         return self.html(views.job_page(page, reply.job))
+
+    async def job_events(self, request: web.Request) -> web.StreamResponse:
+        """Server-sent ``job`` (state, progress) and ``log`` (a line of output) events from WatchJob,
+        from the job's first event, so the page's log tail starts at the beginning."""
+        s = self.session(request)
+        jid = request.match_info["id"]
+        await self.backend.jobs.GetJob(job_service_pb2.GetJobRequest(job_id=jid), metadata=bearer(s))
+        response = await self._sse(request)
+        call = self.backend.jobs.WatchJob(
+            job_service_pb2.WatchJobRequest(job_id=jid, from_sequence=1), metadata=bearer(s)
+        )
+        try:
+            async for reply in call:
+                sent = views.job_event(reply.event)
+                if sent is not None:
+                    await _send(response, *sent)
+                    if sent[0] == "job" and sent[1].get("state") in TERMINAL_JOB:
+                        break
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        except grpc.aio.AioRpcError as exc:
+            await _send(response, "failed", {"error": exc.details() or exc.code().name})
+        finally:
+            call.cancel()
+        return response
 
     async def pool(self, request: web.Request) -> web.Response:
         s = self.session(request)

@@ -608,9 +608,9 @@ def jobs_page(page: Page, jobs: Sequence[job_pb2.Job], next_token: str) -> str:
 def job_page(page: Page, j: job_pb2.Job) -> str:
     gpus = ",".join(map(str, j.gpu_indices)) or "-"
     facts = (
-        '<dl class="facts">'
-        f"<dt>State</dt><dd>{badge(job_state(j.state))}</dd>"
-        f"<dt>Attempt</dt><dd>{j.attempt}</dd>"
+        f'<dl class="facts" data-live="/jobs/{q(j.job_id)}/events">'
+        f"<dt>State</dt><dd data-job-state>{badge(job_state(j.state))}</dd>"
+        f"<dt>Attempt</dt><dd data-job-attempt>{j.attempt}</dd>"
         f"<dt>Placement</dt><dd>{h(j.agent_id or '-')} gpus {h(gpus)}</dd>"
         f"<dt>Progress</dt><dd>{progress_bar(percent(j.progress), 'job')}</dd>"
         f"<dt>Tenant</dt><dd>{h(j.spec.tenant)}</dd>"
@@ -624,10 +624,25 @@ def job_page(page: Page, j: job_pb2.Job) -> str:
         facts
         + "<h2>Command</h2>"
         + f"<pre>{h(' '.join(j.spec.argv))}</pre>"
-        + "<h2>Log tail (stderr)</h2>"
-        + f'<pre class="log">{h(j.result.stderr_tail or "(nothing yet)")}</pre>'
+        + "<h2>Log (live tail, last 500 lines)</h2>"
+        + '<pre class="log" data-log aria-live="off"></pre>'
+        + "<h2>End of stderr (from the result)</h2>"
+        + f'<pre class="log">{h(j.result.stderr_tail or "(no result yet)")}</pre>'
     )
     return layout(page, body)
+
+
+def job_event(event: job_pb2.JobEvent) -> tuple[str, dict[str, object]] | None:
+    """A WatchJob event as an SSE event name and data: ``job`` (state, attempt, progress) or ``log``."""
+    which = event.WhichOneof("event")
+    if which == "state":
+        return "job", {"state": job_state(event.state), "attempt": event.attempt}
+    if which == "progress":
+        return "job", {"percent": round(percent(event.progress), 1), "attempt": event.attempt}
+    if which == "log":
+        stream = enum_name(job_pb2.LogStream, event.log.stream, "LOG_STREAM_")
+        return "log", {"stream": stream, "text": event.log.text, "attempt": event.attempt}
+    return None
 
 
 # -- pool --------------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 // and progress bars it names; a video with data-hls plays the HLS playlist with the vendored hls.js.
 "use strict";
 
-const FINAL = ["completed", "succeeded", "failed", "cancelled"];
+const FINAL = ["completed", "succeeded", "failed", "cancelled", "timed_out"];
+const LOG_LINES = 500;
 
 function setState(el, state) {
   if (!el) return;
@@ -45,12 +46,32 @@ function onEncode(data) {
   }
 }
 
+function onJob(data) {
+  if (data.state) setState(document.querySelector("[data-job-state]"), data.state);
+  if (data.percent !== undefined) setProgress("job", data.percent);
+  if (data.attempt) {
+    const attempt = document.querySelector("[data-job-attempt]");
+    if (attempt) attempt.textContent = String(data.attempt);
+  }
+}
+
+function onLog(data) {
+  const log = document.querySelector("[data-log]");
+  if (!log) return;
+  const atEnd = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+  log.appendChild(document.createTextNode(data.text.replace(/\n?$/, "\n")));
+  while (log.childNodes.length > LOG_LINES) log.removeChild(log.firstChild);
+  if (atEnd) log.scrollTop = log.scrollHeight;
+}
+
 function live(el) {
   const source = new EventSource(el.dataset.live);
   // The server ends the stream at a final state; close then, or EventSource would reconnect.
   const done = (state) => { if (FINAL.includes(state)) source.close(); };
   source.addEventListener("workflow", (e) => { const d = JSON.parse(e.data); onWorkflow(d); done(d.state); });
   source.addEventListener("encode", (e) => { const d = JSON.parse(e.data); onEncode(d); done(d.state); });
+  source.addEventListener("job", (e) => { const d = JSON.parse(e.data); onJob(d); done(d.state); });
+  source.addEventListener("log", (e) => onLog(JSON.parse(e.data)));
   source.addEventListener("failed", () => source.close());
   source.onerror = () => { if (source.readyState === EventSource.CLOSED) source.close(); };
 }
