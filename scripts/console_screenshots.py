@@ -37,6 +37,7 @@ async def run(out: Path) -> int:
         return 2
     with tempfile.TemporaryDirectory(prefix="cosmos-shots-") as tmp:
         cfg = console_harness.stack_config(Path(tmp) / "data")
+        cfg.agent_gpus = "2xA100:80G"  # declared GPUs, so the pool page shows some
         clip = await console_harness.make_clip(cfg, seconds=10.0, size="960x540")
         async with EmbeddedStack(cfg) as stack, async_playwright() as pw:
             base = cfg.console_url

@@ -127,6 +127,10 @@ async def test_the_console_in_chromium(tmp_path: Path) -> None:
         assert await vpage.locator("button:has-text('Drain')").count() == 0
         await page.goto(f"{base}pool")
         assert await page.locator("button:has-text('Drain')").count() == 1  # the admin has them
+        await page.click("button:has-text('Cordon')")
+        assert "cordoned" in await page.inner_text("table tbody")
+        await page.click("button:has-text('Uncordon')")
+        assert "ready" in await page.inner_text("table tbody")
 
         # The pages of the menu all render for the viewer.
         for path in ("jobs", "definitions", "definitions/encode-ladder", "encodes"):

@@ -627,7 +627,7 @@ def job_page(page: Page, j: job_pb2.Job) -> str:
         + "<h2>Log (live tail, last 500 lines)</h2>"
         + '<pre class="log" data-log aria-live="off"></pre>'
         + "<h2>End of stderr (from the result)</h2>"
-        + f'<pre class="log">{h(j.result.stderr_tail or "(no result yet)")}</pre>'
+        + f'<pre class="log">{h(j.result.stderr_tail or ("(empty)" if j.result.ByteSize() else "(no result yet)"))}</pre>'
     )
     return layout(page, body)
 
