@@ -147,7 +147,7 @@ async def wait_text(page: Any, selector: str, accept: Callable[[str], bool], tim
     forbids the string evaluation Playwright's wait_for_function would do in the page)."""
     deadline = time.monotonic() + timeout
     while True:
-        text = (await page.inner_text(selector)).strip()
+        text = str(await page.inner_text(selector)).strip()
         if accept(text):
             return text
         if time.monotonic() > deadline:

@@ -607,6 +607,7 @@ def jobs_page(page: Page, jobs: Sequence[job_pb2.Job], next_token: str) -> str:
 
 def job_page(page: Page, j: job_pb2.Job) -> str:
     gpus = ",".join(map(str, j.gpu_indices)) or "-"
+    stderr = j.result.stderr_tail or ("(empty)" if j.result.ByteSize() else "(no result yet)")
     facts = (
         f'<dl class="facts" data-live="/jobs/{q(j.job_id)}/events">'
         f"<dt>State</dt><dd data-job-state>{badge(job_state(j.state))}</dd>"
@@ -627,7 +628,7 @@ def job_page(page: Page, j: job_pb2.Job) -> str:
         + "<h2>Log (live tail, last 500 lines)</h2>"
         + '<pre class="log" data-log aria-live="off"></pre>'
         + "<h2>End of stderr (from the result)</h2>"
-        + f'<pre class="log">{h(j.result.stderr_tail or ("(empty)" if j.result.ByteSize() else "(no result yet)"))}</pre>'
+        + f'<pre class="log">{h(stderr)}</pre>'
     )
     return layout(page, body)
 
