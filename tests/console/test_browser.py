@@ -56,6 +56,11 @@ async def test_the_console_in_chromium(tmp_path: Path) -> None:
         assert "Not signed in" in body, body
         await sign_in(page, base, console_harness.token(stack, "admin"))
         assert "admin" in await page.inner_text("header")
+        # Keyboard: the first Tab reaches the skip link, which moves the focus to the content.
+        await page.keyboard.press("Tab")
+        assert await page.evaluate("() => document.activeElement.textContent") == "Skip to content"
+        await page.keyboard.press("Enter")
+        assert await page.evaluate("() => document.activeElement.id") == "main"
 
         # An encode, submitted through the API: its progress rises in the page, pushed by the server.
         encode = await console_harness.submit_encode(stack, clip)

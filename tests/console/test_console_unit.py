@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cosmos.console import views
 from cosmos.console.app import COOKIE, CSP, Backend, Console, media_file, safe_next
 from cosmos.optimus.v1 import encode_pb2
-from cosmos.plato.v1 import definition_pb2, workflow_pb2, workflow_service_pb2
+from cosmos.plato.v1 import definition_pb2, events_pb2, workflow_pb2, workflow_service_pb2
 from cosmos.security import tokens
 from cosmos.security.principals import Principal
 from cosmos.stratum.v1 import job_pb2
@@ -228,3 +228,31 @@ def test_job_events_become_state_progress_and_log_lines() -> None:
     assert views.job_event(job_pb2.JobEvent()) is None
     page = views.job_page(views.Page("Job", None), job_pb2.Job(job_id="j/1"))
     assert 'data-live="/jobs/j%2F1/events"' in page and "data-log" in page
+
+
+def test_the_timeline_has_a_bar_per_attempt_from_the_history() -> None:
+    ET = events_pb2.WorkflowEventType
+    history = []
+    for seq, (kind, step, attempt, at) in enumerate(
+        [
+            (ET.WORKFLOW_EVENT_TYPE_STEP_SCHEDULED, "a", 1, 10),
+            (ET.WORKFLOW_EVENT_TYPE_STEP_STARTED, "a", 1, 11),
+            (ET.WORKFLOW_EVENT_TYPE_STEP_FAILED, "a", 1, 12),
+            (ET.WORKFLOW_EVENT_TYPE_STEP_SCHEDULED, "a", 2, 13),
+            (ET.WORKFLOW_EVENT_TYPE_STEP_STARTED, "a", 2, 14),
+            (ET.WORKFLOW_EVENT_TYPE_STEP_COMPLETED, "a", 2, 16),
+            (ET.WORKFLOW_EVENT_TYPE_STEP_SCHEDULED, "b", 1, 16),
+        ],
+        start=1,
+    ):
+        event = events_pb2.WorkflowEvent(sequence=seq, type=kind, step_id=step, attempt=attempt)
+        event.event_time.seconds = at
+        history.append(event)
+    spans = views.attempt_spans(history, [])
+    assert spans == [
+        ("a", 1, 11.0, 12.0, "failed"),
+        ("a", 2, 14.0, 16.0, "completed"),
+        ("b", 1, 16.0, 0.0, "scheduled"),
+    ]
+    svg = views.timeline(spans, now=20.0)
+    assert svg.count("<rect") == 3 and "state-failed" in svg and "#2 2.0s" in svg and "#1 4.0s" in svg

@@ -13,6 +13,7 @@ import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote, urlencode
 
 import yaml
@@ -354,28 +355,62 @@ def summary_state(states: Sequence[str]) -> str:
     return states[0]
 
 
-def timeline(steps: Sequence[workflow_pb2.StepExecution], now: float | None = None) -> str:
-    """A Gantt chart of the steps' latest attempts (scheduled -> started -> closed), scaled to the
-    workflow's span; bars as CSS-free SVG so the CSP needs no inline styles."""
-    spans = []
-    for s in steps:
-        start = _seconds(s.start_time) or _seconds(s.schedule_time)
-        if not start:
+Span = tuple[str, int, float, float, str]
+"""One attempt of one step: step id, attempt, start and end (0: still open) in seconds, its state."""
+
+_ENDS = {
+    events_pb2.WORKFLOW_EVENT_TYPE_STEP_COMPLETED: "completed",
+    events_pb2.WORKFLOW_EVENT_TYPE_STEP_FAILED: "failed",
+    events_pb2.WORKFLOW_EVENT_TYPE_STEP_TIMED_OUT: "timed_out",
+    events_pb2.WORKFLOW_EVENT_TYPE_STEP_CANCELLED: "cancelled",
+}
+
+
+def attempt_spans(
+    events: Sequence[events_pb2.WorkflowEvent], steps: Sequence[workflow_pb2.StepExecution]
+) -> list[Span]:
+    """Every attempt of every step, from the history (scheduled or started -> its end); the steps'
+    latest attempts when the history has none of them."""
+    spans: dict[tuple[str, int], list[Any]] = {}
+    for e in events:
+        if not e.step_id:
             continue
-        end = _seconds(s.close_time)
-        spans.append((s.step_id, start, end, step_state(s.state), s.attempt))
+        at = _seconds(e.event_time)
+        key = (e.step_id, e.attempt or 1)
+        if e.type == events_pb2.WORKFLOW_EVENT_TYPE_STEP_SCHEDULED and key not in spans:
+            spans[key] = [at, 0.0, "scheduled"]
+        elif e.type == events_pb2.WORKFLOW_EVENT_TYPE_STEP_STARTED:
+            span = spans.setdefault(key, [at, 0.0, "running"])
+            span[0], span[2] = at, "running"
+        elif e.type in _ENDS:
+            span = spans.setdefault(key, [at, 0.0, ""])
+            span[1], span[2] = at, _ENDS[e.type]
+    if not spans:
+        for st in steps:
+            begin = _seconds(st.start_time) or _seconds(st.schedule_time)
+            if begin:
+                spans[(st.step_id, st.attempt)] = [begin, _seconds(st.close_time), step_state(st.state)]
+    return [
+        (step_id, attempt, float(v[0]), float(v[1]), str(v[2]))
+        for (step_id, attempt), v in spans.items()
+    ]
+
+
+def timeline(spans: Sequence[Span], now: float | None = None) -> str:
+    """A Gantt chart of the attempts, scaled to the workflow's span (an SVG: the CSP allows no inline
+    styles)."""
     if not spans:
         return '<p class="note">No attempt has started yet.</p>'
-    t0 = min(sp[1] for sp in spans)
+    t0 = min(sp[2] for sp in spans)
     # Attempts still open run up to now.
-    t1 = max(sp[2] or max(now or time.time(), sp[1]) for sp in spans)
+    t1 = max(sp[3] or max(now or time.time(), sp[2]) for sp in spans)
     total = max(t1 - t0, 1.0)
     row, label, width = 20, 190, 520
     parts = [
         f'<svg class="gantt" role="img" aria-label="timeline of attempts" viewBox="0 0 {label + width + 70}'
         f' {row * len(spans) + 10}" width="100%" xmlns="http://www.w3.org/2000/svg">'
     ]
-    for i, (step_id, start, end, state, attempt) in enumerate(spans):
+    for i, (step_id, attempt, start, end, state) in enumerate(spans):
         x = label + (start - t0) / total * width
         bar = max(((end or t1) - start) / total * width, 2)
         y = 5 + i * row
@@ -459,7 +494,7 @@ def workflow_page(
         + f'<div class="scroll">{dag_svg(wf.steps, definition)}</div>'
         + table(("step", "state", "attempt", "progress", "job", "error"), step_rows)
         + "<h2>Timeline</h2>"
-        + f'<div class="scroll">{timeline(wf.steps)}</div>'
+        + f'<div class="scroll">{timeline(attempt_spans(events, wf.steps))}</div>'
         + "<h2>Input</h2>"
         + f"<pre>{h(struct_text(wf.input))}</pre>"
         + "<h2>Output</h2>"
