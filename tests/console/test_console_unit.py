@@ -188,6 +188,9 @@ def test_encode_page_shows_renditions_with_quality_and_cancel_only_for_writers()
     assert "93.46" in page and "41.20" in page and 'data-hls="/encodes/e1/media/master.m3u8"' in page
     assert "Cancel encode" not in page
     assert "Cancel encode" in views.encode_page(views.Page("Encode", admin, "c"), e, playable=False)
+    assert "Start an encode" not in views.encodes_page(views.Page("Encodes", viewer, "c"), [e], "")
+    listing = views.encodes_page(views.Page("Encodes", admin, "c"), [e], "tok", state="running")
+    assert "Start an encode" in listing and 'href="/encodes?state=running&amp;page=tok"' in listing
     assert views.encode_update(e) == {
         "state": "running",
         "percent": 40.0,

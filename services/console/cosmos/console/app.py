@@ -207,6 +207,7 @@ class Console:
         r.add_get("/workflows/{id}/events", self.workflow_events)
         r.add_post("/workflows/{id}/{action:cancel|retry|reset}", self.workflow_action)
         r.add_get("/encodes", self.encodes)
+        r.add_post("/encodes", self.encode_submit)
         r.add_get("/encodes/{id}", self.encode)
         r.add_get("/encodes/{id}/events", self.encode_events)
         r.add_get("/encodes/{id}/media/{path:.+}", self.encode_media)
@@ -508,16 +509,50 @@ class Console:
 
     # -- encodes ---------------------------------------------------------------------------------------
 
-    async def encodes(self, request: web.Request) -> web.Response:
+    async def encodes(self, request: web.Request, error: str = "", status: int = 200) -> web.Response:
         s = self.session(request)
+        state = request.query.get("state", "")
+        value = (
+            encode_pb2.EncodeState.Value(f"ENCODE_STATE_{state.upper()}")
+            if state in views.ENCODE_STATES
+            else 0
+        )
         reply = await self.backend.encodes.ListEncodes(
             encode_service_pb2.ListEncodesRequest(
-                page_size=PAGE_SIZE, page_token=request.query.get("page", "")
+                page_size=PAGE_SIZE,
+                page_token=request.query.get("page", ""),
+                state=value,  # type: ignore[arg-type]
             ),
             metadata=bearer(s),
         )
         page = self.page(request, "Encodes", "encodes")
-        return self.html(views.encodes_page(page, reply.encodes, reply.next_page_token))
+        shown = state if value else ""
+        html = views.encodes_page(page, reply.encodes, reply.next_page_token, shown, error)
+        return self.html(html, status)
+
+    async def encode_submit(self, request: web.Request) -> web.Response:
+        """Start an encode from the form, as the signed-in user (Optimus checks the URIs against the
+        user's tenant area, as for the CLI); a refusal shows the service's reason above the form."""
+        s = self.session(request)
+        form = await request.post()
+        profiles = [p.strip() for p in str(form.get("profiles") or "").split(",") if p.strip()]
+        quality = str(form.get("quality") or "sampled")
+        submit = encode_service_pb2.SubmitEncodeRequest(
+            request_id=uuid.uuid4().hex,
+            source_uri=str(form.get("source") or "").strip(),
+            output_uri=str(form.get("output") or "").strip(),
+            profiles=profiles,
+            quality=encode_pb2.QualityMode.Value(f"QUALITY_MODE_{quality.upper()}")
+            if quality in views.QUALITY_MODES
+            else encode_pb2.QUALITY_MODE_SAMPLED,
+        )
+        try:
+            reply = await self.backend.encodes.SubmitEncode(submit, metadata=bearer(s))
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() not in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION):
+                raise
+            return await self.encodes(request, f"Not started: {exc.details()}", 400)
+        raise web.HTTPSeeOther(f"/encodes/{views.q(reply.encode.encode_id)}")
 
     async def _get_encode(self, s: Session, encode_id: str) -> encode_pb2.Encode:
         reply = await self.backend.encodes.GetEncode(

@@ -391,8 +391,7 @@ def attempt_spans(
             if begin:
                 spans[(st.step_id, st.attempt)] = [begin, _seconds(st.close_time), step_state(st.state)]
     return [
-        (step_id, attempt, float(v[0]), float(v[1]), str(v[2]))
-        for (step_id, attempt), v in spans.items()
+        (step_id, attempt, float(v[0]), float(v[1]), str(v[2])) for (step_id, attempt), v in spans.items()
     ]
 
 
@@ -532,7 +531,40 @@ def progress_bar(value: float, key: str) -> str:
     )
 
 
-def encodes_page(page: Page, encodes: Sequence[encode_pb2.Encode], next_token: str) -> str:
+ENCODE_STATES = [
+    encode_state(v) for v in encode_pb2.EncodeState.values() if v != encode_pb2.ENCODE_STATE_UNSPECIFIED
+]
+QUALITY_MODES = ("sampled", "full", "off")
+
+
+def submit_form(page: Page) -> str:
+    """The form that starts an encode (shown to roles with ENCODES_WRITE)."""
+    quality = "".join(f"<option>{m}</option>" for m in QUALITY_MODES)
+    return (
+        '<details class="submit"><summary>Start an encode</summary>'
+        f'<form class="filters" method="post" action="/encodes">{csrf_field(page.csrf)}'
+        '<label>Source URI <input name="source" required placeholder="file:///... or s3://..."></label>'
+        '<label>Output URI <input name="output" placeholder="default: beside the source"></label>'
+        '<label>Profiles <input name="profiles" placeholder="360p,720p (default: the ladder)"></label>'
+        f'<label>Quality <select name="quality">{quality}</select></label>'
+        '<button type="submit">Start</button></form></details>'
+    )
+
+
+def encodes_page(
+    page: Page, encodes: Sequence[encode_pb2.Encode], next_token: str, state: str = "", error: str = ""
+) -> str:
+    options = "".join(
+        f'<option value="{h(st)}"{" selected" if st == state else ""}>{h(st)}</option>'
+        for st in ENCODE_STATES
+    )
+    filters = (
+        '<form class="filters" method="get" action="/encodes" role="search">'
+        '<label>State <select name="state"><option value="">any</option>' + options + "</select></label>"
+        '<button type="submit">Filter</button></form>'
+    )
+    user = page.user
+    submit = submit_form(page) if user is not None and may(user, P.PERMISSION_ENCODES_WRITE) else ""
     rows = [
         [
             f'<a href="/encodes/{q(e.encode_id)}">{h(e.encode_id)}</a>',
@@ -544,11 +576,13 @@ def encodes_page(page: Page, encodes: Sequence[encode_pb2.Encode], next_token: s
         ]
         for e in encodes
     ]
-    more = (
-        f'<p><a class="more" href="/encodes?page={h(q(next_token))}">Next page</a></p>' if next_token else ""
-    )
+    more = ""
+    if next_token:
+        params = urlencode({"state": state, "page": next_token})
+        more = f'<p><a class="more" href="/encodes?{h(params)}">Next page</a></p>'
     headers = ("encode", "state", "progress", "renditions", "source", "created")
-    return layout(page, table(headers, rows, empty="No encodes yet.") + more)
+    body = (message(error, error=True) if error else "") + submit + filters
+    return layout(page, body + table(headers, rows, empty="No encodes match.") + more)
 
 
 def _metric(value: float) -> str:
