@@ -137,6 +137,16 @@ async def test_the_console_in_chromium(tmp_path: Path) -> None:
         await sign_in(vpage, base, console_harness.token(stack, "viewer"), "workflows/console-keep-running")
         assert "running" in await vpage.inner_text("[data-workflow-state]")
         assert await vpage.locator("button:has-text('Cancel workflow')").count() == 0
+        # ...and a hand-made POST (with the session's CSRF token) is refused by Plato, not the console.
+        forged = """async () => {
+            const body = new URLSearchParams({csrf: document.querySelector("input[name=csrf]").value});
+            const r = await fetch("/workflows/console-keep-running/cancel", {method: "POST", body});
+            return [r.status, await r.text()];
+        }"""
+        status, text = await vpage.evaluate(forged)
+        assert status == 403 and "PERMISSION_DENIED" in text and "WORKFLOWS_WRITE" in text, (status, text)
+        await vpage.reload()
+        assert "running" in await vpage.inner_text("[data-workflow-state]")
         await vpage.goto(f"{base}pool")
         assert await vpage.locator("text=" + cfg.agent_id).count() >= 1
         assert await vpage.locator("button:has-text('Drain')").count() == 0
@@ -152,5 +162,13 @@ async def test_the_console_in_chromium(tmp_path: Path) -> None:
             reply = await vpage.goto(f"{base}{path}")
             assert reply is not None and reply.status == 200, path
         assert await vpage.locator("text=Start an encode").count() == 0  # the last: encodes
+        # A tab left open on a running workflow (an event stream) holds no stop up: SIGTERM ends the
+        # console at once, cleanly.
+        await vpage.goto(f"{base}workflows/console-keep-running")
+        await asyncio.sleep(1.0)
+        (console,) = [c for c in stack.children if c.name == "console"]
+        began = time.monotonic()
+        assert await console.stop(15.0) == 0
+        assert time.monotonic() - began < 6, time.monotonic() - began
         await browser.close()
         assert not [e for e in errors if "Content Security Policy" in e], errors

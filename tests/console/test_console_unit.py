@@ -13,11 +13,12 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from cosmos.console import views
+from cosmos.console import server, views
 from cosmos.console.app import COOKIE, CSP, Backend, Console, media_file, safe_next
 from cosmos.optimus.v1 import encode_pb2
 from cosmos.plato.v1 import definition_pb2, events_pb2, workflow_pb2, workflow_service_pb2
-from cosmos.security import tokens
+from cosmos.runtime import process
+from cosmos.security import pki, tokens
 from cosmos.security.principals import Principal
 from cosmos.stratum.v1 import job_pb2
 
@@ -259,3 +260,14 @@ def test_the_timeline_has_a_bar_per_attempt_from_the_history() -> None:
     ]
     svg = views.timeline(spans, now=20.0)
     assert svg.count("<rect") == 3 and "state-failed" in svg and "#2 2.0s" in svg and "#1 4.0s" in svg
+
+
+def test_cosmos_console_serves_https_only_and_needs_the_token_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert server.main(["--insecure"]) == process.EXIT_CONFIG
+    assert "serves HTTPS only" in capsys.readouterr().err
+    authority = pki.Authority.ensure(tmp_path)
+    pki.issue_all(authority, tmp_path, [("console", pki.Subject("console", "console"))], pki.parse_ttl("1h"))
+    assert server.main(["--pki-dir", str(tmp_path)]) == process.EXIT_CONFIG
+    assert "no token public key" in capsys.readouterr().err

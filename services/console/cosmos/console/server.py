@@ -72,7 +72,9 @@ async def serve(args: argparse.Namespace) -> None:
     roots = [r for r in storage.roots_from_args(args) if isinstance(r, Path)]
     backend = Backend(endpoints)
     console = Console(backend, verifier, storage_roots=roots)
-    runner = web.AppRunner(console.app(), access_log=None)
+    # Open event streams (a tab left on a running workflow) hold no stop up for long: they are
+    # cancelled after 2 s.
+    runner = web.AppRunner(console.app(), access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     site = web.TCPSite(runner, listen.host, listen.port, ssl_context=ServerTls(security.tls).current)
     try:
