@@ -20,7 +20,7 @@ from cosmos.plato.v1 import definition_pb2, events_pb2, workflow_pb2, workflow_s
 from cosmos.runtime import process
 from cosmos.security import pki, tokens
 from cosmos.security.principals import Principal
-from cosmos.stratum.v1 import job_pb2
+from cosmos.stratum.v1 import agent_pb2, job_pb2, pool_service_pb2
 
 LADDER = Path(__file__).parents[2] / "services/optimus/cosmos/optimus/workflows/encode-ladder.yaml"
 
@@ -271,3 +271,19 @@ def test_cosmos_console_serves_https_only_and_needs_the_token_key(
     pki.issue_all(authority, tmp_path, [("console", pki.Subject("console", "console"))], pki.parse_ttl("1h"))
     assert server.main(["--pki-dir", str(tmp_path)]) == process.EXIT_CONFIG
     assert "no token public key" in capsys.readouterr().err
+
+
+def test_pool_page_shows_allocation_and_buttons_for_operators_only() -> None:
+    agent = agent_pb2.Agent(agent_id="a1", state=agent_pb2.AGENT_STATE_READY)
+    agent.inventory.gpus.add(index=0, model="A100")
+    agent.gpu_allocations.add(index=0, allocated_share=0.5)
+    stats = pool_service_pb2.PoolStats(
+        total_gpus=1, allocated_gpus=0.5, gpu_fragmentation=1.0, agents_total=1
+    )
+    stats.gpus_by_model.add(model="A100", total=1, allocated=0.5)
+    operator = Principal("token", "o", "default", frozenset({"operator"}))
+    viewer = Principal("token", "v", "default", frozenset({"viewer"}))
+    page = views.pool_page(views.Page("Pool", operator, "c"), [agent], stats)
+    assert "A100 (0.50)" in page and "0.50 of 1 allocated" in page and "1.00" in page
+    assert 'action="/pool/a1/cordon"' in page and 'action="/pool/a1/drain"' in page
+    assert "/pool/a1/" not in views.pool_page(views.Page("Pool", viewer, "c"), [agent], stats)

@@ -751,14 +751,22 @@ def pool_page(page: Page, agents: Sequence[agent_pb2.Agent], stats: pool_service
         )
     summary = ""
     if stats is not None:
+        gib = 1 << 30
         summary = (
             '<dl class="facts">'
-            f"<dt>GPUs allocated</dt><dd>{stats.allocated_gpus:.2f}</dd>"
-            f"<dt>GPU fragmentation</dt><dd>{stats.gpu_fragmentation:.2f}</dd>"
+            f"<dt>Agents</dt><dd>{stats.agents_ready} ready of {stats.agents_total}</dd>"
+            f"<dt>Jobs</dt><dd>{stats.running_jobs} running, {stats.queued_jobs} queued</dd>"
+            f"<dt>CPU</dt><dd>{stats.allocated_cpu_millis / 1000:g} of "
+            f"{stats.total_cpu_millis / 1000:g} cores allocated</dd>"
+            f"<dt>Memory</dt><dd>{stats.allocated_memory_bytes / gib:.1f} of "
+            f"{stats.total_memory_bytes / gib:.1f} GiB allocated</dd>"
+            f"<dt>GPUs</dt><dd>{stats.allocated_gpus:.2f} of {stats.total_gpus} allocated</dd>"
             + "".join(
-                f"<dt>{h(m.model)}</dt><dd>{m.allocated:.2f} allocated</dd>" for m in stats.gpus_by_model
+                f"<dt>{h(m.model)}</dt><dd>{m.allocated:.2f} of {m.total} allocated</dd>"
+                for m in stats.gpus_by_model
             )
-            + "</dl>"
+            + f"<dt>GPU fragmentation</dt><dd>{stats.gpu_fragmentation:.2f} "
+            "(share of free GPU capacity on partly used devices)</dd>" + "</dl>"
         )
     headers = ("agent", "state", "host", "cpus", "memory", "gpus (allocated share)", "jobs", "heartbeat", "")
     return layout(page, summary + table(headers, rows, empty="No agents connected."))
