@@ -606,6 +606,8 @@ def encode_page(page: Page, e: encode_pb2.Encode, playable: bool) -> str:
             if e.workflow_id
             else ""
         )
+        + (f"<dt>HLS</dt><dd>{h(e.manifests.hls_master_uri)}</dd>" if e.manifests.hls_master_uri else "")
+        + (f"<dt>DASH</dt><dd>{h(e.manifests.dash_mpd_uri)}</dd>" if e.manifests.dash_mpd_uri else "")
         + (f"<dt>Error</dt><dd>{h(e.failed_step)}: {h(e.error_message)}</dd>" if e.error_message else "")
         + "</dl>"
     )
