@@ -1,11 +1,13 @@
 #!/bin/sh
-# Installs the system packages the container tests and `make image` need (podman, runc, mmdebstrap),
+# Installs the system packages the container tests and `make image` need (podman, runc, mmdebstrap)
+# and the browser the console's test drives (chromium),
 # on Debian/Ubuntu as root only, and only when one is missing: fast and silent when all are there.
 # Elsewhere it does nothing: the tests that need podman are skipped and say why.
 # Called by `make install`; safe to run again (idempotent).
 set -eu
 
-PACKAGES="podman runc catatonit mmdebstrap uidmap"
+# chromium: the web console's browser test (tests/console/test_browser.py) and its screenshots.
+PACKAGES="podman runc catatonit mmdebstrap uidmap chromium"
 
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1 || ! command -v dpkg-query >/dev/null 2>&1; then
     exit 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import signal
@@ -102,6 +103,8 @@ def start_up(tmp_path: Path, ports: dict[str, int], token_port_offset: int = 0) 
            "COSMOS_CONFIG": str(tmp_path / "config.yaml"),
            "COSMOS_TOKEN_PORT_OFFSET": str(token_port_offset),
            "COSMOS_WEBHOOK_PORT": str(ports.get("webhook") or free_port()),
+           # The web console (started where token ports are on) on a free port too.
+           "COSMOS_CONSOLE_PORT": str(ports.get("console") or free_port()),
            # The embedded S3 server (on by default) on a free port: tests run side by side.
            "COSMOS_S3_PORT": str(ports.get("s3") or free_port())}  # fmt: skip
     proc = subprocess.Popen(
@@ -338,6 +341,7 @@ def test_up_lets_a_second_agent_join_with_a_join_token(tmp_path: Path) -> None:
     environment, the stack's token port."""
     ports = {name: _free_pair() for name in ("optimus", "plato", "stratum")}
     ports["nats"] = free_port()
+    ports["console"] = free_port()
     stack = start_up(tmp_path, ports, token_port_offset=1)
     second: subprocess.Popen[bytes] | None = None
     try:
@@ -380,6 +384,21 @@ def test_up_lets_a_second_agent_join_with_a_join_token(tmp_path: Path) -> None:
 
         listed = subprocess.run([*cli, "list"], capture_output=True, text=True, env=env, timeout=60)
         assert listed.returncode == 0 and "used up" in listed.stdout and "second-host" in listed.stdout
+
+        # With token ports on, `cosmos up` also serves the web console over HTTPS (the dev CA's
+        # certificate), sign-in first, and says how to sign in.
+        tls = ssl.create_default_context(cafile=str(stack.data_dir / "pki" / "ca.pem"))
+        conn = http.client.HTTPSConnection("127.0.0.1", ports["console"], context=tls, timeout=10)
+        conn.request("GET", "/workflows")
+        reply = conn.getresponse()
+        assert reply.status == 303 and reply.getheader("Location", "").startswith("/signin")
+        assert "HttpOnly" not in str(reply.getheader("Set-Cookie"))  # no session before sign-in
+        conn.close()
+        stop_up(stack)
+        assert stack.proc.stdout is not None
+        printed = stack.proc.stdout.read()
+        assert f"console: https://127.0.0.1:{ports['console']}/" in printed, printed
+        assert "cosmos token create --tenant default --role admin" in printed
     finally:
         if second is not None and second.poll() is None:
             second.send_signal(signal.SIGTERM)

@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "agents": ("cosmos.cli.platform:agents", "list or revoke Stratum agents; join tokens for new agents"),
     "pki": ("cosmos.cli.security:pki_main", "create the CA, issue and renew workload certificates"),
     "token": ("cosmos.cli.security:token_main", "create platform tokens for people and programs"),
+    "console": ("cosmos.console.server:main", "run the web console (HTTPS; sign in with a platform token)"),
     "optimus": ("cosmos.optimus.server:main", "run the Optimus encode API server"),
     "plato": ("cosmos.plato.server:main", "run the Plato workflow engine server"),
     "stratum": ("cosmos.stratum.server:main", "run the Stratum compute-pool server"),

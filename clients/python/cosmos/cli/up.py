@@ -18,7 +18,13 @@ from cosmos.cli.console import make_console
 from cosmos.runtime import config, logs, process
 from cosmos.security import context
 from cosmos.stack.children import Child
-from cosmos.stack.embedded import DEFAULT_METRICS_PORTS, DEFAULT_WEBHOOK_PORT, EmbeddedStack, StackConfig
+from cosmos.stack.embedded import (
+    DEFAULT_CONSOLE_PORT,
+    DEFAULT_METRICS_PORTS,
+    DEFAULT_WEBHOOK_PORT,
+    EmbeddedStack,
+    StackConfig,
+)
 from cosmos.stack.supervisor import Restart, Supervisor
 
 PREFIX = "COSMOS"
@@ -48,6 +54,14 @@ def add_stack_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         help="Prometheus metrics (plaintext HTTP, /metrics) of Optimus on this port, Plato, Stratum and "
         "the agent on the next three (0: none)",
+    )
+    config.add_env_argument(
+        p,
+        PREFIX,
+        "--console-port",
+        default=DEFAULT_CONSOLE_PORT,
+        type=int,
+        help="web console HTTPS port (0: none; docs/console.md)",
     )
     config.add_env_argument(p, PREFIX, "--plato-port", default=d.plato_port, type=int, help="Plato gRPC port")
     config.add_env_argument(
@@ -109,6 +123,7 @@ def stack_config(args: argparse.Namespace) -> StackConfig:
         host=args.host,
         optimus_port=args.optimus_port,
         webhook_port=args.webhook_port,
+        console_port=args.console_port,
         plato_port=args.plato_port,
         stratum_port=args.stratum_port,
         nats_port=args.nats_port,
@@ -163,6 +178,17 @@ async def run_up(cfg: StackConfig, console: Console) -> int:
         console.print(
             f"credentials: {pki_dir}/ca.pem, {pki_dir}/admin.pem, {pki_dir}/admin-key.pem "
             f"(context 'local' in {saved})"
+        )
+    if cfg.runs_console and stack.credentials is not None:
+        pki_dir = stack.credentials.directory
+        # soft_wrap: the command stays on one line to be copied, however narrow the terminal.
+        console.print(
+            f"console: {cfg.console_url} (HTTPS; its certificate is the dev CA's, {pki_dir}/ca.pem)"
+        )
+        console.print(
+            "  sign in with a platform token: cosmos token create --tenant default --role admin "
+            f"--key {pki_dir}/token-key.pem",
+            soft_wrap=True,
         )
     console.print(f"logs: {cfg.data_dir / 'logs'}   data: {cfg.data_dir}   press Ctrl-C to stop")
 

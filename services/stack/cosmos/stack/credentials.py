@@ -1,8 +1,8 @@
 """The embedded stack's dev CA and every certificate it needs, made on first run under ``<data-dir>/pki``.
 
-``ca.pem`` (+ ``ca-key.pem``) is the dev CA; ``plato``, ``stratum``, ``optimus`` and ``nats`` get server
-certificates, the local agent an agent certificate, and the local admin a user certificate (tenant
-``default``, role ``admin``): ``admin.pem`` and ``admin-key.pem``; local step workers (SDK handlers)
+``ca.pem`` (+ ``ca-key.pem``) is the dev CA; ``plato``, ``stratum``, ``optimus``, ``console`` and ``nats``
+get server certificates, the local agent an agent certificate, and the local admin a user certificate
+(tenant ``default``, role ``admin``): ``admin.pem`` and ``admin-key.pem``; local step workers (SDK handlers)
 connect to NATS with ``worker.pem`` (role ``worker``). ``token-key.pem`` signs platform tokens
 (``cosmos token create``), ``secrets.key`` encrypts job secrets at rest. Certificates near their end
 are renewed at every start.
@@ -59,6 +59,7 @@ def prepare(data_dir: Path, agent_id: str, *, ttl: str = "24h") -> StackCredenti
             ("plato", pki.Subject("plato", "plato")),
             ("stratum", pki.Subject("stratum", "stratum")),
             ("optimus", pki.Subject("optimus", "optimus")),
+            ("console", pki.Subject("console", "console")),
             ("nats", pki.Subject("nats", "nats")),
             ("agent", pki.Subject("agent", agent_id)),
             (ADMIN, pki.Subject("user", ADMIN, tenant=ADMIN_TENANT, user_roles=("admin",))),

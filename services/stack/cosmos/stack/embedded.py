@@ -44,6 +44,8 @@ STRATUM_SERVICES = (
 DEFAULT_METRICS_PORTS = {"optimus": 9451, "plato": 9452, "stratum": 9453, "agent": 9454}
 """The metrics ports of ``cosmos up`` (``--metrics-port`` moves them; library users of
 :class:`StackConfig` opt in): plaintext HTTP on the stack's loopback host, ``/metrics`` only."""
+DEFAULT_CONSOLE_PORT = 50444
+"""The web console's HTTPS port of ``cosmos up`` (library users of :class:`StackConfig` opt in)."""
 DEFAULT_WEBHOOK_PORT = 50443
 """The webhook port of ``cosmos up`` (library users of :class:`StackConfig` opt in)."""
 STARTER_WEBHOOK_CONFIG = """\
@@ -75,6 +77,9 @@ class StackConfig:
     """Optimus (encode API) gRPC port."""
     webhook_port: int = 0
     """Optimus's HTTPS webhook port (docs/webhooks.md); 0: no webhook (``cosmos up``: 50443)."""
+    console_port: int = 0
+    """The web console's HTTPS port (docs/console.md); 0: no console (``cosmos up``: 50444). It needs
+    credentials and token ports: an ``insecure`` stack or ``token_port_offset=0`` runs none."""
     plato_port: int = 50052
     """Plato (workflow engine) gRPC port."""
     stratum_port: int = 50053
@@ -137,6 +142,16 @@ class StackConfig:
     def token_port(self, port: int) -> int:
         """The token port of the service on ``port`` (0 when token ports are off)."""
         return port + self.token_port_offset if self.token_port_offset else 0
+
+    @property
+    def runs_console(self) -> bool:
+        """Whether the stack serves the web console (a port, credentials and token ports)."""
+        return bool(self.console_port and not self.insecure and self.token_port_offset)
+
+    @property
+    def console_url(self) -> str:
+        """The console's address (empty when it does not run)."""
+        return f"https://{self.address(self.console_port)}/" if self.runs_console else ""
 
     @property
     def agent_id(self) -> str:
@@ -239,6 +254,8 @@ class EmbeddedStack:
                 config.ensure_port_free(
                     c.address(c.metrics_port(owner)), f"{owner} metrics", "--metrics-port"
                 )
+        if c.runs_console:
+            config.ensure_port_free(c.address(c.console_port), "console", "--console-port")
 
     def _webhook_args(self) -> list[str]:
         """Optimus's webhook flags; its secret (0600) and a starter config (no rules: every event is
@@ -385,6 +402,8 @@ class EmbeddedStack:
                 scheme = "http" if c.insecure else "https"
                 url = f"{scheme}://{c.address(c.webhook_port)}/v1/webhooks/s3"
                 self.endpoints.append(Endpoint("optimus", url, optimus.pid, ("webhook (S3 events)",)))
+            if c.runs_console:
+                await self._start_console()
             await self._start_agent()
         except BaseException:
             await self.stop()
@@ -478,6 +497,35 @@ class EmbeddedStack:
             raise child.failure(exc.reason) from exc
         self.endpoints.append(Endpoint(child.name, target, child.pid, names))
         self._metrics_endpoint(child)
+
+    async def _start_console(self) -> None:
+        """The web console, calling the first replica's token port of each service as the signed-in
+        user; ready once its HTTPS health path answers (checked against the dev CA)."""
+        c = self.config
+        assert self.credentials is not None
+        argv = [
+            sys.executable,
+            "-m",
+            "cosmos.cli",
+            "console",
+            "--listen",
+            str(c.address(c.console_port)),
+            *self._security_args("console"),
+            "--storage-root",
+            str(c.storage_dir),
+        ]
+        for name in ("optimus", "plato", "stratum"):
+            argv += [f"--{name}", str(c.address(c.token_port(c.ports(name)[0])))]
+        child = self._child("console", argv)
+        child.env["COSMOS_LOG_LEVEL"] = c.log_level
+        await child.start()
+        self.children.append(child)
+        ca = self.credentials.files("console").ca
+        try:
+            await readiness.wait_https(f"{c.console_url}healthz", ca, c.start_timeout, gave_up=child.exited)
+        except errors.ProcessStartError as exc:
+            raise child.failure(exc.reason) from exc
+        self.endpoints.append(Endpoint("console", c.console_url, child.pid, ("web console (HTTPS)",)))
 
     async def _start_agent(self) -> None:
         c = self.config

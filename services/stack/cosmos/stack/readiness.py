@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
+import ssl
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -57,3 +61,38 @@ async def wait_serving(
         else:
             last = f"{pending[0] or 'overall'} is {status}"
             await asyncio.sleep(0.1)
+
+
+def _https_status(url: str, ca: Path) -> int:
+    parts = urlsplit(url)
+    context = ssl.create_default_context(cafile=str(ca))
+    conn = http.client.HTTPSConnection(parts.hostname or "", parts.port or 443, context=context, timeout=2)
+    try:
+        conn.request("GET", parts.path or "/")
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+async def wait_https(
+    url: str, ca: Path, timeout: float, *, gave_up: Callable[[], int | None] = lambda: None
+) -> None:
+    """Poll ``url`` (HTTPS, the server's certificate checked against ``ca``) until it answers 200;
+    ``gave_up`` returning an exit code stops the wait."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    last = "no answer yet"
+    while True:
+        code = gave_up()
+        if code is not None:
+            raise errors.ProcessStartError(url, f"exited with code {code}")
+        if loop.time() > deadline:
+            raise errors.ProcessStartError(url, f"not answering after {timeout:.0f}s ({last})")
+        try:
+            status = await asyncio.to_thread(_https_status, url, ca)
+            if status == 200:
+                return
+            last = f"HTTP {status}"
+        except (OSError, http.client.HTTPException) as exc:
+            last = str(exc) or type(exc).__name__
+        await asyncio.sleep(0.1)

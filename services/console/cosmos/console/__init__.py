@@ -1,0 +1,1 @@
+"""The Cosmos web console (``cosmos console``): docs/console.md."""
