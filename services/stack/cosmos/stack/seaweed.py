@@ -135,8 +135,11 @@ class S3Server:
         p = self.ports
         data = self.s3_dir / "data"
         data.mkdir(parents=True, exist_ok=True)
+        logs = self.s3_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
         return [
             str(weed_binary()),
+            f"-logdir={logs}",  # its log files, not in /tmp
             "server",
             f"-dir={data}",
             "-ip=127.0.0.1",
