@@ -36,3 +36,8 @@ def test_a_completed_workflow_that_never_published_is_a_failed_encode_not_a_succ
     encode = view.encode_view(completed_workflow(published=False))
     assert encode.state == ES.ENCODE_STATE_FAILED
     assert encode.failed_step == "publish" and "without publishing" in encode.error_message
+
+
+def test_a_view_without_steps_cannot_tell_and_keeps_the_workflow_state() -> None:
+    wf = workflow_pb2.Workflow(workflow_id="enc-1", state=WS.WORKFLOW_STATE_COMPLETED)
+    assert view.encode_view(wf).state == ES.ENCODE_STATE_SUCCEEDED

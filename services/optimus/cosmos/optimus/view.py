@@ -117,8 +117,9 @@ def encode_view(workflow: workflow_pb2.Workflow, inp: Mapping[str, Any] | None =
     publish = outputs.get("publish") or {}
     encode.manifests.hls_master_uri = str(publish.get("hls_master_uri", ""))
     encode.manifests.dash_mpd_uri = str(publish.get("dash_mpd_uri", ""))
-    if workflow.state == WS.WORKFLOW_STATE_COMPLETED and not encode.manifests.hls_master_uri:
-        # Never report success for an encode whose package was not published.
+    if workflow.state == WS.WORKFLOW_STATE_COMPLETED and steps and not encode.manifests.hls_master_uri:
+        # Never report success for an encode whose package was not published (a view without the
+        # steps, e.g. of a submit answered from the workflow's header, cannot tell).
         encode.state = ES.ENCODE_STATE_FAILED
         encode.failed_step = "publish"
         encode.error_message = "the encode's workflow completed without publishing its package"
