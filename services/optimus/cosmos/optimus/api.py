@@ -251,7 +251,12 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
                     field = f"profiles[{i}]"
             if request.ladder and field == "profiles":
                 field = "ladder"
-            violations.append(errors.FieldViolation(field, str(exc.args[0]) if exc.args else str(exc)))
+            # The catalog's errors say what is wrong and what is known; a bare KeyError is the name.
+            known = isinstance(exc, catalog.UnknownProfileError | catalog.UnknownLadderError)
+            said = (
+                str(exc) if known else f"unknown {field.split('[')[0]} {exc.args[0] if exc.args else exc!s}"
+            )
+            violations.append(errors.FieldViolation(field, said))
         try:
             if not request.output_uri:
                 raise _bad("output_uri", "is required")
