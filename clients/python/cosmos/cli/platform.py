@@ -310,6 +310,20 @@ def events_table(events: Sequence[events_pb2.WorkflowEvent], title: str) -> Tabl
 SHOW_EVENTS = 30
 
 
+def no_worker_notices(wf: workflow_pb2.Workflow, now: dt.datetime | None = None) -> list[str]:
+    """ "no worker for step X for 30 s" for each step waiting on a task queue nobody polls."""
+    now = now or dt.datetime.now(dt.UTC)
+    notices = []
+    for step in wf.steps:
+        if step.HasField("no_worker_since_time"):
+            waited = max(0, int((now - step.no_worker_since_time.ToDatetime(dt.UTC)).total_seconds()))
+            notices.append(
+                f"[yellow]no worker for step {step.step_id} for {waited} s[/yellow] (nothing polls task "
+                f"queue {step.task_queue!r}: start a worker with a handler for it)"
+            )
+    return notices
+
+
 async def workflows_command(args: argparse.Namespace, ctx: Context) -> str | None:
     async with ctx.channel("plato") as channel:
         stub = _plato(channel)
@@ -340,7 +354,7 @@ async def workflows_command(args: argparse.Namespace, ctx: Context) -> str | Non
             title = f"history (last {len(shown)} of {len(events)} events)"
 
             def tables() -> list[Table | str]:
-                out: list[Table | str] = [steps_table(wf), events_table(shown, title)]
+                out: list[Table | str] = [steps_table(wf), *no_worker_notices(wf), events_table(shown, title)]
                 if len(events) > len(shown):
                     out.append(f"every event: cosmos workflows history {workflow_id}")
                 return out
