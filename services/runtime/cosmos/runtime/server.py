@@ -24,7 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from cosmos import errors
-from cosmos.runtime import rpc_errors, telemetry, validation
+from cosmos.runtime import reflection_docs, rpc_errors, telemetry, validation
 from cosmos.runtime.config import Address
 from cosmos.security import auth, tls
 from cosmos.security.config import Security
@@ -138,7 +138,12 @@ class Server:
         for binding in self.services:
             binding.add_to_server(binding.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+        # With the protos' comments (descriptor set with source info), so `grpcurl describe` documents.
+        reflection.enable_server_reflection(
+            [*names, health.SERVICE_NAME, reflection.SERVICE_NAME],
+            server,
+            pool=reflection_docs.documented_pool(),  # type: ignore[arg-type]  # a duck-typed pool
+        )
         if security.tls is None:
             self.port = _bind(lambda a: server.add_insecure_port(a), listen, self.config.name, "--listen")
         else:
