@@ -122,7 +122,7 @@ class Server:
         security = self.config.security
         listen = self.config.listen
         security.check_listen(listen.host, self.config.name)
-        telemetry.configure_tracing(f"cosmos-{self.config.name}")
+        telemetry.configure_tracing(telemetry.service_name(self.config.name))
         names = [b.name for b in self.services]
         authenticator = auth.Authenticator(insecure=security.insecure, verifier=security.verifier())
         server = grpc.aio.server(

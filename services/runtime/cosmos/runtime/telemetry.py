@@ -67,6 +67,13 @@ def exporting(env: Mapping[str, str] | None = None) -> bool:
     return env.get("OTEL_SDK_DISABLED", "").lower() != "true" and bool(_exporter_names(env))
 
 
+def service_name(component: str) -> str:
+    """The ``service.name`` of a Cosmos component (``optimus``, ``plato``, ``stratum``, ``agent``):
+    ``cosmos-<component>``, under ``cosmos up`` and in the deploy manifests' ``OTEL_SERVICE_NAME``
+    alike (tests/deploy checks they agree)."""
+    return f"cosmos-{component}"
+
+
 def configure_tracing(service_name: str, env: Mapping[str, str] | None = None) -> TracerProvider | None:
     """Install the global tracer provider for ``service_name`` once per process.
 
