@@ -150,7 +150,10 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
     ) -> list[workflow_service_pb2.StartWorkflowResponse | BaseException]:
         request = workflow_service_pb2.StartWorkflowsRequest(entries=entries)
         try:
-            reply = await self.workflows.StartWorkflows(request, **call)
+            # The batch runs in the coalescer's task, outside any caller's trace: its span (and the
+            # StartWorkflows call under it) joins the first entry's trace and links every entry's.
+            with telemetry.batch_span("optimus.start_workflows", [e.trace_context for e in entries]):
+                reply = await self.workflows.StartWorkflows(request, **call)
         except grpc.aio.AioRpcError as exc:
             if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 # Plato's own answer (a refused start) is the caller's, not an outage.

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import atexit
 import os
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any
 
 import grpc
@@ -122,6 +122,25 @@ def inject_headers(headers: MutableMapping[str, str] | None = None) -> dict[str,
     carrier: dict[str, str] = dict(headers or {})
     propagate.inject(carrier)
     return carrier
+
+
+def batch_span(name: str, carriers: Sequence[Mapping[str, str]]) -> Any:
+    """A span (context manager) for one piece of work done for several traces at once, e.g. a batched
+    RPC: a child of the first carrier's trace (so a batch of one is simply part of its trace) and
+    linked to every carrier's span, rather than a trace of its own that nobody's trace leads to."""
+    contexts = [extract_context(c) for c in carriers]
+    links = []
+    for ctx in contexts:
+        span_context = trace.get_current_span(ctx).get_span_context()
+        if span_context.is_valid:
+            links.append(trace.Link(span_context))
+    tracer = trace.get_tracer("cosmos.runtime.telemetry")
+    return tracer.start_as_current_span(
+        name,
+        context=contexts[0] if contexts else None,
+        links=links,
+        attributes={"cosmos.batch.size": len(carriers)},
+    )
 
 
 def extract_context(headers: Mapping[str, str] | None) -> Any:
