@@ -328,3 +328,35 @@ def test_ctrl_c_at_the_prompt_is_not_replayed_and_a_second_one_detaches(stack: S
         os.close(primary)
         if proc.poll() is None:
             proc.kill()
+
+
+def test_ctrl_c_then_yes_cancels_once_and_asks_nothing_more(stack: Stack, tmp_path: Path) -> None:
+    clip = make_clip(tmp_path / "long.mp4", 20, "1280x720")
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen(
+        [COSMOS, "encode", str(clip), "--profiles", "720p,360p", "--quality", "full", "--out", "cancelled"],
+        stdin=secondary, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=stack.env,
+    )  # fmt: skip
+    os.close(secondary)
+    seen: list[str] = []
+    reader = threading.Thread(target=lambda: seen.extend(iter(lambda: proc.stdout.read(1), "")), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    try:
+        deadline = time.monotonic() + 60
+        while "encode enc-" not in "".join(seen):
+            assert time.monotonic() < deadline and proc.poll() is None, "".join(seen)
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        while "cancel the encode?" not in "".join(seen):
+            assert time.monotonic() < deadline and proc.poll() is None, "".join(seen)
+            time.sleep(0.1)
+        os.write(primary, b"y\n")
+        proc.wait(60)
+        reader.join(5)
+        out, err = "".join(seen), proc.stderr.read()  # type: ignore[union-attr]
+        assert proc.returncode == 1 and "CANCELLED" in out and "Traceback" not in err, (out, err)
+        assert out.count("cancel the encode?") == 1, out
+    finally:
+        os.close(primary)
+        if proc.poll() is None:
+            proc.kill()
