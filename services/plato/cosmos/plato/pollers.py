@@ -44,7 +44,7 @@ class Pollers:
         """Whether the queue's consumer has a pull pending or a task in hand; None when unknown."""
         try:
             info = await self.js().consumer_info(
-                subjects.TASKS_STREAM, subjects.queue_consumer(queue), timeout=2
+                subjects.TASKS_STREAM, subjects.queue_consumer(queue), timeout=1
             )
         except nats.js.errors.NotFoundError:
             return False  # no worker ever subscribed to it (or its consumer was removed)
