@@ -10,12 +10,15 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import nats.js.errors
 import security_harness
 import yaml
 from plato_harness import PlatoClient
 
+from cosmos.plato import pollers
 from cosmos.plato.v1 import workflow_pb2
 from cosmos.sdk import StepContext, Worker
 
@@ -110,3 +113,33 @@ async def test_a_polled_queue_is_never_marked(
     while (wf := await plato.get(wf_id)).state != WS.WORKFLOW_STATE_COMPLETED:
         assert not any(s.HasField("no_worker_since_time") for s in wf.steps), wf
         await asyncio.sleep(0.05)
+
+
+class FakeJs:
+    """consumer_info answers from a script: a number of pending pulls per look, or "absent"."""
+
+    def __init__(self, looks: list[int | str]) -> None:
+        self.looks = looks
+        self.asked = 0
+
+    async def consumer_info(self, stream: str, consumer: str, timeout: float = 0) -> Any:
+        look = self.looks[min(self.asked, len(self.looks) - 1)]
+        self.asked += 1
+        if look == "absent":
+            raise nats.js.errors.NotFoundError()
+        return SimpleNamespace(num_waiting=look, num_ack_pending=0)
+
+
+async def test_a_worker_between_two_pulls_is_not_reported_missing() -> None:
+    # No pull pending for an instant, then one: polled, after a second look.
+    js = FakeJs([0, 1])
+    assert await pollers.Pollers(lambda: js, now=lambda: 1000.0).unpolled_since("q", 990.0) is None  # type: ignore[arg-type, return-value]
+    assert js.asked == 2
+    # No consumer: no worker, said at once, since the step was scheduled.
+    js = FakeJs(["absent"])
+    assert await pollers.Pollers(lambda: js, now=lambda: 1000.0).unpolled_since("q", 990.0) == 990.0  # type: ignore[arg-type, return-value]
+    assert js.asked == 1
+    # A consumer nobody pulls from, three looks in a row: no worker.
+    js = FakeJs([0, 0, 0])
+    assert await pollers.Pollers(lambda: js, now=lambda: 1000.0).unpolled_since("q", 990.0) == 990.0  # type: ignore[arg-type, return-value]
+    assert js.asked == 3

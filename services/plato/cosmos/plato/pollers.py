@@ -10,6 +10,7 @@ queues without pollers the same way).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -24,6 +25,9 @@ from cosmos.plato.v1 import workflow_pb2
 SS = workflow_pb2.StepState
 CACHE_S = 1.0
 """A queue's consumer is asked at most once a second, however many readers ask."""
+CONFIRMATIONS = 2
+CONFIRM_GAP_S = 0.1
+"""An existing consumer seen without a pull pending is looked at twice more, this far apart."""
 GRACE_S = 3.0
 """A queue seen polled this recently still counts as polled: a worker between two pull requests,
 or restarting, is not reported missing."""
@@ -37,6 +41,8 @@ class Pollers:
         """The JetStream context (asked each time: the store connects after the API is built)."""
         self.now = now
         self._checked: dict[str, tuple[float, bool]] = {}
+        self._absent: set[str] = set()
+        """Queues without a consumer at the last look (a definite "no worker")."""
         self._last_polled: dict[str, float] = {}
         """Wall time a worker was last seen polling each queue."""
 
@@ -47,10 +53,22 @@ class Pollers:
                 subjects.TASKS_STREAM, subjects.queue_consumer(queue), timeout=1
             )
         except nats.js.errors.NotFoundError:
+            self._absent.add(queue)
             return False  # no worker ever subscribed to it (or its consumer was removed)
         except (nats.errors.Error, TimeoutError):
             return None
+        self._absent.discard(queue)
         return bool((info.num_waiting or 0) > 0 or (info.num_ack_pending or 0) > 0)
+
+    async def _polled(self, queue: str) -> bool | None:
+        """:meth:`_polled_now`, a "no" from an existing consumer confirmed by two more looks: a
+        worker between two pull requests has none pending for an instant."""
+        for _ in range(1 + CONFIRMATIONS):
+            polled = await self._polled_now(queue)
+            if polled is None or polled or queue in self._absent:
+                return polled
+            await asyncio.sleep(CONFIRM_GAP_S)
+        return False
 
     async def unpolled_since(self, queue: str, scheduled: float) -> float | None:
         """Since when (wall seconds) no worker has polled ``queue``, for a step scheduled at
@@ -58,7 +76,7 @@ class Pollers:
         now = self.now()
         cached = self._checked.get(queue)
         if cached is None or now - cached[0] >= CACHE_S:
-            polled = await self._polled_now(queue)
+            polled = await self._polled(queue)
             if polled is None:
                 return None
             self._checked[queue] = (now, polled)
