@@ -366,3 +366,35 @@ def test_ctrl_c_then_yes_cancels_once_and_asks_nothing_more(stack: Stack, tmp_pa
         os.close(primary)
         if proc.poll() is None:
             proc.kill()
+
+
+SUBMIT = """
+import asyncio
+from cosmos.client import Job, StratumClient
+
+SCRIPT = "import time\\nfor i in range(4):\\n    print('line', i, flush=True)\\n    time.sleep(1)"
+
+
+async def main() -> None:
+    job = Job.builder().command("python3", "-c", SCRIPT).cpu(0.1).memory("64Mi").build()
+    async with StratumClient.connect() as stratum:
+        print((await stratum.submit(job)).job_id)
+
+
+asyncio.run(main())
+"""
+
+
+def test_jobs_logs_follow_prints_lines_as_they_come_and_ends_with_the_job(stack: Stack) -> None:
+    submitted = subprocess.run(
+        [sys.executable, "-c", SUBMIT], capture_output=True, text=True, env=stack.env, timeout=60
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip()
+    started = time.monotonic()
+    followed = stack.run("jobs", "logs", job_id, "-f", timeout=60)
+    assert followed.returncode == 0, followed.stderr
+    assert followed.stdout.splitlines() == [f"line {i}" for i in range(4)]
+    assert time.monotonic() - started >= 2  # it waited for lines still to come
+    state = json.loads(stack.run("jobs", "show", job_id, "-o", "json").stdout)["job"]["state"]
+    assert state == "JOB_STATE_SUCCEEDED"
