@@ -398,3 +398,13 @@ def test_jobs_logs_follow_prints_lines_as_they_come_and_ends_with_the_job(stack:
     assert time.monotonic() - started >= 2  # it waited for lines still to come
     state = json.loads(stack.run("jobs", "show", job_id, "-o", "json").stdout)["job"]["state"]
     assert state == "JOB_STATE_SUCCEEDED"
+
+
+def test_agents_drain_last(stack: Stack) -> None:
+    # Last in this module: a draining agent takes no new jobs.
+    agent = json.loads(stack.run("agents", "-o", "json").stdout)["agents"][0]["agentId"]
+    drained = stack.run("agents", "drain", agent)
+    assert drained.returncode == 0 and f"agent {agent} draining" in drained.stdout, drained.stderr
+    shown = json.loads(stack.run("agents", "show", agent, "-o", "json").stdout)["agent"]
+    assert shown["state"] in ("AGENT_STATE_DRAINING", "AGENT_STATE_CORDONED")
+    assert_clean_failure(stack.run("agents", "drain", "nobody"), "no agent with id or id prefix 'nobody'")
