@@ -2,7 +2,10 @@
 
 Runs ``grpc_tools.protoc`` in-process over every ``.proto`` under
 ``protos/cosmos`` and writes ``_pb2.py``, ``_pb2.pyi``, ``_pb2_grpc.py`` and
-``_pb2_grpc.pyi`` modules (mypy-protobuf stubs) into ``protos/gen/python``.
+``_pb2_grpc.pyi`` modules (mypy-protobuf stubs) into ``protos/gen/python``, and
+``cosmos/descriptor_set.binpb``: every Cosmos file's descriptor *with its source
+info*, which server reflection serves so ``grpcurl describe`` shows the comments
+(:mod:`cosmos.runtime.reflection_docs`).
 The output tree is deleted and recreated first, so removed protos leave no
 stale files, and no ``__init__.py`` is written: ``cosmos`` is a PEP 420
 namespace package shared with the service source roots.
@@ -30,7 +33,8 @@ PROTO_ROOT = Path(__file__).resolve().parent
 THIRD_PARTY = PROTO_ROOT / "third_party"
 SOURCE_DIR = PROTO_ROOT / "cosmos"
 DEFAULT_OUT = PROTO_ROOT / "gen" / "python"
-GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi")
+GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi", "descriptor_set.binpb")
+DESCRIPTOR_SET = Path("cosmos") / "descriptor_set.binpb"
 
 
 def _plugin(name: str) -> str:
@@ -56,7 +60,7 @@ def generate(out: Path) -> None:
         if foreign:
             raise SystemExit(f"refusing to delete {out}: it holds non-generated files, e.g. {foreign[0]}")
         shutil.rmtree(out)
-    out.mkdir(parents=True)
+    (out / DESCRIPTOR_SET).parent.mkdir(parents=True)
     well_known = str(resources.files("grpc_tools") / "_proto")
     args = [
         "grpc_tools.protoc",
@@ -69,6 +73,8 @@ def generate(out: Path) -> None:
         f"--grpc_python_out={out}",
         f"--mypy_out=quiet:{out}",
         f"--mypy_grpc_out=quiet:{out}",
+        f"--descriptor_set_out={out / DESCRIPTOR_SET}",
+        "--include_source_info",
         *_proto_files(),
     ]
     if protoc.main(args) != 0:

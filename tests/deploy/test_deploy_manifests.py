@@ -56,7 +56,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from cosmos.optimus.v1 import encode_service_pb2, encode_service_pb2_grpc
-from cosmos.runtime import jetstream, s3
+from cosmos.runtime import jetstream, s3, telemetry
 from cosmos.runtime.config import free_port
 from cosmos.security import pki, tokens
 from cosmos.stratum.v1 import agent_pb2, pool_service_pb2, pool_service_pb2_grpc
@@ -977,7 +977,12 @@ def test_tracing_is_an_optional_configmap_entry() -> None:
     for container in COSMOS_CONTAINERS:
         refs = [s["configMapRef"] for s in container.spec.get("envFrom", []) if "configMapRef" in s]
         assert {"name": "cosmos-otel", "optional": True} in refs, f"{container.id}: no optional cosmos-otel"
-        assert container.literal_env().get("OTEL_SERVICE_NAME"), f"{container.id}: no OTEL_SERVICE_NAME"
+        # One service.name per service everywhere: the name the process gives itself (`cosmos up`,
+        # cosmos.runtime.server: cosmos-<command>) is the name the manifests give it.
+        invocation = container.cosmos_invocation()
+        assert invocation is not None
+        expected = telemetry.service_name(invocation[0])
+        assert container.literal_env().get("OTEL_SERVICE_NAME") == expected, f"{container.id}: not {expected}"
 
 
 def test_pods_meet_the_restricted_pod_security_standard_and_have_resources() -> None:

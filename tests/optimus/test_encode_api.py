@@ -367,7 +367,7 @@ async def test_nvenc_profiles_get_a_gpu_and_fail_clearly_without_nvenc(
 
 
 async def test_cli_encode_puts_a_local_source_and_a_relative_out_in_the_storage_area(
-    stack: EmbeddedStack, clip_file: Path, area: Path
+    stack: EmbeddedStack, clip_file: Path, area: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Right after `cosmos up`: the source lies outside the storage root, --out is relative.
     from rich.console import Console
@@ -377,7 +377,7 @@ async def test_cli_encode_puts_a_local_source_and_a_relative_out_in_the_storage_
     console = Console(record=True, width=300)
     argv = [str(clip_file), "--profiles", "360p", "--out", "ladder", "--quality", "off"]
     assert await cli.run_encode(cli.parser().parse_args(argv), console, stack.context()) == 0
-    printed = console.export_text()
+    printed = capsys.readouterr().err  # notes go to stderr: stdout is the encode alone
     upload = area / "uploads" / clip_file.name
     assert f"copied {clip_file} into your storage area: {upload}" in printed, printed
     assert filecmp.cmp(upload, clip_file, shallow=False)

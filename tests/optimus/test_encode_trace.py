@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import re
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from encode_harness import embedded_stack
@@ -19,6 +23,21 @@ SPAN = re.compile(r'"name": "(?P<name>[^"]+)",\s*"context": \{\s*"trace_id": "0x
 def spans(log: Path) -> list[tuple[str, str]]:
     """(name, trace id) of every span the console exporter wrote to a component's log."""
     return [(m["name"], m["trace"]) for m in SPAN.finditer(log.read_text(errors="replace"))]
+
+
+def span_records(log: Path) -> list[dict[str, Any]]:
+    """Every span the console exporter wrote to a component's log, as its JSON."""
+    text = log.read_text(errors="replace")
+    decoder = json.JSONDecoder()
+    found = []
+    for match in re.finditer(r'\{\s*"name": ', text):
+        with contextlib.suppress(ValueError):
+            found.append(decoder.raw_decode(text, match.start())[0])
+    return [r for r in found if "context" in r and "end_time" in r]
+
+
+def ended(record: dict[str, Any]) -> datetime:
+    return datetime.fromisoformat(str(record["end_time"]).replace("Z", "+00:00"))
 
 
 async def test_one_encode_is_one_trace_across_every_hop(
@@ -51,6 +70,8 @@ async def test_one_encode_is_one_trace_across_every_hop(
             ):
                 last = reply.encode
         assert last.state == encode_pb2.ENCODE_STATE_SUCCEEDED, last.error_message
+        finished = datetime.now(UTC)
+        await asyncio.sleep(3)  # the stack stays up a while: a span left open would end only at its stop
         logs = stack.config.data_dir / "logs"
     # The stack is stopped: every process flushed its spans on exit.
     optimus = spans(logs / "optimus.log")
@@ -66,3 +87,21 @@ async def test_one_encode_is_one_trace_across_every_hop(
     assert {"step probe", "step split", "step encode", "step assemble", "step package"} <= plato
     assert "/cosmos.stratum.v1.JobService/SubmitJob" in stratum
     assert "agent.run" in agent
+    # The batched StartWorkflows is part of the encode's trace (its span a child of the submit's, the
+    # RPC under it), not a trace of its own.
+    batch = [
+        (n, t)
+        for n, t in optimus
+        if n in ("optimus.start_workflows", "/cosmos.plato.v1.WorkflowService/StartWorkflows")
+    ]
+    assert {n for n, _ in batch} == {
+        "optimus.start_workflows",
+        "/cosmos.plato.v1.WorkflowService/StartWorkflows",
+    }
+    assert {t for _, t in batch} == {trace}, batch
+    assert "/cosmos.plato.v1.WorkflowService/StartWorkflows" in plato
+    # No span outlives its RPC: the watches of finished jobs ended with their jobs, not at shutdown.
+    for component in ("plato", "stratum", "optimus"):
+        for record in span_records(logs / f"{component}.log"):
+            if record["name"].endswith("/WatchJob"):
+                assert ended(record) <= finished, (component, record["name"], record["end_time"], finished)

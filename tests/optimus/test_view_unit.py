@@ -41,3 +41,18 @@ def test_a_completed_workflow_that_never_published_is_a_failed_encode_not_a_succ
 def test_a_view_without_steps_cannot_tell_and_keeps_the_workflow_state() -> None:
     wf = workflow_pb2.Workflow(workflow_id="enc-1", state=WS.WORKFLOW_STATE_COMPLETED)
     assert view.encode_view(wf).state == ES.ENCODE_STATE_SUCCEEDED
+
+
+def test_a_renditions_playlist_uri_is_its_published_uri_never_a_scratch_path() -> None:
+    wf = completed_workflow(published=True)
+    wf.steps[-1].output.update({"uri": "file:///out/title"})
+    package = wf.steps.add(step_id="package", step_name="package", state=SS.STEP_STATE_COMPLETED)
+    package.output.update(
+        {"renditions": [{"profile": "360p", "playlist": "/scratch/work/enc-1/package/media_v0.m3u8"}]}
+    )
+    encode = view.encode_view(wf)
+    assert [r.playlist_uri for r in encode.renditions] == ["file:///out/title/media_v0.m3u8"]
+    # Packaged but not yet published: no URI rather than a path nobody can open.
+    del wf.steps[1]
+    wf.state = WS.WORKFLOW_STATE_RUNNING
+    assert [r.playlist_uri for r in view.encode_view(wf).renditions] == [""]

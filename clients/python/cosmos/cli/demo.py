@@ -25,10 +25,11 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
+import grpc
 from rich.console import Console
 
 from cosmos import errors
-from cosmos.cli import encode, up
+from cosmos.cli import encode, output, up
 from cosmos.cli.console import make_console
 from cosmos.runtime import logs, process, s3
 from cosmos.stack import credentials
@@ -78,7 +79,12 @@ async def run_demo(cfg: StackConfig, console: Console) -> int:
             argv = [source_uri, "--profiles", PROFILES, "--out", out_uri, "--force"]
         else:
             argv = [str(clip), "--profiles", PROFILES, "--out", str(out), "--force", "--overwrite"]
-        code = await encode.run_encode(encode.parser().parse_args(argv), console, stack.context())
+        try:
+            code = await encode.run_encode(encode.parser().parse_args(argv), console, stack.context())
+        except grpc.aio.AioRpcError as exc:  # the submission refused: one line, then stop the stack
+            address = stack.context().endpoint("optimus")
+            console.print(f"[red]encode not submitted[/red]: {output.rpc_error(exc, 'optimus', address)}")
+            code = process.EXIT_FAILED
         if code == process.EXIT_OK and stack.s3 is not None:
             out = work / "demo-fetched" / out_uri.rsplit("/", 1)[-1]
             with console.status("fetching the published objects over HTTP (presigned URLs)..."):

@@ -2,7 +2,10 @@
 
 Submits to Optimus, follows the encode with progress bars (overall and per rendition, with fps and
 ETA), then prints the renditions (resolution, bitrate, size, VMAF, PSNR) and the manifest paths.
-``--json`` prints the final encode as JSON instead. Ctrl-C asks whether to cancel the encode.
+``-o json|yaml`` prints the final encode instead (``--json`` is ``-o json``). ``--detach`` prints the
+encode id and returns at once; ``cosmos encode watch ID`` follows it later. Ctrl-C asks whether to cancel
+the encode; a second Ctrl-C (at the prompt, or once the cancellation is asked) stops watching and
+leaves the encode as it is.
 
 Files must lie in the caller's storage area, ``<root>/<tenant>/`` (see README, "Encoding a video").
 When the context knows the root as a local directory (``cosmos up`` records it), a relative ``--out``
@@ -16,33 +19,36 @@ import argparse
 import asyncio
 import contextlib
 import filecmp
+import os
 import shutil
 import signal
 import sys
+import threading
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import grpc
 import jwt
-from google.protobuf import json_format
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.prompt import Confirm
 from rich.table import Table
 
 from cosmos import errors
-from cosmos.cli import target
+from cosmos.cli import output, target
 from cosmos.cli.console import make_console
 from cosmos.client import keys
 from cosmos.optimus.v1 import encode_pb2, encode_service_pb2, encode_service_pb2_grpc
-from cosmos.runtime import process, reconnect, rpc_errors, s3
+from cosmos.runtime import process, reconnect, s3
 from cosmos.security import pki, storage
 from cosmos.security.context import Context
 
 PREFIX = "COSMOS"
 ES = encode_pb2.EncodeState
+PROMPT_THREAD = "cosmos-encode-prompt"
 TERMINAL = (ES.ENCODE_STATE_SUCCEEDED, ES.ENCODE_STATE_FAILED, ES.ENCODE_STATE_CANCELLED)
 
 
@@ -88,7 +94,24 @@ def parser() -> argparse.ArgumentParser:
         help="run the chunk encodes in this container image (e.g. localhost/cosmos-worker:<version> from "
         "`make image`; agents with podman, image allowed for the tenant); default: host processes",
     )
-    p.add_argument("--json", action="store_true", help="print the final encode as JSON (for scripts)")
+    p.add_argument("--json", action="store_true", help="the same as -o json")
+    output.add_output_argument(p)
+    p.add_argument(
+        "--detach",
+        action="store_true",
+        help="submit, print the encode id and return (follow it later: cosmos encode watch ID)",
+    )
+    target.add_arguments(p, "optimus")
+    return p
+
+
+def watch_parser() -> argparse.ArgumentParser:
+    """Flags of ``cosmos encode watch ID``."""
+    p = argparse.ArgumentParser(
+        prog="cosmos encode watch", description="Follow an encode (submitted earlier) to its end."
+    )
+    p.add_argument("encode_id", metavar="ID", help="the encode id (enc-...)")
+    output.add_output_argument(p)
     target.add_arguments(p, "optimus")
     return p
 
@@ -210,15 +233,105 @@ async def follow(
     return last
 
 
+def _format(args: argparse.Namespace) -> str:
+    return "json" if getattr(args, "json", False) else str(getattr(args, "output", "table"))
+
+
+def _ask(question: str, console: Console) -> asyncio.Future[bool]:
+    """``question`` answered on the terminal, in a daemon thread: a process that stops while the
+    question is open (a second Ctrl-C) does not wait for the answer. No terminal (EOF): no."""
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[bool] = loop.create_future()
+
+    def ask() -> None:
+        try:
+            said = Confirm.ask(question, console=console)
+        except (EOFError, KeyboardInterrupt):
+            said = False
+
+        def settle() -> None:
+            if not answer.done():
+                answer.set_result(said)
+
+        loop.call_soon_threadsafe(settle)
+
+    threading.Thread(target=ask, name=PROMPT_THREAD, daemon=True).start()
+    return answer
+
+
+class Detached(Exception):
+    """The user stopped watching (a second Ctrl-C); the encode goes on, or goes on being cancelled."""
+
+
+async def watch_encode(
+    stub: encode_service_pb2_grpc.EncodeServiceAsyncStub,
+    encode_id: str,
+    console: Console,
+    fmt: str,
+) -> encode_pb2.Encode:
+    """Follow ``encode_id`` to its end with live bars (table format); Ctrl-C asks whether to cancel
+    it, and a second Ctrl-C, at the question or after the cancellation was asked, raises
+    :class:`Detached`. A Ctrl-C typed while the question is open is never replayed after it."""
+    live = LiveProgress(console) if fmt == "table" else None
+    watching = asyncio.ensure_future(follow(stub, encode_id, live))
+    interrupted = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, interrupted.set)
+    cancel_asked = False
+    try:
+        with live.bars if live is not None else contextlib.nullcontext():
+            while not watching.done():
+                wait_interrupt = asyncio.ensure_future(interrupted.wait())
+                await asyncio.wait([watching, wait_interrupt], return_when=asyncio.FIRST_COMPLETED)
+                wait_interrupt.cancel()
+                if not interrupted.is_set() or watching.done():
+                    continue
+                interrupted.clear()
+                if cancel_asked:
+                    raise Detached
+                if live is not None:
+                    live.bars.stop()
+                if fmt == "table" and sys.stdin.isatty():
+                    answer = _ask("cancel the encode?", console)
+                    again: asyncio.Future[Any] = asyncio.ensure_future(interrupted.wait())
+                    await asyncio.wait([answer, again], return_when=asyncio.FIRST_COMPLETED)
+                    again.cancel()
+                    if not answer.done():
+                        raise Detached  # Ctrl-C at the question: stop watching, cancel nothing
+                    cancel = answer.result()
+                    interrupted.clear()  # nothing typed during the question is replayed
+                else:
+                    cancel = True  # no one to ask: Ctrl-C cancels, a second one detaches
+                if cancel:
+                    cancel_asked = True
+                    await stub.CancelEncode(
+                        encode_service_pb2.CancelEncodeRequest(
+                            request_id=uuid.uuid4().hex, encode_id=encode_id, reason="cancelled from the CLI"
+                        )
+                    )
+                    print(f"cancelling {encode_id} (Ctrl-C again: stop watching)", file=sys.stderr)
+                if live is not None:
+                    live.bars.start()
+        return watching.result()
+    finally:
+        watching.cancel()
+        loop.remove_signal_handler(signal.SIGINT)
+
+
+def print_final(console: Console, final: encode_pb2.Encode, fmt: str, ctx: Context | None) -> int:
+    """The finished encode as ``fmt``; the exit code it means."""
+    if fmt == "table":
+        _report(console, final, ctx)
+    else:
+        output.emit(output.to_data(final), fmt, lambda: [])
+    return process.EXIT_OK if final.state == ES.ENCODE_STATE_SUCCEEDED else process.EXIT_FAILED
+
+
 async def run_encode(args: argparse.Namespace, console: Console, ctx: Context | None = None) -> int:
     """Submit, follow, report (with the context ``ctx``, else the one the flags name)."""
     ctx = ctx or target.resolve(args, "optimus")
+    fmt = _format(args)
     source_uri, output_uri, notes = await asyncio.to_thread(place_files, args.source, args.out, ctx)
-    for note in notes:
-        if args.json:
-            print(note, file=sys.stderr)  # stdout is the encode alone
-        else:
-            console.print(note)
     profiles = [p for p in args.profiles.split(",") if p]
     request_id = args.request_id
     if not request_id and not args.force:
@@ -248,57 +361,48 @@ async def run_encode(args: argparse.Namespace, console: Console, ctx: Context | 
             overwrite=args.overwrite,
             image=args.image,
         )
-        try:
-            reply = await stub.SubmitEncode(request)
-        except grpc.aio.AioRpcError as exc:
-            _, violations = rpc_errors.details_of(exc)
-            console.print(f"[red]{exc.code().name}[/red]: {exc.details()}")
-            for v in violations:
-                console.print(f"  {v.field}: {v.description}")
-            return process.EXIT_FAILED
+        reply = await stub.SubmitEncode(request)
         submitted = reply.encode
-        if not args.json:
+        for note in notes:
+            # What was done on the side, said once the encode is accepted (a refusal is one line);
+            # on stderr: stdout is the encode alone.
+            print(note, file=sys.stderr)
+        if getattr(args, "detach", False):
+            if fmt == "table":
+                print(submitted.encode_id)
+                print(f"follow it: cosmos encode watch {submitted.encode_id}", file=sys.stderr)
+            else:
+                output.emit(output.to_data(submitted), fmt, lambda: [])
+            return process.EXIT_OK
+        if fmt == "table":
             resumed = " (resumed from its failed steps)" if reply.resumed else ""
             console.print(
                 f"encode [bold]{submitted.encode_id}[/bold]: {', '.join(submitted.profiles)} -> {args.out}"
-                + resumed
+                + resumed,
+                soft_wrap=True,
             )
-        live = None if args.json else LiveProgress(console)
-        watching = asyncio.ensure_future(follow(stub, submitted.encode_id, live))
-        interrupted = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGINT, interrupted.set)
         try:
-            with live.bars if live is not None else contextlib.nullcontext():
-                while not watching.done():
-                    wait_interrupt = asyncio.ensure_future(interrupted.wait())
-                    await asyncio.wait([watching, wait_interrupt], return_when=asyncio.FIRST_COMPLETED)
-                    wait_interrupt.cancel()
-                    if interrupted.is_set() and not watching.done():
-                        interrupted.clear()
-                        if live is not None:
-                            live.bars.stop()
-                        cancel = args.json or await asyncio.to_thread(
-                            Confirm.ask, "cancel the encode?", console=console
-                        )
-                        if cancel:
-                            await stub.CancelEncode(
-                                encode_service_pb2.CancelEncodeRequest(
-                                    request_id=uuid.uuid4().hex,
-                                    encode_id=submitted.encode_id,
-                                    reason="cancelled from the CLI",
-                                )
-                            )
-                        if live is not None:
-                            live.bars.start()
-            final = watching.result()
-        finally:
-            loop.remove_signal_handler(signal.SIGINT)
-    if args.json:
-        print(json_format.MessageToJson(final))
-    else:
-        _report(console, final, ctx)
-    return process.EXIT_OK if final.state == ES.ENCODE_STATE_SUCCEEDED else process.EXIT_FAILED
+            final = await watch_encode(stub, submitted.encode_id, console, fmt)
+        except Detached:
+            encode_id = submitted.encode_id
+            print(f"stopped watching; {encode_id} goes on (cosmos encode watch {encode_id})", file=sys.stderr)
+            return 130
+    return print_final(console, final, fmt, ctx)
+
+
+async def run_watch(args: argparse.Namespace, console: Console) -> int:
+    """``cosmos encode watch ID``: follow an encode to its end, then report it."""
+    ctx = target.resolve(args, "optimus")
+    async with ctx.channel("optimus") as channel:
+        stub = encode_service_pb2_grpc.EncodeServiceStub(channel)
+        encode_id = args.encode_id
+        await stub.GetEncode(encode_service_pb2.GetEncodeRequest(encode_id=encode_id))  # NOT_FOUND early
+        try:
+            final = await watch_encode(stub, encode_id, console, args.output)
+        except Detached:
+            print(f"stopped watching; {encode_id} goes on", file=sys.stderr)
+            return 130
+    return print_final(console, final, args.output, ctx)
 
 
 def _report(console: Console, encode: encode_pb2.Encode, ctx: Context | None = None) -> None:
@@ -324,13 +428,27 @@ def _report(console: Console, encode: encode_pb2.Encode, ctx: Context | None = N
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``cosmos encode``."""
-    args = parser().parse_args(argv)
+    """Entry point of ``cosmos encode`` and ``cosmos encode watch``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    watching = argv[:1] == ["watch"]
+    args = watch_parser().parse_args(argv[1:]) if watching else parser().parse_args(argv)
+    address = ""
     try:
-        return asyncio.run(run_encode(args, make_console()))
+        address = target.resolve(args, "optimus").endpoint("optimus")
+        run = run_watch(args, make_console()) if watching else run_encode(args, make_console())
+        code = asyncio.run(run)
+        if any(t.name == PROMPT_THREAD and t.is_alive() for t in threading.enumerate()):
+            # Stopped at the open question: its thread still reads the terminal, and the interpreter
+            # cannot shut down cleanly under it. Everything is said; leave now.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        return code
     except errors.ConfigError as exc:
-        print(f"cosmos encode: {exc}", file=sys.stderr)
+        output.fail("encode", str(exc))
         return process.EXIT_CONFIG
     except grpc.aio.AioRpcError as exc:
-        print(f"cosmos encode: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        output.fail("encode", output.rpc_error(exc, "optimus", address))
         return process.EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130

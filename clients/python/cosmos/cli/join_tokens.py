@@ -13,7 +13,7 @@ import grpc
 from rich.table import Table
 
 from cosmos import errors
-from cosmos.cli import target
+from cosmos.cli import output, target
 from cosmos.cli.console import make_console
 from cosmos.runtime import process, wellknown
 from cosmos.security import join, pki
@@ -45,39 +45,42 @@ def _time(view: join_token_pb2.JoinToken) -> str:
     return view.expire_time.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
 
 
-async def list_tokens(ctx: Context) -> Table:
+async def fetch_tokens(ctx: Context) -> list[join_token_pb2.JoinToken]:
     """Every token, soonest to expire first."""
     async with ctx.channel("stratum") as channel:
         reply = await pool_service_pb2_grpc.PoolServiceStub(channel).ListJoinTokens(
             pool_service_pb2.ListJoinTokensRequest(page_size=1000)
         )
-    table = Table(title="join tokens", title_justify="left")
-    for column in (
-        "token",
-        "state",
-        "uses left",
-        "agent id",
-        "expires (UTC)",
-        "joined",
-        "creator",
-        "description",
-    ):
-        table.add_column(column)
+    return list(reply.join_tokens)
+
+
+def tokens_table(tokens: Sequence[join_token_pb2.JoinToken]) -> Table:
+    columns = ("token", "state", "uses left", "agent id", "expires (UTC)", "joined", "creator", "description")
+    table = output.table("join tokens", columns, ids=["token"])
     now = datetime.datetime.now(datetime.UTC)
-    for view in reply.join_tokens:
+    rows = []
+    for view in tokens:
         expired = view.expire_time.ToDatetime(datetime.UTC) <= now
         state = "expired" if expired else "used up" if view.uses_left == 0 else "active"
-        table.add_row(
-            view.token_id,
-            state,
-            f"{view.uses_left}/{view.uses}",
-            view.agent_id or "any",
-            _time(view),
-            ", ".join(view.joined_agent_ids) or "-",
-            view.creator,
-            view.description,
+        rows.append(
+            [
+                view.token_id,
+                state,
+                f"{view.uses_left}/{view.uses}",
+                view.agent_id or "any",
+                _time(view),
+                ", ".join(view.joined_agent_ids) or "-",
+                view.creator,
+                view.description,
+            ]
         )
+    output.fit_ids(table, rows)
     return table
+
+
+async def list_tokens(ctx: Context) -> Table:
+    """Every token as a table, soonest to expire first."""
+    return tokens_table(await fetch_tokens(ctx))
 
 
 async def delete(ctx: Context, token_id: str) -> str:
@@ -101,11 +104,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--ttl", default="1h", help=f"lifetime, e.g. 30m, 1h, 2d (at most {join.MAX_TTL.days}d)")
     p.add_argument("--agent-id", default="", help="only this agent id may join with it (default: any)")
     p.add_argument("--description", default="", help="a note for whoever lists the tokens")
+    output.add_output_argument(p)
     target.add_arguments(p, "stratum")
     args = p.parse_args(argv)
     console = make_console()
+    address = ""
     try:
         ctx = target.resolve(args, "stratum")
+        address = ctx.endpoint("stratum")
         if args.verb == "create":
             if args.uses < 1:
                 raise errors.ConfigError(f"--uses {args.uses}: at least 1")
@@ -114,7 +120,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             print(text)  # plain print: the token must come out verbatim, never wrapped
         elif args.verb == "list":
-            console.print(asyncio.run(list_tokens(ctx)))
+            tokens = asyncio.run(fetch_tokens(ctx))
+            data = {"joinTokens": [output.to_data(t) for t in tokens]}
+            output.emit(data, args.output, lambda: [tokens_table(tokens)])
         else:
             if not args.id:
                 p.error("delete needs a token id")
@@ -123,6 +131,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cosmos agents join-token: {exc}", file=sys.stderr)
         return process.EXIT_CONFIG
     except grpc.aio.AioRpcError as exc:
-        print(f"cosmos agents join-token: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        output.fail("agents join-token", output.rpc_error(exc, "stratum", address))
         return process.EXIT_FAILED
     return process.EXIT_OK

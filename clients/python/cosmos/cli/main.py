@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import sys
 from collections.abc import Sequence
@@ -11,9 +12,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "up": ("cosmos.cli.up:main", "start NATS, Plato, Stratum, Optimus and a local agent; stop on Ctrl-C"),
     "demo": ("cosmos.cli.demo:main", "run the main job end to end on the embedded stack"),
     "encode": ("cosmos.cli.encode:main", "encode a video into an HLS + DASH ladder, with live progress"),
-    "workflows": ("cosmos.cli.platform:workflows", "list, show or cancel Plato workflows"),
-    "jobs": ("cosmos.cli.platform:jobs", "list Stratum jobs"),
-    "agents": ("cosmos.cli.platform:agents", "list or revoke Stratum agents; join tokens for new agents"),
+    "workflows": (
+        "cosmos.cli.platform:workflows",
+        "list, show, history, cancel, retry or reset Plato workflows",
+    ),
+    "jobs": ("cosmos.cli.platform:jobs", "list, show, cancel Stratum jobs; their logs (-f: follow)"),
+    "agents": (
+        "cosmos.cli.platform:agents",
+        "list, show, cordon, uncordon, drain or revoke agents; join tokens for new agents",
+    ),
+    "config": ("cosmos.cli.config:main", "contexts: which platform the CLI talks to, with which credentials"),
+    "completion": ("cosmos.cli.completion:main", "print a bash or zsh completion script"),
     "pki": ("cosmos.cli.security:pki_main", "create the CA, issue and renew workload certificates"),
     "token": ("cosmos.cli.security:token_main", "create platform tokens for people and programs"),
     "console": ("cosmos.console.server:main", "run the web console (HTTPS; sign in with a platform token)"),
@@ -24,11 +33,25 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def version() -> str:
+    """The installed version of Cosmos."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("cosmos-media")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def usage() -> str:
     """The top-level help text."""
     width = max(map(len, COMMANDS))
     lines = [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
-    return "usage: cosmos <command> [options]\n\ncommands:\n" + "\n".join(lines) + "\n"
+    return (
+        "usage: cosmos [--version] <command> [options]\n\ncommands:\n"
+        + "\n".join(lines)
+        + "\n\nevery command: cosmos <command> --help\n"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -37,9 +60,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help", "help"):
         print(usage(), end="")
         return 0
+    if args[0] in ("--version", "version"):
+        print(f"cosmos {version()}")
+        return 0
     command, rest = args[0], args[1:]
     if command not in COMMANDS:
-        print(f"cosmos: unknown command {command!r}\n\n{usage()}", end="", file=sys.stderr)
+        near = difflib.get_close_matches(command, COMMANDS, n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        print(f"cosmos: unknown command {command!r}{hint}\n\n{usage()}", end="", file=sys.stderr)
         return 2
     module_name, function = COMMANDS[command][0].split(":")
     code: int = getattr(importlib.import_module(module_name), function)(rest)

@@ -143,7 +143,8 @@ class JobHandle:
         while True:
             request = job_service_pb2.WatchJobRequest(job_id=self.job_id, from_sequence=seen + 1)
             try:
-                async for reply in stub.WatchJob(request):
+                stream = stub.WatchJob(request)
+                async for reply in stream:
                     delays = backoff.delays()
                     event = reply.event
                     if event.sequence <= seen:
@@ -151,6 +152,7 @@ class JobHandle:
                     seen = event.sequence
                     yield event
                     if event.WhichOneof("event") == "state" and event.state in TERMINAL:
+                        await reconnect.finish(stream)  # the call (and its span) ends now
                         return
                 current = await self.refresh()
                 if current.state in TERMINAL and current.last_sequence <= seen:

@@ -151,7 +151,10 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
     ) -> list[workflow_service_pb2.StartWorkflowResponse | BaseException]:
         request = workflow_service_pb2.StartWorkflowsRequest(entries=entries)
         try:
-            reply = await self.workflows.StartWorkflows(request, **call)
+            # The batch runs in the coalescer's task, outside any caller's trace: its span (and the
+            # StartWorkflows call under it) joins the first entry's trace and links every entry's.
+            with telemetry.batch_span("optimus.start_workflows", [e.trace_context for e in entries]):
+                reply = await self.workflows.StartWorkflows(request, **call)
         except grpc.aio.AioRpcError as exc:
             if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 # Plato's own answer (a refused start) is the caller's, not an outage.
@@ -252,7 +255,12 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
                     field = f"profiles[{i}]"
             if request.ladder and field == "profiles":
                 field = "ladder"
-            violations.append(errors.FieldViolation(field, str(exc.args[0]) if exc.args else str(exc)))
+            # The catalog's errors say what is wrong and what is known; a bare KeyError is the name.
+            known = isinstance(exc, catalog.UnknownProfileError | catalog.UnknownLadderError)
+            said = (
+                str(exc) if known else f"unknown {field.split('[')[0]} {exc.args[0] if exc.args else exc!s}"
+            )
+            violations.append(errors.FieldViolation(field, said))
         try:
             if not request.output_uri:
                 raise _bad("output_uri", "is required")

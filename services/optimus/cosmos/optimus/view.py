@@ -8,6 +8,7 @@ reported percent. Per rendition, progress is the mean over the chunk encodes of 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import PurePosixPath
 from typing import Any
 
 from cosmos.common.v1 import progress_pb2
@@ -113,8 +114,8 @@ def encode_view(workflow: workflow_pb2.Workflow, inp: Mapping[str, Any] | None =
     chunks = len((outputs.get("split") or {}).get("chunks") or []) or 1
     groups = len(inp.get("groups") or []) or len(names)
     _progress(encode, by_name, chunks, groups, len(names), workflow)
-    _renditions(encode, profiles, by_name, outputs.get("package"))
     publish = outputs.get("publish") or {}
+    _renditions(encode, profiles, by_name, outputs.get("package"), str(publish.get("uri") or ""))
     encode.manifests.hls_master_uri = str(publish.get("hls_master_uri", ""))
     encode.manifests.dash_mpd_uri = str(publish.get("dash_mpd_uri", ""))
     if workflow.state == WS.WORKFLOW_STATE_COMPLETED and steps and not encode.manifests.hls_master_uri:
@@ -170,6 +171,7 @@ def _renditions(
     profiles: Sequence[dict[str, Any]],
     by_name: dict[str, list[workflow_pb2.StepExecution]],
     package: dict[str, Any] | None,
+    published: str = "",
 ) -> None:
     packaged = {str(r.get("profile")): r for r in (package or {}).get("renditions") or []}
     for profile in profiles:
@@ -206,4 +208,7 @@ def _renditions(
             rendition.vmaf = float(result.get("vmaf") or 0)
             rendition.psnr = float(result.get("psnr") or 0)
             rendition.quality_frames = int(result.get("quality_frames") or 0)
-            rendition.playlist_uri = str(result.get("playlist") or "")
+            # The packaged playlist lies in the encode's scratch directory, published under the same
+            # name next to the master playlist: its URI is known once the package is published.
+            playlist = PurePosixPath(str(result.get("playlist") or "")).name
+            rendition.playlist_uri = f"{published.rstrip('/')}/{playlist}" if published and playlist else ""

@@ -24,7 +24,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry import trace
 
 from cosmos import errors
-from cosmos.plato import inputs, limits, records, subjects
+from cosmos.plato import inputs, limits, pollers, records, subjects
 from cosmos.plato.engine import machine, reset, values
 from cosmos.plato.language import parser
 from cosmos.plato.store import Conflict, PlatoStore
@@ -104,6 +104,8 @@ class WorkflowApi(workflow_service_pb2_grpc.WorkflowServiceServicer):
         self.store = store
         self.stopping = stopping
         self.created = created
+        self.pollers = pollers.Pollers(lambda: store.js)
+        """Which task queues have a worker: GetWorkflow marks steps that wait on one with none."""
         """Told of every record a start created, with its revision (the evaluator caches it)."""
 
     # ------------------------------------------------------------------ definitions
@@ -306,7 +308,8 @@ class WorkflowApi(workflow_service_pb2_grpc.WorkflowServiceServicer):
     async def GetWorkflow(
         self, request: workflow_service_pb2.GetWorkflowRequest, context: Context
     ) -> workflow_service_pb2.GetWorkflowResponse:
-        return workflow_service_pb2.GetWorkflowResponse(workflow=await self._workflow(request.workflow_id))
+        workflow = await self.pollers.annotate(await self._workflow(request.workflow_id))
+        return workflow_service_pb2.GetWorkflowResponse(workflow=workflow)
 
     async def ListWorkflows(
         self, request: workflow_service_pb2.ListWorkflowsRequest, context: Context

@@ -77,6 +77,24 @@ async def retrying(
         await anext(delays)
 
 
+FINISH_S = 1.0
+"""How long a stream that delivered its last item may take to end before it is cancelled."""
+
+
+async def finish(stream: AsyncIterable[object], timeout: float = FINISH_S) -> None:
+    """Read ``stream`` to its end (a server ends a watch right after its final item), so the call,
+    and its client span, end now rather than when the call is collected at shutdown; a stream still
+    open after ``timeout`` is cancelled."""
+    try:
+        async with asyncio.timeout(timeout):
+            async for _ in stream:
+                pass
+    except (TimeoutError, grpc.aio.AioRpcError):
+        cancel = getattr(stream, "cancel", None)
+        if cancel is not None:
+            cancel()
+
+
 async def reconnecting(
     open_stream: Callable[[], AsyncIterable[T]],
     done: Callable[[T], bool],
@@ -88,10 +106,12 @@ async def reconnecting(
     delays = backoff.delays()
     while True:
         try:
-            async for item in open_stream():
+            stream = open_stream()
+            async for item in stream:
                 delays = backoff.delays()  # it worked again: the next break starts from a short wait
                 yield item
                 if done(item):
+                    await finish(stream)
                     return
             log.info(f"{what}: stream ended early; reopening")
         except grpc.aio.AioRpcError as exc:

@@ -25,7 +25,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from cosmos import errors
-from cosmos.runtime import metrics, rpc_errors, telemetry, validation
+from cosmos.runtime import metrics, reflection_docs, rpc_errors, telemetry, validation
 from cosmos.runtime.config import Address
 from cosmos.security import auth, tls
 from cosmos.security.config import Security
@@ -127,7 +127,7 @@ class Server:
         security = self.config.security
         listen = self.config.listen
         security.check_listen(listen.host, self.config.name)
-        telemetry.configure_tracing(f"cosmos-{self.config.name}")
+        telemetry.configure_tracing(telemetry.service_name(self.config.name))
         names = [b.name for b in self.services]
         authenticator = auth.Authenticator(insecure=security.insecure, verifier=security.verifier())
         server = grpc.aio.server(
@@ -145,7 +145,12 @@ class Server:
         for binding in self.services:
             binding.add_to_server(binding.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+        # With the protos' comments (descriptor set with source info), so `grpcurl describe` documents.
+        reflection.enable_server_reflection(
+            [*names, health.SERVICE_NAME, reflection.SERVICE_NAME],
+            server,
+            pool=reflection_docs.documented_pool(),  # type: ignore[arg-type]  # a duck-typed pool
+        )
         if security.tls is None:
             self.port = _bind(lambda a: server.add_insecure_port(a), listen, self.config.name, "--listen")
         else:

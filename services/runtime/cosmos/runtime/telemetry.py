@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import atexit
 import os
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any
 
 import grpc
@@ -65,6 +65,13 @@ def exporting(env: Mapping[str, str] | None = None) -> bool:
     """Whether this process records and exports spans (an exporter is configured, the SDK enabled)."""
     env = os.environ if env is None else env
     return env.get("OTEL_SDK_DISABLED", "").lower() != "true" and bool(_exporter_names(env))
+
+
+def service_name(component: str) -> str:
+    """The ``service.name`` of a Cosmos component (``optimus``, ``plato``, ``stratum``, ``agent``):
+    ``cosmos-<component>``, under ``cosmos up`` and in the deploy manifests' ``OTEL_SERVICE_NAME``
+    alike (tests/deploy checks they agree)."""
+    return f"cosmos-{component}"
 
 
 def configure_tracing(service_name: str, env: Mapping[str, str] | None = None) -> TracerProvider | None:
@@ -115,6 +122,25 @@ def inject_headers(headers: MutableMapping[str, str] | None = None) -> dict[str,
     carrier: dict[str, str] = dict(headers or {})
     propagate.inject(carrier)
     return carrier
+
+
+def batch_span(name: str, carriers: Sequence[Mapping[str, str]]) -> Any:
+    """A span (context manager) for one piece of work done for several traces at once, e.g. a batched
+    RPC: a child of the first carrier's trace (so a batch of one is simply part of its trace) and
+    linked to every carrier's span, rather than a trace of its own that nobody's trace leads to."""
+    contexts = [extract_context(c) for c in carriers]
+    links = []
+    for ctx in contexts:
+        span_context = trace.get_current_span(ctx).get_span_context()
+        if span_context.is_valid:
+            links.append(trace.Link(span_context))
+    tracer = trace.get_tracer("cosmos.runtime.telemetry")
+    return tracer.start_as_current_span(
+        name,
+        context=contexts[0] if contexts else None,
+        links=links,
+        attributes={"cosmos.batch.size": len(carriers)},
+    )
 
 
 def extract_context(headers: Mapping[str, str] | None) -> Any:

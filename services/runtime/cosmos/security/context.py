@@ -133,6 +133,33 @@ def load(name: str = "", path: Path | None = None) -> Context:
     return Context(name=wanted, **{k: v for k, v in values.items() if k != "name"})
 
 
+def names(path: Path | None = None) -> tuple[list[str], str]:
+    """The contexts the config file holds, and the current one ("" when none is)."""
+    data = _read(path or config_path())
+    return sorted(data.get("contexts") or {}), str(data.get("current-context") or "")
+
+
+def use(name: str, path: Path | None = None) -> Path:
+    """Make the context ``name`` the current one."""
+    path = path or config_path()
+    return save(load(name, path), make_current=True, path=path)
+
+
+def delete(name: str, path: Path | None = None) -> Path:
+    """Remove the context ``name`` (and make none current if it was)."""
+    path = path or config_path()
+    data = _read(path)
+    contexts = data.get("contexts") or {}
+    if name not in contexts:
+        known = ", ".join(sorted(contexts)) or "none"
+        raise errors.ConfigError(f"no context {name!r} in {path} (known: {known})")
+    del contexts[name]
+    if data.get("current-context") == name:
+        data.pop("current-context")
+    _write(path, data)
+    return path
+
+
 def save(context: Context, *, make_current: bool = False, path: Path | None = None) -> Path:
     """Write ``context`` into the config file (0600: it may hold a token)."""
     path = path or config_path()
@@ -143,10 +170,14 @@ def save(context: Context, *, make_current: bool = False, path: Path | None = No
     contexts[context.name] = entry
     if make_current or not data.get("current-context"):
         data["current-context"] = context.name
+    _write(path, data)
+    return path
+
+
+def _write(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
         yaml.safe_dump(data, out, sort_keys=True)
     os.replace(tmp, path)
-    return path

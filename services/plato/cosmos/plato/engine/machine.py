@@ -696,6 +696,7 @@ class Machine:
             task.job_spec.CopyFrom(job)
         if self.task_key is not None:
             task.task_token = self.task_key.token(self.wf.workflow_id, step.step_id, step.attempt)
+        step.task_queue = queue
         self._outbox(subjects.tasks(queue), task.SerializeToString(), msg_id=task.idempotency_key)
 
     def _job_spec(self, step: workflow_pb2.StepExecution, step_def: model.StepDef) -> job_pb2.JobSpec:

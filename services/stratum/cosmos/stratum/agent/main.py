@@ -337,7 +337,7 @@ def agent_identity(requested: str, security: Security) -> str:
 
 async def serve(args: argparse.Namespace) -> None:
     """Run the agent until SIGTERM/SIGINT."""
-    telemetry.configure_tracing("cosmos-agent")
+    telemetry.configure_tracing(telemetry.service_name("agent"))
     labels = []
     for item in args.label:
         key, sep, value = item.partition("=")

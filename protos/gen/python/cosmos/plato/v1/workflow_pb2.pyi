@@ -271,6 +271,8 @@ class StepExecution(_message.Message):
     NEXT_ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
     LAST_HEARTBEAT_TIME_FIELD_NUMBER: _builtins.int
     RULE_FIELD_NUMBER: _builtins.int
+    TASK_QUEUE_FIELD_NUMBER: _builtins.int
+    NO_WORKER_SINCE_TIME_FIELD_NUMBER: _builtins.int
     step_id: _builtins.str
     """Unique id of the step instance within the workflow: the step name, plus
     the fan-out index for fanned-out instances (e.g. "encode-segment[2]").
@@ -296,6 +298,11 @@ class StepExecution(_message.Message):
     rule: _builtins.str
     """Human-readable identity of the rule that scheduled this step, for
     diagnostics (e.g. "rules[1]: probe-source.completed").
+    """
+    task_queue: _builtins.str
+    """Task queue the step's task was published to: a handler step's queue (its
+    name unless the definition names one), "cosmos-stratum-runner" for a job
+    step; empty for steps that publish no task (builtins, child workflows).
     """
     @_builtins.property
     def input(self) -> _struct_pb2.Struct:
@@ -337,6 +344,16 @@ class StepExecution(_message.Message):
     def last_heartbeat_time(self) -> _timestamp_pb2.Timestamp:
         """When the last heartbeat for this attempt arrived; unset if none."""
 
+    @_builtins.property
+    def no_worker_since_time(self) -> _timestamp_pb2.Timestamp:
+        """Set by GetWorkflow while the step is SCHEDULED on a task queue that no
+        worker polls (no consumer on it, or none with a pull request pending or a
+        task in hand): since when no worker has been seen polling it, at the
+        latest the step's schedule_time. Unset when a worker polls the queue, and
+        in every other state. Like Temporal's task queues without pollers: a step
+        nobody will ever pick up is visible instead of silently waiting.
+        """
+
     def __init__(
         self,
         *,
@@ -357,10 +374,12 @@ class StepExecution(_message.Message):
         next_attempt_time: _timestamp_pb2.Timestamp | None = ...,
         last_heartbeat_time: _timestamp_pb2.Timestamp | None = ...,
         rule: _builtins.str = ...,
+        task_queue: _builtins.str = ...,
+        no_worker_since_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["close_time", b"close_time", "fanout_vars", b"fanout_vars", "input", b"input", "last_heartbeat_time", b"last_heartbeat_time", "next_attempt_time", b"next_attempt_time", "output", b"output", "progress", b"progress", "schedule_time", b"schedule_time", "start_time", b"start_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["close_time", b"close_time", "fanout_vars", b"fanout_vars", "input", b"input", "last_heartbeat_time", b"last_heartbeat_time", "next_attempt_time", b"next_attempt_time", "no_worker_since_time", b"no_worker_since_time", "output", b"output", "progress", b"progress", "schedule_time", b"schedule_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "child_workflow_id", b"child_workflow_id", "close_time", b"close_time", "error", b"error", "fanout_vars", b"fanout_vars", "input", b"input", "job_id", b"job_id", "last_heartbeat_time", b"last_heartbeat_time", "next_attempt_time", b"next_attempt_time", "output", b"output", "progress", b"progress", "rule", b"rule", "schedule_time", b"schedule_time", "start_time", b"start_time", "state", b"state", "step_id", b"step_id", "step_name", b"step_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "child_workflow_id", b"child_workflow_id", "close_time", b"close_time", "error", b"error", "fanout_vars", b"fanout_vars", "input", b"input", "job_id", b"job_id", "last_heartbeat_time", b"last_heartbeat_time", "next_attempt_time", b"next_attempt_time", "no_worker_since_time", b"no_worker_since_time", "output", b"output", "progress", b"progress", "rule", b"rule", "schedule_time", b"schedule_time", "start_time", b"start_time", "state", b"state", "step_id", b"step_id", "step_name", b"step_name", "task_queue", b"task_queue"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
