@@ -97,3 +97,18 @@ def test_the_docstring_tree_nests_as_the_classes_do() -> None:
         else:
             assert cls is errors.CosmosError
         stack.append((depth, cls))
+
+
+def test_invalid_and_require_name_one_field() -> None:
+    error = errors.invalid("spec.argv", "is empty", reason="ERROR_REASON_INVALID_SPEC")
+    assert (error.message, error.reason) == ("spec.argv: is empty", "ERROR_REASON_INVALID_SPEC")
+    assert error.violations == (errors.FieldViolation("spec.argv", "is empty"),)
+    assert errors.invalid("x", "bad").reason == "ERROR_REASON_INVALID_ARGUMENT"
+    errors.require("set", "job_id")
+    try:
+        errors.require("", "job_id", "must not be empty")
+    except errors.InvalidArgumentError as exc:
+        assert exc.message == "job_id is required"
+        assert exc.violations == (errors.FieldViolation("job_id", "must not be empty"),)
+    else:
+        raise AssertionError("an empty value passed")

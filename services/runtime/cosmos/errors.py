@@ -163,6 +163,33 @@ class InvalidArgumentError(RpcError):
     reason = "ERROR_REASON_INVALID_ARGUMENT"
 
 
+def invalid(
+    field: str,
+    description: str,
+    *,
+    message: str | None = None,
+    reason: str | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> InvalidArgumentError:
+    """INVALID_ARGUMENT for one offending ``field``: ``description`` is its violation and, unless
+    ``message`` says otherwise, the message is ``"<field>: <description>"``."""
+    return InvalidArgumentError(
+        f"{field}: {description}" if message is None else message,
+        reason=reason,
+        metadata=metadata,
+        violations=[FieldViolation(field, description)],
+    )
+
+
+def require(
+    value: object, field: str, description: str = "is required", *, message: str | None = None
+) -> None:
+    """Raise :func:`invalid` for ``field`` when ``value`` is empty (a required request field left unset);
+    the message is ``"<field> is required"`` unless ``message`` says otherwise."""
+    if not value:
+        raise invalid(field, description, message=f"{field} is required" if message is None else message)
+
+
 class FailedPreconditionError(RpcError):
     """The request is well formed but the system is not in a state to accept it."""
 
