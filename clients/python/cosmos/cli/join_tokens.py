@@ -63,7 +63,7 @@ async def list_tokens(ctx: Context) -> Table:
         "description",
     ):
         table.add_column(column)
-    now = datetime.datetime.now(datetime.UTC)
+    now = wellknown.utcnow()
     for view in reply.join_tokens:
         expired = view.expire_time.ToDatetime(datetime.UTC) <= now
         state = "expired" if expired else "used up" if view.uses_left == 0 else "active"

@@ -14,7 +14,7 @@ import logging
 import re
 import uuid
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import nats.errors
@@ -39,7 +39,7 @@ from cosmos.plato.v1 import (
     workflow_service_pb2,
     workflow_service_pb2_grpc,
 )
-from cosmos.runtime import paging, rpc_errors, telemetry, validation
+from cosmos.runtime import paging, rpc_errors, telemetry, validation, wellknown
 from cosmos.security import auth
 
 Context = Any
@@ -219,7 +219,7 @@ class WorkflowApi(workflow_service_pb2_grpc.WorkflowServiceServicer):
             request_id=request.request_id,
             tenant=tenant,
         )
-        now = datetime.now(UTC)
+        now = wellknown.utcnow()
         start.request_time.FromDatetime(now)
         inp = engine_pb2.EngineInput(workflow_id=workflow_id, start=start)
         # Publish first: from here on the start is durable, whatever happens to this process. There

@@ -25,7 +25,7 @@ from google.protobuf.message import DecodeError
 from nats.js.kv import KeyValue
 
 from cosmos import errors
-from cosmos.runtime import kvscan, paging
+from cosmos.runtime import kvscan, paging, wellknown
 from cosmos.security import join, pki
 from cosmos.security.principals import Principal
 from cosmos.stratum.store import JOIN_TOKENS_BUCKET, JobStore
@@ -91,10 +91,6 @@ def peer_host(peer: str) -> str:
     return peer.rsplit(":", 1)[0] if peer.count(":") >= 2 else peer
 
 
-def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
-
-
 def _check_agent_id(agent_id: str, field: str = "agent_id") -> None:
     try:
         pki.check_name(agent_id)
@@ -144,7 +140,7 @@ class Enrollment:
             agent_id=request.agent_id,
             creator=caller.identity,
             description=request.description,
-            now=_now(),
+            now=wellknown.utcnow(),
         )
         try:
             await self.tokens.create(token.token_id, record.SerializeToString())
@@ -261,7 +257,7 @@ class Enrollment:
         for _ in range(CAS_ATTEMPTS):
             found = await self._read(token.token_id)
             record, revision = found if found is not None else (None, 0)
-            retry = join.check(record, token, request.agent_id, _now(), redeemed)
+            retry = join.check(record, token, request.agent_id, wellknown.utcnow(), redeemed)
             # Only a valid token learns whether its agent id is revoked; checked before a use is spent.
             if not checked_revoked:
                 await self._refuse_revoked(request.agent_id)
