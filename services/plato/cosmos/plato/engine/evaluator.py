@@ -77,7 +77,6 @@ class Evaluator:
         self.task_key = task_key
         self._cache: OrderedDict[str, WorkflowState] = OrderedDict()
         self._rand = random.Random()
-        self.transitions = 0
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Advance workflows until ``stopping`` is set."""
@@ -236,7 +235,6 @@ class Evaluator:
             metrics.observe_transition(state.record, touched, now)
             self._remember(workflow_id, state)
             await records.apply_effects(self.store, state)
-            self.transitions += 1
             if record.workflow.state in machine.TERMINAL_WORKFLOW_STATES:
                 self._cache.pop(workflow_id, None)
                 log.info(
