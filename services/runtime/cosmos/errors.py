@@ -3,6 +3,85 @@
 Every error raised on purpose by Cosmos code derives from :class:`CosmosError`. Errors that a gRPC
 handler may raise carry the status code and ``google.rpc`` details they map to, so the runtime turns
 them into rich statuses in one place (:mod:`cosmos.runtime.rpc_errors`).
+
+The whole tree, each class with the module that defines it (``tests/runtime/test_errors_tree.py``
+keeps it complete and true)::
+
+    CosmosError                             cosmos.errors                     root of every error on purpose
+    ├── ConfigError                         cosmos.errors                     a setting is missing or invalid
+    │   └── PortInUseError                  cosmos.errors                     a listening address is taken
+    ├── ProcessStartError                   cosmos.errors                     a child process did not start
+    ├── RpcError                            cosmos.errors                     answers a gRPC call
+    │   ├── InvalidArgumentError            cosmos.errors                     INVALID_ARGUMENT + violations
+    │   │   ├── OutsideStorageRoot          cosmos.security.storage           a URI outside the caller's area
+    │   │   ├── OutsideStorageRootError     cosmos.client.errors              the same, client side
+    │   │   └── UnknownProfileError         cosmos.client.errors              no such profile or ladder
+    │   ├── FailedPreconditionError         cosmos.errors                     FAILED_PRECONDITION
+    │   │   ├── AlreadyTerminalError        cosmos.client.errors              the target already ended
+    │   │   ├── UnsatisfiableResourcesError cosmos.client.errors              no agent could ever run the job
+    │   │   └── UnsupportedRuntimeError     cosmos.client.errors              no agent has the runtime
+    │   ├── NotFoundError                   cosmos.errors                     NOT_FOUND
+    │   │   ├── EncodeNotFoundError         cosmos.client.errors              no such encode
+    │   │   ├── JobNotFoundError            cosmos.client.errors              no such job
+    │   │   └── WorkflowNotFoundError       cosmos.client.errors              no such workflow
+    │   ├── AlreadyExistsError              cosmos.errors                     ALREADY_EXISTS
+    │   │   └── RequestIdReusedError        cosmos.client.errors              request_id reused
+    │   ├── AbortedError                    cosmos.errors                     ABORTED: re-read and retry
+    │   ├── UnauthenticatedError            cosmos.errors                     UNAUTHENTICATED
+    │   ├── PermissionDeniedError           cosmos.errors                     PERMISSION_DENIED
+    │   │   └── ForbiddenExecutableError    cosmos.client.errors              executable not allowed
+    │   ├── UnavailableError                cosmos.errors                     UNAVAILABLE: retry later
+    │   │   └── NotLeaderError              cosmos.stratum.leader             ask the leader instead
+    │   └── ResourceExhaustedError          cosmos.errors                     RESOURCE_EXHAUSTED
+    ├── PublishError                        cosmos.runtime.publisher          JetStream refused a publish
+    ├── S3Error                             cosmos.runtime.s3                 an S3 operation failed
+    │   ├── ChecksumMismatch                cosmos.runtime.s3                 read is not what was written
+    │   ├── InvalidS3Uri                    cosmos.runtime.s3                 not an s3://bucket/key URI
+    │   ├── S3AccessDenied                  cosmos.runtime.s3                 credentials missing or refused
+    │   ├── S3NotFound                      cosmos.runtime.s3                 no such object or bucket
+    │   └── S3Unavailable                   cosmos.runtime.s3                 unreachable after the retries
+    ├── SecretsError                        cosmos.security.secrets           sealed secrets cannot be opened
+    ├── InvalidJobError                     cosmos.client.errors              build() refused (a ValueError)
+    ├── JobError                            cosmos.client.errors              the job did not succeed
+    │   ├── JobCancelledError               cosmos.client.errors              CANCELLED
+    │   ├── JobFailedError                  cosmos.client.errors              FAILED
+    │   └── JobTimedOutError                cosmos.client.errors              TIMED_OUT
+    ├── StepError                           cosmos.sdk.worker                 a handler fails its step
+    ├── MediaError                          cosmos.optimus.media.ffmpeg       a media CLI failure
+    │   ├── FfmpegError                     cosmos.optimus.media.ffmpeg       ffmpeg exited non-zero
+    │   ├── InputError                      cosmos.optimus.media.ffmpeg       bad input or usage (exit 2)
+    │   │   ├── CorruptMedia                cosmos.optimus.media.ffmpeg       a truncated or corrupt file
+    │   │   ├── OutputExists                cosmos.optimus.media.publish      publish would replace files
+    │   │   └── InjectedFault               cosmos.optimus.media.resume       the fault a drill asked for
+    │   └── VerifyError                     cosmos.optimus.media.verify       the package failed a check
+    ├── UnknownLadderError                  cosmos.optimus.profiles           no such ladder (a KeyError)
+    ├── UnknownProfileError                 cosmos.optimus.profiles           no such profile (a KeyError)
+    ├── Conflict                            cosmos.plato.store                a compare-and-set lost
+    ├── TooLarge                            cosmos.plato.records              a header outgrows one message
+    ├── WorkflowFailed                      cosmos.plato.engine.machine       fails the workflow at once
+    ├── InexactNumber                       cosmos.plato.engine.values        int beyond 2^53 (a ValueError)
+    ├── SyntaxProblem                       cosmos.plato.language.expressions an expression is malformed
+    ├── TemplateProblem                     cosmos.plato.language.templates   a template cannot be compiled
+    ├── _Abort                              cosmos.plato.language.parser      YAML too big or deep
+    ├── LeadershipLost                      cosmos.stratum.leader             this replica is leader no more
+    ├── PlacementError                      cosmos.stratum.scheduling.cluster does not fit (a ValueError)
+    ├── UnsupportedRuntime                  cosmos.stratum.agent.containers   runtime not on this agent
+    ├── SandboxError                        cosmos.stratum.agent.sandbox      a sandbox cannot be set up
+    ├── _Refused                            cosmos.stratum.agent.runner       an attempt cannot start
+    ├── _Stopped                            cosmos.stratum.agent.runner       cancelled between processes
+    └── StagingError                        cosmos.stratum.agent.staging      an artifact could not be staged
+        ├── InvalidArtifact                 cosmos.stratum.agent.staging      malformed path or URI
+        ├── UnsupportedScheme               cosmos.stratum.agent.staging      no store for the URI's scheme
+        ├── InputFailed                     cosmos.stratum.agent.staging      an input could not be fetched
+        │   └── InputMissing                cosmos.stratum.agent.staging      the input does not exist
+        ├── OutputFailed                    cosmos.stratum.agent.staging      an output could not be stored
+        │   └── OutputExists                cosmos.stratum.agent.staging      the destination holds files
+        ├── StorageUnavailable              cosmos.stratum.agent.staging      the store failed after retries
+        ├── OutsideStorageRoot              cosmos.stratum.agent.staging      a file:// URI outside the area
+        └── NoSpace                         cosmos.stratum.agent.staging      the disk is full
+
+A class that is also a builtin error (``KeyError``, ``ValueError``) says so: it was one before it
+joined the tree, and callers catch it as one.
 """
 
 from __future__ import annotations
@@ -82,6 +161,33 @@ class InvalidArgumentError(RpcError):
 
     code = grpc.StatusCode.INVALID_ARGUMENT
     reason = "ERROR_REASON_INVALID_ARGUMENT"
+
+
+def invalid(
+    field: str,
+    description: str,
+    *,
+    message: str | None = None,
+    reason: str | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> InvalidArgumentError:
+    """INVALID_ARGUMENT for one offending ``field``: ``description`` is its violation and, unless
+    ``message`` says otherwise, the message is ``"<field>: <description>"``."""
+    return InvalidArgumentError(
+        f"{field}: {description}" if message is None else message,
+        reason=reason,
+        metadata=metadata,
+        violations=[FieldViolation(field, description)],
+    )
+
+
+def require(
+    value: object, field: str, description: str = "is required", *, message: str | None = None
+) -> None:
+    """Raise :func:`invalid` for ``field`` when ``value`` is empty (a required request field left unset);
+    the message is ``"<field> is required"`` unless ``message`` says otherwise."""
+    if not value:
+        raise invalid(field, description, message=f"{field} is required" if message is None else message)
 
 
 class FailedPreconditionError(RpcError):

@@ -57,7 +57,7 @@ async def fetch_tokens(ctx: Context) -> list[join_token_pb2.JoinToken]:
 def tokens_table(tokens: Sequence[join_token_pb2.JoinToken]) -> Table:
     columns = ("token", "state", "uses left", "agent id", "expires (UTC)", "joined", "creator", "description")
     table = output.table("join tokens", columns, ids=["token"])
-    now = datetime.datetime.now(datetime.UTC)
+    now = wellknown.utcnow()
     rows = []
     for view in tokens:
         expired = view.expire_time.ToDatetime(datetime.UTC) <= now

@@ -74,14 +74,6 @@ _STATE_FILTER = {
 }
 
 
-def _bad(
-    field: str, description: str, reason: str = "ERROR_REASON_INVALID_ARGUMENT"
-) -> errors.InvalidArgumentError:
-    return errors.InvalidArgumentError(
-        f"{field}: {description}", reason=reason, violations=[errors.FieldViolation(field, description)]
-    )
-
-
 class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
     """Answers from Plato; holds nothing but a channel."""
 
@@ -187,7 +179,9 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
             found = False
         if not found:
             reason = "ERROR_REASON_SOURCE_UNREADABLE"
-            raise _bad("source_uri", f"{request.source_uri} does not exist or cannot be read", reason)
+            raise errors.invalid(
+                "source_uri", f"{request.source_uri} does not exist or cannot be read", reason=reason
+            )
 
     async def _refuse_foreign_objects(self, output_uri: str) -> None:
         """FAILED_PRECONDITION (OUTPUT_EXISTS) when the output prefix holds objects other than a Cosmos
@@ -197,7 +191,7 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
         except s3.S3Error as exc:
             if exc.transient:
                 raise errors.UnavailableError(f"output_uri: S3 is unavailable: {exc.message}") from exc
-            raise _bad("output_uri", f"{output_uri} cannot be listed: {exc.message}") from exc
+            raise errors.invalid("output_uri", f"{output_uri} cannot be listed: {exc.message}") from exc
         _, key = s3.parse_uri(output_uri)
         marker = f"{key.rstrip('/')}/{publish.MANIFEST}"
         if there and marker not in {name for name, _ in there}:
@@ -230,13 +224,15 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
 
         try:
             if not request.source_uri:
-                raise _bad("source_uri", "is required")
+                raise errors.invalid("source_uri", "is required")
             source = inside_roots(request.source_uri, "source_uri")
             if _is_s3(request.source_uri):
                 pass  # existence is checked by SubmitEncode (an S3 call)
             elif not source.is_file() or not os.access(source, os.R_OK):
                 reason = "ERROR_REASON_SOURCE_UNREADABLE"
-                raise _bad("source_uri", f"{source} does not exist or is not a readable file", reason)
+                raise errors.invalid(
+                    "source_uri", f"{source} does not exist or is not a readable file", reason=reason
+                )
         except storage.OutsideStorageRoot as exc:
             reason = storage.REASON
             violations.extend(exc.violations)
@@ -263,7 +259,7 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
             violations.append(errors.FieldViolation(field, said))
         try:
             if not request.output_uri:
-                raise _bad("output_uri", "is required")
+                raise errors.invalid("output_uri", "is required")
             output = inside_roots(request.output_uri, "output_uri")
         except storage.OutsideStorageRoot as exc:
             reason = storage.REASON
@@ -324,7 +320,9 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
         self, request: encode_service_pb2.SubmitEncodeRequest, context: Any
     ) -> encode_service_pb2.SubmitEncodeResponse:
         if request.retry and request.force:
-            raise _bad("retry", "retry resumes an existing encode; force starts a new one: not both")
+            raise errors.invalid(
+                "retry", "retry resumes an existing encode; force starts a new one: not both"
+            )
         source, chosen, output = self._validate(request)
         s3_source, s3_output = _is_s3(request.source_uri), _is_s3(request.output_uri)
         if s3_source:
@@ -430,7 +428,7 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
 
     async def _workflow(self, encode_id: str) -> workflow_pb2.Workflow:
         if not encode_id:
-            raise _bad("encode_id", "is required")
+            raise errors.invalid("encode_id", "is required")
         try:
             reply = await self.workflows.GetWorkflow(
                 workflow_service_pb2.GetWorkflowRequest(workflow_id=encode_id), **_for_caller()
@@ -479,7 +477,7 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
         self, request: encode_service_pb2.CancelEncodeRequest, context: Any
     ) -> encode_service_pb2.CancelEncodeResponse:
         if not request.request_id:
-            raise _bad("request_id", "is required")
+            raise errors.invalid("request_id", "is required")
         await self._workflow(request.encode_id)
         try:
             await self.workflows.CancelWorkflow(

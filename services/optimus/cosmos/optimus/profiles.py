@@ -31,6 +31,8 @@ from typing import Any
 
 from google.protobuf import struct_pb2
 
+from cosmos import errors
+
 __all__ = [
     "CHUNK_CPU_MILLIS",
     "LADDERS",
@@ -50,8 +52,11 @@ CHUNK_CPU_MILLIS = 1000
 """CPU a software chunk job reserves: one core (its encoders run one thread each)."""
 
 
-class UnknownProfileError(KeyError):
-    """A profile name that is not in the catalog; the message lists the known names."""
+class UnknownProfileError(errors.CosmosError, KeyError):
+    """A profile name that is not in the catalog; the message lists the known names.
+
+    Also a ``KeyError``, as a failed catalog lookup: Optimus' API catches ``KeyError`` from
+    :func:`resolve` (either error) and names the offending field."""
 
     def __init__(self, name: str, known: Iterable[str]) -> None:
         self.name = name
@@ -62,8 +67,10 @@ class UnknownProfileError(KeyError):
         return f"unknown profile {self.name!r}; known profiles: {', '.join(self.known)}"
 
 
-class UnknownLadderError(KeyError):
-    """A ladder name that is not defined; the message lists the known ladders."""
+class UnknownLadderError(errors.CosmosError, KeyError):
+    """A ladder name that is not defined; the message lists the known ladders.
+
+    Also a ``KeyError``, like :class:`UnknownProfileError`."""
 
     def __init__(self, name: str, known: Iterable[str]) -> None:
         self.name = name

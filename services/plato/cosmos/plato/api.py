@@ -14,7 +14,7 @@ import logging
 import re
 import uuid
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import nats.errors
@@ -39,7 +39,7 @@ from cosmos.plato.v1 import (
     workflow_service_pb2,
     workflow_service_pb2_grpc,
 )
-from cosmos.runtime import paging, rpc_errors, telemetry, validation
+from cosmos.runtime import paging, rpc_errors, telemetry, validation, wellknown
 from cosmos.security import auth
 
 Context = Any
@@ -67,21 +67,16 @@ _TERMINAL_EVENTS = (
 )
 
 
-def _violation(field: str, description: str) -> errors.InvalidArgumentError:
-    return errors.InvalidArgumentError(
-        f"{field}: {description}", violations=[errors.FieldViolation(field, description)]
-    )
-
-
 def _require(value: str, field: str) -> None:
-    if not value:
-        raise _violation(field, "is required")
+    errors.require(value, field, message=f"{field}: is required")
 
 
 def _check_id(value: str, field: str) -> None:
     _require(value, field)
     if not _ID.match(value):
-        raise _violation(field, f"{value!r} must match {_ID.pattern} (letters, digits, _ = -; at most 128)")
+        raise errors.invalid(
+            field, f"{value!r} must match {_ID.pattern} (letters, digits, _ = -; at most 128)"
+        )
 
 
 def _workflow_not_found(workflow_id: str) -> errors.NotFoundError:
@@ -138,7 +133,7 @@ class WorkflowApi(workflow_service_pb2_grpc.WorkflowServiceServicer):
     ) -> workflow_service_pb2.GetDefinitionResponse:
         _require(request.definition_id, "definition_id")
         if request.version < 0:
-            raise _violation("version", "must be 0 (latest) or a positive version")
+            raise errors.invalid("version", "must be 0 (latest) or a positive version")
         stored = await self.store.get_definition(request.definition_id, request.version)
         return workflow_service_pb2.GetDefinitionResponse(definition=stored)
 
@@ -151,7 +146,9 @@ class WorkflowApi(workflow_service_pb2_grpc.WorkflowServiceServicer):
         else:
             # One definition: every version, newest first (an id never registered lists nothing).
             if not _DEFINITION_ID.match(request.definition_id):
-                raise _violation("definition_id", "must match [a-z0-9][a-z0-9._-]*, at most 128 characters")
+                raise errors.invalid(
+                    "definition_id", "must match [a-z0-9][a-z0-9._-]*, at most 128 characters"
+                )
             query = f"definitions;def={request.definition_id}"
             latest, _ = await self.store.latest_version(request.definition_id)
             every = [(request.definition_id, v) for v in range(latest, 0, -1)]
@@ -179,7 +176,7 @@ class WorkflowApi(workflow_service_pb2_grpc.WorkflowServiceServicer):
         self, request: workflow_service_pb2.StartWorkflowsRequest, context: Context
     ) -> workflow_service_pb2.StartWorkflowsResponse:
         if len(request.entries) > MAX_BATCH:
-            raise _violation("entries", f"{len(request.entries)} starts; at most {MAX_BATCH} per call")
+            raise errors.invalid("entries", f"{len(request.entries)} starts; at most {MAX_BATCH} per call")
         # Concurrently: their JetStream publishes and record creates share round trips on the wire.
         results = await asyncio.gather(*(self._start_entry(entry) for entry in request.entries))
         return workflow_service_pb2.StartWorkflowsResponse(results=results)
@@ -206,11 +203,11 @@ class WorkflowApi(workflow_service_pb2_grpc.WorkflowServiceServicer):
         if request.workflow_id:
             _check_id(request.workflow_id, "workflow_id")
         if request.definition_version < 0:
-            raise _violation("definition_version", "must be 0 (latest) or a positive version")
+            raise errors.invalid("definition_version", "must be 0 (latest) or a positive version")
         size, limit = request.input.ByteSize(), limits.max_value_bytes(self.store.nc.max_payload)
         if size > limit:
             # It could never be posted to the inbox (one NATS message), nor a task carry it.
-            raise _violation("input", f"is {size:,} bytes; at most {limit:,}")
+            raise errors.invalid("input", f"is {size:,} bytes; at most {limit:,}")
         definition = await self.store.start_definition(request.definition_id, request.definition_version)
         tenant = auth.current().tenant or DEFAULT_TENANT
         # A retried start (same request_id, same tenant) lands on the same workflow id, so it finds the
@@ -224,7 +221,7 @@ class WorkflowApi(workflow_service_pb2_grpc.WorkflowServiceServicer):
             request_id=request.request_id,
             tenant=tenant,
         )
-        now = datetime.now(UTC)
+        now = wellknown.utcnow()
         start.request_time.FromDatetime(now)
         inp = engine_pb2.EngineInput(workflow_id=workflow_id, start=start)
         # Publish first: from here on the start is durable, whatever happens to this process. There
@@ -414,16 +411,18 @@ class WorkflowApi(workflow_service_pb2_grpc.WorkflowServiceServicer):
         if new_input is not None:
             size, limit = new_input.ByteSize(), limits.max_value_bytes(self.store.nc.max_payload)
             if size > limit:
-                raise _violation("input", f"is {size:,} bytes; at most {limit:,}")
+                raise errors.invalid("input", f"is {size:,} bytes; at most {limit:,}")
         state = await records.load(self.store, workflow_id, 0)
         if state is None:
             raise _workflow_not_found(workflow_id)
         if step_name:
             definition = await self.store.compiled(wf.definition_id, wf.definition_version)
             if step_name not in definition.steps:
-                raise _violation("step_name", f"definition {wf.definition_id!r} has no step {step_name!r}")
+                raise errors.invalid(
+                    "step_name", f"definition {wf.definition_id!r} has no step {step_name!r}"
+                )
             if not state.table.by_name.get(step_name):
-                raise _violation("step_name", f"step {step_name!r} never ran in this workflow")
+                raise errors.invalid("step_name", f"step {step_name!r} never ran in this workflow")
         elif not reset.rerun_candidates(state.table.steps()):
             raise errors.FailedPreconditionError(
                 f"workflow {workflow_id!r} has no failed or cancelled step to rerun; "
@@ -577,7 +576,7 @@ class StepApi(step_service_pb2_grpc.StepServiceServicer):
         _require(workflow_id, "workflow_id")
         _require(step_id, "step_id")
         if attempt < 1:
-            raise _violation("attempt", "must be the attempt number of the task (1 or more)")
+            raise errors.invalid("attempt", "must be the attempt number of the task (1 or more)")
         if not self.task_key.verify(workflow_id, step_id, attempt, token):
             log.warning(
                 "step report with a missing or wrong task token refused",
@@ -640,7 +639,7 @@ class StepApi(step_service_pb2_grpc.StepServiceServicer):
                     task_token=request.task_token,
                 )
                 await self.store.publish_input(inp, msg_id, telemetry.inject_headers())
-                raise _violation("output", f"is {size:,} bytes; at most {limit:,} (the step failed)")
+                raise errors.invalid("output", f"is {size:,} bytes; at most {limit:,} (the step failed)")
             inp, msg_id = inputs.result(
                 request.workflow_id,
                 request.step_id,

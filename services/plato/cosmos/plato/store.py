@@ -74,7 +74,7 @@ class StoreConfig:
 _WRONG_LAST_SEQUENCE = (10071, 10164)
 
 
-class Conflict(Exception):
+class Conflict(errors.CosmosError):
     """A compare-and-set lost: someone else changed the record first."""
 
 

@@ -44,10 +44,8 @@ FD = descriptor.FieldDescriptor
 def bad(
     field: str, description: str, reason: str = "ERROR_REASON_INVALID_ARGUMENT"
 ) -> errors.InvalidArgumentError:
-    """INVALID_ARGUMENT naming ``field``."""
-    return errors.InvalidArgumentError(
-        f"{field}: {description}", reason=reason, violations=[errors.FieldViolation(field, description)]
-    )
+    """INVALID_ARGUMENT naming ``field`` (:func:`cosmos.errors.invalid`)."""
+    return errors.invalid(field, description, reason=reason)
 
 
 def check(request: message.Message, max_bytes: int = MAX_REQUEST_BYTES) -> None:

@@ -178,11 +178,7 @@ def public_key_of(csr_pem: str, field: str = "csr_pem") -> ec.EllipticCurvePubli
     data = csr_pem.encode()
 
     def invalid(why: str) -> errors.InvalidArgumentError:
-        return errors.InvalidArgumentError(
-            f"{field}: {why}",
-            reason="ERROR_REASON_INVALID_CSR",
-            violations=[errors.FieldViolation(field, why)],
-        )
+        return errors.invalid(field, why, reason="ERROR_REASON_INVALID_CSR")
 
     if not data:
         raise invalid("a PEM certificate signing request is required")

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from cosmos import errors
+from cosmos.runtime import wellknown
 
 TRUST_DOMAIN = "cosmos"
 ROLES = ("optimus", "plato", "stratum", "agent", "console", "user")
@@ -60,10 +61,6 @@ class Paths:
     def named(cls, directory: Path, name: str) -> Paths:
         """``<dir>/<name>.pem`` and ``<dir>/<name>-key.pem``."""
         return cls(directory / f"{name}.pem", directory / f"{name}-key.pem")
-
-
-def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
 
 
 def write_file(path: Path, data: bytes, mode: int) -> None:
@@ -143,7 +140,7 @@ class Authority:
         """A new CA written to ``<dir>/ca.pem`` and ``<dir>/ca-key.pem``."""
         key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        now = _now()
+        now = wellknown.utcnow()
         cert = (
             x509.CertificateBuilder()
             .subject_name(subject)
@@ -214,7 +211,7 @@ class Authority:
             sans += [x509.IPAddress(ipaddress.ip_address(i)) for i in dict.fromkeys(ips)]
         except ValueError as exc:
             raise errors.ConfigError(f"not an IP address: {exc}") from exc
-        now = _now()
+        now = wellknown.utcnow()
         end = min(now + ttl, self.cert.not_valid_after_utc)
         return (
             x509.CertificateBuilder()
@@ -303,7 +300,7 @@ def subject_of(cert: x509.Certificate) -> Subject:
 
 def remaining(cert: x509.Certificate) -> datetime.timedelta:
     """Time left before ``cert`` expires (negative once it has)."""
-    return cert.not_valid_after_utc - _now()
+    return cert.not_valid_after_utc - wellknown.utcnow()
 
 
 def needs_renewal(paths: Paths, before: datetime.timedelta = RENEW_BEFORE) -> bool:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import datetime
 import os
 import re
 import secrets as random
@@ -26,6 +25,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from cosmos import errors
+from cosmos.runtime import wellknown
 from cosmos.security import pki
 from cosmos.stratum.v1 import job_pb2
 
@@ -146,7 +146,7 @@ def _decrypt(key: bytes, blob: bytes, aad: bytes) -> bytes:
 
 def new_key_id() -> str:
     """A fresh key id: the date (so rotations read in order) and a random suffix."""
-    today = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d")
+    today = wellknown.utcnow().strftime("%Y%m%d")
     return f"{today}-{random.token_hex(4)}"
 
 

@@ -25,7 +25,7 @@ from google.protobuf.message import DecodeError
 from nats.js.kv import KeyValue
 
 from cosmos import errors
-from cosmos.runtime import kvscan, paging
+from cosmos.runtime import kvscan, paging, wellknown
 from cosmos.security import join, pki
 from cosmos.security.principals import Principal
 from cosmos.stratum.store import JOIN_TOKENS_BUCKET, JobStore
@@ -91,24 +91,11 @@ def peer_host(peer: str) -> str:
     return peer.rsplit(":", 1)[0] if peer.count(":") >= 2 else peer
 
 
-def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
-
-
 def _check_agent_id(agent_id: str, field: str = "agent_id") -> None:
     try:
         pki.check_name(agent_id)
     except errors.ConfigError as exc:
-        raise errors.InvalidArgumentError(
-            f"{field}: {exc}", violations=[errors.FieldViolation(field, str(exc))]
-        ) from exc
-
-
-def _require(value: str, field: str) -> None:
-    if not value:
-        raise errors.InvalidArgumentError(
-            f"{field} is required", violations=[errors.FieldViolation(field, "must not be empty")]
-        )
+        raise errors.invalid(field, str(exc)) from exc
 
 
 class Enrollment:
@@ -140,7 +127,7 @@ class Enrollment:
         self, request: pool_service_pb2.CreateJoinTokenRequest, caller: Principal
     ) -> pool_service_pb2.CreateJoinTokenResponse:
         """A new token; its secret is in the answer only."""
-        _require(request.request_id, "request_id")
+        errors.require(request.request_id, "request_id", "must not be empty")
         if request.agent_id:
             _check_agent_id(request.agent_id)
         ttl = request.ttl.ToTimedelta() if request.HasField("ttl") else None
@@ -153,7 +140,7 @@ class Enrollment:
             agent_id=request.agent_id,
             creator=caller.identity,
             description=request.description,
-            now=_now(),
+            now=wellknown.utcnow(),
         )
         try:
             await self.tokens.create(token.token_id, record.SerializeToString())
@@ -190,8 +177,8 @@ class Enrollment:
         self, request: pool_service_pb2.DeleteJoinTokenRequest
     ) -> pool_service_pb2.DeleteJoinTokenResponse:
         """Forget a token: it cannot be used from then on."""
-        _require(request.request_id, "request_id")
-        _require(request.token_id, "token_id")
+        errors.require(request.request_id, "request_id", "must not be empty")
+        errors.require(request.token_id, "token_id", "must not be empty")
         if await self._read(request.token_id) is None:
             raise errors.NotFoundError(
                 f"no join token {request.token_id!r}",
@@ -262,7 +249,7 @@ class Enrollment:
         if not self.limiter.allow(peer_host(peer), time.monotonic()):
             raise errors.ResourceExhaustedError("too many join attempts from this address; retry in a minute")
         token = join.parse(request.token)  # the token is the caller's credential: checked first
-        _require(request.request_id, "request_id")
+        errors.require(request.request_id, "request_id", "must not be empty")
         _check_agent_id(request.agent_id)
         public_key = join.public_key_of(request.csr_pem)
         redeemed = join.redemption(request.request_id, request.agent_id, public_key)
@@ -270,7 +257,7 @@ class Enrollment:
         for _ in range(CAS_ATTEMPTS):
             found = await self._read(token.token_id)
             record, revision = found if found is not None else (None, 0)
-            retry = join.check(record, token, request.agent_id, _now(), redeemed)
+            retry = join.check(record, token, request.agent_id, wellknown.utcnow(), redeemed)
             # Only a valid token learns whether its agent id is revoked; checked before a use is spent.
             if not checked_revoked:
                 await self._refuse_revoked(request.agent_id)
@@ -311,7 +298,7 @@ class Enrollment:
                 f"{caller.identity} is not an agent; only agents renew agent certificates",
                 metadata={"identity": caller.identity},
             )
-        _require(request.request_id, "request_id")
+        errors.require(request.request_id, "request_id", "must not be empty")
         public_key = join.public_key_of(request.csr_pem)
         await self._refuse_revoked(caller.name)
         cert = authority.sign(public_key, pki.Subject("agent", caller.name), ttl=self.cert_ttl)

@@ -31,13 +31,6 @@ def shown(job: job_pb2.Job) -> job_pb2.Job:
     return out
 
 
-def _require(value: str, field: str) -> None:
-    if not value:
-        raise errors.InvalidArgumentError(
-            f"{field} is required", violations=[errors.FieldViolation(field, "is required")]
-        )
-
-
 class JobApi(job_service_pb2_grpc.JobServiceServicer):
     """Answers from the dispatcher (live jobs) and the jobs bucket (finished ones)."""
 
@@ -59,7 +52,7 @@ class JobApi(job_service_pb2_grpc.JobServiceServicer):
     async def SubmitJob(
         self, request: job_service_pb2.SubmitJobRequest, context: Any
     ) -> job_service_pb2.SubmitJobResponse:
-        _require(request.request_id, "request_id")
+        errors.require(request.request_id, "request_id")
         tenant = auth.current().tenant or DEFAULT_TENANT
         if request.spec.tenant and request.spec.tenant != tenant:
             raise errors.InvalidArgumentError(
@@ -76,7 +69,7 @@ class JobApi(job_service_pb2_grpc.JobServiceServicer):
     async def GetJob(
         self, request: job_service_pb2.GetJobRequest, context: Any
     ) -> job_service_pb2.GetJobResponse:
-        _require(request.job_id, "job_id")
+        errors.require(request.job_id, "job_id")
         return job_service_pb2.GetJobResponse(job=shown(await self._visible(request.job_id)))
 
     async def ListJobs(
@@ -109,8 +102,8 @@ class JobApi(job_service_pb2_grpc.JobServiceServicer):
     async def CancelJob(
         self, request: job_service_pb2.CancelJobRequest, context: Any
     ) -> job_service_pb2.CancelJobResponse:
-        _require(request.request_id, "request_id")
-        _require(request.job_id, "job_id")
+        errors.require(request.request_id, "request_id")
+        errors.require(request.job_id, "job_id")
         await self._visible(request.job_id)
         return job_service_pb2.CancelJobResponse(
             job=shown(await self.dispatcher.cancel(request.job_id, request.reason))
@@ -119,7 +112,7 @@ class JobApi(job_service_pb2_grpc.JobServiceServicer):
     async def WatchJob(
         self, request: job_service_pb2.WatchJobRequest, context: Any
     ) -> AsyncIterator[job_service_pb2.WatchJobResponse]:
-        _require(request.job_id, "job_id")
+        errors.require(request.job_id, "job_id")
         await self._visible(request.job_id)
         js = self.dispatcher.store.js
         sub = await js.subscribe(

@@ -119,7 +119,4 @@ class PoolServicer(pool_service_pb2_grpc.PoolServiceServicer):
 
 
 def _require_agent_id(agent_id: str) -> None:
-    if not agent_id:
-        raise errors.InvalidArgumentError(
-            "agent_id is required", violations=[errors.FieldViolation("agent_id", "must not be empty")]
-        )
+    errors.require(agent_id, "agent_id", "must not be empty")

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import IO
 
+from cosmos import errors
+
 __all__ = [
     "CorruptMedia",
     "FfmpegError",
@@ -34,7 +36,7 @@ __all__ = [
 ]
 
 
-class MediaError(Exception):
+class MediaError(errors.CosmosError):
     """A failure the CLI reports as one line on stderr with ``exit_code``.
 
     ``code`` and ``permanent`` are what the CLI declares to Stratum (``$COSMOS_FAILURE_FILE``): a

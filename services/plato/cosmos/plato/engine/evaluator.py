@@ -20,7 +20,7 @@ import random
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 import nats.errors
 import nats.js.errors
@@ -35,7 +35,7 @@ from cosmos.plato.language import model
 from cosmos.plato.store import Conflict, PlatoStore
 from cosmos.plato.task_tokens import TaskKey
 from cosmos.plato.v1 import engine_pb2, workflow_pb2
-from cosmos.runtime import telemetry
+from cosmos.runtime import telemetry, wellknown
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("cosmos.plato")
@@ -77,7 +77,6 @@ class Evaluator:
         self.task_key = task_key
         self._cache: OrderedDict[str, WorkflowState] = OrderedDict()
         self._rand = random.Random()
-        self.transitions = 0
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Advance workflows until ``stopping`` is set."""
@@ -191,7 +190,7 @@ class Evaluator:
             definition = await self.store.compiled(
                 record.workflow.definition_id, record.workflow.definition_version
             )
-            now = datetime.now(UTC)
+            now = wellknown.utcnow()
             engine = self._machine(state, definition, now, trace_headers)
             engine.begin()
             for inp in inputs:
@@ -236,7 +235,6 @@ class Evaluator:
             metrics.observe_transition(state.record, touched, now)
             self._remember(workflow_id, state)
             await records.apply_effects(self.store, state)
-            self.transitions += 1
             if record.workflow.state in machine.TERMINAL_WORKFLOW_STATES:
                 self._cache.pop(workflow_id, None)
                 log.info(
@@ -289,7 +287,7 @@ class Evaluator:
                 extra={"fields": {"workflow_id": workflow_id, "kind": first.WhichOneof("kind")}},
             )
             return None
-        return WorkflowState(machine.new_record(workflow_id, first.start, datetime.now(UTC)), 0)
+        return WorkflowState(machine.new_record(workflow_id, first.start, wellknown.utcnow()), 0)
 
     def cached_states(self) -> list[int]:
         """The state of every workflow in the cache (for :func:`cosmos.plato.metrics.cached_states`)."""

@@ -22,6 +22,7 @@ from typing import Any
 
 from google.protobuf import json_format, struct_pb2
 
+from cosmos import errors
 from cosmos.plato import limits, subjects
 from cosmos.plato.engine import reset, values
 from cosmos.plato.engine.state import StepTable, WorkflowState
@@ -49,7 +50,7 @@ TERMINAL_WORKFLOW_STATES = (
 _UNSAFE = re.compile(r"[^A-Za-z0-9_=-]")
 
 
-class WorkflowFailed(Exception):
+class WorkflowFailed(errors.CosmosError):
     """Raised inside a transition to fail the workflow at once with ``reason``."""
 
     def __init__(self, reason: str) -> None:

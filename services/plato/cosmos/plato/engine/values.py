@@ -15,12 +15,17 @@ from typing import Any
 
 from google.protobuf import struct_pb2, timestamp_pb2
 
+from cosmos import errors
+
 MAX_EXACT_INT = 2**53
 """Integers up to this magnitude survive a double (a ``Struct`` number) exactly."""
 
 
-class InexactNumber(ValueError):
-    """An integer too large for a ``Struct`` number; the message names where it is."""
+class InexactNumber(errors.CosmosError, ValueError):
+    """An integer too large for a ``Struct`` number; the message names where it is.
+
+    Also a ``ValueError``, as it always was and like the protobuf ``Struct`` conversion's own
+    refusals: step code handing an output to the SDK may catch it as one."""
 
 
 def to_python(value: struct_pb2.Value) -> Any:

@@ -20,7 +20,7 @@ from typing import Any, Final
 
 import yaml
 
-from cosmos.errors import FieldViolation, InvalidArgumentError
+from cosmos.errors import CosmosError, FieldViolation, InvalidArgumentError
 from cosmos.plato.language import model
 from cosmos.plato.language.expressions import (
     ROOTS,
@@ -176,7 +176,7 @@ def _seconds_text(seconds: float) -> str:
 # YAML with lines.
 
 
-class _Abort(Exception):
+class _Abort(CosmosError):
     """The document cannot be read further (too large, too deep)."""
 
     def __init__(self, loc: Loc, message: str) -> None:

@@ -24,7 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from cosmos import errors
-from cosmos.runtime import channels, config
+from cosmos.runtime import channels, config, wellknown
 from cosmos.security import join, pki, tls
 from cosmos.security.config import Security
 from cosmos.security.tls import TlsFiles
@@ -196,7 +196,7 @@ async def keep_renewed(stratum: str, security: Security, stopping: asyncio.Event
                 "cannot read the agent certificate; not renewing", extra={"fields": {"error": str(exc)}}
             )
             return
-        delay = retry if retry is not None else renewal_delay(cert, datetime.datetime.now(datetime.UTC))
+        delay = retry if retry is not None else renewal_delay(cert, wellknown.utcnow())
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), delay)
             return

@@ -20,9 +20,10 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf import duration_pb2
 
 from cosmos.common.v1 import progress_pb2
+from cosmos.runtime import wellknown
 from cosmos.stratum.v1 import job_pb2
 
 log = logging.getLogger(__name__)
@@ -59,13 +60,6 @@ def duration(seconds: float) -> duration_pb2.Duration:
     out = duration_pb2.Duration()
     out.FromNanoseconds(round(seconds * 1e9))
     return out
-
-
-def now_timestamp() -> timestamp_pb2.Timestamp:
-    """The current wall-clock time as a protobuf Timestamp."""
-    stamp = timestamp_pb2.Timestamp()
-    stamp.GetCurrentTime()
-    return stamp
 
 
 # --------------------------------------------------------------------------------------------- lines
@@ -177,7 +171,7 @@ class FfmpegProgressParser:
 
     def progress(self, block: dict[str, str], *, ended: bool = False) -> progress_pb2.Progress:
         """The Progress of one parsed block."""
-        out = progress_pb2.Progress(update_time=now_timestamp())
+        out = progress_pb2.Progress(update_time=wellknown.now())
         frames = _number(block.get("frame"))
         if frames is not None:
             out.frames = max(int(frames), 0)
@@ -269,7 +263,7 @@ class ChannelParser:
                 getattr(self.current, name).CopyFrom(value)
             else:
                 setattr(self.current, name, value)
-        self.current.update_time.CopyFrom(now_timestamp())
+        self.current.update_time.CopyFrom(wellknown.now())
         out = progress_pb2.Progress()
         out.CopyFrom(self.current)
         return out
@@ -397,7 +391,7 @@ class LogBatcher:
             return
         self._window_lines += 1
         self._window_bytes += size
-        self._batch.append(job_pb2.LogLine(stream=stream, text=text, time=now_timestamp()))
+        self._batch.append(job_pb2.LogLine(stream=stream, text=text, time=wellknown.now()))
         self._wake.set()
 
     async def close(self) -> None:
@@ -420,7 +414,7 @@ class LogBatcher:
                         stream=job_pb2.LOG_STREAM_STDERR,
                         text=f"[cosmos agent] {self._unreported} log lines dropped (limit "
                         f"{self.max_lines_per_s} lines and {self.max_bytes_per_s} bytes per second)",
-                        time=now_timestamp(),
+                        time=wellknown.now(),
                     )
                 )
                 self._unreported = 0

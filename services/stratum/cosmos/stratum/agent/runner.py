@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 
 import psutil
 
+from cosmos import errors
 from cosmos.common.v1 import progress_pb2, resources_pb2
 from cosmos.stratum.agent import containers, failures, orphans, sandbox, staging
 from cosmos.stratum.agent.progress import (
@@ -106,11 +107,11 @@ class RunOutcome:
     """Progress channel lines that were not valid progress JSON."""
 
 
-class _Stopped(Exception):
+class _Stopped(errors.CosmosError):
     """A cancel arrived while the attempt was not running a process."""
 
 
-class _Refused(Exception):
+class _Refused(errors.CosmosError):
     """The attempt cannot start; carries the reason code."""
 
     def __init__(self, reason: str, message: str) -> None:

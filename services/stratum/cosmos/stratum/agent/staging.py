@@ -41,7 +41,7 @@ from cosmos.security import storage
 from cosmos.stratum.v1 import job_pb2
 
 
-class StagingError(Exception):
+class StagingError(errors.CosmosError):
     """An artifact could not be staged; ``reason`` is a stable code, ``str()`` the human text."""
 
     reason = "STAGING_FAILED"

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from cosmos import errors
 from cosmos.stratum.scheduling.fragmentation import CompiledMix, GpuKey, gpu_key
 from cosmos.stratum.scheduling.model import MILLI, Demand, GpuState, NodeState, Placement
 
@@ -27,8 +28,11 @@ MIXED = -2
 """Model code of a node whose GPUs differ in model or memory (checked exactly)."""
 
 
-class PlacementError(ValueError):
-    """An allocation that does not fit, or refers to an unknown node or GPU."""
+class PlacementError(errors.CosmosError, ValueError):
+    """An allocation that does not fit, or refers to an unknown node or GPU.
+
+    Also a ``ValueError`` (a bad argument to :meth:`Cluster.allocate`), as it always was, for callers
+    of this public package that catch it as one."""
 
 
 @dataclass(frozen=True, slots=True)
