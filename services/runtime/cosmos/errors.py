@@ -69,6 +69,7 @@ keeps it complete and true)::
     ├── SandboxError                        cosmos.stratum.agent.sandbox      a sandbox cannot be set up
     ├── _Refused                            cosmos.stratum.agent.runner       an attempt cannot start
     ├── _Stopped                            cosmos.stratum.agent.runner       cancelled between processes
+    ├── Detached                            cosmos.cli.encode                 the user stopped watching
     └── StagingError                        cosmos.stratum.agent.staging      an artifact could not be staged
         ├── InvalidArtifact                 cosmos.stratum.agent.staging      malformed path or URI
         ├── UnsupportedScheme               cosmos.stratum.agent.staging      no store for the URI's scheme

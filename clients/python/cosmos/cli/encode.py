@@ -259,7 +259,7 @@ def _ask(question: str, console: Console) -> asyncio.Future[bool]:
     return answer
 
 
-class Detached(Exception):
+class Detached(errors.CosmosError):
     """The user stopped watching (a second Ctrl-C); the encode goes on, or goes on being cancelled."""
 
 
