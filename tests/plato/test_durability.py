@@ -82,6 +82,30 @@ class PlatoProcess:
                 ids.add(json.loads(line)["workflow_id"])
         return ids
 
+    def complaints(self, last: int = 15) -> list[str]:
+        """The log's last warnings and errors (for a failing test's message)."""
+        lines = [
+            line for line in self.log.read_text().splitlines() if '"WARNING"' in line or '"ERROR"' in line
+        ]
+        return lines[-last:]
+
+
+async def wait_all(
+    client: PlatoClient, workflow_ids: list[str], processes: list[PlatoProcess], timeout: float = 120
+) -> None:
+    """Every workflow ended; if one does not, fail saying where it stands and what the servers logged."""
+    for wf_id in workflow_ids:
+        try:
+            await client.wait(wf_id, timeout=timeout)
+        except TimeoutError:
+            wf = await client.get(wf_id)
+            steps = [f"{s.step_id}#{s.attempt}:{workflow_pb2.StepState.Name(s.state)}" for s in wf.steps]
+            logs = [line for p in processes for line in p.complaints()]
+            pytest.fail(
+                f"workflow {wf_id} still {workflow_pb2.WorkflowState.Name(wf.state)} after {timeout}s; "
+                f"steps {steps}; server warnings:\n" + "\n".join(logs)
+            )
+
 
 @pytest.fixture(autouse=True)
 def no_leftover_plato() -> Iterator[None]:
@@ -161,8 +185,7 @@ async def test_fifty_workflows_survive_repeated_kill_9_of_plato(
         client = PlatoClient(
             plato.target, nats_url, channel, workflow_service_pb2_grpc.WorkflowServiceStub(channel)
         )
-        for wf_id in workflow_ids:
-            await client.wait(wf_id, timeout=120)
+        await wait_all(client, workflow_ids, [plato])
         await check_histories(client, workflow_ids)
     assert plato.stop() == 0
     # At-least-once delivery may hand a task to a handler twice around a crash, but never a result twice.
@@ -187,8 +210,7 @@ async def test_two_plato_processes_share_the_work_and_never_double_advance(
         workflow_ids = await asyncio.gather(
             *(clients[i % 2].start("crash-fanout", {"items": ["a", "b", "c"]}) for i in range(40))
         )
-        for wf_id in workflow_ids:
-            await clients[0].wait(wf_id, timeout=120)
+        await wait_all(clients[0], list(workflow_ids), [first, second])
         await check_histories(clients[1], list(workflow_ids))
     assert first.stop() == 0 and second.stop() == 0
     by_first, by_second = first.finished_workflows(), second.finished_workflows()

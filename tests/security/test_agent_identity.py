@@ -63,10 +63,22 @@ def stratum(start_service: Callable[..., ServiceProcess], nats_url: str) -> Serv
     return start_service("stratum", "--nats", nats_url, "--lease-seconds", "3", "--heartbeat-interval", "0.3")
 
 
-async def _refused(agent: FakeAgent) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await agent.first()
-    await agent.close()
+def _lost_to_the_write_race(exc: grpc.aio.AioRpcError) -> bool:
+    """grpcio's asyncio client reports INTERNAL "Internal error from Core" instead of the server's
+    status when its write of the hello fails because the server already ended the stream
+    (grpc/grpc#36066): the server's answer never reaches the test, so the test asks again."""
+    return exc.code() == grpc.StatusCode.INTERNAL and "Internal error from Core" in (exc.details() or "")
+
+
+async def _refused(target: str, files: TlsFiles, agent_id: str) -> grpc.aio.AioRpcError:
+    """How Stratum refuses an agent stream opened as ``agent_id`` with ``files``."""
+    for _ in range(5):
+        agent = FakeAgent(target, files, agent_id)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await agent.first()
+        await agent.close()
+        if not _lost_to_the_write_race(caught.value):
+            break
     return caught.value
 
 
@@ -81,11 +93,9 @@ async def _agents(target: str) -> list[agent_pb2.Agent]:
 async def test_an_agent_cannot_register_as_another_or_without_an_agent_certificate(
     stratum: ServiceProcess,
 ) -> None:
-    rogue = FakeAgent(stratum.target, security_harness.workload("agent", "a1"), "a2")
-    exc = await _refused(rogue)
+    exc = await _refused(stratum.target, security_harness.workload("agent", "a1"), "a2")
     assert exc.code() == grpc.StatusCode.PERMISSION_DENIED and "a2" in (exc.details() or "")
-    user = FakeAgent(stratum.target, security_harness.admin(), "a1")
-    exc = await _refused(user)
+    exc = await _refused(stratum.target, security_harness.admin(), "a1")
     assert (
         exc.code() == grpc.StatusCode.PERMISSION_DENIED and _reason(exc) == "ERROR_REASON_PERMISSION_DENIED"
     )
@@ -96,8 +106,7 @@ async def test_one_stream_per_agent_identity(stratum: ServiceProcess) -> None:
     files = security_harness.workload("agent", "solo")
     first = FakeAgent(stratum.target, files, "solo")
     assert (await first.first()).WhichOneof("message") == "welcome"
-    second = FakeAgent(stratum.target, files, "solo")
-    exc = await _refused(second)
+    exc = await _refused(stratum.target, files, "solo")
     assert exc.code() == grpc.StatusCode.ALREADY_EXISTS and _reason(exc) == "ERROR_REASON_AGENT_ID_CONFLICT"
     (agent,) = await _agents(stratum.target)
     assert agent.agent_id == "solo" and agent.state == agent_pb2.AGENT_STATE_READY  # the first is unharmed
@@ -134,8 +143,7 @@ async def test_a_revoked_agent_is_disconnected_its_job_requeued_and_refused_for_
     requeued = await jobs.get(job.job_id)
     assert (requeued.state, requeued.agent_id, requeued.attempt) == (job_pb2.JOB_STATE_QUEUED, "", 1)
 
-    again = FakeAgent(stratum.target, files, "bad-host")
-    exc = await _refused(again)
+    exc = await _refused(stratum.target, files, "bad-host")
     assert exc.code() == grpc.StatusCode.PERMISSION_DENIED and _reason(exc) == "ERROR_REASON_AGENT_REVOKED"
 
     # Revocation is stored: a restarted Stratum refuses the agent too.
@@ -143,8 +151,7 @@ async def test_a_revoked_agent_is_disconnected_its_job_requeued_and_refused_for_
     restarted = start_service(
         "stratum", "--nats", nats_url, "--lease-seconds", "3", "--heartbeat-interval", "0.3"
     )
-    after = FakeAgent(restarted.target, files, "bad-host")
-    exc = await _refused(after)
+    exc = await _refused(restarted.target, files, "bad-host")
     assert _reason(exc) == "ERROR_REASON_AGENT_REVOKED"
     await jobs.channel.close(None)
 
@@ -189,9 +196,8 @@ async def test_an_agent_revoked_by_the_leader_is_refused_by_the_follower_that_ta
     leader.proc.kill()
     leader.proc.wait()
     for _ in range(100):  # the follower takes over once the lease went unrenewed for its ttl
-        again = FakeAgent(follower.target, files, "bad-host")
-        exc = await _refused(again)
+        exc = await _refused(follower.target, files, "bad-host")
         if exc.code() == grpc.StatusCode.PERMISSION_DENIED:
-            break  # (until then: NOT_LEADER, or the refused stream's send failing on the client)
+            break  # (until then: NOT_LEADER)
         await asyncio.sleep(0.1)
     assert exc.code() == grpc.StatusCode.PERMISSION_DENIED and _reason(exc) == "ERROR_REASON_AGENT_REVOKED"
