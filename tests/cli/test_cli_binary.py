@@ -71,8 +71,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     env.pop("COSMOS_CONTEXT", None)
     ports = {name: free_port() for name in ("optimus", "plato", "stratum", "nats")}
     proc = subprocess.Popen(
-        [COSMOS, "up", "--no-s3", "--webhook-port", "0", "--data-dir", str(tmp / "data"),
-         "--token-port-offset", "0", *[a for n, p in ports.items() for a in (f"--{n}-port", str(p))]],
+        [COSMOS, "up", "--no-s3", "--webhook-port", "0", "--metrics-port", "0",
+         "--data-dir", str(tmp / "data"), "--token-port-offset", "0",
+         *[a for n, p in ports.items() for a in (f"--{n}-port", str(p))]],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )  # fmt: skip
     up = Stack(proc, env, tmp / "data", make_clip(tmp / "clip.mp4", 3, "320x180"))

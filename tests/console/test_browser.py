@@ -123,8 +123,18 @@ async def test_the_console_in_chromium(tmp_path: Path) -> None:
         # A workflow cancelled from the page; the page follows its state live.
         await console_harness.start_hanging_workflow(stack, "console-cancel-me")
         await console_harness.start_hanging_workflow(stack, "console-keep-running")
-        await page.goto(f"{base}workflows?state=running")
+        # The list's filters (applied by Plato): running, of this tenant, created in the last 15 minutes.
+        await page.goto(f"{base}workflows")
+        await page.select_option("select[name=state]", "running")
+        await page.fill("input[name=tenant]", "elsewhere")
+        await page.select_option("select[name=since]", "15m")
+        await page.click("button:has-text('Filter')")
+        assert "No workflows match." in await page.inner_text("main")
+        await page.fill("input[name=tenant]", "default")
+        await page.click("button:has-text('Filter')")
         assert await page.locator("text=console-cancel-me").count() == 1
+        assert await page.locator("text=console-keep-running").count() == 1
+        assert await page.locator("table tbody tr").count() == 2  # the finished encode is filtered out
         await page.click("text=console-cancel-me")
         await page.click("button:has-text('Cancel workflow')")
         assert "Cancellation requested" in await page.inner_text("main")

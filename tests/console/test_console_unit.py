@@ -38,7 +38,11 @@ class FakeWorkflows:
 
     async def ListWorkflows(self, request: Any, metadata: Any = None) -> Any:
         self.list_metadata = metadata
-        return workflow_service_pb2.ListWorkflowsResponse(workflows=[self.wf])
+        self.list_request = request
+        listed = [self.wf] if self.wf.workflow_id.startswith(request.workflow_id_prefix) else []
+        return workflow_service_pb2.ListWorkflowsResponse(workflows=listed, next_page_token=self.next_token)
+
+    next_token = ""
 
     async def GetWorkflow(self, request: Any, metadata: Any = None) -> Any:
         return workflow_service_pb2.GetWorkflowResponse(workflow=self.wf)
@@ -128,6 +132,48 @@ async def test_pages_need_a_session_and_sign_in_takes_a_valid_token_only(
         assert "wf-1&lt;x&gt;" in text and "wf-1<x>" not in text  # escaped
         assert backend.workflows.list_metadata[0][1].startswith("Bearer ey")  # the user's own token
         assert page.headers["Cache-Control"] == "no-store"
+    finally:
+        await c.close()
+
+
+async def test_the_workflow_filters_go_to_plato_and_a_unique_id_prefix_opens_the_workflow(
+    key: ed25519.Ed25519PrivateKey,
+) -> None:
+    backend = FakeBackend()
+    c = await client(key, backend)
+    try:
+        await sign_in(c, token(key, "viewer"))
+        backend.workflows.next_token = "p2"
+        page = await c.get("/workflows?state=running&definition=d&tenant=acme&since=1h&bogus=1")
+        sent = backend.workflows.list_request
+        assert (sent.state, sent.definition_id, sent.tenant) == (
+            workflow_pb2.WORKFLOW_STATE_RUNNING,
+            "d",
+            "acme",
+        )
+        assert abs(sent.created_after.seconds - (datetime.datetime.now().timestamp() - 3600)) < 60
+        text = await page.text()
+        assert '<option value="1h" selected>' in text and 'name="tenant" value="acme"' in text
+        more = re.search(r'class="more" href="/workflows\?([^"]+)"', text)
+        assert more is not None  # the next page keeps every filter
+        assert parse_qs(more.group(1).replace("&amp;", "&")) == {
+            "state": ["running"],
+            "definition": ["d"],
+            "tenant": ["acme"],
+            "since": ["1h"],
+            "page": ["p2"],
+        }
+        # Unknown values read as "any", not as an error page.
+        await c.get("/workflows?state=sleeping&since=forever")
+        sent = backend.workflows.list_request
+        assert sent.state == 0 and not sent.HasField("created_after")
+        # A prefix only one workflow has opens it; one nobody has lists nothing.
+        backend.workflows.next_token = ""
+        opened = await c.get("/workflows?id=wf-1", allow_redirects=False)
+        assert opened.status == 303 and opened.headers["Location"] == "/workflows/wf-1%3Cx%3E"
+        assert backend.workflows.list_request.workflow_id_prefix == "wf-1"
+        none = await c.get("/workflows?id=nope")
+        assert "No workflows match." in await none.text()
     finally:
         await c.close()
 

@@ -95,6 +95,13 @@ async def test_workflows_of_another_tenant_do_not_exist(
             ws.ListWorkflowsRequest()
         )
         assert {w.tenant for w in everyone.workflows} == {"acme", "globex"}
+        # The tenant filter narrows what the caller sees; it never widens it.
+        only = await workflow_service_pb2_grpc.WorkflowServiceStub(admin).ListWorkflows(
+            ws.ListWorkflowsRequest(tenant="globex")
+        )
+        assert [w.workflow_id for w in only.workflows] == [his.workflow.workflow_id]
+        peek = await bob.ListWorkflows(ws.ListWorkflowsRequest(tenant="acme"))
+        assert list(peek.workflows) == []
 
 
 async def test_jobs_of_another_tenant_do_not_exist_and_tenant_comes_from_identity(

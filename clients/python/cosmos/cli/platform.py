@@ -189,9 +189,10 @@ async def list_workflows(
     definition: str = "",
     tenant: str = "",
     since: dt.datetime | None = None,
+    prefix: str = "",
     limit: int = 50,
 ) -> list[workflow_pb2.Workflow]:
-    """Workflows matching the filters (state and definition on the server; tenant and time here)."""
+    """Workflows matching the filters, newest first (every filter is applied by Plato)."""
     wanted = WS.Value(f"WORKFLOW_STATE_{state.upper()}") if state else WS.WORKFLOW_STATE_UNSPECIFIED
 
     async def fetch(token: str) -> tuple[Sequence[workflow_pb2.Workflow], str]:
@@ -200,25 +201,23 @@ async def list_workflows(
             page_token=token,
             definition_id=definition,
             state=wanted,
+            tenant=tenant,
+            workflow_id_prefix=prefix,
         )
+        if since is not None:
+            request.created_after.FromDatetime(since)
         reply = await stub.ListWorkflows(request)
         return reply.workflows, reply.next_page_token
 
-    return await collect(
-        fetch,
-        lambda wf: not tenant or wf.tenant == tenant,
-        limit,
-        lambda wf: wf.create_time if wf.create_time.seconds else wf.start_time,
-        since,
-    )
+    return await collect(fetch, lambda _: True, limit)
 
 
 async def resolve_workflow(stub: workflow_service_pb2_grpc.WorkflowServiceAsyncStub, text: str) -> str:
     """The workflow id ``text`` names: itself, or the one workflow whose id starts with it."""
     if await _exists(stub.GetWorkflow(workflow_service_pb2.GetWorkflowRequest(workflow_id=text))):
         return text
-    every = await list_workflows(stub, limit=0)
-    return unique(text, [wf.workflow_id for wf in every], "workflow")
+    matching = await list_workflows(stub, prefix=text, limit=6)  # enough to show an ambiguity
+    return unique(text, [wf.workflow_id for wf in matching], "workflow")
 
 
 async def workflow_history(

@@ -36,7 +36,7 @@ from cosmos import errors
 from cosmos.console import views
 from cosmos.console.views import Page
 from cosmos.optimus.v1 import encode_pb2, encode_service_pb2, encode_service_pb2_grpc
-from cosmos.plato.v1 import workflow_pb2, workflow_service_pb2, workflow_service_pb2_grpc
+from cosmos.plato.v1 import workflow_service_pb2, workflow_service_pb2_grpc
 from cosmos.runtime import channels
 from cosmos.runtime.server import KEEPALIVE_OPTIONS
 from cosmos.security import tls
@@ -369,35 +369,23 @@ class Console:
 
     async def workflows(self, request: web.Request) -> web.Response:
         s = self.session(request)
-        state, definition = request.query.get("state", ""), request.query.get("definition", "").strip()
-        search = request.query.get("id", "").strip()
-        if search:
-            raise web.HTTPSeeOther(f"/workflows/{views.q(search)}")
-        value = (
-            workflow_pb2.WorkflowState.Value(f"WORKFLOW_STATE_{state.upper()}")
-            if state in (views.WORKFLOW_STATES)
-            else 0
+        shown = views.WorkflowFilters.of(request.query)
+        listing = workflow_service_pb2.ListWorkflowsRequest(
+            page_size=PAGE_SIZE,
+            page_token=request.query.get("page", ""),
+            definition_id=shown.definition,
+            state=shown.state_value(),
+            tenant=shown.tenant,
+            workflow_id_prefix=shown.search,
         )
-        reply = await self.backend.workflows.ListWorkflows(
-            workflow_service_pb2.ListWorkflowsRequest(
-                page_size=PAGE_SIZE,
-                page_token=request.query.get("page", ""),
-                definition_id=definition,
-                state=value,  # type: ignore[arg-type]
-            ),
-            metadata=bearer(s),
-        )
+        if shown.since:
+            listing.created_after.FromSeconds(int(time.time()) - views.SINCE_CHOICES[shown.since])
+        reply = await self.backend.workflows.ListWorkflows(listing, metadata=bearer(s))
+        if shown.search and len(reply.workflows) == 1 and not reply.next_page_token:
+            # An id, or a prefix only one workflow has: straight to it (as the CLI accepts prefixes).
+            raise web.HTTPSeeOther(f"/workflows/{views.q(reply.workflows[0].workflow_id)}")
         page = self.page(request, "Workflows", "workflows")
-        return self.html(
-            views.workflows_page(
-                page,
-                reply.workflows,
-                state=state if value else "",
-                definition=definition,
-                search=search,
-                next_token=reply.next_page_token,
-            )
-        )
+        return self.html(views.workflows_page(page, reply.workflows, shown, next_token=reply.next_page_token))
 
     async def workflow(self, request: web.Request) -> web.Response:
         s = self.session(request)

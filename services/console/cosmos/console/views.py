@@ -194,24 +194,67 @@ WORKFLOW_STATES = [
 ]
 
 
-def workflows_page(
-    page: Page,
-    workflows: Sequence[workflow_pb2.Workflow],
-    *,
-    state: str,
-    definition: str,
-    search: str,
-    next_token: str,
-) -> str:
+SINCE_CHOICES = {"15m": 15 * 60, "1h": 3600, "24h": 86400, "7d": 7 * 86400}
+"""The workflow list's time filter: created within this long before now (seconds)."""
+
+
+@dataclass(frozen=True)
+class WorkflowFilters:
+    """The workflow list's filters as the query string gives them (unknown values read as "any")."""
+
+    state: str = ""
+    definition: str = ""
+    tenant: str = ""
+    since: str = ""
+    search: str = ""
+
+    @classmethod
+    def of(cls, query: Any) -> WorkflowFilters:
+        state = query.get("state", "")
+        since = query.get("since", "")
+        return cls(
+            state=state if state in WORKFLOW_STATES else "",
+            definition=query.get("definition", "").strip(),
+            tenant=query.get("tenant", "").strip(),
+            since=since if since in SINCE_CHOICES else "",
+            search=query.get("id", "").strip(),
+        )
+
+    def state_value(self) -> workflow_pb2.WorkflowState.ValueType:
+        if not self.state:
+            return workflow_pb2.WORKFLOW_STATE_UNSPECIFIED
+        return workflow_pb2.WorkflowState.Value(f"WORKFLOW_STATE_{self.state.upper()}")
+
+    def params(self) -> dict[str, str]:
+        """The filters as query parameters (those set)."""
+        given = {
+            "state": self.state,
+            "definition": self.definition,
+            "tenant": self.tenant,
+            "since": self.since,
+            "id": self.search,
+        }
+        return {k: v for k, v in given.items() if v}
+
+
+def _select(name: str, label: str, choices: Iterable[str], chosen: str) -> str:
     options = "".join(
-        f'<option value="{h(s)}"{" selected" if s == state else ""}>{h(s)}</option>' for s in WORKFLOW_STATES
+        f'<option value="{h(c)}"{" selected" if c == chosen else ""}>{h(c)}</option>' for c in choices
     )
+    return f'<label>{label} <select name="{name}"><option value="">any</option>{options}</select></label>'
+
+
+def workflows_page(
+    page: Page, workflows: Sequence[workflow_pb2.Workflow], shown: WorkflowFilters, *, next_token: str
+) -> str:
     filters = (
         '<form class="filters" method="get" action="/workflows" role="search">'
-        '<label>State <select name="state"><option value="">any</option>' + options + "</select></label>"
-        f'<label>Definition <input name="definition" value="{h(definition)}"></label>'
-        f'<label>Workflow id <input name="id" value="{h(search)}" placeholder="exact id"></label>'
-        '<button type="submit">Filter</button></form>'
+        + _select("state", "State", WORKFLOW_STATES, shown.state)
+        + f'<label>Definition <input name="definition" value="{h(shown.definition)}"></label>'
+        + f'<label>Tenant <input name="tenant" value="{h(shown.tenant)}"></label>'
+        + _select("since", "Created within", SINCE_CHOICES, shown.since)
+        + f'<label>Workflow id <input name="id" value="{h(shown.search)}" placeholder="id or prefix"></label>'
+        + '<button type="submit">Filter</button></form>'
     )
     rows = [
         [
@@ -227,7 +270,7 @@ def workflows_page(
     ]
     more = ""
     if next_token:
-        params = urlencode({"state": state, "definition": definition, "page": next_token})
+        params = urlencode({**shown.params(), "page": next_token})
         more = f'<p><a class="more" href="/workflows?{h(params)}">Next page</a></p>'
     headers = ("workflow", "definition", "state", "tenant", "steps", "started", "reason")
     return layout(page, filters + table(headers, rows, empty="No workflows match.") + more)

@@ -24,7 +24,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry import trace
 
 from cosmos import errors
-from cosmos.plato import inputs, limits, pollers, records, subjects
+from cosmos.plato import inputs, limits, listing, pollers, records, subjects
 from cosmos.plato.engine import machine, reset, values
 from cosmos.plato.language import parser
 from cosmos.plato.store import Conflict, PlatoStore
@@ -311,7 +311,8 @@ class WorkflowApi(workflow_service_pb2_grpc.WorkflowServiceServicer):
     async def ListWorkflows(
         self, request: workflow_service_pb2.ListWorkflowsRequest, context: Context
     ) -> workflow_service_pb2.ListWorkflowsResponse:
-        query = f"def={request.definition_id};state={request.state}"
+        keep = listing.matcher(request)
+        query = listing.query(request)
         page = paging.parse(request.page_size, request.page_token, query)
         # Every record is read (see docs/plato.md, "Known limits"), many at a time.
         limit = asyncio.Semaphore(64)
@@ -329,16 +330,11 @@ class WorkflowApi(workflow_service_pb2_grpc.WorkflowServiceServicer):
             log.warning("unreadable workflow record skipped", extra={"fields": {"key": workflow_id}})
             return None
 
-        loaded = await asyncio.gather(*(load(i) for i in await self.store.workflow_ids()))
+        prefix = request.workflow_id_prefix
+        ids = [i for i in await self.store.workflow_ids() if i.startswith(prefix)]
+        loaded = await asyncio.gather(*(load(i) for i in ids))
         caller = auth.current()
-        matching = [
-            wf
-            for wf in loaded
-            if wf is not None
-            and caller.sees(wf.tenant)
-            and (not request.definition_id or wf.definition_id == request.definition_id)
-            and (not request.state or wf.state == request.state)
-        ]
+        matching = [wf for wf in loaded if wf is not None and caller.sees(wf.tenant) and keep(wf)]
         chunk, next_token = paging.newest_first(
             matching,
             lambda wf: (wf.create_time.ToNanoseconds(), wf.workflow_id),

@@ -10,6 +10,7 @@ from cosmos.plato.v1 import workflow_pb2 as _workflow_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.rpc import status_pb2 as _status_pb2
 import builtins as _builtins
@@ -466,6 +467,10 @@ class ListWorkflowsRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     DEFINITION_ID_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
+    CREATED_AFTER_FIELD_NUMBER: _builtins.int
+    CREATED_BEFORE_FIELD_NUMBER: _builtins.int
+    WORKFLOW_ID_PREFIX_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Maximum number of workflows to return; 0 means the server default (50),
     values above 1000 are capped at 1000.
@@ -478,6 +483,20 @@ class ListWorkflowsRequest(_message.Message):
     """Only runs of this definition id; empty means any."""
     state: _workflow_pb2.WorkflowState.ValueType
     """Only runs in this state; WORKFLOW_STATE_UNSPECIFIED means any."""
+    tenant: _builtins.str
+    """Only runs of this tenant; empty means every tenant the caller may see
+    (a tenant the caller may not see matches nothing).
+    """
+    workflow_id_prefix: _builtins.str
+    """Only runs whose id starts with this prefix; empty means any."""
+    @_builtins.property
+    def created_after(self) -> _timestamp_pb2.Timestamp:
+        """Only runs created at or after this time; unset means no lower bound."""
+
+    @_builtins.property
+    def created_before(self) -> _timestamp_pb2.Timestamp:
+        """Only runs created before this time; unset means no upper bound."""
+
     def __init__(
         self,
         *,
@@ -485,10 +504,14 @@ class ListWorkflowsRequest(_message.Message):
         page_token: _builtins.str = ...,
         definition_id: _builtins.str = ...,
         state: _workflow_pb2.WorkflowState.ValueType = ...,
+        tenant: _builtins.str = ...,
+        created_after: _timestamp_pb2.Timestamp | None = ...,
+        created_before: _timestamp_pb2.Timestamp | None = ...,
+        workflow_id_prefix: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_after", b"created_after", "created_before", b"created_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition_id", b"definition_id", "page_size", b"page_size", "page_token", b"page_token", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_after", b"created_after", "created_before", b"created_before", "definition_id", b"definition_id", "page_size", b"page_size", "page_token", b"page_token", "state", b"state", "tenant", b"tenant", "workflow_id_prefix", b"workflow_id_prefix"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
