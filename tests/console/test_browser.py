@@ -129,11 +129,12 @@ async def test_the_console_in_chromium(tmp_path: Path) -> None:
         await page.fill("input[name=tenant]", "elsewhere")
         await page.select_option("select[name=since]", "15m")
         await page.click("button:has-text('Filter')")
-        assert "No workflows match." in await page.inner_text("main")
+        await console_harness.wait_text(page, "main", lambda t: "No workflows match." in t, 10)
         await page.fill("input[name=tenant]", "default")
         await page.click("button:has-text('Filter')")
-        assert await page.locator("text=console-cancel-me").count() == 1
-        assert await page.locator("text=console-keep-running").count() == 1
+        await console_harness.wait_text(
+            page, "main", lambda t: "console-cancel-me" in t and "console-keep-running" in t, 10
+        )
         assert await page.locator("table tbody tr").count() == 2  # the finished encode is filtered out
         await page.click("text=console-cancel-me")
         await page.click("button:has-text('Cancel workflow')")
