@@ -65,8 +65,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
-from cosmos.plato import subjects
 from cosmos.plato.v1 import events_pb2, workflow_service_pb2, workflow_service_pb2_grpc
+from cosmos.protocol import subjects
 from cosmos.runtime import jetstream
 from cosmos.runtime.config import Address, free_port
 from cosmos.sdk import StepContext, Worker

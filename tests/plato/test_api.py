@@ -15,7 +15,6 @@ import security_harness
 from nats.aio.msg import Msg
 from plato_harness import CARD_WORKFLOW, PlatoClient, event_names
 
-from cosmos.plato.engine import values
 from cosmos.plato.v1 import (
     events_pb2,
     step_service_pb2,
@@ -24,6 +23,7 @@ from cosmos.plato.v1 import (
     workflow_service_pb2,
     workflow_service_pb2_grpc,
 )
+from cosmos.protocol import values
 from cosmos.runtime import rpc_errors
 from cosmos.sdk import StepContext, Worker
 

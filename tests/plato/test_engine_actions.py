@@ -14,8 +14,8 @@ import security_harness
 from nats.aio.msg import Msg
 from plato_harness import PlatoClient, event_names
 
-from cosmos.plato.engine import values
 from cosmos.plato.v1 import workflow_pb2, workflow_service_pb2
+from cosmos.protocol import values
 from cosmos.sdk import StepContext, StepError, Worker
 
 WS = workflow_pb2.WorkflowState

@@ -9,8 +9,8 @@ from typing import Any
 import security_harness
 from plato_harness import CARD_WORKFLOW, PlatoClient, event_names
 
-from cosmos.plato.engine import values
 from cosmos.plato.v1 import events_pb2, workflow_pb2
+from cosmos.protocol import values
 from cosmos.sdk import StepContext, StepError, Worker
 
 WS = workflow_pb2.WorkflowState

@@ -6,8 +6,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from cosmos.plato import metrics
-from cosmos.plato.engine import values
 from cosmos.plato.v1 import engine_pb2, workflow_pb2
+from cosmos.protocol import values
 from cosmos.runtime.metrics import REGISTRY
 
 SS = workflow_pb2.StepState

@@ -20,8 +20,8 @@ from nats.js import JetStreamContext
 from nats_cluster import NatsCluster
 from plato_harness import TERMINAL, PlatoClient
 
-from cosmos.plato import subjects
 from cosmos.plato.v1 import events_pb2, workflow_pb2, workflow_service_pb2_grpc
+from cosmos.protocol import subjects
 from cosmos.runtime import jetstream
 from cosmos.sdk import StepContext, Worker
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from engine_harness import Run, complete
 
-from cosmos.plato.engine import values
 from cosmos.plato.v1 import engine_pb2, events_pb2, workflow_pb2
+from cosmos.protocol import values
 
 WS = workflow_pb2.WorkflowState
 SS = workflow_pb2.StepState

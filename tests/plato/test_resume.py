@@ -21,7 +21,6 @@ from plato_harness import PlatoClient, event_names
 
 from cosmos.cli import platform
 from cosmos.plato import records
-from cosmos.plato.engine import values
 from cosmos.plato.store import PlatoStore, Storage, StoreConfig
 from cosmos.plato.v1 import (
     events_pb2,
@@ -30,6 +29,7 @@ from cosmos.plato.v1 import (
     workflow_pb2,
     workflow_service_pb2,
 )
+from cosmos.protocol import values
 from cosmos.runtime import process, rpc_errors
 from cosmos.sdk import StepContext, StepError, Worker
 from cosmos.security import context as contexts

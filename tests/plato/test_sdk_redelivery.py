@@ -11,8 +11,8 @@ import nats
 import security_harness
 from plato_harness import PlatoClient
 
-from cosmos.plato import inputs, subjects
 from cosmos.plato.v1 import events_pb2, workflow_pb2
+from cosmos.protocol import inputs, subjects
 from cosmos.sdk import StepContext, Worker, WorkerConfig
 
 WS = workflow_pb2.WorkflowState

@@ -17,8 +17,8 @@ import security_harness
 from plato_harness import TERMINAL, PlatoClient
 
 from cosmos.plato import limits
-from cosmos.plato.engine import values
 from cosmos.plato.v1 import events_pb2, workflow_pb2, workflow_service_pb2
+from cosmos.protocol import values
 from cosmos.runtime import rpc_errors
 from cosmos.sdk import StepContext, Worker, WorkerConfig
 

@@ -13,8 +13,8 @@ import security_harness
 from plato_harness import PlatoClient
 from stratum_harness import JS, Agents, JobsClient, Stratum, wait_agents
 
-from cosmos.plato.engine import values
 from cosmos.plato.v1 import workflow_pb2, workflow_service_pb2_grpc
+from cosmos.protocol import values
 from cosmos.stratum.v1 import job_service_pb2
 
 WS = workflow_pb2.WorkflowState

@@ -12,8 +12,8 @@ import pytest
 import security_harness
 from plato_harness import PlatoClient
 
-from cosmos.plato.engine import values
 from cosmos.plato.v1 import workflow_pb2, workflow_service_pb2
+from cosmos.protocol import values
 from cosmos.runtime import rpc_errors
 from cosmos.sdk import StepContext, Worker
 

@@ -27,7 +27,6 @@ from nats.js.api import StreamConfig
 from plato_harness import PlatoClient
 from servers import ServiceProcess
 
-from cosmos.plato import inputs, subjects
 from cosmos.plato.v1 import (
     engine_pb2,
     step_service_pb2,
@@ -36,6 +35,7 @@ from cosmos.plato.v1 import (
     workflow_service_pb2,
     workflow_service_pb2_grpc,
 )
+from cosmos.protocol import inputs, subjects
 from cosmos.runtime import jetstream, rpc_errors
 from cosmos.runtime.config import free_port
 from cosmos.security.tls import TlsFiles

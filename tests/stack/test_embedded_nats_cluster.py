@@ -16,7 +16,7 @@ import nats
 import pytest
 
 from cosmos.optimus.v1 import encode_pb2, encode_service_pb2, encode_service_pb2_grpc
-from cosmos.plato import subjects
+from cosmos.protocol import subjects
 from cosmos.runtime import jetstream
 from cosmos.runtime.config import free_port
 from cosmos.stack.children import Child

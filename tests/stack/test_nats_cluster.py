@@ -19,8 +19,8 @@ from nats_cluster import NatsCluster
 
 from cosmos import errors
 from cosmos.cli import up
-from cosmos.plato import subjects
 from cosmos.plato.store import PlatoStore, StoreConfig
+from cosmos.protocol import subjects
 from cosmos.runtime import jetstream
 from cosmos.runtime.config import Address, free_port
 from cosmos.security.tls import TlsFiles

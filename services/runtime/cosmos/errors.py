@@ -59,7 +59,7 @@ keeps it complete and true)::
     ├── Conflict                            cosmos.plato.store                a compare-and-set lost
     ├── TooLarge                            cosmos.plato.records              a header outgrows one message
     ├── WorkflowFailed                      cosmos.plato.engine.machine       fails the workflow at once
-    ├── InexactNumber                       cosmos.plato.engine.values        int beyond 2^53 (a ValueError)
+    ├── InexactNumber                       cosmos.protocol.values            int beyond 2^53 (a ValueError)
     ├── SyntaxProblem                       cosmos.plato.language.expressions an expression is malformed
     ├── TemplateProblem                     cosmos.plato.language.templates   a template cannot be compiled
     ├── _Abort                              cosmos.plato.language.parser      YAML too big or deep

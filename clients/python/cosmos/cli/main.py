@@ -27,7 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "token": ("cosmos.cli.security:token_main", "create platform tokens for people and programs"),
     "console": ("cosmos.console.server:main", "run the web console (HTTPS; sign in with a platform token)"),
     "optimus": ("cosmos.optimus.server:main", "run the Optimus encode API server"),
-    "plato": ("cosmos.plato.server:main", "run the Plato workflow engine server"),
+    "plato": ("cosmos.runners.plato:main", "run the Plato workflow engine server"),
     "stratum": ("cosmos.stratum.server:main", "run the Stratum compute-pool server"),
     "agent": ("cosmos.stratum.agent.main:main", "run a Stratum agent on this host"),
 }

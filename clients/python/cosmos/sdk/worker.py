@@ -39,9 +39,8 @@ from opentelemetry import trace
 
 from cosmos import errors
 from cosmos.common.v1 import progress_pb2
-from cosmos.plato import inputs, limits, subjects
-from cosmos.plato.engine import values
 from cosmos.plato.v1 import engine_pb2, events_pb2
+from cosmos.protocol import inputs, limits, subjects, values
 from cosmos.runtime import jetstream, telemetry
 from cosmos.security.tls import TlsFiles
 

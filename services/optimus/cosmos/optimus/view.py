@@ -13,8 +13,8 @@ from typing import Any
 
 from cosmos.common.v1 import progress_pb2
 from cosmos.optimus.v1 import encode_pb2
-from cosmos.plato.engine import values
 from cosmos.plato.v1 import workflow_pb2
+from cosmos.protocol import values
 
 WS = workflow_pb2.WorkflowState
 SS = workflow_pb2.StepState

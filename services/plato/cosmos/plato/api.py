@@ -24,8 +24,8 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry import trace
 
 from cosmos import errors
-from cosmos.plato import inputs, limits, listing, pollers, records, subjects
-from cosmos.plato.engine import machine, reset, values
+from cosmos.plato import limits, listing, pollers, records
+from cosmos.plato.engine import machine, reset
 from cosmos.plato.language import parser
 from cosmos.plato.store import Conflict, PlatoStore
 from cosmos.plato.task_tokens import TaskKey
@@ -39,6 +39,7 @@ from cosmos.plato.v1 import (
     workflow_service_pb2,
     workflow_service_pb2_grpc,
 )
+from cosmos.protocol import inputs, subjects, values
 from cosmos.runtime import paging, rpc_errors, telemetry, validation, wellknown
 from cosmos.security import auth
 

@@ -17,11 +17,12 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from cosmos.plato import records, subjects
+from cosmos.plato import records
 from cosmos.plato.engine.machine import TERMINAL_WORKFLOW_STATES
 from cosmos.plato.store import PlatoStore
 from cosmos.plato.task_tokens import TaskKey
 from cosmos.plato.v1 import engine_pb2, events_pb2, workflow_pb2
+from cosmos.protocol import subjects
 
 log = logging.getLogger(__name__)
 SS = workflow_pb2.StepState

@@ -17,9 +17,8 @@ from typing import Any
 from google.protobuf import timestamp_pb2
 from prometheus_client import Counter, Gauge, Histogram
 
-from cosmos.plato import subjects
-from cosmos.plato.engine import values
 from cosmos.plato.v1 import engine_pb2, workflow_pb2
+from cosmos.protocol import subjects, values
 from cosmos.runtime.metrics import REGISTRY, STEP_BUCKETS
 
 log = logging.getLogger(__name__)

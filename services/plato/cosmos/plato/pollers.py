@@ -19,8 +19,8 @@ import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
 
-from cosmos.plato import subjects
 from cosmos.plato.v1 import workflow_pb2
+from cosmos.protocol import subjects
 
 SS = workflow_pb2.StepState
 CACHE_S = 1.0

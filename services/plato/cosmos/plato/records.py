@@ -29,11 +29,11 @@ from google.protobuf import struct_pb2
 from nats.js.api import Header
 
 from cosmos import errors
-from cosmos.plato import limits, subjects
-from cosmos.plato.engine import values
+from cosmos.plato import limits
 from cosmos.plato.engine.state import WorkflowState
 from cosmos.plato.store import _WRONG_LAST_SEQUENCE, Conflict, PlatoStore
 from cosmos.plato.v1 import engine_pb2
+from cosmos.protocol import subjects, values
 from cosmos.runtime import publisher
 
 AK = engine_pb2.ActivationKind

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 from cosmos import errors
 from cosmos.plato import metrics as plato_metrics
@@ -15,11 +16,9 @@ from cosmos.plato.api import StepApi, WorkflowApi
 from cosmos.plato.attempts import AttemptAnswers
 from cosmos.plato.engine.evaluator import Evaluator, EvaluatorConfig
 from cosmos.plato.store import PlatoStore, Storage, StoreConfig
-from cosmos.plato.stratum_runner import StratumRunner
 from cosmos.plato.v1 import step_service_pb2_grpc, workflow_service_pb2_grpc
 from cosmos.runtime import config, dependency, jetstream, metrics, process
 from cosmos.runtime.server import Server, ServiceBinding
-from cosmos.sdk import Worker
 from cosmos.security.config import Security
 
 PREFIX = "COSMOS_PLATO"
@@ -49,13 +48,6 @@ def parser() -> argparse.ArgumentParser:
     config.add_env_argument(
         p,
         PREFIX,
-        "--stratum",
-        default="",
-        help="Stratum gRPC address for job steps (empty: no job steps run here)",
-    )
-    config.add_env_argument(
-        p,
-        PREFIX,
         "--task-key",
         default="",
         help="file of the key signing step task tokens, shared by every Plato replica; created 0600 if "
@@ -75,8 +67,14 @@ def task_key(args: argparse.Namespace, security: Security) -> task_tokens.TaskKe
     raise errors.ConfigError("no task key: give --task-key (a file every Plato replica shares) or --pki-dir")
 
 
-async def serve(args: argparse.Namespace) -> None:
-    """Connect to NATS, set up streams and buckets, evaluate and serve until SIGTERM/SIGINT."""
+Companion = Callable[[Security, asyncio.Event], Coroutine[Any, Any, None]]
+"""Work run in the server's process until it stops (given its security settings and the stopping
+event): how ``cosmos plato`` runs the built-in Stratum runner beside Plato without Plato knowing it."""
+
+
+async def serve(args: argparse.Namespace, companions: Sequence[Companion] = ()) -> None:
+    """Connect to NATS, set up streams and buckets, evaluate and serve until SIGTERM/SIGINT, with
+    each of ``companions`` running alongside."""
     if args.storage not in ("file", "memory"):
         raise errors.ConfigError(f"--storage {args.storage!r}: expected file or memory")
     server_config = process.server_config("plato", args)
@@ -140,11 +138,7 @@ async def serve(args: argparse.Namespace) -> None:
     evaluating = asyncio.create_task(evaluator.run(server.stopping))
     services = [b.name for b in server.services]
     background = [evaluating, asyncio.create_task(gate.watch(server.health, services, server.stopping))]
-    if args.stratum:
-        runner = StratumRunner(config.parse_target(args.stratum, setting="--stratum"), server_config.security)
-        worker = Worker(args.nats, tls=nats_tls)
-        runner.register(worker)
-        background.append(asyncio.create_task(worker.run(server.stopping, finish_running=False)))
+    background += [asyncio.create_task(c(server_config.security, server.stopping)) for c in companions]
     try:
         await server.serve_until_signalled()
     finally:
@@ -156,6 +150,6 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``cosmos plato``."""
+    """Plato alone (``cosmos plato`` is :func:`cosmos.runners.plato.main`, which adds the Stratum runner)."""
     args = parser().parse_args(argv)
     return process.run("plato", args, lambda: serve(args))

@@ -36,10 +36,10 @@ from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from cosmos import errors
-from cosmos.plato import subjects
 from cosmos.plato.language import model, parser
 from cosmos.plato.latest import LatestVersions
 from cosmos.plato.v1 import definition_pb2, engine_pb2
+from cosmos.protocol import subjects
 from cosmos.runtime import jetstream, kvscan, publisher
 
 log = logging.getLogger(__name__)

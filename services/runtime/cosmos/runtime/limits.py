@@ -42,7 +42,7 @@ MAX_STRUCT_DEPTH = 32
 """Nesting of a ``Struct``/``Value`` (objects and lists inside each other)."""
 MAX_STRUCT_BYTES = 1024 * 1024 - 16 * 1024
 """Serialized size of one ``Struct`` (workflow input, step output, signal payload): what one value
-may be in Plato with NATS's default ``max_payload`` (``cosmos.plato.limits.DEFAULT_MAX_VALUE_BYTES``;
+may be in Plato with NATS's default ``max_payload`` (``cosmos.protocol.limits.DEFAULT_MAX_VALUE_BYTES``;
 a server with a smaller ``max_payload`` is checked against that too, by Plato)."""
 MAX_REQUEST_BYTES = 1024 * 1024
 """Serialized size of one request unless its method says otherwise."""

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cosmos import errors
-from cosmos.plato import subjects as plato_subjects
+from cosmos.protocol import subjects as plato_subjects
 from cosmos.runtime.config import Address
 from cosmos.security import pki
 from cosmos.security.tls import TlsFiles

@@ -28,13 +28,14 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 from opentelemetry import trace
 
-from cosmos.plato import limits, metrics, records, subjects
+from cosmos.plato import limits, metrics, records
 from cosmos.plato.engine import machine
 from cosmos.plato.engine.state import WorkflowState
 from cosmos.plato.language import model
 from cosmos.plato.store import Conflict, PlatoStore
 from cosmos.plato.task_tokens import TaskKey
 from cosmos.plato.v1 import engine_pb2, workflow_pb2
+from cosmos.protocol import subjects
 from cosmos.runtime import telemetry, wellknown
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ class EvaluatorConfig:
     :data:`~cosmos.plato.limits.MAX_HEADER_BYTES` and the server's ``max_payload`` less 4 KiB."""
     max_value_bytes: int | None = None
     """Largest step input or output (each travels as one message): a larger output fails its step.
-    None: the server's ``max_payload`` less :data:`~cosmos.plato.limits.MESSAGE_HEADROOM`."""
+    None: the server's ``max_payload`` less :data:`~cosmos.protocol.limits.MESSAGE_HEADROOM`."""
 
 
 class Evaluator:

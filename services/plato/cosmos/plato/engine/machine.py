@@ -23,12 +23,13 @@ from typing import Any
 from google.protobuf import json_format, struct_pb2
 
 from cosmos import errors
-from cosmos.plato import limits, subjects
-from cosmos.plato.engine import reset, values
+from cosmos.plato import limits
+from cosmos.plato.engine import reset
 from cosmos.plato.engine.state import StepTable, WorkflowState
 from cosmos.plato.language import model, parser
 from cosmos.plato.task_tokens import TaskKey
 from cosmos.plato.v1 import engine_pb2, events_pb2, workflow_pb2
+from cosmos.protocol import inputs, subjects, values
 from cosmos.stratum.v1 import job_pb2
 
 log = logging.getLogger(__name__)
@@ -74,11 +75,6 @@ def _step_id(name: str, index: int, fanout: bool) -> str:
     if fanout:
         return f"{name}[{index}]"
     return name if index == 0 else f"{name}#{index + 1}"
-
-
-def idempotency_key(workflow_id: str, step_id: str, attempt: int) -> str:
-    """The key handlers receive for one attempt; also the task's Nats-Msg-Id."""
-    return f"{workflow_id}/{step_id}/{attempt}"
 
 
 def new_record(workflow_id: str, start: engine_pb2.StartInput, now: datetime) -> engine_pb2.WorkflowRecord:
@@ -682,7 +678,7 @@ class Machine:
             step_id=step.step_id,
             step_name=step.step_name,
             attempt=step.attempt,
-            idempotency_key=idempotency_key(self.wf.workflow_id, step.step_id, step.attempt),
+            idempotency_key=inputs.idempotency_key(self.wf.workflow_id, step.step_id, step.attempt),
             input=step.input,
             definition_id=self.wf.definition_id,
             definition_version=self.wf.definition_version,
@@ -717,7 +713,7 @@ class Machine:
                 f"step {step.step_id!r}: job template does not make a JobSpec: {exc}"
             ) from exc
         if not spec.idempotency_key:
-            spec.idempotency_key = idempotency_key(self.wf.workflow_id, step.step_id, step.attempt)
+            spec.idempotency_key = inputs.idempotency_key(self.wf.workflow_id, step.step_id, step.attempt)
         return spec
 
     def _start_child(self, step: workflow_pb2.StepExecution, step_def: model.StepDef) -> None:
@@ -875,7 +871,7 @@ class Machine:
             queue = subjects.STRATUM_QUEUE
         else:
             return
-        key = idempotency_key(self.wf.workflow_id, step.step_id, step.attempt)
+        key = inputs.idempotency_key(self.wf.workflow_id, step.step_id, step.attempt)
         self._outbox(subjects.cancels(queue), key.encode(), msg_id=f"cancel:{key}")
 
     def _stop_running_steps(self, reason: str) -> None:

@@ -26,9 +26,9 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from cosmos.plato.engine import values
 from cosmos.plato.language import model
 from cosmos.plato.v1 import engine_pb2, events_pb2, workflow_pb2
+from cosmos.protocol import values
 
 if TYPE_CHECKING:
     from cosmos.plato.engine.machine import Machine

@@ -1,6 +1,7 @@
 """The built-in runner of Stratum job steps (``job:`` in a definition).
 
-It is an SDK handler on the ``cosmos-stratum-runner`` queue, run inside Plato: it submits the
+It is an SDK handler on the ``cosmos-stratum-runner`` queue (run beside Plato by ``cosmos plato
+--stratum``, :mod:`cosmos.runners.plato`): it submits the
 rendered :class:`JobSpec` to Stratum with the step attempt's idempotency key as ``request_id`` (so a
 redelivered task finds the same job), follows the job with ``WatchJob`` (progress becomes step
 heartbeats), and completes or fails the step with the job's result. A job whose failure is
@@ -22,8 +23,7 @@ from typing import Any, TypeVar
 import grpc
 import nats.errors
 
-from cosmos.plato import subjects
-from cosmos.plato.engine import values
+from cosmos.protocol import subjects, values
 from cosmos.runtime import channels, reconnect
 from cosmos.sdk import StepContext, StepError, Worker
 from cosmos.security import principals

@@ -1,4 +1,5 @@
-"""Engine inputs as handlers and the API post them, with their de-duplication ids.
+"""Engine inputs as handlers and the API post them, with their de-duplication ids, and the
+idempotency key of a step attempt.
 
 One place for the message ids, so a result posted by the SDK over NATS and the same result posted
 through ``StepService.CompleteStep`` are recognised as one.
@@ -10,8 +11,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from cosmos.common.v1 import progress_pb2
-from cosmos.plato.engine import values
 from cosmos.plato.v1 import engine_pb2
+from cosmos.protocol import values
+
+
+def idempotency_key(workflow_id: str, step_id: str, attempt: int) -> str:
+    """The key handlers receive for one attempt (``StepTask.idempotency_key``); also the task's
+    Nats-Msg-Id, and the default idempotency key of a Stratum job a step runs."""
+    return f"{workflow_id}/{step_id}/{attempt}"
 
 
 def start_msg_id(workflow_id: str) -> str:
