@@ -29,10 +29,11 @@ image: install
 gen: install
 	$(BIN)/python protos/generate.py
 
-## lint: ruff, mypy, buf lint and buf format
+## lint: ruff, mypy, the import contracts between layers (import-linter), buf lint and buf format
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/buf lint
 	$(BIN)/buf format --diff --exit-code
 

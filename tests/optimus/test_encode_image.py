@@ -20,8 +20,8 @@ from encode_harness import embedded_stack, finished, make_clip
 from cosmos.optimus.api import image_problem
 from cosmos.optimus.v1 import encode_pb2, encode_service_pb2, encode_service_pb2_grpc
 from cosmos.runtime import rpc_errors
+from cosmos.security import job_policy
 from cosmos.stack.embedded import EmbeddedStack
-from cosmos.stratum import validation
 from cosmos.stratum.v1 import job_service_pb2, job_service_pb2_grpc
 
 ES = encode_pb2.EncodeState
@@ -96,7 +96,7 @@ async def test_an_image_that_is_no_image_reference_is_refused(stack: EmbeddedSta
 
 
 def test_the_job_policy_decides_which_images_a_tenant_may_encode_in() -> None:
-    policy = validation.JobPolicy.parse(
+    policy = job_policy.JobPolicy.parse(
         {"tenants": {"acme": {"images": ["localhost/cosmos-worker:*"]}, "*": {"images": []}}}
     )
     assert image_problem("localhost/cosmos-worker:0.1.0", policy, "acme") is None

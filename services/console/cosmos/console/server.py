@@ -20,7 +20,7 @@ from cosmos import errors
 from cosmos.console.app import Backend, Console, Endpoints
 from cosmos.runtime import config, process
 from cosmos.security import config as security_config
-from cosmos.security import storage
+from cosmos.security import storage, tls
 
 PREFIX = "COSMOS_CONSOLE"
 DEFAULT_LISTEN = "127.0.0.1:50444"
@@ -59,8 +59,6 @@ async def serve(args: argparse.Namespace) -> None:
             "cosmos console: no token public key (--token-public-key, or token-key.pub.pem in --pki-dir): "
             "sign-in checks platform tokens with it"
         )
-    from cosmos.optimus.webhook import ServerTls  # the same reloading server context as the webhook
-
     endpoints = Endpoints(
         config.parse_target(args.optimus, setting="--optimus"),
         config.parse_target(args.plato, setting="--plato"),
@@ -76,7 +74,9 @@ async def serve(args: argparse.Namespace) -> None:
     # cancelled after 2 s.
     runner = web.AppRunner(console.app(), access_log=None, shutdown_timeout=2.0)
     await runner.setup()
-    site = web.TCPSite(runner, listen.host, listen.port, ssl_context=ServerTls(security.tls).current)
+    site = web.TCPSite(
+        runner, listen.host, listen.port, ssl_context=tls.HttpsServerContext(security.tls).current
+    )
     try:
         await site.start()
     except OSError as exc:

@@ -34,8 +34,7 @@ from cosmos.optimus.v1 import encode_pb2, encode_service_pb2, encode_service_pb2
 from cosmos.optimus.view import QUALITY_MODES, encode_view
 from cosmos.plato.v1 import workflow_pb2, workflow_service_pb2, workflow_service_pb2_grpc
 from cosmos.runtime import batching, paging, reconnect, rpc_errors, s3, telemetry
-from cosmos.security import auth, principals, storage
-from cosmos.stratum import validation
+from cosmos.security import auth, job_policy, principals, storage
 
 DEFINITION_ID = "encode-ladder"
 DEFINITION_FILE = Path(__file__).with_name("workflows") / "encode-ladder.yaml"
@@ -83,7 +82,7 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
         work_root: Path,
         stopping: asyncio.Event,
         storage_roots: Sequence[storage.Root] = (),
-        job_policy: validation.JobPolicy | None = None,
+        job_policy: job_policy.JobPolicy | None = None,
     ) -> None:
         self.workflows = workflow_service_pb2_grpc.WorkflowServiceStub(plato)
         self.work_root = work_root.absolute()
@@ -543,7 +542,7 @@ IMAGE_REFERENCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}")
 """What ``image`` may look like: an OCI image reference (``localhost/cosmos-worker:0.1.0``, a digest)."""
 
 
-def image_problem(image: str, policy: validation.JobPolicy | None, tenant: str) -> tuple[str, str] | None:
+def image_problem(image: str, policy: job_policy.JobPolicy | None, tenant: str) -> tuple[str, str] | None:
     """Why ``image`` cannot run the chunk encodes of ``tenant`` — (reason, description) — or None.
 
     The allow-list is Stratum's job policy (``--job-policy``, the same file): refused here, at submit,

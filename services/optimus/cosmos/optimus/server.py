@@ -18,7 +18,7 @@ from cosmos.optimus.v1 import encode_service_pb2_grpc
 from cosmos.runtime import channels, config, dependency, process
 from cosmos.runtime.server import Server, ServiceBinding
 from cosmos.security import storage
-from cosmos.stratum.validation import JobPolicy
+from cosmos.security.job_policy import JobPolicy
 
 PREFIX = "COSMOS_OPTIMUS"
 DEFAULT_LISTEN = "127.0.0.1:50051"

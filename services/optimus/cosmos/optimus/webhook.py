@@ -47,10 +47,9 @@ from cosmos.common.v1 import access_pb2
 from cosmos.optimus.v1 import encode_pb2, encode_service_pb2
 from cosmos.runtime import rpc_errors
 from cosmos.runtime.config import Address
-from cosmos.security import auth
+from cosmos.security import auth, tls
 from cosmos.security.config import Security
 from cosmos.security.principals import Principal
-from cosmos.security.tls import TlsFiles
 
 log = logging.getLogger(__name__)
 
@@ -357,43 +356,11 @@ class Webhook:
         return {**entry, "encode_id": encode_id, "deduplicated": reply.deduplicated}
 
 
-class ServerTls:
-    """Optimus's mesh certificate for the webhook, re-read when renewed (``cosmos up`` and
-    ``cosmos pki`` renew the files in place; the gRPC port reloads them the same way): each TLS
-    handshake checks the files' stamp, and a changed one puts a fresh context on that connection."""
-
-    def __init__(self, files: TlsFiles) -> None:
-        self.files = files
-        self.stamp = files.stamp()
-        self.current = self._load()
-
-    def _load(self) -> ssl.SSLContext:
-        # No client certificate is asked for: senders prove themselves with the HMAC.
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_cert_chain(self.files.cert, self.files.key)
-        context.sni_callback = self._handshake
-        return context
-
-    def _handshake(self, connection: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> None:
-        stamp = self.files.stamp()
-        if stamp != self.stamp:
-            try:
-                fresh = self._load()
-            except (OSError, ssl.SSLError) as exc:  # mid-rewrite: keep the old one, try next time
-                log.warning("webhook certificate not reloaded", extra={"fields": {"error": str(exc)}})
-                return
-            self.stamp, self.current = stamp, fresh
-            log.info("webhook certificate reloaded")
-        if connection.context is not self.current:
-            connection.context = self.current
-
-
 def ssl_context(security: Security) -> ssl.SSLContext | None:
     """The webhook's server TLS context; None only for an ``--insecure`` (loopback) Optimus."""
     if security.insecure or security.tls is None:
         return None
-    return ServerTls(security.tls).current
+    return tls.HttpsServerContext(security.tls).current
 
 
 async def start(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import ssl
 import time
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,39 @@ def server_credentials(files: TlsFiles, *, require_client_cert: bool = True) -> 
         fetch,  # type: ignore[arg-type]  # returning None means unchanged, as grpc documents
         require_client_authentication=require_client_cert,
     )
+
+
+class HttpsServerContext:
+    """An HTTPS server's TLS context from ``files`` (the Optimus webhook's, the console's), re-read
+    when renewed (``cosmos up`` and ``cosmos pki`` renew the files in place; the gRPC ports reload
+    them the same way): each handshake checks the files' stamp, and a changed one puts a fresh context
+    on that connection. No client certificate is asked for: webhook senders prove themselves with
+    the HMAC, console users with a platform token."""
+
+    def __init__(self, files: TlsFiles) -> None:
+        self.files = files
+        self.stamp = files.stamp()
+        self.current = self._load()
+
+    def _load(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(self.files.cert, self.files.key)
+        context.sni_callback = self._handshake
+        return context
+
+    def _handshake(self, connection: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> None:
+        stamp = self.files.stamp()
+        if stamp != self.stamp:
+            try:
+                fresh = self._load()
+            except (OSError, ssl.SSLError) as exc:  # mid-rewrite: keep the old one, try next time
+                log.warning("https certificate not reloaded", extra={"fields": {"error": str(exc)}})
+                return
+            self.stamp, self.current = stamp, fresh
+            log.info("https certificate reloaded", extra={"fields": {"cert": str(self.files.cert)}})
+        if connection.context is not self.current:
+            connection.context = self.current
 
 
 def channel_credentials(files: TlsFiles) -> grpc.ChannelCredentials:

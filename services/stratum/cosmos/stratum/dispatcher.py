@@ -23,6 +23,7 @@ from cosmos import errors
 from cosmos.common.v1 import progress_pb2
 from cosmos.runtime import telemetry, wellknown
 from cosmos.security import secrets
+from cosmos.security.job_policy import JobPolicy
 from cosmos.stratum import metrics, validation, waiting
 from cosmos.stratum.agent import progress
 from cosmos.stratum.placement import Placement, Placer
@@ -68,7 +69,7 @@ class Dispatcher:
     config: DispatcherConfig = field(default_factory=DispatcherConfig)
     keyring: secrets.Keyring | None = None
     """Seals job secrets at submit and unseals them for the assigned agent; None: secrets refused."""
-    policy: validation.JobPolicy | None = None
+    policy: JobPolicy | None = None
     """Per-tenant allow-list of executables and images (``--job-policy``); None: no restriction."""
     jobs: dict[str, job_pb2.Job] = field(default_factory=dict)
     """Every job that is not finished, by id."""

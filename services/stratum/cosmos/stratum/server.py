@@ -15,6 +15,7 @@ from grpc_health.v1 import health_pb2
 from cosmos.runtime import config, dependency, jetstream, metrics, process
 from cosmos.runtime.server import Server, ServiceBinding
 from cosmos.security import pki, secrets, storage
+from cosmos.security.job_policy import JobPolicy
 from cosmos.stratum import enrollment, leader
 from cosmos.stratum import metrics as stratum_metrics
 from cosmos.stratum.agent_stream import AgentServicer
@@ -25,7 +26,6 @@ from cosmos.stratum.pool import PoolServicer
 from cosmos.stratum.registry import AgentRegistry
 from cosmos.stratum.store import JobStore
 from cosmos.stratum.v1 import agent_service_pb2_grpc, job_service_pb2_grpc, pool_service_pb2_grpc
-from cosmos.stratum.validation import JobPolicy
 
 log = logging.getLogger(__name__)
 

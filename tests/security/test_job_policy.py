@@ -8,8 +8,8 @@ import grpc
 import pytest
 
 from cosmos import errors
+from cosmos.security.job_policy import JobPolicy
 from cosmos.stratum.v1 import job_pb2
-from cosmos.stratum.validation import JobPolicy
 
 POLICY = """
 tenants:
