@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import hmac
 import json
 import logging
@@ -27,29 +26,26 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 import grpc
 from aiohttp import web
 
 from cosmos import errors
 from cosmos.console import views
+from cosmos.console.backend import Backend
+from cosmos.console.media import media_file
+from cosmos.console.sessions import SESSION, Session, Sessions, bearer, claims_exp, safe_next
 from cosmos.console.views import Page
-from cosmos.optimus.v1 import encode_pb2, encode_service_pb2, encode_service_pb2_grpc
-from cosmos.plato.v1 import workflow_service_pb2, workflow_service_pb2_grpc
-from cosmos.runtime import channels
-from cosmos.runtime.server import KEEPALIVE_OPTIONS
-from cosmos.security import tls
-from cosmos.security.principals import Principal
+from cosmos.optimus.v1 import encode_pb2, encode_service_pb2
+from cosmos.plato.v1 import workflow_service_pb2
 from cosmos.security.tokens import Verifier
-from cosmos.stratum.v1 import job_service_pb2, job_service_pb2_grpc, pool_service_pb2, pool_service_pb2_grpc
+from cosmos.stratum.v1 import job_service_pb2, pool_service_pb2
 
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 COOKIE = "cosmos_console"
 PRE_COOKIE = "cosmos_console_signin"
-MAX_SESSIONS = 10_000
 PAGE_SIZE = 50
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -60,119 +56,6 @@ PUBLIC = ("/signin", "/static/", "/healthz", "/favicon.ico")
 TERMINAL_WF = {"completed", "failed", "cancelled"}
 TERMINAL_ENCODE = {"succeeded", "failed", "cancelled"}
 TERMINAL_JOB = {"succeeded", "failed", "cancelled", "timed_out"}
-
-
-@dataclasses.dataclass
-class Session:
-    """One signed-in browser."""
-
-    token: str
-    user: Principal
-    csrf: str
-    expires: float
-
-
-SESSION = web.RequestKey("session", Session)
-
-
-class Sessions:
-    """Sessions by random id, in memory (a console restart signs everyone out)."""
-
-    def __init__(self) -> None:
-        self._by_id: dict[str, Session] = {}
-
-    def create(self, token: str, user: Principal, expires: float) -> str:
-        if len(self._by_id) >= MAX_SESSIONS:
-            self.sweep()
-            if len(self._by_id) >= MAX_SESSIONS:  # still full: drop the oldest
-                self._by_id.pop(next(iter(self._by_id)))
-        sid = secrets.token_urlsafe(32)
-        self._by_id[sid] = Session(token, user, secrets.token_urlsafe(32), expires)
-        return sid
-
-    def get(self, sid: str | None) -> Session | None:
-        if not sid:
-            return None
-        session = self._by_id.get(sid)
-        if session is not None and session.expires <= time.time():
-            del self._by_id[sid]
-            return None
-        return session
-
-    def drop(self, sid: str | None) -> None:
-        if sid:
-            self._by_id.pop(sid, None)
-
-    def sweep(self) -> None:
-        now = time.time()
-        for sid in [k for k, s in self._by_id.items() if s.expires <= now]:
-            del self._by_id[sid]
-
-
-@dataclasses.dataclass(frozen=True)
-class Endpoints:
-    """The services' token ports (``HOST:PORT``, replicas comma-separated) and the CA they are
-    trusted by."""
-
-    optimus: str
-    plato: str
-    stratum: str
-    ca: Path
-
-
-class Backend:
-    """One TLS channel per service (server authentication only); each call carries the user's token."""
-
-    def __init__(self, endpoints: Endpoints) -> None:
-        ca = endpoints.ca.read_bytes()
-
-        def dial(target: str, role: str) -> grpc.aio.Channel:
-            address, extra = channels.dial_target(target)
-            options = [*KEEPALIVE_OPTIONS, *tls.server_name_options(role), *extra]
-            return grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(ca), options=options)
-
-        self._channels = [
-            dial(endpoints.optimus, "optimus"),
-            dial(endpoints.plato, "plato"),
-            dial(endpoints.stratum, "stratum"),
-        ]
-        self.encodes = encode_service_pb2_grpc.EncodeServiceStub(self._channels[0])
-        self.workflows = workflow_service_pb2_grpc.WorkflowServiceStub(self._channels[1])
-        self.jobs = job_service_pb2_grpc.JobServiceStub(self._channels[2])
-        self.pool = pool_service_pb2_grpc.PoolServiceStub(self._channels[2])
-
-    async def close(self) -> None:
-        for channel in self._channels:
-            await channel.close(None)
-
-
-def bearer(session: Session) -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {session.token}"),)
-
-
-def safe_next(value: str) -> str:
-    """Where to go after sign-in: a path of this site only (no scheme, no host, no ``//``)."""
-    if not value.startswith("/") or value.startswith("//") or "\\" in value:
-        return "/"
-    parsed = urlparse(value)
-    return "/" if parsed.scheme or parsed.netloc else value
-
-
-def media_file(master_uri: str, relative: str, roots: Sequence[Path]) -> Path | None:
-    """The published file ``relative`` beside the HLS master at ``master_uri``, when the master is a
-    local file under one of ``roots`` and ``relative`` stays inside its directory; else None."""
-    parsed = urlparse(master_uri)
-    if parsed.scheme not in ("file", "") or not parsed.path:
-        return None
-    base = Path(unquote(parsed.path)).parent.resolve()
-    if not any(base.is_relative_to(root.resolve()) for root in roots):
-        return None
-    if not relative or relative.startswith("/") or "\\" in relative:
-        return None
-    target = (base / relative).resolve()
-    if not target.is_relative_to(base) or not target.is_file():
-        return None
-    return target
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -343,7 +226,7 @@ class Console:
         token = str(form.get("token") or "").strip()
         try:
             user = self.verifier.verify(token)
-            expires = float(_claims_exp(token))
+            expires = float(claims_exp(token))
         except errors.UnauthenticatedError as exc:
             log.info("console sign-in refused", extra={"fields": {"why": exc.message}})
             response = await self.signin_form(request, f"Not signed in: {exc.message}")
@@ -734,11 +617,3 @@ def _query(**values: str) -> str:
     from urllib.parse import urlencode
 
     return urlencode(values)
-
-
-def _claims_exp(token: str) -> int:
-    """The ``exp`` claim of a token already verified (the session ends with the token)."""
-    import jwt
-
-    claims: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
-    return int(claims["exp"])
