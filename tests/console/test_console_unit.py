@@ -14,7 +14,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from cosmos.console import server, views
-from cosmos.console.app import COOKIE, CSP, Backend, Console, media_file, safe_next
+from cosmos.console.app import COOKIE, Console
+from cosmos.console.backend import Backend
+from cosmos.console.base import CSP
+from cosmos.console.media import media_file
+from cosmos.console.sessions import safe_next
 from cosmos.optimus.v1 import encode_pb2
 from cosmos.plato.v1 import definition_pb2, events_pb2, workflow_pb2, workflow_service_pb2
 from cosmos.runtime import process

@@ -17,7 +17,8 @@ from pathlib import Path
 from aiohttp import web
 
 from cosmos import errors
-from cosmos.console.app import Backend, Console, Endpoints
+from cosmos.console.app import Console
+from cosmos.console.backend import Backend, Endpoints
 from cosmos.runtime import config, process
 from cosmos.security import config as security_config
 from cosmos.security import storage, tls
