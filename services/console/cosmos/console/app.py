@@ -39,6 +39,8 @@ from cosmos.console.pool import PoolHandlers
 from cosmos.console.sessions import SESSION, Session, Sessions, claims_exp, safe_next
 from cosmos.console.views import Page
 from cosmos.console.workflows import WorkflowHandlers
+from cosmos.runtime import s3
+from cosmos.security import storage
 from cosmos.security.tokens import Verifier
 
 log = logging.getLogger(__name__)
@@ -56,12 +58,21 @@ class Console(WorkflowHandlers, EncodeHandlers, PoolHandlers):
     mixins (:mod:`.base` says why mixins); construction, routes, middleware and sign-in are here."""
 
     def __init__(
-        self, backend: Backend, verifier: Verifier, *, storage_roots: Sequence[Path] = (), secure: bool = True
+        self,
+        backend: Backend,
+        verifier: Verifier,
+        *,
+        storage_roots: Sequence[storage.Root] = (),
+        s3_client: s3.S3Client | None = None,
+        secure: bool = True,
     ) -> None:
         self.backend = backend
         self.verifier = verifier
         self.sessions = Sessions()
         self.storage_roots = list(storage_roots)
+        if s3_client is None and storage.s3_roots(self.storage_roots):
+            s3_client = s3.S3Client()  # the standard AWS chain, as every S3 client of Cosmos
+        self.s3 = s3_client
         self.secure = secure
         """Mark cookies Secure (always, but for tests over plain HTTP)."""
 

@@ -12,13 +12,14 @@ partials or application lookups to type.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from aiohttp import web
 
 from cosmos.console.backend import Backend
 from cosmos.console.sessions import SESSION, Session
 from cosmos.console.views import Page
+from cosmos.runtime import s3
+from cosmos.security import storage
 
 PAGE_SIZE = 50
 CSP = (
@@ -33,7 +34,9 @@ class ConsoleBase:
     :class:`cosmos.console.app.Console` sets it."""
 
     backend: Backend
-    storage_roots: list[Path]
+    storage_roots: list[storage.Root]
+    s3: s3.S3Client | None
+    """The client of the ``s3://`` roots (None without one)."""
     secure: bool
 
     @staticmethod

@@ -5,17 +5,19 @@ media, cancel.
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 
 import grpc
 from aiohttp import web
 
-from cosmos.console import views
+from cosmos.console import media, views
 from cosmos.console.base import PAGE_SIZE, ConsoleBase, send_event
-from cosmos.console.media import media_file
 from cosmos.console.sessions import Session, bearer
 from cosmos.optimus.v1 import encode_pb2, encode_service_pb2
+from cosmos.runtime import s3
 
+log = logging.getLogger(__name__)
 TERMINAL_ENCODE = {"succeeded", "failed", "cancelled"}
 
 
@@ -76,7 +78,9 @@ class EncodeHandlers(ConsoleBase):
     async def encode(self, request: web.Request) -> web.Response:
         s = self.session(request)
         e = await self._get_encode(s, request.match_info["id"])
-        playable = media_file(e.manifests.hls_master_uri, "master.m3u8", self.storage_roots) is not None
+        playable = (
+            media.media_source(e.manifests.hls_master_uri, "master.m3u8", self.storage_roots) is not None
+        )
         page = self.page(request, f"Encode {e.encode_id}", "encodes")
         return self.html(views.encode_page(page, e, playable))
 
@@ -104,15 +108,48 @@ class EncodeHandlers(ConsoleBase):
 
     async def encode_media(self, request: web.Request) -> web.StreamResponse:
         """The published HLS files of an encode the user may read (the encode is fetched with the
-        user's token first), from the local storage root only."""
+        user's token first), from a local storage root or streamed from an ``s3://`` one."""
         s = self.session(request)
         e = await self._get_encode(s, request.match_info["id"])
-        path = media_file(e.manifests.hls_master_uri, request.match_info["path"], self.storage_roots)
-        if path is None:
+        source = media.media_source(
+            e.manifests.hls_master_uri, request.match_info["path"], self.storage_roots
+        )
+        if source is None:
             raise web.HTTPNotFound(text="not a published file of this encode")
-        response = web.FileResponse(path)
+        if isinstance(source, str):
+            return await self._stream_object(request, source)
+        response = web.FileResponse(source)
         response.headers.update(self.security_headers("/static/"))
         response.headers["Cache-Control"] = "private, max-age=60"
+        return response
+
+    async def _stream_object(self, request: web.Request, uri: str) -> web.StreamResponse:
+        """An object of an ``s3://`` root, streamed as it arrives (never whole in memory); a missing
+        object is a 404, an object store that fails a 502, both decided before anything is sent."""
+        if self.s3 is None:
+            raise web.HTTPNotFound(text="not a published file of this encode")
+        chunks = self.s3.stream(uri)
+        try:
+            first = await anext(chunks, b"")
+        except s3.S3NotFound:
+            raise web.HTTPNotFound(text="not a published file of this encode") from None
+        except s3.S3Error as exc:
+            log.warning(
+                "media from the object store failed", extra={"fields": {"uri": uri, "error": str(exc)}}
+            )
+            raise web.HTTPBadGateway(text="the object store did not answer; try again") from None
+        response = web.StreamResponse(headers=self.security_headers("/static/"))
+        response.content_type = media.content_type(uri)
+        response.headers["Cache-Control"] = "private, max-age=60"
+        await response.prepare(request)
+        await response.write(first)
+        try:
+            async for chunk in chunks:
+                await response.write(chunk)
+        except s3.S3Error as exc:  # cut short after the headers went: the player sees a short body
+            log.warning("media stream cut short", extra={"fields": {"uri": uri, "error": str(exc)}})
+            return response
+        await response.write_eof()
         return response
 
     async def encode_cancel(self, request: web.Request) -> web.Response:

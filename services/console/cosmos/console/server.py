@@ -12,7 +12,6 @@ import asyncio
 import logging
 import signal
 from collections.abc import Sequence
-from pathlib import Path
 
 from aiohttp import web
 
@@ -68,7 +67,7 @@ async def serve(args: argparse.Namespace) -> None:
     )
     verifier = security.verifier()
     assert verifier is not None
-    roots = [r for r in storage.roots_from_args(args) if isinstance(r, Path)]
+    roots = storage.roots_from_args(args)
     backend = Backend(endpoints)
     console = Console(backend, verifier, storage_roots=roots)
     # Open event streams (a tab left on a running workflow) hold no stop up for long: they are

@@ -512,7 +512,7 @@ class EmbeddedStack:
             str(c.address(c.console_port)),
             *self._security_args("console"),
             "--storage-root",
-            str(c.storage_dir),
+            self._roots(),  # the player streams what an encode published, locally or from S3
         ]
         for name in ("optimus", "plato", "stratum"):
             argv += [f"--{name}", str(c.address(c.token_port(c.ports(name)[0])))]
