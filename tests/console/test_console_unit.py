@@ -155,7 +155,7 @@ async def test_the_workflow_filters_go_to_plato_and_a_unique_id_prefix_opens_the
             "d",
             "acme",
         )
-        assert abs(sent.created_after.seconds - (datetime.datetime.now().timestamp() - 3600)) < 60
+        assert abs(sent.created_after_time.seconds - (datetime.datetime.now().timestamp() - 3600)) < 60
         text = await page.text()
         assert '<option value="1h" selected>' in text and 'name="tenant" value="acme"' in text
         more = re.search(r'class="more" href="/workflows\?([^"]+)"', text)
@@ -170,7 +170,7 @@ async def test_the_workflow_filters_go_to_plato_and_a_unique_id_prefix_opens_the
         # Unknown values read as "any", not as an error page.
         await c.get("/workflows?state=sleeping&since=forever")
         sent = backend.workflows.list_request
-        assert sent.state == 0 and not sent.HasField("created_after")
+        assert sent.state == 0 and not sent.HasField("created_after_time")
         # A prefix only one workflow has opens it; one nobody has lists nothing.
         backend.workflows.next_token = ""
         opened = await c.get("/workflows?id=wf-1", allow_redirects=False)

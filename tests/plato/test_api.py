@@ -460,19 +460,19 @@ async def test_workflows_are_listed_newest_first_page_by_page(plato: PlatoClient
 
     # A creation-time window and an id prefix, filtered on the server.
     middle = await plato.get(started[1])
-    window = workflow_service_pb2.ListWorkflowsRequest(created_after=middle.create_time)
+    window = workflow_service_pb2.ListWorkflowsRequest(created_after_time=middle.create_time)
     after = await plato.stub.ListWorkflows(window)
     assert [w.workflow_id for w in after.workflows] == [newer, started[2], started[1]]
-    window.created_before.CopyFrom((await plato.get(newer)).create_time)
+    window.created_before_time.CopyFrom((await plato.get(newer)).create_time)
     between = await plato.stub.ListWorkflows(window)
     assert [w.workflow_id for w in between.workflows] == [started[2], started[1]]
     prefix = workflow_service_pb2.ListWorkflowsRequest(workflow_id_prefix=started[0][:12])
     assert started[0] in [w.workflow_id for w in (await plato.stub.ListWorkflows(prefix)).workflows]
-    window.created_before.CopyFrom(middle.create_time)
+    window.created_before_time.CopyFrom(middle.create_time)
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await plato.stub.ListWorkflows(window)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "created_after: must be before created_before" in (refused.value.details() or "")
+    assert "created_after_time: must be before created_before_time" in (refused.value.details() or "")
 
 
 async def test_a_retried_start_past_the_duplicate_window_is_still_already_started(

@@ -40,8 +40,8 @@ def test_each_filter_narrows() -> None:
         tenant="acme",
         definition_id="encode",
         state=WS.WORKFLOW_STATE_RUNNING,
-        created_after=_at(100),
-        created_before=_at(200),
+        created_after_time=_at(100),
+        created_before_time=_at(200),
         workflow_id_prefix="wf-a",
     )
     keep = listing.matcher(request)
@@ -56,11 +56,13 @@ def test_each_filter_narrows() -> None:
 
 
 def test_an_empty_time_window_is_refused_naming_the_field() -> None:
-    request = workflow_service_pb2.ListWorkflowsRequest(created_after=_at(200), created_before=_at(200))
+    request = workflow_service_pb2.ListWorkflowsRequest(
+        created_after_time=_at(200), created_before_time=_at(200)
+    )
     with pytest.raises(errors.InvalidArgumentError) as refused:
         listing.matcher(request)
     assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert [v.field for v in refused.value.violations] == ["created_after"]
+    assert [v.field for v in refused.value.violations] == ["created_after_time"]
 
 
 def test_page_tokens_are_bound_to_every_filter() -> None:
@@ -69,8 +71,8 @@ def test_page_tokens_are_bound_to_every_filter() -> None:
     variants = [
         R(definition_id="encode", tenant="acme"),
         R(definition_id="encode", state=WS.WORKFLOW_STATE_FAILED),
-        R(definition_id="encode", created_after=_at(1)),
-        R(definition_id="encode", created_before=_at(1)),
+        R(definition_id="encode", created_after_time=_at(1)),
+        R(definition_id="encode", created_before_time=_at(1)),
         R(definition_id="encode", workflow_id_prefix="wf-"),
     ]
     queries = {listing.query(base), *(listing.query(v) for v in variants)}

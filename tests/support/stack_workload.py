@@ -137,8 +137,6 @@ async def history(
         await asyncio.sleep(0.5)
 
 
-
-
 def check_histories(
     final: dict[str, workflow_pb2.Workflow], histories: dict[str, list[events_pb2.WorkflowEvent]]
 ) -> None:

@@ -135,7 +135,9 @@ def test_artifact_paths_must_stay_in_the_work_dir(tmp_path: Path, path: str) -> 
 
 def test_unknown_scheme_is_refused_by_name(tmp_path: Path) -> None:
     registry = staging.default_registry()
-    with pytest.raises(staging.UnsupportedScheme, match=r"unsupported URI scheme 'gs'.*supports: file://, s3://"):
+    with pytest.raises(
+        staging.UnsupportedScheme, match=r"unsupported URI scheme 'gs'.*supports: file://, s3://"
+    ):
         staging.check(registry, [job_pb2.Artifact(uri="gs://bucket/key.mp4", path="k.mp4")], tmp_path)
     with pytest.raises(staging.UnsupportedScheme, match=r"scheme \(none\)"):
         registry.store_for("relative/path.mp4")

@@ -205,7 +205,7 @@ async def list_workflows(
             workflow_id_prefix=prefix,
         )
         if since is not None:
-            request.created_after.FromDatetime(since)
+            request.created_after_time.FromDatetime(since)
         reply = await stub.ListWorkflows(request)
         return reply.workflows, reply.next_page_token
 

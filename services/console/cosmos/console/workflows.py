@@ -35,7 +35,7 @@ class WorkflowHandlers(ConsoleBase):
             workflow_id_prefix=shown.search,
         )
         if shown.since:
-            listing.created_after.FromSeconds(int(time.time()) - views.SINCE_CHOICES[shown.since])
+            listing.created_after_time.FromSeconds(int(time.time()) - views.SINCE_CHOICES[shown.since])
         reply = await self.backend.workflows.ListWorkflows(listing, metadata=bearer(s))
         if shown.search and len(reply.workflows) == 1 and not reply.next_page_token:
             # An id, or a prefix only one workflow has: straight to it (as the CLI accepts prefixes).

@@ -13,7 +13,7 @@ def query(request: workflow_service_pb2.ListWorkflowsRequest) -> str:
     """The filters, as :func:`cosmos.runtime.paging.parse` binds a page token to them."""
     return (
         f"def={request.definition_id};state={request.state};tenant={request.tenant};"
-        f"after={_nanos(request, 'created_after')};before={_nanos(request, 'created_before')};"
+        f"after={_nanos(request, 'created_after_time')};before={_nanos(request, 'created_before_time')};"
         f"prefix={request.workflow_id_prefix}"
     )
 
@@ -23,12 +23,12 @@ def matcher(
 ) -> Callable[[workflow_pb2.Workflow], bool]:
     """Whether a workflow passes every filter of ``request`` (who may see it is the caller's check).
 
-    Raises INVALID_ARGUMENT when the time window is empty (``created_after`` not before
-    ``created_before``): a typo there would otherwise read as "no workflows".
+    Raises INVALID_ARGUMENT when the time window is empty (``created_after_time`` not before
+    ``created_before_time``): a typo there would otherwise read as "no workflows".
     """
-    after, before = _nanos(request, "created_after"), _nanos(request, "created_before")
+    after, before = _nanos(request, "created_after_time"), _nanos(request, "created_before_time")
     if after and before and after >= before:
-        raise errors.invalid("created_after", "must be before created_before")
+        raise errors.invalid("created_after_time", "must be before created_before_time")
 
     def keep(wf: workflow_pb2.Workflow) -> bool:
         created = wf.create_time.ToNanoseconds()

@@ -468,8 +468,8 @@ class ListWorkflowsRequest(_message.Message):
     DEFINITION_ID_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     TENANT_FIELD_NUMBER: _builtins.int
-    CREATED_AFTER_FIELD_NUMBER: _builtins.int
-    CREATED_BEFORE_FIELD_NUMBER: _builtins.int
+    CREATED_AFTER_TIME_FIELD_NUMBER: _builtins.int
+    CREATED_BEFORE_TIME_FIELD_NUMBER: _builtins.int
     WORKFLOW_ID_PREFIX_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Maximum number of workflows to return; 0 means the server default (50),
@@ -490,11 +490,11 @@ class ListWorkflowsRequest(_message.Message):
     workflow_id_prefix: _builtins.str
     """Only runs whose id starts with this prefix; empty means any."""
     @_builtins.property
-    def created_after(self) -> _timestamp_pb2.Timestamp:
+    def created_after_time(self) -> _timestamp_pb2.Timestamp:
         """Only runs created at or after this time; unset means no lower bound."""
 
     @_builtins.property
-    def created_before(self) -> _timestamp_pb2.Timestamp:
+    def created_before_time(self) -> _timestamp_pb2.Timestamp:
         """Only runs created before this time; unset means no upper bound."""
 
     def __init__(
@@ -505,13 +505,13 @@ class ListWorkflowsRequest(_message.Message):
         definition_id: _builtins.str = ...,
         state: _workflow_pb2.WorkflowState.ValueType = ...,
         tenant: _builtins.str = ...,
-        created_after: _timestamp_pb2.Timestamp | None = ...,
-        created_before: _timestamp_pb2.Timestamp | None = ...,
+        created_after_time: _timestamp_pb2.Timestamp | None = ...,
+        created_before_time: _timestamp_pb2.Timestamp | None = ...,
         workflow_id_prefix: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_after", b"created_after", "created_before", b"created_before"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_after_time", b"created_after_time", "created_before_time", b"created_before_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_after", b"created_after", "created_before", b"created_before", "definition_id", b"definition_id", "page_size", b"page_size", "page_token", b"page_token", "state", b"state", "tenant", b"tenant", "workflow_id_prefix", b"workflow_id_prefix"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_after_time", b"created_after_time", "created_before_time", b"created_before_time", "definition_id", b"definition_id", "page_size", b"page_size", "page_token", b"page_token", "state", b"state", "tenant", b"tenant", "workflow_id_prefix", b"workflow_id_prefix"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
