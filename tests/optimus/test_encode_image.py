@@ -17,6 +17,7 @@ import podman_harness
 import pytest
 from encode_harness import embedded_stack, finished, make_clip
 
+from cosmos import errors
 from cosmos.optimus.api import image_problem
 from cosmos.optimus.v1 import encode_pb2, encode_service_pb2, encode_service_pb2_grpc
 from cosmos.runtime import rpc_errors
@@ -101,10 +102,10 @@ def test_the_job_policy_decides_which_images_a_tenant_may_encode_in() -> None:
     )
     assert image_problem("localhost/cosmos-worker:0.1.0", policy, "acme") is None
     refused = image_problem("docker.io/library/debian:12", policy, "acme")
-    assert refused is not None and refused[0] == "ERROR_REASON_FORBIDDEN_EXECUTABLE", refused
+    assert refused is not None and refused[0] == errors.Reason.ERROR_REASON_FORBIDDEN_EXECUTABLE, refused
     assert "allow-list" in refused[1]
     other = image_problem("localhost/cosmos-worker:0.1.0", policy, "globex")  # '*': no images
-    assert other is not None and other[0] == "ERROR_REASON_FORBIDDEN_EXECUTABLE"
+    assert other is not None and other[0] == errors.Reason.ERROR_REASON_FORBIDDEN_EXECUTABLE
     assert image_problem("localhost/cosmos-worker:0.1.0", None, "globex") is None  # no policy: any
     bad = image_problem("--privileged", None, "acme")
-    assert bad is not None and bad[0] == "ERROR_REASON_INVALID_ARGUMENT"
+    assert bad is not None and bad[0] == errors.Reason.ERROR_REASON_INVALID_ARGUMENT

@@ -100,8 +100,8 @@ def test_the_docstring_tree_nests_as_the_classes_do() -> None:
 
 
 def test_invalid_and_require_name_one_field() -> None:
-    error = errors.invalid("spec.argv", "is empty", reason="ERROR_REASON_INVALID_SPEC")
-    assert (error.message, error.reason) == ("spec.argv: is empty", "ERROR_REASON_INVALID_SPEC")
+    error = errors.invalid("spec.argv", "is empty", reason=errors.Reason.ERROR_REASON_INVALID_DEFINITION)
+    assert (error.message, error.reason) == ("spec.argv: is empty", "ERROR_REASON_INVALID_DEFINITION")
     assert error.violations == (errors.FieldViolation("spec.argv", "is empty"),)
     assert errors.invalid("x", "bad").reason == "ERROR_REASON_INVALID_ARGUMENT"
     errors.require("set", "job_id")
@@ -112,3 +112,24 @@ def test_invalid_and_require_name_one_field() -> None:
         assert exc.violations == (errors.FieldViolation("job_id", "must not be empty"),)
     else:
         raise AssertionError("an empty value passed")
+
+
+def test_every_rpc_error_class_sends_a_reason_of_the_enum() -> None:
+    known = set(errors.Reason.keys())
+    sent = {name: cls.reason for name, cls in _error_classes().items() if issubclass(cls, errors.RpcError)}
+    assert len(sent) > 15
+    assert {name: reason for name, reason in sent.items() if reason not in known} == {}
+
+
+def test_no_module_spells_a_reason_as_a_string() -> None:
+    """Reasons are raised as ``errors.Reason`` values (type-checked); a string literal would bypass that."""
+    roots = [Path(p) for p in cosmos.__path__]
+    spelled = [
+        f"{path}:{number}"
+        for root in roots
+        for path in root.rglob("*.py")
+        if "_pb2" not in path.name
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if re.search(r"""["']ERROR_REASON_[A-Z_]+["']""", line)
+    ]
+    assert spelled == []

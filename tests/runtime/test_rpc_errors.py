@@ -11,7 +11,7 @@ from cosmos.runtime import rpc_errors
 def test_an_error_survives_the_round_trip_through_its_status() -> None:
     error = errors.InvalidArgumentError(
         "invalid encode: profiles[1]: unknown",
-        reason="ERROR_REASON_UNKNOWN_PROFILE",
+        reason=errors.Reason.ERROR_REASON_UNKNOWN_PROFILE,
         metadata={"encode_id": "enc-1"},
         violations=[errors.FieldViolation("profiles[1]", "unknown profile '4k'")],
     )

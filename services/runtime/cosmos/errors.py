@@ -92,6 +92,17 @@ from dataclasses import dataclass
 
 import grpc
 
+from cosmos.common.v1 import errors_pb2
+
+Reason = errors_pb2.ErrorReason
+"""``cosmos.common.v1.ErrorReason``: the machine-readable causes (``Reason.ERROR_REASON_NOT_LEADER``).
+Errors are raised with one of its values, so a misspelt reason fails type checking, not a client."""
+
+
+def reason_name(reason: Reason.ValueType) -> str:
+    """The value's name: what ``google.rpc.ErrorInfo.reason`` carries on the wire."""
+    return Reason.Name(reason)
+
 
 class CosmosError(Exception):
     """Root of every error Cosmos raises on purpose."""
@@ -138,21 +149,22 @@ class RpcError(CosmosError):
     """An error that answers a gRPC call: a status code, a reason and optional details."""
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
-    reason: str = "ERROR_REASON_UNSPECIFIED"
-    """``google.rpc.ErrorInfo.reason``: a ``cosmos.common.v1.ErrorReason`` value name."""
+    reason: str = reason_name(Reason.ERROR_REASON_UNSPECIFIED)
+    """``google.rpc.ErrorInfo.reason``: a :data:`Reason` value's name (a name this build may not know
+    when the error was received from a newer server)."""
 
     def __init__(
         self,
         message: str,
         *,
-        reason: str | None = None,
+        reason: Reason.ValueType | None = None,
         metadata: Mapping[str, str] | None = None,
         violations: Sequence[FieldViolation] = (),
     ) -> None:
         super().__init__(message)
         self.message = message
         if reason is not None:
-            self.reason = reason
+            self.reason = reason_name(reason)
         self.metadata: dict[str, str] = dict(metadata or {})
         self.violations: tuple[FieldViolation, ...] = tuple(violations)
 
@@ -161,7 +173,7 @@ class InvalidArgumentError(RpcError):
     """The request is malformed; each offending field is named in ``violations``."""
 
     code = grpc.StatusCode.INVALID_ARGUMENT
-    reason = "ERROR_REASON_INVALID_ARGUMENT"
+    reason = reason_name(Reason.ERROR_REASON_INVALID_ARGUMENT)
 
 
 def invalid(
@@ -169,7 +181,7 @@ def invalid(
     description: str,
     *,
     message: str | None = None,
-    reason: str | None = None,
+    reason: Reason.ValueType | None = None,
     metadata: Mapping[str, str] | None = None,
 ) -> InvalidArgumentError:
     """INVALID_ARGUMENT for one offending ``field``: ``description`` is its violation and, unless
@@ -219,21 +231,21 @@ class UnauthenticatedError(RpcError):
     """The call carries no valid credentials (missing, expired, malformed, not the platform's)."""
 
     code = grpc.StatusCode.UNAUTHENTICATED
-    reason = "ERROR_REASON_UNAUTHENTICATED"
+    reason = reason_name(Reason.ERROR_REASON_UNAUTHENTICATED)
 
 
 class PermissionDeniedError(RpcError):
     """The caller is known but may not do this; ``metadata`` names the missing permission."""
 
     code = grpc.StatusCode.PERMISSION_DENIED
-    reason = "ERROR_REASON_PERMISSION_DENIED"
+    reason = reason_name(Reason.ERROR_REASON_PERMISSION_DENIED)
 
 
 class UnavailableError(RpcError):
     """A dependency (NATS, another service) cannot be reached right now; retrying later may succeed."""
 
     code = grpc.StatusCode.UNAVAILABLE
-    reason = "ERROR_REASON_SERVICE_UNAVAILABLE"
+    reason = reason_name(Reason.ERROR_REASON_SERVICE_UNAVAILABLE)
     retry_delay: float = 1.0
     """Seconds a caller should wait before retrying (sent as ``google.rpc.RetryInfo``)."""
 
@@ -242,4 +254,4 @@ class ResourceExhaustedError(RpcError):
     """The caller made too many calls in a short time, or a quota is spent; retry later."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
-    reason = "ERROR_REASON_RATE_LIMITED"
+    reason = reason_name(Reason.ERROR_REASON_RATE_LIMITED)

@@ -72,7 +72,7 @@ workflow:
 def violations(source: str) -> list[errors.FieldViolation]:
     with pytest.raises(errors.InvalidArgumentError) as caught:
         parse(source)
-    assert caught.value.reason == REASON
+    assert caught.value.reason == errors.reason_name(REASON) == "ERROR_REASON_INVALID_DEFINITION"
     return list(caught.value.violations)
 
 

@@ -59,10 +59,12 @@ from cosmos.errors import (
     InvalidArgumentError,
     NotFoundError,
     PermissionDeniedError,
+    Reason,
     ResourceExhaustedError,
     RpcError,
     UnauthenticatedError,
     UnavailableError,
+    reason_name,
 )
 from cosmos.runtime import rpc_errors
 from cosmos.stratum.v1 import job_pb2
@@ -139,61 +141,61 @@ class JobTimedOutError(JobError):
 class OutsideStorageRootError(InvalidArgumentError):
     """A URI lies outside the caller's storage roots."""
 
-    reason = "ERROR_REASON_OUTSIDE_STORAGE_ROOT"
+    reason = reason_name(Reason.ERROR_REASON_OUTSIDE_STORAGE_ROOT)
 
 
 class UnknownProfileError(InvalidArgumentError):
     """A profile or ladder name is not in the catalogue."""
 
-    reason = "ERROR_REASON_UNKNOWN_PROFILE"
+    reason = reason_name(Reason.ERROR_REASON_UNKNOWN_PROFILE)
 
 
 class JobNotFoundError(NotFoundError):
     """No such job (or not one this caller's tenant may see)."""
 
-    reason = "ERROR_REASON_JOB_NOT_FOUND"
+    reason = reason_name(Reason.ERROR_REASON_JOB_NOT_FOUND)
 
 
 class EncodeNotFoundError(NotFoundError):
     """No such encode."""
 
-    reason = "ERROR_REASON_ENCODE_NOT_FOUND"
+    reason = reason_name(Reason.ERROR_REASON_ENCODE_NOT_FOUND)
 
 
 class WorkflowNotFoundError(NotFoundError):
     """No such workflow."""
 
-    reason = "ERROR_REASON_WORKFLOW_NOT_FOUND"
+    reason = reason_name(Reason.ERROR_REASON_WORKFLOW_NOT_FOUND)
 
 
 class RequestIdReusedError(AlreadyExistsError):
     """The request_id was used before for a different request."""
 
-    reason = "ERROR_REASON_REQUEST_ID_REUSED"
+    reason = reason_name(Reason.ERROR_REASON_REQUEST_ID_REUSED)
 
 
 class UnsatisfiableResourcesError(FailedPreconditionError):
     """No agent in the pool could ever run the job (resources, GPU models)."""
 
-    reason = "ERROR_REASON_UNSATISFIABLE_RESOURCES"
+    reason = reason_name(Reason.ERROR_REASON_UNSATISFIABLE_RESOURCES)
 
 
 class UnsupportedRuntimeError(FailedPreconditionError):
     """No agent has the requested runtime."""
 
-    reason = "ERROR_REASON_UNSUPPORTED_RUNTIME"
+    reason = reason_name(Reason.ERROR_REASON_UNSUPPORTED_RUNTIME)
 
 
 class AlreadyTerminalError(FailedPreconditionError):
     """The target already ended and cannot change."""
 
-    reason = "ERROR_REASON_ALREADY_TERMINAL"
+    reason = reason_name(Reason.ERROR_REASON_ALREADY_TERMINAL)
 
 
 class ForbiddenExecutableError(PermissionDeniedError):
     """The job's executable or image is not on its tenant's allow-list."""
 
-    reason = "ERROR_REASON_FORBIDDEN_EXECUTABLE"
+    reason = reason_name(Reason.ERROR_REASON_FORBIDDEN_EXECUTABLE)
 
 
 _BY_REASON: dict[str, type[RpcError]] = {
@@ -239,6 +241,6 @@ def from_grpc(exc: grpc.aio.AioRpcError) -> RpcError:
     cls = by_reason if by_reason is not None and by_reason.code == plain.code else _BY_CODE.get(plain.code)
     if cls is None:
         return plain
-    error = cls(plain.message, reason=plain.reason, metadata=plain.metadata, violations=plain.violations)
-    error.code = plain.code
+    error = cls(plain.message, metadata=plain.metadata, violations=plain.violations)
+    error.code, error.reason = plain.code, plain.reason
     return error

@@ -177,7 +177,7 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
                 raise errors.UnavailableError(f"source_uri: S3 is unavailable: {exc.message}") from exc
             found = False
         if not found:
-            reason = "ERROR_REASON_SOURCE_UNREADABLE"
+            reason = errors.Reason.ERROR_REASON_SOURCE_UNREADABLE
             raise errors.invalid(
                 "source_uri", f"{request.source_uri} does not exist or cannot be read", reason=reason
             )
@@ -197,7 +197,7 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
             what = f"{output_uri} holds objects Cosmos did not publish"
             raise errors.FailedPreconditionError(
                 f"output_uri: {what}; choose another prefix (nothing in S3 is overwritten)",
-                reason="ERROR_REASON_OUTPUT_EXISTS",
+                reason=errors.Reason.ERROR_REASON_OUTPUT_EXISTS,
                 violations=[errors.FieldViolation("output_uri", what)],
             )
 
@@ -205,7 +205,7 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
         self, request: encode_service_pb2.SubmitEncodeRequest
     ) -> tuple[Path, list[catalog.Profile], Path]:
         violations: list[errors.FieldViolation] = []
-        reason = "ERROR_REASON_INVALID_ARGUMENT"
+        reason = errors.Reason.ERROR_REASON_INVALID_ARGUMENT
         source = output = Path()
         caller = auth.current()
 
@@ -228,7 +228,7 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
             if _is_s3(request.source_uri):
                 pass  # existence is checked by SubmitEncode (an S3 call)
             elif not source.is_file() or not os.access(source, os.R_OK):
-                reason = "ERROR_REASON_SOURCE_UNREADABLE"
+                reason = errors.Reason.ERROR_REASON_SOURCE_UNREADABLE
                 raise errors.invalid(
                     "source_uri", f"{source} does not exist or is not a readable file", reason=reason
                 )
@@ -243,7 +243,7 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
         try:
             chosen = catalog.resolve(list(request.profiles), request.ladder)
         except KeyError as exc:
-            reason = "ERROR_REASON_UNKNOWN_PROFILE"
+            reason = errors.Reason.ERROR_REASON_UNKNOWN_PROFILE
             field = "profiles"
             for i, name in enumerate(request.profiles):
                 if name not in catalog.names():
@@ -270,7 +270,7 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
         forbidden = None
         if request.image:
             problem = image_problem(request.image, self.job_policy, caller.tenant)
-            if problem is not None and problem[0] == "ERROR_REASON_INVALID_ARGUMENT":
+            if problem is not None and problem[0] == errors.Reason.ERROR_REASON_INVALID_ARGUMENT:
                 violations.append(errors.FieldViolation("image", problem[1]))
             forbidden = problem
         if violations:
@@ -291,7 +291,7 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
         if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK):
             raise errors.FailedPreconditionError(
                 f"output_uri: {output} cannot be created (no writable parent directory)",
-                reason="ERROR_REASON_OUTPUT_UNWRITABLE",
+                reason=errors.Reason.ERROR_REASON_OUTPUT_UNWRITABLE,
                 violations=[
                     errors.FieldViolation("output_uri", f"{parent or output} is not a writable directory")
                 ],
@@ -393,7 +393,7 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
         except errors.AlreadyExistsError as exc:
             raise errors.AlreadyExistsError(
                 f"request_id {request.request_id!r} was used for a different encode",
-                reason="ERROR_REASON_REQUEST_ID_REUSED",
+                reason=errors.Reason.ERROR_REASON_REQUEST_ID_REUSED,
                 metadata={"encode_id": encode_id},
             ) from exc
         workflow, resumed = reply.workflow, False
@@ -436,14 +436,14 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 raise errors.NotFoundError(
                     f"encode {encode_id!r} does not exist",
-                    reason="ERROR_REASON_ENCODE_NOT_FOUND",
+                    reason=errors.Reason.ERROR_REASON_ENCODE_NOT_FOUND,
                     metadata={"encode_id": encode_id},
                 ) from exc
             raise
         if reply.workflow.definition_id != DEFINITION_ID:
             raise errors.NotFoundError(
                 f"{encode_id!r} is not an encode",
-                reason="ERROR_REASON_ENCODE_NOT_FOUND",
+                reason=errors.Reason.ERROR_REASON_ENCODE_NOT_FOUND,
                 metadata={"encode_id": encode_id},
             )
         return reply.workflow
@@ -490,7 +490,8 @@ class EncodeApi(encode_service_pb2_grpc.EncodeServiceServicer):
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
                 raise errors.FailedPreconditionError(
-                    f"encode {request.encode_id!r} already ended", reason="ERROR_REASON_ALREADY_TERMINAL"
+                    f"encode {request.encode_id!r} already ended",
+                    reason=errors.Reason.ERROR_REASON_ALREADY_TERMINAL,
                 ) from exc
             raise
         metrics.ENCODES_CANCELLED.inc()
@@ -542,16 +543,18 @@ IMAGE_REFERENCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}")
 """What ``image`` may look like: an OCI image reference (``localhost/cosmos-worker:0.1.0``, a digest)."""
 
 
-def image_problem(image: str, policy: job_policy.JobPolicy | None, tenant: str) -> tuple[str, str] | None:
+def image_problem(
+    image: str, policy: job_policy.JobPolicy | None, tenant: str
+) -> tuple[errors.Reason.ValueType, str] | None:
     """Why ``image`` cannot run the chunk encodes of ``tenant`` — (reason, description) — or None.
 
     The allow-list is Stratum's job policy (``--job-policy``, the same file): refused here, at submit,
     rather than by Stratum at each chunk's SubmitJob once the encode has split its source."""
     if not IMAGE_REFERENCE.fullmatch(image):
-        return "ERROR_REASON_INVALID_ARGUMENT", f"{image!r} is not an image reference"
+        return errors.Reason.ERROR_REASON_INVALID_ARGUMENT, f"{image!r} is not an image reference"
     if policy is not None and not policy.rules(tenant or "default").image_allowed(image):
         return (
-            "ERROR_REASON_FORBIDDEN_EXECUTABLE",
+            errors.Reason.ERROR_REASON_FORBIDDEN_EXECUTABLE,
             f"{image!r} is not on tenant {tenant or 'default'!r}'s allow-list of images (job policy)",
         )
     return None
@@ -575,7 +578,7 @@ def _refuse_foreign_output(output: Path) -> None:
     what = "is not a directory" if not output.is_dir() else "holds files Cosmos did not publish"
     raise errors.FailedPreconditionError(
         f"output_uri: {output} {what}; choose another output (overwrite replaces only a Cosmos publish)",
-        reason="ERROR_REASON_OUTPUT_EXISTS",
+        reason=errors.Reason.ERROR_REASON_OUTPUT_EXISTS,
         violations=[errors.FieldViolation("output_uri", f"{output} {what}")],
     )
 

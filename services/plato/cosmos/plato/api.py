@@ -83,7 +83,7 @@ def _check_id(value: str, field: str) -> None:
 def _workflow_not_found(workflow_id: str) -> errors.NotFoundError:
     return errors.NotFoundError(
         f"workflow {workflow_id!r} does not exist",
-        reason="ERROR_REASON_WORKFLOW_NOT_FOUND",
+        reason=errors.Reason.ERROR_REASON_WORKFLOW_NOT_FOUND,
         metadata={"workflow_id": workflow_id},
     )
 
@@ -118,7 +118,9 @@ class WorkflowApi(workflow_service_pb2_grpc.WorkflowServiceServicer):
             violations = [
                 errors.FieldViolation(f"source_yaml.{v.field}", v.description) for v in exc.violations
             ]
-            raise errors.InvalidArgumentError(exc.message, reason=exc.reason, violations=violations) from exc
+            refused = errors.InvalidArgumentError(exc.message, violations=violations)
+            refused.reason = exc.reason  # the parser's reason, as it named it
+            raise refused from exc
         definition = definition_pb2.WorkflowDefinition(
             definition_id=compiled.id,
             source_yaml=request.source_yaml,
@@ -280,9 +282,9 @@ class WorkflowApi(workflow_service_pb2_grpc.WorkflowServiceServicer):
             field = "workflow_id" if request.workflow_id else "request_id"
             raise errors.AlreadyExistsError(
                 f"workflow {workflow.workflow_id!r} already exists with a different start request",
-                reason="ERROR_REASON_WORKFLOW_ALREADY_EXISTS"
+                reason=errors.Reason.ERROR_REASON_WORKFLOW_ALREADY_EXISTS
                 if request.workflow_id
-                else "ERROR_REASON_REQUEST_ID_REUSED",
+                else errors.Reason.ERROR_REASON_REQUEST_ID_REUSED,
                 metadata={"workflow_id": workflow.workflow_id, "field": field},
             )
 
@@ -363,7 +365,7 @@ class WorkflowApi(workflow_service_pb2_grpc.WorkflowServiceServicer):
         if state in (WS.WORKFLOW_STATE_COMPLETED, WS.WORKFLOW_STATE_FAILED):
             raise errors.FailedPreconditionError(
                 f"workflow {request.workflow_id!r} already ended ({WS.Name(state)})",
-                reason="ERROR_REASON_ALREADY_TERMINAL",
+                reason=errors.Reason.ERROR_REASON_ALREADY_TERMINAL,
                 metadata={"workflow_id": request.workflow_id, "state": WS.Name(state)},
             )
         inp = engine_pb2.EngineInput(
@@ -402,7 +404,7 @@ class WorkflowApi(workflow_service_pb2_grpc.WorkflowServiceServicer):
         if why:
             raise errors.FailedPreconditionError(
                 f"workflow {workflow_id!r}: {why}",
-                reason="ERROR_REASON_NOT_RESUMABLE",
+                reason=errors.Reason.ERROR_REASON_NOT_RESUMABLE,
                 metadata={"workflow_id": workflow_id, "state": WS.Name(wf.state)},
             )
         if new_input is not None:
@@ -424,7 +426,7 @@ class WorkflowApi(workflow_service_pb2_grpc.WorkflowServiceServicer):
             raise errors.FailedPreconditionError(
                 f"workflow {workflow_id!r} has no failed or cancelled step to rerun; "
                 "ResetWorkflow reruns it from a named step",
-                reason="ERROR_REASON_NOT_RESUMABLE",
+                reason=errors.Reason.ERROR_REASON_NOT_RESUMABLE,
                 metadata={"workflow_id": workflow_id, "state": WS.Name(wf.state)},
             )
         resume = engine_pb2.ResumeInput(request_id=request_id, step_name=step_name)
@@ -449,7 +451,7 @@ class WorkflowApi(workflow_service_pb2_grpc.WorkflowServiceServicer):
         if record.workflow.state in machine.TERMINAL_WORKFLOW_STATES:
             raise errors.FailedPreconditionError(
                 f"workflow {request.workflow_id!r} already ended",
-                reason="ERROR_REASON_ALREADY_TERMINAL",
+                reason=errors.Reason.ERROR_REASON_ALREADY_TERMINAL,
                 metadata={"workflow_id": request.workflow_id},
             )
         inp = engine_pb2.EngineInput(
@@ -549,7 +551,7 @@ def _decode_cursor(token: str) -> int:
     except ValueError as exc:
         raise errors.InvalidArgumentError(
             "page_token is not a token this service issued",
-            reason="ERROR_REASON_INVALID_PAGE_TOKEN",
+            reason=errors.Reason.ERROR_REASON_INVALID_PAGE_TOKEN,
             violations=[errors.FieldViolation("page_token", "malformed; pass next_page_token unchanged")],
         ) from exc
 
@@ -591,7 +593,7 @@ class StepApi(step_service_pb2_grpc.StepServiceServicer):
         if step is None:
             raise errors.NotFoundError(
                 f"workflow {workflow_id!r} has no step {step_id!r}",
-                reason="ERROR_REASON_STEP_NOT_FOUND",
+                reason=errors.Reason.ERROR_REASON_STEP_NOT_FOUND,
                 metadata={"workflow_id": workflow_id, "step_id": step_id},
             )
         return record, step
@@ -603,7 +605,7 @@ class StepApi(step_service_pb2_grpc.StepServiceServicer):
             raise errors.AbortedError(
                 f"step {step.step_id!r} attempt {attempt} is no longer current "
                 f"(current attempt {step.attempt}, {SS.Name(step.state)})",
-                reason="ERROR_REASON_STALE_ATTEMPT",
+                reason=errors.Reason.ERROR_REASON_STALE_ATTEMPT,
                 metadata={
                     "step_id": step.step_id,
                     "attempt": str(attempt),

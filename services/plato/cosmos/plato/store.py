@@ -273,7 +273,7 @@ class PlatoStore:
             what = f"version {version} of " if version else ""
             raise errors.NotFoundError(
                 f"{what}workflow definition {definition_id!r} is not registered",
-                reason="ERROR_REASON_DEFINITION_NOT_FOUND",
+                reason=errors.Reason.ERROR_REASON_DEFINITION_NOT_FOUND,
                 metadata={"definition_id": definition_id, "version": str(version)},
             )
         return definition_pb2.WorkflowDefinition.FromString(entry.value)

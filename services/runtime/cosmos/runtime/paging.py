@@ -62,13 +62,13 @@ def parse(page_size: int, page_token: str, query: str = "") -> Page:
     except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
         raise errors.InvalidArgumentError(
             "page_token is not a token this service issued",
-            reason="ERROR_REASON_INVALID_PAGE_TOKEN",
+            reason=errors.Reason.ERROR_REASON_INVALID_PAGE_TOKEN,
             violations=[errors.FieldViolation("page_token", "malformed; pass next_page_token unchanged")],
         ) from exc
     if token_query != query or offset < 0:
         raise errors.InvalidArgumentError(
             "page_token belongs to a different query",
-            reason="ERROR_REASON_INVALID_PAGE_TOKEN",
+            reason=errors.Reason.ERROR_REASON_INVALID_PAGE_TOKEN,
             violations=[
                 errors.FieldViolation("page_token", "issued for other filters; keep the filters unchanged")
             ],

@@ -197,11 +197,12 @@ def from_status(status: status_pb2.Status) -> errors.RpcError:
     cls = _error_classes(errors.RpcError).get(code, errors.RpcError)
     error = cls(
         status.message,
-        reason=info.reason if info is not None and info.reason else None,
         metadata=dict(info.metadata) if info is not None else {},
         violations=[errors.FieldViolation(v.field, v.description) for v in violations],
     )
     error.code = code
+    if info is not None and info.reason:
+        error.reason = info.reason  # as sent: a newer server may send a name this build does not know
     return error
 
 

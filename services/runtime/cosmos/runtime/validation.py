@@ -42,7 +42,9 @@ FD = descriptor.FieldDescriptor
 
 
 def bad(
-    field: str, description: str, reason: str = "ERROR_REASON_INVALID_ARGUMENT"
+    field: str,
+    description: str,
+    reason: errors.Reason.ValueType = errors.Reason.ERROR_REASON_INVALID_ARGUMENT,
 ) -> errors.InvalidArgumentError:
     """INVALID_ARGUMENT naming ``field`` (:func:`cosmos.errors.invalid`)."""
     return errors.invalid(field, description, reason=reason)
@@ -283,4 +285,6 @@ def check_yaml(text: str, field: str) -> None:
             if counts[-1] > MAX_YAML_NODES or sum(counts) > MAX_YAML_NODES:
                 raise bad(field, f"more than {MAX_YAML_NODES} nodes with its aliases expanded")
     except yaml.YAMLError as exc:
-        raise bad(field, f"not YAML: {_short(str(exc), 200)}", "ERROR_REASON_INVALID_DEFINITION") from exc
+        raise bad(
+            field, f"not YAML: {_short(str(exc), 200)}", errors.Reason.ERROR_REASON_INVALID_DEFINITION
+        ) from exc

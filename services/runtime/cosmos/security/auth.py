@@ -100,7 +100,7 @@ class Authenticator:
         if caller.kind not in principals.DELEGATES and not self.insecure:
             raise errors.PermissionDeniedError(
                 f"{caller.identity} may not act for another caller",
-                reason="ERROR_REASON_PERMISSION_DENIED",
+                reason=errors.Reason.ERROR_REASON_PERMISSION_DENIED,
                 metadata={"identity": caller.identity},
             )
         return principals.decode_delegation(delegated)
@@ -117,7 +117,7 @@ class Authenticator:
         except (ValueError, errors.ConfigError) as exc:
             raise errors.UnauthenticatedError(
                 f"the client certificate names no Cosmos identity: {exc}",
-                reason="ERROR_REASON_UNAUTHENTICATED",
+                reason=errors.Reason.ERROR_REASON_UNAUTHENTICATED,
             ) from exc
         if subject.role == "user":
             roles = frozenset(r for r in subject.user_roles if r in principals.ROLE_PERMISSIONS)
@@ -133,16 +133,18 @@ class Authenticator:
         if not header:
             raise errors.UnauthenticatedError(
                 "no credentials: present a client certificate (mutual TLS) or a bearer token",
-                reason="ERROR_REASON_UNAUTHENTICATED",
+                reason=errors.Reason.ERROR_REASON_UNAUTHENTICATED,
             )
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise errors.UnauthenticatedError(
-                "the authorization header must be 'Bearer <token>'", reason="ERROR_REASON_UNAUTHENTICATED"
+                "the authorization header must be 'Bearer <token>'",
+                reason=errors.Reason.ERROR_REASON_UNAUTHENTICATED,
             )
         if self.verifier is None:
             raise errors.UnauthenticatedError(
-                "this server accepts no tokens (no --token-public-key)", reason="ERROR_REASON_UNAUTHENTICATED"
+                "this server accepts no tokens (no --token-public-key)",
+                reason=errors.Reason.ERROR_REASON_UNAUTHENTICATED,
             )
         return self.verifier.verify(token.strip())
 

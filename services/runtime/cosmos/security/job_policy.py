@@ -106,7 +106,7 @@ class JobPolicy:
             field, value = refused[0]
             raise errors.PermissionDeniedError(
                 f"{field} {value!r} is not allowed for tenant {tenant!r} by the job policy",
-                reason="ERROR_REASON_FORBIDDEN_EXECUTABLE",
+                reason=errors.Reason.ERROR_REASON_FORBIDDEN_EXECUTABLE,
                 violations=[
                     errors.FieldViolation(f, f"{v!r} is not on tenant {tenant!r}'s allow-list")
                     for f, v in refused

@@ -42,7 +42,7 @@ ALLOWED_CURVES = (ec.SECP256R1, ec.SECP384R1)
 """Key types a CSR may carry: the EC curves every gRPC TLS stack speaks (pki issues P-256)."""
 
 _TOKEN = re.compile(r"cjt_([0-9a-f]{16})\.([A-Za-z0-9_-]{43})")
-REASON = "ERROR_REASON_JOIN_TOKEN_INVALID"
+REASON = errors.Reason.ERROR_REASON_JOIN_TOKEN_INVALID
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,7 +178,7 @@ def public_key_of(csr_pem: str, field: str = "csr_pem") -> ec.EllipticCurvePubli
     data = csr_pem.encode()
 
     def invalid(why: str) -> errors.InvalidArgumentError:
-        return errors.invalid(field, why, reason="ERROR_REASON_INVALID_CSR")
+        return errors.invalid(field, why, reason=errors.Reason.ERROR_REASON_INVALID_CSR)
 
     if not data:
         raise invalid("a PEM certificate signing request is required")

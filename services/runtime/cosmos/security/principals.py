@@ -113,7 +113,7 @@ class Principal:
             name = access_pb2.Permission.Name(permission)
             raise errors.PermissionDeniedError(
                 f"{self.identity} lacks {name}",
-                reason="ERROR_REASON_PERMISSION_DENIED",
+                reason=errors.Reason.ERROR_REASON_PERMISSION_DENIED,
                 metadata={"permission": name, "identity": self.identity},
             )
 
@@ -143,13 +143,13 @@ def decode_delegation(value: str) -> Principal:
         key, sep, val = part.partition("=")
         if not sep:
             raise errors.UnauthenticatedError(
-                f"{ON_BEHALF_OF} is malformed", reason="ERROR_REASON_UNAUTHENTICATED"
+                f"{ON_BEHALF_OF} is malformed", reason=errors.Reason.ERROR_REASON_UNAUTHENTICATED
             )
         fields[key] = val
     roles = frozenset(r for r in fields.get("roles", "").split(",") if r)
     if not fields.get("name") or roles - ROLE_PERMISSIONS.keys():
         raise errors.UnauthenticatedError(
-            f"{ON_BEHALF_OF} is malformed", reason="ERROR_REASON_UNAUTHENTICATED"
+            f"{ON_BEHALF_OF} is malformed", reason=errors.Reason.ERROR_REASON_UNAUTHENTICATED
         )
     return Principal("user", fields["name"], fields.get("tenant", ""), roles, via="delegation")
 

@@ -50,7 +50,7 @@ __all__ = [
     "tenant_area",
 ]
 
-REASON = "ERROR_REASON_OUTSIDE_STORAGE_ROOT"
+REASON = errors.Reason.ERROR_REASON_OUTSIDE_STORAGE_ROOT
 DEFAULT_TENANT = "default"
 """The tenant of callers that have none (as everywhere else)."""
 
@@ -58,7 +58,7 @@ DEFAULT_TENANT = "default"
 class OutsideStorageRoot(errors.InvalidArgumentError):
     """A URI a caller may not use: outside its area, through ``..`` or a link, a device, a bad scheme."""
 
-    reason = REASON
+    reason = errors.reason_name(REASON)
 
 
 def _refuse(field: str, uri: str, why: str) -> OutsideStorageRoot:

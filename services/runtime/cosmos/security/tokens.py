@@ -147,5 +147,5 @@ class Verifier:
 
 def _refused(why: str) -> errors.UnauthenticatedError:
     return errors.UnauthenticatedError(
-        why, reason="ERROR_REASON_UNAUTHENTICATED", metadata={"credential": "token"}
+        why, reason=errors.Reason.ERROR_REASON_UNAUTHENTICATED, metadata={"credential": "token"}
     )

@@ -125,7 +125,7 @@ class Dispatcher:
             raise errors.FailedPreconditionError(
                 "this job has secrets, but Stratum has no secrets key to encrypt them at rest: start it "
                 "with --secrets-key-file (or --pki-dir holding secrets.key)",
-                reason="ERROR_REASON_SECRETS_NOT_CONFIGURED",
+                reason=errors.Reason.ERROR_REASON_SECRETS_NOT_CONFIGURED,
                 metadata={"setting": "--secrets-key-file"},
             )
         # Two tenants' request ids never name the same job.
@@ -136,7 +136,7 @@ class Dispatcher:
             if existing.spec != spec:
                 raise errors.AlreadyExistsError(
                     f"request_id {request_id!r} was used for a different job",
-                    reason="ERROR_REASON_REQUEST_ID_REUSED",
+                    reason=errors.Reason.ERROR_REASON_REQUEST_ID_REUSED,
                     metadata={"job_id": job_id},
                 )
             if existing.state == JS.JOB_STATE_QUEUED and job_id not in self.jobs:
@@ -173,7 +173,9 @@ class Dispatcher:
     def not_found(job_id: str) -> errors.NotFoundError:
         """The answer for a job that does not exist (or is another tenant's)."""
         return errors.NotFoundError(
-            f"job {job_id!r} does not exist", reason="ERROR_REASON_JOB_NOT_FOUND", metadata={"job_id": job_id}
+            f"job {job_id!r} does not exist",
+            reason=errors.Reason.ERROR_REASON_JOB_NOT_FOUND,
+            metadata={"job_id": job_id},
         )
 
     async def cancel(self, job_id: str, reason: str) -> job_pb2.Job:
@@ -184,7 +186,7 @@ class Dispatcher:
                 return job
             raise errors.FailedPreconditionError(
                 f"job {job_id!r} already ended ({JS.Name(job.state)})",
-                reason="ERROR_REASON_ALREADY_TERMINAL",
+                reason=errors.Reason.ERROR_REASON_ALREADY_TERMINAL,
                 metadata={"job_id": job_id},
             )
         job.failure_reason = reason or "cancelled"

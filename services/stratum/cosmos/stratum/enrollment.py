@@ -148,7 +148,7 @@ class Enrollment:
             raise errors.AlreadyExistsError(
                 f"a join token was already made for request_id {request.request_id!r}; its secret was "
                 "shown once: create another with a new request_id",
-                reason="ERROR_REASON_REQUEST_ID_REUSED",
+                reason=errors.Reason.ERROR_REASON_REQUEST_ID_REUSED,
                 metadata={"token_id": token.token_id},
             ) from exc
         log.info(
@@ -182,7 +182,7 @@ class Enrollment:
         if await self._read(request.token_id) is None:
             raise errors.NotFoundError(
                 f"no join token {request.token_id!r}",
-                reason="ERROR_REASON_JOIN_TOKEN_NOT_FOUND",
+                reason=errors.Reason.ERROR_REASON_JOIN_TOKEN_NOT_FOUND,
                 metadata={"token_id": request.token_id},
             )
         await self.tokens.delete(request.token_id)
@@ -214,7 +214,7 @@ class Enrollment:
         if self.authority is None:
             raise errors.FailedPreconditionError(
                 "this pool does not issue agent certificates (Stratum has no --agent-ca-dir)",
-                reason="ERROR_REASON_JOIN_NOT_CONFIGURED",
+                reason=errors.Reason.ERROR_REASON_JOIN_NOT_CONFIGURED,
             )
         return self.authority
 
@@ -223,7 +223,7 @@ class Enrollment:
         if agent_id in self.revoked or await self.store.is_revoked(agent_id):
             raise errors.PermissionDeniedError(
                 f"agent {agent_id!r} is revoked",
-                reason="ERROR_REASON_AGENT_REVOKED",
+                reason=errors.Reason.ERROR_REASON_AGENT_REVOKED,
                 metadata={"agent_id": agent_id},
             )
 
@@ -274,7 +274,7 @@ class Enrollment:
         else:
             raise errors.AbortedError(
                 "the join token is being used by many agents at once; retry",
-                reason="ERROR_REASON_CONCURRENT_MODIFICATION",
+                reason=errors.Reason.ERROR_REASON_CONCURRENT_MODIFICATION,
             )
         cert = authority.sign(public_key, pki.Subject("agent", request.agent_id), ttl=self.cert_ttl)
         log.info(

@@ -72,7 +72,7 @@ class LeadershipLost(errors.CosmosError):
 class NotLeaderError(errors.UnavailableError):
     """The answer of a follower: try the leader (named in the metadata when known)."""
 
-    reason = "ERROR_REASON_NOT_LEADER"
+    reason = errors.reason_name(errors.Reason.ERROR_REASON_NOT_LEADER)
 
 
 @dataclass

@@ -47,14 +47,14 @@ class AgentRegistry:
         if agent_id in self.revoked:
             raise errors.PermissionDeniedError(
                 f"agent {agent_id!r} is revoked",
-                reason="ERROR_REASON_AGENT_REVOKED",
+                reason=errors.Reason.ERROR_REASON_AGENT_REVOKED,
                 metadata={"agent_id": agent_id},
             )
         record = self.agents.get(agent_id)
         if record is not None and record.connected:
             raise errors.AlreadyExistsError(
                 f"agent {agent_id!r} already has an open stream; one stream per agent identity",
-                reason="ERROR_REASON_AGENT_ID_CONFLICT",
+                reason=errors.Reason.ERROR_REASON_AGENT_ID_CONFLICT,
                 metadata={"agent_id": agent_id},
             )
 
@@ -144,7 +144,7 @@ class AgentRegistry:
         if record is None:
             raise errors.NotFoundError(
                 f"agent {agent_id!r} is not known to this Stratum",
-                reason="ERROR_REASON_AGENT_NOT_FOUND",
+                reason=errors.Reason.ERROR_REASON_AGENT_NOT_FOUND,
                 metadata={"agent_id": agent_id},
             )
         return record

@@ -150,14 +150,14 @@ def check_spec(
         raise errors.FailedPreconditionError(
             f"jobs with an image need an agent with {' or '.join(engines) or 'a container runtime'}; "
             "no agent in the pool has one",
-            reason="ERROR_REASON_UNSUPPORTED_RUNTIME",
+            reason=errors.Reason.ERROR_REASON_UNSUPPORTED_RUNTIME,
             metadata={"image": spec.image},
         )
     reason = placer.could_ever_fit(spec)
     if reason is not None:
         raise errors.InvalidArgumentError(
             f"no agent could ever run this job: {reason}",
-            reason="ERROR_REASON_UNSATISFIABLE_RESOURCES",
+            reason=errors.Reason.ERROR_REASON_UNSATISFIABLE_RESOURCES,
             violations=[errors.FieldViolation("spec.resources", reason)],
         )
 

@@ -20,7 +20,7 @@ from typing import Any, Final
 
 import yaml
 
-from cosmos.errors import CosmosError, FieldViolation, InvalidArgumentError
+from cosmos.errors import CosmosError, FieldViolation, InvalidArgumentError, Reason
 from cosmos.plato.language import model
 from cosmos.plato.language.expressions import (
     ROOTS,
@@ -34,7 +34,7 @@ from cosmos.plato.language.templates import TemplateProblem, TemplateValue, comp
 
 __all__ = ["REASON", "parse", "parse_duration"]
 
-REASON: Final = "ERROR_REASON_INVALID_DEFINITION"
+REASON: Final = Reason.ERROR_REASON_INVALID_DEFINITION
 """``ErrorInfo.reason`` of every definition error."""
 
 MAX_SOURCE_CHARS: Final = 1_000_000
