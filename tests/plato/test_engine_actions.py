@@ -288,6 +288,8 @@ async def test_many_handler_processes_share_one_queue(
             return {}
 
         run_worker(worker)
+    # Both pull from the start (on a loaded machine one could otherwise take every task alone).
+    await asyncio.wait_for(asyncio.gather(*(w.subscribed.wait() for w in workers)), 30)
     wf = await plato.wait(await plato.start("shared-queue", {"items": list(range(40))}))
     assert wf.state == WS.WORKFLOW_STATE_COMPLETED
     assert len(keys) == len(set(keys)) == 40  # each task went to exactly one handler

@@ -15,7 +15,7 @@ from cosmos import errors
 from cosmos.runtime import jetstream
 from cosmos.security.tls import TlsFiles
 from cosmos.stratum.dispatcher import Dispatcher, DispatcherConfig
-from cosmos.stratum.placement import SchedulerPlacer
+from cosmos.stratum.placement import SchedulerAllocator
 from cosmos.stratum.registry import AgentRegistry
 from cosmos.stratum.store import JobStore
 from cosmos.stratum.v1 import agent_pb2, agent_service_pb2, job_pb2
@@ -47,7 +47,7 @@ async def pool(nats_url: str) -> AsyncIterator[Pool]:
     await store.ensure()
     registry = AgentRegistry()
     config = DispatcherConfig(unplaceable_timeout=0.5)
-    yield Pool(Dispatcher(store, registry, SchedulerPlacer(), config), registry)
+    yield Pool(Dispatcher(store, registry, SchedulerAllocator(), config), registry)
     await nc.close()
 
 

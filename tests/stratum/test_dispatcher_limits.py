@@ -15,7 +15,7 @@ from cosmos.security.tls import TlsFiles
 from cosmos.stratum import dispatcher as dispatcher_module
 from cosmos.stratum.agent import progress
 from cosmos.stratum.dispatcher import Dispatcher
-from cosmos.stratum.placement import SchedulerPlacer
+from cosmos.stratum.placement import SchedulerAllocator
 from cosmos.stratum.registry import AgentRegistry
 from cosmos.stratum.store import EVENTS_STREAM, JobStore, events_subject
 from cosmos.stratum.v1 import agent_pb2, agent_service_pb2, job_pb2
@@ -37,7 +37,7 @@ async def pool(nats_url: str) -> AsyncIterator[Pool]:
     store = JobStore(nc, js, memory=True)
     await store.ensure()
     registry = AgentRegistry()
-    dispatcher = Dispatcher(store, registry, SchedulerPlacer())
+    dispatcher = Dispatcher(store, registry, SchedulerAllocator())
     agent = agent_pb2.Agent(agent_id="agent-1")
     agent.inventory.cpu_millis = 4000
     agent.inventory.memory_bytes = 8 << 30

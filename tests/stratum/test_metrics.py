@@ -6,7 +6,7 @@ from __future__ import annotations
 from cosmos.runtime import wellknown
 from cosmos.runtime.metrics import REGISTRY
 from cosmos.stratum import metrics
-from cosmos.stratum.placement import SchedulerPlacer
+from cosmos.stratum.placement import SchedulerAllocator
 from cosmos.stratum.v1 import agent_pb2, job_pb2
 
 JS = job_pb2.JobState
@@ -42,15 +42,15 @@ def sample(name: str, **labels: str) -> float | None:
 
 def test_the_gauges_follow_the_live_state_and_drop_ended_jobs() -> None:
     agents = [agent("a", 2), agent("b", 1), agent("c", 4, agent_pb2.AGENT_STATE_LOST)]
-    placer = SchedulerPlacer()
+    allocator = SchedulerAllocator()
     for known in agents[:2]:
-        placer.upsert_node(known)
+        allocator.upsert_node(known)
     live = [
         job("q1", JS.JOB_STATE_QUEUED),
         job("r1", JS.JOB_STATE_RUNNING, agent_id="a", gpus=(0,), percent=42.0),
         job("r2", JS.JOB_STATE_RUNNING, agent_id="b", gpus=(0,), percent=150.0, share=0.5),
     ]
-    refresh = metrics.refresher(lambda: live, lambda: agents, lambda: placer.scheduler)
+    refresh = metrics.refresher(lambda: live, lambda: agents, lambda: allocator.scheduler)
     refresh()
     assert sample("cosmos_stratum_queue_depth") == 1
     assert 29 <= (sample("cosmos_stratum_queue_oldest_age_seconds") or 0) < 60

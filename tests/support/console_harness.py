@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cosmos.optimus.media.ffmpeg import Progress
 from cosmos.optimus.media.testclip import make_test_clip
 from cosmos.optimus.v1 import encode_pb2, encode_service_pb2, encode_service_pb2_grpc
-from cosmos.plato.v1 import workflow_service_pb2, workflow_service_pb2_grpc
+from cosmos.plato.v1 import workflow_pb2, workflow_service_pb2, workflow_service_pb2_grpc
 from cosmos.runtime.config import free_port
 from cosmos.security import tokens
 from cosmos.stack import credentials
@@ -140,6 +140,14 @@ async def start_hanging_workflow(stack: EmbeddedStack, workflow_id: str) -> None
                 request_id=workflow_id, definition_id="console-hang", workflow_id=workflow_id
             )
         )
+        # Pages list it by state: wait until the engine has taken it up (slow on a loaded machine).
+        deadline = time.monotonic() + 60
+        while True:
+            got = await plato.GetWorkflow(workflow_service_pb2.GetWorkflowRequest(workflow_id=workflow_id))
+            if got.workflow.state == workflow_pb2.WORKFLOW_STATE_RUNNING:
+                return
+            assert time.monotonic() < deadline, f"{workflow_id} still {got.workflow.state} after 60 s"
+            await asyncio.sleep(0.1)
 
 
 async def wait_text(page: Any, selector: str, accept: Callable[[str], bool], timeout: float = 300) -> str:

@@ -136,6 +136,8 @@ class Worker:
     """Handler per queue."""
     completed: int = 0
     """Tasks finished (either way) by this worker, for tests and benchmarks."""
+    subscribed: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set once every registered queue is subscribed: tasks published from then on can reach it."""
     _nc: NatsClient | None = None
     _js: JetStreamContext | None = None
     _running: dict[str, asyncio.Task[None]] = field(default_factory=dict)
@@ -166,7 +168,15 @@ class Worker:
         slots = asyncio.Semaphore(self.config.concurrency)
         cancels = await self._nc.subscribe(subjects.CANCELS_ALL, cb=self._on_cancel)
         try:
-            await asyncio.gather(*(self._serve(queue, slots, stopping) for queue in self.handlers))
+            subs = await asyncio.gather(*(self._subscribe(queue, stopping) for queue in self.handlers))
+            if all(sub is not None for sub in subs):
+                self.subscribed.set()
+            await asyncio.gather(
+                *(
+                    self._serve(queue, sub, slots, stopping)
+                    for queue, sub in zip(self.handlers, subs, strict=True)
+                )
+            )
             if not finish_running:
                 for task in self._running.values():
                     task.cancel()
@@ -202,8 +212,13 @@ class Worker:
                 await asyncio.sleep(1.0)
         return None
 
-    async def _serve(self, queue: str, slots: asyncio.Semaphore, stopping: asyncio.Event) -> None:
-        sub = await self._subscribe(queue, stopping)
+    async def _serve(
+        self,
+        queue: str,
+        sub: JetStreamContext.PullSubscription | None,
+        slots: asyncio.Semaphore,
+        stopping: asyncio.Event,
+    ) -> None:
         if sub is None:
             return
         while not stopping.is_set():

@@ -8,9 +8,7 @@ dependency of the project, and small enough that the pages are plain functions (
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import signal
 from collections.abc import Sequence
 
 from aiohttp import web
@@ -18,7 +16,7 @@ from aiohttp import web
 from cosmos import errors
 from cosmos.console.app import Console
 from cosmos.console.backend import Backend, Endpoints
-from cosmos.runtime import config, process
+from cosmos.runtime import config, process, server
 from cosmos.security import config as security_config
 from cosmos.security import storage, tls
 
@@ -84,12 +82,8 @@ async def serve(args: argparse.Namespace) -> None:
         await backend.close()
         raise errors.PortInUseError(listen.host, listen.port, "console", "--listen") from exc
     log.info("console listening", extra={"fields": {"url": f"https://{listen}/"}})
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await server.until_signalled()
     finally:
         await runner.cleanup()
         await backend.close()

@@ -102,7 +102,7 @@ async def serve(args: argparse.Namespace) -> None:
     )
     # Serve at once (a port conflict shows immediately); the workflow is registered as soon as Plato
     # answers, and a submit arriving before that registers it itself.
-    registering = asyncio.create_task(register_definition(api, server.stopping))
+    server.alongside(register_definition(api, server.stopping))
     hook_runner = None
     if args.webhook_listen:
         if not args.webhook_config:
@@ -113,21 +113,13 @@ async def serve(args: argparse.Namespace) -> None:
         listen = config.Address.parse(args.webhook_listen, setting="--webhook-listen")
         hook_runner = await webhook.start(listen, server_config.security, hook)
         log.info("webhook listening", extra={"fields": {"address": str(listen), "path": webhook.PATH}})
-    services = [b.name for b in server.services]
-    background = [
-        registering,
-        asyncio.create_task(peer.run(server.stopping)),
-        asyncio.create_task(gate.watch(server.health, services, server.stopping)),
-    ]
+    server.alongside(peer.run(server.stopping))
+    server.alongside(gate.watch(server.health, [b.name for b in server.services], server.stopping))
     try:
         await server.serve_until_signalled()
     finally:
         if hook_runner is not None:
             await hook_runner.cleanup()
-        for task in background:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
 
 def main(argv: Sequence[str] | None = None) -> int:

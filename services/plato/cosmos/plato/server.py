@@ -94,7 +94,7 @@ async def serve(args: argparse.Namespace, companions: Sequence[Companion] = ()) 
     await store.ensure()
     await store.watch_definitions()
     evaluator = Evaluator(store, EvaluatorConfig(batch=args.batch), task_key=key)
-    evaluating: asyncio.Task[None] | None = None
+    evaluating: asyncio.Task[object] | None = None
 
     async def nats_request(subject: str, payload: bytes) -> bytes:
         return bytes((await nc.request(subject, payload, timeout=metrics.REFRESH_TIMEOUT)).data)
@@ -135,18 +135,11 @@ async def serve(args: argparse.Namespace, companions: Sequence[Companion] = ()) 
             step_service_pb2_grpc.add_StepServiceServicer_to_server,
         )
     )
-    evaluating = asyncio.create_task(evaluator.run(server.stopping))
-    services = [b.name for b in server.services]
-    background = [evaluating, asyncio.create_task(gate.watch(server.health, services, server.stopping))]
-    background += [asyncio.create_task(c(server_config.security, server.stopping)) for c in companions]
-    try:
-        await server.serve_until_signalled()
-    finally:
-        for task in background:
-            if not task.done():
-                task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    evaluating = server.alongside(evaluator.run(server.stopping))
+    server.alongside(gate.watch(server.health, [b.name for b in server.services], server.stopping))
+    for companion in companions:
+        server.alongside(companion(server_config.security, server.stopping))
+    await server.serve_until_signalled()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,6 +116,7 @@ class Server:
         self._metrics: metrics.MetricsServer | None = None
         self._server: grpc.aio.Server | None = None
         self._health_server: grpc.aio.Server | None = None
+        self._alongside: list[asyncio.Task[object]] = []
 
     def add(self, binding: ServiceBinding) -> None:
         """Mount one more service; only before :meth:`start`."""
@@ -231,15 +232,57 @@ class Server:
             await self._on_stop()
         log.info("stopped")
 
+    def alongside(self, work: Coroutine[Any, Any, object]) -> asyncio.Task[object]:
+        """Run ``work`` beside the server (a watcher, a companion, the service's main loop).
+
+        It starts at once; if it fails, :meth:`serve_until_signalled` stops the server and raises its
+        error; once the server has stopped, it is cancelled if still running."""
+        task = asyncio.create_task(work)
+        self._alongside.append(task)
+        return task
+
     async def serve_until_signalled(self) -> None:
-        """Start, serve until SIGTERM or SIGINT, then stop gracefully."""
-        stop_requested = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop_requested.set)
-        await self.start()
+        """Start, serve until SIGTERM or SIGINT (or until work run :meth:`alongside` fails), then stop
+        gracefully and cancel what still runs alongside."""
+        raised: asyncio.Task[object] | None = None
+        try:
+            await self.start()
+            signalled = asyncio.create_task(until_signalled())
+            await asyncio.wait([signalled, *self._alongside], return_when=asyncio.FIRST_COMPLETED)
+            while not signalled.done():  # work that ends well leaves the server serving
+                failed = [t for t in self._alongside if t.done() and not t.cancelled() and t.exception()]
+                if failed:
+                    signalled.cancel()
+                    raised = failed[0]
+                    log.error("stopping: %s", raised.exception())
+                    await self.stop()
+                    raise raised.exception()  # type: ignore[misc]
+                running = [t for t in self._alongside if not t.done()]
+                await asyncio.wait([signalled, *running], return_when=asyncio.FIRST_COMPLETED)
+            await self.stop()
+        finally:
+            await _cancel([t for t in self._alongside if t is not raised])
+
+
+async def until_signalled() -> None:
+    """Return once the process gets SIGTERM or SIGINT (how every Cosmos server is told to stop)."""
+    stop_requested = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop_requested.set)
+    try:
         await stop_requested.wait()
-        await self.stop()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+async def _cancel(tasks: Sequence[asyncio.Task[object]]) -> None:
+    for task in tasks:
+        task.cancel()
+    for task, outcome in zip(tasks, await asyncio.gather(*tasks, return_exceptions=True), strict=True):
+        if isinstance(outcome, Exception) and not isinstance(outcome, asyncio.CancelledError):
+            log.warning("%s ended with an error while stopping: %r", task.get_coro(), outcome)
 
 
 def _bind(add: Callable[[str], int], address: Address, owner: str, setting: str) -> int:

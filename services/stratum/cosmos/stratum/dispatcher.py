@@ -26,7 +26,7 @@ from cosmos.security import secrets
 from cosmos.security.job_policy import JobPolicy
 from cosmos.stratum import metrics, validation, waiting
 from cosmos.stratum.agent import progress
-from cosmos.stratum.placement import Placement, Placer
+from cosmos.stratum.placement import AgentPlacement, PoolAllocator
 from cosmos.stratum.registry import AgentRegistry
 from cosmos.stratum.store import JobStore
 from cosmos.stratum.v1 import agent_pb2, agent_service_pb2, job_pb2
@@ -65,7 +65,7 @@ class Dispatcher:
 
     store: JobStore
     registry: AgentRegistry
-    placer: Placer
+    allocator: PoolAllocator
     config: DispatcherConfig = field(default_factory=DispatcherConfig)
     keyring: secrets.Keyring | None = None
     """Seals job secrets at submit and unseals them for the assigned agent; None: secrets refused."""
@@ -112,7 +112,7 @@ class Dispatcher:
     async def submit(self, request_id: str, spec_in: job_pb2.JobSpec) -> tuple[job_pb2.Job, bool]:
         """Queue a job (or return the one this ``request_id`` already made); True if deduplicated."""
         validation.check_spec(
-            spec_in, self.registry, self.placer, self.policy, self._wait.pool_complete(self.registry)
+            spec_in, self.registry, self.allocator, self.policy, self._wait.pool_complete(self.registry)
         )
         spec = job_pb2.JobSpec()
         spec.CopyFrom(spec_in)
@@ -191,7 +191,7 @@ class Dispatcher:
             )
         job.failure_reason = reason or "cancelled"
         if job.state == JS.JOB_STATE_QUEUED or job.agent_id not in self.outboxes:
-            self.placer.release(job.job_id)
+            self.allocator.release(job.job_id)
             await self._finish(job, JS.JOB_STATE_CANCELLED)
             return job
         # Stored before the agent hears of it: after a restart the attempt is cancelled, not resumed.
@@ -234,7 +234,7 @@ class Dispatcher:
             await self._agent_lost(agent_id)
         queued = [job for job in self.jobs.values() if job.state == JS.JOB_STATE_QUEUED]
         if queued:
-            placements = self.placer.place(queued)  # each one's resources are taken already
+            placements = self.allocator.place(queued)  # each one's resources are taken already
             for n, placement in enumerate(placements):
                 job = self.jobs[placement.job_id]
                 try:
@@ -242,26 +242,26 @@ class Dispatcher:
                 except Exception as exc:
                     # The job stays QUEUED (nothing of the assignment was kept) and the others are
                     # still placed; a failure that cannot pass ends the job instead of a retry loop.
-                    self.placer.release(job.job_id)
+                    self.allocator.release(job.job_id)
                     if not _permanent(exc):
                         # NATS away: the pass ends here, and the jobs placed but not yet assigned
                         # give their resources back (the next pass places them afresh).
                         for rest in placements[n + 1 :]:
-                            self.placer.release(rest.job_id)
+                            self.allocator.release(rest.job_id)
                         raise
                     await self._fail_unplaceable(job, f"cannot be assigned: {type(exc).__name__}: {exc}")
         for job, reason in self._wait.overdue(
-            (job for job in queued if job.state == JS.JOB_STATE_QUEUED), self.registry, self.placer
+            (job for job in queued if job.state == JS.JOB_STATE_QUEUED), self.registry, self.allocator
         ):
             job.failure_reason = (
                 f"no agent could run this job for {self.config.unplaceable_timeout:g}s: {reason}"
             )
             await self._finish(job, JS.JOB_STATE_FAILED)
 
-    async def _assign(self, job: job_pb2.Job, placement: Placement) -> None:
+    async def _assign(self, job: job_pb2.Job, placement: AgentPlacement) -> None:
         spec = self._spec_for_agent(job)
         if spec is None:
-            self.placer.release(job.job_id)
+            self.allocator.release(job.job_id)
             await self._finish(job, JS.JOB_STATE_FAILED)
             return
         # Built on a copy: the live job becomes ASSIGNED only once that is stored and sendable.
@@ -286,7 +286,7 @@ class Dispatcher:
             )
         )
         if message.ByteSize() > MAX_JOB_BYTES:
-            self.placer.release(job.job_id)
+            self.allocator.release(job.job_id)
             await self._fail_unplaceable(
                 job, f"its assignment is {message.ByteSize()} bytes; an agent takes at most {MAX_JOB_BYTES}"
             )
@@ -295,7 +295,7 @@ class Dispatcher:
         if job.state != JS.JOB_STATE_QUEUED:
             # Cancelled while the assignment was being saved: the agent never gets it, and the
             # cancel's record is stored again over the assignment's.
-            self.placer.release(job.job_id)
+            self.allocator.release(job.job_id)
             await self.store.save(job)
             return
         metrics.placed(job)  # the queued job: how long it waited
@@ -347,7 +347,7 @@ class Dispatcher:
         """Open the agent's outbox, add it to placement, and reconcile what it says it runs."""
         outbox: asyncio.Queue[agent_service_pb2.ConnectResponse] = asyncio.Queue()
         self.outboxes[agent.agent_id] = outbox
-        self.placer.upsert_node(agent)
+        self.allocator.upsert_node(agent)
         reported = {(r.job_id, r.attempt) for r in running}
         for job_id, attempt in reported:
             job = self.jobs.get(job_id)
@@ -359,7 +359,7 @@ class Dispatcher:
             ):
                 self._send_kill(agent.agent_id, job_id, attempt, "attempt is not current")
             else:
-                self.placer.reserve(job, agent.agent_id)
+                self.allocator.reserve(job, agent.agent_id)
                 if job.cancel_requested:
                     self._send_cancel(job)  # the cancel may have been lost with the old stream
         for job in list(self.jobs.values()):
@@ -393,7 +393,7 @@ class Dispatcher:
         await asyncio.sleep(self.config.reconnect_grace)
         if agent_id in self.outboxes:
             return  # reconnected: it said in its hello what it still runs
-        self.placer.remove_node(agent_id)  # back in placement when it reconnects
+        self.allocator.remove_node(agent_id)  # back in placement when it reconnects
         for job in list(self.jobs.values()):
             if job.agent_id == agent_id and job.state in ON_AGENT:
                 await self._requeue(
@@ -404,11 +404,11 @@ class Dispatcher:
 
     def schedulable_changed(self, agent: agent_pb2.Agent) -> None:
         """Cordon, drain or uncordon happened."""
-        self.placer.upsert_node(agent)
+        self.allocator.upsert_node(agent)
         self._kick.set()
 
     async def _agent_lost(self, agent_id: str) -> None:
-        self.placer.remove_node(agent_id)
+        self.allocator.remove_node(agent_id)
         for job in list(self.jobs.values()):
             if job.agent_id == agent_id and job.state in ON_AGENT:
                 await self._requeue(job, f"agent {agent_id} lost (lease expired)")
@@ -424,7 +424,7 @@ class Dispatcher:
         return agent
 
     async def _requeue(self, job: job_pb2.Job, why: str) -> None:
-        self.placer.release(job.job_id)
+        self.allocator.release(job.job_id)
         if job.cancel_requested:
             # Cancelled while on the agent that is now gone: the attempt is over, and so is the job.
             await self._finish(job, JS.JOB_STATE_CANCELLED)
@@ -490,7 +490,7 @@ class Dispatcher:
             # ends, the agent reconnects and sends the result again, and it is applied then.
             await self.store.publish([self._event(job, result=finished.result)])
             await self._finish(job, final, record)
-            self.placer.release(job.job_id)
+            self.allocator.release(job.job_id)
             self._kick.set()
         self._send(
             agent_id,

@@ -1,6 +1,6 @@
 """The dispatcher's view of placement: agents as nodes, jobs as demands, placements back.
 
-:class:`Placer` is what the dispatcher needs; :class:`SchedulerPlacer` implements it with the
+:class:`PoolAllocator` is what the dispatcher needs; :class:`SchedulerAllocator` implements it with the
 scheduling package (policies, queue order, fair share). Conversions between protobuf (agents, job
 specs) and the scheduler's plain model happen here and nowhere else.
 """
@@ -23,8 +23,9 @@ DEFAULT_MEMORY_BYTES = 512 << 20
 
 
 @dataclass(frozen=True)
-class Placement:
-    """Where one job runs."""
+class AgentPlacement:
+    """Where one job runs, in the pool's terms (agent id, GPU UUIDs): what the scheduler's own
+    :class:`cosmos.stratum.scheduling.Placement` (node id, milli-units held) becomes."""
 
     job_id: str
     """The job."""
@@ -36,8 +37,10 @@ class Placement:
     """UUIDs of those GPUs."""
 
 
-class Placer(Protocol):
-    """Placement as the dispatcher uses it."""
+class PoolAllocator(Protocol):
+    """The pool's resources as the dispatcher takes and returns them: agents come and go, queued jobs
+    are placed, running ones hold resources until released. (The scheduling package's ``Placer`` is
+    narrower: a policy choosing among the slots that fit one demand.)"""
 
     def upsert_node(self, agent: agent_pb2.Agent) -> None:
         """Add an agent or refresh its inventory and schedulability."""
@@ -51,7 +54,7 @@ class Placer(Protocol):
         """None if an idle agent of the pool could run ``spec``, else why not."""
         ...
 
-    def place(self, queued: Sequence[job_pb2.Job]) -> list[Placement]:
+    def place(self, queued: Sequence[job_pb2.Job]) -> list[AgentPlacement]:
         """Placements for as many queued jobs as fit now, best first; resources are taken."""
         ...
 
@@ -81,8 +84,8 @@ def schedulable(agent: agent_pb2.Agent) -> bool:
     return agent.state == AS.AGENT_STATE_READY
 
 
-class SchedulerPlacer:
-    """:class:`Placer` over :class:`cosmos.stratum.scheduling.Scheduler` (FGD by default)."""
+class SchedulerAllocator:
+    """:class:`PoolAllocator` over :class:`cosmos.stratum.scheduling.Scheduler` (FGD by default)."""
 
     def __init__(self, policy: str = "fgd") -> None:
         self.scheduler = scheduling.Scheduler(policy)
@@ -115,7 +118,7 @@ class SchedulerPlacer:
             return "the pool has no agents"
         return self.scheduler.unfit_reason(_demand("probe", spec))
 
-    def place(self, queued: Sequence[job_pb2.Job]) -> list[Placement]:
+    def place(self, queued: Sequence[job_pb2.Job]) -> list[AgentPlacement]:
         demands = []
         for job in queued:
             demand = _demand(job.job_id, job.spec, job.update_time.ToNanoseconds() / 1e9)
@@ -144,9 +147,9 @@ class SchedulerPlacer:
         self.scheduler.release(job_id)
         self._observed.discard(job_id)
 
-    def _placement(self, placement: scheduling.Placement) -> Placement:
+    def _placement(self, placement: scheduling.Placement) -> AgentPlacement:
         uuids = self._uuids.get(placement.node_id, [])
-        return Placement(
+        return AgentPlacement(
             placement.job_id,
             placement.node_id,
             placement.gpu_indices,

@@ -21,7 +21,7 @@ from cosmos.stratum import metrics as stratum_metrics
 from cosmos.stratum.agent_stream import AgentServicer
 from cosmos.stratum.dispatcher import Dispatcher, DispatcherConfig
 from cosmos.stratum.job_api import JobApi
-from cosmos.stratum.placement import SchedulerPlacer
+from cosmos.stratum.placement import SchedulerAllocator
 from cosmos.stratum.pool import PoolServicer
 from cosmos.stratum.registry import AgentRegistry
 from cosmos.stratum.store import JobStore
@@ -154,7 +154,12 @@ async def serve(args: argparse.Namespace) -> None:
         unplaceable_timeout=args.unplaceable_timeout, reconnect_grace=args.reconnect_grace
     )
     dispatcher = Dispatcher(
-        store, registry, SchedulerPlacer(policy=args.policy), dispatching_config, keyring=keys, policy=policy
+        store,
+        registry,
+        SchedulerAllocator(policy=args.policy),
+        dispatching_config,
+        keyring=keys,
+        policy=policy,
     )
     enroll = enrollment.Enrollment(store, registry.revoked, authority, cert_ttl)
     # The pool's state, read right before each scrape (a follower's is empty).
@@ -162,7 +167,7 @@ async def serve(args: argparse.Namespace) -> None:
         stratum_metrics.refresher(
             lambda: list(dispatcher.jobs.values()),
             lambda: list(registry.sorted()),
-            lambda: getattr(dispatcher.placer, "scheduler", None),
+            lambda: getattr(dispatcher.allocator, "scheduler", None),
         )
     )
     recovered = asyncio.Event()
@@ -208,23 +213,12 @@ async def serve(args: argparse.Namespace) -> None:
         await dispatcher.run(server.stopping)
 
     services = [b.name for b in server.services]
-    watching = asyncio.create_task(gate.watch(server.health, services, server.stopping, server.started))
-    leading = asyncio.create_task(leader.lead(lease, server.stopping, elected))
-    serving = asyncio.create_task(server.serve_until_signalled())
+    server.alongside(gate.watch(server.health, services, server.stopping, server.started))
+    server.alongside(leader.lead(lease, server.stopping, elected))  # lost: the server stops, raising it
     try:
-        await asyncio.wait({serving, leading}, return_when=asyncio.FIRST_COMPLETED)
-        if leading.done() and leading.exception() is not None:
-            log.error("stopping: %s", leading.exception())
-            await server.stop()
-            await serving
-            raise leading.exception()  # type: ignore[misc]
-        await serving
+        await server.serve_until_signalled()
     finally:
         await lease.release()  # if the stop did not (a failed start)
-        for task in (leading, watching, serving):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, leader.LeadershipLost):
-                await task
 
 
 class LeaderGate(dependency.Gate):

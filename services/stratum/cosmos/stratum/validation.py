@@ -60,7 +60,7 @@ KNOWN_GPU_MODELS = frozenset(
 
 
 class CapacityOracle(Protocol):
-    """What validation asks the placer."""
+    """What validation asks the allocator."""
 
     def could_ever_fit(self, spec: job_pb2.JobSpec) -> str | None:
         """None if some agent could run ``spec`` once idle, else why not."""
@@ -70,7 +70,7 @@ class CapacityOracle(Protocol):
 def check_spec(
     spec: job_pb2.JobSpec,
     registry: AgentRegistry,
-    placer: CapacityOracle,
+    allocator: CapacityOracle,
     policy: JobPolicy | None = None,
     pool_complete: bool = True,
 ) -> None:
@@ -153,7 +153,7 @@ def check_spec(
             reason=errors.Reason.ERROR_REASON_UNSUPPORTED_RUNTIME,
             metadata={"image": spec.image},
         )
-    reason = placer.could_ever_fit(spec)
+    reason = allocator.could_ever_fit(spec)
     if reason is not None:
         raise errors.InvalidArgumentError(
             f"no agent could ever run this job: {reason}",

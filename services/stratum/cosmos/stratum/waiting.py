@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from cosmos.stratum.agent import containers
-from cosmos.stratum.placement import Placer
+from cosmos.stratum.placement import PoolAllocator
 from cosmos.stratum.registry import AgentRegistry
 from cosmos.stratum.v1 import job_pb2
 
@@ -25,13 +25,13 @@ SWEEP_INTERVAL = 1.0
 """Seconds between two looks at the queue for jobs no agent could run (each costs a fit check per job)."""
 
 
-def unplaceable(spec: job_pb2.JobSpec, registry: AgentRegistry, placer: Placer) -> str | None:
+def unplaceable(spec: job_pb2.JobSpec, registry: AgentRegistry, allocator: PoolAllocator) -> str | None:
     """Why no agent of the pool could ever run ``spec`` (even idle), or None if one could."""
     engines = containers.acceptable_engines(spec)
     if spec.image and not any(set(engines) & set(a.inventory.runtimes) for a in registry.sorted()):
         wanted = " or ".join(engines) or "a container runtime"
         return f"no agent in the pool has {wanted} for a job with an image"
-    return placer.could_ever_fit(spec)
+    return allocator.could_ever_fit(spec)
 
 
 @dataclass
@@ -59,7 +59,7 @@ class AgentWait:
         return not any(not r.connected and not r.agent.HasField("connect_time") for r in records)
 
     def overdue(
-        self, queued: Iterable[job_pb2.Job], registry: AgentRegistry, placer: Placer
+        self, queued: Iterable[job_pb2.Job], registry: AgentRegistry, allocator: PoolAllocator
     ) -> list[tuple[job_pb2.Job, str]]:
         """Queued jobs no agent could run for ``timeout`` seconds, with why (one sweep a second)."""
         now = time.monotonic()
@@ -69,7 +69,7 @@ class AgentWait:
         waiting: dict[str, float] = {}
         late = []
         for job in queued:
-            reason = unplaceable(job.spec, registry, placer)
+            reason = unplaceable(job.spec, registry, allocator)
             if reason is None:
                 continue
             since = waiting[job.job_id] = self._since.get(job.job_id, now)
