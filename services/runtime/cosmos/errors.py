@@ -58,7 +58,8 @@ keeps it complete and true)::
     ├── UnknownProfileError                 cosmos.optimus.profiles           no such profile (a KeyError)
     ├── Conflict                            cosmos.plato.store                a compare-and-set lost
     ├── TooLarge                            cosmos.plato.records              a header outgrows one message
-    ├── WorkflowFailed                      cosmos.plato.engine.machine       fails the workflow at once
+    ├── WorkflowFailed                      cosmos.plato.engine.core          fails the workflow at once
+    ├── StepError                           cosmos.plato.testing              a test handler fails its step
     ├── InexactNumber                       cosmos.protocol.values            int beyond 2^53 (a ValueError)
     ├── SyntaxProblem                       cosmos.plato.language.expressions an expression is malformed
     ├── TemplateProblem                     cosmos.plato.language.templates   a template cannot be compiled
