@@ -45,9 +45,9 @@ PYTEST_PARALLEL := -n auto --dist loadfile
 test: install lint
 	$(BIN)/python -m pytest $(PYTEST_PARALLEL)
 
-## test-fast: the test suite without the slow tests (the chaos test), for quick rounds while developing
+## test-fast: the unit tests only (in process: no servers, no processes), for quick rounds while developing
 test-fast: install
-	$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m "not slow"
+	$(BIN)/python -m pytest -p no:xdist -q -m "unit and not integration"
 
 ## demo: install, then run the main job end to end on the embedded stack
 demo: install

@@ -1,4 +1,5 @@
-"""Shared fixtures: real NATS servers and real Cosmos server processes on free loopback ports."""
+"""Shared fixtures: real NATS servers and real Cosmos server processes on free loopback ports; the
+test layers (``unit`` in process, ``integration`` everything else, ``slow`` minutes long)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
 import security_harness
 from servers import ServiceProcess, stop_process, wait_serving
@@ -16,6 +19,48 @@ from stratum_harness import Agents
 
 from cosmos.runtime.config import Address, free_port
 from cosmos.stack import natsd, seaweed
+
+
+def _is_unit(item: pytest.Item) -> bool:
+    """Marked ``unit``, by itself or its module, and not ``integration`` closer (a test of a unit
+    module that needs a port or a process is marked ``integration`` itself)."""
+    layer = next((m.name for m in item.iter_markers() if m.name in ("unit", "integration")), None)
+    return layer == "unit"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each test is in one layer: ``unit``, or else ``integration`` (``-m integration`` selects those)."""
+    for item in items:
+        if not _is_unit(item):
+            item.add_marker(pytest.mark.integration)  # select unit tests with "unit and not integration"
+
+
+class OutOfProcess(AssertionError):
+    """A ``unit`` test tried to reach outside its process."""
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_stay_in_process(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ``unit`` test starts no process, opens no connection and serves no port: what makes the unit
+    layer fast and runnable anywhere. A test that needs any of it is an integration test."""
+    if not _is_unit(request.node):
+        return
+
+    def refuse(what: str) -> Callable[..., Any]:
+        def refused(*args: Any, **kwargs: Any) -> Any:
+            raise OutOfProcess(
+                f"a unit test may not {what}: drop its `unit` mark (it is an integration test)"
+            )
+
+        return refused
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse("start a process"))
+    monkeypatch.setattr(socket.socket, "connect", refuse("open a connection"))
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse("open a connection"))
+    monkeypatch.setattr(socket.socket, "bind", refuse("serve a port"))
+    monkeypatch.setattr(grpc.aio, "server", refuse("serve gRPC"))
+    monkeypatch.setattr(grpc.aio, "secure_channel", refuse("open a gRPC channel"))
+    monkeypatch.setattr(grpc.aio, "insecure_channel", refuse("open a gRPC channel"))
 
 
 def _start_nats(argv: list[str], port: int) -> subprocess.Popen[bytes]:

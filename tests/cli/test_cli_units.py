@@ -12,6 +12,8 @@ from cosmos import errors
 from cosmos.cli import platform
 from cosmos.plato.v1 import workflow_pb2
 
+pytestmark = pytest.mark.unit
+
 NOW = dt.datetime(2026, 1, 31, 12, 0, tzinfo=dt.UTC)
 
 

@@ -15,6 +15,8 @@ from cosmos.client import encode_request_id
 from cosmos.optimus.v1 import encode_pb2, encode_service_pb2, encode_service_pb2_grpc
 from cosmos.security.context import Context
 
+pytestmark = pytest.mark.unit
+
 sent: list[encode_service_pb2.SubmitEncodeRequest] = []
 
 

@@ -10,6 +10,8 @@ import pytest
 from cosmos.client import InvalidJobError, Job, encode_request_id, parse_memory
 from cosmos.stratum.v1 import job_pb2
 
+pytestmark = pytest.mark.unit
+
 
 def test_the_cards_job_maps_to_a_jobspec() -> None:
     job = (

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from cosmos.console import media
 from cosmos.security.storage import Root, S3Root
+
+pytestmark = pytest.mark.unit
 
 ROOTS: list[Root] = [S3Root("cosmos"), Path("/srv/media")]
 MASTER = "s3://cosmos/acme/out/ladder/master.m3u8"

@@ -23,6 +23,8 @@ from cosmos.plato.engine.state import WorkflowState
 from cosmos.plato.language import parser
 from cosmos.plato.v1 import engine_pb2, workflow_pb2
 
+pytestmark = pytest.mark.unit
+
 ENCODE_ID = "enc-" + "0123456789abcdef01234567"
 WORK = f"/var/lib/cosmos/data/work/{ENCODE_ID}"
 SS = workflow_pb2.StepState

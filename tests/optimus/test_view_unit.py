@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from cosmos.optimus import view
 from cosmos.optimus.v1 import encode_pb2
 from cosmos.plato.v1 import workflow_pb2
+
+pytestmark = pytest.mark.unit
 
 WS = workflow_pb2.WorkflowState
 SS = workflow_pb2.StepState

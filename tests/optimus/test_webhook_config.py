@@ -19,6 +19,8 @@ from cosmos.security import pki
 from cosmos.security.config import Security
 from cosmos.security.tls import TlsFiles
 
+pytestmark = pytest.mark.unit
+
 
 def config(tmp_path: Path, **extra: object) -> webhook.WebhookConfig:
     (tmp_path / "s1").write_text("x" * 32)
@@ -85,6 +87,7 @@ def test_create_secret_is_private_and_kept(tmp_path: Path) -> None:
     assert webhook.create_secret(path).read_text() == first and len(first.strip()) == 64
 
 
+@pytest.mark.integration  # out of process (a port, a process or a connection)
 async def test_a_renewed_certificate_is_served_from_the_next_handshake(tmp_path: Path) -> None:
     authority = pki.Authority.create(tmp_path)
     paths = pki.Paths.named(tmp_path, "optimus")
@@ -115,6 +118,7 @@ async def test_a_renewed_certificate_is_served_from_the_next_handshake(tmp_path:
         await runner.cleanup()
 
 
+@pytest.mark.integration  # out of process (a port, a process or a connection)
 async def test_malformed_and_oversized_notifications_and_a_lost_secret(tmp_path: Path) -> None:
     import aiohttp
 

@@ -10,6 +10,8 @@ from cosmos import errors
 from cosmos.plato import listing
 from cosmos.plato.v1 import workflow_pb2, workflow_service_pb2
 
+pytestmark = pytest.mark.unit
+
 WS = workflow_pb2.WorkflowState
 
 

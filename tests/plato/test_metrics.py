@@ -5,10 +5,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from cosmos.plato import metrics
 from cosmos.plato.v1 import engine_pb2, workflow_pb2
 from cosmos.protocol import values
 from cosmos.runtime.metrics import REGISTRY
+
+pytestmark = pytest.mark.unit
 
 SS = workflow_pb2.StepState
 WS = workflow_pb2.WorkflowState

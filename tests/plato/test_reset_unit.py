@@ -3,10 +3,13 @@ driven input by input, with no NATS (the API tests in test_resume.py run them en
 
 from __future__ import annotations
 
+import pytest
 from engine_harness import Run, complete
 
 from cosmos.plato.v1 import engine_pb2, events_pb2, workflow_pb2
 from cosmos.protocol import values
+
+pytestmark = pytest.mark.unit
 
 WS = workflow_pb2.WorkflowState
 SS = workflow_pb2.StepState

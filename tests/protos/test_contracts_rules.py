@@ -34,6 +34,8 @@ from google.protobuf.descriptor import (
     MethodDescriptor,
 )
 
+pytestmark = pytest.mark.unit
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GEN_ROOT = REPO_ROOT / "protos" / "gen" / "python"
 READ_ONLY_PREFIXES = ("Get", "List", "Watch")

@@ -11,10 +11,13 @@ import importlib
 import re
 from pathlib import Path
 
+import pytest
 from google.protobuf import descriptor_pool
 
 from cosmos.common.v1 import access_pb2
 from cosmos.security import principals
+
+pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "security.md"

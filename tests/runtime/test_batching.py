@@ -9,6 +9,8 @@ import pytest
 
 from cosmos.runtime.batching import Coalescer
 
+pytestmark = pytest.mark.unit
+
 
 class Recorder:
     """A batch sender that records its batches and can be held open."""

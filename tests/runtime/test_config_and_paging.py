@@ -11,6 +11,8 @@ import pytest
 from cosmos import errors
 from cosmos.runtime import config, paging
 
+pytestmark = pytest.mark.unit
+
 
 def test_flag_default_comes_from_environment_and_command_line_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COSMOS_PLATO_GRACE_PERIOD", "3.5")
@@ -45,6 +47,7 @@ def test_bad_address_is_refused_naming_the_setting(text: str) -> None:
         config.Address.parse(text, setting="--listen")
 
 
+@pytest.mark.integration  # out of process (a port, a process or a connection)
 def test_port_in_use_is_detected() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -97,6 +100,7 @@ def test_newest_first_pages_neither_repeat_nor_skip_items_created_meanwhile() ->
         paging.parse(2, paging.newest_first(items, key, page, "q")[1], "other query")
 
 
+@pytest.mark.integration  # out of process (a port, a process or a connection)
 def test_free_ports_are_distinct_bindable_and_outside_the_ephemeral_range() -> None:
     # An outgoing connection is given a port from the ephemeral range; a "free" port from there
     # could be taken by one before the server binds it (it happened in a clean-clone .ci/run).

@@ -20,6 +20,8 @@ from cosmos.runtime.config import Address
 from cosmos.runtime.server import Server, ServerConfig
 from cosmos.security.config import Security
 
+pytestmark = pytest.mark.unit
+
 
 def sample(service: str, method: str, code: str) -> float:
     value = metrics.REGISTRY.get_sample_value(
@@ -151,6 +153,7 @@ async def scrape(port: int, path: str = metrics.PATH) -> tuple[int, str]:
         return response.status, await response.text()
 
 
+@pytest.mark.integration  # out of process (a port, a process or a connection)
 async def test_a_server_serves_its_metrics_and_nothing_else_on_the_metrics_port() -> None:
     config = ServerConfig(
         "metrics-test",
@@ -190,6 +193,7 @@ async def test_a_server_serves_its_metrics_and_nothing_else_on_the_metrics_port(
         await server.stop()
 
 
+@pytest.mark.integration  # out of process (a port, a process or a connection)
 async def test_a_taken_metrics_port_stops_the_start_with_the_flag_named() -> None:
     first = metrics.MetricsServer(Address("127.0.0.1", 0), "first")
     await first.start()

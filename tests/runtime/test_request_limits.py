@@ -14,6 +14,8 @@ from cosmos.plato.v1 import step_service_pb2, workflow_service_pb2
 from cosmos.runtime import paging, rpc_errors, validation
 from cosmos.stratum.v1 import job_service_pb2, pool_service_pb2
 
+pytestmark = pytest.mark.unit
+
 
 def refused(request: object) -> list[tuple[str, str]]:
     with pytest.raises(errors.InvalidArgumentError) as caught:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import grpc
+import pytest
 
 from cosmos import errors
 from cosmos.runtime import rpc_errors
+
+pytestmark = pytest.mark.unit
 
 
 def test_an_error_survives_the_round_trip_through_its_status() -> None:

@@ -11,6 +11,8 @@ from cosmos import errors
 from cosmos.security.job_policy import JobPolicy
 from cosmos.stratum.v1 import job_pb2
 
+pytestmark = pytest.mark.unit
+
 POLICY = """
 tenants:
   acme: {executables: [python3, /usr/bin/*], images: [registry.example.com/media/*]}

@@ -18,6 +18,8 @@ from cosmos.stratum.agent import enroll
 from cosmos.stratum.enrollment import RateLimiter, peer_host
 from cosmos.stratum.v1 import join_token_pb2
 
+pytestmark = pytest.mark.unit
+
 NOW = datetime.datetime(2030, 1, 1, 12, 0, tzinfo=datetime.UTC)
 
 

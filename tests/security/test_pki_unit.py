@@ -14,6 +14,8 @@ from cosmos.runtime import channels
 from cosmos.security import context, pki, principals, tls, tokens
 from cosmos.security.config import Security
 
+pytestmark = pytest.mark.unit
+
 
 def test_a_certificate_names_its_workload_and_keys_are_private(tmp_path: Path) -> None:
     ca = pki.Authority.create(tmp_path)
@@ -100,6 +102,7 @@ def test_contexts_round_trip_privately(tmp_path: Path, monkeypatch: pytest.Monke
         context.load("nope")
 
 
+@pytest.mark.integration  # out of process (a port, a process or a connection)
 async def test_a_client_channel_picks_up_renewed_files(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -13,6 +13,8 @@ from cosmos import errors
 from cosmos.cli import security as cli
 from cosmos.security import secrets
 
+pytestmark = pytest.mark.unit
+
 VALUES = {"API_TOKEN": "s3cr3t-value-1", "DB_PASSWORD": "hunter2 with spaces\nand a newline"}
 
 

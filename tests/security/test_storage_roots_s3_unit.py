@@ -10,6 +10,8 @@ import pytest
 from cosmos import errors
 from cosmos.security import storage
 
+pytestmark = pytest.mark.unit
+
 ROOTS: list[storage.Root] = [storage.S3Root("cosmos"), storage.S3Root("media", "tenants")]
 
 

@@ -10,6 +10,8 @@ import pytest
 from cosmos import errors
 from cosmos.security import storage
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture
 def root(tmp_path: Path) -> Path:

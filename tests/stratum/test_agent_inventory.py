@@ -7,6 +7,8 @@ import pytest
 from cosmos import errors
 from cosmos.stratum.agent import inventory
 
+pytestmark = pytest.mark.unit
+
 
 def test_declared_gpus_expand_counts_models_and_memory() -> None:
     gpus = inventory.parse_declared_gpus("2xA100:80G, T4:16G,1xH100", "host-a")
@@ -35,6 +37,7 @@ def test_nvml_names_shorten_to_the_model_token(name: str, model: str) -> None:
     assert inventory.short_model(name) == model
 
 
+@pytest.mark.integration  # out of process (a port, a process or a connection)
 def test_collect_without_declaration_reports_this_host() -> None:
     inv = inventory.collect("h")
     assert inv.cpu_millis >= 1000

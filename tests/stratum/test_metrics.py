@@ -3,11 +3,15 @@ running job only), agents by state, GPUs allocated of total by model, and fragme
 
 from __future__ import annotations
 
+import pytest
+
 from cosmos.runtime import wellknown
 from cosmos.runtime.metrics import REGISTRY
 from cosmos.stratum import metrics
 from cosmos.stratum.placement import SchedulerAllocator
 from cosmos.stratum.v1 import agent_pb2, job_pb2
+
+pytestmark = pytest.mark.unit
 
 JS = job_pb2.JobState
 GIB = 1 << 30

@@ -10,6 +10,8 @@ import pytest
 from cosmos.optimus import profiles
 from cosmos.optimus.media.package import hevc_codecs
 
+pytestmark = pytest.mark.unit
+
 
 def test_ladders() -> None:
     assert [p.name for p in profiles.resolve([], "default")] == ["1080p", "720p", "360p"]

@@ -15,6 +15,8 @@ from cosmos.plato.language.expressions import (
     values_equal,
 )
 
+pytestmark = pytest.mark.unit
+
 Kind = model.PredicateKind
 
 

@@ -13,6 +13,8 @@ from cosmos import errors
 from cosmos.plato.language import model
 from cosmos.plato.language.parser import REASON, parse, parse_duration
 
+pytestmark = pytest.mark.unit
+
 # The card's example, exactly as the design brief quotes it.
 CARD = CARD_WORKFLOW
 

@@ -9,6 +9,8 @@ import pytest
 
 from cosmos.plato.language.templates import Constant, TemplateProblem, compile_template
 
+pytestmark = pytest.mark.unit
+
 CTX: dict[str, Any] = {
     "input": {"src": "s3://in/clip.mp4", "profiles": [{"h": 720}, {"h": 1080}], "crf": 23, "opts": {"a": 1}},
     "steps": {"probe": {"output": {"duration": 12.5, "audio": None}, "outputs": [{"duration": 12.5}]}},

@@ -26,6 +26,8 @@ from cosmos.stratum.agent import containers
 from cosmos.stratum.agent.runner import JobRun, RunLimits
 from cosmos.stratum.v1 import job_pb2
 
+pytestmark = pytest.mark.unit
+
 FAKE_DOCKER = """#!{python}
 import json, os, sys
 from pathlib import Path
@@ -110,6 +112,7 @@ with open(path, "w") as channel:  # opening it again is fine
 """
 
 
+@pytest.mark.integration  # out of process (a port, a process or a connection)
 async def test_image_job_runs_under_docker_run_with_a_fifo_progress_channel(
     tmp_path: Path, fake_docker: Path
 ) -> None:
@@ -147,6 +150,7 @@ async def test_image_job_runs_under_docker_run_with_a_fifo_progress_channel(
     assert "CUDA_VISIBLE_DEVICES" not in env and "COSMOS_PROGRESS_FD" not in env
 
 
+@pytest.mark.integration  # out of process (a port, a process or a connection)
 async def test_ffmpeg_progress_reaches_the_agent_from_a_container(tmp_path: Path, fake_docker: Path) -> None:
     progress: list[progress_pb2.Progress] = []
     spec = job_pb2.JobSpec(
@@ -164,6 +168,7 @@ async def test_ffmpeg_progress_reaches_the_agent_from_a_container(tmp_path: Path
     assert args[image_at + 2 : image_at + 5] == ["-progress", "/work/.cosmos/progress", "-nostats"]
 
 
+@pytest.mark.integration  # out of process (a port, a process or a connection)
 async def test_cancel_removes_the_container(tmp_path: Path, fake_docker: Path) -> None:
     spec = job_pb2.JobSpec(argv=["sleep", "30"], image="example/encoder:1", runtime="docker")
     run = new_run(tmp_path, spec, [])

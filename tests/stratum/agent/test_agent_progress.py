@@ -19,6 +19,8 @@ from cosmos.stratum.agent.progress import (
 )
 from cosmos.stratum.v1 import job_pb2
 
+pytestmark = pytest.mark.unit
+
 # Captured from `ffmpeg -progress pipe:1 -nostats` (n9.0.2) encoding a 6 s testsrc.
 FIRST_BLOCK = """\
 frame=0

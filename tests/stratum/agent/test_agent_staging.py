@@ -15,6 +15,8 @@ import pytest
 from cosmos.stratum.agent import staging
 from cosmos.stratum.v1 import job_pb2
 
+pytestmark = pytest.mark.unit
+
 
 def uri(path: Path) -> str:
     return path.absolute().as_uri()

@@ -16,6 +16,8 @@ from cosmos.stratum.scheduling import (
     Scheduler,
 )
 
+pytestmark = pytest.mark.unit
+
 GIB = 1 << 30
 POLICIES = [p.value for p in Policy]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from cosmos.stratum.scheduling import (
     DEFAULT_MIX,
     MILLI,
@@ -13,6 +15,8 @@ from cosmos.stratum.scheduling import (
     WorkloadMix,
 )
 from cosmos.stratum.scheduling.fragmentation import CompiledMix
+
+pytestmark = pytest.mark.unit
 
 
 def popularity(mix: TaskMix) -> dict[tuple[int, int], float]:

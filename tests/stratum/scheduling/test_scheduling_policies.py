@@ -21,6 +21,8 @@ from cosmos.stratum.scheduling import (
 from cosmos.stratum.scheduling.fragmentation import CompiledMix, gpu_key
 from cosmos.stratum.scheduling.policies import FgdPlacer
 
+pytestmark = pytest.mark.unit
+
 GIB = 1 << 30
 WHOLE_AND_HALVES = TaskMix(classes=((TaskClass(1, MILLI), 0.8), (TaskClass(1, 500), 0.2)))
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from cosmos.stratum.scheduling import Demand, JobQueue, NodeState, Scheduler
+
+pytestmark = pytest.mark.unit
 
 GIB = 1 << 30
 

@@ -14,6 +14,8 @@ import pytest
 from cosmos.stratum.sim.__main__ import main
 from cosmos.stratum.sim.trace import DEFAULT_PODS, TRACE_ENV, find_trace_dir, load_nodes, load_pods
 
+pytestmark = pytest.mark.unit
+
 POLICY_KEYS = {
     "policy",
     "tasks_arrived",
@@ -73,6 +75,7 @@ def test_json_report_on_a_sampled_cluster(capsys: pytest.CaptureFixture[str]) ->
     assert set(goals) >= {"unallocated_met", "throughput_met", "fgd_placements_per_second"}
 
 
+@pytest.mark.integration  # out of process (a port, a process or a connection)
 def test_table_from_the_command_line(tmp_path: Path) -> None:
     env = {**os.environ, TRACE_ENV: str(find_trace_dir())}
     result = subprocess.run(
