@@ -67,8 +67,8 @@ keeps it complete and true)::
     ├── PlacementError                      cosmos.stratum.scheduling.cluster does not fit (a ValueError)
     ├── UnsupportedRuntime                  cosmos.stratum.agent.containers   runtime not on this agent
     ├── SandboxError                        cosmos.stratum.agent.sandbox      a sandbox cannot be set up
-    ├── _Refused                            cosmos.stratum.agent.runner       an attempt cannot start
-    ├── _Stopped                            cosmos.stratum.agent.runner       cancelled between processes
+    ├── Refused                             cosmos.stratum.agent.attempt      an attempt cannot start
+    ├── Stopped                             cosmos.stratum.agent.attempt      cancelled between processes
     ├── Detached                            cosmos.cli.encode                 the user stopped watching
     └── StagingError                        cosmos.stratum.agent.staging      an artifact could not be staged
         ├── InvalidArtifact                 cosmos.stratum.agent.staging      malformed path or URI
