@@ -21,10 +21,9 @@ from cosmos.stratum.agent.progress import (
     FfmpegProgressParser,
     Line,
     LineSplitter,
-    LogBatcher,
-    ProgressThrottle,
     SecretMask,
 )
+from cosmos.stratum.agent.rate_limits import LogBatcher, ProgressThrottle
 from cosmos.stratum.v1 import job_pb2
 
 PROGRESS_FIFO = ".cosmos/progress"

@@ -19,7 +19,8 @@ from cosmos.stratum.agent import containers, failures, orphans, reporting
 from cosmos.stratum.agent.attempt import Refused, RunOutcome
 from cosmos.stratum.agent.pipes import JobPipes
 from cosmos.stratum.agent.preparation import Prepared, container_limits
-from cosmos.stratum.agent.progress import ChannelParser, LogBatcher, ProgressThrottle
+from cosmos.stratum.agent.progress import ChannelParser
+from cosmos.stratum.agent.rate_limits import LogBatcher, ProgressThrottle
 from cosmos.stratum.agent.result_file import RESULT_FILE
 from cosmos.stratum.agent.supervision import supervise
 from cosmos.stratum.v1 import job_pb2

@@ -34,7 +34,8 @@ from cosmos.stratum.agent import containers, orphans, reporting, sandbox, stagin
 from cosmos.stratum.agent.attempt import Refused, RunLimits, RunOutcome, Stopped
 from cosmos.stratum.agent.preparation import prepare
 from cosmos.stratum.agent.process import JobProcess
-from cosmos.stratum.agent.progress import LogsCallback, ProgressCallback, SecretMask
+from cosmos.stratum.agent.progress import SecretMask
+from cosmos.stratum.agent.rate_limits import LogsCallback, ProgressCallback
 from cosmos.stratum.v1 import job_pb2
 
 __all__ = ["STDERR_TAIL_BYTES", "STDERR_TAIL_LINES", "JobRun", "RunLimits", "RunOutcome"]
