@@ -11,7 +11,7 @@ import shutil
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from cosmos.stratum.agent import containers, failures, sandbox, staging
+from cosmos.stratum.agent import containers, failures, sandbox, sandbox_plan, staging
 from cosmos.stratum.agent.attempt import Refused
 from cosmos.stratum.v1 import job_pb2
 
@@ -25,7 +25,7 @@ class Prepared:
 
     engine: containers.Engine | None
     """The container engine of a container job; None runs a local process."""
-    plan: sandbox.Plan | None = None
+    plan: sandbox_plan.Plan | None = None
     """How the process sandbox confines a local process; None runs it as the agent's own user."""
     container_user: containers.ContainerUser | None = None
     """Who a container job runs as."""
