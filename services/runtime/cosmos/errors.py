@@ -68,19 +68,19 @@ keeps it complete and true)::
     ├── PlacementError                      cosmos.stratum.scheduling.cluster does not fit (a ValueError)
     ├── UnsupportedRuntime                  cosmos.stratum.agent.containers   runtime not on this agent
     ├── SandboxError                        cosmos.stratum.agent.sandbox      a sandbox cannot be set up
-    ├── _Refused                            cosmos.stratum.agent.runner       an attempt cannot start
-    ├── _Stopped                            cosmos.stratum.agent.runner       cancelled between processes
+    ├── Refused                             cosmos.stratum.agent.attempt      an attempt cannot start
+    ├── Stopped                             cosmos.stratum.agent.attempt      cancelled between processes
     ├── Detached                            cosmos.cli.encode                 the user stopped watching
-    └── StagingError                        cosmos.stratum.agent.staging      an artifact could not be staged
-        ├── InvalidArtifact                 cosmos.stratum.agent.staging      malformed path or URI
-        ├── UnsupportedScheme               cosmos.stratum.agent.staging      no store for the URI's scheme
-        ├── InputFailed                     cosmos.stratum.agent.staging      an input could not be fetched
-        │   └── InputMissing                cosmos.stratum.agent.staging      the input does not exist
-        ├── OutputFailed                    cosmos.stratum.agent.staging      an output could not be stored
-        │   └── OutputExists                cosmos.stratum.agent.staging      the destination holds files
-        ├── StorageUnavailable              cosmos.stratum.agent.staging      the store failed after retries
-        ├── OutsideStorageRoot              cosmos.stratum.agent.staging      a file:// URI outside the area
-        └── NoSpace                         cosmos.stratum.agent.staging      the disk is full
+    └── StagingError                        cosmos.stratum.agent.stores       an artifact could not be staged
+        ├── InvalidArtifact                 cosmos.stratum.agent.stores       malformed path or URI
+        ├── UnsupportedScheme               cosmos.stratum.agent.stores       no store for the URI's scheme
+        ├── InputFailed                     cosmos.stratum.agent.stores       an input could not be fetched
+        │   └── InputMissing                cosmos.stratum.agent.stores       the input does not exist
+        ├── OutputFailed                    cosmos.stratum.agent.stores       an output could not be stored
+        │   └── OutputExists                cosmos.stratum.agent.stores       the destination holds files
+        ├── StorageUnavailable              cosmos.stratum.agent.stores       the store failed after retries
+        ├── OutsideStorageRoot              cosmos.stratum.agent.stores       a file:// URI outside the area
+        └── NoSpace                         cosmos.stratum.agent.stores       the disk is full
 
 A class that is also a builtin error (``KeyError``, ``ValueError``) says so: it was one before it
 joined the tree, and callers catch it as one.

@@ -14,9 +14,8 @@ from cosmos.stratum.agent.progress import (
     ChannelParser,
     FfmpegProgressParser,
     LineSplitter,
-    LogBatcher,
-    ProgressThrottle,
 )
+from cosmos.stratum.agent.rate_limits import LogBatcher, ProgressThrottle
 from cosmos.stratum.v1 import job_pb2
 
 pytestmark = pytest.mark.unit

@@ -261,7 +261,7 @@ def run_argv(
     if engine.name == "docker":
         cmd.append("--tmpfs=/tmp:rw,nosuid,nodev")
     if engine.name == "podman":
-        # As a process job's (sandbox.JOB_UMASK): what the job writes stays private to its tenant.
+        # As a process job's (sandbox_plan.JOB_UMASK): what the job writes stays private to its tenant.
         cmd.append("--umask=0027")
     if user.keep_id:
         cmd.append("--userns=keep-id")

@@ -16,9 +16,10 @@ paths, bind-mounted back. Everything else under such a directory (the rest of ``
 from the job's view, and the agent's PKI directory is covered too. Where no namespace can be made
 (the agent is not root, or the kernel refuses), the job runs without one and this is logged once.
 
-The agent plans everything here (:meth:`Sandbox.prepare` gives a :class:`Plan`); the job's first
-process, ``sandbox_exec.py``, only carries the plan out as root and then execs the job in place:
-unshare, mounts, rlimits, setgroups, setresgid, setresuid, no-new-privs, umask, chdir, exec.
+The agent plans everything (:meth:`Sandbox.prepare` gives a :class:`~.sandbox_plan.Plan`, which
+:mod:`.sandbox_plan` holds); the job's first process, ``sandbox_exec.py``, only carries the plan out
+as root and then execs the job in place: unshare, mounts, rlimits, setgroups, setresgid, setresuid,
+no-new-privs, umask, chdir, exec.
 """
 
 from __future__ import annotations
@@ -32,13 +33,12 @@ import pwd
 import re
 import resource
 import stat
-import subprocess
-import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cosmos import errors
+from cosmos.stratum.agent.sandbox_plan import Cover, Plan, interpreter_paths, plan_covers, probe_namespace
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,6 @@ UID_FILE = ".cosmos-job-uids.json"
 DEFAULT_UID_RANGE = (200000, 299999)
 DEFAULT_TENANT = "default"
 TENANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-JOB_UMASK = 0o027
-"""Files a job creates are private to its tenant (group: the tenant's private gid)."""
 
 GiB = 1 << 30
 
@@ -276,7 +274,7 @@ class Sandbox:
             if info.st_mode & 0o007:
                 os.chmod(mine, stat.S_IMODE(info.st_mode) & ~0o007)  # other tenants stay out
             own.append(mine)
-        mounts: list[_Cover] = []
+        mounts: list[Cover] = []
         hidden: list[str] = []
         if self.namespaces and not self._probed:
             self._probed = True
@@ -318,121 +316,3 @@ def chown_tree(top: Path, ident: Identity) -> None:
     for dirpath, dirnames, filenames in os.walk(top):
         for name in [*dirnames, *filenames]:
             os.chown(os.path.join(dirpath, name), ident.uid, ident.gid, follow_symlinks=False)
-
-
-def interpreter_paths() -> list[Path]:
-    """What a job needs to run the agent's own Python tools (``python3 -m cosmos.optimus.media``)."""
-    paths = {sys.base_prefix, sys.prefix, sys.exec_prefix, os.path.dirname(sys.executable)}
-    paths.update(p for p in sys.path if p and os.path.isabs(p))
-    out = []
-    for p in sorted(paths):
-        with contextlib.suppress(OSError):
-            real = os.path.realpath(p)
-            if os.path.exists(real):
-                out.append(Path(real))
-            if p != real and os.path.exists(p):
-                out.append(Path(os.path.abspath(p)))
-    return out
-
-
-def _traversable(info: os.stat_result, ident: Identity) -> bool:
-    if info.st_uid == ident.uid:
-        return bool(info.st_mode & stat.S_IXUSR)
-    if info.st_gid == ident.gid:
-        return bool(info.st_mode & stat.S_IXGRP)
-    return bool(info.st_mode & stat.S_IXOTH)
-
-
-@dataclass(frozen=True)
-class _Cover:
-    """A directory the job cannot traverse: a tmpfs goes over it, ``keep`` are bound back."""
-
-    directory: str
-    keep: tuple[str, ...]
-    """Entries of ``directory`` (names) the job needs."""
-    files: tuple[str, ...]
-    """The subset of ``keep`` that are not directories (bound onto an empty file)."""
-
-
-def plan_covers(paths: Iterable[Path], ident: Identity) -> list[_Cover]:
-    """Every directory on the way to ``paths`` the job's uid cannot traverse, shallowest first."""
-    keep: dict[str, set[str]] = {}
-    files: dict[str, set[str]] = {}
-    for path in paths:
-        parts = path.absolute().parts
-        for depth in range(1, len(parts)):
-            directory = os.path.join(*parts[:depth])
-            try:
-                info = os.stat(directory)
-            except OSError:
-                break
-            if not _traversable(info, ident):
-                child = parts[depth]
-                keep.setdefault(directory, set()).add(child)
-                if not os.path.isdir(os.path.join(directory, child)):
-                    files.setdefault(directory, set()).add(child)
-    return [
-        _Cover(d, tuple(sorted(keep[d])), tuple(sorted(files.get(d, ()))))
-        for d in sorted(keep, key=lambda d: (d.count("/"), d))
-    ]
-
-
-HELPER = Path(__file__).with_name("sandbox_exec.py")
-"""The program that sets the sandbox up and execs the job (see its docstring for why not preexec_fn)."""
-
-
-def _helper(*args: str) -> list[str]:
-    # -I: no user site, no PYTHON* variables; -S: no site-packages in a process that is still root.
-    return [sys.executable, "-I", "-S", str(HELPER), *args]
-
-
-@dataclass
-class Plan:
-    """Everything the job's first process does before ``exec``, computed in the agent."""
-
-    rlimits: list[tuple[int, int]]
-    work_dir: str
-    identity: Identity | None = None
-    namespace: bool = False
-    covers: list[_Cover] = field(default_factory=list)
-    hidden: list[str] = field(default_factory=list)
-
-    def command(self, argv: Sequence[str], env: Mapping[str, str]) -> tuple[list[str], int]:
-        """The argv that runs ``argv`` in this sandbox, and the fd carrying the plan (pass it on).
-
-        The plan travels in a memfd, not on the command line: it holds the job's environment.
-        """
-        plan = {
-            "argv": list(argv),
-            "env": dict(env),
-            "rlimits": self.rlimits,
-            "work_dir": self.work_dir,
-            "identity": None
-            if self.identity is None
-            else {"uid": self.identity.uid, "gid": self.identity.gid},
-            "namespace": self.namespace,
-            "covers": [
-                {"directory": c.directory, "keep": list(c.keep), "files": list(c.files)} for c in self.covers
-            ],
-            "hidden": self.hidden,
-            "umask": JOB_UMASK,
-        }
-        fd = os.memfd_create("cosmos-job-plan", 0)  # no MFD_CLOEXEC: the helper inherits it
-        try:
-            os.write(fd, json.dumps(plan).encode())
-            os.lseek(fd, 0, os.SEEK_SET)
-        except BaseException:
-            os.close(fd)
-            raise
-        return _helper(str(fd)), fd
-
-
-def probe_namespace() -> str:
-    """Empty when a job's first process can make a private mount namespace, else why not."""
-    if os.geteuid() != 0:
-        return "the agent is not root"
-    try:
-        done = subprocess.run(_helper("--probe"), capture_output=True, text=True, timeout=30, check=False)
-    except (OSError, subprocess.SubprocessError) as exc:
-        return str(exc)
-    return "" if done.returncode == 0 else done.stderr.strip() or f"exit code {done.returncode}"

@@ -2,7 +2,7 @@
 
 Run by the agent as ``python -I -S sandbox_exec.py PLAN_FD`` (or ``--probe``), never imported. It
 uses the standard library only: ``-S`` keeps start-up short and site-packages out of a root process
-a job's files could influence. The plan (see ``sandbox.Plan``) arrives as JSON on an inherited
+a job's files could influence. The plan (see ``sandbox_plan.Plan``) arrives as JSON on an inherited
 file descriptor, never on the command line (it carries the job's environment, secrets included).
 
 Why not ``preexec_fn``: the agent is a multi-threaded gRPC process, and forking it with Python code

@@ -22,118 +22,63 @@ files is never replaced (the agent does not delete what it did not write).
 
 from __future__ import annotations
 
-import abc
 import asyncio
-import errno
-import hashlib
 import os
-import shutil
 import stat
-import tempfile
 import urllib.parse
-import urllib.request
 from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath
 
 from cosmos import errors
 from cosmos.runtime import s3
 from cosmos.security import storage
+from cosmos.stratum.agent.file_store import FileStore, file_uri_path
+from cosmos.stratum.agent.s3_store import S3ObjectStore
+from cosmos.stratum.agent.stores import (
+    NO_SPACE_ERRNOS,
+    InputFailed,
+    InputMissing,
+    InvalidArtifact,
+    NoSpace,
+    OutputExists,
+    OutputFailed,
+    OutsideStorageRoot,
+    Owner,
+    StagingError,
+    StorageUnavailable,
+    Store,
+    UnsupportedScheme,
+    no_space,
+)
 from cosmos.stratum.v1 import job_pb2
 
-
-class StagingError(errors.CosmosError):
-    """An artifact could not be staged; ``reason`` is a stable code, ``str()`` the human text."""
-
-    reason = "STAGING_FAILED"
-
-
-class InvalidArtifact(StagingError):
-    """The artifact's ``path`` or ``uri`` is malformed (absolute path, ``..``, relative file URI)."""
-
-    reason = "INVALID_SPEC"
-
-
-class UnsupportedScheme(StagingError):
-    """No store is registered for the URI's scheme."""
-
-    reason = "UNSUPPORTED_SCHEME"
-
-
-class InputFailed(StagingError):
-    """An input could not be fetched (missing source, permission, network)."""
-
-    reason = "INPUT_FAILED"
-
-
-class OutputFailed(StagingError):
-    """An output was not produced or could not be stored."""
-
-    reason = "OUTPUT_FAILED"
-
-
-class InputMissing(InputFailed):
-    """The input object (or prefix) does not exist: the same on every run."""
-
-    reason = "INPUT_MISSING"
-
-
-class StorageUnavailable(StagingError):
-    """The object store failed or was unreachable after the retries: worth another attempt."""
-
-    reason = "STORAGE_UNAVAILABLE"
-
-
-class OutsideStorageRoot(StagingError):
-    """A ``file://`` URI lies outside the tenant's storage area (or names a device); never touched."""
-
-    reason = "OUTSIDE_STORAGE_ROOT"
-
-
-class NoSpace(StagingError):
-    """The disk is full (or would be): staging stopped; the message names the path."""
-
-    reason = "NO_SPACE"
-
-
-NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
-
-
-def no_space(exc: OSError, doing: str) -> NoSpace | None:
-    """A :class:`NoSpace` naming what was being done and where, when ``exc`` is a full disk."""
-    if exc.errno not in NO_SPACE_ERRNOS:
-        return None
-    where = f" ({exc.filename})" if exc.filename else ""
-    return NoSpace(f"disk full: {doing}{where}: {exc.strerror or exc}")
-
-
-class OutputExists(OutputFailed):
-    """The destination directory already holds files; the agent never replaces it."""
-
-    reason = "OUTPUT_EXISTS"
-
-
-Owner = tuple[int, int]
-"""A uid and gid."""
-
-
-class Store(abc.ABC):
-    """Fetches and stores files for the URI schemes it is registered for."""
-
-    @abc.abstractmethod
-    async def fetch(self, uri: str, dest: Path) -> None:
-        """Make the file (or directory) at ``uri`` available at ``dest``; ``dest``'s parent exists.
-
-        Raises :class:`InputFailed` when the source does not exist or cannot be read.
-        """
-
-    @abc.abstractmethod
-    async def store(self, src: Path, uri: str, owner: Owner | None = None) -> str:
-        """Copy ``src`` (a file or directory) to ``uri``; returns the final URI of the stored artifact.
-
-        ``owner`` (uid, gid): who a stored file and the directories made for it belong to, where the
-        store has owners (a local file system; the job's uid, so that its tenant can clean them up).
-        Raises :class:`OutputFailed` when it cannot be written.
-        """
+# The stores and errors live apart (stores, file_store, s3_store); the agent and its tests know them
+# as staging's.
+__all__ = [
+    "NO_SPACE_ERRNOS",
+    "FileStore",
+    "InputFailed",
+    "InputMissing",
+    "InvalidArtifact",
+    "NoSpace",
+    "OutputExists",
+    "OutputFailed",
+    "OutsideStorageRoot",
+    "Owner",
+    "S3ObjectStore",
+    "StagingError",
+    "StorageUnavailable",
+    "Store",
+    "StoreRegistry",
+    "UnsupportedScheme",
+    "artifact_path",
+    "check",
+    "default_registry",
+    "file_uri_path",
+    "no_space",
+    "stage_inputs",
+    "stage_outputs",
+]
 
 
 class StoreRegistry:
@@ -211,191 +156,6 @@ def default_registry(
     registry.register("file", FileStore())
     registry.register("s3", S3ObjectStore(s3_client, s3_cache))
     return registry
-
-
-class S3ObjectStore(Store):
-    """``s3://bucket/key`` URIs through :class:`cosmos.runtime.s3.S3Client` (streamed, verified).
-
-    With a ``cache`` directory (on the work dirs' file system), an input object is downloaded once
-    per host and version (its ETag) and hard-linked into each job's work dir: the encode's chunk
-    jobs all read one source, and only the first of them fetches it. Like a ``file://`` input, a
-    hard link shares its data: jobs treat inputs as read-only. The cache is not evicted (yet).
-    """
-
-    def __init__(self, client: s3.S3Client | None = None, cache: Path | None = None) -> None:
-        self._client = client
-        self.cache = cache
-        self._locks: dict[str, asyncio.Lock] = {}
-
-    @property
-    def client(self) -> s3.S3Client:
-        """The client, made on first use: an agent that never sees an s3:// URI needs no config."""
-        if self._client is None:
-            self._client = s3.S3Client()
-        return self._client
-
-    async def fetch(self, uri: str, dest: Path) -> None:
-        try:
-            if not uri.endswith("/") and await self.client.exists(uri):
-                if self.cache is None:
-                    await self.client.download_file(uri, dest)
-                else:
-                    await self._cached(uri, dest)
-            else:
-                await self.client.download_tree(uri, dest)
-        except s3.S3NotFound as exc:
-            raise InputMissing(f"input {uri!r} does not exist: {exc.message}") from exc
-        except s3.S3Error as exc:
-            raise self._classify(exc, f"input {uri!r} could not be fetched") from exc
-        except OSError as exc:
-            full = no_space(exc, f"cannot write input {uri!r} to {dest}")
-            raise (full or InputFailed(f"input {uri!r} could not be written to {dest}: {exc}")) from exc
-
-    async def store(self, src: Path, uri: str, owner: Owner | None = None) -> str:
-        try:
-            if await asyncio.to_thread(src.is_dir):
-                # Like a file:// directory output: never mix with (or overwrite) objects already there,
-                # unless they are this very tree (a retried attempt whose upload had completed).
-                there = await self.client.list_objects(uri)
-                if there:
-                    if sorted(there) != await asyncio.to_thread(_tree, src, uri):
-                        raise OutputExists(f"{uri} already holds other objects; they are left as they are")
-                    return uri
-                await self.client.upload_tree(src, uri)
-            else:
-                await self.client.upload_file(src, uri)
-        except s3.S3Error as exc:
-            cls = self._classify(exc, f"output could not be stored to {uri!r}")
-            raise (cls if isinstance(cls, StorageUnavailable) else OutputFailed(str(cls))) from exc
-        return uri
-
-    async def _cached(self, uri: str, dest: Path) -> None:
-        assert self.cache is not None
-        etag = await self.client.etag(uri)
-        name = hashlib.sha256(f"{uri}\n{etag}".encode()).hexdigest()
-        cached = self.cache / name
-        # One download per object version at a time; concurrent jobs wait for it and then link.
-        async with self._locks.setdefault(name, asyncio.Lock()):
-            if not await asyncio.to_thread(cached.is_file):
-                await self.client.download_file(uri, cached)
-        await asyncio.to_thread(_copy, cached, dest, True)
-
-    @staticmethod
-    def _classify(exc: s3.S3Error, doing: str) -> StagingError:
-        if exc.transient:
-            return StorageUnavailable(f"{doing}: {exc.message}")
-        return InputFailed(f"{doing}: {exc.message}")
-
-
-def file_uri_path(uri: str) -> Path:
-    """The local path of a ``file:///abs/path`` (or ``file://localhost/abs/path``) URI."""
-    parts = urllib.parse.urlsplit(uri)
-    if parts.scheme.lower() != "file":
-        raise InvalidArtifact(f"{uri!r} is not a file:// URI")
-    if parts.netloc not in ("", "localhost"):
-        raise InvalidArtifact(f"{uri!r}: file URIs on another host ({parts.netloc}) are not supported")
-    if not parts.path.startswith("/"):
-        raise InvalidArtifact(f"{uri!r}: a file URI needs an absolute path (file:///dir/name)")
-    return Path(urllib.request.url2pathname(parts.path))
-
-
-class FileStore(Store):
-    """``file://`` URIs: local (or network-mounted) paths.
-
-    Inputs are hard-linked when source and work dir share a file system (no copy of a large media
-    file), else copied. A hard link shares the source's data: jobs must treat inputs as read-only and
-    write their results to new paths. ``link=False`` always copies.
-    """
-
-    def __init__(self, *, link: bool = True) -> None:
-        self.link = link
-
-    async def fetch(self, uri: str, dest: Path) -> None:
-        src = file_uri_path(uri)
-        try:
-            await asyncio.to_thread(_copy, src, dest, self.link)
-        except FileNotFoundError as exc:
-            raise InputFailed(f"input {uri!r} does not exist ({src})") from exc
-        except OSError as exc:
-            full = no_space(exc, f"cannot copy input {uri!r} to {dest}")
-            if full is not None:
-                raise full from exc
-            raise InputFailed(f"input {uri!r} could not be copied: {exc}") from exc
-
-    async def store(self, src: Path, uri: str, owner: Owner | None = None) -> str:
-        dest = file_uri_path(uri)
-        try:
-            await asyncio.to_thread(_publish, src, dest, owner)
-        except OSError as exc:
-            full = no_space(exc, f"cannot store output {src.name!r} to {uri!r}")
-            if full is not None:
-                raise full from exc
-            raise OutputFailed(f"output could not be stored to {uri!r}: {exc}") from exc
-        return uri
-
-
-def _tree(top: Path, uri: str) -> list[tuple[str, int]]:
-    """``(key, size)`` of every file under ``top`` as uploaded below ``uri``."""
-    _, prefix = s3.parse_uri(uri)
-    base = prefix.rstrip("/") + "/" if prefix else ""
-    return sorted(
-        (base + p.relative_to(top).as_posix(), p.stat().st_size) for p in top.rglob("*") if p.is_file()
-    )
-
-
-def _copy(src: Path, dest: Path, link: bool) -> None:
-    def copy_file(s: str, d: str) -> object:
-        if link:
-            try:
-                os.link(s, d)
-                return d
-            except OSError:
-                pass  # another file system, or links not permitted: fall back to copying
-        return shutil.copy2(s, d)
-
-    if not src.exists():
-        raise FileNotFoundError(src)
-    if src.is_dir():
-        shutil.copytree(src, dest, copy_function=copy_file)
-    else:
-        copy_file(str(src), str(dest))
-
-
-def _publish(src: Path, dest: Path, owner: Owner | None = None) -> None:
-    # Copy next to the destination, then rename: a reader never sees a half-written output. A file
-    # replaces the file there (a retried attempt); a directory takes the place of nothing or of an
-    # empty directory only: one holding files was not written by this attempt and is never removed.
-    made = [d for d in (dest.parent, *dest.parent.parents) if not d.exists()]
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    if owner is not None:
-        for d in made:
-            os.chown(d, *owner, follow_symlinks=False)
-    if src.is_dir() and (dest.is_symlink() or (dest.exists() and (not dest.is_dir() or any(dest.iterdir())))):
-        raise OutputExists(f"{dest} already exists and is not an empty directory; it is left as it is")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
-        staged = tmp / dest.name
-        if src.is_dir():
-            shutil.copytree(src, staged)
-        else:
-            shutil.copy2(src, staged)
-        if owner is not None:
-            _chown_tree(staged, owner)
-        try:
-            os.replace(staged, dest)  # onto a directory that gained files meanwhile: refused (ENOTEMPTY)
-        except OSError as exc:
-            if src.is_dir() and dest.is_dir():
-                raise OutputExists(f"{dest} gained files while the output was copied; left as it is") from exc
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # only the copy made here
-
-
-def _chown_tree(top: Path, owner: Owner) -> None:
-    os.chown(top, *owner, follow_symlinks=False)
-    for dirpath, dirnames, filenames in os.walk(top):
-        for name in [*dirnames, *filenames]:
-            os.chown(os.path.join(dirpath, name), *owner, follow_symlinks=False)
 
 
 def artifact_path(work_dir: Path, path: str) -> Path:
