@@ -1,4 +1,5 @@
-"""The CLI's pure parts: --since, id prefixes, paging to the end, step progress, error lines."""
+"""The CLI's pure parts: --since, id prefixes, paging to the end, step progress, error lines, the
+command that needs a distribution not installed."""
 
 from __future__ import annotations
 
@@ -9,10 +10,39 @@ import pytest
 from google.protobuf import timestamp_pb2
 
 from cosmos import errors
-from cosmos.cli import platform
+from cosmos.cli import main, platform
 from cosmos.plato.v1 import workflow_pb2
 
 NOW = dt.datetime(2026, 1, 31, 12, 0, tzinfo=dt.UTC)
+
+
+@pytest.mark.parametrize(
+    ("command", "missing", "distribution"),
+    [("up", "cosmos.stack", "cosmos-media-stack"), ("plato", "cosmos.plato.server", "cosmos-media-plato"),
+     ("agent", "cosmos.stratum", "cosmos-media-stratum")],
+)  # fmt: skip
+def test_a_command_whose_distribution_is_not_installed_names_it(
+    command: str,
+    missing: str,
+    distribution: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def import_module(name: str) -> None:
+        raise ModuleNotFoundError(f"No module named {missing!r}", name=missing)
+
+    monkeypatch.setattr("importlib.import_module", import_module)
+    assert main.main([command]) == 2
+    assert f"cosmos {command}: needs the {distribution} distribution" in capsys.readouterr().err
+
+
+def test_a_missing_module_of_anything_else_is_not_hidden(monkeypatch: pytest.MonkeyPatch) -> None:
+    def import_module(name: str) -> None:
+        raise ModuleNotFoundError("No module named 'rich'", name="rich")
+
+    monkeypatch.setattr("importlib.import_module", import_module)
+    with pytest.raises(ModuleNotFoundError):
+        main.main(["jobs"])
 
 
 def test_since_takes_durations_and_iso_times_and_names_a_bad_value() -> None:
