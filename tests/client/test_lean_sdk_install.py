@@ -121,8 +121,9 @@ async def test_a_worker_with_only_the_sdk_distribution_completes_steps(
     assert probe.returncode == 0, probe.stderr
     assert json.loads(probe.stdout) == []
     # The CLI says which distribution a server command needs, instead of a traceback.
-    up = _run([str(lean / "bin" / "cosmos"), "up"], env, tmp_path)
-    assert up.returncode == 2 and "cosmos-media-stack" in up.stderr, up.stdout + up.stderr
+    for command, distribution in (("up", "cosmos-media-stack"), ("plato", "cosmos-media-plato")):
+        done = _run([str(lean / "bin" / "cosmos"), command], env, tmp_path)
+        assert done.returncode == 2 and distribution in done.stderr, done.stdout + done.stderr
     print(f"lean environment: {len(packages)} packages, ready in {time.monotonic() - started:.1f}s")
 
     await run_readme_worker(plato, tmp_path, python=python, env=env)

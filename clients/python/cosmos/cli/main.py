@@ -43,11 +43,25 @@ DISTRIBUTIONS: dict[str, str] = {
 }
 
 
-def missing_distribution(exc: ModuleNotFoundError) -> str | None:
-    """The distribution that would provide the module ``exc`` says is missing, if it is a part of
-    Cosmos that the SDK's distribution leaves out."""
+def installed(distribution: str) -> bool:
+    """Whether ``distribution`` is installed in this environment."""
+    from importlib import metadata
+
+    try:
+        metadata.distribution(distribution)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def missing_distribution(exc: ImportError) -> str | None:
+    """The distribution that would provide the module ``exc`` failed on, if it is a part of Cosmos that
+    the SDK's distribution leaves out and it is not installed. (Without Plato's distribution,
+    ``cosmos.plato`` is still a namespace, the contracts' ``cosmos.plato.v1`` in it: ``from
+    cosmos.plato import server`` fails with an ImportError naming ``cosmos.plato``.)"""
     name = exc.name or ""
-    return next((d for p, d in DISTRIBUTIONS.items() if name == p or name.startswith(p + ".")), None)
+    found = next((d for p, d in DISTRIBUTIONS.items() if name == p or name.startswith(p + ".")), None)
+    return found if found is not None and not installed(found) else None
 
 
 def version() -> str:
@@ -89,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     module_name, function = COMMANDS[command][0].split(":")
     try:
         module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
+    except ImportError as exc:
         distribution = missing_distribution(exc)
         if distribution is None:
             raise
