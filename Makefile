@@ -27,7 +27,8 @@ system-packages:
 	@sh scripts/install-system-packages.sh
 
 ## image: build the worker image localhost/cosmos-worker:<version> (Debian minbase + python3 + the
-## project's wheel + ffmpeg, podman import); skipped when the image of these sources exists
+## wheels of the optimus, runtime and contracts distributions + ffmpeg, podman import); skipped when
+## the image of these sources exists
 image: install
 	$(BIN)/python scripts/build_worker_image.py
 
