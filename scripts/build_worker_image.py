@@ -1,12 +1,13 @@
 """Build the worker image, ``localhost/cosmos-worker:<version>``, locally (``make image``).
 
 No registry is assumed reachable, so nothing is pulled: a minimal Debian root filesystem from
-``mmdebstrap --variant=minbase`` with ``python3``, the project's wheel and its dependencies installed
-under ``/usr/local`` (``imageio-ffmpeg`` brings a static ffmpeg, linked as ``/usr/local/bin/ffmpeg``),
-imported with ``podman import``. Chunk jobs run ``python3 -m cosmos.optimus.media`` in it.
+``mmdebstrap --variant=minbase`` with ``python3``, the wheels of the distributions chunk jobs run
+(Optimus's, for ``python3 -m cosmos.optimus.media``, the runtime's and the contracts') and their
+dependencies installed under ``/usr/local`` (``imageio-ffmpeg`` brings a static ffmpeg, linked as
+``/usr/local/bin/ffmpeg``), imported with ``podman import``.
 
 Cached: the image is also tagged ``<version>-<source hash>`` (the hash covers the installed sources,
-``pyproject.toml``, this script and the Debian suite); when that tag exists, nothing is built.
+the ``pyproject.toml`` files, this script and the Debian suite); when that tag exists, nothing is built.
 
     python scripts/build_worker_image.py [--tag localhost/cosmos-worker] [--suite bookworm] [--force]
 
@@ -30,15 +31,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_REPO = "localhost/cosmos-worker"
-SOURCES = (
-    "pyproject.toml",
-    "README.md",
-    "services",
-    "protos/gen",
-    "clients",
-    "scripts/build_worker_image.py",
-)
-"""What goes into the wheel (and this recipe): a change here means a new image."""
+ROOTS = ("protos/gen", "services/runtime", "services/optimus")
+"""The roots of the distributions the image holds (docs/architecture.md, "Distributions")."""
+SOURCES = ("pyproject.toml", *ROOTS, "scripts/build_worker_image.py")
+"""What goes into the wheels (and this recipe, and the version): a change here means a new image."""
 PYTHON_SITE = "/usr/local/lib/python3.11/dist-packages"
 """Where Debian bookworm's python3 looks for locally installed packages."""
 PIP = (sys.executable, "-m", "pip")
@@ -111,15 +107,16 @@ def build(repo: str, suite: str, force: bool) -> str:
     with tempfile.TemporaryDirectory(prefix="cosmos-image-") as tmp:
         work = Path(tmp)
         wheels, site = work / "wheels", work / "site"
-        # The project's wheel, built offline with the backend already in the virtual environment.
+        # The distributions' wheels, built offline with the backend already in the virtual environment.
         _run(
-            [*PIP, "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(ROOT)],
-            "project wheel",
-        )
-        wheel = next(wheels.glob("*.whl"))
-        # Same interpreter version as bookworm's python3 (3.11), so the binary wheels fit it.
+            [*PIP, "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(wheels),
+             *(str(ROOT / root) for root in ROOTS)],
+            "wheels",
+        )  # fmt: skip
+        # Same interpreter version as bookworm's python3 (3.11), so the binary wheels fit it. All the
+        # wheels in one command: the distributions' names for each other resolve to them.
         _run(
-            [*PIP, "install", "--quiet", "--no-compile", "--target", str(site), str(wheel)],
+            [*PIP, "install", "--quiet", "--no-compile", "--target", str(site), *map(str, wheels.iterdir())],
             "dependencies",
         )
         ffmpeg = next((site / "imageio_ffmpeg" / "binaries").glob("ffmpeg-*"))

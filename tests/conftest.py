@@ -7,16 +7,18 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 import security_harness
+from plato_harness import PlatoClient
 from servers import ServiceProcess, stop_process, wait_serving
 from stratum_harness import Agents
 
+from cosmos.plato.v1 import workflow_service_pb2_grpc
 from cosmos.runtime.config import Address, free_port
 from cosmos.stack import natsd, seaweed
 
@@ -124,6 +126,16 @@ def start_service(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
     yield start
     for service in reversed(started):
         service.stop()
+
+
+@pytest.fixture
+async def plato(start_service: Callable[..., ServiceProcess], nats_url: str) -> AsyncIterator[PlatoClient]:
+    """A real Plato server (``cosmos plato``) on the test's NATS, and a client of it."""
+    service = start_service("plato", "--nats", nats_url)
+    async with security_harness.channel(service.target) as channel:
+        yield PlatoClient(
+            service.target, nats_url, channel, workflow_service_pb2_grpc.WorkflowServiceStub(channel)
+        )
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""The CLI's pure parts: --since, id prefixes, paging to the end, step progress, error lines."""
+"""The CLI's pure parts: --since, id prefixes, paging to the end, step progress, error lines, the
+command that needs a distribution not installed."""
 
 from __future__ import annotations
 
@@ -9,12 +10,55 @@ import pytest
 from google.protobuf import timestamp_pb2
 
 from cosmos import errors
-from cosmos.cli import platform
+from cosmos.cli import main, platform
 from cosmos.plato.v1 import workflow_pb2
 
 pytestmark = pytest.mark.unit
 
 NOW = dt.datetime(2026, 1, 31, 12, 0, tzinfo=dt.UTC)
+
+
+MISSING = [
+    ("up", ModuleNotFoundError("No module named 'cosmos.stack'", name="cosmos.stack"), "cosmos-media-stack"),
+    # cosmos.plato is still a namespace there (the contracts' cosmos.plato.v1 is in it).
+    ("plato", ImportError("cannot import name 'server' from 'cosmos.plato'", name="cosmos.plato"),
+     "cosmos-media-plato"),
+    ("agent", ModuleNotFoundError("No module named 'cosmos.stratum.agent'", name="cosmos.stratum.agent"),
+     "cosmos-media-stratum"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("command", "error", "distribution"), MISSING)
+def test_a_command_whose_distribution_is_not_installed_names_it(
+    command: str,
+    error: ImportError,
+    distribution: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def import_module(name: str) -> None:
+        raise error
+
+    monkeypatch.setattr("importlib.import_module", import_module)
+    monkeypatch.setattr(main, "installed", lambda name: name != distribution)
+    assert main.main([command]) == 2
+    assert f"cosmos {command}: needs the {distribution} distribution" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "error",
+    [ModuleNotFoundError("No module named 'rich'", name="rich"),  # not a part of Cosmos
+     ImportError("cannot import name 'x' from 'cosmos.stack.embedded'", name="cosmos.stack.embedded")],
+)  # fmt: skip
+def test_an_import_error_of_anything_else_is_not_hidden(
+    error: ImportError, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def import_module(name: str) -> None:
+        raise error
+
+    monkeypatch.setattr("importlib.import_module", import_module)  # cosmos-media-stack is installed here
+    with pytest.raises(ImportError):
+        main.main(["up"])
 
 
 def test_since_takes_durations_and_iso_times_and_names_a_bad_value() -> None:

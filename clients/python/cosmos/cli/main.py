@@ -32,13 +32,44 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "agent": ("cosmos.stratum.agent.main:main", "run a Stratum agent on this host"),
 }
 
+# The CLI ships in the SDK's distribution (cosmos-media-sdk); the commands that run a server or the
+# embedded stack need that part's distribution too (docs/architecture.md, "Distributions").
+DISTRIBUTIONS: dict[str, str] = {
+    "cosmos.stack": "cosmos-media-stack",
+    "cosmos.plato": "cosmos-media-plato",
+    "cosmos.stratum": "cosmos-media-stratum",
+    "cosmos.optimus": "cosmos-media-optimus",
+    "cosmos.console": "cosmos-media-console",
+}
+
+
+def installed(distribution: str) -> bool:
+    """Whether ``distribution`` is installed in this environment."""
+    from importlib import metadata
+
+    try:
+        metadata.distribution(distribution)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def missing_distribution(exc: ImportError) -> str | None:
+    """The distribution that would provide the module ``exc`` failed on, if it is a part of Cosmos that
+    the SDK's distribution leaves out and it is not installed. (Without Plato's distribution,
+    ``cosmos.plato`` is still a namespace, the contracts' ``cosmos.plato.v1`` in it: ``from
+    cosmos.plato import server`` fails with an ImportError naming ``cosmos.plato``.)"""
+    name = exc.name or ""
+    found = next((d for p, d in DISTRIBUTIONS.items() if name == p or name.startswith(p + ".")), None)
+    return found if found is not None and not installed(found) else None
+
 
 def version() -> str:
     """The installed version of Cosmos."""
     from importlib import metadata
 
     try:
-        return metadata.version("cosmos-media")
+        return metadata.version("cosmos-media-sdk")
     except metadata.PackageNotFoundError:
         return "unknown"
 
@@ -70,5 +101,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cosmos: unknown command {command!r}{hint}\n\n{usage()}", end="", file=sys.stderr)
         return 2
     module_name, function = COMMANDS[command][0].split(":")
-    code: int = getattr(importlib.import_module(module_name), function)(rest)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        distribution = missing_distribution(exc)
+        if distribution is None:
+            raise
+        print(
+            f"cosmos {command}: needs the {distribution} distribution, which is not installed here"
+            f" (pip install {distribution})",
+            file=sys.stderr,
+        )
+        return 2
+    code: int = getattr(module, function)(rest)
     return code
