@@ -26,6 +26,7 @@ from cosmos.plato.language.expressions import (
     ROOTS,
     Expression,
     SyntaxProblem,
+    is_number,
     parse_conjunction,
     parse_loops,
     step_name_problem,
@@ -134,10 +135,6 @@ def field_name(loc: Loc) -> str:
     return name
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 def _kind_of(value: object) -> str:
     """A value's kind in the author's words."""
     if value is None:
@@ -148,7 +145,7 @@ def _kind_of(value: object) -> str:
         return "a mapping"
     if isinstance(value, list):
         return "a list"
-    if _is_number(value):
+    if is_number(value):
         return "a number"
     return "a string"
 
@@ -162,7 +159,7 @@ def _as_string(value: object) -> object:
     """YAML reads ``-crf, 23`` as a number; JobSpec's argv, env and labels hold strings."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if _is_number(value):
+    if is_number(value):
         return str(value)
     return value
 
