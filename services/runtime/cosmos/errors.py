@@ -63,7 +63,7 @@ keeps it complete and true)::
     ├── InexactNumber                       cosmos.protocol.values            int beyond 2^53 (a ValueError)
     ├── SyntaxProblem                       cosmos.plato.language.expressions an expression is malformed
     ├── TemplateProblem                     cosmos.plato.language.templates   a template cannot be compiled
-    ├── _Abort                              cosmos.plato.language.parser      YAML too big or deep
+    ├── Abort                               cosmos.plato.language.yaml_reader YAML too big or deep
     ├── LeadershipLost                      cosmos.stratum.leader             this replica is leader no more
     ├── PlacementError                      cosmos.stratum.scheduling.cluster does not fit (a ValueError)
     ├── UnsupportedRuntime                  cosmos.stratum.agent.containers   runtime not on this agent

@@ -45,6 +45,7 @@ __all__ = [
     "Path",
     "SyntaxProblem",
     "Truthy",
+    "is_number",
     "parse_condition",
     "parse_conjunction",
     "parse_expr",
@@ -93,7 +94,7 @@ def step_name_problem(name: str) -> str | None:
 # Evaluation helpers: total functions over JSON-like values.
 
 
-def _is_number(value: object) -> bool:
+def is_number(value: object) -> bool:
     # bool is an int subclass in Python; in the language it is not a number.
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -108,7 +109,7 @@ def truthy(value: object) -> bool:
 
 def values_equal(left: object, right: object) -> bool:
     """``==`` of the language: by value, numbers across int/float, booleans only equal booleans."""
-    if _is_number(left) and _is_number(right):
+    if is_number(left) and is_number(right):
         return left == right
     if isinstance(left, bool) or isinstance(right, bool):
         return isinstance(left, bool) and isinstance(right, bool) and left == right
@@ -124,9 +125,7 @@ def values_equal(left: object, right: object) -> bool:
 
 
 def _ordered(op: str, left: object, right: object) -> bool:
-    comparable = (_is_number(left) and _is_number(right)) or (
-        isinstance(left, str) and isinstance(right, str)
-    )
+    comparable = (is_number(left) and is_number(right)) or (isinstance(left, str) and isinstance(right, str))
     if not comparable:
         return False
     a: Any = left
