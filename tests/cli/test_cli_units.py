@@ -10,7 +10,7 @@ import pytest
 from google.protobuf import timestamp_pb2
 
 from cosmos import errors
-from cosmos.cli import main, platform
+from cosmos.cli import lookup, main, workflows
 from cosmos.plato.v1 import workflow_pb2
 
 pytestmark = pytest.mark.unit
@@ -62,23 +62,23 @@ def test_an_import_error_of_anything_else_is_not_hidden(
 
 
 def test_since_takes_durations_and_iso_times_and_names_a_bad_value() -> None:
-    assert platform.parse_since("15m", NOW) == NOW - dt.timedelta(minutes=15)
-    assert platform.parse_since("1.5h", NOW) == NOW - dt.timedelta(minutes=90)
-    assert platform.parse_since("2d", NOW) == NOW - dt.timedelta(days=2)
-    assert platform.parse_since("2026-01-30T08:00", NOW) == dt.datetime(2026, 1, 30, 8, tzinfo=dt.UTC)
-    assert platform.parse_since("", NOW) is None
+    assert lookup.parse_since("15m", NOW) == NOW - dt.timedelta(minutes=15)
+    assert lookup.parse_since("1.5h", NOW) == NOW - dt.timedelta(minutes=90)
+    assert lookup.parse_since("2d", NOW) == NOW - dt.timedelta(days=2)
+    assert lookup.parse_since("2026-01-30T08:00", NOW) == dt.datetime(2026, 1, 30, 8, tzinfo=dt.UTC)
+    assert lookup.parse_since("", NOW) is None
     with pytest.raises(errors.ConfigError, match="--since 'soon'"):
-        platform.parse_since("soon", NOW)
+        lookup.parse_since("soon", NOW)
 
 
 def test_an_id_or_a_unique_prefix_names_one_and_an_ambiguous_one_lists_them() -> None:
     ids = ["enc-1a", "enc-1b", "enc-2c"]
-    assert platform.unique("enc-2", ids, "workflow") == "enc-2c"
-    assert platform.unique("enc-1a", ids, "workflow") == "enc-1a"
+    assert lookup.unique("enc-2", ids, "workflow") == "enc-2c"
+    assert lookup.unique("enc-1a", ids, "workflow") == "enc-1a"
     with pytest.raises(errors.ConfigError, match="ambiguous: enc-1a, enc-1b"):
-        platform.unique("enc-1", ids, "workflow")
+        lookup.unique("enc-1", ids, "workflow")
     with pytest.raises(errors.ConfigError, match="no workflow with id or id prefix 'x'"):
-        platform.unique("x", ids, "workflow")
+        lookup.unique("x", ids, "workflow")
 
 
 def stamp(minutes_ago: int) -> timestamp_pb2.Timestamp:
@@ -103,12 +103,12 @@ async def test_lists_walk_every_page_filter_and_stop_at_since() -> None:
     def ids(found: list[workflow_pb2.Workflow]) -> list[str]:
         return [w.workflow_id for w in found]
 
-    every = await platform.collect(fetch, lambda _: True, 0)
+    every = await lookup.collect(fetch, lambda _: True, 0)
     assert ids(every) == [f"wf-{i}" for i in range(7)] and asked == ["", "2", "4", "6"]
-    assert ids(await platform.collect(fetch, lambda w: w.tenant == "a", 2)) == ["wf-1", "wf-3"]
+    assert ids(await lookup.collect(fetch, lambda w: w.tenant == "a", 2)) == ["wf-1", "wf-3"]
     asked.clear()
     since = NOW - dt.timedelta(minutes=25)
-    newer = await platform.collect(fetch, lambda _: True, 0, lambda w: w.create_time, since)
+    newer = await lookup.collect(fetch, lambda _: True, 0, lambda w: w.create_time, since)
     assert ids(newer) == ["wf-0", "wf-1", "wf-2"] and asked == ["", "2", "4"]  # page 4-5 all older: stop
 
 
@@ -119,7 +119,7 @@ def test_a_completed_step_reads_100_percent_whatever_it_last_reported() -> None:
     running.progress.percent = 42.0
     failed = workflow_pb2.StepExecution(state=workflow_pb2.STEP_STATE_FAILED)
     failed.progress.percent = 42.0
-    assert [platform.step_progress(s) for s in (done, running, failed)] == ["100%", "42%", ""]
+    assert [workflows.step_progress(s) for s in (done, running, failed)] == ["100%", "42%", ""]
 
 
 def test_no_worker_notice_says_which_step_for_how_long() -> None:
@@ -127,5 +127,5 @@ def test_no_worker_notice_says_which_step_for_how_long() -> None:
     step = wf.steps.add(step_id="mux-final", task_queue="mux-final", state=workflow_pb2.STEP_STATE_SCHEDULED)
     step.no_worker_since_time.FromDatetime(NOW - dt.timedelta(seconds=30))
     wf.steps.add(step_id="probe", state=workflow_pb2.STEP_STATE_COMPLETED)
-    [notice] = platform.no_worker_notices(wf, NOW)
+    [notice] = workflows.no_worker_notices(wf, NOW)
     assert "no worker for step mux-final for 30 s" in notice and "'mux-final'" in notice

@@ -20,6 +20,7 @@ from google.protobuf import struct_pb2
 from plato_harness import PlatoClient, event_names
 
 from cosmos.cli import platform
+from cosmos.cli import workflows as workflows_cli
 from cosmos.plato import records
 from cosmos.plato.store import PlatoStore, Storage, StoreConfig
 from cosmos.plato.v1 import (
@@ -304,11 +305,11 @@ async def test_cli_retries_and_resets_and_prints_refusals_without_a_traceback(
     ctx = cli_context(plato)
     new_input = tmp_path / "input.json"
     new_input.write_text(json.dumps({"parts": ["a", "b", "c"], "from": "file"}))
-    said = await platform.workflows_resume(ctx, wf_id, new_input=platform.parse_input(f"@{new_input}"))
+    said = await workflows_cli.resume(ctx, wf_id, new_input=workflows_cli.parse_input(f"@{new_input}"))
     assert said.startswith(f"{wf_id} retried: ")
     wf = await plato.wait(wf_id)
     assert wf.state == WS.WORKFLOW_STATE_COMPLETED and values.struct_to_dict(wf.input)["from"] == "file"
-    said = await platform.workflows_resume(ctx, wf_id, step="finish", request_id="cli-reset")
+    said = await workflows_cli.resume(ctx, wf_id, step="finish", request_id="cli-reset")
     assert said.startswith(f"{wf_id} reset to step finish: ")
     assert (await plato.wait(wf_id)).state == WS.WORKFLOW_STATE_COMPLETED
     assert handlers.calls["finish"] == 2 and handlers.calls["prep"] == 1

@@ -70,7 +70,7 @@ keeps it complete and true)::
     ├── SandboxError                        cosmos.stratum.agent.sandbox      a sandbox cannot be set up
     ├── Refused                             cosmos.stratum.agent.attempt      an attempt cannot start
     ├── Stopped                             cosmos.stratum.agent.attempt      cancelled between processes
-    ├── Detached                            cosmos.cli.encode                 the user stopped watching
+    ├── Detached                            cosmos.cli.encode_watch           the user stopped watching
     └── StagingError                        cosmos.stratum.agent.stores       an artifact could not be staged
         ├── InvalidArtifact                 cosmos.stratum.agent.stores       malformed path or URI
         ├── UnsupportedScheme               cosmos.stratum.agent.stores       no store for the URI's scheme

@@ -50,6 +50,15 @@ def emit(data: Mapping[str, Any], fmt: str, tables: Callable[[], Iterable[Table 
             console.print(table)
 
 
+def said(fmt: str, message: Message, text: str) -> str | None:
+    """What an action prints: ``text`` for people (returned, for the caller to print), else the
+    resulting ``message`` in ``fmt``, printed here."""
+    if fmt == "table":
+        return text
+    emit(to_data(message), fmt, lambda: [])
+    return None
+
+
 def table(title: str, columns: Iterable[str], *, ids: Iterable[str] = (), cut: Iterable[str] = ()) -> Table:
     """A table whose id columns are never cut or wrapped (ids are meant to be copied); ``cut``
     columns are one line, cut with an ellipsis (``-o json`` has them whole)."""
