@@ -34,12 +34,12 @@ keeps it complete and true)::
     │   │   └── NotLeaderError              cosmos.stratum.leader             ask the leader instead
     │   └── ResourceExhaustedError          cosmos.errors                     RESOURCE_EXHAUSTED
     ├── PublishError                        cosmos.runtime.publisher          JetStream refused a publish
-    ├── S3Error                             cosmos.runtime.s3                 an S3 operation failed
-    │   ├── ChecksumMismatch                cosmos.runtime.s3                 read is not what was written
-    │   ├── InvalidS3Uri                    cosmos.runtime.s3                 not an s3://bucket/key URI
-    │   ├── S3AccessDenied                  cosmos.runtime.s3                 credentials missing or refused
-    │   ├── S3NotFound                      cosmos.runtime.s3                 no such object or bucket
-    │   └── S3Unavailable                   cosmos.runtime.s3                 unreachable after the retries
+    ├── S3Error                             cosmos.runtime.s3_errors          an S3 operation failed
+    │   ├── ChecksumMismatch                cosmos.runtime.s3_errors          read is not what was written
+    │   ├── InvalidS3Uri                    cosmos.runtime.s3_errors          not an s3://bucket/key URI
+    │   ├── S3AccessDenied                  cosmos.runtime.s3_errors          credentials missing or refused
+    │   ├── S3NotFound                      cosmos.runtime.s3_errors          no such object or bucket
+    │   └── S3Unavailable                   cosmos.runtime.s3_errors          unreachable after the retries
     ├── SecretsError                        cosmos.security.secrets           sealed secrets cannot be opened
     ├── InvalidJobError                     cosmos.client.errors              build() refused (a ValueError)
     ├── JobError                            cosmos.client.errors              the job did not succeed

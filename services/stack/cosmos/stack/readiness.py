@@ -1,4 +1,5 @@
-"""Waiting until a server reports SERVING through the standard health service."""
+"""Waiting until a component is ready: a server reports SERVING through the standard health service,
+the console answers its HTTPS health path, Stratum lists an agent READY."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from cosmos import errors
 from cosmos.runtime import channels
 from cosmos.security.config import Security
+from cosmos.stratum.v1 import agent_pb2, pool_service_pb2, pool_service_pb2_grpc
 
 
 async def health_status(
@@ -96,3 +98,32 @@ async def wait_https(
         except (OSError, http.client.HTTPException) as exc:
             last = str(exc) or type(exc).__name__
         await asyncio.sleep(0.1)
+
+
+async def wait_agent_ready(
+    stratum: str,
+    agent_id: str,
+    *,
+    timeout: float,
+    security: Security,
+    gave_up: Callable[[], int | None] = lambda: None,
+) -> None:
+    """Poll Stratum at ``stratum`` until it lists agent ``agent_id`` READY; ``gave_up`` returning an
+    exit code stops the wait."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    async with channels.connect(stratum, "stratum", security) as channel:
+        pool = pool_service_pb2_grpc.PoolServiceStub(channel)
+        while loop.time() < deadline:
+            code = gave_up()
+            if code is not None:
+                raise errors.ProcessStartError(agent_id, f"exited with code {code}")
+            try:
+                reply = await pool.GetAgent(pool_service_pb2.GetAgentRequest(agent_id=agent_id), timeout=2)
+                if reply.agent.state == agent_pb2.AGENT_STATE_READY:
+                    return
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+            await asyncio.sleep(0.1)
+    raise errors.ProcessStartError(agent_id, f"not registered READY with Stratum after {timeout:.0f}s")
