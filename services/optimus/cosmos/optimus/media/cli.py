@@ -146,7 +146,7 @@ def _boolean(value: str) -> bool:
 
 
 def _json_list(value: str, flag: str) -> list[Any]:
-    from cosmos.optimus.media.encode import load_json_arg
+    from cosmos.optimus.media.assemble import load_json_arg
 
     data = load_json_arg(value, flag)
     if not isinstance(data, list):
@@ -205,7 +205,7 @@ def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
 
         return verify_chunk(args.path, args.duration)
     if cmd == "assemble":
-        from cosmos.optimus.media.encode import assemble, chunk_results
+        from cosmos.optimus.media.assemble import assemble, chunk_results
 
         if (args.inputs is None) == (args.encoded is None) or (
             args.encoded is not None and args.count is None

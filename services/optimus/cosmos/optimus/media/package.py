@@ -30,7 +30,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from cosmos.optimus.media.encode import flatten
+from cosmos.optimus.media.assemble import flatten
 from cosmos.optimus.media.ffmpeg import MediaError, Progress, run_ffmpeg
 from cosmos.optimus.media.files import replacing
 from cosmos.optimus.media.probe import probe, require_file
