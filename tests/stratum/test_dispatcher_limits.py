@@ -12,9 +12,8 @@ import security_harness
 from cosmos import errors
 from cosmos.runtime import jetstream
 from cosmos.security.tls import TlsFiles
-from cosmos.stratum import dispatcher as dispatcher_module
 from cosmos.stratum.agent import progress
-from cosmos.stratum.dispatcher import Dispatcher
+from cosmos.stratum.dispatcher import Dispatcher, core
 from cosmos.stratum.placement import SchedulerAllocator
 from cosmos.stratum.registry import AgentRegistry
 from cosmos.stratum.store import EVENTS_STREAM, JobStore, events_subject
@@ -60,7 +59,7 @@ def spec(env_bytes: int = 0) -> job_pb2.JobSpec:
 async def test_a_job_too_big_to_store_is_refused_and_left_nowhere(
     pool: Pool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(dispatcher_module, "MAX_JOB_BYTES", 10_000)
+    monkeypatch.setattr(core, "MAX_JOB_BYTES", 10_000)
     with pytest.raises(errors.InvalidArgumentError):
         await pool.dispatcher.submit("too-big", spec(env_bytes=20_000))
     assert not pool.dispatcher.jobs
@@ -72,7 +71,7 @@ async def test_a_job_that_cannot_be_sent_is_failed_once_with_a_reason(
 ) -> None:
     job, _ = await pool.dispatcher.submit("unsendable", spec(env_bytes=20_000))
     # Accepted, but (say the limit changed) its assignment no longer fits an agent's message.
-    monkeypatch.setattr(dispatcher_module, "MAX_JOB_BYTES", 10_000)
+    monkeypatch.setattr(core, "MAX_JOB_BYTES", 10_000)
     await pool.dispatcher._pass()
     await pool.dispatcher._pass()  # nothing left to retry: the second pass finds no job
     assert job.job_id not in pool.dispatcher.jobs

@@ -3,7 +3,9 @@
 - :mod:`.model`: ``NodeState``/``GpuState`` (an agent's capacity and what is free), ``Demand`` (a
   queued job's needs, tenant, priority, enqueue time), ``Placement`` (node, GPU indices, milli-GPUs
   per GPU), ``Assignment``.
-- :mod:`.cluster`: ``Cluster``, the nodes and allocations with a vectorised filter.
+- :mod:`.cluster`: ``Cluster``, the nodes and the allocations on them (``PlacementError``), built on
+  :mod:`.node_index` (each node in a slot, per-slot numpy arrays); :mod:`.fit`: the vectorised filter
+  of the nodes a demand fits on and the exact check.
 - :mod:`.mix` and :mod:`.fragmentation`: the learned typical task mix and node fragmentation.
 - :mod:`.policies`: ``fgd`` (default), ``fgd-paper`` (the paper's measure), ``best-fit``,
   ``first-fit``.

@@ -23,10 +23,12 @@ from typing import Protocol
 
 import numpy as np
 
-from cosmos.stratum.scheduling.cluster import MIXED, Cluster, IntArray, usable_gpus
+from cosmos.stratum.scheduling.cluster import Cluster
+from cosmos.stratum.scheduling.fit import usable_gpus
 from cosmos.stratum.scheduling.fragmentation import CompiledMix, FloatArray, gpu_key
 from cosmos.stratum.scheduling.mix import DEFAULT_MIX, TaskMix
 from cosmos.stratum.scheduling.model import MILLI, Demand, GpuState, NodeState
+from cosmos.stratum.scheduling.node_index import MIXED, IntArray
 
 Choice = tuple[int, tuple[int, ...]]
 """(slot, GPU indices on that node)."""
