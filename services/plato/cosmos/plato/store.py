@@ -10,65 +10,34 @@
 - ``plato-steps`` (KV): ``<workflow>.<hex(step_id)>`` → :class:`StepRecord`.
 - ``plato-blobs`` (object store): large values (see :mod:`cosmos.plato.records`).
 
-There is no other store.
+There is no other store. They are declared (and :class:`StoreConfig` sizes them) in
+:mod:`cosmos.plato.store_assets`; :class:`Storage` and :class:`StoreConfig` are re-exported here.
 """
 
 from __future__ import annotations
 
-import enum
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
-from nats.js.api import (
-    DiscardPolicy,
-    Header,
-    KeyValueConfig,
-    ObjectStoreConfig,
-    RetentionPolicy,
-    StorageType,
-    StreamConfig,
-)
+from nats.js.api import Header
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from cosmos import errors
+from cosmos.plato import store_assets
 from cosmos.plato.language import model, parser
 from cosmos.plato.latest import LatestVersions
+from cosmos.plato.store_assets import Storage, StoreConfig
 from cosmos.plato.v1 import definition_pb2, engine_pb2
 from cosmos.protocol import subjects
 from cosmos.runtime import jetstream, kvscan, publisher
 
+__all__ = ["Conflict", "PlatoStore", "Storage", "StoreConfig"]
+
 log = logging.getLogger(__name__)
-
-DAY = 24 * 3600.0
-
-
-class Storage(enum.StrEnum):
-    """Where JetStream keeps Plato's streams and buckets."""
-
-    FILE = "file"
-    MEMORY = "memory"
-
-
-@dataclass(frozen=True)
-class StoreConfig:
-    """Sizing and durability of Plato's JetStream assets."""
-
-    storage: Storage = Storage.FILE
-    """File (durable across server restarts) or memory."""
-    replicas: int = 1
-    """Replicas per stream and bucket (3 in a JetStream cluster)."""
-    history_days: float = 30.0
-    """How long workflow histories are kept."""
-    duplicate_window: float = 600.0
-    """Seconds within which a re-published message with the same Nats-Msg-Id is dropped."""
-    ack_timeout: float = 5.0
-    """Seconds to wait for JetStream to confirm a write before giving up on it."""
-
 
 # JetStream's answers to a compare-and-set whose expected last sequence is not the subject's.
 _WRONG_LAST_SEQUENCE = (10071, 10164)
@@ -87,10 +56,7 @@ class PlatoStore:
         self.config = config or StoreConfig()
         self.publisher = publisher.Publisher(nc, timeout=self.config.ack_timeout)
         """Every write of the hot path (inputs, records, outboxes) goes through it, pipelined."""
-        self._definitions: KeyValue | None = None
-        self._workflows: KeyValue | None = None
-        self._steps: KeyValue | None = None
-        self._blobs: ObjectStore | None = None
+        self._buckets: store_assets.Buckets | None = None
         self._compiled: dict[tuple[str, int], model.Definition] = {}
         # Stored versions never change: cached for good. Only the latest pointer needs watching.
         self._stored: dict[tuple[str, int], definition_pb2.WorkflowDefinition] = {}
@@ -106,77 +72,7 @@ class PlatoStore:
         await jetstream.until_ready(self._ensure, "creating Plato's streams and buckets")
 
     async def _ensure(self) -> None:
-        storage = StorageType.FILE if self.config.storage is Storage.FILE else StorageType.MEMORY
-        replicas = self.config.replicas
-        window = self.config.duplicate_window
-        await self._stream(
-            StreamConfig(
-                name=subjects.INBOX_STREAM,
-                subjects=[subjects.INBOX_ALL, subjects.TIMERS_ALL],
-                retention=RetentionPolicy.WORK_QUEUE,
-                allow_msg_schedules=True,
-                duplicate_window=window,
-                storage=storage,
-                num_replicas=replicas,
-            )
-        )
-        await self._stream(
-            StreamConfig(
-                name=subjects.EVENTS_STREAM,
-                subjects=[subjects.EVENTS_ALL],
-                retention=RetentionPolicy.LIMITS,
-                max_age=self.config.history_days * DAY,
-                duplicate_window=window,
-                allow_direct=True,
-                storage=storage,
-                num_replicas=replicas,
-            )
-        )
-        await self._stream(
-            StreamConfig(
-                name=subjects.TASKS_STREAM,
-                subjects=[subjects.TASKS_ALL],
-                retention=RetentionPolicy.WORK_QUEUE,
-                duplicate_window=window,
-                storage=storage,
-                num_replicas=replicas,
-            )
-        )
-        await self._stream(
-            StreamConfig(
-                name=subjects.CONTROL_STREAM,
-                subjects=[subjects.CANCELS_ALL, subjects.NOTIFY_ALL],
-                retention=RetentionPolicy.LIMITS,
-                max_age=DAY,
-                discard=DiscardPolicy.OLD,
-                duplicate_window=window,
-                storage=storage,
-                num_replicas=replicas,
-            )
-        )
-        self._definitions = await jetstream.ensure_key_value(
-            self.js,
-            KeyValueConfig(
-                bucket=subjects.DEFINITIONS_BUCKET, history=1, storage=storage, replicas=self.config.replicas
-            ),
-        )
-        self._workflows = await jetstream.ensure_key_value(
-            self.js,
-            KeyValueConfig(
-                bucket=subjects.WORKFLOWS_BUCKET, history=1, storage=storage, replicas=self.config.replicas
-            ),
-        )
-        self._steps = await jetstream.ensure_key_value(
-            self.js,
-            KeyValueConfig(
-                bucket=subjects.STEPS_BUCKET, history=1, storage=storage, replicas=self.config.replicas
-            ),
-        )
-        self._blobs = await jetstream.ensure_object_store(
-            self.js,
-            subjects.BLOBS_BUCKET,
-            ObjectStoreConfig(storage=storage, replicas=self.config.replicas),
-        )
+        self._buckets = await store_assets.ensure_assets(self.js, self.config)
 
     async def watch_definitions(self) -> None:
         """Follow the latest version of every definition (:meth:`start_definition` reads it)."""
@@ -190,33 +86,29 @@ class PlatoStore:
         if latest is not None:
             await latest.stop()
 
-    async def _stream(self, config: StreamConfig) -> None:
-        # Exists with another configuration (an upgrade, R1 -> R3): brought to ours.
-        await jetstream.ensure_stream(self.js, config)
-
     @property
     def definitions(self) -> KeyValue:
         """The definitions bucket."""
-        assert self._definitions is not None, "call ensure() first"
-        return self._definitions
+        assert self._buckets is not None, "call ensure() first"
+        return self._buckets.definitions
 
     @property
     def workflows(self) -> KeyValue:
         """The workflow records bucket."""
-        assert self._workflows is not None, "call ensure() first"
-        return self._workflows
+        assert self._buckets is not None, "call ensure() first"
+        return self._buckets.workflows
 
     @property
     def steps(self) -> KeyValue:
         """The step records bucket."""
-        assert self._steps is not None, "call ensure() first"
-        return self._steps
+        assert self._buckets is not None, "call ensure() first"
+        return self._buckets.steps
 
     @property
     def blobs(self) -> ObjectStore:
         """The blob object store."""
-        assert self._blobs is not None, "call ensure() first"
-        return self._blobs
+        assert self._buckets is not None, "call ensure() first"
+        return self._buckets.blobs
 
     # ------------------------------------------------------------------ definitions
 

@@ -46,6 +46,7 @@ task no handler is registered for; :meth:`WorkflowRun.complete` and :meth:`Workf
 such a task by hand.
 
 Nothing here is used by the services; it is for tests of definitions and of the machine.
+:class:`WorkflowRun`, what a test holds of one workflow, is in :mod:`cosmos.plato.testing_run`.
 """
 
 from __future__ import annotations
@@ -67,9 +68,12 @@ from cosmos.common.v1 import progress_pb2
 from cosmos.plato import limits
 from cosmos.plato.engine import machine
 from cosmos.plato.engine.state import WorkflowState
-from cosmos.plato.language import model, parser
-from cosmos.plato.v1 import engine_pb2, events_pb2, workflow_pb2
-from cosmos.protocol import inputs, subjects, values
+from cosmos.plato.language import parser
+from cosmos.plato.testing_run import RunningWorkflow, WorkflowRun
+from cosmos.plato.v1 import engine_pb2, events_pb2
+from cosmos.protocol import subjects, values
+
+__all__ = ["NO_REPLY", "START_TIME", "Handler", "StepCall", "StepError", "WorkflowRun", "WorkflowTestEnv"]
 
 START_TIME = datetime(2030, 1, 1, tzinfo=UTC)
 """The clock's reading when an environment is made (a fixed moment: runs are reproducible)."""
@@ -135,14 +139,6 @@ class StepCall:
         self._env._post(self.workflow_id, inp)
 
 
-@dataclass
-class _Workflow:
-    definition: model.Definition
-    state: WorkflowState
-    history: list[events_pb2.WorkflowEvent] = field(default_factory=list)
-    tasks: list[events_pb2.StepTask] = field(default_factory=list)
-
-
 class WorkflowTestEnv:
     """Definitions, step handlers and a clock; :meth:`start` runs a workflow of the first definition.
 
@@ -171,7 +167,7 @@ class WorkflowTestEnv:
         """Idempotency keys of the attempts the machine told their handlers to stop."""
         self.max_value_bytes = max_value_bytes
         self._rand = random.Random(seed)
-        self._workflows: dict[str, _Workflow] = {}
+        self._workflows: dict[str, RunningWorkflow] = {}
         self._queue: deque[tuple[str, engine_pb2.EngineInput]] = deque()
         # (due, order, workflow id, input): the order keeps timers due at once in the order set.
         self._timers: list[tuple[datetime, int, str, engine_pb2.EngineInput]] = []
@@ -227,7 +223,7 @@ class WorkflowTestEnv:
             if inp.WhichOneof("kind") != "start" or inp.start.definition_id not in self.definitions:
                 return  # as the evaluator drops input for an unknown workflow
             record = machine.new_record(workflow_id, inp.start, self.now)
-            wf = self._workflows[workflow_id] = _Workflow(
+            wf = self._workflows[workflow_id] = RunningWorkflow(
                 self.definitions[inp.start.definition_id], WorkflowState(record)
             )
         engine = machine.Machine(
@@ -243,7 +239,7 @@ class WorkflowTestEnv:
         for message in list(wf.state.record.outbox):
             self._deliver(wf, message)
 
-    def _deliver(self, wf: _Workflow, message: engine_pb2.OutboxMessage) -> None:
+    def _deliver(self, wf: RunningWorkflow, message: engine_pb2.OutboxMessage) -> None:
         subject = message.subject
         if subject.startswith(_EVENTS):
             wf.history.append(events_pb2.WorkflowEvent.FromString(message.data))
@@ -286,118 +282,3 @@ class WorkflowTestEnv:
 
 async def _awaited(value: Awaitable[Any]) -> Any:
     return await value
-
-
-class WorkflowRun:
-    """One workflow started by a :class:`WorkflowTestEnv`: its state, and what a test can send it."""
-
-    def __init__(self, env: WorkflowTestEnv, workflow_id: str) -> None:
-        self.env = env
-        self.workflow_id = workflow_id
-
-    @property
-    def _wf(self) -> _Workflow:
-        return self.env._workflows[self.workflow_id]
-
-    @property
-    def workflow(self) -> workflow_pb2.Workflow:
-        """The workflow as GetWorkflow shows it, every step included."""
-        return self._wf.state.workflow()
-
-    @property
-    def state(self) -> int:
-        return self._wf.state.record.workflow.state
-
-    @property
-    def done(self) -> bool:
-        return self.state in machine.TERMINAL_WORKFLOW_STATES
-
-    @property
-    def history(self) -> list[events_pb2.WorkflowEvent]:
-        """Every history event so far, in sequence order."""
-        return list(self._wf.history)
-
-    def event_names(self) -> list[str]:
-        """``TYPE step_id`` per history event (``STEP_COMPLETED probe``), for readable assertions."""
-        names = []
-        for event in self._wf.history:
-            kind = events_pb2.WorkflowEventType.Name(event.type).removeprefix("WORKFLOW_EVENT_TYPE_")
-            names.append(f"{kind} {event.step_id}".strip())
-        return names
-
-    @property
-    def tasks(self) -> list[events_pb2.StepTask]:
-        """Every task sent to a handler, in order (one per attempt)."""
-        return list(self._wf.tasks)
-
-    def steps(self) -> dict[str, workflow_pb2.StepExecution]:
-        """Step instances by id."""
-        return {s.step_id: s for s in self._wf.state.table.steps()}
-
-    def step(self, step_id: str) -> workflow_pb2.StepExecution:
-        found = self._wf.state.table.get(step_id)
-        if found is None:
-            raise KeyError(f"no step {step_id!r} in {self.workflow_id}")
-        return found
-
-    def output(self) -> dict[str, Any]:
-        return values.struct_to_dict(self._wf.state.record.workflow.output)
-
-    # ----------------------------------------------------------------- driving it
-
-    def wait(self, max_seconds: float = 30 * 24 * 3600.0) -> workflow_pb2.Workflow:
-        """Skip the clock from timer to timer until the workflow ends, nothing is due any more, or
-        ``max_seconds`` have passed; the workflow as it then is."""
-        until = self.env.now + timedelta(seconds=max_seconds)
-        timers = self.env._timers
-        while not self.done and timers and timers[0][0] <= until:
-            self.env._fire_next()
-        return self.workflow
-
-    def sleep(self, seconds: float) -> None:
-        """:meth:`WorkflowTestEnv.sleep`."""
-        self.env.sleep(seconds)
-
-    def signal(self, name: str, payload: Mapping[str, Any] | None = None) -> None:
-        signal = engine_pb2.SignalInput(name=name)
-        signal.payload.update(dict(payload or {}))
-        self._send(engine_pb2.EngineInput(workflow_id=self.workflow_id, signal=signal))
-
-    def cancel(self, reason: str = "") -> None:
-        cancel = engine_pb2.CancelInput(reason=reason)
-        self._send(engine_pb2.EngineInput(workflow_id=self.workflow_id, cancel=cancel))
-
-    def retry(self, request_id: str = "retry") -> None:
-        """RetryWorkflow: rerun what did not complete."""
-        resume = engine_pb2.ResumeInput(request_id=request_id)
-        self._send(engine_pb2.EngineInput(workflow_id=self.workflow_id, resume=resume))
-
-    def reset(self, step_name: str, request_id: str = "reset") -> None:
-        """ResetWorkflow to ``step_name``."""
-        resume = engine_pb2.ResumeInput(request_id=request_id, step_name=step_name)
-        self._send(engine_pb2.EngineInput(workflow_id=self.workflow_id, resume=resume))
-
-    def complete(self, step_id: str, output: Mapping[str, Any] | None = None) -> None:
-        """Answer the current attempt of ``step_id`` with success, as its handler would."""
-        result = engine_pb2.StepResultInput(step_id=step_id, attempt=self.step(step_id).attempt, success=True)
-        result.output.update(dict(output or {}))
-        self._send(engine_pb2.EngineInput(workflow_id=self.workflow_id, result=result))
-
-    def fail(self, step_id: str, error: str = "failed", *, non_retryable: bool = False) -> None:
-        """Answer the current attempt of ``step_id`` with a failure, as its handler would."""
-        result = engine_pb2.StepResultInput(
-            step_id=step_id,
-            attempt=self.step(step_id).attempt,
-            success=False,
-            error=error,
-            non_retryable=non_retryable,
-        )
-        self._send(engine_pb2.EngineInput(workflow_id=self.workflow_id, result=result))
-
-    def idempotency_key(self, step_id: str) -> str:
-        """The key of the current attempt of ``step_id`` (what :attr:`WorkflowTestEnv.cancelled` holds)."""
-        return inputs.idempotency_key(self.workflow_id, step_id, self.step(step_id).attempt)
-
-    def _send(self, inp: engine_pb2.EngineInput) -> None:
-        self.env._post(self.workflow_id, inp)
-        self.env._drain()
