@@ -61,7 +61,7 @@ keeps it complete and true)::
     ├── WorkflowFailed                      cosmos.plato.engine.core          fails the workflow at once
     ├── StepError                           cosmos.plato.testing              a test handler fails its step
     ├── InexactNumber                       cosmos.protocol.values            int beyond 2^53 (a ValueError)
-    ├── SyntaxProblem                       cosmos.plato.language.expressions an expression is malformed
+    ├── SyntaxProblem                       cosmos.plato.language.expr_tokens an expression is malformed
     ├── TemplateProblem                     cosmos.plato.language.templates   a template cannot be compiled
     ├── Abort                               cosmos.plato.language.yaml_reader YAML too big or deep
     ├── LeadershipLost                      cosmos.stratum.leader             this replica is leader no more
