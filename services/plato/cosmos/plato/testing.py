@@ -90,8 +90,6 @@ _NOTIFY = subjects.notify("")
 _EVENTS = subjects.events("")
 _TIMERS = subjects.TIMERS_ALL.removesuffix(">")
 _INBOX = subjects.INBOX_ALL.removesuffix(">")
-# The `@at` form the machine writes in a timer's schedule header.
-_AT_FORMAT = "@at %Y-%m-%dT%H:%M:%S.%fZ"
 
 
 class StepError(errors.CosmosError):
@@ -248,9 +246,9 @@ class WorkflowTestEnv:
             wf.tasks.append(task)
             self._run_handler(task, subject.removeprefix(_TASKS))
         elif subject.startswith(_TIMERS):
-            due = datetime.strptime(message.headers[subjects.Header.SCHEDULE], _AT_FORMAT)
+            due = subjects.scheduled_at(message.headers[subjects.Header.SCHEDULE])
             fired = engine_pb2.EngineInput.FromString(message.data)
-            entry = (due.replace(tzinfo=UTC), next(self._order), fired.workflow_id, fired)
+            entry = (due, next(self._order), fired.workflow_id, fired)
             heapq.heappush(self._timers, entry)
         elif subject.startswith(_INBOX):
             sent = engine_pb2.EngineInput.FromString(message.data)  # a child's start or cancel, or

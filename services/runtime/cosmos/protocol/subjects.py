@@ -7,6 +7,7 @@ validates them before they reach here.
 from __future__ import annotations
 
 import enum
+from datetime import UTC, datetime
 
 EVENTS_STREAM = "PLATO_EVENTS"
 INBOX_STREAM = "PLATO_INBOX"
@@ -28,6 +29,20 @@ class Header(enum.StrEnum):
     MSG_ID = "Nats-Msg-Id"
     SCHEDULE = "Nats-Schedule"
     SCHEDULE_TARGET = "Nats-Schedule-Target"
+
+
+_SCHEDULE_AT = "@at %Y-%m-%dT%H:%M:%S.%fZ"
+
+
+def schedule_at(due: datetime) -> str:
+    """The :attr:`Header.SCHEDULE` value that has JetStream deliver a message once, at ``due`` (a UTC
+    time, as every clock of Plato reads)."""
+    return due.strftime(_SCHEDULE_AT)
+
+
+def scheduled_at(header: str) -> datetime:
+    """The moment a :func:`schedule_at` header names."""
+    return datetime.strptime(header, _SCHEDULE_AT).replace(tzinfo=UTC)
 
 
 def events(workflow_id: str) -> str:

@@ -140,7 +140,7 @@ class StepMessages(Rules):
             fired.SerializeToString(),
             msg_id=f"{self.wf.workflow_id}:{timer_id}",
             headers={
-                subjects.Header.SCHEDULE: "@at " + due.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                subjects.Header.SCHEDULE: subjects.schedule_at(due),
                 subjects.Header.SCHEDULE_TARGET: subjects.inbox(self.wf.workflow_id),
             },
         )
