@@ -109,7 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(
             f"cosmos {command}: needs the {distribution} distribution, which is not installed here"
-            f" (pip install {distribution})",
+            " (it is not on PyPI: build its wheel from the repository, docs/architecture.md,"
+            ' "Distributions")',
             file=sys.stderr,
         )
         return 2
