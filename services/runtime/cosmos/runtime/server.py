@@ -244,24 +244,22 @@ class Server:
     async def serve_until_signalled(self) -> None:
         """Start, serve until SIGTERM or SIGINT (or until work run :meth:`alongside` fails), then stop
         gracefully and cancel what still runs alongside."""
-        raised: asyncio.Task[object] | None = None
+        failed: asyncio.Task[object] | None = None
         try:
             await self.start()
-            signalled = asyncio.create_task(until_signalled())
-            await asyncio.wait([signalled, *self._alongside], return_when=asyncio.FIRST_COMPLETED)
-            while not signalled.done():  # work that ends well leaves the server serving
-                failed = [t for t in self._alongside if t.done() and not t.cancelled() and t.exception()]
-                if failed:
-                    signalled.cancel()
-                    raised = failed[0]
-                    log.error("stopping: %s", raised.exception())
-                    await self.stop()
-                    raise raised.exception()  # type: ignore[misc]
-                running = [t for t in self._alongside if not t.done()]
-                await asyncio.wait([signalled, *running], return_when=asyncio.FIRST_COMPLETED)
+            signalled: asyncio.Task[object] = asyncio.create_task(until_signalled())
+            waiting = {signalled, *self._alongside}
+            while failed is None and not signalled.done():  # work that ends well leaves it serving
+                done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                failed = next((t for t in done if not t.cancelled() and t.exception() is not None), None)
+            signalled.cancel()
+            if failed is not None:
+                log.error("stopping: %s", failed.exception())
             await self.stop()
+            if failed is not None:
+                raise failed.exception()  # type: ignore[misc]
         finally:
-            await _cancel([t for t in self._alongside if t is not raised])
+            await _cancel([t for t in self._alongside if t is not failed])
 
 
 async def until_signalled() -> None:
@@ -281,7 +279,7 @@ async def _cancel(tasks: Sequence[asyncio.Task[object]]) -> None:
     for task in tasks:
         task.cancel()
     for task, outcome in zip(tasks, await asyncio.gather(*tasks, return_exceptions=True), strict=True):
-        if isinstance(outcome, Exception) and not isinstance(outcome, asyncio.CancelledError):
+        if isinstance(outcome, Exception):  # a cancelled task's CancelledError is no Exception
             log.warning("%s ended with an error while stopping: %r", task.get_coro(), outcome)
 
 
