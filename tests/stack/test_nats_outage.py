@@ -157,3 +157,20 @@ async def test_a_nats_outage_is_answered_unavailable_and_healed_on_reconnect(
         await workflows.StartWorkflow(start, timeout=30)
         listed = await jobs.ListJobs(job_service_pb2.ListJobsRequest(), timeout=30)
         assert all(job.request_id != submit.request_id for job in listed.jobs)
+
+
+@pytest.mark.parametrize("service", ["plato", "stratum"])
+def test_a_service_stopped_while_nats_is_away_exits_cleanly_at_once(
+    nats: Nats, start_service: Callable[..., Any], service: str
+) -> None:
+    started = start_service(service, "--nats", nats.url)
+    nats.kill()
+    time.sleep(1)  # the client has noticed and buffers for its reconnect
+    began = time.monotonic()
+    code = started.stop()
+    took = time.monotonic() - began
+    output = started.output()
+    assert code == 0, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    # Not the JetStream request timeout (5 s) nor the leader lease's ttl: nothing waits on NATS.
+    assert took < 3, f"{service} took {took:.1f}s to stop"

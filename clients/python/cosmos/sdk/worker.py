@@ -184,7 +184,7 @@ class Worker:
                 await asyncio.gather(*self._running.values(), return_exceptions=True)
         finally:
             await cancels.unsubscribe()
-            await self._nc.close()
+            await jetstream.close(self._nc)
 
     async def _subscribe(
         self, queue: str, stopping: asyncio.Event

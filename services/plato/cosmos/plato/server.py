@@ -116,7 +116,7 @@ async def serve(args: argparse.Namespace, companions: Sequence[Companion] = ()) 
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(evaluating, timeout=args.grace_period)
         await store.close()
-        await nc.close()
+        await jetstream.close(nc)
 
     # Every Plato RPC reads or writes JetStream: while NATS is away they answer UNAVAILABLE at once.
     gate = dependency.Gate("NATS", lambda: nc.is_connected)

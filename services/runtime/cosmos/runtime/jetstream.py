@@ -106,10 +106,27 @@ async def connect(
     try:
         await until_ready(probe.account_info, f"NATS at {url}", timeout=max(timeout, JETSTREAM_READY_TIMEOUT))
     except (nats.errors.Error, errors.UnavailableError) as exc:
-        await nc.close()
+        await close(nc)
         raise errors.UnavailableError(f"NATS at {url} has no JetStream: {exc}") from exc
     log.info("connected to NATS", extra={"fields": {"url": url}})
     return nc, js
+
+
+async def close(nc: NatsClient) -> None:
+    """Close ``nc``, NATS up or away: a service stopped during a NATS outage exits cleanly.
+
+    While NATS is away, nats-py (2.16) holds what was published for the reconnect and, on close, writes
+    it into the dead TLS transport, which raises. Nothing buffered could be delivered any more, so it
+    is dropped first (the publishers of anything that matters wait for JetStream's ack, so they know).
+    """
+    if not nc.is_connected and nc._pending_data_size:  # private: nats-py has no way to drop it
+        log.warning(
+            "closing while NATS is away: unsent data dropped",
+            extra={"fields": {"bytes": nc._pending_data_size}},
+        )
+        nc._pending = []
+        nc._pending_data_size = 0
+    await nc.close()
 
 
 # JetStream answers "no suitable peers for placement" (10005) or a 503 while a cluster is still

@@ -198,7 +198,7 @@ class EmbeddedStack:
                 nc, _ = await jetstream.connect(url, "cosmos-up", tls=plato, timeout=c.start_timeout)
             except errors.UnavailableError as exc:
                 raise child.failure(str(exc)) from exc
-            await nc.close()
+            await jetstream.close(nc)
             self.endpoints.append(Endpoint(child.name, url, child.pid, ("JetStream",)))
 
     async def _start_all(self, services: Sequence[tuple[Child, int, Sequence[str]]]) -> None:

@@ -198,8 +198,9 @@ class Lease:
         if not self._leading:
             return
         self._leading = False
+        # Bounded by the ttl: past it a follower takes over anyway (NATS away, the stop goes on at once).
         with contextlib.suppress(nats.errors.Error, TimeoutError):
-            await self.kv.delete(KEY, last=self._revision)
+            await asyncio.wait_for(self.kv.delete(KEY, last=self._revision), self.config.ttl)
 
     async def _try_to_lead(self) -> bool:
         sent = self.clock()

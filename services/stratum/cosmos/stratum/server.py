@@ -178,8 +178,9 @@ async def serve(args: argparse.Namespace) -> None:
     # Health says SERVING once this replica knows its part: leader with its jobs recovered, or follower.
     async def closing() -> None:
         unsample()
-        await lease.release()  # a follower takes over at once, not after the ttl
-        await nc.close()
+        if nc.is_connected:  # NATS away: nothing to release the lease with; it lapses after its ttl
+            await lease.release()  # a follower takes over at once, not after the ttl
+        await jetstream.close(nc)
 
     server = Server(server_config, on_stop=closing, interceptors=[gate], serving_at_start=False)
     server.add(
