@@ -77,24 +77,36 @@ def _start_nats(argv: list[str], port: int) -> subprocess.Popen[bytes]:
     return proc
 
 
+@pytest.fixture(autouse=True)
+def stopped_last() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Processes the test's others depend on (NATS), stopped once every other fixture has stopped its
+    own: services stop as in production, with NATS still up, whatever order a test names its fixtures
+    in (without it, a test naming ``start_service`` before ``nats_url`` stopped NATS first, and every
+    service then stopped against a NATS that was gone)."""
+    procs: list[subprocess.Popen[bytes]] = []
+    yield procs
+    for proc in reversed(procs):
+        stop_process(proc)
+
+
 @pytest.fixture
-def nats_url(tmp_path: Path) -> Iterator[str]:
+def nats_url(tmp_path: Path, stopped_last: list[subprocess.Popen[bytes]]) -> str:
     """A real, locked-down NATS server with JetStream in a temporary store dir (see
     :func:`security_harness.nats_argv`: clients connect with :func:`security_harness.nats_options`)."""
     port = free_port()
-    proc = _start_nats(security_harness.nats_argv(Address("127.0.0.1", port), tmp_path / "nats"), port)
-    yield f"nats://127.0.0.1:{port}"
-    stop_process(proc)
+    argv = security_harness.nats_argv(Address("127.0.0.1", port), tmp_path / "nats")
+    stopped_last.append(_start_nats(argv, port))
+    return f"nats://127.0.0.1:{port}"
 
 
 @pytest.fixture
-def insecure_nats_url(tmp_path: Path) -> Iterator[str]:
+def insecure_nats_url(tmp_path: Path, stopped_last: list[subprocess.Popen[bytes]]) -> str:
     """The open NATS server of ``--insecure`` stacks (plaintext, anonymous), for tests of NATS clients
     that are not about security."""
     port = free_port()
-    proc = _start_nats(natsd.nats_server_argv(Address("127.0.0.1", port), tmp_path / "nats-open"), port)
-    yield f"nats://127.0.0.1:{port}"
-    stop_process(proc)
+    argv = natsd.nats_server_argv(Address("127.0.0.1", port), tmp_path / "nats-open")
+    stopped_last.append(_start_nats(argv, port))
+    return f"nats://127.0.0.1:{port}"
 
 
 @pytest.fixture
