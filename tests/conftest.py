@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,10 +32,15 @@ def _is_unit(item: pytest.Item) -> bool:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Each test is in one layer: ``unit``, or else ``integration`` (``-m integration`` selects those)."""
+    """Each test is in one layer: ``unit``, or else ``integration`` (``-m integration`` selects those).
+
+    Files with a ``slow`` test run first (each file otherwise in its place): the workers of ``make
+    test`` take files in this order, and a minutes-long file taken last would leave the others idle."""
     for item in items:
         if not _is_unit(item):
             item.add_marker(pytest.mark.integration)  # select unit tests with "unit and not integration"
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: the order within a file is kept
 
 
 class OutOfProcess(AssertionError):
@@ -107,6 +113,27 @@ def insecure_nats_url(tmp_path: Path, stopped_last: list[subprocess.Popen[bytes]
     argv = natsd.nats_server_argv(Address("127.0.0.1", port), tmp_path / "nats-open")
     stopped_last.append(_start_nats(argv, port))
     return f"nats://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="session")
+def shared_nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One open NATS server for the whole session (for each xdist worker), shared by the tests of NATS
+    clients that name their own streams and buckets, each under its :func:`nats_prefix`.
+
+    Tests of Plato and Stratum keep a server each (``nats_url``): the streams, buckets and subjects
+    they use are protocol constants, the same in every test. (A server start costs about 50 ms.)"""
+    port = free_port()
+    argv = natsd.nats_server_argv(Address("127.0.0.1", port), tmp_path_factory.mktemp("shared-nats"))
+    proc = _start_nats(argv, port)
+    yield f"nats://127.0.0.1:{port}"
+    stop_process(proc)
+
+
+@pytest.fixture
+def nats_prefix() -> str:
+    """A name no other test of the session starts with: for the streams, buckets and subjects a test
+    makes on :func:`shared_nats_url` (a NATS name token: letters and digits)."""
+    return f"t{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture

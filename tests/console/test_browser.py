@@ -35,6 +35,7 @@ async def sign_in(page: object, base: str, token: str, path: str = "workflows") 
     await page.wait_for_url(f"{base}{path}*")
 
 
+@pytest.mark.slow
 async def test_the_console_in_chromium(tmp_path: Path) -> None:
     cfg = console_harness.stack_config(tmp_path / "data")
     clip = await console_harness.make_clip(cfg)

@@ -45,6 +45,7 @@ async def a_chunk_job_runs(stack: EmbeddedStack, timeout: float = 120) -> None:
     raise AssertionError("no chunk encode ran")
 
 
+@pytest.mark.slow
 async def test_an_encode_survives_restarts_of_stratum_optimus_and_plato(
     long_clip: Path, tmp_path: Path
 ) -> None:

@@ -160,6 +160,7 @@ async def check_histories(client: PlatoClient, workflow_ids: list[str]) -> None:
         assert sum(e.type == ET.WORKFLOW_EVENT_TYPE_WORKFLOW_COMPLETED for e in events) == 1
 
 
+@pytest.mark.slow
 async def test_fifty_workflows_survive_repeated_kill_9_of_plato(
     nats_url: str, tmp_path: Path, run_worker: Callable[[Worker], None]
 ) -> None:

@@ -350,6 +350,7 @@ async def test_a_pool_without_an_agent_ca_says_it_issues_no_certificates(
     assert _reason(exc)[0] == "ERROR_REASON_JOIN_NOT_CONFIGURED" and "--agent-ca-dir" in (exc.details() or "")
 
 
+@pytest.mark.slow
 async def test_a_joined_agent_renews_its_short_certificate_and_stays_in_the_pool(
     start_service: Callable[..., ServiceProcess],
     nats_url: str,

@@ -147,6 +147,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     stop_up(up)
 
 
+@pytest.mark.slow
 def test_up_serves_every_contract_with_health_and_reflection_then_stops_cleanly(stack: Stack) -> None:
     agent = wait_agent_ready(stack)
     assert [g["model"] for g in agent["inventory"]["gpus"]] == ["A100", "A100"]  # type: ignore[index]
@@ -282,6 +283,7 @@ def wait_restarted(stack: Stack, name: str, old_pid: int, timeout: float = 60) -
     raise AssertionError(f"{name} was not restarted")
 
 
+@pytest.mark.slow
 def test_up_restarts_a_crashed_child_and_the_platform_still_works(stack: Stack) -> None:
     wait_agent_ready(stack)
     for name in ("plato", "agent", "stratum"):
@@ -336,6 +338,7 @@ def _free_pair() -> int:
     raise AssertionError("no two adjacent free ports")
 
 
+@pytest.mark.slow
 def test_up_lets_a_second_agent_join_with_a_join_token(tmp_path: Path) -> None:
     """The README's steps to add an agent: a join token from the CLI, ca.pem, the token in the
     environment, the stack's token port."""

@@ -26,10 +26,11 @@ class Clock:
 
 
 @pytest.fixture
-async def kv(insecure_nats_url: str) -> AsyncIterator[KeyValue]:
-    nc: NatsClient = await nats.connect(insecure_nats_url)
+async def kv(shared_nats_url: str, nats_prefix: str) -> AsyncIterator[KeyValue]:
+    nc: NatsClient = await nats.connect(shared_nats_url)
     js = nc.jetstream()
-    yield await js.create_key_value(KeyValueConfig(bucket=leader.BUCKET, history=1))
+    # The lease works on whichever bucket it is given: this test's own, on the session's server.
+    yield await js.create_key_value(KeyValueConfig(bucket=f"{nats_prefix}-{leader.BUCKET}", history=1))
     await nc.close()
 
 
