@@ -44,9 +44,13 @@ lint: install
 	$(BIN)/buf lint
 	$(BIN)/buf format --diff --exit-code
 
-# Test files run in parallel, one worker per core (a file's tests stay on one worker: some share a
-# module-scoped stack); each test starts its own servers on free ports, so workers never collide.
-PYTEST_PARALLEL := -n auto --dist loadfile
+# Test files run in parallel (a file's tests stay on one worker: some share a module-scoped stack);
+# each test starts its own servers on free ports, so workers never collide. Two workers per core: the
+# tests mostly wait on servers (one per core kept the CPUs about a third busy). Files are handed out
+# in collection order, where tests/conftest.py puts the slow ones first (xdist's default reorder puts
+# the files with most tests first, and the minutes-long one-test files last).
+TEST_WORKERS ?= $(shell echo $$(( 2 * $$(nproc) )))
+PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 ## test: install, lint, then the whole test suite (real NATS, gRPC, grpcurl, ffmpeg), chaos test included
 test: install lint

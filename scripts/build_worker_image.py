@@ -18,6 +18,7 @@ mmdebstrap is missing (``make install`` installs them as root on Debian).
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import os
 import shlex
@@ -30,6 +31,7 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+LOCK = ROOT / ".cosmos" / "worker-image.lock"
 DEFAULT_REPO = "localhost/cosmos-worker"
 ROOTS = ("protos/gen", "services/runtime", "services/optimus")
 """The roots of the distributions the image holds (docs/architecture.md, "Distributions")."""
@@ -96,6 +98,14 @@ def build(repo: str, suite: str, force: bool) -> str:
     if podman is None or mmdebstrap is None:
         missing = " and ".join(n for n, p in (("podman", podman), ("mmdebstrap", mmdebstrap)) if p is None)
         raise BuildError(f"{missing} not installed (as root on Debian: make install)")
+    # One build at a time (test workers ask for the image together): the second finds it cached.
+    LOCK.parent.mkdir(parents=True, exist_ok=True)
+    with LOCK.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build(podman, mmdebstrap, repo, suite, force)
+
+
+def _build(podman: str, mmdebstrap: str, repo: str, suite: str, force: bool) -> str:
     ver = version()
     cached = f"{repo}:{ver}-{source_hash(suite)}"
     final = f"{repo}:{ver}"
