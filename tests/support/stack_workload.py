@@ -137,6 +137,53 @@ async def history(
         await asyncio.sleep(0.5)
 
 
+async def events_so_far(
+    plato: workflow_service_pb2_grpc.WorkflowServiceAsyncStub, workflow_id: str
+) -> list[events_pb2.WorkflowEvent]:
+    """The history as it stands (every page, once)."""
+    events: list[events_pb2.WorkflowEvent] = []
+    token = ""
+    while True:
+        request = workflow_service_pb2.ListWorkflowEventsRequest(
+            workflow_id=workflow_id, page_size=100, page_token=token
+        )
+        reply = await retried(lambda r=request: plato.ListWorkflowEvents(r, timeout=20))  # type: ignore[misc]
+        events.extend(reply.events)
+        token = reply.next_page_token
+        if not token:
+            return events
+
+
+async def lost_step_completions(
+    plato: workflow_service_pb2_grpc.WorkflowServiceAsyncStub, workflow_ids: list[str]
+) -> list[str]:
+    """The open bug of docs/plato.md ("a step left SCHEDULED with two Plato processes"), if that is
+    why a workload did not finish: steps whose STEP_COMPLETED is in their workflow's history while
+    their stored record still says SCHEDULED or RUNNING. Anything else that stops a workload is a
+    failure of its own."""
+    lost = []
+    for wf_id in workflow_ids:
+        got = await retried(
+            lambda w=wf_id: plato.GetWorkflow(  # type: ignore[misc]
+                workflow_service_pb2.GetWorkflowRequest(workflow_id=w), timeout=20
+            )
+        )
+        if got.workflow.state in WORKFLOW_DONE:
+            continue
+        completed = {
+            e.step_id
+            for e in await events_so_far(plato, wf_id)
+            if e.type == ET.WORKFLOW_EVENT_TYPE_STEP_COMPLETED
+        }
+        open_states = (workflow_pb2.STEP_STATE_SCHEDULED, workflow_pb2.STEP_STATE_RUNNING)
+        lost += [
+            f"{wf_id}/{step.step_id}"
+            for step in got.workflow.steps
+            if step.step_id in completed and step.state in open_states
+        ]
+    return lost
+
+
 def check_histories(
     final: dict[str, workflow_pb2.Workflow], histories: dict[str, list[events_pb2.WorkflowEvent]]
 ) -> None:
