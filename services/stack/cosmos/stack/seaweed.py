@@ -168,21 +168,26 @@ class S3Server:
         """Create :attr:`bucket` (an existing one is kept) through ``weed shell``."""
         deadline = time.monotonic() + timeout
         last = ""
-        while time.monotonic() < deadline:
-            proc = subprocess.run(
-                [
-                    str(weed_binary()),
-                    "shell",
-                    # host:port.grpcPort: the gRPC ports are not the default port+10000 here.
-                    f"-master=127.0.0.1:{self.ports.master}.{self.ports.master_grpc}",
-                    f"-filer=127.0.0.1:{self.ports.filer}.{self.ports.filer_grpc}",
-                ],
-                input=f"s3.bucket.create -name {self.bucket}\n",
-                capture_output=True,
-                text=True,
-                timeout=15,
-                check=False,
-            )
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                proc = subprocess.run(
+                    [
+                        str(weed_binary()),
+                        "shell",
+                        # host:port.grpcPort: the gRPC ports are not the default port+10000 here.
+                        f"-master=127.0.0.1:{self.ports.master}.{self.ports.master_grpc}",
+                        f"-filer=127.0.0.1:{self.ports.filer}.{self.ports.filer_grpc}",
+                    ],
+                    input=f"s3.bucket.create -name {self.bucket}\n",
+                    capture_output=True,
+                    text=True,
+                    timeout=min(15.0, left),
+                    check=False,
+                )
+            except subprocess.TimeoutExpired:
+                # A shell started while the master still waits for its volume server can hang: retry.
+                last = "weed shell did not answer"
+                continue
             last = (proc.stdout + proc.stderr).strip()
             if "created bucket" in last or "already exist" in last:
                 return
