@@ -120,17 +120,7 @@ async def history(
     """The whole history once it holds WORKFLOW_COMPLETED (events may trail the record briefly)."""
     deadline = time.monotonic() + 120
     while True:
-        events: list[events_pb2.WorkflowEvent] = []
-        token = ""
-        while True:
-            request = workflow_service_pb2.ListWorkflowEventsRequest(
-                workflow_id=workflow_id, page_size=100, page_token=token
-            )
-            reply = await retried(lambda r=request: plato.ListWorkflowEvents(r, timeout=20))  # type: ignore[misc]
-            events.extend(reply.events)
-            token = reply.next_page_token
-            if not token:
-                break
+        events = await events_so_far(plato, workflow_id)
         if any(e.type == ET.WORKFLOW_EVENT_TYPE_WORKFLOW_COMPLETED for e in events):
             return events
         assert time.monotonic() < deadline, f"{workflow_id}: no WORKFLOW_COMPLETED in its history"
