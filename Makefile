@@ -49,7 +49,7 @@ lint: install
 # tests mostly wait on servers (one per core kept the CPUs about a third busy). Files are handed out
 # in collection order, where tests/conftest.py puts the slow ones first (xdist's default reorder puts
 # the files with most tests first, and the minutes-long one-test files last).
-TEST_WORKERS ?= $(shell echo $$(( 2 * $$(nproc) )))
+TEST_WORKERS ?= $(shell echo $$(( 2 * $$(nproc 2>/dev/null || echo 1) )))
 PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 ## test: install, lint, then the whole test suite (real NATS, gRPC, grpcurl, ffmpeg), chaos test included
