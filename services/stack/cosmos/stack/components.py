@@ -114,9 +114,9 @@ class Components:
         if self.credentials is not None and token_port and replica == 1:
             argv += ["--token-listen", str(self.config.address(token_port))]
         argv += self.metrics_args(name, replica)
+        argv += ["--log-level", self.config.log_level]
         child = self.child(name if replica == 1 else f"{name}-{replica}", argv)
         child.role = name
-        child.env["COSMOS_LOG_LEVEL"] = self.config.log_level
         return child
 
     def plato_args(self) -> list[str]:
@@ -209,9 +209,8 @@ class Components:
         ]
         for name in ("optimus", "plato", "stratum"):
             argv += [f"--{name}", str(c.address(c.token_port(c.ports(name)[0])))]
-        child = self.child("console", argv)
-        child.env["COSMOS_LOG_LEVEL"] = c.log_level
-        return child
+        argv += ["--log-level", c.log_level]
+        return self.child("console", argv)
 
     def agent(self) -> Child:
         """The local agent (:attr:`StackConfig.agent_id`), joined to every Stratum replica."""
@@ -238,7 +237,5 @@ class Components:
         ]
         if c.agent_gpus:
             argv += ["--gpus", c.agent_gpus]
-        argv += self.metrics_args("agent")
-        child = self.child("agent", argv)
-        child.env["COSMOS_LOG_LEVEL"] = c.log_level
-        return child
+        argv += [*self.metrics_args("agent"), "--log-level", c.log_level]
+        return self.child("agent", argv)
