@@ -235,7 +235,7 @@ class Evaluator:
                     continue
             metrics.observe_transition(state.record, touched, now)
             self._remember(workflow_id, state)
-            await records.apply_effects(self.store, state)
+            await _apply_effects(self.store, state)
             if record.workflow.state in machine.TERMINAL_WORKFLOW_STATES:
                 self._cache.pop(workflow_id, None)
                 log.info(
@@ -271,7 +271,7 @@ class Evaluator:
         """The workflow's state (see :meth:`_load`) with its last commit's effects applied."""
         state = await self._load(workflow_id, first)
         if state is not None and not state.published:
-            await records.apply_effects(self.store, state)
+            await _apply_effects(self.store, state)
         return state
 
     async def _load(self, workflow_id: str, first: engine_pb2.EngineInput) -> WorkflowState | None:
@@ -319,3 +319,19 @@ def _touched(state: WorkflowState) -> list[workflow_pb2.StepExecution]:
     """The steps the transition about to be committed changed (discarded instances left out)."""
     records_by_id = state.table.records
     return [records_by_id[i].step for i in state.table.dirty if i in records_by_id]
+
+
+async def _apply_effects(store: PlatoStore, state: WorkflowState) -> None:
+    """:func:`records.apply_effects`; at DEBUG, each step record written and each message sent is
+    logged (the trail of a workflow's commits, for an operator or a test)."""
+    effects = state.effects
+    await records.apply_effects(store, state)
+    if effects is not None and (effects.steps or effects.outbox) and log.isEnabledFor(logging.DEBUG):
+        steps = {s.step.step_id: state.table.revisions.get(s.step.step_id) for s in effects.steps}
+        log.debug(
+            "effects applied: %s generation %d, step revisions %s, messages %s",
+            state.workflow_id,
+            state.record.generation,
+            steps,
+            [m.msg_id for m in effects.outbox],
+        )
