@@ -198,9 +198,8 @@ class Lease:
         if not self._leading:
             return
         self._leading = False
-        # Bounded by the ttl: past it a follower takes over anyway (NATS away, the stop goes on at once).
         with contextlib.suppress(nats.errors.Error, TimeoutError):
-            await asyncio.wait_for(self.kv.delete(KEY, last=self._revision), self.config.ttl)
+            await self.kv.delete(KEY, last=self._revision)
 
     async def _try_to_lead(self) -> bool:
         sent = self.clock()
