@@ -11,6 +11,7 @@ import atexit
 import datetime
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -118,9 +119,11 @@ def anonymous_channel(target: str) -> grpc.aio.Channel:
     return grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=ca))
 
 
-def sync_channel(target: str, files: TlsFiles | None = None) -> grpc.Channel:
+def sync_channel(
+    target: str, files: TlsFiles | None = None, options: Sequence[tuple[str, Any]] = ()
+) -> grpc.Channel:
     """A blocking mutual-TLS channel to ``target``."""
-    return grpc.secure_channel(target, tls.channel_credentials(files or admin()))
+    return grpc.secure_channel(target, tls.channel_credentials(files or admin()), options=options)
 
 
 def grpcurl_args(files: TlsFiles | None = None) -> list[str]:

@@ -18,7 +18,11 @@ def wait_serving(
 ) -> None:
     """Block until ``service`` at ``target`` answers SERVING (fail early if ``proc`` exits)."""
     deadline = time.monotonic() + timeout
-    with security_harness.sync_channel(target) as channel:
+    # gRPC waits a second before it reconnects after a refused connection: a server that starts
+    # listening just after the first try would sit SERVING unseen for most of that second.
+    quick = [("grpc.initial_reconnect_backoff_ms", 50), ("grpc.min_reconnect_backoff_ms", 50),
+             ("grpc.max_reconnect_backoff_ms", 200)]  # fmt: skip
+    with security_harness.sync_channel(target, options=quick) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if proc is not None and proc.poll() is not None:
