@@ -144,16 +144,12 @@ def agents(tmp_path: Path) -> Iterator[Agents]:
     started.stop_all()
 
 
-@pytest.fixture
-def start_service(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
-    """Start ``cosmos <name> --listen 127.0.0.1:<free> <args>`` and wait until it is SERVING."""
-    started: list[ServiceProcess] = []
-
+def _service_starter(log_dir: Path, started: list[ServiceProcess]) -> Callable[..., ServiceProcess]:
     def start(name: str, *args: str, wait: bool = True) -> ServiceProcess:
         target = f"127.0.0.1:{free_port()}"
         argv = [sys.executable, "-m", "cosmos.cli", name, "--listen", target,
                 *security_harness.service_args(name), *args]  # fmt: skip
-        service = ServiceProcess(argv, target, tmp_path / f"{name}-{len(started)}.log")
+        service = ServiceProcess(argv, target, log_dir / f"{name}-{len(started)}.log")
         started.append(service)
         if wait:
             try:
@@ -162,7 +158,37 @@ def start_service(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
                 raise AssertionError(f"{exc}\n{service.output()}") from exc
         return service
 
-    yield start
+    return start
+
+
+@pytest.fixture
+def start_service(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
+    """Start ``cosmos <name> --listen 127.0.0.1:<free> <args>`` and wait until it is SERVING."""
+    started: list[ServiceProcess] = []
+    yield _service_starter(tmp_path, started)
+    for service in reversed(started):
+        service.stop()
+
+
+@pytest.fixture(scope="module")
+def module_nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Like :func:`nats_url`, one for a whole test module: for the servers of
+    :func:`module_start_service` (stopped after them)."""
+    port = free_port()
+    argv = security_harness.nats_argv(Address("127.0.0.1", port), tmp_path_factory.mktemp("nats"))
+    proc = _start_nats(argv, port)
+    yield f"nats://127.0.0.1:{port}"
+    stop_process(proc)
+
+
+@pytest.fixture(scope="module")
+def module_start_service(
+    tmp_path_factory: pytest.TempPathFactory, module_nats_url: str
+) -> Iterator[Callable[..., ServiceProcess]]:
+    """Like :func:`start_service`, for servers a whole module's tests share: tests that leave nothing
+    behind another could see (refusals, reads), where a stack per test would only cost its start-up."""
+    started: list[ServiceProcess] = []
+    yield _service_starter(tmp_path_factory.mktemp("services"), started)
     for service in reversed(started):
         service.stop()
 

@@ -118,15 +118,17 @@ class Mesh:
     processes: dict[str, ServiceProcess]
 
 
-@pytest.fixture
-def mesh(start_service: Callable[..., ServiceProcess], nats_url: str) -> Mesh:
+@pytest.fixture(scope="module")
+def mesh(module_start_service: Callable[..., ServiceProcess], module_nats_url: str) -> Mesh:
+    """One mesh for the module: its tests are refused or read, and leave nothing behind."""
+    start, nats_url = module_start_service, module_nats_url
     token_ports = {name: f"127.0.0.1:{free_port()}" for name in ("plato", "stratum", "optimus")}
-    plato = start_service("plato", "--nats", nats_url, "--token-listen", token_ports["plato"])
-    stratum = start_service(
+    plato = start("plato", "--nats", nats_url, "--token-listen", token_ports["plato"])
+    stratum = start(
         "stratum", "--nats", nats_url, "--token-listen", token_ports["stratum"],
         "--agent-ca-dir", str(security_harness.pki_dir()),
     )  # fmt: skip
-    optimus = start_service("optimus", "--plato", plato.target, "--token-listen", token_ports["optimus"])
+    optimus = start("optimus", "--plato", plato.target, "--token-listen", token_ports["optimus"])
     processes = {"plato": plato, "stratum": stratum, "optimus": optimus}
     return Mesh({n: p.target for n, p in processes.items()}, token_ports, processes)
 

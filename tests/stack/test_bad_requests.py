@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 import pytest
 import security_harness
+from servers import ServiceProcess
 
 from cosmos.optimus.v1 import encode_service_pb2, encode_service_pb2_grpc
 from cosmos.plato.v1 import (
@@ -35,15 +36,24 @@ class Stubs:
     plato: grpc.aio.Channel
 
 
+@pytest.fixture(scope="module")
+def targets(
+    module_start_service: Callable[..., ServiceProcess], module_nats_url: str
+) -> tuple[str, str, str]:
+    """One stack for the module: every test here is refused, so none leaves anything behind."""
+    plato = module_start_service("plato", "--nats", module_nats_url)
+    stratum = module_start_service("stratum", "--nats", module_nats_url)
+    optimus = module_start_service("optimus", "--plato", plato.target)
+    return plato.target, stratum.target, optimus.target
+
+
 @pytest.fixture
-async def stubs(start_service: Callable[..., Any], nats_url: str) -> AsyncIterator[Stubs]:
-    plato = start_service("plato", "--nats", nats_url)
-    stratum = start_service("stratum", "--nats", nats_url)
-    optimus = start_service("optimus", "--plato", plato.target)
+async def stubs(targets: tuple[str, str, str]) -> AsyncIterator[Stubs]:
+    plato, stratum, optimus = targets
     async with (
-        security_harness.channel(plato.target) as p,
-        security_harness.channel(stratum.target) as s,
-        security_harness.channel(optimus.target) as o,
+        security_harness.channel(plato) as p,
+        security_harness.channel(stratum) as s,
+        security_harness.channel(optimus) as o,
     ):
         yield Stubs(
             workflow_service_pb2_grpc.WorkflowServiceStub(p),
