@@ -7,13 +7,15 @@ import asyncio
 import logging
 import sys
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cosmos import errors
 from cosmos.runtime import config, logs
 from cosmos.runtime.config import Address
-from cosmos.runtime.server import ServerConfig
 from cosmos.security import config as security_config
+
+if TYPE_CHECKING:  # the server (grpc.aio, telemetry, metrics) is imported by the servers that use it:
+    from cosmos.runtime.server import ServerConfig  # the CLI uses this module's exit codes and logging
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,8 @@ def add_server_arguments(
 def server_config(name: str, args: argparse.Namespace) -> ServerConfig:
     """The :class:`ServerConfig` of a server's flags (:func:`add_server_arguments`); refuses plaintext
     beyond loopback, or no credentials at all, before anything else starts."""
+    from cosmos.runtime.server import ServerConfig
+
     listen = Address.parse(args.listen, setting="--listen")
     security = security_config.from_args(args)
     security.check_listen(listen.host, name)

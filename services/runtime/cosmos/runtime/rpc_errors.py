@@ -18,15 +18,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
-import nats.errors
-import nats.js.errors
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from cosmos import errors
 from cosmos.runtime import handlers
-from cosmos.runtime.publisher import PublishError
 
 DOMAIN = "cosmos.dev"
 MAX_MESSAGE = 1024
@@ -81,20 +78,6 @@ def status_proto(error: errors.RpcError) -> status_pb2.Status:
 
 _CONSUMER_NOT_FOUND = 10014
 """JetStream's error code for a consumer that does not exist (any more)."""
-_NATS_UNREACHABLE = (
-    nats.errors.TimeoutError,
-    nats.errors.ConnectionClosedError,
-    nats.errors.ConnectionReconnectingError,
-    nats.errors.ConnectionDrainingError,
-    nats.errors.NoServersError,
-    nats.errors.NoRespondersError,
-    nats.errors.OutboundBufferLimitError,
-    nats.errors.StaleConnectionError,
-    nats.errors.FlushTimeoutError,
-    nats.errors.UnexpectedEOF,
-    nats.js.errors.ServiceUnavailableError,
-    nats.js.errors.NoStreamResponseError,
-)
 
 
 def nats_unavailable(exc: BaseException) -> errors.UnavailableError:
@@ -113,8 +96,48 @@ def as_rpc_error(exc: Exception, method: str = "") -> errors.RpcError:
     call's status passed on; anything else INTERNAL (logged with its traceback here, never sent)."""
     if isinstance(exc, errors.RpcError):
         return exc
+    answer = _nats_failure(exc)
+    if answer is not None:
+        return answer
+    if isinstance(exc, grpc.aio.AioRpcError):
+        try:
+            status = rpc_status.from_call(exc)  # type: ignore[arg-type]
+        except ValueError:
+            status = None
+        if status is not None:
+            return from_status(status)
+        error = errors.RpcError(f"a downstream call failed: {exc.code().name}: {exc.details()}")
+        error.code = exc.code()
+        return error
+    log.error("unexpected error in a handler", exc_info=exc, extra={"fields": {"method": method}})
+    return errors.RpcError(f"internal error ({type(exc).__name__}); it was logged")
+
+
+def _nats_failure(exc: Exception) -> errors.RpcError | None:
+    """The answer to a NATS failure, None for anything else."""
+    # Imported here: the CLI reads answers with this module (details_of), and nats-py (which loads
+    # aiohttp) is a third of its start-up. The servers that raise these have loaded it long before.
+    import nats.errors
+    import nats.js.errors
+
+    from cosmos.runtime.publisher import PublishError
+
+    unreachable = (
+        nats.errors.TimeoutError,
+        nats.errors.ConnectionClosedError,
+        nats.errors.ConnectionReconnectingError,
+        nats.errors.ConnectionDrainingError,
+        nats.errors.NoServersError,
+        nats.errors.NoRespondersError,
+        nats.errors.OutboundBufferLimitError,
+        nats.errors.StaleConnectionError,
+        nats.errors.FlushTimeoutError,
+        nats.errors.UnexpectedEOF,
+        nats.js.errors.ServiceUnavailableError,
+        nats.js.errors.NoStreamResponseError,
+    )
     if (
-        isinstance(exc, _NATS_UNREACHABLE)
+        isinstance(exc, unreachable)
         or (
             # A publish answered 503 (no responders: the stream's leader is being elected after a NATS
             # node died) or never acknowledged (asyncio's TimeoutError from the publisher's ack wait) is
@@ -135,18 +158,7 @@ def as_rpc_error(exc: Exception, method: str = "") -> errors.RpcError:
             "the request makes a record larger than the store accepts; send less",
             metadata={"dependency": "nats"},
         )
-    if isinstance(exc, grpc.aio.AioRpcError):
-        try:
-            status = rpc_status.from_call(exc)  # type: ignore[arg-type]
-        except ValueError:
-            status = None
-        if status is not None:
-            return from_status(status)
-        error = errors.RpcError(f"a downstream call failed: {exc.code().name}: {exc.details()}")
-        error.code = exc.code()
-        return error
-    log.error("unexpected error in a handler", exc_info=exc, extra={"fields": {"method": method}})
-    return errors.RpcError(f"internal error ({type(exc).__name__}); it was logged")
+    return None
 
 
 def to_status(error: errors.RpcError) -> grpc.Status:
