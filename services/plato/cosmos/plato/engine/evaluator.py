@@ -65,6 +65,9 @@ class EvaluatorConfig:
     max_value_bytes: int | None = None
     """Largest step input or output (each travels as one message): a larger output fails its step.
     None: the server's ``max_payload`` less :data:`~cosmos.protocol.limits.MESSAGE_HEADROOM`."""
+    idle_wait: float = 0.25
+    """Seconds a pull waits for input when there is none; also what a stopping Plato may wait for its
+    evaluator to notice (the pull is not cancelled: inputs it already took would wait out ``ack_wait``)."""
 
 
 class Evaluator:
@@ -94,7 +97,7 @@ class Evaluator:
         )
         while not stopping.is_set():
             try:
-                msgs = await sub.fetch(self.config.batch, timeout=1.0)
+                msgs = await sub.fetch(self.config.batch, timeout=self.config.idle_wait)
             except (TimeoutError, nats.errors.TimeoutError):
                 continue
             except nats.errors.ConnectionClosedError:
