@@ -3,6 +3,7 @@ test layers (``unit`` in process, ``integration`` everything else, ``slow`` minu
 
 from __future__ import annotations
 
+import collections
 import socket
 import subprocess
 import sys
@@ -34,13 +35,16 @@ def _is_unit(item: pytest.Item) -> bool:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Each test is in one layer: ``unit``, or else ``integration`` (``-m integration`` selects those).
 
-    Files with a ``slow`` test run first (each file otherwise in its place): the workers of ``make
-    test`` take files in this order, and a minutes-long file taken last would leave the others idle."""
+    The workers of ``make test`` take whole files in this order, and a long file taken last leaves the
+    others idle: files with a ``slow`` test go first, then the others by their number of integration
+    tests (a rough measure of their time), the in-process ones last, to fill the end."""
     for item in items:
         if not _is_unit(item):
             item.add_marker(pytest.mark.integration)  # select unit tests with "unit and not integration"
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_files)  # stable: the order within a file is kept
+    integration = collections.Counter(item.path for item in items if item.get_closest_marker("integration"))
+    # Stable: the order within a file is kept.
+    items.sort(key=lambda item: (item.path not in slow_files, -integration[item.path]))
 
 
 class OutOfProcess(AssertionError):
