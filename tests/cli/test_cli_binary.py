@@ -192,6 +192,7 @@ def test_version_completion_and_contexts(tmp_path: Path) -> None:
 # -- against a stack -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # about 25 s: a whole stack
 def test_encode_json_then_lists_filters_formats_and_prefixes(
     stack: Stack, encoded: dict[str, object]
 ) -> None:

@@ -10,14 +10,17 @@ import sys
 import pytest
 
 # Loaded by the servers, never needed to call one.
-SERVER_SIDE = ("nats", "aiohttp", "cosmos.runtime.server", "cosmos.runtime.metrics", "cosmos.runtime.telemetry")
+SERVER_SIDE = (
+    "nats",
+    "aiohttp",
+    "cosmos.runtime.server",
+    "cosmos.runtime.metrics",
+    "cosmos.runtime.telemetry",
+)
 
 
 @pytest.mark.parametrize("module", ["cosmos.cli.platform", "cosmos.cli.encode", "cosmos.cli.output"])
 def test_a_platform_command_loads_nothing_of_the_server_side(module: str) -> None:
-    probe = (
-        f"import sys, {module}\n"
-        f"print(' '.join(m for m in {SERVER_SIDE!r} if m in sys.modules))\n"
-    )
+    probe = f"import sys, {module}\nprint(' '.join(m for m in {SERVER_SIDE!r} if m in sys.modules))\n"
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert loaded.stdout.split() == [], f"{module} loads {loaded.stdout.strip()}"

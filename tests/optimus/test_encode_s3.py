@@ -34,6 +34,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[EmbeddedStack]:
         yield running
 
 
+@pytest.mark.slow  # about 25 s: a whole stack with S3, whose filer stops in 15 s
 async def test_s3_to_s3_encode_plays_over_http(stack: EmbeddedStack, tmp_path: Path) -> None:
     assert stack.s3 is not None
     client = s3.S3Client(stack.s3.config)

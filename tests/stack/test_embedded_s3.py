@@ -36,6 +36,7 @@ def _status(url: str) -> int:
         return exc.code
 
 
+@pytest.mark.slow  # about 25 s: a whole stack with S3, whose filer stops in 15 s
 async def test_a_job_reads_and_writes_s3_through_the_embedded_stack(
     stack: EmbeddedStack, tmp_path: Path
 ) -> None:
