@@ -14,8 +14,10 @@ from cosmos.runtime import config, logs
 from cosmos.runtime.config import Address
 from cosmos.security import config as security_config
 
-if TYPE_CHECKING:  # the server (grpc.aio, telemetry, metrics) is imported by the servers that use it:
-    from cosmos.runtime.server import ServerConfig  # the CLI uses this module's exit codes and logging
+# The CLI uses this module's exit codes and logging; the server module (grpc.aio, telemetry, metrics)
+# is imported only where a server's config is built.
+if TYPE_CHECKING:
+    from cosmos.runtime.server import ServerConfig
 
 log = logging.getLogger(__name__)
 
