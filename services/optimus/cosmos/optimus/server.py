@@ -12,7 +12,6 @@ from pathlib import Path
 import grpc
 
 from cosmos import errors
-from cosmos.optimus import webhook
 from cosmos.optimus.api import EncodeApi
 from cosmos.optimus.v1 import encode_service_pb2_grpc
 from cosmos.runtime import channels, config, dependency, process
@@ -107,6 +106,8 @@ async def serve(args: argparse.Namespace) -> None:
     if args.webhook_listen:
         if not args.webhook_config:
             raise errors.ConfigError("--webhook-listen needs --webhook-config (secrets and rules)")
+        from cosmos.optimus import webhook  # its HTTP server (aiohttp) is loaded only when it serves
+
         hook = webhook.Webhook(
             webhook.WebhookConfig.load(Path(args.webhook_config)), lambda r: api.SubmitEncode(r, None)
         )

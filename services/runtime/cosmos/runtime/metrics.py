@@ -21,10 +21,9 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
-from aiohttp import web
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -38,6 +37,9 @@ from prometheus_client.exposition import choose_encoder
 from cosmos import errors
 from cosmos.runtime import handlers
 from cosmos.runtime.config import Address
+
+if TYPE_CHECKING:  # imported where the endpoint starts: aiohttp is a fifth of a server's start-up
+    from aiohttp import web
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +208,8 @@ class MetricsServer:
 
     async def start(self) -> None:
         """Bind and serve; a taken port is a :class:`cosmos.errors.PortInUseError`."""
+        from aiohttp import web
+
         app = web.Application()
         app.router.add_get(PATH, _handle)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -230,6 +234,8 @@ class MetricsServer:
 
 
 async def _handle(request: web.Request) -> web.Response:
+    from aiohttp import web
+
     body, content_type = await exposition(request.headers.get("Accept", ""))
     mime, _, params = content_type.partition(";")
     charset = "utf-8"
