@@ -77,17 +77,20 @@ def nats(tmp_path: Path) -> Iterator[Nats]:
         server.proc.wait(20)
 
 
-async def health(channel: grpc.aio.Channel) -> int:
+async def health(channel: grpc.aio.Channel, service: str = "") -> int:
+    request = health_pb2.HealthCheckRequest(service=service)
     try:
-        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        reply = await health_pb2_grpc.HealthStub(channel).Check(request, timeout=5)
     except grpc.aio.AioRpcError:
         return -1
     return int(reply.status)
 
 
-async def until_health(channel: grpc.aio.Channel, status: int, timeout: float = 60) -> None:
+async def until_health(
+    channel: grpc.aio.Channel, status: int, timeout: float = 60, service: str = ""
+) -> None:
     deadline = time.monotonic() + timeout
-    while (current := await health(channel)) != status:
+    while (current := await health(channel, service)) != status:
         assert time.monotonic() < deadline, f"health is {current}, not {status}, after {timeout}s"
         await asyncio.sleep(0.2)
 
@@ -151,6 +154,9 @@ async def test_a_nats_outage_is_answered_unavailable_and_healed_on_reconnect(
         nats.start()
         for channel in (p, s, o):
             await until_health(channel, SERVING)
+        # The Stratum process is SERVING as soon as NATS is back; its job service once it holds the
+        # leader lease again (until then it answers UNAVAILABLE: no leader is known yet, retry).
+        await until_health(s, SERVING, service="cosmos.stratum.v1.JobService")
         # Back without a restart of any service, and nothing was lost.
         reply = await workflows.GetWorkflow(get, timeout=30)
         assert reply.workflow.workflow_id == workflow_id
