@@ -126,3 +126,24 @@ async def test_restart_of_stratum_loses_neither_queued_nor_running_jobs(
         await restarted.channel.close(None)
     assert first.state == JS.JOB_STATE_SUCCEEDED and first.attempt == 1  # reconciled, not re-run
     assert second.state == JS.JOB_STATE_SUCCEEDED
+
+
+async def test_an_agent_is_back_within_its_lease_after_a_long_stratum_outage(
+    stratum: Stratum, jobs: JobsClient, agents: Agents
+) -> None:
+    # Stratum gives a recovered job's agent one lease (2 s here) to come back. The agent used to
+    # double its wait between attempts up to 5 s, so after a long outage it came back too late and its
+    # running job was run again; it now tries at least once per heartbeat interval (0.3 s here).
+    agents.start(stratum.target, "steady")
+    await wait_agents(stratum.target, 1)
+    long_one = await jobs.submit(python_job("import time; time.sleep(14); print('long')", cpu_millis=500))
+    await jobs.wait(long_one.job_id, [JS.JOB_STATE_RUNNING])
+    assert stratum.stop() == 0
+    await asyncio.sleep(6)  # the agent's attempts all fail meanwhile
+    stratum.start()
+    restarted = JobsClient.connect(stratum.target)
+    try:
+        done = await restarted.wait(long_one.job_id, timeout=60)
+    finally:
+        await restarted.channel.close(None)
+    assert done.state == JS.JOB_STATE_SUCCEEDED and done.attempt == 1  # reconciled, not re-run

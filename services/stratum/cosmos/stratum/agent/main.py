@@ -82,6 +82,10 @@ class Agent:
             RunLimits(min_free_bytes=cfg.min_free_bytes),
         )
         self._tasks: set[asyncio.Task[None]] = set()
+        self._heartbeat_interval = cfg.reconnect_max
+        """The heartbeat interval Stratum last asked for: reconnects are tried at least as often, so an
+        agent whose Stratum restarts is back well inside its lease (several heartbeats long) and
+        keeps its running jobs."""
 
     def hello(self) -> agent_service_pb2.ConnectRequest:
         """The registration message opening every stream (running attempts are added per session)."""
@@ -115,7 +119,7 @@ class Agent:
             self.connected.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), delay)
-            delay = min(delay * 2, self.cfg.reconnect_max)
+            delay = min(delay * 2, self.cfg.reconnect_max, self._heartbeat_interval)
 
     def _send(self, message: agent_service_pb2.ConnectRequest) -> None:
         """Queue a message on the current connection (dropped while disconnected)."""
@@ -158,6 +162,7 @@ class Agent:
                         return
                     if message.WhichOneof("message") == "welcome":
                         interval = message.welcome.heartbeat_interval.ToTimedelta().total_seconds() or 2.0
+                        self._heartbeat_interval = interval
                         heartbeats = asyncio.create_task(self._heartbeats(interval))
                         self.jobs.resend_unacked()
                         self.connected.set()
