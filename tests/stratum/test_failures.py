@@ -14,7 +14,7 @@ from servers import stop_process, wait_serving
 from stratum_harness import JS, Agents, JobsClient, python_job, wait_agents
 
 from cosmos.runtime.config import free_port
-from cosmos.stratum.v1 import agent_pb2, agent_service_pb2, agent_service_pb2_grpc
+from cosmos.stratum.v1 import agent_pb2, agent_service_pb2, agent_service_pb2_grpc, job_pb2
 
 
 class Stratum:
@@ -106,24 +106,34 @@ async def test_killed_agent_job_completes_elsewhere_and_its_stale_attempt_is_ref
     assert (after.state, after.attempt, after.result.error) == (JS.JOB_STATE_SUCCEEDED, 2, "")
 
 
-async def test_restart_of_stratum_loses_neither_queued_nor_running_jobs(
-    stratum: Stratum, jobs: JobsClient, agents: Agents
-) -> None:
+async def a_running_job(stratum: Stratum, jobs: JobsClient, agents: Agents, seconds: int) -> job_pb2.Job:
+    """An agent, and a job running on it for ``seconds``."""
     agents.start(stratum.target, "steady")
     await wait_agents(stratum.target, 1)
-    long_one = await jobs.submit(python_job("import time; time.sleep(4); print('long')", cpu_millis=1500))
-    await jobs.wait(long_one.job_id, [JS.JOB_STATE_RUNNING])
-    waiting = await jobs.submit(python_job("print('after')", cpu_millis=1500))
-    assert (await jobs.get(waiting.job_id)).state == JS.JOB_STATE_QUEUED
+    job = await jobs.submit(python_job(f"import time; time.sleep({seconds}); print('long')", cpu_millis=1500))
+    await jobs.wait(job.job_id, [JS.JOB_STATE_RUNNING])
+    return job
 
+
+async def restart(stratum: Stratum, job_ids: list[str], outage: float = 0.0) -> list[job_pb2.Job]:
+    """Stop Stratum cleanly, leave it down for ``outage`` seconds, start it again; each job once ended."""
     assert stratum.stop() == 0
+    await asyncio.sleep(outage)
     stratum.start()
     restarted = JobsClient.connect(stratum.target)
     try:
-        first = await restarted.wait(long_one.job_id, timeout=60)
-        second = await restarted.wait(waiting.job_id, timeout=60)
+        return [await restarted.wait(job_id, timeout=60) for job_id in job_ids]
     finally:
         await restarted.channel.close(None)
+
+
+async def test_restart_of_stratum_loses_neither_queued_nor_running_jobs(
+    stratum: Stratum, jobs: JobsClient, agents: Agents
+) -> None:
+    long_one = await a_running_job(stratum, jobs, agents, seconds=4)
+    waiting = await jobs.submit(python_job("print('after')", cpu_millis=1500))
+    assert (await jobs.get(waiting.job_id)).state == JS.JOB_STATE_QUEUED
+    first, second = await restart(stratum, [long_one.job_id, waiting.job_id])
     assert first.state == JS.JOB_STATE_SUCCEEDED and first.attempt == 1  # reconciled, not re-run
     assert second.state == JS.JOB_STATE_SUCCEEDED
 
@@ -134,16 +144,6 @@ async def test_an_agent_is_back_within_its_lease_after_a_long_stratum_outage(
     # Stratum gives a recovered job's agent one lease (2 s here) to come back. The agent used to
     # double its wait between attempts up to 5 s, so after a long outage it came back too late and its
     # running job was run again; it now tries at least once per heartbeat interval (0.3 s here).
-    agents.start(stratum.target, "steady")
-    await wait_agents(stratum.target, 1)
-    long_one = await jobs.submit(python_job("import time; time.sleep(14); print('long')", cpu_millis=500))
-    await jobs.wait(long_one.job_id, [JS.JOB_STATE_RUNNING])
-    assert stratum.stop() == 0
-    await asyncio.sleep(6)  # the agent's attempts all fail meanwhile
-    stratum.start()
-    restarted = JobsClient.connect(stratum.target)
-    try:
-        done = await restarted.wait(long_one.job_id, timeout=60)
-    finally:
-        await restarted.channel.close(None)
+    long_one = await a_running_job(stratum, jobs, agents, seconds=14)
+    (done,) = await restart(stratum, [long_one.job_id], outage=6)  # every attempt meanwhile fails
     assert done.state == JS.JOB_STATE_SUCCEEDED and done.attempt == 1  # reconciled, not re-run
