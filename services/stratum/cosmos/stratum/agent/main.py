@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 PREFIX = "COSMOS_AGENT"
 VERSION = "0.1.0"
+FIRST_RETRY = 0.2
+"""Seconds before the first reconnect attempt (then doubling, up to the heartbeat interval)."""
 
 
 @dataclass(frozen=True)
@@ -83,9 +85,8 @@ class Agent:
         )
         self._tasks: set[asyncio.Task[None]] = set()
         self._heartbeat_interval = cfg.reconnect_max
-        """The heartbeat interval Stratum last asked for: reconnects are tried at least as often, so an
-        agent whose Stratum restarts is back well inside its lease (several heartbeats long) and
-        keeps its running jobs."""
+        """Stratum's last heartbeat interval: reconnects are tried at least that often, so the agent is
+        back inside its lease (several heartbeats) after any Stratum outage and keeps its jobs."""
 
     def hello(self) -> agent_service_pb2.ConnectRequest:
         """The registration message opening every stream (running attempts are added per session)."""
@@ -104,11 +105,11 @@ class Agent:
         self.cfg.work_dir.mkdir(parents=True, exist_ok=True)
         # Before taking work: stop what a previous agent on this work root left running.
         await asyncio.to_thread(orphans.reap, self.cfg.work_dir)
-        delay = 0.2
+        delay = FIRST_RETRY
         while not self.stopping.is_set():
             try:
                 await self._session()
-                delay = 0.2
+                delay = FIRST_RETRY
             except grpc.aio.AioRpcError as exc:
                 log.warning(
                     "stream to Stratum ended",
@@ -119,7 +120,7 @@ class Agent:
             self.connected.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), delay)
-            delay = min(delay * 2, self.cfg.reconnect_max, self._heartbeat_interval)
+            delay = max(FIRST_RETRY, min(delay * 2, self.cfg.reconnect_max, self._heartbeat_interval))
 
     def _send(self, message: agent_service_pb2.ConnectRequest) -> None:
         """Queue a message on the current connection (dropped while disconnected)."""
