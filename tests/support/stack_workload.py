@@ -9,12 +9,13 @@ import random
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 
+from cosmos.cli import lookup
 from cosmos.optimus.v1 import encode_pb2, encode_service_pb2, encode_service_pb2_grpc
 from cosmos.plato.v1 import events_pb2, workflow_pb2, workflow_service_pb2, workflow_service_pb2_grpc
 from cosmos.sdk import StepContext, Worker
@@ -131,17 +132,15 @@ async def events_so_far(
     plato: workflow_service_pb2_grpc.WorkflowServiceAsyncStub, workflow_id: str
 ) -> list[events_pb2.WorkflowEvent]:
     """The history as it stands (every page, once)."""
-    events: list[events_pb2.WorkflowEvent] = []
-    token = ""
-    while True:
+
+    async def page(token: str) -> tuple[Sequence[events_pb2.WorkflowEvent], str]:
         request = workflow_service_pb2.ListWorkflowEventsRequest(
             workflow_id=workflow_id, page_size=100, page_token=token
         )
-        reply = await retried(lambda r=request: plato.ListWorkflowEvents(r, timeout=20))  # type: ignore[misc]
-        events.extend(reply.events)
-        token = reply.next_page_token
-        if not token:
-            return events
+        reply = await retried(lambda: plato.ListWorkflowEvents(request, timeout=20))
+        return reply.events, reply.next_page_token
+
+    return [event async for events in lookup.pages(page) for event in events]
 
 
 async def lost_step_completions(
