@@ -193,11 +193,6 @@ async def test_fifty_workflows_survive_repeated_kill_9_of_plato(
     assert len(seen) == 50 * 5
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open bug (docs/plato.md, Known limits): with two Plato processes a fan-out step "
-    "occasionally stays SCHEDULED with no server warning (2 of 3 CI runs, 2026-12-06; never alone)",
-)
 async def test_two_plato_processes_share_the_work_and_never_double_advance(
     nats_url: str, tmp_path: Path, run_worker: Callable[[Worker], None]
 ) -> None:

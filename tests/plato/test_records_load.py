@@ -65,3 +65,45 @@ async def test_a_load_lists_again_while_steps_are_missing_and_refuses_a_partial_
             await records.load(store, "wf-1")
     finally:
         await nc.close()
+
+
+async def test_a_load_that_read_an_older_header_than_its_steps_never_writes_an_older_record_back(
+    insecure_nats_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two Platos once left a fan-out item SCHEDULED for good: one loaded the header of generation 2
+    and then the step records, already at generation 3 (another process had committed and applied
+    it in between). Its ``apply_effects`` wrote generation 2's record of the item with the newer
+    record's revision as the expected one, so the compare-and-set passed and the completion was
+    lost. Only the pending records newer than the stored ones may be written again."""
+    nc = await nats.connect(insecure_nats_url)
+    try:
+        store = PlatoStore(nc, nc.jetstream(), StoreConfig(storage=Storage.MEMORY))
+        await store.ensure()
+        run = unit.Run()
+        await records.commit(store, run.state, 1 << 20)
+        await records.apply_effects(store, run.state)
+        run.report("probe")  # schedules work[0] and work[1]
+        await records.commit(store, run.state, 1 << 20)
+        await records.apply_effects(store, run.state)
+        stale = await store.get_record("wf-1")
+        assert stale is not None and stale[0].generation == 2
+        run.report("work[0]")  # generation 3: work[0] completed, work[2] scheduled
+        await records.commit(store, run.state, 1 << 20)
+        await records.apply_effects(store, run.state)
+        key = records.step_key("wf-1", "work[0]")
+        done = await store.get_step(key)
+        assert done is not None and done.generation == 3
+
+        async def stale_header(workflow_id: str):  # type: ignore[no-untyped-def]
+            return stale
+
+        monkeypatch.setattr(store, "get_record", stale_header)
+        loaded = await records.load(store, "wf-1")
+        assert loaded is not None
+        assert loaded.table.stored("work[0]").generation == 3
+        await records.apply_effects(store, loaded)
+        after = await store.get_step(key)
+        assert after is not None and after.generation == 3
+        assert after.step.state == done.step.state
+    finally:
+        await nc.close()

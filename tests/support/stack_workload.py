@@ -146,8 +146,8 @@ async def events_so_far(
 async def lost_step_completions(
     plato: workflow_service_pb2_grpc.WorkflowServiceAsyncStub, workflow_ids: list[str]
 ) -> list[str]:
-    """The open bug of docs/plato.md ("a step left SCHEDULED with two Plato processes"), if that is
-    why a workload did not finish: steps whose STEP_COMPLETED is in their workflow's history while
+    """A lost step write (two Platos once left a step SCHEDULED: ``tests/plato/test_records_load.py``),
+    if that is why a workload did not finish: steps whose STEP_COMPLETED is in their workflow's history while
     their stored record still says SCHEDULED or RUNNING. Anything else that stops a workload is a
     failure of its own."""
     lost = []

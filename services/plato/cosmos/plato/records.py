@@ -313,6 +313,12 @@ async def load(store: PlatoStore, workflow_id: str, budget: int | None = None) -
         current = stored.get(pending.step.step_id)
         if current is None or current[0].generation < pending.generation:
             overlaid[pending.step.step_id] = pending
+    # Only those are still to write: a stored record as new (or newer: the header was read before
+    # another process committed again and applied it) must not be overwritten with an older one,
+    # and the table holds the stored record's revision, so the compare-and-set would let it through.
+    effects = engine_pb2.Effects(
+        steps=[p for p in effects.steps if p.step.step_id in overlaid], outbox=effects.outbox
+    )
     state = WorkflowState(record, revision)
     spend = _Budget(budget)
     await _resolve(store, state, record.workflow.input, record.input_blob, spend)
