@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -110,3 +112,31 @@ def test_free_ports_are_distinct_bindable_and_outside_the_ephemeral_range() -> N
     assert all(p < low for p in ports)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", ports[-1]))
+
+
+@pytest.mark.integration
+def test_processes_side_by_side_never_get_the_same_free_port() -> None:
+    # Four processes asking 400 ports each out of ~22,000: without the machine-wide hand-out about
+    # 55 would repeat (two test workers once gave one port to two servers).
+    script = "from cosmos.runtime import config\nprint(*(config.free_port() for _ in range(400)))"
+    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE) for _ in range(4)]
+    ports = [int(p) for proc in procs for p in proc.communicate(timeout=60)[0].split()]
+    assert len(ports) == 1600
+    assert len(set(ports)) == 1600
+
+
+@pytest.mark.integration
+def test_a_registry_others_could_write_is_not_trusted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = tmp_path / "ports"
+    monkeypatch.setattr(config, "_registry_path", lambda: registry)
+    config.free_port()
+    assert registry.stat().st_mode & 0o777 == 0o600 and registry.read_text().count(":") == 1
+    registry.chmod(0o622)  # a file anyone may write to could hold anything: not read, not written
+    config.free_port()
+    assert registry.read_text().count(":") == 1
+    registry.unlink()
+    registry.symlink_to(tmp_path / "elsewhere")
+    config.free_port()
+    assert not (tmp_path / "elsewhere").exists()

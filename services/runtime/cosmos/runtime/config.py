@@ -8,9 +8,14 @@ the default.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import os
 import random
 import socket
+import tempfile
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,6 +102,8 @@ def ensure_port_free(address: Address, owner: str, setting: str = "") -> None:
 
 _EPHEMERAL = Path("/proc/sys/net/ipv4/ip_local_port_range")
 _LOWEST_PORT = 10_000
+_HOLD_SECONDS = 30.0
+"""How long a port handed out is kept from every other process of this user: time to bind it."""
 _handed_out: set[int] = set()
 _rand = random.SystemRandom()
 
@@ -109,33 +116,72 @@ def _ephemeral_low() -> int:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port free now (for tests and ``--port 0`` style launches), not handed out before by this
-    process.
+    """A port free now (for tests and ``--port 0`` style launches), not handed out in the last 30 s
+    by any process of this user on this machine (nor ever by this process).
 
     Chosen below the kernel's ephemeral range: a port from ``bind(0)`` is one the kernel also gives to
     outgoing connections, and one of those (any client socket on the machine) could take it before
-    the server binds it.
+    the server binds it. Processes that start servers side by side (test workers, ``cosmos up`` twice)
+    would otherwise hand out the same port now and then, and one server would fail to bind it.
     """
-    high = _ephemeral_low()
-    if high - _LOWEST_PORT < 1000:  # an unusual range: fall back to the kernel's choice
-        return _kernel_port(host)
-    for _ in range(200):
-        port = _rand.randrange(_LOWEST_PORT, high)
-        if port in _handed_out:
-            continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind((host, port))
-            except OSError:
+    with _machine_registry() as held:
+        high = _ephemeral_low()
+        if high - _LOWEST_PORT < 1000:  # an unusual range: fall back to the kernel's choice
+            return _kernel_port(host, held)
+        for _ in range(200):
+            port = _rand.randrange(_LOWEST_PORT, high)
+            if port in _handed_out or port in held:
                 continue
-        _handed_out.add(port)
-        return port
-    return _kernel_port(host)
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind((host, port))
+                except OSError:
+                    continue
+            return _hand_out(port, held)
+        return _kernel_port(host, held)
 
 
-def _kernel_port(host: str) -> int:
+def _kernel_port(host: str, held: dict[int, float]) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        _handed_out.add(port)
-        return port
+        return _hand_out(sock.getsockname()[1], held)
+
+
+def _hand_out(port: int, held: dict[int, float]) -> int:
+    _handed_out.add(port)
+    held[port] = time.time() + _HOLD_SECONDS
+    return port
+
+
+def _registry_path() -> Path:
+    return Path(tempfile.gettempdir()) / f"cosmos-ports-{os.getuid()}"
+
+
+@contextlib.contextmanager
+def _machine_registry() -> Iterator[dict[int, float]]:
+    """The ports handed out machine-wide and still held (port → until when, in epoch seconds), under
+    an exclusive lock; what the block adds is written back. Where the file cannot be trusted (not
+    ours, writable by others, a link) or used, an empty dict stands in: only this process's
+    hand-outs are then avoided, as before."""
+    try:
+        fd = os.open(_registry_path(), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError:
+        yield {}
+        return
+    with os.fdopen(fd, "r+", encoding="ascii") as file:
+        info = os.fstat(fd)
+        if info.st_uid != os.getuid() or info.st_mode & 0o077:
+            yield {}
+            return
+        fcntl.flock(fd, fcntl.LOCK_EX)  # released when the file is closed
+        now = time.time()
+        held: dict[int, float] = {}
+        for entry in file.read().split():
+            port, _, until = entry.partition(":")
+            with contextlib.suppress(ValueError):
+                if float(until) > now:
+                    held[int(port)] = float(until)
+        yield held
+        file.seek(0)
+        file.truncate()
+        file.write(" ".join(f"{port}:{until:.0f}" for port, until in held.items()))
