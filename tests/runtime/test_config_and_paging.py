@@ -140,3 +140,17 @@ def test_a_registry_others_could_write_is_not_trusted(
     registry.symlink_to(tmp_path / "elsewhere")
     config.free_port()
     assert not (tmp_path / "elsewhere").exists()
+
+
+@pytest.mark.integration
+def test_consecutive_free_ports_are_bindable_and_each_is_handed_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = tmp_path / "ports"
+    monkeypatch.setattr(config, "_registry_path", lambda: registry)
+    first = config.free_port(consecutive=3)
+    held = {int(entry.split(":")[0]) for entry in registry.read_text().split()}
+    assert held == {first, first + 1, first + 2}
+    with socket.socket() as a, socket.socket() as b, socket.socket() as c:
+        for sock, port in ((a, first), (b, first + 1), (c, first + 2)):
+            sock.bind(("127.0.0.1", port))

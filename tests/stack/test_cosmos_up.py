@@ -79,23 +79,6 @@ def wait_agent_ready(stack: Stack, timeout: float = 90) -> dict[str, object]:
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def free_port_run(count: int) -> int:
-    """The first of ``count`` consecutive free ports (``cosmos up --metrics-port`` takes four)."""
-    for _ in range(50):
-        base = free_port()
-        if base + count > 65535:
-            continue
-        with contextlib.ExitStack() as held:
-            try:
-                for port in range(base, base + count):
-                    sock = held.enter_context(socket.socket())
-                    sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return base
-    raise AssertionError(f"no {count} consecutive free ports")
-
-
 def start_up(tmp_path: Path, ports: dict[str, int], token_port_offset: int = 0) -> Stack:
     env = {**os.environ, "COSMOS_NATS_PORT": str(ports["nats"]), "COSMOS_DATA_DIR": str(tmp_path / "data"),
            # Optimus's metrics here, Plato's, Stratum's and the agent's on the next three (0: none).
@@ -142,7 +125,7 @@ def stop_up(stack: Stack) -> None:
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
     names = ("optimus", "plato", "stratum", "nats", "webhook")
-    up = start_up(tmp_path, {**{name: free_port() for name in names}, "metrics": free_port_run(4)})
+    up = start_up(tmp_path, {**{name: free_port() for name in names}, "metrics": free_port(consecutive=4)})
     yield up
     stop_up(up)
 
@@ -325,24 +308,11 @@ def test_up_restarts_a_crashed_child_and_the_platform_still_works(stack: Stack) 
         assert f"{name} restarted (pid" in output
 
 
-def _free_pair() -> int:
-    """A free port whose next port is free too (a service and its token port, offset 1)."""
-    for _ in range(100):
-        port = free_port()
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise AssertionError("no two adjacent free ports")
-
-
 @pytest.mark.slow
 def test_up_lets_a_second_agent_join_with_a_join_token(tmp_path: Path) -> None:
     """The README's steps to add an agent: a join token from the CLI, ca.pem, the token in the
     environment, the stack's token port."""
-    ports = {name: _free_pair() for name in ("optimus", "plato", "stratum")}
+    ports = {name: free_port(consecutive=2) for name in ("optimus", "plato", "stratum")}
     ports["nats"] = free_port()
     ports["console"] = free_port()
     stack = start_up(tmp_path, ports, token_port_offset=1)

@@ -8,7 +8,6 @@ import base64
 import datetime
 import hashlib
 import shutil
-import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -59,24 +58,11 @@ def browser_args(stack: EmbeddedStack) -> list[str]:
     return ["--no-sandbox", f"--ignore-certificate-errors-spki-list={pin}"]
 
 
-def _free_pair() -> int:
-    """A free port whose token port (``+TOKEN_OFFSET``) is free too."""
-    for _ in range(100):
-        port = free_port()
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port + TOKEN_OFFSET))
-            except OSError:
-                continue
-        return port
-    raise AssertionError("no two adjacent free ports")
-
-
 def stack_config(data_dir: Path) -> StackConfig:
     return StackConfig(
-        optimus_port=_free_pair(),
-        plato_port=_free_pair(),
-        stratum_port=_free_pair(),
+        optimus_port=free_port(consecutive=TOKEN_OFFSET + 1),
+        plato_port=free_port(consecutive=TOKEN_OFFSET + 1),
+        stratum_port=free_port(consecutive=TOKEN_OFFSET + 1),
         nats_port=free_port(),
         console_port=free_port(),
         token_port_offset=TOKEN_OFFSET,

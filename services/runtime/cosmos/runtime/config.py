@@ -115,9 +115,10 @@ def _ephemeral_low() -> int:
         return 32768  # Linux's default
 
 
-def free_port(host: str = "127.0.0.1") -> int:
+def free_port(host: str = "127.0.0.1", *, consecutive: int = 1) -> int:
     """A port free now (for tests and ``--port 0`` style launches), not handed out in the last 30 s
-    by any process of this user on this machine (nor ever by this process).
+    by any process of this user on this machine (nor ever by this process); with ``consecutive``,
+    the first of that many such ports in a row (a service and its token port, say).
 
     Chosen below the kernel's ephemeral range: a port from ``bind(0)`` is one the kernel also gives to
     outgoing connections, and one of those (any client socket on the machine) could take it before
@@ -126,31 +127,36 @@ def free_port(host: str = "127.0.0.1") -> int:
     """
     with _machine_registry() as held:
         high = _ephemeral_low()
-        if high - _LOWEST_PORT < 1000:  # an unusual range: fall back to the kernel's choice
-            return _kernel_port(host, held)
-        for _ in range(200):
-            port = _rand.randrange(_LOWEST_PORT, high)
-            if port in _handed_out or port in held:
-                continue
+        if high - _LOWEST_PORT < 1000 and consecutive == 1:  # an unusual range: the kernel's choice
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-                try:
-                    sock.bind((host, port))
-                except OSError:
-                    continue
-            return _hand_out(port, held)
-        return _kernel_port(host, held)
+                sock.bind((host, 0))
+                return _hand_out(range(sock.getsockname()[1], sock.getsockname()[1] + 1), held)
+        for _ in range(500):
+            first = _rand.randrange(_LOWEST_PORT, max(high - consecutive, _LOWEST_PORT + 1))
+            ports = range(first, first + consecutive)
+            if any(p in _handed_out or p in held for p in ports) or not _bindable(host, ports):
+                continue
+            return _hand_out(ports, held)
+    raise errors.ConfigError(f"no {consecutive} consecutive free port(s) found on {host}")
 
 
-def _kernel_port(host: str, held: dict[int, float]) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return _hand_out(sock.getsockname()[1], held)
+def _bindable(host: str, ports: range) -> bool:
+    with contextlib.ExitStack() as probes:
+        for port in ports:
+            sock = probes.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            try:
+                sock.bind((host, port))
+            except OSError:
+                return False
+    return True
 
 
-def _hand_out(port: int, held: dict[int, float]) -> int:
-    _handed_out.add(port)
-    held[port] = time.time() + _HOLD_SECONDS
-    return port
+def _hand_out(ports: range, held: dict[int, float]) -> int:
+    until = time.time() + _HOLD_SECONDS
+    for port in ports:
+        _handed_out.add(port)
+        held[port] = until
+    return ports[0]
 
 
 def _registry_path() -> Path:
