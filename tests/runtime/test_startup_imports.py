@@ -36,3 +36,9 @@ def test_a_server_loads_its_http_stack_only_to_serve_http(module: str) -> None:
     # Optimus's webhook and every server's metrics endpoint import aiohttp when they start. (Plato
     # and Stratum load it anyway: nats-py imports it for its WebSocket transport.)
     assert loaded(module, ("aiohttp",)) == []
+
+
+@pytest.mark.parametrize("module", ["cosmos.optimus.server", "cosmos.plato.server", "cosmos.stratum.server"])
+def test_a_server_loads_the_tracing_sdk_only_to_export(module: str) -> None:
+    # Without an exporter, spans are not recorded and only the API propagates context.
+    assert loaded(module, ("opentelemetry.sdk", "opentelemetry.instrumentation.grpc")) == []

@@ -19,17 +19,19 @@ from __future__ import annotations
 import atexit
 import os
 from collections.abc import Mapping, MutableMapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from opentelemetry import propagate, trace
-from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 
 from cosmos import errors
 from cosmos.runtime import propagation
+
+# The SDK and the gRPC instrumentation are imported only by a process that exports (about 50 ms of
+# every server's start otherwise, for code it never runs).
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 _provider: TracerProvider | None = None
 
@@ -44,6 +46,8 @@ def _exporter_names(env: Mapping[str, str]) -> list[str]:
 
 def _exporter(name: str, env: Mapping[str, str]) -> SpanExporter:
     if name == "console":
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
         return ConsoleSpanExporter()
     if name == "otlp":
         protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get(
@@ -89,6 +93,10 @@ def configure_tracing(service_name: str, env: Mapping[str, str] | None = None) -
     if not names:
         propagation.install()
         return None
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
     resource = Resource.create({"service.name": env.get("OTEL_SERVICE_NAME", service_name)})
     provider = TracerProvider(resource=resource)
     for name in names:
@@ -102,6 +110,8 @@ def configure_tracing(service_name: str, env: Mapping[str, str] | None = None) -
 def server_interceptors() -> list[Any]:
     """Interceptors that continue the caller's trace in every RPC (a server span when exporting)."""
     if exporting():
+        from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
         return [aio_server_interceptor()]  # type: ignore[no-untyped-call]
     return [propagation.ServerInterceptor()]
 
@@ -113,6 +123,8 @@ def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
     context without an interceptor.
     """
     if exporting():
+        from opentelemetry.instrumentation.grpc import aio_client_interceptors
+
         return list(aio_client_interceptors())  # type: ignore[no-untyped-call]
     return []
 
