@@ -44,3 +44,11 @@ def test_a_code_without_a_class_keeps_its_code() -> None:
     back = rpc_errors.from_status(rpc_errors.status_proto(error))
     assert back.code == grpc.StatusCode.DEADLINE_EXCEEDED and back.message == "deadline"
     assert back.reason == "ERROR_REASON_UNSPECIFIED"
+
+
+def test_an_error_class_names_its_status_code_and_an_instance_may_carry_another() -> None:
+    assert errors.NotFoundError.code == grpc.StatusCode.NOT_FOUND
+    received = errors.RpcError("from a newer server")
+    received.code = grpc.StatusCode.DATA_LOSS
+    assert received.code == grpc.StatusCode.DATA_LOSS
+    assert errors.RpcError("another").code == grpc.StatusCode.INTERNAL
