@@ -3,6 +3,7 @@ one that cannot be sent is failed with a reason instead of retried forever, and 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -154,3 +155,37 @@ async def test_a_pass_cut_short_by_nats_gives_back_what_it_placed_and_the_next_p
     monkeypatch.setattr(pool.dispatcher.store, "save", real_save)
     await pool.dispatcher._pass()
     assert {pool.dispatcher.jobs[j.job_id].state for j in jobs} == {JS.JOB_STATE_ASSIGNED}
+
+
+@pytest.mark.parametrize("how", ["stream broke", "lease expired"])
+async def test_a_requeue_whose_store_fails_is_done_by_the_next_pass(
+    pool: Pool, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """A dead agent's attempt was requeued once, from a background task (a broken stream) or from the
+    one pass that saw the lease expire; a failed write there (the leader lease pausing under load)
+    left the job on the dead agent until Stratum restarted."""
+    job, _ = await pool.dispatcher.submit("orphan", spec())
+    await pool.dispatcher._pass()
+    started = agent_service_pb2.JobStarted(job_id=job.job_id, attempt=1)
+    await pool.dispatcher.agent_message("agent-1", agent_service_pb2.ConnectRequest(started=started))
+    real_save = pool.dispatcher.store.save
+
+    async def unavailable(record: job_pb2.Job) -> None:
+        raise errors.UnavailableError("this Stratum replica's leader lease lapsed")
+
+    monkeypatch.setattr(pool.dispatcher.store, "save", unavailable)
+    if how == "stream broke":
+        monkeypatch.setattr(pool.dispatcher.config, "reconnect_grace", 0.0)
+        pool.dispatcher.agent_disconnected("agent-1", pool.outbox, broken=True)  # type: ignore[arg-type]
+        pool.dispatcher.registry.disconnect("agent-1")
+        await asyncio.gather(*pool.dispatcher._background, return_exceptions=True)
+    else:
+        pool.dispatcher.registry.agents["agent-1"].lease_deadline = 0.0
+    with pytest.raises(errors.UnavailableError):
+        await pool.dispatcher._pass()
+    assert pool.dispatcher.jobs[job.job_id].agent_id == "agent-1"
+    monkeypatch.setattr(pool.dispatcher.store, "save", real_save)
+    await pool.dispatcher._pass()
+    stored = await pool.dispatcher.store.get(job.job_id)
+    assert stored is not None and stored.state == JS.JOB_STATE_QUEUED and stored.agent_id == ""
+    assert "agent-1" in stored.failure_reason

@@ -101,6 +101,7 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
         stopping = asyncio.ensure_future(self.stopping.wait())
         assert record.closing is not None
         closing = asyncio.ensure_future(record.closing.wait())
+        nxt: asyncio.Future[agent_service_pb2.ConnectResponse] | None = None
         try:
             while True:
                 nxt = asyncio.ensure_future(outbox.get())
@@ -112,8 +113,11 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
                     break
                 yield nxt.result()
         finally:
-            for task in (reader, stopping, closing):
-                task.cancel()
+            # The stream cancelled mid-wait leaves the outbox read pending too ("Task was destroyed but
+            # it is pending!" in the log).
+            for task in (reader, stopping, closing, nxt):
+                if task is not None:
+                    task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
             # Unless Stratum itself is stopping, the agent hung up or its stream reset (process gone).

@@ -70,6 +70,8 @@ class DispatcherCore:
     _kick: asyncio.Event = field(default_factory=asyncio.Event)
     _progress_saved: dict[str, float] = field(default_factory=dict)
     _background: set[asyncio.Task[None]] = field(default_factory=set)
+    _abandoned: dict[str, tuple[str, bool]] = field(default_factory=dict)
+    """Agents whose attempts the placement pass requeues: why, and whether a reconnect cancels it."""
     _wait: waiting.AgentWait = field(init=False)
 
     def __post_init__(self) -> None:

@@ -43,7 +43,8 @@ class PlacementPass(Recovery):
 
     async def _pass(self) -> None:
         for agent_id in self.registry.expire():
-            await self._agent_lost(agent_id)
+            self._abandon(agent_id, f"agent {agent_id} lost (lease expired)", unless_back=False)
+        await self._requeue_abandoned()
         queued = [job for job in self.jobs.values() if job.state == JS.JOB_STATE_QUEUED]
         if queued:
             placements = self.allocator.place(queued)  # each one's resources are taken already

@@ -52,20 +52,25 @@ class Recovery(DispatcherCore):
         await asyncio.sleep(self.config.reconnect_grace)
         if agent_id in self.outboxes:
             return  # reconnected: it said in its hello what it still runs
-        self.allocator.remove_node(agent_id)  # back in placement when it reconnects
-        for job in list(self.jobs.values()):
-            if job.agent_id == agent_id and job.state in ON_AGENT:
-                await self._requeue(
-                    job,
-                    f"agent {agent_id} disconnected and did not reconnect within "
-                    f"{self.config.reconnect_grace:g}s",
-                )
+        why = f"agent {agent_id} disconnected and did not reconnect within {self.config.reconnect_grace:g}s"
+        self._abandon(agent_id, why, unless_back=True)
 
-    async def _agent_lost(self, agent_id: str) -> None:
-        self.allocator.remove_node(agent_id)
-        for job in list(self.jobs.values()):
-            if job.agent_id == agent_id and job.state in ON_AGENT:
-                await self._requeue(job, f"agent {agent_id} lost (lease expired)")
+    def _abandon(self, agent_id: str, why: str, *, unless_back: bool) -> None:
+        """Have the placement pass requeue ``agent_id``'s attempts. The agent stays marked until every
+        one is requeued, so one whose write failed (NATS away, the leader lease pausing under load) is
+        requeued by the next pass rather than left on a dead agent until Stratum restarts.
+        ``unless_back``: a reconnect before then cancels it (its hello says what it still runs)."""
+        self.allocator.remove_node(agent_id)  # back in placement when it reconnects
+        self._abandoned[agent_id] = (why, unless_back)
+        self._kick.set()
+
+    async def _requeue_abandoned(self) -> None:
+        for agent_id, (why, unless_back) in list(self._abandoned.items()):
+            if not (unless_back and agent_id in self.outboxes):
+                for job in list(self.jobs.values()):
+                    if job.agent_id == agent_id and job.state in ON_AGENT:
+                        await self._requeue(job, why)
+            del self._abandoned[agent_id]
 
     async def revoke_agent(self, agent_id: str, reason: str) -> agent_pb2.Agent:
         """Refuse ``agent_id`` for good: persist it, end its stream, requeue its jobs elsewhere."""
@@ -73,8 +78,7 @@ class Recovery(DispatcherCore):
         agent = self.registry.revoke(agent_id)
         log.warning("agent revoked", extra={"fields": {"agent_id": agent_id, "reason": reason}})
         self.outboxes.pop(agent_id, None)
-        await self._agent_lost(agent_id)
-        self._kick.set()
+        self._abandon(agent_id, f"agent {agent_id} revoked", unless_back=False)
         return agent
 
     async def _requeue(self, job: job_pb2.Job, why: str) -> None:
