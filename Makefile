@@ -31,9 +31,9 @@ install: system-packages $(STAMP)
 system-packages:
 	@sh scripts/install-system-packages.sh
 
-## image: build the worker image localhost/cosmos-worker:<version> (Debian minbase + python3 + the
-## wheels of the optimus, runtime and contracts distributions + ffmpeg, podman import); skipped when
-## the image of these sources exists
+## image: build the worker image localhost/cosmos-worker:<version>: a base (Debian minbase + python3 +
+## the third-party dependencies + ffmpeg, podman import) and the wheels of the optimus, runtime and
+## contracts distributions on it (podman build); skipped when the image of these sources exists
 image: install
 	$(BIN)/python scripts/build_worker_image.py
 

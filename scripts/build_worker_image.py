@@ -1,10 +1,16 @@
 """Build the worker image, ``localhost/cosmos-worker:<version>``, locally (``make image``).
 
-No registry is assumed reachable, so nothing is pulled: a minimal Debian root filesystem from
-``mmdebstrap --variant=minbase`` with ``python3``, the wheels of the distributions chunk jobs run
-(Optimus's, for ``python3 -m cosmos.optimus.media``, the runtime's and the contracts') and their
-dependencies installed under ``/usr/local`` (``imageio-ffmpeg`` brings a static ffmpeg, linked as
-``/usr/local/bin/ffmpeg``), imported with ``podman import``.
+No registry is assumed reachable, so nothing is pulled. Two layers, so that a source change rebuilds
+only the thin one:
+
+- **base** (``localhost/cosmos-worker-base:<hash>``): a minimal Debian root filesystem from
+  ``mmdebstrap --variant=minbase`` with ``python3`` and the third-party dependencies of the
+  distributions chunk jobs run, installed under ``/usr/local`` (``imageio-ffmpeg`` brings a static
+  ffmpeg, linked as ``/usr/local/bin/ffmpeg``), imported with ``podman import``. Its hash covers the
+  pinned requirements, this script and the Debian suite (~40 s to build).
+- **app**: the wheels of those distributions (Optimus's, for ``python3 -m cosmos.optimus.media``,
+  the runtime's and the contracts'), byte-compiled here, copied onto the base with ``podman build``
+  (a few seconds).
 
 Cached: the image is also tagged ``<version>-<source hash>`` (the hash covers the installed sources,
 the ``pyproject.toml`` files, this script and the Debian suite); when that tag exists, nothing is built.
@@ -18,9 +24,11 @@ mmdebstrap is missing (``make install`` installs them as root on Debian).
 from __future__ import annotations
 
 import argparse
+import compileall
 import fcntl
 import hashlib
 import os
+import py_compile
 import shlex
 import shutil
 import subprocess
@@ -33,6 +41,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 LOCK = ROOT / ".cosmos" / "worker-image.lock"
 DEFAULT_REPO = "localhost/cosmos-worker"
+BASE_SUFFIX = "-base"
+"""The base layer's repository is the image's with this suffix (``localhost/cosmos-worker-base``)."""
 ROOTS = ("protos/gen", "services/runtime", "services/optimus")
 """The roots of the distributions the image holds (docs/architecture.md, "Distributions")."""
 SOURCES = ("pyproject.toml", *ROOTS, "scripts/build_worker_image.py")
@@ -76,6 +86,27 @@ def source_hash(suite: str) -> str:
     return digest.hexdigest()[:16]
 
 
+def third_party_requirements() -> list[str]:
+    """The pinned requirements of the image's distributions, the distributions themselves left out
+    (they are the app layer)."""
+    own = set()
+    requirements: set[str] = set()
+    for root in ROOTS:
+        with (ROOT / root / "pyproject.toml").open("rb") as f:
+            project = tomllib.load(f)["project"]
+        own.add(project["name"])
+        requirements.update(project["dependencies"])
+    return sorted(r for r in requirements if r.split("==")[0].strip() not in own)
+
+
+def base_hash(suite: str) -> str:
+    """A digest of what the base layer is built from: the requirements, this script, the suite."""
+    digest = hashlib.sha256(suite.encode())
+    digest.update("\n".join(third_party_requirements()).encode())
+    digest.update(Path(__file__).read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def _run(argv: list[str], what: str) -> subprocess.CompletedProcess[str]:
     started = time.monotonic()
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
@@ -114,19 +145,25 @@ def _build(podman: str, mmdebstrap: str, repo: str, suite: str, force: bool) -> 
         print(f"{cached} is current; tagged {final}", file=sys.stderr)
         return final
     started = time.monotonic()
+    base = f"{repo}{BASE_SUFFIX}:{base_hash(suite)}"
+    if force or not image_exists(podman, base):
+        _build_base(podman, mmdebstrap, base, suite)
+    _build_app(podman, base, cached, ver)
+    _run([podman, "tag", cached, final], "tag")
+    print(f"built {cached} in {time.monotonic() - started:.0f}s; tagged {final}", file=sys.stderr)
+    prune(podman, repo, keep=cached)
+    prune(podman, f"{repo}{BASE_SUFFIX}", keep=base)  # after the images built on the old bases
+    return final
+
+
+def _build_base(podman: str, mmdebstrap: str, base: str, suite: str) -> None:
+    """Debian minbase, python3 and the third-party dependencies (ffmpeg among them), imported."""
     with tempfile.TemporaryDirectory(prefix="cosmos-image-") as tmp:
         work = Path(tmp)
-        wheels, site = work / "wheels", work / "site"
-        # The distributions' wheels, built offline with the backend already in the virtual environment.
+        site = work / "site"
+        # Same interpreter version as bookworm's python3 (3.11), so the binary wheels fit it.
         _run(
-            [*PIP, "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(wheels),
-             *(str(ROOT / root) for root in ROOTS)],
-            "wheels",
-        )  # fmt: skip
-        # Same interpreter version as bookworm's python3 (3.11), so the binary wheels fit it. All the
-        # wheels in one command: the distributions' names for each other resolve to them.
-        _run(
-            [*PIP, "install", "--quiet", "--no-compile", "--target", str(site), *map(str, wheels.iterdir())],
+            [*PIP, "install", "--quiet", "--no-compile", "--target", str(site), *third_party_requirements()],
             "dependencies",
         )
         ffmpeg = next((site / "imageio_ffmpeg" / "binaries").glob("ffmpeg-*"))
@@ -158,32 +195,67 @@ def _build(podman: str, mmdebstrap: str, repo: str, suite: str, force: bool) -> 
                 "--quiet",
                 *("--change", "WORKDIR /work", "--change", "USER 65534:65534"),
                 *("--change", "ENV PATH=/usr/local/bin:/usr/bin:/bin", "--change", 'CMD ["python3"]'),
-                *("--change", f"LABEL org.opencontainers.image.version={ver}"),
-                *("--change", f"LABEL cosmos.source-hash={cached.rsplit('-', 1)[1]}"),
                 str(rootfs),
-                cached,
+                base,
             ],
-            "podman import",
+            "podman import (base)",
         )
-    _run([podman, "tag", cached, final], "tag")
-    print(f"built {cached} in {time.monotonic() - started:.0f}s; tagged {final}", file=sys.stderr)
-    prune(podman, repo, keep=cached)
-    return final
+
+
+def _build_app(podman: str, base: str, image: str, ver: str) -> None:
+    """The distributions' wheels on top of ``base``, byte-compiled here (the image is read-only when
+    jobs run; hash-checked .pyc files, as copying need not keep the sources' times)."""
+    if sys.version_info[:2] != (3, 11):
+        raise BuildError(f"needs Python 3.11, bookworm's python3 (this is {sys.version.split()[0]})")
+    with tempfile.TemporaryDirectory(prefix="cosmos-image-") as tmp:
+        work, context = Path(tmp), Path(tmp) / "context"
+        wheels, site = work / "wheels", context / "site"
+        # The distributions' wheels, built offline with the backend already in the virtual environment.
+        _run(
+            [*PIP, "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(wheels),
+             *(str(ROOT / root) for root in ROOTS)],
+            "wheels",
+        )  # fmt: skip
+        _run(
+            [*PIP, "install", "--quiet", "--no-deps", "--no-compile", "--target", str(site),
+             *map(str, wheels.iterdir())],
+            "install the wheels",
+        )  # fmt: skip
+        compiled = compileall.compile_dir(
+            site,
+            ddir=PYTHON_SITE,
+            quiet=2,
+            invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH,
+        )
+        if not compiled:
+            raise BuildError(f"byte-compiling the wheels in {site} failed")
+        (context / "Containerfile").write_text(
+            f"FROM {base}\n"
+            f"COPY site/ {PYTHON_SITE}/\n"
+            f"LABEL org.opencontainers.image.version={ver} cosmos.source-hash={image.rsplit('-', 1)[1]}\n"
+        )
+        _run([podman, "build", "--quiet", "--pull=never", "-t", image, str(context)], "podman build (app)")
 
 
 def prune(podman: str, repo: str, keep: str) -> None:
-    """Remove this repository's older source-hash tags: each is a whole image (~500 MB), and every
-    source change makes one. An image a container still uses stays (podman refuses; ignored)."""
+    """Remove this repository's other hash tags (``<hash>`` or ``<version>-<hash>``): every source
+    change makes one, and a base is a whole root filesystem (~500 MB). An image a container or a
+    newer image still uses stays (podman refuses; ignored)."""
     listed = subprocess.run(
         [podman, "images", "--format", "{{.Repository}}:{{.Tag}}", "--filter", f"reference={repo}"],
         capture_output=True,
         text=True,
         check=False,
     )
-    old = [ref for ref in listed.stdout.split() if ref != keep and ref.rsplit(":", 1)[-1].count("-") == 1]
+    old = [ref for ref in listed.stdout.split() if ref != keep and _hash_tag(ref.rsplit(":", 1)[-1])]
     if old:
         subprocess.run([podman, "rmi", *old], capture_output=True, check=False)
         print(f"  removed older images: {' '.join(old)}", file=sys.stderr)
+
+
+def _hash_tag(tag: str) -> bool:
+    digest = tag.rsplit("-", 1)[-1]
+    return len(digest) == 16 and all(c in "0123456789abcdef" for c in digest)
 
 
 def main() -> int:

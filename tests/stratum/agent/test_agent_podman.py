@@ -15,6 +15,7 @@ import json
 import os
 import socket
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,7 +47,10 @@ def worker_image() -> str:
 class Job:
     """A container job run the way an agent runs it, with its logs and progress collected."""
 
-    def __init__(self, tmp_path: Path, spec: job_pb2.JobSpec, job_id: str = "job-1") -> None:
+    def __init__(self, tmp_path: Path, spec: job_pb2.JobSpec, job_id: str = "") -> None:
+        # Container names are machine-wide and podman removes a --rm container after the job ends:
+        # a fixed id clashed with the container of the test before ("name already in use").
+        self.job_id = job_id or f"job-{uuid.uuid4().hex[:12]}"
         self.logs: list[str] = []
         self.progress: list[progress_pb2.Progress] = []
         self.work_root = tmp_path / "agent"
@@ -61,7 +65,7 @@ class Job:
 
         self.run = JobRun(
             spec,
-            job_id=job_id,
+            job_id=self.job_id,
             attempt=1,
             work_root=self.work_root,
             on_logs=on_logs,
@@ -223,7 +227,7 @@ async def test_cancel_kills_and_removes_the_container(tmp_path: Path, worker_ima
     while "ready" not in job.logs:
         assert time.monotonic() < deadline, job.logs
         await asyncio.sleep(0.05)
-    name = containers.container_name("job-1", 1)
+    name = containers.container_name(job.job_id, 1)
     assert container_exists(name)
     started = time.monotonic()
     await job.run.cancel(grace_seconds=2)
