@@ -72,6 +72,7 @@ class DispatcherCore:
     _background: set[asyncio.Task[None]] = field(default_factory=set)
     _abandoned: dict[str, tuple[str, bool]] = field(default_factory=dict)
     """Agents whose attempts the placement pass requeues: why, and whether a reconnect cancels it."""
+    _requeuing: asyncio.Lock = field(default_factory=asyncio.Lock)
     _wait: waiting.AgentWait = field(init=False)
 
     def __post_init__(self) -> None:

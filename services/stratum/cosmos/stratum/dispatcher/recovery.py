@@ -65,12 +65,15 @@ class Recovery(DispatcherCore):
         self._kick.set()
 
     async def _requeue_abandoned(self) -> None:
-        for agent_id, (why, unless_back) in list(self._abandoned.items()):
-            if not (unless_back and agent_id in self.outboxes):
-                for job in list(self.jobs.values()):
-                    if job.agent_id == agent_id and job.state in ON_AGENT:
-                        await self._requeue(job, why)
-            del self._abandoned[agent_id]
+        # One at a time (the pass and a revoke): a job is in memory still on its agent until its
+        # requeue is stored, so two would both requeue it.
+        async with self._requeuing:
+            for agent_id, (why, unless_back) in list(self._abandoned.items()):
+                if not (unless_back and agent_id in self.outboxes):
+                    for job in list(self.jobs.values()):
+                        if job.agent_id == agent_id and job.state in ON_AGENT:
+                            await self._requeue(job, why)
+                self._abandoned.pop(agent_id, None)
 
     async def revoke_agent(self, agent_id: str, reason: str) -> agent_pb2.Agent:
         """Refuse ``agent_id`` for good: persist it, end its stream, requeue its jobs elsewhere."""
@@ -79,6 +82,7 @@ class Recovery(DispatcherCore):
         log.warning("agent revoked", extra={"fields": {"agent_id": agent_id, "reason": reason}})
         self.outboxes.pop(agent_id, None)
         self._abandon(agent_id, f"agent {agent_id} revoked", unless_back=False)
+        await self._requeue_abandoned()  # done when the call returns (else by the next pass)
         return agent
 
     async def _requeue(self, job: job_pb2.Job, why: str) -> None:
