@@ -50,13 +50,12 @@ lint: install
 	$(BIN)/buf format --diff --exit-code
 
 # Test files run in parallel (a file's tests stay on one worker: some share a module-scoped stack);
-# each test starts its own servers on free ports. Two workers per core: the tests mostly wait on
-# servers. Three per core kept 2 cores about 90 % busy (make test in 4 min 34 s - 4 min 54 s) but in
-# one run lost two races for a free port between test processes (`cosmos up` found its NATS or
-# webhook port taken): it waits for ports handed out machine-wide. Files are handed out in collection
+# each test starts its own servers on free ports, handed out machine-wide (cosmos.runtime.config.
+# free_port), so test processes never race each other for one. Three workers per core: the tests
+# mostly wait on servers, and three keep 2 cores about 90 % busy. Files are handed out in collection
 # order, where tests/conftest.py puts the slow ones first and the in-process ones last (xdist's
 # default reorder puts the files with most tests first, and the minutes-long one-test files last).
-TEST_WORKERS ?= $(shell echo $$(( 2 * $$(nproc 2>/dev/null || echo 1) )))
+TEST_WORKERS ?= $(shell echo $$(( 3 * $$(nproc 2>/dev/null || echo 1) )))
 PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 ## test: install, lint, then the whole test suite (real NATS, gRPC, grpcurl, ffmpeg), chaos test included
