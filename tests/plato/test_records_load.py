@@ -9,6 +9,8 @@ fewer lists again, then refuses (UNAVAILABLE: the input is redelivered, nothing 
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import engine_harness as unit
 import nats
 import pytest
@@ -31,79 +33,77 @@ def test_the_header_counts_each_step_key_once_also_across_a_reset() -> None:
     assert run.state.record.step_keys == 6
 
 
-async def test_a_load_lists_again_while_steps_are_missing_and_refuses_a_partial_state(
-    insecure_nats_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+async def store(insecure_nats_url: str) -> AsyncIterator[PlatoStore]:
     nc = await nats.connect(insecure_nats_url)
-    try:
-        store = PlatoStore(nc, nc.jetstream(), StoreConfig(storage=Storage.MEMORY))
-        await store.ensure()
-        run = unit.Run()
-        await records.commit(store, run.state, 1 << 20)
-        await records.apply_effects(store, run.state)
-        for step_id in ("probe", "work[0]", "work[1]"):  # one commit each: probe is in no pending effect
-            run.report(step_id)
-            await records.commit(store, run.state, 1 << 20)
-            await records.apply_effects(store, run.state)
-        real = store.step_records
-        short = {"left": 1}
+    store = PlatoStore(nc, nc.jetstream(), StoreConfig(storage=Storage.MEMORY))
+    await store.ensure()
+    yield store
+    await nc.close()
 
-        async def missing_probe(workflow_id: str):  # type: ignore[no-untyped-def]
-            found = await real(workflow_id)
-            if short["left"]:
-                short["left"] -= 1
-                found.pop("probe")
-            return found
 
-        monkeypatch.setattr(store, "step_records", missing_probe)
-        loaded = await records.load(store, "wf-1")
-        assert loaded is not None and short["left"] == 0
-        assert sorted(s.step_id for s in loaded.table.steps()) == ["probe", "work[0]", "work[1]", "work[2]"]
+async def commit(store: PlatoStore, run: unit.Run) -> None:
+    """Commit the run's last transition and apply its effects, as an evaluator does."""
+    await records.commit(store, run.state, 1 << 20)
+    await records.apply_effects(store, run.state)
 
-        short["left"] = 100
-        with pytest.raises(errors.UnavailableError, match="listed 3 of its 4 step records"):
-            await records.load(store, "wf-1")
-    finally:
-        await nc.close()
+
+async def test_a_load_lists_again_while_steps_are_missing_and_refuses_a_partial_state(
+    store: PlatoStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = unit.Run()
+    await commit(store, run)
+    for step_id in ("probe", "work[0]", "work[1]"):  # one commit each: probe is in no pending effect
+        run.report(step_id)
+        await commit(store, run)
+    real = store.step_records
+    short = {"left": 1}
+
+    async def missing_probe(workflow_id: str):  # type: ignore[no-untyped-def]
+        found = await real(workflow_id)
+        if short["left"]:
+            short["left"] -= 1
+            found.pop("probe")
+        return found
+
+    monkeypatch.setattr(store, "step_records", missing_probe)
+    loaded = await records.load(store, "wf-1")
+    assert loaded is not None and short["left"] == 0
+    assert sorted(s.step_id for s in loaded.table.steps()) == ["probe", "work[0]", "work[1]", "work[2]"]
+
+    short["left"] = 100
+    with pytest.raises(errors.UnavailableError, match="listed 3 of its 4 step records"):
+        await records.load(store, "wf-1")
 
 
 async def test_a_load_that_read_an_older_header_than_its_steps_never_writes_an_older_record_back(
-    insecure_nats_url: str, monkeypatch: pytest.MonkeyPatch
+    store: PlatoStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two Platos once left a fan-out item SCHEDULED for good: one loaded the header of generation 2
     and then the step records, already at generation 3 (another process had committed and applied
     it in between). Its ``apply_effects`` wrote generation 2's record of the item with the newer
     record's revision as the expected one, so the compare-and-set passed and the completion was
     lost. Only the pending records newer than the stored ones may be written again."""
-    nc = await nats.connect(insecure_nats_url)
-    try:
-        store = PlatoStore(nc, nc.jetstream(), StoreConfig(storage=Storage.MEMORY))
-        await store.ensure()
-        run = unit.Run()
-        await records.commit(store, run.state, 1 << 20)
-        await records.apply_effects(store, run.state)
-        run.report("probe")  # schedules work[0] and work[1]
-        await records.commit(store, run.state, 1 << 20)
-        await records.apply_effects(store, run.state)
-        stale = await store.get_record("wf-1")
-        assert stale is not None and stale[0].generation == 2
-        run.report("work[0]")  # generation 3: work[0] completed, work[2] scheduled
-        await records.commit(store, run.state, 1 << 20)
-        await records.apply_effects(store, run.state)
-        key = records.step_key("wf-1", "work[0]")
-        done = await store.get_step(key)
-        assert done is not None and done.generation == 3
+    run = unit.Run()
+    await commit(store, run)
+    run.report("probe")  # schedules work[0] and work[1]
+    await commit(store, run)
+    stale = await store.get_record("wf-1")
+    assert stale is not None and stale[0].generation == 2
+    run.report("work[0]")  # generation 3: work[0] completed, work[2] scheduled
+    await commit(store, run)
+    key = records.step_key("wf-1", "work[0]")
+    done = await store.get_step(key)
+    assert done is not None and done.generation == 3
 
-        async def stale_header(workflow_id: str):  # type: ignore[no-untyped-def]
-            return stale
+    async def stale_header(workflow_id: str):  # type: ignore[no-untyped-def]
+        return stale
 
-        monkeypatch.setattr(store, "get_record", stale_header)
-        loaded = await records.load(store, "wf-1")
-        assert loaded is not None
-        assert loaded.table.stored("work[0]").generation == 3
-        await records.apply_effects(store, loaded)
-        after = await store.get_step(key)
-        assert after is not None and after.generation == 3
-        assert after.step.state == done.step.state
-    finally:
-        await nc.close()
+    monkeypatch.setattr(store, "get_record", stale_header)
+    loaded = await records.load(store, "wf-1")
+    assert loaded is not None
+    assert loaded.table.stored("work[0]").generation == 3
+    await records.apply_effects(store, loaded)
+    after = await store.get_step(key)
+    assert after is not None and after.generation == 3
+    assert after.step.state == done.step.state

@@ -125,12 +125,16 @@ def test_processes_side_by_side_never_get_the_same_free_port() -> None:
     assert len(set(ports)) == 1600
 
 
+@pytest.fixture
+def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A registry of handed-out ports of the test's own (not the machine's)."""
+    path = tmp_path / "ports"
+    monkeypatch.setattr(config, "_registry_path", lambda: path)
+    return path
+
+
 @pytest.mark.integration
-def test_a_registry_others_could_write_is_not_trusted(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    registry = tmp_path / "ports"
-    monkeypatch.setattr(config, "_registry_path", lambda: registry)
+def test_a_registry_others_could_write_is_not_trusted(registry: Path, tmp_path: Path) -> None:
     config.free_port()
     assert registry.stat().st_mode & 0o777 == 0o600 and registry.read_text().count(":") == 1
     registry.chmod(0o622)  # a file anyone may write to could hold anything: not read, not written
@@ -143,11 +147,7 @@ def test_a_registry_others_could_write_is_not_trusted(
 
 
 @pytest.mark.integration
-def test_consecutive_free_ports_are_bindable_and_each_is_handed_out(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    registry = tmp_path / "ports"
-    monkeypatch.setattr(config, "_registry_path", lambda: registry)
+def test_consecutive_free_ports_are_bindable_and_each_is_handed_out(registry: Path) -> None:
     first = config.free_port(consecutive=3)
     held = {int(entry.split(":")[0]) for entry in registry.read_text().split()}
     assert held == {first, first + 1, first + 2}
