@@ -127,12 +127,15 @@ def free_port(host: str = "127.0.0.1", *, consecutive: int = 1) -> int:
     """
     with _machine_registry() as held:
         high = _ephemeral_low()
-        if high - _LOWEST_PORT < 1000 and consecutive == 1:  # an unusual range: the kernel's choice
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-                sock.bind((host, 0))
-                return _hand_out(range(sock.getsockname()[1], sock.getsockname()[1] + 1), held)
+        if high - _LOWEST_PORT < 1000:  # an unusual ephemeral range: the kernel's choice, or any port
+            if consecutive == 1:
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                    sock.bind((host, 0))
+                    port: int = sock.getsockname()[1]
+                return _hand_out(range(port, port + 1), held)
+            high = 65536
         for _ in range(500):
-            first = _rand.randrange(_LOWEST_PORT, max(high - consecutive, _LOWEST_PORT + 1))
+            first = _rand.randrange(_LOWEST_PORT, high - consecutive + 1)
             ports = range(first, first + consecutive)
             if any(p in _handed_out or p in held for p in ports) or not _bindable(host, ports):
                 continue
