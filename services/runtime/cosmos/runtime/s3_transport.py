@@ -5,8 +5,10 @@ services, ``object_store``'s own retries of each request) and the retry policy o
 from __future__ import annotations
 
 import asyncio
+import atexit
 import dataclasses
 import datetime
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -22,6 +24,22 @@ SHA256_META = "cosmos-sha256"
 PART_SIZE = 16 * 1024 * 1024
 """Multipart part size: above it an upload goes multipart. 16 MiB measured best here (8-64 tried)."""
 READ_CHUNK = 1024 * 1024
+EXIT_GRACE = 0.05
+"""Seconds a process that used S3 lets obstore's threads finish at exit (see :func:`_let_obstore_finish`)."""
+
+
+def _let_obstore_finish() -> None:
+    """Release the GIL for a moment before the interpreter finalizes.
+
+    obstore hands each result to asyncio from one of its Tokio threads (``loop.call_soon_threadsafe``,
+    which writes to the loop's wake-up socket with the GIL released). The loop can run the result
+    before that write returns; a short-lived process (``asyncio.run(client.upload_file(...))``) then
+    exits, and the thread, taking the GIL back after finalization began, is ended by
+    ``pthread_exit`` unwinding through Rust frames: SIGABRT, "Fatal Python error: Aborted" with no
+    Python frame (about 1 run in 50 on a loaded machine). Sleeping here, in an ``atexit`` callback
+    (before finalization), lets such a thread take the GIL and return first.
+    """
+    time.sleep(EXIT_GRACE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +50,16 @@ class ObjectInfo:
     size: int
     sha256: str
     etag: str
+
+
+_exit_grace_registered = False
+
+
+def _register_exit_grace() -> None:
+    global _exit_grace_registered
+    if not _exit_grace_registered:
+        atexit.register(_let_obstore_finish)
+        _exit_grace_registered = True
 
 
 class S3Transport:
@@ -56,6 +84,7 @@ class S3Transport:
         self.request_retries = request_retries
         """object_store's own retries of one request (and of a GET stream cut short)."""
         self._stores: dict[str, S3Store] = {}
+        _register_exit_grace()
 
     def store(self, bucket: str) -> S3Store:
         """The obstore store for ``bucket`` (cached)."""

@@ -30,15 +30,16 @@ class S3Writes(S3Transport):
         store = self.store(bucket)
 
         async def put() -> ObjectInfo:
-            with path.open("rb") as f:
-                result = await obstore.put_async(
-                    store,
-                    key,
-                    f,
-                    attributes=attributes,
-                    chunk_size=self.part_size,
-                    max_concurrency=self.max_concurrency,
-                )
+            # The path, not a Python file object: obstore reads the file in Rust, without calling
+            # back into Python (and the GIL) from its threads for every chunk.
+            result = await obstore.put_async(
+                store,
+                key,
+                path,
+                attributes=attributes,
+                chunk_size=self.part_size,
+                max_concurrency=self.max_concurrency,
+            )
             etag = (result.get("e_tag") or "").strip('"')
             meta = await obstore.head_async(store, key)
             if meta["size"] != size:
