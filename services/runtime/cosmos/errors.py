@@ -110,24 +110,16 @@ def reason_name(reason: Reason.ValueType) -> str:
 class _StatusCode:
     """An error class's gRPC status code, named when the class is defined and looked up in ``grpc``
     when first read: a process that only raises and reports errors (a job step, the CLI) need not load
-    grpc (about 45 ms of each chunk job's start). An instance may set its own (a received error)."""
+    grpc (about 45 ms of each chunk job's start). An instance may set its own (a received error): it
+    is kept in the instance, which a descriptor without ``__set__`` leaves to be read first."""
 
     def __init__(self, name: str) -> None:
         self.name = name
 
-    def __set_name__(self, owner: type, attribute: str) -> None:
-        self.attribute = attribute
-
     def __get__(self, instance: object, owner: type | None = None) -> grpc.StatusCode:
-        if instance is not None and self.attribute in instance.__dict__:
-            found: grpc.StatusCode = instance.__dict__[self.attribute]
-            return found
         import grpc
 
         return grpc.StatusCode[self.name]
-
-    def __set__(self, instance: object, value: grpc.StatusCode) -> None:
-        instance.__dict__[self.attribute] = value
 
 
 class CosmosError(Exception):

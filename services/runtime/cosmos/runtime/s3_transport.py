@@ -8,6 +8,7 @@ import asyncio
 import atexit
 import dataclasses
 import datetime
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -52,14 +53,10 @@ class ObjectInfo:
     etag: str
 
 
-_exit_grace_registered = False
-
-
+@functools.cache
 def _register_exit_grace() -> None:
-    global _exit_grace_registered
-    if not _exit_grace_registered:
-        atexit.register(_let_obstore_finish)
-        _exit_grace_registered = True
+    """Once per process, and only in one that makes an S3 client."""
+    atexit.register(_let_obstore_finish)
 
 
 class S3Transport:
